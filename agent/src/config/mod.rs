@@ -1,0 +1,514 @@
+//! The YAML config: read, interpolated, parsed into typed structs,
+//! validated without touching the system.
+//!
+//! Every error found is collected (serde stops at the first error inside
+//! one component, so each component is parsed on its own) and reported with
+//! the file, line and column it refers to.
+
+mod interpolate;
+mod locate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use tailrace_api::{ConfigIssue, SinkConfig, SourceConfig};
+
+use crate::registry::Registry;
+pub use interpolate::interpolate;
+use locate::Positions;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Keys and item indexes from the root.
+    pub path: Vec<String>,
+    pub message: String,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some((line, col)) = e.position {
+                write!(f, ":{line}:{col}")?;
+            }
+            write!(f, ": ")?;
+            if !e.path.is_empty() {
+                write!(f, "{}: ", display_path(&e.path))?;
+            }
+            write!(f, "{}", e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// `sources.app.include[1]`
+pub fn display_path(path: &[String]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            s.push_str(&format!("[{seg}]"));
+        } else {
+            if !s.is_empty() {
+                s.push('.');
+            }
+            if seg.contains(['.', ' ']) || seg.is_empty() {
+                s.push_str(&format!("{seg:?}"));
+            } else {
+                s.push_str(seg);
+            }
+        }
+    }
+    s
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default = "default_shutdown_grace_ms")]
+    shutdown_grace_ms: u64,
+    #[serde(default = "default_summary_interval_ms")]
+    summary_interval_ms: u64,
+    #[serde(default)]
+    sources: BTreeMap<String, Value>,
+    #[serde(default)]
+    channels: BTreeMap<String, Value>,
+    #[serde(default)]
+    sinks: BTreeMap<String, Value>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_summary_interval_ms() -> u64 {
+    5_000
+}
+
+/// The local HTTP endpoint (health, readiness, metrics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// The admin endpoint listens on loopback port 8686 unless told otherwise.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:8686";
+
+fn default_admin_address() -> String {
+    DEFAULT_ADMIN_ADDRESS.into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { address: default_admin_address(), enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `info,tailrace_file=debug`.
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), format: LogFormat::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    #[serde(rename = "type")]
+    kind: ChannelKind,
+    #[serde(default = "default_capacity_events")]
+    capacity_events: usize,
+    #[serde(default = "default_capacity_bytes")]
+    capacity_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ChannelKind {
+    Memory,
+}
+
+fn default_capacity_events() -> usize {
+    100_000
+}
+fn default_capacity_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+pub struct SourceSpec {
+    pub name: String,
+    pub kind: String,
+    pub channels: Vec<String>,
+    pub config: Box<dyn SourceConfig>,
+}
+
+pub struct SinkSpec {
+    pub name: String,
+    pub kind: String,
+    pub channel: String,
+    pub config: Box<dyn SinkConfig>,
+}
+
+pub struct ChannelSpec {
+    pub name: String,
+    pub capacity_events: usize,
+    pub capacity_bytes: usize,
+}
+
+/// A config that parsed and validated.
+pub struct Config {
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub shutdown_grace: Duration,
+    pub summary_interval: Option<Duration>,
+    pub sources: Vec<SourceSpec>,
+    pub channels: Vec<ChannelSpec>,
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// Collects errors with their positions.
+struct Errors<'a> {
+    positions: &'a Positions,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn add(&mut self, path: Vec<String>, message: impl Into<String>) {
+        let position = self.positions.find(&path);
+        self.list.push(ConfigError { path, message: message.into(), position });
+    }
+}
+
+fn path(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn joined(base: &[String], rest: &[String]) -> Vec<String> {
+    base.iter().chain(rest).cloned().collect()
+}
+
+/// Reads, interpolates, parses and validates a config file.
+pub fn load(file: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
+    let fail = |message: String| ConfigErrors {
+        file: file.to_path_buf(),
+        errors: vec![ConfigError { path: Vec::new(), message, position: None }],
+    };
+    let text = std::fs::read(file).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
+    let text = String::from_utf8(text).map_err(|e| fail(format!("the config file is not UTF-8 (at byte {})", e.utf8_error().valid_up_to())))?;
+    parse(file, &text, &|name| std::env::var(name).ok(), registry)
+}
+
+/// Parses and validates config text; `env` resolves `${VAR}`.
+pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Result<Config, ConfigErrors> {
+    let errors_of = |list| ConfigErrors { file: file.to_path_buf(), errors: list };
+    let text = interpolate(text, env).map_err(|unresolved| {
+        errors_of(
+            unresolved
+                .into_iter()
+                .map(|u| ConfigError { path: Vec::new(), message: u.message, position: Some((u.line, u.column)) })
+                .collect(),
+        )
+    })?;
+    let raw: RawConfig = match serde_yaml::from_str(&text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let position = e.location().map(|l| (l.line(), l.column()));
+            let message = e.to_string();
+            // serde_yaml appends " at line L column C"; the position says it.
+            let message = match message.find(" at line ") {
+                Some(i) if position.is_some() => message[..i].to_string(),
+                _ => message,
+            };
+            return Err(errors_of(vec![ConfigError { path: Vec::new(), message, position }]));
+        }
+    };
+    let positions = Positions::index(&text);
+    let mut errors = Errors { positions: &positions, list: Vec::new() };
+    let config = build(file, raw, registry, &mut errors);
+    if errors.list.is_empty() {
+        Ok(config.expect("no errors means a config"))
+    } else {
+        errors.list.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+        Err(errors_of(errors.list))
+    }
+}
+
+fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Config> {
+    if raw.data_dir.as_os_str().is_empty() {
+        errors.add(path(&["data_dir"]), "data_dir is empty");
+    }
+    if raw.admin.address.parse::<SocketAddr>().is_err() {
+        errors.add(path(&["admin", "address"]), format!("invalid address {:?}: expected ip:port, like {DEFAULT_ADMIN_ADDRESS}", raw.admin.address));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        errors.add(path(&["log", "level"]), format!("invalid log level {:?}: {e}", raw.log.level));
+    }
+
+    let mut channels = Vec::new();
+    for (name, value) in &raw.channels {
+        let base = path(&["channels", name]);
+        match serde_path_to_error::deserialize::<_, RawChannel>(value.clone()) {
+            Ok(c) => {
+                let ChannelKind::Memory = c.kind;
+                for (key, v) in [("capacity_events", c.capacity_events), ("capacity_bytes", c.capacity_bytes)] {
+                    if v == 0 {
+                        errors.add(joined(&base, &path(&[key])), format!("{key} must be greater than 0"));
+                    }
+                }
+                channels.push(ChannelSpec { name: name.clone(), capacity_events: c.capacity_events, capacity_bytes: c.capacity_bytes });
+            }
+            Err(e) => serde_error(errors, &base, e, "channel", &["memory"]),
+        }
+    }
+    let channel_names: BTreeSet<&str> = raw.channels.keys().map(String::as_str).collect();
+    let known_channels = || channel_names.iter().copied().collect::<Vec<_>>().join(", ");
+    let mut writers: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut readers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+
+    if raw.sources.is_empty() {
+        errors.add(Vec::new(), "no sources: add at least one under `sources:`");
+    }
+    let mut sources = Vec::new();
+    for (name, value) in &raw.sources {
+        let base = path(&["sources", name]);
+        let Some(mut map) = component_map(errors, &base, value) else { continue };
+        let kind = take_type(errors, &base, &mut map);
+        let chans = match map.remove("channels") {
+            None => {
+                errors.add(base.clone(), format!("source {name} has no `channels:` (the channels it writes to)"));
+                Vec::new()
+            }
+            Some(v) => match serde_yaml::from_value::<Vec<String>>(v) {
+                Ok(list) if list.is_empty() => {
+                    errors.add(joined(&base, &path(&["channels"])), "channels is empty");
+                    list
+                }
+                Ok(list) => list,
+                Err(_) => {
+                    errors.add(joined(&base, &path(&["channels"])), "channels must be a list of channel names");
+                    Vec::new()
+                }
+            },
+        };
+        for (i, c) in chans.iter().enumerate() {
+            if let Some(&known) = channel_names.get(c.as_str()) {
+                *writers.entry(known).or_default() += 1;
+            } else {
+                errors.add(
+                    joined(&base, &path(&["channels", &i.to_string()])),
+                    format!("unknown channel {c:?}; defined channels: {}", known_channels()),
+                );
+            }
+        }
+        let Some(kind) = kind else { continue };
+        let Some(factory) = registry.source(&kind) else {
+            errors.add(
+                joined(&base, &path(&["type"])),
+                format!("unknown source type {kind:?}; known types: {}", registry.source_types().join(", ")),
+            );
+            continue;
+        };
+        match factory(Value::Mapping(map)) {
+            Ok(config) => {
+                issues(errors, &base, config.validate());
+                sources.push(SourceSpec { name: name.clone(), kind, channels: chans, config });
+            }
+            Err(e) => serde_error(errors, &base, e, "", &[]),
+        }
+    }
+
+    if raw.sinks.is_empty() {
+        errors.add(Vec::new(), "no sinks: add at least one under `sinks:`");
+    }
+    let mut sinks = Vec::new();
+    for (name, value) in &raw.sinks {
+        let base = path(&["sinks", name]);
+        let Some(mut map) = component_map(errors, &base, value) else { continue };
+        let kind = take_type(errors, &base, &mut map);
+        let channel = match map.remove("channel") {
+            Some(Value::String(c)) => {
+                if channel_names.contains(c.as_str()) {
+                    Some(c)
+                } else {
+                    errors.add(joined(&base, &path(&["channel"])), format!("unknown channel {c:?}; defined channels: {}", known_channels()));
+                    None
+                }
+            }
+            Some(_) => {
+                errors.add(joined(&base, &path(&["channel"])), "channel must be the name of one channel");
+                None
+            }
+            None => {
+                errors.add(base.clone(), format!("sink {name} has no `channel:` (the channel it reads)"));
+                None
+            }
+        };
+        if let Some(c) = &channel {
+            if let Some(&c) = channel_names.get(c.as_str()) {
+                readers.entry(c).or_default().push(name);
+            }
+        }
+        let Some(kind) = kind else { continue };
+        let Some(factory) = registry.sink(&kind) else {
+            errors.add(
+                joined(&base, &path(&["type"])),
+                format!("unknown sink type {kind:?}; known types: {}", registry.sink_types().join(", ")),
+            );
+            continue;
+        };
+        match factory(Value::Mapping(map)) {
+            Ok(config) => {
+                issues(errors, &base, config.validate());
+                if let Some(channel) = channel {
+                    sinks.push(SinkSpec { name: name.clone(), kind, channel, config });
+                }
+            }
+            Err(e) => serde_error(errors, &base, e, "", &[]),
+        }
+    }
+
+    for name in &channel_names {
+        let base = path(&["channels", name]);
+        let written = writers.get(name).copied().unwrap_or(0) > 0;
+        let read = readers.get(name).map_or(&[][..], Vec::as_slice);
+        match (written, read.len()) {
+            (false, 0) => errors.add(base, format!("channel {name:?} is not used by any source or sink")),
+            (true, 0) => errors.add(base, format!("nothing reads channel {name:?}: add a sink with `channel: {name}`")),
+            (false, _) => errors.add(base, format!("no source writes to channel {name:?}: name it in a source's `channels:`")),
+            (true, 1) => {}
+            (true, _) => errors.add(base, format!("channel {name:?} is read by several sinks ({}); a channel has one sink", read.join(", "))),
+        }
+    }
+
+    if !errors.list.is_empty() {
+        return None;
+    }
+    Some(Config {
+        file: file.to_path_buf(),
+        data_dir: raw.data_dir,
+        admin: raw.admin,
+        log: raw.log,
+        shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+        summary_interval: (raw.summary_interval_ms > 0).then(|| Duration::from_millis(raw.summary_interval_ms)),
+        sources,
+        channels,
+        sinks,
+    })
+}
+
+fn component_map(errors: &mut Errors, base: &[String], value: &Value) -> Option<serde_yaml::Mapping> {
+    match value {
+        Value::Mapping(m) => Some(m.clone()),
+        _ => {
+            errors.add(base.to_vec(), "expected a mapping with at least `type:`");
+            None
+        }
+    }
+}
+
+fn take_type(errors: &mut Errors, base: &[String], map: &mut serde_yaml::Mapping) -> Option<String> {
+    match map.remove("type") {
+        Some(Value::String(t)) => Some(t),
+        Some(_) => {
+            errors.add(joined(base, &path(&["type"])), "type must be a string");
+            None
+        }
+        None => {
+            errors.add(base.to_vec(), "`type:` is missing");
+            None
+        }
+    }
+}
+
+fn issues(errors: &mut Errors, base: &[String], list: Vec<ConfigIssue>) {
+    for issue in list {
+        errors.add(joined(base, &issue.path), issue.message);
+    }
+}
+
+/// Reports a serde error from a component, at the path it names.
+fn serde_error(errors: &mut Errors, base: &[String], e: serde_path_to_error::Error<serde_yaml::Error>, _what: &str, _known: &[&str]) {
+    let mut at: Vec<String> = base.to_vec();
+    for seg in e.path().iter() {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => at.push(index.to_string()),
+            serde_path_to_error::Segment::Map { key } => at.push(key.clone()),
+            serde_path_to_error::Segment::Enum { variant } => at.push(variant.clone()),
+            serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    let message = e.into_inner().to_string();
+    // An unknown key: point at the key itself.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            let mut key_at = at.clone();
+            if key_at.last().map(String::as_str) != Some(&rest[..end]) {
+                key_at.push(rest[..end].to_string());
+            }
+            errors.add(key_at, message);
+            return;
+        }
+    }
+    errors.add(at, message);
+}
+
+#[cfg(test)]
+mod tests;

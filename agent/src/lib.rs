@@ -1,0 +1,12 @@
+//! The tailrace daemon: command line, config, pipeline runtime, and the
+//! on-disk store for checkpoints.
+//!
+//! It wires plugins together but contains none: sources and sinks live in
+//! `plugins/` and are reached only through the registry and the contract
+//! crate. Only `store` knows sled.
+
+pub mod cli;
+pub mod config;
+pub mod registry;
+pub mod runtime;
+pub mod store;

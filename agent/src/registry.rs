@@ -1,0 +1,54 @@
+//! The table from a component's `type` to the code that parses its config.
+//!
+//! Registration is explicit: every plugin is named here, once. An unknown
+//! type is a config error that lists the known ones.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use tailrace_api::{SinkConfig, SourceConfig};
+
+pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
+pub type SourceFactory = fn(Value) -> Result<Box<dyn SourceConfig>, ParseError>;
+pub type SinkFactory = fn(Value) -> Result<Box<dyn SinkConfig>, ParseError>;
+
+pub struct Registry {
+    sources: BTreeMap<&'static str, SourceFactory>,
+    sinks: BTreeMap<&'static str, SinkFactory>,
+}
+
+fn source<T: SourceConfig + DeserializeOwned + 'static>(v: Value) -> Result<Box<dyn SourceConfig>, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn SourceConfig>)
+}
+
+fn sink<T: SinkConfig + DeserializeOwned + 'static>(v: Value) -> Result<Box<dyn SinkConfig>, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn SinkConfig>)
+}
+
+impl Registry {
+    /// Every plugin built into this binary.
+    pub fn builtin() -> Registry {
+        let mut sources: BTreeMap<&'static str, SourceFactory> = BTreeMap::new();
+        sources.insert("file", source::<tailrace_file::FileSourceConfig>);
+        let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
+        sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
+        Registry { sources, sinks }
+    }
+
+    pub fn source(&self, kind: &str) -> Option<SourceFactory> {
+        self.sources.get(kind).copied()
+    }
+
+    pub fn sink(&self, kind: &str) -> Option<SinkFactory> {
+        self.sinks.get(kind).copied()
+    }
+
+    pub fn source_types(&self) -> Vec<&'static str> {
+        self.sources.keys().copied().collect()
+    }
+
+    pub fn sink_types(&self) -> Vec<&'static str> {
+        self.sinks.keys().copied().collect()
+    }
+}

@@ -1,0 +1,132 @@
+//! The source and sink traits and the context structs they are built from.
+//!
+//! A component's config is parsed and validated by the daemon, then built
+//! with a context that carries everything it may touch: its name, its
+//! channels, the shutdown signals, its metric handles and the checkpoint
+//! store. Building returns a task; the daemon runs it and waits for it.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics};
+
+/// A running component. It resolves when the component has stopped, with
+/// the reason if it stopped on an error.
+pub type ComponentTask = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A problem found in a component's config by its `validate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where, relative to the component: `["include", "1"]`.
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(path: &[&str], message: impl Into<String>) -> ConfigIssue {
+        ConfigIssue { path: path.iter().map(|s| s.to_string()).collect(), message: message.into() }
+    }
+}
+
+/// Building a component failed (a port in use, a directory not writable).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+pub trait SourceConfig: Send + Sync + Debug {
+    /// Checks the config without touching the system.
+    fn validate(&self) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+
+    /// What the source will hold exclusively ("tcp 127.0.0.1:5140"), so two
+    /// components claiming the same thing are refused before anything starts.
+    fn resources(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError>;
+}
+
+pub trait SinkConfig: Send + Sync + Debug {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+
+    fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError>;
+}
+
+/// Everything a source may use.
+pub struct SourceContext {
+    pub name: Arc<str>,
+    /// The channels every batch goes to (one, usually).
+    pub outputs: Vec<Arc<Channel>>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Stop reading.
+    pub shutdown: Shutdown,
+    /// Every sink has finished: process the last acknowledgements, persist
+    /// the positions and return.
+    pub drained: Shutdown,
+    pub metrics: SourceMetrics,
+}
+
+impl SourceContext {
+    /// Sends a batch to every output channel, waiting while one is full.
+    /// The batch's ack must have been made for one delivery per record; for
+    /// each further channel the deliveries are added here.
+    pub fn send_blocking(&self, batch: Batch) -> Result<(), ChannelClosed> {
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.bytes.inc_by(batch.bytes as u64);
+        match self.outputs.as_slice() {
+            [only] => only.send_blocking(batch),
+            outputs => {
+                batch.ack.add(batch.len() * (outputs.len() - 1));
+                for out in &outputs[1..] {
+                    out.send_blocking(copy(&batch))?;
+                }
+                outputs[0].send_blocking(batch)
+            }
+        }
+    }
+
+    /// [`SourceContext::send_blocking`] for async sources.
+    pub async fn send(&self, batch: Batch) -> Result<(), ChannelClosed> {
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.bytes.inc_by(batch.bytes as u64);
+        match self.outputs.as_slice() {
+            [only] => only.send(batch).await,
+            outputs => {
+                batch.ack.add(batch.len() * (outputs.len() - 1));
+                for out in &outputs[1..] {
+                    out.send(copy(&batch)).await?;
+                }
+                outputs[0].send(batch).await
+            }
+        }
+    }
+}
+
+fn copy(batch: &Batch) -> Batch {
+    Batch {
+        meta: batch.meta.clone(),
+        records: batch.records.clone(),
+        bytes: batch.bytes,
+        ack: batch.ack.clone(),
+    }
+}
+
+/// Everything a sink may use.
+pub struct SinkContext {
+    pub name: Arc<str>,
+    pub input: Arc<Channel>,
+    /// Shutdown has begun: the input is closed, drain it and finish within
+    /// `grace`.
+    pub shutdown: Shutdown,
+    pub grace: Duration,
+    pub metrics: SinkMetrics,
+    pub data_dir: PathBuf,
+}

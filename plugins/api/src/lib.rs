@@ -1,0 +1,31 @@
+//! The plugin contract of tailrace.
+//!
+//! Both the daemon (`agent/`) and every plugin (`plugins/*`) depend on this
+//! crate, and on nothing of each other: it holds the record and batch types,
+//! the per-batch acknowledgement, the bounded memory channel, the source and
+//! sink traits with the context structs they are built from, the checkpoint
+//! store trait and the metrics handles.
+//!
+//! This crate must never know about Kafka, sled, HTTP or YAML: it is the
+//! narrow waist between the runtime and the plugins, and every type in it is
+//! on the hot path or next to it.
+
+pub mod ack;
+pub mod batch;
+pub mod batcher;
+pub mod channel;
+pub mod component;
+pub mod metrics;
+pub mod shutdown;
+pub mod store;
+
+pub use ack::{Ack, AckReceiver};
+pub use batch::{Batch, BatchMeta, Record};
+pub use batcher::{next_batch, BatchLimits, SinkBatch};
+pub use channel::{Channel, ChannelClosed};
+pub use component::{
+    BuildError, ComponentTask, ConfigIssue, SinkConfig, SinkContext, SourceConfig, SourceContext,
+};
+pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
+pub use shutdown::Shutdown;
+pub use store::{CheckpointStore, StoreError};

@@ -1,0 +1,206 @@
+//! Metric handles.
+//!
+//! The families live in one [`Metrics`] registry that the admin endpoint
+//! encodes. Components look their labelled handles up once, when they are
+//! built, and keep them: on the hot path a metric update is one atomic add
+//! per batch, with no lookup and no lock.
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Every metric family of the process.
+pub struct Metrics {
+    registry: Registry,
+    source_events: Family<Labels, Counter>,
+    source_bytes: Family<Labels, Counter>,
+    sink_delivered: Family<Labels, Counter>,
+    sink_delivered_bytes: Family<Labels, Counter>,
+    sink_batches: Family<Labels, Counter>,
+    sink_failed: Family<Labels, Counter>,
+    sink_retries: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    spool_events: Family<Labels, Gauge>,
+    spool_bytes: Family<Labels, Gauge>,
+    channel_events: Family<Labels, Gauge>,
+    channel_bytes: Family<Labels, Gauge>,
+    latency: HistogramFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            source_events: Family::default(),
+            source_bytes: Family::default(),
+            sink_delivered: Family::default(),
+            sink_delivered_bytes: Family::default(),
+            sink_batches: Family::default(),
+            sink_failed: Family::default(),
+            sink_retries: Family::default(),
+            dropped: Family::default(),
+            spool_events: Family::default(),
+            spool_bytes: Family::default(),
+            channel_events: Family::default(),
+            channel_bytes: Family::default(),
+            latency: HistogramFamily::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counter names.
+        let counters: [(&str, &str, &Family<Labels, Counter>); 8] = [
+            ("tailrace_source_events", "Events read by each source", &m.source_events),
+            ("tailrace_source_bytes", "Payload bytes read by each source", &m.source_bytes),
+            ("tailrace_sink_events_delivered", "Events acknowledged by Kafka per sink", &m.sink_delivered),
+            ("tailrace_sink_bytes_delivered", "Payload bytes acknowledged by Kafka per sink", &m.sink_delivered_bytes),
+            ("tailrace_sink_batches", "Batches taken from the channel per sink", &m.sink_batches),
+            ("tailrace_sink_events_failed", "Failed sends per sink, by reason", &m.sink_failed),
+            ("tailrace_sink_retries", "Events produced again after a failed delivery", &m.sink_retries),
+            ("tailrace_events_dropped", "Events discarded, by component and reason", &m.dropped),
+        ];
+        for (name, help, family) in counters {
+            registry.register(name, help, family.clone());
+        }
+        let gauges: [(&str, &str, &Family<Labels, Gauge>); 4] = [
+            ("tailrace_spool_events", "Events held in the spool per sink", &m.spool_events),
+            ("tailrace_spool_bytes", "Bytes held in the spool per sink", &m.spool_bytes),
+            ("tailrace_channel_events", "Events waiting in each channel", &m.channel_events),
+            ("tailrace_channel_bytes", "Payload bytes waiting in each channel", &m.channel_bytes),
+        ];
+        for (name, help, family) in gauges {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "tailrace_delivery_latency_seconds",
+            "Time from read to acknowledgement by Kafka, per batch",
+            m.latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry, for the admin endpoint to encode and to add
+    /// process-level metrics to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn source(&self, name: &str) -> SourceMetrics {
+        let l = vec![("source", name.to_owned())];
+        SourceMetrics {
+            events: self.source_events.get_or_create(&l).clone(),
+            bytes: self.source_bytes.get_or_create(&l).clone(),
+            dropped: Dropped::new(self.dropped.clone(), name),
+        }
+    }
+
+    pub fn sink(&self, name: &str) -> SinkMetrics {
+        let l = vec![("sink", name.to_owned())];
+        SinkMetrics {
+            delivered: self.sink_delivered.get_or_create(&l).clone(),
+            delivered_bytes: self.sink_delivered_bytes.get_or_create(&l).clone(),
+            batches: self.sink_batches.get_or_create(&l).clone(),
+            retries: self.sink_retries.get_or_create(&l).clone(),
+            spool_events: self.spool_events.get_or_create(&l).clone(),
+            spool_bytes: self.spool_bytes.get_or_create(&l).clone(),
+            latency: self.latency.get_or_create(&l).clone(),
+            failed: Arc::new(Labelled {
+                family: self.sink_failed.clone(),
+                fixed: ("sink", name.to_owned()),
+                key: "reason",
+            }),
+            dropped: Dropped::new(self.dropped.clone(), name),
+        }
+    }
+
+    /// The (events, bytes) fill gauges of a channel.
+    pub fn channel(&self, name: &str) -> (Gauge, Gauge) {
+        let l = vec![("channel", name.to_owned())];
+        (
+            self.channel_events.get_or_create(&l).clone(),
+            self.channel_bytes.get_or_create(&l).clone(),
+        )
+    }
+}
+
+/// A counter family with one fixed label and one chosen at the call, for
+/// events that are rare (errors, drops), where a lookup per call is fine.
+pub struct Labelled {
+    family: Family<Labels, Counter>,
+    fixed: (&'static str, String),
+    key: &'static str,
+}
+
+impl Labelled {
+    pub fn add(&self, value: &str, n: u64) {
+        let labels = vec![self.fixed.clone(), (self.key, value.to_owned())];
+        self.family.get_or_create(&labels).inc_by(n);
+    }
+
+    pub fn get(&self, value: &str) -> u64 {
+        let labels = vec![self.fixed.clone(), (self.key, value.to_owned())];
+        self.family.get_or_create(&labels).get()
+    }
+}
+
+/// `tailrace_events_dropped_total{component, reason}` for one component.
+#[derive(Clone)]
+pub struct Dropped(Arc<Labelled>);
+
+impl Dropped {
+    fn new(family: Family<Labels, Counter>, component: &str) -> Dropped {
+        Dropped(Arc::new(Labelled { family, fixed: ("component", component.to_owned()), key: "reason" }))
+    }
+
+    pub fn add(&self, reason: &str, n: u64) {
+        self.0.add(reason, n)
+    }
+}
+
+#[derive(Clone)]
+pub struct SourceMetrics {
+    pub events: Counter,
+    pub bytes: Counter,
+    pub dropped: Dropped,
+}
+
+impl SourceMetrics {
+    /// Handles registered nowhere, for tests and tools.
+    pub fn detached(name: &str) -> SourceMetrics {
+        Metrics::new().source(name)
+    }
+}
+
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub delivered: Counter,
+    pub delivered_bytes: Counter,
+    pub batches: Counter,
+    pub retries: Counter,
+    pub spool_events: Gauge,
+    pub spool_bytes: Gauge,
+    pub latency: Histogram,
+    /// `tailrace_sink_events_failed_total{sink, reason}`
+    pub failed: Arc<Labelled>,
+    pub dropped: Dropped,
+}

@@ -1,0 +1,156 @@
+//! The file source: tails the files that match its globs and sends their
+//! lines, resuming after a restart from positions that Kafka acknowledged.
+//!
+//! One thread per source reads every file it tracks in large chunks, splits
+//! lines without copying them, and sends one batch per chunk. A file's
+//! position is saved only when every batch before it was acknowledged.
+//!
+//! This crate must never depend on another plugin, nor know how positions
+//! are stored (it sees the `CheckpointStore` trait) or where lines go (it
+//! sees channels).
+
+mod checkpoint;
+mod scan;
+mod split;
+mod tailer;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
+
+pub use checkpoint::{describe, CheckpointInfo};
+pub use split::{LinePolicy, Splitter};
+
+/// Where to start in a file that has no saved position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    #[default]
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Globs of the files to read; `**` crosses directories, `*` does not.
+    pub include: Vec<String>,
+    /// Globs of files not to read; a pattern without `/` matches the file
+    /// name, one with `/` the whole path.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// For files found at startup that have no saved position. Files that
+    /// appear while running are always read from their beginning.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// How often files are checked for new data when no change
+    /// notification arrives (the polling fallback).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How often the globs are matched again, besides on notifications.
+    #[serde(default = "default_scan_interval_ms")]
+    pub scan_interval_ms: u64,
+    /// Bytes read from a file at a time; also the largest batch.
+    #[serde(default = "default_read_buffer_bytes")]
+    pub read_buffer_bytes: usize,
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    #[serde(default)]
+    pub max_line_policy: LinePolicy,
+    /// Bytes at the start of a file that identify it with its inode.
+    #[serde(default = "default_fingerprint_bytes")]
+    pub fingerprint_bytes: usize,
+    /// A rotated or deleted file that was read to its end, whose lines were
+    /// all acknowledged and that has not grown for this long is closed.
+    #[serde(default = "default_rotated_idle_ms")]
+    pub rotated_idle_ms: u64,
+    /// How often acknowledged positions are written to the store.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    250
+}
+fn default_scan_interval_ms() -> u64 {
+    1000
+}
+fn default_read_buffer_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+fn default_fingerprint_bytes() -> usize {
+    1024
+}
+fn default_rotated_idle_ms() -> u64 {
+    5000
+}
+fn default_checkpoint_interval_ms() -> u64 {
+    200
+}
+
+impl FileSourceConfig {
+    fn interval(ms: u64) -> Duration {
+        Duration::from_millis(ms.max(1))
+    }
+}
+
+impl SourceConfig for FileSourceConfig {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.include.is_empty() {
+            issues.push(ConfigIssue::new(&["include"], "at least one include glob is required"));
+        }
+        for (key, list) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for (i, p) in list.iter().enumerate() {
+                if let Err(e) = scan::glob(p) {
+                    issues.push(ConfigIssue::new(&[key, &i.to_string()], format!("invalid glob {p:?}: {}", e.kind())));
+                }
+            }
+        }
+        for (i, p) in self.include.iter().enumerate() {
+            if !p.starts_with('/') {
+                issues.push(ConfigIssue::new(
+                    &["include", &i.to_string()],
+                    format!("include glob {p:?} must be an absolute path (it would depend on the working directory)"),
+                ));
+            }
+        }
+        let positive: [(&str, usize); 4] = [
+            ("read_buffer_bytes", self.read_buffer_bytes),
+            ("max_line_bytes", self.max_line_bytes),
+            ("poll_interval_ms", self.poll_interval_ms as usize),
+            ("scan_interval_ms", self.scan_interval_ms as usize),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                issues.push(ConfigIssue::new(&[key], format!("{key} must be greater than 0")));
+            }
+        }
+        issues
+    }
+
+    fn resources(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
+        let matcher = scan::Matcher::new(&self.include, &self.exclude)
+            .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?;
+        let settings = tailer::Settings {
+            start_at: self.start_at,
+            poll_interval: Self::interval(self.poll_interval_ms),
+            scan_interval: Self::interval(self.scan_interval_ms),
+            read_buffer_bytes: self.read_buffer_bytes.max(4096),
+            max_line_bytes: self.max_line_bytes,
+            max_line_policy: self.max_line_policy,
+            fingerprint_bytes: self.fingerprint_bytes,
+            rotated_idle: Duration::from_millis(self.rotated_idle_ms),
+            checkpoint_interval: Self::interval(self.checkpoint_interval_ms),
+        };
+        tailer::spawn(cx, matcher, settings)
+    }
+}

@@ -1,0 +1,209 @@
+//! The kafka sink's configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tailrace_api::{BatchLimits, BuildError, ComponentTask, ConfigIssue, SinkConfig, SinkContext};
+
+/// The value of `bootstrap_servers` that starts librdkafka's mock cluster
+/// in the process.
+pub const EMBEDDED: &str = "embedded";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port…]`, or `embedded`.
+    pub bootstrap_servers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long librdkafka keeps trying one message (message.timeout.ms);
+    /// 0 means forever.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+    #[serde(default)]
+    pub batch: BatchLimits,
+    /// Other librdkafka producer properties, passed through.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+fn default_delivery_timeout_ms() -> u64 {
+    300_000
+}
+
+/// Kafka's own codecs, so any consumer reads what tailrace wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    pub fn codec(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// A YAML scalar given to librdkafka as text.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Text(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { max_bytes: default_spool_max_bytes(), when_full: WhenFull::default() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    #[default]
+    Block,
+    DropOldest,
+}
+
+/// Properties tailrace sets itself; overriding them would break a promise.
+const RESERVED: &[(&str, &str)] = &[
+    ("acks", "acks=all is always on"),
+    ("request.required.acks", "acks=all is always on"),
+    ("enable.idempotence", "the idempotent producer is always on"),
+    ("bootstrap.servers", "use bootstrap_servers"),
+    ("metadata.broker.list", "use bootstrap_servers"),
+    ("compression.codec", "use compression"),
+    ("compression.type", "use compression"),
+    ("message.timeout.ms", "use delivery_timeout_ms"),
+    ("delivery.timeout.ms", "use delivery_timeout_ms"),
+    ("dr_msg_cb", "tailrace handles delivery reports"),
+];
+
+/// Checks `host:port[,host:port…]`.
+pub fn check_brokers(list: &str) -> Result<(), String> {
+    if list.trim().is_empty() {
+        return Err("bootstrap_servers is empty".into());
+    }
+    for part in list.split(',') {
+        let part = part.trim();
+        let (host, port) = part
+            .rsplit_once(':')
+            .ok_or_else(|| format!("invalid broker address {part:?}: expected host:port"))?;
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("invalid broker address {part:?}: {port:?} is not a port number")),
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("invalid broker address {part:?}: the host is missing or has spaces"));
+        }
+    }
+    Ok(())
+}
+
+impl SinkConfig for KafkaSinkConfig {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.bootstrap_servers != EMBEDDED {
+            if let Err(e) = check_brokers(&self.bootstrap_servers) {
+                issues.push(ConfigIssue::new(&["bootstrap_servers"], format!("{e} (or \"embedded\" for an in-process test cluster)")));
+            }
+        }
+        let topic_ok = !self.topic.is_empty()
+            && self.topic.len() <= 249
+            && self.topic != "."
+            && self.topic != ".."
+            && self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !topic_ok {
+            issues.push(ConfigIssue::new(
+                &["topic"],
+                format!("invalid topic name {:?}: use 1 to 249 of the characters a-z A-Z 0-9 . _ -", self.topic),
+            ));
+        }
+        for key in self.librdkafka.keys() {
+            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {
+                issues.push(ConfigIssue::new(&["librdkafka", key], format!("{key} cannot be set here: {why}")));
+            }
+        }
+        let limits: [(&str, u64); 3] = [
+            ("max_events", self.batch.max_events as u64),
+            ("max_bytes", self.batch.max_bytes as u64),
+            ("linger_ms", self.batch.linger_ms + 1),
+        ];
+        for (key, v) in limits {
+            if v == 0 {
+                issues.push(ConfigIssue::new(&["batch", key], format!("{key} must be greater than 0")));
+            }
+        }
+        if self.spool.max_bytes == 0 {
+            issues.push(ConfigIssue::new(&["spool", "max_bytes"], "max_bytes must be greater than 0"));
+        }
+        issues
+    }
+
+    fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError> {
+        crate::sink::spawn(self, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_lists() {
+        for ok in ["127.0.0.1:9092", "a:1,b:2", "kafka-1.example:9093, kafka-2:9093", "[::1]:9092"] {
+            assert_eq!(check_brokers(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            ("localhost", "expected host:port"),
+            (":9092", "host is missing"),
+            ("h:0", "not a port"),
+            ("h:99999", "not a port"),
+            ("not an address:", "not a port"),
+        ] {
+            let e = check_brokers(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?} gave {e:?}");
+        }
+    }
+}

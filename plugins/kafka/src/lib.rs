@@ -1,0 +1,16 @@
+//! The Kafka sink: produces every record it takes from its channel with
+//! acks=all and the idempotent producer, and acknowledges a batch back to
+//! its source only when Kafka confirmed every record of it.
+//!
+//! It runs on a thread of its own that both produces and polls, so delivery
+//! reports are handled where the producer lives: one reference-counted
+//! handle per channel batch is the delivery opaque of its records (no
+//! allocation per record), and metrics move once per batch.
+//!
+//! This is the only crate that knows rdkafka. It must never turn off
+//! acks=all or idempotence, whatever the pass-through properties say.
+
+mod config;
+mod sink;
+
+pub use config::{Compression, KafkaSinkConfig, SpoolConfig, WhenFull};
