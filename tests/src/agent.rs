@@ -1,0 +1,232 @@
+//! [`Agent`]: the real `tailrace run` process, plus the one-shot commands.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::Duration;
+
+use crate::process;
+
+/// The tailrace binary: `$TAILRACE_BIN`, else the one cargo built next to
+/// this test executable (`target/<profile>/deps/<test>` ->
+/// `target/<profile>/tailrace`).
+pub fn tailrace_bin() -> PathBuf {
+    let path = match std::env::var_os("TAILRACE_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let exe = std::env::current_exe().expect("cannot locate the test executable");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test executable is in target/<profile>/deps");
+            profile_dir.join("tailrace")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "no tailrace binary at {} (run cargo build -p tailrace first, or set TAILRACE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A `tailrace` command, for tests that need to set its environment.
+pub fn tailrace() -> Command {
+    Command::new(tailrace_bin())
+}
+
+/// Runs `tailrace ARGS...` to completion (validate, checkpoints, --version).
+pub fn run_tailrace<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    tailrace().args(args).output().expect("cannot run tailrace")
+}
+
+/// The config most tests use: one file source over `DIR/logs/*.log`, one
+/// memory channel, one kafka sink; checkpoints in `DIR/data`.
+pub fn file_to_kafka(dir: &Path, bootstrap: &str, topic: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"data_dir: {dir}/data
+shutdown_grace_ms: 10000
+summary_interval_ms: 1000
+log: {{ level: info, format: text }}
+sources:
+  app:
+    type: file
+    include: ["{dir}/logs/*.log"]
+    start_at: beginning
+    channels: [main]
+channels:
+  main:
+    type: memory
+    capacity_events: 100000
+    capacity_bytes: 67108864
+sinks:
+  kafka:
+    type: kafka
+    channel: main
+    bootstrap_servers: {bootstrap}
+    topic: {topic}
+    compression: lz4
+    delivery_timeout_ms: 300000
+    librdkafka: {{ "queue.buffering.max.ms": "5" }}
+"#
+    )
+}
+
+/// A saved source position, as printed by `tailrace checkpoints`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub source: String,
+    pub path: PathBuf,
+    pub dev: u64,
+    pub inode: u64,
+    pub offset: u64,
+}
+
+/// A running `tailrace run --config DIR/tailrace.yaml`, its stdout and
+/// stderr appended to `DIR/agent.log`. Dropping it SIGKILLs the process; if
+/// the test is panicking, the tail of the log is printed first.
+pub struct Agent {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Writes `config_yaml` to `DIR/tailrace.yaml` and starts the agent.
+    pub fn start(dir: &Path, config_yaml: &str) -> Agent {
+        let config = dir.join("tailrace.yaml");
+        std::fs::write(&config, config_yaml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        let mut agent = Agent {
+            config,
+            log: dir.join("agent.log"),
+            child: None,
+        };
+        agent.restart();
+        agent
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n` lines the agent logged, over all its runs.
+    pub fn log_tail(&self, n: usize) -> String {
+        process::tail(&self.log, n)
+    }
+
+    /// Starts the agent again with the same config; it must not be running.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "the agent is still running; stop it first"
+        );
+        let mut cmd = tailrace();
+        cmd.arg("run").arg("--config").arg(&self.config);
+        self.child = Some(process::spawn_logged(&mut cmd, &self.log));
+    }
+
+    /// Whether the process is still running (false once it exited, or was
+    /// killed or waited for).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("waitpid failed").is_none())
+    }
+
+    /// SIGKILL: the agent gets no chance to deliver or save anything.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the agent is not running");
+        process::kill_and_reap(&mut child)
+    }
+
+    /// SIGTERM: asks for a clean shutdown; pair with [`Agent::wait_exit`].
+    pub fn terminate(&mut self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        process::signal(child, libc::SIGTERM);
+    }
+
+    /// Waits for the agent to exit; panics (with its log) if it is still
+    /// running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("the agent is not running");
+        let Some(status) = process::wait_timeout(child, timeout) else {
+            panic!("tailrace still running {timeout:?} after it was asked to stop");
+        };
+        self.child = None;
+        status
+    }
+
+    /// `tailrace checkpoints` with this agent's config; the agent must be
+    /// stopped.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        assert!(
+            self.child.is_none(),
+            "stop the agent before reading its checkpoints"
+        );
+        let output = run_tailrace([
+            OsStr::new("checkpoints"),
+            OsStr::new("--config"),
+            self.config.as_os_str(),
+        ]);
+        assert!(
+            output.status.success(),
+            "tailrace checkpoints failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).expect("tailrace checkpoints prints UTF-8");
+        stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(parse_checkpoint)
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_and_reap(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- tailrace ({}), last lines of its log ----\n{}\n----",
+                self.log.display(),
+                self.log_tail(60)
+            );
+        }
+    }
+}
+
+fn parse_checkpoint(line: &str) -> Checkpoint {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("checkpoint line is not JSON ({e}): {line}"));
+    let text = |key: &str| {
+        value[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("checkpoint has no string {key:?}: {line}"))
+            .to_owned()
+    };
+    let number = |key: &str| {
+        value[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("checkpoint has no integer {key:?}: {line}"))
+    };
+    Checkpoint {
+        source: text("source"),
+        path: PathBuf::from(text("path")),
+        dev: number("dev"),
+        inode: number("inode"),
+        offset: number("offset"),
+    }
+}

@@ -1,0 +1,48 @@
+//! The end-to-end test harness of tailrace: it runs the real `tailrace`
+//! binary against a real Kafka-protocol broker (tansu) and reads back what
+//! arrived with a real consumer (the librdkafka that the rdkafka crate builds).
+//!
+//! - [`Broker`] starts tansu on a free port, creates topics, stops and restarts it.
+//! - [`Agent`] writes a config, spawns `tailrace run`, kills, terminates, restarts it.
+//! - [`Consumer`] assigns every partition of a topic from the beginning and
+//!   accumulates what it reads.
+//! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
+//!   checks what arrived against what was written ([`Report`]); a
+//!   [`Writer`] keeps appending them from a thread.
+//!
+//! The harness never assumes a running broker and never sleeps in place of a
+//! condition it can poll ([`wait_until`]). Every child process it starts is
+//! killed when its handle is dropped; when a test panics, the handles print
+//! the tail of the child's log so the failure explains itself.
+//!
+//! This crate must never depend on the daemon's crates: it tests the binary
+//! from the outside, through its CLI, its files and the broker.
+
+mod agent;
+mod broker;
+mod consumer;
+mod lines;
+mod process;
+
+pub use agent::{file_to_kafka, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint};
+pub use broker::{free_port, tansu_bin, Broker};
+pub use consumer::{Consumer, Record};
+pub use lines::{seq_of, Report, SeqLines, Writer, LINE_LEN};
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 20 ms until it holds or `timeout` has passed; returns
+/// whether it held. Use it instead of a sleep wherever a condition exists.
+#[must_use]
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
