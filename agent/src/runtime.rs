@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tailrace_api::{Channel, CheckpointStore, ComponentTask, Metrics, Shutdown, SinkContext, SourceContext};
+use tailrace_api::{Channel, CheckpointStore, ComponentTask, Metrics, Shutdown, SinkContext, SourceContext, SpoolStore};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             grace: config.shutdown_grace,
             metrics: metrics.sink(&spec.name),
             data_dir: data_dir.clone(),
+            spool: store.clone() as Arc<dyn SpoolStore>,
         };
         let task = spec.config.build(cx).with_context(|| format!("cannot start sink {}", spec.name))?;
         sinks.push(start(format!("sink {}", spec.name), task));
@@ -116,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     let s = store.clone();
-    tokio::task::spawn_blocking(move || s.flush()).await?.context("cannot flush the store")?;
+    tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s)).await?.context("cannot flush the store")?;
     info!(took_ms = started.elapsed().as_millis() as u64, "tailrace stopped");
     match (failed, errors.is_empty()) {
         (None, true) => Ok(()),

@@ -1,13 +1,21 @@
 //! The on-disk store under `data_dir`: sled, one tree per component's
-//! checkpoints. This is the only module that knows sled.
+//! checkpoints and one per sink's spool, dead letters and corrupt entries.
+//! This is the only module that knows sled.
 
+use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use tailrace_api::spool::{header, SpoolStore, SpoolTree, Usage};
 use tailrace_api::{CheckpointStore, StoreError};
 
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// What each spool tree holds, counted when first asked, then kept up
+    /// to date by push and remove.
+    usage: Mutex<HashMap<(SpoolTree, String), Usage>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +43,120 @@ impl Store {
             sled::Error::Io(io) if io.to_string().contains("lock") => OpenError::Locked(data_dir.to_path_buf()),
             _ => OpenError::Io { path: path.clone(), source: e },
         })?;
-        Ok(Store { db, path })
+        Ok(Store { db, path, usage: Mutex::new(HashMap::new()) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Store {
+    fn spool_tree(&self, tree: SpoolTree, sink: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(format!("{}/{sink}", tree.name())).map_err(err)
+    }
+
+    /// Runs `f` on the usage of a tree, counting it first if needed.
+    fn with_usage<T>(&self, tree: SpoolTree, sink: &str, f: impl FnOnce(&mut Usage) -> T) -> T {
+        let mut map = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let usage = map.entry((tree, sink.to_owned())).or_insert_with(|| {
+            let mut u = Usage::default();
+            if let Ok(t) = self.spool_tree(tree, sink) {
+                for (_, v) in t.iter().flatten() {
+                    count(&mut u, &v, 1);
+                }
+            }
+            u
+        });
+        f(usage)
+    }
+
+    /// The sinks that have anything in a spool tree.
+    pub fn spool_sinks(&self, tree: SpoolTree) -> Vec<String> {
+        let prefix = format!("{}/", tree.name());
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter_map(|n| String::from_utf8(n.to_vec()).ok())
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
+    }
+
+    /// Removes every entry of a tree; returns what was removed.
+    pub fn purge(&self, tree: SpoolTree, sink: &str) -> Result<Usage, StoreError> {
+        let t = self.spool_tree(tree, sink)?;
+        let mut removed = Usage::default();
+        for item in t.iter() {
+            let (k, v) = item.map_err(err)?;
+            t.remove(k).map_err(err)?;
+            count(&mut removed, &v, 1);
+        }
+        self.with_usage(tree, sink, |u| *u = Usage::default());
+        Ok(removed)
+    }
+}
+
+/// Adds (`sign` 1) or subtracts (-1) one entry to a usage.
+fn count(u: &mut Usage, entry: &[u8], sign: i64) {
+    let events = header(entry).map(|h| h.events as u64).unwrap_or(0);
+    let apply = |x: &mut u64, by: u64| *x = if sign > 0 { *x + by } else { x.saturating_sub(by) };
+    apply(&mut u.entries, 1);
+    apply(&mut u.events, events);
+    apply(&mut u.bytes, entry.len() as u64);
+}
+
+impl SpoolStore for Store {
+    fn push(&self, tree: SpoolTree, sink: &str, entry: &[u8]) -> Result<u64, StoreError> {
+        let t = self.spool_tree(tree, sink)?;
+        self.with_usage(tree, sink, |_| ()); // counted before it changes
+        let id = self.db.generate_id().map_err(err)?;
+        t.insert(id.to_be_bytes(), entry).map_err(err)?;
+        self.with_usage(tree, sink, |u| count(u, entry, 1));
+        Ok(id)
+    }
+
+    fn scan(&self, tree: SpoolTree, sink: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.spool_tree(tree, sink)?;
+        let start = match after {
+            Some(id) => Bound::Excluded(id.to_be_bytes()),
+            None => Bound::Unbounded,
+        };
+        t.range::<[u8; 8], _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(err)?;
+                let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError("malformed spool key".into()))?);
+                Ok((id, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn remove(&self, tree: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError> {
+        let t = self.spool_tree(tree, sink)?;
+        self.with_usage(tree, sink, |_| ());
+        if let Some(old) = t.remove(id.to_be_bytes()).map_err(err)? {
+            self.with_usage(tree, sink, |u| count(u, &old, -1));
+        }
+        Ok(())
+    }
+
+    fn move_to(&self, from: SpoolTree, to: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError> {
+        let src = self.spool_tree(from, sink)?;
+        let Some(v) = src.get(id.to_be_bytes()).map_err(err)? else { return Ok(()) };
+        // Into the destination first: a crash in between leaves a copy in
+        // both trees, never in neither.
+        self.with_usage(to, sink, |_| ());
+        self.spool_tree(to, sink)?.insert(id.to_be_bytes(), v.as_ref()).map_err(err)?;
+        self.with_usage(to, sink, |u| count(u, &v, 1));
+        self.remove(from, sink, id)
+    }
+
+    fn usage(&self, tree: SpoolTree, sink: &str) -> Usage {
+        self.with_usage(tree, sink, |u| *u)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        CheckpointStore::flush(self)
     }
 }
 
@@ -82,10 +199,39 @@ mod tests {
             store.save("app", &[(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), b"v2".to_vec())], &[]).unwrap();
             store.save("app", &[], &[b"k1".to_vec()]).unwrap();
             store.save("other", &[(b"k1".to_vec(), b"x".to_vec())], &[]).unwrap();
-            store.flush().unwrap();
+            CheckpointStore::flush(&store).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.load("app").unwrap(), vec![(b"k2".to_vec(), b"v2".to_vec())]);
         assert_eq!(store.load("other").unwrap().len(), 1);
+    }
+
+    fn entry(n: usize) -> Vec<u8> {
+        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> = (0..n).map(|_| (&b"line"[..], None, None)).collect();
+        tailrace_api::spool::encode(recs, "", 0)
+    }
+
+    #[test]
+    fn spool_entries_come_back_oldest_first_and_usage_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u64>;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            ids = (1..=3).map(|n| store.push(SpoolTree::Pending, "k", &entry(n)).unwrap()).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+            assert_eq!(store.usage(SpoolTree::Pending, "k").events, 6);
+            store.remove(SpoolTree::Pending, "k", ids[0]).unwrap();
+            store.move_to(SpoolTree::Pending, SpoolTree::Corrupt, "k", ids[1]).unwrap();
+            SpoolStore::flush(&store).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let left = store.scan(SpoolTree::Pending, "k", None, 10).unwrap();
+        assert_eq!(left.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[2]]);
+        assert_eq!(store.usage(SpoolTree::Pending, "k"), Usage { entries: 1, events: 3, bytes: entry(3).len() as u64 });
+        assert_eq!(store.usage(SpoolTree::Corrupt, "k").events, 2);
+        assert!(store.scan(SpoolTree::Pending, "k", Some(ids[2]), 10).unwrap().is_empty());
+        assert_eq!(store.purge(SpoolTree::Pending, "k").unwrap().entries, 1);
+        assert_eq!(store.usage(SpoolTree::Pending, "k"), Usage::default());
+        assert_eq!(store.spool_sinks(SpoolTree::Corrupt), vec!["k".to_string()]);
     }
 }

@@ -12,7 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics};
+use crate::spool::SpoolTree;
+use crate::{Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics, SpoolStore};
 
 /// A running component. It resolves when the component has stopped, with
 /// the reason if it stopped on an error.
@@ -58,6 +59,24 @@ pub trait SinkConfig: Send + Sync + Debug {
     }
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError>;
+
+    /// Replays a spool tree while the agent is stopped (`tailrace spool
+    /// replay`); sinks without a spool say so.
+    fn replay_spool(&self, name: &str, spool: Arc<dyn SpoolStore>, tree: SpoolTree, timeout: Duration) -> Result<ReplayReport, String> {
+        let _ = (spool, tree, timeout);
+        Err(format!("sink {name} keeps no spool"))
+    }
+}
+
+/// What an offline replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub entries: u64,
+    pub events: u64,
+    /// Not acknowledged in full: left in place.
+    pub failed_entries: u64,
+    /// Failed their checksum: moved to the corrupt tree.
+    pub corrupt_entries: u64,
 }
 
 /// Everything a source may use.
@@ -129,4 +148,6 @@ pub struct SinkContext {
     pub grace: Duration,
     pub metrics: SinkMetrics,
     pub data_dir: PathBuf,
+    /// Where failed sends are kept until they are replayed.
+    pub spool: Arc<dyn SpoolStore>,
 }

@@ -17,6 +17,7 @@ pub mod channel;
 pub mod component;
 pub mod metrics;
 pub mod shutdown;
+pub mod spool;
 pub mod store;
 
 pub use ack::{Ack, AckReceiver};
@@ -24,8 +25,9 @@ pub use batch::{Batch, BatchMeta, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
-    BuildError, ComponentTask, ConfigIssue, SinkConfig, SinkContext, SourceConfig, SourceContext,
+    BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext,
 };
 pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
 pub use shutdown::Shutdown;
+pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};

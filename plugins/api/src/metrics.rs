@@ -34,6 +34,8 @@ pub struct Metrics {
     dropped: Family<Labels, Counter>,
     spool_events: Family<Labels, Gauge>,
     spool_bytes: Family<Labels, Gauge>,
+    dead_letter_events: Family<Labels, Gauge>,
+    spool_corrupt: Family<Labels, Counter>,
     channel_events: Family<Labels, Gauge>,
     channel_bytes: Family<Labels, Gauge>,
     latency: HistogramFamily,
@@ -59,13 +61,16 @@ impl Metrics {
             dropped: Family::default(),
             spool_events: Family::default(),
             spool_bytes: Family::default(),
+            dead_letter_events: Family::default(),
+            spool_corrupt: Family::default(),
             channel_events: Family::default(),
             channel_bytes: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
-        let counters: [(&str, &str, &Family<Labels, Counter>); 8] = [
+        let counters: [(&str, &str, &Family<Labels, Counter>); 9] = [
+            ("tailrace_spool_corrupt_entries", "Spool entries that failed their checksum and were set aside", &m.spool_corrupt),
             ("tailrace_source_events", "Events read by each source", &m.source_events),
             ("tailrace_source_bytes", "Payload bytes read by each source", &m.source_bytes),
             ("tailrace_sink_events_delivered", "Events acknowledged by Kafka per sink", &m.sink_delivered),
@@ -78,7 +83,8 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
-        let gauges: [(&str, &str, &Family<Labels, Gauge>); 4] = [
+        let gauges: [(&str, &str, &Family<Labels, Gauge>); 5] = [
+            ("tailrace_dead_letter_events", "Events Kafka refused for good, kept in the dead-letter tree per sink", &m.dead_letter_events),
             ("tailrace_spool_events", "Events held in the spool per sink", &m.spool_events),
             ("tailrace_spool_bytes", "Bytes held in the spool per sink", &m.spool_bytes),
             ("tailrace_channel_events", "Events waiting in each channel", &m.channel_events),
@@ -123,6 +129,8 @@ impl Metrics {
             retries: self.sink_retries.get_or_create(&l).clone(),
             spool_events: self.spool_events.get_or_create(&l).clone(),
             spool_bytes: self.spool_bytes.get_or_create(&l).clone(),
+            dead_letter_events: self.dead_letter_events.get_or_create(&l).clone(),
+            spool_corrupt: self.spool_corrupt.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             failed: Arc::new(Labelled {
                 family: self.sink_failed.clone(),
@@ -199,6 +207,8 @@ pub struct SinkMetrics {
     pub retries: Counter,
     pub spool_events: Gauge,
     pub spool_bytes: Gauge,
+    pub dead_letter_events: Gauge,
+    pub spool_corrupt: Counter,
     pub latency: Histogram,
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tailrace_api::{BatchLimits, BuildError, ComponentTask, ConfigIssue, SinkConfig, SinkContext};
+use tailrace_api::spool::{SpoolStore, SpoolTree};
+use tailrace_api::{BatchLimits, BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext};
 
 /// The value of `bootstrap_servers` that starts librdkafka's mock cluster
 /// in the process.
@@ -31,7 +32,7 @@ pub struct KafkaSinkConfig {
 }
 
 fn default_delivery_timeout_ms() -> u64 {
-    300_000
+    60_000
 }
 
 /// Kafka's own codecs, so any consumer reads what tailrace wrote.
@@ -77,13 +78,43 @@ impl std::fmt::Display for Scalar {
     }
 }
 
+/// Where failed sends go, and how they come back.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
+    /// The most the spool may hold on disk (compressed).
     #[serde(default = "default_spool_max_bytes")]
     pub max_bytes: u64,
     #[serde(default)]
     pub when_full: WhenFull,
+    #[serde(default)]
+    pub ordering: SpoolOrdering,
+    /// How long a send may wait for room in librdkafka's queue before its
+    /// records go to the spool instead.
+    #[serde(default = "default_queue_full_timeout_ms")]
+    pub queue_full_timeout_ms: u64,
+    /// Spool entries being replayed at once.
+    #[serde(default = "default_replay_entries")]
+    pub replay_entries_in_flight: usize,
+}
+
+fn default_queue_full_timeout_ms() -> u64 {
+    5_000
+}
+fn default_replay_entries() -> usize {
+    4
+}
+
+/// Whether new events wait behind the spool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolOrdering {
+    /// While the spool holds anything, new events are spooled behind it, so
+    /// the order of a partition holds.
+    #[default]
+    Strict,
+    /// New events are produced at once; replay interleaves with them.
+    Relaxed,
 }
 
 fn default_spool_max_bytes() -> u64 {
@@ -92,7 +123,13 @@ fn default_spool_max_bytes() -> u64 {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { max_bytes: default_spool_max_bytes(), when_full: WhenFull::default() }
+        SpoolConfig {
+            max_bytes: default_spool_max_bytes(),
+            when_full: WhenFull::default(),
+            ordering: SpoolOrdering::default(),
+            queue_full_timeout_ms: default_queue_full_timeout_ms(),
+            replay_entries_in_flight: default_replay_entries(),
+        }
     }
 }
 
@@ -177,11 +214,18 @@ impl SinkConfig for KafkaSinkConfig {
         if self.spool.max_bytes == 0 {
             issues.push(ConfigIssue::new(&["spool", "max_bytes"], "max_bytes must be greater than 0"));
         }
+        if self.spool.replay_entries_in_flight == 0 {
+            issues.push(ConfigIssue::new(&["spool", "replay_entries_in_flight"], "replay_entries_in_flight must be greater than 0"));
+        }
         issues
     }
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError> {
         crate::sink::spawn(self, cx)
+    }
+
+    fn replay_spool(&self, name: &str, spool: std::sync::Arc<dyn SpoolStore>, tree: SpoolTree, timeout: std::time::Duration) -> Result<ReplayReport, String> {
+        crate::replay::replay_offline(self, name, spool, tree, tailrace_api::Metrics::new().sink(name), timeout)
     }
 }
 

@@ -11,6 +11,8 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 mod config;
+mod replay;
 mod sink;
 
-pub use config::{Compression, KafkaSinkConfig, SpoolConfig, WhenFull};
+pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull};
+pub use replay::{replay_offline, OfflineReplay};

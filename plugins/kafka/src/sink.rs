@@ -1,5 +1,8 @@
-//! The sink thread: take batches, produce them, handle delivery reports.
+//! The sink thread: take batches, produce them, handle delivery reports,
+//! spool what fails, replay the spool.
 
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -8,31 +11,41 @@ use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
-use rdkafka::message::Message;
+use tailrace_api::spool::{decode, encode, SpoolStore, SpoolTree};
 use tailrace_api::{next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, SinkContext, SinkMetrics};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaSinkConfig, EMBEDDED};
+use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
 
 /// How long the sink waits for a batch before polling the producer again.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// After a replay failed, how long before the spool is tried again.
+const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
+/// Records per spool entry at most.
+const ENTRY_RECORDS: usize = 10_000;
+/// Replay waits while librdkafka holds more than this many messages.
+const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
-struct Settings {
-    bootstrap_servers: String,
-    topic: String,
-    properties: Vec<(String, String)>,
-    limits: BatchLimits,
+pub(crate) struct Settings {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub properties: Vec<(String, String)>,
+    pub limits: BatchLimits,
+    pub spool: SpoolConfig,
 }
 
-pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<ComponentTask, BuildError> {
+/// The producer properties of a sink: the promises first, then the
+/// operator's pass-through properties.
+pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
     let mut properties: Vec<(String, String)> = vec![
         ("acks".into(), "all".into()),
         ("enable.idempotence".into(), "true".into()),
         ("compression.codec".into(), config.compression.codec().into()),
         ("message.timeout.ms".into(), config.delivery_timeout_ms.to_string()),
-        ("client.id".into(), format!("tailrace-{}", cx.name)),
+        ("client.id".into(), format!("tailrace-{name}")),
         ("linger.ms".into(), "5".into()),
         ("batch.num.messages".into(), "10000".into()),
         ("batch.size".into(), "1000000".into()),
@@ -43,15 +56,17 @@ pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<Compone
         properties.retain(|(key, _)| key != k);
         properties.push((k.clone(), v.to_string()));
     }
-    if config.spool.max_bytes > 0 {
-        debug!(sink = %cx.name, "spool settings accepted; failed sends are produced again until delivered");
-    }
-    let settings = Settings {
+    Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
         topic: config.topic.clone(),
         properties,
         limits: config.batch.clone(),
-    };
+        spool: config.spool.clone(),
+    }
+}
+
+pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<ComponentTask, BuildError> {
+    let settings = settings(config, &cx.name);
     let name = cx.name.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -63,42 +78,109 @@ pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<Compone
     Ok(Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the kafka sink thread panicked".into())) }))
 }
 
-/// One channel batch on its way to Kafka; the delivery opaque of each of
-/// its records.
-struct InFlight {
-    ack: Ack,
+/// Where the records of an in-flight group came from, and whom to tell.
+pub(crate) enum Origin {
+    /// A channel batch: its source waits for the ack.
+    Channel(Ack),
+    /// A spool entry being replayed: removed once every record is delivered.
+    Spool { id: u64, done: Arc<Mutex<Vec<(u64, bool)>>> },
+}
+
+/// A group of records on their way to Kafka; the delivery opaque of each.
+pub(crate) struct InFlight {
+    origin: Origin,
     remaining: AtomicUsize,
-    dropped: AtomicUsize,
+    /// Records settled without being delivered (spooled, dead-lettered, a
+    /// failed replay).
+    diverted: AtomicUsize,
+    /// A replayed record failed: keep the entry.
+    failed: AtomicBool,
     events: usize,
     bytes: usize,
     read_at: SystemTime,
 }
 
 impl InFlight {
-    /// One record is settled: delivered, or dropped for good and counted.
+    pub(crate) fn new(origin: Origin, events: usize, bytes: usize, read_at: SystemTime) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            origin,
+            remaining: AtomicUsize::new(events),
+            diverted: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            events,
+            bytes,
+            read_at,
+        })
+    }
+
+    fn for_batch(batch: &Batch) -> Arc<InFlight> {
+        InFlight::new(Origin::Channel(batch.ack.clone()), batch.len(), batch.bytes, batch.meta.read_at)
+    }
+
+    /// One record delivered.
     fn settle(&self, metrics: &SinkMetrics) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let delivered = self.events - self.dropped.load(Ordering::Acquire);
+            self.complete(metrics);
+        }
+    }
+
+    /// One record settled without delivery (it is safe elsewhere, or a
+    /// replay failed).
+    fn divert(&self, metrics: &SinkMetrics) {
+        self.diverted.fetch_add(1, Ordering::AcqRel);
+        self.settle(metrics);
+    }
+
+    fn complete(&self, metrics: &SinkMetrics) {
+        let delivered = self.events - self.diverted.load(Ordering::Acquire);
+        if delivered > 0 {
             metrics.delivered.inc_by(delivered as u64);
-            metrics.delivered_bytes.inc_by(self.bytes as u64);
+            metrics.delivered_bytes.inc_by((self.bytes * delivered / self.events.max(1)) as u64);
             if let Ok(age) = self.read_at.elapsed() {
                 metrics.latency.observe(age.as_secs_f64());
             }
-            self.ack.done(self.events);
         }
+        match &self.origin {
+            Origin::Channel(ack) => ack.done(self.events),
+            Origin::Spool { id, done } => {
+                done.lock().unwrap_or_else(|e| e.into_inner()).push((*id, self.failed.load(Ordering::Acquire)))
+            }
+        }
+    }
+
+    fn is_replay(&self) -> bool {
+        matches!(self.origin, Origin::Spool { .. })
     }
 }
 
-/// A record whose delivery failed, kept to be produced again.
-struct Failure {
+/// A record whose delivery failed.
+pub(crate) struct Failure {
     inflight: Arc<InFlight>,
     payload: Bytes,
+    key: Option<Bytes>,
     timestamp: Option<i64>,
     error: KafkaError,
 }
 
+impl Failure {
+    /// A replayed record failed: its entry stays for a later try.
+    pub(crate) fn fail_replay(self, metrics: &SinkMetrics) {
+        self.inflight.failed.store(true, Ordering::Release);
+        self.inflight.divert(metrics);
+    }
+}
+
+/// A record on its way to the spool or the dead-letter tree.
+struct Diverted {
+    inflight: Arc<InFlight>,
+    payload: Bytes,
+    key: Option<Bytes>,
+    timestamp: Option<i64>,
+    reason: String,
+}
+
 /// The producer's context: receives delivery reports and client errors.
-struct Delivery {
+pub(crate) struct Delivery {
     sink: Arc<str>,
     metrics: SinkMetrics,
     failed: Arc<Mutex<Vec<Failure>>>,
@@ -107,6 +189,10 @@ struct Delivery {
 }
 
 impl Delivery {
+    pub(crate) fn new(sink: Arc<str>, metrics: SinkMetrics, failed: Arc<Mutex<Vec<Failure>>>, reachable: Arc<AtomicBool>) -> Delivery {
+        Delivery { sink, metrics, failed, reachable, last_warning: Mutex::new(None) }
+    }
+
     fn warn_limited(&self, what: &str, detail: &str) {
         let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -127,11 +213,9 @@ impl ClientContext for Delivery {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if self.reachable.swap(false, Ordering::AcqRel) {
-                warn!(sink = %self.sink, reason, "the sink cannot reach its broker; events wait and are retried");
-                return;
-            }
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) && self.reachable.swap(false, Ordering::AcqRel) {
+            warn!(sink = %self.sink, reason, "the sink cannot reach its broker; failed sends go to the spool");
+            return;
         }
         self.warn_limited("kafka client error", &format!("{error}: {reason}"));
     }
@@ -149,21 +233,22 @@ impl ProducerContext for Delivery {
                 inflight.settle(&self.metrics);
             }
             Err((error, message)) => {
-                let payload = message.payload().map(Bytes::copy_from_slice).unwrap_or_default();
-                let timestamp = message.timestamp().to_millis();
-                self.failed.lock().unwrap_or_else(|e| e.into_inner()).push(Failure {
+                let failure = Failure {
                     inflight,
-                    payload,
-                    timestamp,
+                    payload: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                    key: message.key().map(Bytes::copy_from_slice),
+                    timestamp: message.timestamp().to_millis(),
                     error: error.clone(),
-                });
+                };
+                self.failed.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
             }
         }
     }
 }
 
-/// Errors that producing again cannot fix.
-fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
+/// Errors that producing again cannot fix: the records go to the
+/// dead-letter tree.
+pub(crate) fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
     matches!(
         code,
         Some(
@@ -174,11 +259,14 @@ fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::InvalidTopic
                 | RDKafkaErrorCode::InvalidMessageSize
                 | RDKafkaErrorCode::InvalidArgument
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
         )
     )
 }
 
-fn reason(error: &KafkaError) -> String {
+/// A metric label for an error: `message_timed_out`.
+pub(crate) fn reason(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
         Some(code) => format!("{code:?}").chars().fold(String::new(), |mut s, c| {
             if c.is_uppercase() && !s.is_empty() {
@@ -191,8 +279,35 @@ fn reason(error: &KafkaError) -> String {
     }
 }
 
-/// The sink was told to stop and its grace period is over.
-struct OutOfTime;
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub(crate) fn create_producer(settings: &Settings, context: Delivery) -> Result<BaseProducer<Delivery>, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.bootstrap_servers);
+    for (k, v) in &settings.properties {
+        config.set(k, v);
+    }
+    let sink = context.sink.clone();
+    config.create_with_context(context).map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
+}
+
+/// Why a record was not handed to librdkafka.
+enum Unsent {
+    /// Its queue stayed full for `queue_full_timeout_ms`.
+    QueueFull,
+    /// Shutdown's grace period is over.
+    OutOfTime,
+}
+
+struct Replay {
+    in_flight: HashSet<u64>,
+    done: Arc<Mutex<Vec<(u64, bool)>>>,
+    /// The last entry handed out; the next one is after it.
+    cursor: Option<u64>,
+    not_before: Instant,
+}
 
 struct Sink {
     cx: SinkContext,
@@ -201,30 +316,12 @@ struct Sink {
     failed: Arc<Mutex<Vec<Failure>>>,
     reachable: Arc<AtomicBool>,
     /// Set when shutdown is first seen: the end of the grace period.
-    deadline: std::cell::Cell<Option<Instant>>,
-}
-
-fn create_producer(
-    cx: &SinkContext,
-    settings: &Settings,
-    failed: &Arc<Mutex<Vec<Failure>>>,
-    reachable: &Arc<AtomicBool>,
-) -> Result<BaseProducer<Delivery>, String> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.bootstrap_servers);
-    for (k, v) in &settings.properties {
-        config.set(k, v);
-    }
-    let context = Delivery {
-        sink: cx.name.clone(),
-        metrics: cx.metrics.clone(),
-        failed: failed.clone(),
-        reachable: reachable.clone(),
-        last_warning: Mutex::new(None),
-    };
-    config
-        .create_with_context(context)
-        .map_err(|e| format!("cannot create the kafka producer of sink {}: {e}", cx.name))
+    deadline: Cell<Option<Instant>>,
+    spool: Arc<dyn SpoolStore>,
+    /// Records to be spooled, waiting for room when the spool is full.
+    to_spool: Vec<Diverted>,
+    replay: Replay,
+    last_full_warning: Option<Instant>,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -247,9 +344,30 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     };
     let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
-    let producer = create_producer(&cx, &settings, &failed, &reachable)?;
-    info!(sink = %cx.name, bootstrap_servers = %settings.bootstrap_servers, topic = %settings.topic, "kafka sink started");
-    let mut sink = Sink { cx, settings, producer, failed, reachable, deadline: Default::default() };
+    let context = Delivery::new(cx.name.clone(), cx.metrics.clone(), failed.clone(), reachable.clone());
+    let producer = create_producer(&settings, context)?;
+    let spool = cx.spool.clone();
+    let held = spool.usage(SpoolTree::Pending, &cx.name);
+    info!(
+        sink = %cx.name,
+        bootstrap_servers = %settings.bootstrap_servers,
+        topic = %settings.topic,
+        spooled_events = held.events,
+        "kafka sink started"
+    );
+    let mut sink = Sink {
+        cx,
+        settings,
+        producer,
+        failed,
+        reachable,
+        deadline: Cell::new(None),
+        spool,
+        to_spool: Vec::new(),
+        replay: Replay { in_flight: HashSet::new(), done: Arc::default(), cursor: None, not_before: Instant::now() },
+        last_full_warning: None,
+    };
+    sink.update_gauges();
     let result = sink.run();
     sink.finish();
     result
@@ -259,11 +377,20 @@ impl Sink {
     fn run(&mut self) -> Result<(), String> {
         loop {
             self.producer.poll(Duration::ZERO);
-            self.check_deadline();
-            if self.retry_failed().is_err() {
-                return Ok(());
-            }
+            self.handle_failures();
+            self.finish_replays();
             self.recover_if_fatal()?;
+            if !self.flush_to_spool() {
+                // The spool is full and blocks: take nothing new until
+                // replay makes room.
+                self.replay_more();
+                self.producer.poll(Duration::from_millis(50));
+                if self.out_of_time() {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.replay_more();
             let batch = next_batch(&self.cx.input, &self.settings.limits, IDLE_WAIT);
             if batch.is_empty() {
                 if self.cx.input.is_drained() {
@@ -273,10 +400,11 @@ impl Sink {
             }
             self.cx.metrics.batches.inc();
             for b in batch.batches {
-                if self.produce_batch(b).is_err() {
+                if self.send_batch(b).is_err() {
                     return Ok(());
                 }
             }
+            self.flush_to_spool();
         }
     }
 
@@ -291,119 +419,362 @@ impl Sink {
         self.deadline.get().is_some_and(|d| Instant::now() >= d)
     }
 
-    fn produce_batch(&mut self, batch: Batch) -> Result<(), OutOfTime> {
+    /// New events wait behind the spool in strict ordering.
+    fn behind_spool(&self) -> bool {
+        self.settings.spool.ordering == SpoolOrdering::Strict
+            && (!self.to_spool.is_empty() || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
+    }
+
+    fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
         let timestamp = batch.meta.read_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).ok();
-        let inflight = Arc::new(InFlight {
-            ack: batch.ack.clone(),
-            remaining: AtomicUsize::new(batch.len()),
-            dropped: AtomicUsize::new(0),
-            events: batch.len(),
-            bytes: batch.bytes,
-            read_at: batch.meta.read_at,
-        });
-        for record in &batch.records {
-            self.produce(&inflight, &record.payload, timestamp)?;
+        let inflight = InFlight::for_batch(&batch);
+        if self.behind_spool() {
+            for r in &batch.records {
+                self.divert(&inflight, r.payload.clone(), None, timestamp, "behind_spool".into());
+            }
+            return Ok(());
+        }
+        for (i, record) in batch.records.iter().enumerate() {
+            match self.produce(&inflight, &record.payload, None, timestamp) {
+                Ok(()) => {}
+                Err(Unsent::QueueFull) => {
+                    warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
+                    for r in &batch.records[i..] {
+                        self.divert(&inflight, r.payload.clone(), None, timestamp, "queue_full".into());
+                    }
+                    return Ok(());
+                }
+                Err(Unsent::OutOfTime) => return Err(Unsent::OutOfTime),
+            }
         }
         Ok(())
     }
 
-    /// Hands one record to librdkafka, waiting while its queue is full.
-    fn produce(&self, inflight: &Arc<InFlight>, payload: &[u8], timestamp: Option<i64>) -> Result<(), OutOfTime> {
-        let mut record = BaseRecord::<(), [u8], Arc<InFlight>>::with_opaque_to(&self.settings.topic, inflight.clone()).payload(payload);
+    /// Hands one record to librdkafka, waiting a bounded time while its
+    /// queue is full.
+    fn produce(&mut self, inflight: &Arc<InFlight>, payload: &[u8], key: Option<&[u8]>, timestamp: Option<i64>) -> Result<(), Unsent> {
+        let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(&self.settings.topic, inflight.clone()).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
+        let mut full_since = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
+                    let since = *full_since.get_or_insert_with(Instant::now);
                     self.producer.poll(Duration::from_millis(5));
                     if self.out_of_time() {
-                        return Err(OutOfTime);
+                        return Err(Unsent::OutOfTime);
+                    }
+                    if since.elapsed() >= Duration::from_millis(self.settings.spool.queue_full_timeout_ms) {
+                        return Err(Unsent::QueueFull);
                     }
                 }
-                Err((error, _)) => {
-                    self.give_up(inflight, &error);
+                Err((error, back)) => {
+                    drop(back);
+                    let why = reason(&error);
+                    self.cx.metrics.failed.add(&why, 1);
+                    let (payload, key) = (Bytes::copy_from_slice(payload), key.map(Bytes::copy_from_slice));
+                    if inflight.is_replay() {
+                        inflight.failed.store(true, Ordering::Release);
+                        inflight.divert(&self.cx.metrics);
+                    } else if is_permanent(error.rdkafka_error_code()) {
+                        self.dead_letter(vec![Diverted { inflight: inflight.clone(), payload, key, timestamp, reason: error.to_string() }]);
+                    } else {
+                        self.divert(inflight, payload, key, timestamp, why);
+                    }
                     return Ok(());
                 }
             }
         }
     }
 
-    /// A record that cannot be delivered: counted, logged, and settled so
-    /// that it does not hold back the position of its source forever.
-    fn give_up(&self, inflight: &Arc<InFlight>, error: &KafkaError) {
-        let why = reason(error);
-        error!(sink = %self.cx.name, error = %error, "event cannot be delivered and is dropped");
-        self.cx.metrics.failed.add(&why, 1);
-        self.cx.metrics.dropped.add(&why, 1);
-        inflight.dropped.fetch_add(1, Ordering::AcqRel);
-        inflight.settle(&self.cx.metrics);
+    fn divert(&mut self, inflight: &Arc<InFlight>, payload: Bytes, key: Option<Bytes>, timestamp: Option<i64>, reason: String) {
+        self.to_spool.push(Diverted { inflight: inflight.clone(), payload, key, timestamp, reason });
     }
 
-    /// Produces again what failed; gives up on what cannot succeed.
-    fn retry_failed(&mut self) -> Result<(), OutOfTime> {
+    /// Sorts failed deliveries: replays are retried later from the spool,
+    /// permanent failures go to the dead-letter tree, the rest to the spool.
+    fn handle_failures(&mut self) {
         let failures = std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()));
         if failures.is_empty() {
-            return Ok(());
+            return;
         }
-        let mut retried = 0u64;
-        let mut first_reason = None;
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut dead = Vec::new();
         for f in failures {
-            if is_permanent(f.error.rdkafka_error_code()) {
-                self.give_up(&f.inflight, &f.error);
+            let why = reason(&f.error);
+            *reasons.entry(why.clone()).or_default() += 1;
+            if f.inflight.is_replay() {
+                f.inflight.failed.store(true, Ordering::Release);
+                f.inflight.divert(&self.cx.metrics);
+            } else if is_permanent(f.error.rdkafka_error_code()) {
+                dead.push(Diverted { inflight: f.inflight, payload: f.payload, key: f.key, timestamp: f.timestamp, reason: f.error.to_string() });
+            } else {
+                self.to_spool.push(Diverted { inflight: f.inflight, payload: f.payload, key: f.key, timestamp: f.timestamp, reason: why });
+            }
+        }
+        for (why, n) in &reasons {
+            self.cx.metrics.failed.add(why, *n);
+        }
+        warn!(sink = %self.cx.name, failures = ?reasons, "deliveries failed");
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+        }
+    }
+
+    /// Keeps records Kafka refused for good, with the error, and settles them.
+    fn dead_letter(&mut self, records: Vec<Diverted>) {
+        for chunk in records.chunks(ENTRY_RECORDS) {
+            let entry = encode(
+                chunk.iter().map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
+                &chunk[0].reason,
+                now_ms(),
+            );
+            let stored = self.spool.push(SpoolTree::DeadLetter, &self.cx.name, &entry).and_then(|_| self.spool.flush());
+            match stored {
+                Ok(()) => {
+                    error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
+                    for d in chunk {
+                        d.inflight.divert(&self.cx.metrics);
+                    }
+                }
+                Err(e) => {
+                    // Not settled: the source position stays before them.
+                    error!(sink = %self.cx.name, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Writes what waits for the spool, flushes, and settles it. Returns
+    /// false when the spool is full and blocks.
+    fn flush_to_spool(&mut self) -> bool {
+        if self.to_spool.is_empty() {
+            return true;
+        }
+        let name = self.cx.name.clone();
+        let pending = std::mem::take(&mut self.to_spool);
+        let mut written = 0;
+        let mut blocked = false;
+        let mut entries = Vec::new();
+        for chunk in pending.chunks(ENTRY_RECORDS) {
+            let entry = encode(chunk.iter().map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)), &chunk[0].reason, now_ms());
+            if !self.make_room(entry.len() as u64) {
+                blocked = true;
+                break;
+            }
+            if let Err(e) = self.spool.push(SpoolTree::Pending, &name, &entry) {
+                error!(sink = %name, error = %e, "cannot write the spool; retrying");
+                blocked = true;
+                break;
+            }
+            entries.push(chunk.len());
+            written += chunk.len();
+        }
+        if written > 0 {
+            if let Err(e) = self.spool.flush() {
+                // Written but maybe not durable: settle nothing, try again.
+                error!(sink = %name, error = %e, "cannot flush the spool; retrying");
+                self.to_spool = pending;
+                return false;
+            }
+            for d in &pending[..written] {
+                d.inflight.divert(&self.cx.metrics);
+            }
+            info!(sink = %name, events = written, reason = %pending[0].reason, "events spooled");
+        }
+        self.to_spool = pending.into_iter().skip(written).collect();
+        self.update_gauges();
+        !blocked
+    }
+
+    /// Whether an entry of `size` bytes fits, dropping the oldest entries
+    /// first when so configured.
+    fn make_room(&mut self, size: u64) -> bool {
+        let name = self.cx.name.clone();
+        loop {
+            let usage = self.spool.usage(SpoolTree::Pending, &name);
+            if usage.entries == 0 || usage.bytes + size <= self.settings.spool.max_bytes {
+                return true;
+            }
+            match self.settings.spool.when_full {
+                WhenFull::Block => {
+                    if self.last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        self.last_full_warning = Some(Instant::now());
+                        warn!(sink = %name, bytes = usage.bytes, max_bytes = self.settings.spool.max_bytes, "spool full; holding the sources back until replay makes room");
+                    }
+                    return false;
+                }
+                WhenFull::DropOldest => {
+                    let oldest = self.spool.scan(SpoolTree::Pending, &name, None, 16).unwrap_or_default();
+                    let Some((id, entry)) = oldest.into_iter().find(|(id, _)| !self.replay.in_flight.contains(id)) else {
+                        return false;
+                    };
+                    let events = tailrace_api::spool::header(&entry).map(|h| h.events as u64).unwrap_or(0);
+                    if self.spool.remove(SpoolTree::Pending, &name, id).is_err() {
+                        return false;
+                    }
+                    self.cx.metrics.dropped.add("spool_full", events);
+                    warn!(sink = %name, events, "spool full; dropped its oldest entry (when_full: drop_oldest)");
+                }
+            }
+        }
+    }
+
+    /// Hands the next spool entries to librdkafka, oldest first.
+    fn replay_more(&mut self) {
+        let name = self.cx.name.clone();
+        if Instant::now() < self.replay.not_before || self.spool.usage(SpoolTree::Pending, &name).entries == 0 {
+            return;
+        }
+        while self.replay.in_flight.len() < self.settings.spool.replay_entries_in_flight
+            && self.producer.in_flight_count() < REPLAY_QUEUE_ROOM
+        {
+            let next = match self.spool.scan(SpoolTree::Pending, &name, self.replay.cursor, 1) {
+                Ok(mut v) => v.pop(),
+                Err(e) => {
+                    error!(sink = %name, error = %e, "cannot read the spool");
+                    self.replay.not_before = Instant::now() + REPLAY_BACKOFF;
+                    return;
+                }
+            };
+            let Some((id, entry)) = next else {
+                if self.replay.in_flight.is_empty() {
+                    self.replay.cursor = None;
+                }
+                return;
+            };
+            self.replay.cursor = Some(id);
+            if self.replay.in_flight.contains(&id) {
                 continue;
             }
-            let why = reason(&f.error);
-            self.cx.metrics.failed.add(&why, 1);
-            first_reason.get_or_insert(why);
-            retried += 1;
-            self.produce(&f.inflight, &f.payload, f.timestamp)?;
+            let (header, records) = match decode(&entry) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    error!(sink = %name, entry = id, error = %e, "spool entry is damaged; set aside (see `tailrace spool stats`)");
+                    self.cx.metrics.spool_corrupt.inc();
+                    let _ = self.spool.move_to(SpoolTree::Pending, SpoolTree::Corrupt, &name, id);
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                let _ = self.spool.remove(SpoolTree::Pending, &name, id);
+                continue;
+            }
+            let bytes = records.iter().map(|r| r.payload.len()).sum();
+            let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
+            let inflight = InFlight::new(Origin::Spool { id, done: self.replay.done.clone() }, records.len(), bytes, created);
+            self.replay.in_flight.insert(id);
+            debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
+            for (i, r) in records.iter().enumerate() {
+                if self.produce(&inflight, &r.payload, r.key.as_deref(), r.timestamp_ms).is_err() {
+                    inflight.failed.store(true, Ordering::Release);
+                    for _ in i..records.len() {
+                        inflight.divert(&self.cx.metrics);
+                    }
+                    return;
+                }
+            }
         }
-        if retried > 0 {
-            self.cx.metrics.retries.inc_by(retried);
-            warn!(sink = %self.cx.name, events = retried, reason = first_reason.unwrap_or_default(), "deliveries failed, producing them again");
+    }
+
+    /// Removes replayed entries that Kafka acknowledged in full.
+    fn finish_replays(&mut self) {
+        let done = std::mem::take(&mut *self.replay.done.lock().unwrap_or_else(|e| e.into_inner()));
+        if done.is_empty() {
+            return;
         }
-        Ok(())
+        let name = self.cx.name.clone();
+        for (id, failed) in done {
+            self.replay.in_flight.remove(&id);
+            if failed {
+                self.replay.not_before = Instant::now() + REPLAY_BACKOFF;
+                self.replay.cursor = None;
+            } else if let Err(e) = self.spool.remove(SpoolTree::Pending, &name, id) {
+                error!(sink = %name, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again");
+            }
+        }
+        let left = self.spool.usage(SpoolTree::Pending, &name);
+        if left.entries == 0 && self.replay.in_flight.is_empty() {
+            info!(sink = %name, "spool replayed in full");
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let pending = self.spool.usage(SpoolTree::Pending, &self.cx.name);
+        self.cx.metrics.spool_events.set(pending.events as i64);
+        self.cx.metrics.spool_bytes.set(pending.bytes as i64);
+        let dead = self.spool.usage(SpoolTree::DeadLetter, &self.cx.name);
+        self.cx.metrics.dead_letter_events.set(dead.events as i64);
     }
 
     /// The idempotent producer can hit a fatal error (its sequence numbers
-    /// no longer line up). Then the producer is replaced and what it held is
-    /// produced again by the new one.
+    /// no longer line up). Then what it holds is purged into the spool and
+    /// a new producer takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
         let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
         error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
-        self.producer.purge(PurgeConfig::default().queue().inflight());
-        self.producer.poll(Duration::from_millis(100));
-        self.producer = create_producer(&self.cx, &self.settings, &self.failed, &self.reachable)?;
+        self.purge_into_failures();
+        self.handle_failures();
+        let context = Delivery::new(self.cx.name.clone(), self.cx.metrics.clone(), self.failed.clone(), self.reachable.clone());
+        self.producer = create_producer(&self.settings, context)?;
         Ok(())
     }
 
+    /// Takes back everything librdkafka holds; each comes back as a failed
+    /// delivery.
+    fn purge_into_failures(&mut self) {
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        let until = Instant::now() + Duration::from_secs(2);
+        while self.producer.in_flight_count() > 0 && Instant::now() < until {
+            self.producer.poll(Duration::from_millis(20));
+        }
+    }
+
     /// After the input is drained or the grace period is over: wait for
-    /// what is in flight, within the grace period.
+    /// what is in flight within the grace period, then spool the rest.
     fn finish(&mut self) {
         self.check_deadline();
         let deadline = self.deadline.get().unwrap_or_else(|| Instant::now() + self.cx.grace);
         loop {
             self.producer.poll(Duration::from_millis(20));
+            self.handle_failures();
+            self.finish_replays();
+            self.flush_to_spool();
             let failed = !self.failed.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            if failed {
-                let _ = self.retry_failed();
-            }
-            let in_flight = self.producer.in_flight_count();
-            if in_flight == 0 && !failed {
-                info!(sink = %self.cx.name, "kafka sink stopped, everything delivered");
-                return;
+            if self.producer.in_flight_count() == 0 && !failed && self.to_spool.is_empty() {
+                break;
             }
             if Instant::now() >= deadline {
-                warn!(
-                    sink = %self.cx.name,
-                    events = in_flight,
-                    "grace period over with events unacknowledged; they will be read again after the restart"
-                );
-                return;
+                break;
             }
         }
+        let unacknowledged = self.producer.in_flight_count();
+        if unacknowledged > 0 {
+            warn!(sink = %self.cx.name, events = unacknowledged, "grace period over with events unacknowledged; spooling them");
+            self.purge_into_failures();
+            self.handle_failures();
+        }
+        while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
+            let timestamp = batch.meta.read_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).ok();
+            let inflight = InFlight::for_batch(&batch);
+            for r in &batch.records {
+                self.divert(&inflight, r.payload.clone(), None, timestamp, "shutdown".into());
+            }
+        }
+        self.finish_replays();
+        if !self.flush_to_spool() {
+            warn!(sink = %self.cx.name, events = self.to_spool.len(), "spool full at shutdown; those events will be read again after the restart");
+        }
+        let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
+        info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");
     }
 }
