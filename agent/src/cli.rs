@@ -106,7 +106,11 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tailrace: cannot start the async runtime: {e}");
@@ -122,7 +126,13 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Spool { action, config, dead_letter, corrupt, sink } => {
+        Command::Spool {
+            action,
+            config,
+            dead_letter,
+            corrupt,
+            sink,
+        } => {
             let Some(config) = config else {
                 eprintln!("tailrace: spool needs --config FILE");
                 return ExitCode::from(EXIT_CONFIG);
@@ -165,15 +175,23 @@ pub fn main() -> ExitCode {
 fn load(file: &Path) -> Result<Config, ExitCode> {
     config::load(file, &Registry::builtin()).map_err(|errors| {
         eprintln!("{errors}");
-        eprintln!("tailrace: {} error(s) in {}; nothing was started", errors.errors.len(), file.display());
+        eprintln!(
+            "tailrace: {} error(s) in {}; nothing was started",
+            errors.errors.len(),
+            file.display()
+        );
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -184,7 +202,9 @@ fn print_checkpoints(config: &Config) -> anyhow::Result<()> {
     let store = Store::open(&config.data_dir)?;
     for source in config.sources.iter().filter(|s| s.kind == "file") {
         for (k, v) in store.load(&source.name)? {
-            let Some(info) = tailrace_file::describe(&k, &v) else { continue };
+            let Some(info) = tailrace_file::describe(&k, &v) else {
+                continue;
+            };
             let line = serde_json::json!({
                 "source": source.name,
                 "path": info.path.to_string_lossy(),
@@ -198,18 +218,35 @@ fn print_checkpoints(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spool_command(config: &Config, action: SpoolAction, tree: SpoolTree, only: Option<&str>) -> anyhow::Result<ExitCode> {
+fn spool_command(
+    config: &Config,
+    action: SpoolAction,
+    tree: SpoolTree,
+    only: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let store = Arc::new(Store::open(&config.data_dir)?);
-    let sinks: Vec<_> = config.sinks.iter().filter(|s| only.is_none_or(|n| n == s.name)).collect();
+    let sinks: Vec<_> = config
+        .sinks
+        .iter()
+        .filter(|s| only.is_none_or(|n| n == s.name))
+        .collect();
     if sinks.is_empty() {
-        anyhow::bail!("no sink {:?} in {}", only.unwrap_or_default(), config.file.display());
+        anyhow::bail!(
+            "no sink {:?} in {}",
+            only.unwrap_or_default(),
+            config.file.display()
+        );
     }
     let mut code = ExitCode::SUCCESS;
     for sink in sinks {
         let name = sink.name.as_str();
         match action {
             SpoolAction::Stats => {
-                for t in [SpoolTree::Pending, SpoolTree::DeadLetter, SpoolTree::Corrupt] {
+                for t in [
+                    SpoolTree::Pending,
+                    SpoolTree::DeadLetter,
+                    SpoolTree::Corrupt,
+                ] {
                     let u = store.usage(t, name);
                     println!(
                         "{}",
@@ -227,8 +264,12 @@ fn spool_command(config: &Config, action: SpoolAction, tree: SpoolTree, only: Op
                     for (id, entry) in page {
                         after = Some(id);
                         let line = match header(&entry) {
-                            Ok(h) => serde_json::json!({"sink": name, "tree": tree.name(), "id": id, "created_ms": h.created_ms, "events": h.events, "bytes": entry.len(), "reason": h.reason}),
-                            Err(e) => serde_json::json!({"sink": name, "tree": tree.name(), "id": id, "bytes": entry.len(), "error": e.to_string()}),
+                            Ok(h) => {
+                                serde_json::json!({"sink": name, "tree": tree.name(), "id": id, "created_ms": h.created_ms, "events": h.events, "bytes": entry.len(), "reason": h.reason})
+                            }
+                            Err(e) => {
+                                serde_json::json!({"sink": name, "tree": tree.name(), "id": id, "bytes": entry.len(), "error": e.to_string()})
+                            }
                         };
                         println!("{line}");
                     }
@@ -237,7 +278,12 @@ fn spool_command(config: &Config, action: SpoolAction, tree: SpoolTree, only: Op
             SpoolAction::Replay { timeout_secs } => {
                 let report = sink
                     .config
-                    .replay_spool(name, store.clone() as Arc<dyn SpoolStore>, tree, Duration::from_secs(timeout_secs))
+                    .replay_spool(
+                        name,
+                        store.clone() as Arc<dyn SpoolStore>,
+                        tree,
+                        Duration::from_secs(timeout_secs),
+                    )
                     .map_err(|e| anyhow::anyhow!(e))?;
                 println!(
                     "{}",
@@ -250,7 +296,10 @@ fn spool_command(config: &Config, action: SpoolAction, tree: SpoolTree, only: Op
             SpoolAction::Purge { yes } => {
                 if yes {
                     let gone = store.purge(tree, name)?;
-                    println!("{}", serde_json::json!({"sink": name, "tree": tree.name(), "purged_entries": gone.entries, "purged_events": gone.events}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"sink": name, "tree": tree.name(), "purged_entries": gone.entries, "purged_events": gone.events})
+                    );
                 } else {
                     let u = store.usage(tree, name);
                     println!("would purge {} entries ({} events) of sink {name} from the {} tree; add --yes to do it", u.entries, u.events, tree.name());

@@ -18,11 +18,15 @@ pub struct Registry {
     sinks: BTreeMap<&'static str, SinkFactory>,
 }
 
-fn source<T: SourceConfig + DeserializeOwned + 'static>(v: Value) -> Result<Box<dyn SourceConfig>, ParseError> {
+fn source<T: SourceConfig + DeserializeOwned + 'static>(
+    v: Value,
+) -> Result<Box<dyn SourceConfig>, ParseError> {
     serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn SourceConfig>)
 }
 
-fn sink<T: SinkConfig + DeserializeOwned + 'static>(v: Value) -> Result<Box<dyn SinkConfig>, ParseError> {
+fn sink<T: SinkConfig + DeserializeOwned + 'static>(
+    v: Value,
+) -> Result<Box<dyn SinkConfig>, ParseError> {
     serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn SinkConfig>)
 }
 

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tailrace_api::{Channel, CheckpointStore, ComponentTask, Metrics, Shutdown, SinkContext, SourceContext, SpoolStore};
+use tailrace_api::{
+    Channel, CheckpointStore, ComponentTask, Metrics, Shutdown, SinkContext, SourceContext,
+    SpoolStore,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -22,7 +25,10 @@ struct Running {
 }
 
 fn start(name: String, task: ComponentTask) -> Running {
-    Running { name, handle: tokio::spawn(task) }
+    Running {
+        name,
+        handle: tokio::spawn(task),
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, or until a component fails. Returns an
@@ -38,7 +44,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(|c| {
             let (events, bytes) = metrics.channel(&c.name);
-            (c.name.clone(), Arc::new(Channel::new(&c.name, c.capacity_events, c.capacity_bytes, events, bytes)))
+            (
+                c.name.clone(),
+                Arc::new(Channel::new(
+                    &c.name,
+                    c.capacity_events,
+                    c.capacity_bytes,
+                    events,
+                    bytes,
+                )),
+            )
         })
         .collect();
 
@@ -57,7 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
             spool: store.clone() as Arc<dyn SpoolStore>,
         };
-        let task = spec.config.build(cx).with_context(|| format!("cannot start sink {}", spec.name))?;
+        let task = spec
+            .config
+            .build(cx)
+            .with_context(|| format!("cannot start sink {}", spec.name))?;
         sinks.push(start(format!("sink {}", spec.name), task));
     }
     let mut sources = Vec::new();
@@ -70,19 +88,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             drained: drained.clone(),
             metrics: metrics.source(&spec.name),
         };
-        let task = spec.config.build(cx).with_context(|| format!("cannot start source {}", spec.name))?;
+        let task = spec
+            .config
+            .build(cx)
+            .with_context(|| format!("cannot start source {}", spec.name))?;
         sources.push(start(format!("source {}", spec.name), task));
     }
 
     let summary = config.summary_interval.map(|every| {
-        let sources: Vec<_> = config.sources.iter().map(|s| (s.name.clone(), metrics.source(&s.name))).collect();
-        let sinks: Vec<_> = config.sinks.iter().map(|s| (s.name.clone(), metrics.sink(&s.name))).collect();
+        let sources: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), metrics.source(&s.name)))
+            .collect();
+        let sinks: Vec<_> = config
+            .sinks
+            .iter()
+            .map(|s| (s.name.clone(), metrics.sink(&s.name)))
+            .collect();
         let channels = channels.clone();
         tokio::spawn(summarize(every, sources, sinks, channels))
     });
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let failed = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); None }
         _ = sigint.recv() => { info!("SIGINT received, shutting down"); None }
@@ -117,8 +148,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     let s = store.clone();
-    tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s)).await?.context("cannot flush the store")?;
-    info!(took_ms = started.elapsed().as_millis() as u64, "tailrace stopped");
+    tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s))
+        .await?
+        .context("cannot flush the store")?;
+    info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "tailrace stopped"
+    );
     match (failed, errors.is_empty()) {
         (None, true) => Ok(()),
         (Some(name), true) => anyhow::bail!("{name} stopped unexpectedly"),

@@ -34,16 +34,35 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
         let path = data_dir.join("store");
         if let Err(e) = std::fs::create_dir_all(&path) {
-            return Err(OpenError::Io { path, source: sled::Error::Io(e) });
+            return Err(OpenError::Io {
+                path,
+                source: sled::Error::Io(e),
+            });
         }
-        let db = sled::Config::new().path(&path).flush_every_ms(Some(500)).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
-                OpenError::Locked(data_dir.to_path_buf())
-            }
-            sled::Error::Io(io) if io.to_string().contains("lock") => OpenError::Locked(data_dir.to_path_buf()),
-            _ => OpenError::Io { path: path.clone(), source: e },
-        })?;
-        Ok(Store { db, path, usage: Mutex::new(HashMap::new()) })
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.raw_os_error() == Some(11) =>
+                {
+                    OpenError::Locked(data_dir.to_path_buf())
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    OpenError::Locked(data_dir.to_path_buf())
+                }
+                _ => OpenError::Io {
+                    path: path.clone(),
+                    source: e,
+                },
+            })?;
+        Ok(Store {
+            db,
+            path,
+            usage: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -53,7 +72,9 @@ impl Store {
 
 impl Store {
     fn spool_tree(&self, tree: SpoolTree, sink: &str) -> Result<sled::Tree, StoreError> {
-        self.db.open_tree(format!("{}/{sink}", tree.name())).map_err(err)
+        self.db
+            .open_tree(format!("{}/{sink}", tree.name()))
+            .map_err(err)
     }
 
     /// Runs `f` on the usage of a tree, counting it first if needed.
@@ -99,7 +120,13 @@ impl Store {
 /// Adds (`sign` 1) or subtracts (-1) one entry to a usage.
 fn count(u: &mut Usage, entry: &[u8], sign: i64) {
     let events = header(entry).map(|h| h.events as u64).unwrap_or(0);
-    let apply = |x: &mut u64, by: u64| *x = if sign > 0 { *x + by } else { x.saturating_sub(by) };
+    let apply = |x: &mut u64, by: u64| {
+        *x = if sign > 0 {
+            *x + by
+        } else {
+            x.saturating_sub(by)
+        }
+    };
     apply(&mut u.entries, 1);
     apply(&mut u.events, events);
     apply(&mut u.bytes, entry.len() as u64);
@@ -115,7 +142,13 @@ impl SpoolStore for Store {
         Ok(id)
     }
 
-    fn scan(&self, tree: SpoolTree, sink: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    fn scan(
+        &self,
+        tree: SpoolTree,
+        sink: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let t = self.spool_tree(tree, sink)?;
         let start = match after {
             Some(id) => Bound::Excluded(id.to_be_bytes()),
@@ -125,7 +158,11 @@ impl SpoolStore for Store {
             .take(limit)
             .map(|item| {
                 let (k, v) = item.map_err(err)?;
-                let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError("malformed spool key".into()))?);
+                let id = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError("malformed spool key".into()))?,
+                );
                 Ok((id, v.to_vec()))
             })
             .collect()
@@ -140,13 +177,23 @@ impl SpoolStore for Store {
         Ok(())
     }
 
-    fn move_to(&self, from: SpoolTree, to: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError> {
+    fn move_to(
+        &self,
+        from: SpoolTree,
+        to: SpoolTree,
+        sink: &str,
+        id: u64,
+    ) -> Result<(), StoreError> {
         let src = self.spool_tree(from, sink)?;
-        let Some(v) = src.get(id.to_be_bytes()).map_err(err)? else { return Ok(()) };
+        let Some(v) = src.get(id.to_be_bytes()).map_err(err)? else {
+            return Ok(());
+        };
         // Into the destination first: a crash in between leaves a copy in
         // both trees, never in neither.
         self.with_usage(to, sink, |_| ());
-        self.spool_tree(to, sink)?.insert(id.to_be_bytes(), v.as_ref()).map_err(err)?;
+        self.spool_tree(to, sink)?
+            .insert(id.to_be_bytes(), v.as_ref())
+            .map_err(err)?;
         self.with_usage(to, sink, |u| count(u, &v, 1));
         self.remove(from, sink, id)
     }
@@ -167,10 +214,17 @@ fn err(e: sled::Error) -> StoreError {
 impl CheckpointStore for Store {
     fn load(&self, component: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let tree = self.db.open_tree(tree_name(component)).map_err(err)?;
-        tree.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)).collect()
+        tree.iter()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect()
     }
 
-    fn save(&self, component: &str, puts: &[(Vec<u8>, Vec<u8>)], removes: &[Vec<u8>]) -> Result<(), StoreError> {
+    fn save(
+        &self,
+        component: &str,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        removes: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
         let tree = self.db.open_tree(tree_name(component)).map_err(err)?;
         let mut batch = sled::Batch::default();
         for k in removes {
@@ -196,18 +250,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.save("app", &[(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), b"v2".to_vec())], &[]).unwrap();
+            store
+                .save(
+                    "app",
+                    &[
+                        (b"k1".to_vec(), b"v1".to_vec()),
+                        (b"k2".to_vec(), b"v2".to_vec()),
+                    ],
+                    &[],
+                )
+                .unwrap();
             store.save("app", &[], &[b"k1".to_vec()]).unwrap();
-            store.save("other", &[(b"k1".to_vec(), b"x".to_vec())], &[]).unwrap();
+            store
+                .save("other", &[(b"k1".to_vec(), b"x".to_vec())], &[])
+                .unwrap();
             CheckpointStore::flush(&store).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load("app").unwrap(), vec![(b"k2".to_vec(), b"v2".to_vec())]);
+        assert_eq!(
+            store.load("app").unwrap(),
+            vec![(b"k2".to_vec(), b"v2".to_vec())]
+        );
         assert_eq!(store.load("other").unwrap().len(), 1);
     }
 
     fn entry(n: usize) -> Vec<u8> {
-        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> = (0..n).map(|_| (&b"line"[..], None, None)).collect();
+        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> =
+            (0..n).map(|_| (&b"line"[..], None, None)).collect();
         tailrace_api::spool::encode(recs, "", 0)
     }
 
@@ -217,19 +286,36 @@ mod tests {
         let ids: Vec<u64>;
         {
             let store = Store::open(dir.path()).unwrap();
-            ids = (1..=3).map(|n| store.push(SpoolTree::Pending, "k", &entry(n)).unwrap()).collect();
+            ids = (1..=3)
+                .map(|n| store.push(SpoolTree::Pending, "k", &entry(n)).unwrap())
+                .collect();
             assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
             assert_eq!(store.usage(SpoolTree::Pending, "k").events, 6);
             store.remove(SpoolTree::Pending, "k", ids[0]).unwrap();
-            store.move_to(SpoolTree::Pending, SpoolTree::Corrupt, "k", ids[1]).unwrap();
+            store
+                .move_to(SpoolTree::Pending, SpoolTree::Corrupt, "k", ids[1])
+                .unwrap();
             SpoolStore::flush(&store).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let left = store.scan(SpoolTree::Pending, "k", None, 10).unwrap();
-        assert_eq!(left.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[2]]);
-        assert_eq!(store.usage(SpoolTree::Pending, "k"), Usage { entries: 1, events: 3, bytes: entry(3).len() as u64 });
+        assert_eq!(
+            left.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![ids[2]]
+        );
+        assert_eq!(
+            store.usage(SpoolTree::Pending, "k"),
+            Usage {
+                entries: 1,
+                events: 3,
+                bytes: entry(3).len() as u64
+            }
+        );
         assert_eq!(store.usage(SpoolTree::Corrupt, "k").events, 2);
-        assert!(store.scan(SpoolTree::Pending, "k", Some(ids[2]), 10).unwrap().is_empty());
+        assert!(store
+            .scan(SpoolTree::Pending, "k", Some(ids[2]), 10)
+            .unwrap()
+            .is_empty());
         assert_eq!(store.purge(SpoolTree::Pending, "k").unwrap().entries, 1);
         assert_eq!(store.usage(SpoolTree::Pending, "k"), Usage::default());
         assert_eq!(store.spool_sinks(SpoolTree::Corrupt), vec!["k".to_string()]);

@@ -12,7 +12,10 @@ pub struct Unresolved {
     pub message: String,
 }
 
-pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<Unresolved>> {
+pub fn interpolate(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<Unresolved>> {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     for (n, line) in text.split_inclusive('\n').enumerate() {
@@ -25,7 +28,13 @@ pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
     }
 }
 
-fn interpolate_line(line: &str, n: usize, env: &dyn Fn(&str) -> Option<String>, out: &mut String, errors: &mut Vec<Unresolved>) {
+fn interpolate_line(
+    line: &str,
+    n: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut String,
+    errors: &mut Vec<Unresolved>,
+) {
     let bytes = line.as_bytes();
     let mut i = 0;
     let mut quote: Option<u8> = None;
@@ -47,7 +56,11 @@ fn interpolate_line(line: &str, n: usize, env: &dyn Fn(&str) -> Option<String>, 
         }
         if c == b'$' && bytes.get(i + 1) == Some(&b'{') {
             let Some(len) = line[i + 2..].find('}') else {
-                errors.push(Unresolved { line: n, column: i + 1, message: "unclosed ${ (write $$ for a literal $)".into() });
+                errors.push(Unresolved {
+                    line: n,
+                    column: i + 1,
+                    message: "unclosed ${ (write $$ for a literal $)".into(),
+                });
                 out.push_str(&line[i..]);
                 return;
             };
@@ -56,9 +69,14 @@ fn interpolate_line(line: &str, n: usize, env: &dyn Fn(&str) -> Option<String>, 
                 Some((name, default)) => (name, Some(default)),
                 None => (inner, None),
             };
-            let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
-                errors.push(Unresolved { line: n, column: i + 1, message: format!("invalid variable name {name:?} in ${{{inner}}}") });
+                errors.push(Unresolved {
+                    line: n,
+                    column: i + 1,
+                    message: format!("invalid variable name {name:?} in ${{{inner}}}"),
+                });
             } else {
                 match (env(name), default) {
                     (Some(v), _) => out.push_str(&v),
@@ -117,7 +135,10 @@ mod tests {
         check("a: 1 # ${NOPE}\n", Ok("a: 1 # ${NOPE}\n"));
         check("a: \"x # ${HOST}\"\n", Ok("a: \"x # kafka-1\"\n"));
         check("x: 1\na: ${NOPE}\n", Err(&[(2, 4, "NOPE is not set")]));
-        check("a: ${NOPE} ${ALSO}\n", Err(&[(1, 4, "NOPE"), (1, 12, "ALSO")]));
+        check(
+            "a: ${NOPE} ${ALSO}\n",
+            Err(&[(1, 4, "NOPE"), (1, 12, "ALSO")]),
+        );
         check("a: ${BAD-NAME}\n", Err(&[(1, 4, "invalid variable name")]));
         check("a: ${HOST\n", Err(&[(1, 4, "unclosed")]));
     }

@@ -25,13 +25,21 @@ impl Positions {
 
     /// The (line, column) of `path`, or of its nearest ancestor that has one.
     pub fn find(&self, path: &[String]) -> Option<(usize, usize)> {
-        (0..=path.len()).rev().find_map(|n| self.0.get(&path[..n]).copied())
+        (0..=path.len())
+            .rev()
+            .find_map(|n| self.0.get(&path[..n]).copied())
     }
 }
 
 enum Frame {
-    Map { path: Vec<String>, key: Option<String> },
-    Seq { path: Vec<String>, index: usize },
+    Map {
+        path: Vec<String>,
+        key: Option<String>,
+    },
+    Seq {
+        path: Vec<String>,
+        index: usize,
+    },
 }
 
 #[derive(Default)]
@@ -42,7 +50,9 @@ struct Receiver {
 
 impl Receiver {
     fn record(&mut self, path: &[String], mark: Marker) {
-        self.positions.entry(path.to_vec()).or_insert((mark.line(), mark.col() + 1));
+        self.positions
+            .entry(path.to_vec())
+            .or_insert((mark.line(), mark.col() + 1));
     }
 
     /// A value starts at `mark`: returns its path.
@@ -82,7 +92,11 @@ impl MarkedEventReceiver for Receiver {
                 self.stack.pop();
             }
             Event::Scalar(s, ..) => {
-                if let Some(Frame::Map { path, key: key @ None }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    path,
+                    key: key @ None,
+                }) = self.stack.last_mut()
+                {
                     let mut p = path.clone();
                     p.push(s.clone());
                     *key = Some(s);

@@ -134,7 +134,10 @@ fn default_true() -> bool {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { address: default_admin_address(), enabled: true }
+        AdminConfig {
+            address: default_admin_address(),
+            enabled: true,
+        }
     }
 }
 
@@ -155,7 +158,10 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_log_level(), format: LogFormat::default() }
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
     }
 }
 
@@ -233,7 +239,11 @@ struct Errors<'a> {
 impl Errors<'_> {
     fn add(&mut self, path: Vec<String>, message: impl Into<String>) {
         let position = self.positions.find(&path);
-        self.list.push(ConfigError { path, message: message.into(), position });
+        self.list.push(ConfigError {
+            path,
+            message: message.into(),
+            position,
+        });
     }
 }
 
@@ -249,21 +259,43 @@ fn joined(base: &[String], rest: &[String]) -> Vec<String> {
 pub fn load(file: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
     let fail = |message: String| ConfigErrors {
         file: file.to_path_buf(),
-        errors: vec![ConfigError { path: Vec::new(), message, position: None }],
+        errors: vec![ConfigError {
+            path: Vec::new(),
+            message,
+            position: None,
+        }],
     };
-    let text = std::fs::read(file).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
-    let text = String::from_utf8(text).map_err(|e| fail(format!("the config file is not UTF-8 (at byte {})", e.utf8_error().valid_up_to())))?;
+    let text =
+        std::fs::read(file).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        fail(format!(
+            "the config file is not UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     parse(file, &text, &|name| std::env::var(name).ok(), registry)
 }
 
 /// Parses and validates config text; `env` resolves `${VAR}`.
-pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Result<Config, ConfigErrors> {
-    let errors_of = |list| ConfigErrors { file: file.to_path_buf(), errors: list };
+pub fn parse(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    registry: &Registry,
+) -> Result<Config, ConfigErrors> {
+    let errors_of = |list| ConfigErrors {
+        file: file.to_path_buf(),
+        errors: list,
+    };
     let text = interpolate(text, env).map_err(|unresolved| {
         errors_of(
             unresolved
                 .into_iter()
-                .map(|u| ConfigError { path: Vec::new(), message: u.message, position: Some((u.line, u.column)) })
+                .map(|u| ConfigError {
+                    path: Vec::new(),
+                    message: u.message,
+                    position: Some((u.line, u.column)),
+                })
                 .collect(),
         )
     })?;
@@ -277,16 +309,25 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>, regi
                 Some(i) if position.is_some() => message[..i].to_string(),
                 _ => message,
             };
-            return Err(errors_of(vec![ConfigError { path: Vec::new(), message, position }]));
+            return Err(errors_of(vec![ConfigError {
+                path: Vec::new(),
+                message,
+                position,
+            }]));
         }
     };
     let positions = Positions::index(&text);
-    let mut errors = Errors { positions: &positions, list: Vec::new() };
+    let mut errors = Errors {
+        positions: &positions,
+        list: Vec::new(),
+    };
     let config = build(file, raw, registry, &mut errors);
     if errors.list.is_empty() {
         Ok(config.expect("no errors means a config"))
     } else {
-        errors.list.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+        errors
+            .list
+            .sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
         Err(errors_of(errors.list))
     }
 }
@@ -296,10 +337,19 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         errors.add(path(&["data_dir"]), "data_dir is empty");
     }
     if raw.admin.address.parse::<SocketAddr>().is_err() {
-        errors.add(path(&["admin", "address"]), format!("invalid address {:?}: expected ip:port, like {DEFAULT_ADMIN_ADDRESS}", raw.admin.address));
+        errors.add(
+            path(&["admin", "address"]),
+            format!(
+                "invalid address {:?}: expected ip:port, like {DEFAULT_ADMIN_ADDRESS}",
+                raw.admin.address
+            ),
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
-        errors.add(path(&["log", "level"]), format!("invalid log level {:?}: {e}", raw.log.level));
+        errors.add(
+            path(&["log", "level"]),
+            format!("invalid log level {:?}: {e}", raw.log.level),
+        );
     }
 
     let mut channels = Vec::new();
@@ -308,12 +358,22 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         match serde_path_to_error::deserialize::<_, RawChannel>(value.clone()) {
             Ok(c) => {
                 let ChannelKind::Memory = c.kind;
-                for (key, v) in [("capacity_events", c.capacity_events), ("capacity_bytes", c.capacity_bytes)] {
+                for (key, v) in [
+                    ("capacity_events", c.capacity_events),
+                    ("capacity_bytes", c.capacity_bytes),
+                ] {
                     if v == 0 {
-                        errors.add(joined(&base, &path(&[key])), format!("{key} must be greater than 0"));
+                        errors.add(
+                            joined(&base, &path(&[key])),
+                            format!("{key} must be greater than 0"),
+                        );
                     }
                 }
-                channels.push(ChannelSpec { name: name.clone(), capacity_events: c.capacity_events, capacity_bytes: c.capacity_bytes });
+                channels.push(ChannelSpec {
+                    name: name.clone(),
+                    capacity_events: c.capacity_events,
+                    capacity_bytes: c.capacity_bytes,
+                });
             }
             Err(e) => serde_error(errors, &base, e, "channel", &["memory"]),
         }
@@ -329,11 +389,16 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
     let mut sources = Vec::new();
     for (name, value) in &raw.sources {
         let base = path(&["sources", name]);
-        let Some(mut map) = component_map(errors, &base, value) else { continue };
+        let Some(mut map) = component_map(errors, &base, value) else {
+            continue;
+        };
         let kind = take_type(errors, &base, &mut map);
         let chans = match map.remove("channels") {
             None => {
-                errors.add(base.clone(), format!("source {name} has no `channels:` (the channels it writes to)"));
+                errors.add(
+                    base.clone(),
+                    format!("source {name} has no `channels:` (the channels it writes to)"),
+                );
                 Vec::new()
             }
             Some(v) => match serde_yaml::from_value::<Vec<String>>(v) {
@@ -343,7 +408,10 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
                 }
                 Ok(list) => list,
                 Err(_) => {
-                    errors.add(joined(&base, &path(&["channels"])), "channels must be a list of channel names");
+                    errors.add(
+                        joined(&base, &path(&["channels"])),
+                        "channels must be a list of channel names",
+                    );
                     Vec::new()
                 }
             },
@@ -354,7 +422,10 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
             } else {
                 errors.add(
                     joined(&base, &path(&["channels", &i.to_string()])),
-                    format!("unknown channel {c:?}; defined channels: {}", known_channels()),
+                    format!(
+                        "unknown channel {c:?}; defined channels: {}",
+                        known_channels()
+                    ),
                 );
             }
         }
@@ -362,14 +433,22 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         let Some(factory) = registry.source(&kind) else {
             errors.add(
                 joined(&base, &path(&["type"])),
-                format!("unknown source type {kind:?}; known types: {}", registry.source_types().join(", ")),
+                format!(
+                    "unknown source type {kind:?}; known types: {}",
+                    registry.source_types().join(", ")
+                ),
             );
             continue;
         };
         match factory(Value::Mapping(map)) {
             Ok(config) => {
                 issues(errors, &base, config.validate());
-                sources.push(SourceSpec { name: name.clone(), kind, channels: chans, config });
+                sources.push(SourceSpec {
+                    name: name.clone(),
+                    kind,
+                    channels: chans,
+                    config,
+                });
             }
             Err(e) => serde_error(errors, &base, e, "", &[]),
         }
@@ -381,23 +460,37 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
     let mut sinks = Vec::new();
     for (name, value) in &raw.sinks {
         let base = path(&["sinks", name]);
-        let Some(mut map) = component_map(errors, &base, value) else { continue };
+        let Some(mut map) = component_map(errors, &base, value) else {
+            continue;
+        };
         let kind = take_type(errors, &base, &mut map);
         let channel = match map.remove("channel") {
             Some(Value::String(c)) => {
                 if channel_names.contains(c.as_str()) {
                     Some(c)
                 } else {
-                    errors.add(joined(&base, &path(&["channel"])), format!("unknown channel {c:?}; defined channels: {}", known_channels()));
+                    errors.add(
+                        joined(&base, &path(&["channel"])),
+                        format!(
+                            "unknown channel {c:?}; defined channels: {}",
+                            known_channels()
+                        ),
+                    );
                     None
                 }
             }
             Some(_) => {
-                errors.add(joined(&base, &path(&["channel"])), "channel must be the name of one channel");
+                errors.add(
+                    joined(&base, &path(&["channel"])),
+                    "channel must be the name of one channel",
+                );
                 None
             }
             None => {
-                errors.add(base.clone(), format!("sink {name} has no `channel:` (the channel it reads)"));
+                errors.add(
+                    base.clone(),
+                    format!("sink {name} has no `channel:` (the channel it reads)"),
+                );
                 None
             }
         };
@@ -410,7 +503,10 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         let Some(factory) = registry.sink(&kind) else {
             errors.add(
                 joined(&base, &path(&["type"])),
-                format!("unknown sink type {kind:?}; known types: {}", registry.sink_types().join(", ")),
+                format!(
+                    "unknown sink type {kind:?}; known types: {}",
+                    registry.sink_types().join(", ")
+                ),
             );
             continue;
         };
@@ -418,7 +514,12 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
             Ok(config) => {
                 issues(errors, &base, config.validate());
                 if let Some(channel) = channel {
-                    sinks.push(SinkSpec { name: name.clone(), kind, channel, config });
+                    sinks.push(SinkSpec {
+                        name: name.clone(),
+                        kind,
+                        channel,
+                        config,
+                    });
                 }
             }
             Err(e) => serde_error(errors, &base, e, "", &[]),
@@ -430,11 +531,26 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         let written = writers.get(name).copied().unwrap_or(0) > 0;
         let read = readers.get(name).map_or(&[][..], Vec::as_slice);
         match (written, read.len()) {
-            (false, 0) => errors.add(base, format!("channel {name:?} is not used by any source or sink")),
-            (true, 0) => errors.add(base, format!("nothing reads channel {name:?}: add a sink with `channel: {name}`")),
-            (false, _) => errors.add(base, format!("no source writes to channel {name:?}: name it in a source's `channels:`")),
+            (false, 0) => errors.add(
+                base,
+                format!("channel {name:?} is not used by any source or sink"),
+            ),
+            (true, 0) => errors.add(
+                base,
+                format!("nothing reads channel {name:?}: add a sink with `channel: {name}`"),
+            ),
+            (false, _) => errors.add(
+                base,
+                format!("no source writes to channel {name:?}: name it in a source's `channels:`"),
+            ),
             (true, 1) => {}
-            (true, _) => errors.add(base, format!("channel {name:?} is read by several sinks ({}); a channel has one sink", read.join(", "))),
+            (true, _) => errors.add(
+                base,
+                format!(
+                    "channel {name:?} is read by several sinks ({}); a channel has one sink",
+                    read.join(", ")
+                ),
+            ),
         }
     }
 
@@ -447,14 +563,19 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         admin: raw.admin,
         log: raw.log,
         shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
-        summary_interval: (raw.summary_interval_ms > 0).then(|| Duration::from_millis(raw.summary_interval_ms)),
+        summary_interval: (raw.summary_interval_ms > 0)
+            .then(|| Duration::from_millis(raw.summary_interval_ms)),
         sources,
         channels,
         sinks,
     })
 }
 
-fn component_map(errors: &mut Errors, base: &[String], value: &Value) -> Option<serde_yaml::Mapping> {
+fn component_map(
+    errors: &mut Errors,
+    base: &[String],
+    value: &Value,
+) -> Option<serde_yaml::Mapping> {
     match value {
         Value::Mapping(m) => Some(m.clone()),
         _ => {
@@ -464,7 +585,11 @@ fn component_map(errors: &mut Errors, base: &[String], value: &Value) -> Option<
     }
 }
 
-fn take_type(errors: &mut Errors, base: &[String], map: &mut serde_yaml::Mapping) -> Option<String> {
+fn take_type(
+    errors: &mut Errors,
+    base: &[String],
+    map: &mut serde_yaml::Mapping,
+) -> Option<String> {
     match map.remove("type") {
         Some(Value::String(t)) => Some(t),
         Some(_) => {
@@ -485,7 +610,13 @@ fn issues(errors: &mut Errors, base: &[String], list: Vec<ConfigIssue>) {
 }
 
 /// Reports a serde error from a component, at the path it names.
-fn serde_error(errors: &mut Errors, base: &[String], e: serde_path_to_error::Error<serde_yaml::Error>, _what: &str, _known: &[&str]) {
+fn serde_error(
+    errors: &mut Errors,
+    base: &[String],
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+    _what: &str,
+    _known: &[&str],
+) {
     let mut at: Vec<String> = base.to_vec();
     for seg in e.path().iter() {
         match seg {

@@ -38,7 +38,8 @@ fn check(text: &str, expected: &[(Option<usize>, &str)]) {
             assert_eq!(e.errors.len(), expected.len(), "errors:\n{shown}");
             for (line, part) in expected {
                 assert!(
-                    e.errors.iter().any(|err| err.message.contains(part) && (line.is_none() || err.position.map(|p| p.0) == *line)),
+                    e.errors.iter().any(|err| err.message.contains(part)
+                        && (line.is_none() || err.position.map(|p| p.0) == *line)),
                     "no error on line {line:?} containing {part:?} in:\n{shown}"
                 );
             }
@@ -58,42 +59,133 @@ fn the_base_config_is_valid() {
 
 #[test]
 fn invalid_configs() {
-    check(&with("data_dir: /tmp/tr", "data_dir: /tmp/tr\nbogus: 1"), &[(Some(2), "unknown field `bogus`")]);
-    check(&with("    type: file\n", "    type: file\n    inclued: []\n"), &[(Some(5), "unknown field `inclued`")]);
-    check(&with("type: file", "type: fil"), &[(Some(4), "unknown source type \"fil\"; known types: file")]);
-    check(&with("type: kafka", "type: kafak"), &[(Some(12), "unknown sink type \"kafak\"; known types: kafka")]);
-    check(&with("channels: [main]", "channels: [mian]"), &[(Some(6), "unknown channel \"mian\""), (Some(8), "no source writes to channel")]);
-    check(&with("include: [\"/var/log/app/*.log\"]", "include: [\"/var/log/[\"]"), &[(Some(5), "invalid glob")]);
-    check(&with("127.0.0.1:9092", "\"not an address:\""), &[(Some(14), "invalid broker address")]);
-    check(&with("127.0.0.1:9092", "not an address:"), &[(Some(14), "mapping values are not allowed")]);
-    check(&with("topic: logs", "topic: \"bad topic\""), &[(Some(15), "invalid topic name")]);
-    check(&with("include:", "start_at: middle\n    include:"), &[(Some(5), "unknown variant `middle`")]);
-    check(&with("data_dir: /tmp/tr", "data_dir: /tmp/tr\nadmin: {address: \"localhost\"}"), &[(Some(2), "invalid address")]);
-    check(&with("    topic: logs\n", "    topic: logs\n    librdkafka: {acks: \"1\"}\n"), &[(Some(16), "acks=all is always on")]);
-    check(&with("    type: memory\n", "    type: memory\n  spare:\n    type: memory\n"), &[(Some(10), "not used by any source or sink")]);
-    check(&with("    type: memory\n", "    type: memory\n    capacity_events: 0\n"), &[(Some(10), "capacity_events must be greater than 0")]);
-    check(&with("channel: main", "channel: nope"), &[(Some(13), "unknown channel \"nope\""), (Some(8), "nothing reads channel")]);
+    check(
+        &with("data_dir: /tmp/tr", "data_dir: /tmp/tr\nbogus: 1"),
+        &[(Some(2), "unknown field `bogus`")],
+    );
+    check(
+        &with("    type: file\n", "    type: file\n    inclued: []\n"),
+        &[(Some(5), "unknown field `inclued`")],
+    );
+    check(
+        &with("type: file", "type: fil"),
+        &[(Some(4), "unknown source type \"fil\"; known types: file")],
+    );
+    check(
+        &with("type: kafka", "type: kafak"),
+        &[(Some(12), "unknown sink type \"kafak\"; known types: kafka")],
+    );
+    check(
+        &with("channels: [main]", "channels: [mian]"),
+        &[
+            (Some(6), "unknown channel \"mian\""),
+            (Some(8), "no source writes to channel"),
+        ],
+    );
+    check(
+        &with(
+            "include: [\"/var/log/app/*.log\"]",
+            "include: [\"/var/log/[\"]",
+        ),
+        &[(Some(5), "invalid glob")],
+    );
+    check(
+        &with("127.0.0.1:9092", "\"not an address:\""),
+        &[(Some(14), "invalid broker address")],
+    );
+    check(
+        &with("127.0.0.1:9092", "not an address:"),
+        &[(Some(14), "mapping values are not allowed")],
+    );
+    check(
+        &with("topic: logs", "topic: \"bad topic\""),
+        &[(Some(15), "invalid topic name")],
+    );
+    check(
+        &with("include:", "start_at: middle\n    include:"),
+        &[(Some(5), "unknown variant `middle`")],
+    );
+    check(
+        &with(
+            "data_dir: /tmp/tr",
+            "data_dir: /tmp/tr\nadmin: {address: \"localhost\"}",
+        ),
+        &[(Some(2), "invalid address")],
+    );
+    check(
+        &with(
+            "    topic: logs\n",
+            "    topic: logs\n    librdkafka: {acks: \"1\"}\n",
+        ),
+        &[(Some(16), "acks=all is always on")],
+    );
+    check(
+        &with(
+            "    type: memory\n",
+            "    type: memory\n  spare:\n    type: memory\n",
+        ),
+        &[(Some(10), "not used by any source or sink")],
+    );
+    check(
+        &with(
+            "    type: memory\n",
+            "    type: memory\n    capacity_events: 0\n",
+        ),
+        &[(Some(10), "capacity_events must be greater than 0")],
+    );
+    check(
+        &with("channel: main", "channel: nope"),
+        &[
+            (Some(13), "unknown channel \"nope\""),
+            (Some(8), "nothing reads channel"),
+        ],
+    );
     check("sources: [\n", &[(None, "")]);
 }
 
 #[test]
 fn every_error_is_reported_not_only_the_first() {
-    let text = with("type: file", "type: fil").replace("topic: logs", "topic: \"\"").replace("127.0.0.1:9092", "x");
-    check(&text, &[(Some(4), "unknown source type"), (Some(14), "invalid broker address"), (Some(15), "invalid topic name")]);
+    let text = with("type: file", "type: fil")
+        .replace("topic: logs", "topic: \"\"")
+        .replace("127.0.0.1:9092", "x");
+    check(
+        &text,
+        &[
+            (Some(4), "unknown source type"),
+            (Some(14), "invalid broker address"),
+            (Some(15), "invalid topic name"),
+        ],
+    );
 }
 
 #[test]
 fn interpolation_from_the_environment() {
     check(&with("127.0.0.1:9092", "${BROKER}"), &[]);
     check(&with("127.0.0.1:9092", "${NOT_SET:-127.0.0.1:9092}"), &[]);
-    check(&with("127.0.0.1:9092", "${NOT_SET}"), &[(Some(14), "NOT_SET is not set")]);
-    let c = parse(Path::new("t.yaml"), &with("127.0.0.1:9092", "${BROKER}"), &env, &Registry::builtin()).unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &with("127.0.0.1:9092", "${NOT_SET}"),
+        &[(Some(14), "NOT_SET is not set")],
+    );
+    let c = parse(
+        Path::new("t.yaml"),
+        &with("127.0.0.1:9092", "${BROKER}"),
+        &env,
+        &Registry::builtin(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.sinks.len(), 1);
 }
 
 #[test]
 fn errors_print_as_file_line_column() {
-    let e = parse(Path::new("conf.yaml"), &with("type: file", "type: fil"), &env, &Registry::builtin()).err().unwrap();
+    let e = parse(
+        Path::new("conf.yaml"),
+        &with("type: file", "type: fil"),
+        &env,
+        &Registry::builtin(),
+    )
+    .err()
+    .unwrap();
     assert_eq!(
         e.to_string(),
         "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file"

@@ -54,7 +54,11 @@ impl Ack {
     pub fn done(&self, n: usize) {
         if let Some(inner) = &self.0 {
             let before = inner.remaining.fetch_sub(n, Ordering::AcqRel);
-            debug_assert!(before >= n, "batch {} acknowledged too often", inner.batch_id);
+            debug_assert!(
+                before >= n,
+                "batch {} acknowledged too often",
+                inner.batch_id
+            );
             if before == n {
                 inner.receiver.acknowledged(inner.batch_id);
             }
@@ -63,7 +67,9 @@ impl Ack {
 
     /// Deliveries still outstanding.
     pub fn remaining(&self) -> usize {
-        self.0.as_ref().map_or(0, |i| i.remaining.load(Ordering::Acquire))
+        self.0
+            .as_ref()
+            .map_or(0, |i| i.remaining.load(Ordering::Acquire))
     }
 
     /// Adds deliveries before the batch is handed on (used when a batch

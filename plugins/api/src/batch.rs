@@ -51,7 +51,12 @@ pub struct Batch {
 impl Batch {
     pub fn new(meta: Arc<BatchMeta>, records: Vec<Record>, ack: Ack) -> Batch {
         let bytes = records.iter().map(|r| r.payload.len()).sum();
-        Batch { meta, records, bytes, ack }
+        Batch {
+            meta,
+            records,
+            bytes,
+            ack,
+        }
     }
 
     pub fn len(&self) -> usize {

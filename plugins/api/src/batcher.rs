@@ -31,7 +31,11 @@ fn default_linger_ms() -> u64 {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        BatchLimits { max_events: default_max_events(), max_bytes: default_max_bytes(), linger_ms: default_linger_ms() }
+        BatchLimits {
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            linger_ms: default_linger_ms(),
+        }
     }
 }
 
@@ -47,7 +51,9 @@ pub struct SinkBatch {
 /// is reached or `linger` has passed. An empty result means nothing came.
 pub fn next_batch(input: &Channel, limits: &BatchLimits, idle_wait: Duration) -> SinkBatch {
     let mut out = SinkBatch::default();
-    let Some(first) = input.recv_timeout(idle_wait) else { return out };
+    let Some(first) = input.recv_timeout(idle_wait) else {
+        return out;
+    };
     let deadline = Instant::now() + Duration::from_millis(limits.linger_ms);
     out.push(first);
     while out.events < limits.max_events && out.bytes < limits.max_bytes {
@@ -81,8 +87,17 @@ mod tests {
     use std::time::SystemTime;
 
     fn batch(events: usize) -> Batch {
-        let meta = Arc::new(BatchMeta { source: "t".into(), path: None, read_at: SystemTime::now() });
-        let records = (0..events).map(|i| Record { payload: Bytes::from_static(b"0123456789"), offset: i as u64 }).collect();
+        let meta = Arc::new(BatchMeta {
+            source: "t".into(),
+            path: None,
+            read_at: SystemTime::now(),
+        });
+        let records = (0..events)
+            .map(|i| Record {
+                payload: Bytes::from_static(b"0123456789"),
+                offset: i as u64,
+            })
+            .collect();
         Batch::new(meta, records, Ack::none())
     }
 
@@ -106,8 +121,16 @@ mod tests {
 
     #[test]
     fn limits() {
-        let ev = |max_events| BatchLimits { max_events, max_bytes: 1 << 30, linger_ms: 0 };
-        let by = |max_bytes| BatchLimits { max_events: 1 << 20, max_bytes, linger_ms: 0 };
+        let ev = |max_events| BatchLimits {
+            max_events,
+            max_bytes: 1 << 30,
+            linger_ms: 0,
+        };
+        let by = |max_bytes| BatchLimits {
+            max_events: 1 << 20,
+            max_bytes,
+            linger_ms: 0,
+        };
         check(&[1, 1, 1], ev(10), &[3]);
         check(&[5, 5, 5], ev(10), &[2, 1]);
         check(&[20, 1], ev(10), &[1, 1]);
@@ -126,7 +149,11 @@ mod tests {
                 ch.try_send(batch(1)).unwrap();
             })
         };
-        let limits = BatchLimits { max_events: 2, max_bytes: 1 << 30, linger_ms: 5_000 };
+        let limits = BatchLimits {
+            max_events: 2,
+            max_bytes: 1 << 30,
+            linger_ms: 5_000,
+        };
         let b = next_batch(&ch, &limits, Duration::ZERO);
         late.join().unwrap();
         assert_eq!(b.events, 2);

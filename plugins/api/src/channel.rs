@@ -71,7 +71,13 @@ impl Channel {
 
     /// A channel with no metrics attached, for tests and tools.
     pub fn unmetered(name: &str, capacity_events: usize, capacity_bytes: usize) -> Channel {
-        Channel::new(name, capacity_events, capacity_bytes, Gauge::default(), Gauge::default())
+        Channel::new(
+            name,
+            capacity_events,
+            capacity_bytes,
+            Gauge::default(),
+            Gauge::default(),
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -197,9 +203,16 @@ mod tests {
     use std::time::SystemTime;
 
     fn batch(events: usize, size: usize) -> Batch {
-        let meta = Arc::new(BatchMeta { source: "t".into(), path: None, read_at: SystemTime::now() });
+        let meta = Arc::new(BatchMeta {
+            source: "t".into(),
+            path: None,
+            read_at: SystemTime::now(),
+        });
         let records = (0..events)
-            .map(|i| Record { payload: Bytes::from(vec![b'x'; size]), offset: i as u64 })
+            .map(|i| Record {
+                payload: Bytes::from(vec![b'x'; size]),
+                offset: i as u64,
+            })
             .collect();
         Batch::new(meta, records, Ack::none())
     }
@@ -238,7 +251,10 @@ mod tests {
             std::thread::spawn(move || ch.send_blocking(batch(1, 1)).is_ok())
         };
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!sender.is_finished(), "sender must wait while the channel is full");
+        assert!(
+            !sender.is_finished(),
+            "sender must wait while the channel is full"
+        );
         assert!(ch.recv_timeout(Duration::from_secs(1)).is_some());
         assert!(sender.join().unwrap());
         assert_eq!(ch.fill().0, 1);

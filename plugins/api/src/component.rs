@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::spool::SpoolTree;
-use crate::{Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics, SpoolStore};
+use crate::{
+    Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics,
+    SpoolStore,
+};
 
 /// A running component. It resolves when the component has stopped, with
 /// the reason if it stopped on an error.
@@ -29,7 +32,10 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     pub fn new(path: &[&str], message: impl Into<String>) -> ConfigIssue {
-        ConfigIssue { path: path.iter().map(|s| s.to_string()).collect(), message: message.into() }
+        ConfigIssue {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            message: message.into(),
+        }
     }
 }
 
@@ -62,7 +68,13 @@ pub trait SinkConfig: Send + Sync + Debug {
 
     /// Replays a spool tree while the agent is stopped (`tailrace spool
     /// replay`); sinks without a spool say so.
-    fn replay_spool(&self, name: &str, spool: Arc<dyn SpoolStore>, tree: SpoolTree, timeout: Duration) -> Result<ReplayReport, String> {
+    fn replay_spool(
+        &self,
+        name: &str,
+        spool: Arc<dyn SpoolStore>,
+        tree: SpoolTree,
+        timeout: Duration,
+    ) -> Result<ReplayReport, String> {
         let _ = (spool, tree, timeout);
         Err(format!("sink {name} keeps no spool"))
     }

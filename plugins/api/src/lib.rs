@@ -25,7 +25,8 @@ pub use batch::{Batch, BatchMeta, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
-    BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext,
+    BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig,
+    SourceContext,
 };
 pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
 pub use shutdown::Shutdown;

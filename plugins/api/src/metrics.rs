@@ -70,25 +70,81 @@ impl Metrics {
         };
         // prometheus-client appends `_total` to counter names.
         let counters: [(&str, &str, &Family<Labels, Counter>); 9] = [
-            ("tailrace_spool_corrupt_entries", "Spool entries that failed their checksum and were set aside", &m.spool_corrupt),
-            ("tailrace_source_events", "Events read by each source", &m.source_events),
-            ("tailrace_source_bytes", "Payload bytes read by each source", &m.source_bytes),
-            ("tailrace_sink_events_delivered", "Events acknowledged by Kafka per sink", &m.sink_delivered),
-            ("tailrace_sink_bytes_delivered", "Payload bytes acknowledged by Kafka per sink", &m.sink_delivered_bytes),
-            ("tailrace_sink_batches", "Batches taken from the channel per sink", &m.sink_batches),
-            ("tailrace_sink_events_failed", "Failed sends per sink, by reason", &m.sink_failed),
-            ("tailrace_sink_retries", "Events produced again after a failed delivery", &m.sink_retries),
-            ("tailrace_events_dropped", "Events discarded, by component and reason", &m.dropped),
+            (
+                "tailrace_spool_corrupt_entries",
+                "Spool entries that failed their checksum and were set aside",
+                &m.spool_corrupt,
+            ),
+            (
+                "tailrace_source_events",
+                "Events read by each source",
+                &m.source_events,
+            ),
+            (
+                "tailrace_source_bytes",
+                "Payload bytes read by each source",
+                &m.source_bytes,
+            ),
+            (
+                "tailrace_sink_events_delivered",
+                "Events acknowledged by Kafka per sink",
+                &m.sink_delivered,
+            ),
+            (
+                "tailrace_sink_bytes_delivered",
+                "Payload bytes acknowledged by Kafka per sink",
+                &m.sink_delivered_bytes,
+            ),
+            (
+                "tailrace_sink_batches",
+                "Batches taken from the channel per sink",
+                &m.sink_batches,
+            ),
+            (
+                "tailrace_sink_events_failed",
+                "Failed sends per sink, by reason",
+                &m.sink_failed,
+            ),
+            (
+                "tailrace_sink_retries",
+                "Events produced again after a failed delivery",
+                &m.sink_retries,
+            ),
+            (
+                "tailrace_events_dropped",
+                "Events discarded, by component and reason",
+                &m.dropped,
+            ),
         ];
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
         let gauges: [(&str, &str, &Family<Labels, Gauge>); 5] = [
-            ("tailrace_dead_letter_events", "Events Kafka refused for good, kept in the dead-letter tree per sink", &m.dead_letter_events),
-            ("tailrace_spool_events", "Events held in the spool per sink", &m.spool_events),
-            ("tailrace_spool_bytes", "Bytes held in the spool per sink", &m.spool_bytes),
-            ("tailrace_channel_events", "Events waiting in each channel", &m.channel_events),
-            ("tailrace_channel_bytes", "Payload bytes waiting in each channel", &m.channel_bytes),
+            (
+                "tailrace_dead_letter_events",
+                "Events Kafka refused for good, kept in the dead-letter tree per sink",
+                &m.dead_letter_events,
+            ),
+            (
+                "tailrace_spool_events",
+                "Events held in the spool per sink",
+                &m.spool_events,
+            ),
+            (
+                "tailrace_spool_bytes",
+                "Bytes held in the spool per sink",
+                &m.spool_bytes,
+            ),
+            (
+                "tailrace_channel_events",
+                "Events waiting in each channel",
+                &m.channel_events,
+            ),
+            (
+                "tailrace_channel_bytes",
+                "Payload bytes waiting in each channel",
+                &m.channel_bytes,
+            ),
         ];
         for (name, help, family) in gauges {
             registry.register(name, help, family.clone());
@@ -177,7 +233,11 @@ pub struct Dropped(Arc<Labelled>);
 
 impl Dropped {
     fn new(family: Family<Labels, Counter>, component: &str) -> Dropped {
-        Dropped(Arc::new(Labelled { family, fixed: ("component", component.to_owned()), key: "reason" }))
+        Dropped(Arc::new(Labelled {
+            family,
+            fixed: ("component", component.to_owned()),
+            key: "reason",
+        }))
     }
 
     pub fn add(&self, reason: &str, n: u64) {

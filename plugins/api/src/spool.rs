@@ -55,7 +55,11 @@ pub enum EntryError {
 }
 
 /// Encodes records into one entry.
-pub fn encode<'a>(records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>, Option<i64>)>, reason: &str, created_ms: i64) -> Vec<u8> {
+pub fn encode<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>, Option<i64>)>,
+    reason: &str,
+    created_ms: i64,
+) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut events: u32 = 0;
     for (payload, key, ts) in records {
@@ -90,13 +94,19 @@ pub fn encode<'a>(records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>,
 }
 
 fn le<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], EntryError> {
-    b.get(at..at + N).and_then(|s| s.try_into().ok()).ok_or(EntryError::Truncated)
+    b.get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(EntryError::Truncated)
 }
 
 /// Reads and checks the header.
 pub fn header(entry: &[u8]) -> Result<EntryHeader, EntryError> {
     if entry.len() < HEADER || &entry[..4] != MAGIC || entry[4] != VERSION {
-        return Err(if entry.len() < HEADER { EntryError::Truncated } else { EntryError::NotAnEntry });
+        return Err(if entry.len() < HEADER {
+            EntryError::Truncated
+        } else {
+            EntryError::NotAnEntry
+        });
     }
     let stored = u32::from_le_bytes(le(entry, 5)?);
     let computed = crc32fast::hash(&entry[9..]);
@@ -104,7 +114,9 @@ pub fn header(entry: &[u8]) -> Result<EntryHeader, EntryError> {
         return Err(EntryError::Checksum { stored, computed });
     }
     let reason_len = u16::from_le_bytes(le(entry, 25)?) as usize;
-    let reason = entry.get(HEADER..HEADER + reason_len).ok_or(EntryError::Truncated)?;
+    let reason = entry
+        .get(HEADER..HEADER + reason_len)
+        .ok_or(EntryError::Truncated)?;
     Ok(EntryHeader {
         created_ms: i64::from_le_bytes(le(entry, 9)?),
         events: u32::from_le_bytes(le(entry, 17)?),
@@ -117,7 +129,8 @@ pub fn header(entry: &[u8]) -> Result<EntryHeader, EntryError> {
 pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryError> {
     let h = header(entry)?;
     let body = &entry[HEADER + h.reason.len()..];
-    let raw = lz4_flex::block::decompress(body, h.raw_len as usize).map_err(|e| EntryError::Decompress(e.to_string()))?;
+    let raw = lz4_flex::block::decompress(body, h.raw_len as usize)
+        .map_err(|e| EntryError::Decompress(e.to_string()))?;
     let raw = Bytes::from(raw);
     let mut records = Vec::with_capacity(h.events as usize);
     let mut at = 0;
@@ -146,7 +159,11 @@ pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryErro
         let payload = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
         let payload = raw.slice_ref(payload);
         at += len;
-        records.push(SpoolRecord { payload, key, timestamp_ms });
+        records.push(SpoolRecord {
+            payload,
+            key,
+            timestamp_ms,
+        });
     }
     if records.len() != h.events as usize {
         return Err(EntryError::Malformed);
@@ -189,11 +206,23 @@ pub trait SpoolStore: Send + Sync {
     /// Stores an entry; it is durable only after [`SpoolStore::flush`].
     fn push(&self, tree: SpoolTree, sink: &str, entry: &[u8]) -> Result<u64, StoreError>;
     /// Up to `limit` entries with ids greater than `after`, oldest first.
-    fn scan(&self, tree: SpoolTree, sink: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn scan(
+        &self,
+        tree: SpoolTree,
+        sink: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn remove(&self, tree: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError>;
     /// Moves an entry to another tree (a corrupt one aside, a dead letter
     /// back for replay).
-    fn move_to(&self, from: SpoolTree, to: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError>;
+    fn move_to(
+        &self,
+        from: SpoolTree,
+        to: SpoolTree,
+        sink: &str,
+        id: u64,
+    ) -> Result<(), StoreError>;
     fn usage(&self, tree: SpoolTree, sink: &str) -> Usage;
     fn flush(&self) -> Result<(), StoreError>;
 }
@@ -203,17 +232,42 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> =
-            vec![(b"first line", None, Some(1_700_000_000_000)), (b"", Some(b"k"), None), (&[0xff, 0xfe, b'\n'], None, Some(-1))];
+        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> = vec![
+            (b"first line", None, Some(1_700_000_000_000)),
+            (b"", Some(b"k"), None),
+            (&[0xff, 0xfe, b'\n'], None, Some(-1)),
+        ];
         encode(recs, "message_timed_out", 42)
     }
 
     #[test]
     fn round_trip() {
         let (h, recs) = decode(&sample()).unwrap();
-        assert_eq!(h, EntryHeader { created_ms: 42, events: 3, raw_len: h.raw_len, reason: "message_timed_out".into() });
-        assert_eq!(recs[0], SpoolRecord { payload: Bytes::from_static(b"first line"), key: None, timestamp_ms: Some(1_700_000_000_000) });
-        assert_eq!(recs[1], SpoolRecord { payload: Bytes::new(), key: Some(Bytes::from_static(b"k")), timestamp_ms: None });
+        assert_eq!(
+            h,
+            EntryHeader {
+                created_ms: 42,
+                events: 3,
+                raw_len: h.raw_len,
+                reason: "message_timed_out".into()
+            }
+        );
+        assert_eq!(
+            recs[0],
+            SpoolRecord {
+                payload: Bytes::from_static(b"first line"),
+                key: None,
+                timestamp_ms: Some(1_700_000_000_000)
+            }
+        );
+        assert_eq!(
+            recs[1],
+            SpoolRecord {
+                payload: Bytes::new(),
+                key: Some(Bytes::from_static(b"k")),
+                timestamp_ms: None
+            }
+        );
         assert_eq!(&recs[2].payload[..], &[0xff, 0xfe, b'\n']);
     }
 
@@ -231,7 +285,10 @@ mod tests {
     fn truncation_is_detected() {
         let good = sample();
         for len in 0..good.len() {
-            assert!(decode(&good[..len]).is_err(), "truncated to {len} went unnoticed");
+            assert!(
+                decode(&good[..len]).is_err(),
+                "truncated to {len} went unnoticed"
+            );
         }
     }
 }

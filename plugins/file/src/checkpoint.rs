@@ -68,7 +68,11 @@ impl Saved {
             return None;
         }
         let path = std::ffi::OsStr::from_bytes(&rest[fp_len..]);
-        Some(Saved { offset, fingerprint: rest[..fp_len].to_vec(), path: PathBuf::from(path) })
+        Some(Saved {
+            offset,
+            fingerprint: rest[..fp_len].to_vec(),
+            path: PathBuf::from(path),
+        })
     }
 }
 
@@ -85,7 +89,12 @@ pub struct CheckpointInfo {
 pub fn describe(key: &[u8], value: &[u8]) -> Option<CheckpointInfo> {
     let id = FileId::from_key(key)?;
     let saved = Saved::decode(value)?;
-    Some(CheckpointInfo { path: saved.path, dev: id.dev, inode: id.ino, offset: saved.offset })
+    Some(CheckpointInfo {
+        path: saved.path,
+        dev: id.dev,
+        inode: id.ino,
+        offset: saved.offset,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +103,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let s = Saved { offset: 1234, fingerprint: b"2026-11-21 first line".to_vec(), path: "/var/log/a b.log".into() };
+        let s = Saved {
+            offset: 1234,
+            fingerprint: b"2026-11-21 first line".to_vec(),
+            path: "/var/log/a b.log".into(),
+        };
         assert_eq!(Saved::decode(&s.encode()), Some(s.clone()));
         let id = FileId { dev: 2049, ino: 99 };
         let info = describe(&id.key(), &s.encode()).unwrap();
@@ -105,7 +118,10 @@ mod tests {
     fn garbage_is_refused_not_misread() {
         assert_eq!(Saved::decode(b""), None);
         assert_eq!(Saved::decode(&[9, 0, 0]), None);
-        assert_eq!(Saved::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 0, 0, 0]), None);
+        assert_eq!(
+            Saved::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 0, 0, 0]),
+            None
+        );
         assert_eq!(FileId::from_key(b"short"), None);
     }
 }

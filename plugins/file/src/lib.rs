@@ -102,12 +102,18 @@ impl SourceConfig for FileSourceConfig {
     fn validate(&self) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         if self.include.is_empty() {
-            issues.push(ConfigIssue::new(&["include"], "at least one include glob is required"));
+            issues.push(ConfigIssue::new(
+                &["include"],
+                "at least one include glob is required",
+            ));
         }
         for (key, list) in [("include", &self.include), ("exclude", &self.exclude)] {
             for (i, p) in list.iter().enumerate() {
                 if let Err(e) = scan::glob(p) {
-                    issues.push(ConfigIssue::new(&[key, &i.to_string()], format!("invalid glob {p:?}: {}", e.kind())));
+                    issues.push(ConfigIssue::new(
+                        &[key, &i.to_string()],
+                        format!("invalid glob {p:?}: {}", e.kind()),
+                    ));
                 }
             }
         }
@@ -127,7 +133,10 @@ impl SourceConfig for FileSourceConfig {
         ];
         for (key, v) in positive {
             if v == 0 {
-                issues.push(ConfigIssue::new(&[key], format!("{key} must be greater than 0")));
+                issues.push(ConfigIssue::new(
+                    &[key],
+                    format!("{key} must be greater than 0"),
+                ));
             }
         }
         issues

@@ -24,7 +24,10 @@ pub struct Root {
 }
 
 pub fn glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern).literal_separator(true).backslash_escape(true).build()
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
 }
 
 fn is_meta(s: &str) -> bool {
@@ -53,11 +56,17 @@ pub fn root_of(pattern: &str) -> Root {
     if dir.as_os_str().is_empty() {
         dir.push(".");
     }
-    Root { dir, depth: if recursive { None } else { Some(rest) } }
+    Root {
+        dir,
+        depth: if recursive { None } else { Some(rest) },
+    }
 }
 
 impl Matcher {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Matcher, (usize, bool, globset::Error)> {
+    pub fn new(
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Matcher, (usize, bool, globset::Error)> {
         let mut inc = GlobSetBuilder::new();
         for (i, p) in include.iter().enumerate() {
             inc.add(glob(p).map_err(|e| (i, true, e))?);
@@ -116,9 +125,13 @@ fn walk(dir: &Path, depth: Option<usize>, f: &mut dyn FnMut(&Path)) {
     if depth == Some(0) {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         let path = entry.path();
         if kind.is_dir() {
             walk(&path, depth.map(|d| d - 1), f);
@@ -138,7 +151,14 @@ mod tests {
     #[test]
     fn roots() {
         let check = |p: &str, dir: &str, depth: Option<usize>| {
-            assert_eq!(root_of(p), Root { dir: dir.into(), depth }, "{p}");
+            assert_eq!(
+                root_of(p),
+                Root {
+                    dir: dir.into(),
+                    depth
+                },
+                "{p}"
+            );
         };
         check("/var/log/app/*.log", "/var/log/app", Some(1));
         check("/var/log/*/x.log", "/var/log", Some(2));
@@ -151,7 +171,11 @@ mod tests {
     #[test]
     fn matching() {
         let inc = vec!["/l/*.log".to_string(), "/r/**/*.log".to_string()];
-        let exc = vec!["*.gz".to_string(), "/l/skip.log".to_string(), "debug-*".to_string()];
+        let exc = vec![
+            "*.gz".to_string(),
+            "/l/skip.log".to_string(),
+            "debug-*".to_string(),
+        ];
         let m = Matcher::new(&inc, &exc).unwrap();
         let check = |p: &str, want: bool| assert_eq!(m.matches(Path::new(p)), want, "{p}");
         check("/l/a.log", true);
@@ -175,6 +199,9 @@ mod tests {
         let flat = Matcher::new(&[format!("{}/*.log", d.display())], &[]).unwrap();
         assert_eq!(flat.scan(), vec![d.join("x.log")]);
         let deep = Matcher::new(&[format!("{}/**/*.log", d.display())], &[]).unwrap();
-        assert_eq!(deep.scan(), vec![d.join("a/b/w.log"), d.join("a/z.log"), d.join("x.log")]);
+        assert_eq!(
+            deep.scan(),
+            vec![d.join("a/b/w.log"), d.join("a/z.log"), d.join("x.log")]
+        );
     }
 }

@@ -43,7 +43,12 @@ pub struct Split {
 
 impl Splitter {
     pub fn new(max_line_bytes: usize, policy: LinePolicy, line_start: u64) -> Splitter {
-        Splitter { max_line_bytes: max_line_bytes.max(1), policy, line_start, skipping: false }
+        Splitter {
+            max_line_bytes: max_line_bytes.max(1),
+            policy,
+            line_start,
+            skipping: false,
+        }
     }
 
     /// Moves every complete line out of `buf` into `out`; the unterminated
@@ -75,7 +80,10 @@ impl Splitter {
                     let whole = buf.len() / max * max;
                     let chunk = buf.split_to(whole).freeze();
                     for at in (0..whole).step_by(max) {
-                        out.push(Record { payload: chunk.slice(at..at + max), offset: base + at as u64 });
+                        out.push(Record {
+                            payload: chunk.slice(at..at + max),
+                            offset: base + at as u64,
+                        });
                     }
                     self.line_start += whole as u64;
                 }
@@ -83,7 +91,10 @@ impl Splitter {
                     report.truncated_lines += 1;
                     let len = buf.len();
                     let chunk = buf.split_to(len).freeze();
-                    out.push(Record { payload: chunk.slice(..max), offset: base });
+                    out.push(Record {
+                        payload: chunk.slice(..max),
+                        offset: base,
+                    });
                     self.line_start += len as u64;
                     self.skipping = true;
                 }
@@ -109,13 +120,24 @@ impl Splitter {
         report
     }
 
-    fn line(&self, chunk: &Bytes, start: usize, end: usize, base: u64, out: &mut Vec<Record>, report: &mut Split) {
+    fn line(
+        &self,
+        chunk: &Bytes,
+        start: usize,
+        end: usize,
+        base: u64,
+        out: &mut Vec<Record>,
+        report: &mut Split,
+    ) {
         if self.skipping {
             return;
         }
         let len = end - start;
         if len <= self.max_line_bytes {
-            out.push(Record { payload: chunk.slice(start..end), offset: base + start as u64 });
+            out.push(Record {
+                payload: chunk.slice(start..end),
+                offset: base + start as u64,
+            });
             return;
         }
         match self.policy {
@@ -124,14 +146,20 @@ impl Splitter {
                 let mut at = start;
                 while at < end {
                     let to = (at + self.max_line_bytes).min(end);
-                    out.push(Record { payload: chunk.slice(at..to), offset: base + at as u64 });
+                    out.push(Record {
+                        payload: chunk.slice(at..to),
+                        offset: base + at as u64,
+                    });
                     at = to;
                 }
             }
             LinePolicy::Truncate => {
                 report.truncated_lines += 1;
                 let to = start + self.max_line_bytes;
-                out.push(Record { payload: chunk.slice(start..to), offset: base + start as u64 });
+                out.push(Record {
+                    payload: chunk.slice(start..to),
+                    offset: base + start as u64,
+                });
             }
         }
     }
@@ -143,7 +171,13 @@ mod tests {
 
     /// Feeds `pieces` one after another and compares the records (payload,
     /// offset) and the bytes still held.
-    fn check(max: usize, policy: LinePolicy, pieces: &[&str], expected: &[(&str, u64)], held: &str) {
+    fn check(
+        max: usize,
+        policy: LinePolicy,
+        pieces: &[&str],
+        expected: &[(&str, u64)],
+        held: &str,
+    ) {
         let mut s = Splitter::new(max, policy, 0);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
@@ -151,8 +185,10 @@ mod tests {
             buf.extend_from_slice(p.as_bytes());
             s.split(&mut buf, &mut out);
         }
-        let got: Vec<(String, u64)> =
-            out.iter().map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), r.offset)).collect();
+        let got: Vec<(String, u64)> = out
+            .iter()
+            .map(|r| (String::from_utf8_lossy(&r.payload).into_owned(), r.offset))
+            .collect();
         let want: Vec<(String, u64)> = expected.iter().map(|(l, o)| (l.to_string(), *o)).collect();
         assert_eq!(got, want, "pieces {pieces:?}");
         assert_eq!(&buf[..], held.as_bytes(), "held bytes for {pieces:?}");
@@ -167,14 +203,32 @@ mod tests {
         check(100, Split, &["\n\n"], &[("", 0), ("", 1)], "");
         check(100, Split, &["x\r\n"], &[("x\r", 0)], "");
         check(100, Split, &["", "a", "", "\n"], &[("a", 0)], "");
-        check(3, Split, &["abcdefg\nh\n"], &[("abc", 0), ("def", 3), ("g", 6), ("h", 8)], "");
+        check(
+            3,
+            Split,
+            &["abcdefg\nh\n"],
+            &[("abc", 0), ("def", 3), ("g", 6), ("h", 8)],
+            "",
+        );
         check(3, Truncate, &["abcdefg\nh\n"], &[("abc", 0), ("h", 8)], "");
         // an unterminated over-long line is sent in whole pieces, the rest held
         check(3, Split, &["abcd"], &[("abc", 0)], "d");
         check(3, Split, &["abcd", "ef\n"], &[("abc", 0), ("def", 3)], "");
-        check(4, Split, &["abcdef", "gh\nij\n"], &[("abcd", 0), ("efgh", 4), ("ij", 9)], "");
+        check(
+            4,
+            Split,
+            &["abcdef", "gh\nij\n"],
+            &[("abcd", 0), ("efgh", 4), ("ij", 9)],
+            "",
+        );
         // truncation discards the tail across reads, up to the newline
-        check(4, Truncate, &["abcdef", "gh", "\nij\n"], &[("abcd", 0), ("ij", 9)], "");
+        check(
+            4,
+            Truncate,
+            &["abcdef", "gh", "\nij\n"],
+            &[("abcd", 0), ("ij", 9)],
+            "",
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tailrace_api::{Ack, AckReceiver, Batch, BatchMeta, BuildError, ComponentTask, Record, SourceContext};
+use tailrace_api::{
+    Ack, AckReceiver, Batch, BatchMeta, BuildError, ComponentTask, Record, SourceContext,
+};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{FileId, Saved};
@@ -60,7 +62,11 @@ impl Wake {
     fn wait(&self, timeout: Duration) -> (Vec<u64>, bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !st.poked && !timeout.is_zero() {
-            st = self.cond.wait_timeout(st, timeout).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .cond
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         st.poked = false;
         let rescan = std::mem::take(&mut st.rescan);
@@ -127,12 +133,18 @@ struct Tailer {
     last_warning: Option<Instant>,
 }
 
-pub(crate) fn spawn(cx: SourceContext, matcher: Matcher, settings: Settings) -> Result<ComponentTask, BuildError> {
+pub(crate) fn spawn(
+    cx: SourceContext,
+    matcher: Matcher,
+    settings: Settings,
+) -> Result<ComponentTask, BuildError> {
     let mut known = HashMap::new();
-    let entries = cx
-        .checkpoints
-        .load(&cx.name)
-        .map_err(|e| BuildError(format!("cannot load the positions of source {}: {e}", cx.name)))?;
+    let entries = cx.checkpoints.load(&cx.name).map_err(|e| {
+        BuildError(format!(
+            "cannot load the positions of source {}: {e}",
+            cx.name
+        ))
+    })?;
     for (k, v) in entries {
         match (FileId::from_key(&k), Saved::decode(&v)) {
             (Some(id), Some(saved)) => {
@@ -146,7 +158,12 @@ pub(crate) fn spawn(cx: SourceContext, matcher: Matcher, settings: Settings) -> 
         let wake = wake.clone();
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) => {
-                let rescan = ev.need_rescan() || !matches!(ev.kind, EventKind::Modify(notify::event::ModifyKind::Data(_)) | EventKind::Access(_));
+                let rescan = ev.need_rescan()
+                    || !matches!(
+                        ev.kind,
+                        EventKind::Modify(notify::event::ModifyKind::Data(_))
+                            | EventKind::Access(_)
+                    );
                 wake.poke(rescan)
             }
             Err(_) => wake.poke(true),
@@ -182,7 +199,10 @@ pub(crate) fn spawn(cx: SourceContext, matcher: Matcher, settings: Settings) -> 
             let _ = tx.send(tailer.run());
         })
         .map_err(|e| BuildError(format!("cannot start the thread of source {name}: {e}")))?;
-    Ok(Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the file source thread panicked".into())) }))
+    Ok(Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err("the file source thread panicked".into()))
+    }))
 }
 
 impl Tailer {
@@ -194,7 +214,9 @@ impl Tailer {
         let mut last_persist = Instant::now();
         let mut rescan = false;
         while !self.cx.shutdown.is_triggered() {
-            if rescan && last_scan.elapsed() >= Duration::from_millis(20) || last_scan.elapsed() >= self.settings.scan_interval {
+            if rescan && last_scan.elapsed() >= Duration::from_millis(20)
+                || last_scan.elapsed() >= self.settings.scan_interval
+            {
                 self.scan(false);
                 last_scan = Instant::now();
                 rescan = false;
@@ -210,7 +232,11 @@ impl Tailer {
                 self.persist();
                 last_persist = Instant::now();
             }
-            let timeout = if read > 0 { Duration::ZERO } else { self.settings.poll_interval };
+            let timeout = if read > 0 {
+                Duration::ZERO
+            } else {
+                self.settings.poll_interval
+            };
             let (acks, asked) = self.wake.wait(timeout);
             self.apply_acks(acks);
             rescan |= asked;
@@ -225,31 +251,45 @@ impl Tailer {
                 break;
             }
         }
-        self.cx.checkpoints.flush().map_err(|e| format!("cannot flush the positions of source {name}: {e}"))?;
+        self.cx
+            .checkpoints
+            .flush()
+            .map_err(|e| format!("cannot flush the positions of source {name}: {e}"))?;
         info!(source = %name, "file source stopped");
         Ok(())
     }
 
     fn warn_limited(&mut self, path: &Path, what: &str, err: &std::io::Error) {
         let now = Instant::now();
-        if self.last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+        if self
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
             self.last_warning = Some(now);
             warn!(source = %self.cx.name, path = %path.display(), error = %err, "{what}");
         }
     }
 
     fn watch_roots(&mut self) {
-        let Some(watcher) = self.watcher.as_mut() else { return };
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
         for root in self.matcher.roots() {
             if self.watched.contains(&root.dir) || !root.dir.is_dir() {
                 continue;
             }
-            let mode = if root.depth.is_none_or(|d| d > 1) { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            let mode = if root.depth.is_none_or(|d| d > 1) {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
             match watcher.watch(&root.dir, mode) {
                 Ok(()) => {
                     self.watched.insert(root.dir.clone());
                 }
-                Err(e) => debug!(dir = %root.dir.display(), error = %e, "cannot watch directory, polling it"),
+                Err(e) => {
+                    debug!(dir = %root.dir.display(), error = %e, "cannot watch directory, polling it")
+                }
             }
         }
     }
@@ -264,7 +304,10 @@ impl Tailer {
                 Ok(md) => md,
                 Err(_) => continue,
             };
-            let id = FileId { dev: md.dev(), ino: md.ino() };
+            let id = FileId {
+                dev: md.dev(),
+                ino: md.ino(),
+            };
             seen.insert(id);
             if let Some(seq) = self.by_id.get(&id) {
                 let tf = self.files.get_mut(seq).expect("by_id and files agree");
@@ -325,7 +368,11 @@ impl Tailer {
             return;
         }
         debug!(source = %self.cx.name, path = %path.display(), offset = start, "file opened");
-        let persisted = self.known.get(&id).map(|s| s.offset).filter(|&o| o == start);
+        let persisted = self
+            .known
+            .get(&id)
+            .map(|s| s.offset)
+            .filter(|&o| o == start);
         let seq = self.next_open;
         self.next_open += 1;
         self.by_id.insert(id, seq);
@@ -337,7 +384,11 @@ impl Tailer {
                 path,
                 file,
                 buf: BytesMut::new(),
-                splitter: Splitter::new(self.settings.max_line_bytes, self.settings.max_line_policy, start),
+                splitter: Splitter::new(
+                    self.settings.max_line_bytes,
+                    self.settings.max_line_policy,
+                    start,
+                ),
                 read_pos: start,
                 fingerprint,
                 pending: VecDeque::new(),
@@ -398,7 +449,10 @@ impl Tailer {
         let mut records = Vec::with_capacity(n / 64 + 8);
         let split = tf.splitter.split(&mut tf.buf, &mut records);
         if split.truncated_lines > 0 {
-            self.cx.metrics.dropped.add("line_truncated", split.truncated_lines);
+            self.cx
+                .metrics
+                .dropped
+                .add("line_truncated", split.truncated_lines);
         }
         if split.split_lines > 0 {
             debug!(source = %self.cx.name, lines = split.split_lines, "over-long lines split");
@@ -414,7 +468,11 @@ impl Tailer {
         let tf = self.files.get_mut(&seq).expect("seq from files");
         let batch_id = self.next_batch;
         self.next_batch += 1;
-        tf.pending.push_back(Pending { batch: batch_id, end, done: false });
+        tf.pending.push_back(Pending {
+            batch: batch_id,
+            end,
+            done: false,
+        });
         self.owner.insert(batch_id, tf.id);
         let meta = Arc::new(BatchMeta {
             source: self.cx.name.clone(),
@@ -422,7 +480,9 @@ impl Tailer {
             read_at: SystemTime::now(),
         });
         let ack = Ack::new(batch_id, records.len(), self.wake.clone());
-        self.cx.send_blocking(Batch::new(meta, records, ack)).map_err(|_| Closed)
+        self.cx
+            .send_blocking(Batch::new(meta, records, ack))
+            .map_err(|_| Closed)
     }
 
     /// The file had nothing more to read: check for truncation, and emit
@@ -442,7 +502,11 @@ impl Tailer {
             let _ = tf.file.seek(SeekFrom::Start(0));
             tf.read_pos = 0;
             tf.buf.clear();
-            tf.splitter = Splitter::new(self.settings.max_line_bytes, self.settings.max_line_policy, 0);
+            tf.splitter = Splitter::new(
+                self.settings.max_line_bytes,
+                self.settings.max_line_policy,
+                0,
+            );
             tf.fingerprint.clear();
             tf.pending.clear();
             tf.committed = 0;
@@ -452,8 +516,12 @@ impl Tailer {
 
     fn apply_acks(&mut self, acks: Vec<u64>) {
         for batch in acks {
-            let Some(id) = self.owner.remove(&batch) else { continue };
-            let Some(tf) = self.by_id.get(&id).and_then(|seq| self.files.get_mut(seq)) else { continue };
+            let Some(id) = self.owner.remove(&batch) else {
+                continue;
+            };
+            let Some(tf) = self.by_id.get(&id).and_then(|seq| self.files.get_mut(seq)) else {
+                continue;
+            };
             if let Ok(i) = tf.pending.binary_search_by_key(&batch, |p| p.batch) {
                 tf.pending[i].done = true;
             }
@@ -470,7 +538,11 @@ impl Tailer {
             if tf.persisted == Some(tf.committed) {
                 continue;
             }
-            let saved = Saved { offset: tf.committed, fingerprint: tf.fingerprint.clone(), path: tf.path.clone() };
+            let saved = Saved {
+                offset: tf.committed,
+                fingerprint: tf.fingerprint.clone(),
+                path: tf.path.clone(),
+            };
             puts.push((tf.id.key(), saved.encode()));
             self.known.insert(tf.id, saved);
             tf.persisted = Some(tf.committed);

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tailrace_api::spool::{SpoolStore, SpoolTree};
-use tailrace_api::{BatchLimits, BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext};
+use tailrace_api::{
+    BatchLimits, BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext,
+};
 
 /// The value of `bootstrap_servers` that starts librdkafka's mock cluster
 /// in the process.
@@ -167,11 +169,17 @@ pub fn check_brokers(list: &str) -> Result<(), String> {
             .ok_or_else(|| format!("invalid broker address {part:?}: expected host:port"))?;
         match port.parse::<u16>() {
             Ok(p) if p > 0 => {}
-            _ => return Err(format!("invalid broker address {part:?}: {port:?} is not a port number")),
+            _ => {
+                return Err(format!(
+                    "invalid broker address {part:?}: {port:?} is not a port number"
+                ))
+            }
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("invalid broker address {part:?}: the host is missing or has spaces"));
+            return Err(format!(
+                "invalid broker address {part:?}: the host is missing or has spaces"
+            ));
         }
     }
     Ok(())
@@ -182,23 +190,35 @@ impl SinkConfig for KafkaSinkConfig {
         let mut issues = Vec::new();
         if self.bootstrap_servers != EMBEDDED {
             if let Err(e) = check_brokers(&self.bootstrap_servers) {
-                issues.push(ConfigIssue::new(&["bootstrap_servers"], format!("{e} (or \"embedded\" for an in-process test cluster)")));
+                issues.push(ConfigIssue::new(
+                    &["bootstrap_servers"],
+                    format!("{e} (or \"embedded\" for an in-process test cluster)"),
+                ));
             }
         }
         let topic_ok = !self.topic.is_empty()
             && self.topic.len() <= 249
             && self.topic != "."
             && self.topic != ".."
-            && self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && self
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !topic_ok {
             issues.push(ConfigIssue::new(
                 &["topic"],
-                format!("invalid topic name {:?}: use 1 to 249 of the characters a-z A-Z 0-9 . _ -", self.topic),
+                format!(
+                    "invalid topic name {:?}: use 1 to 249 of the characters a-z A-Z 0-9 . _ -",
+                    self.topic
+                ),
             ));
         }
         for key in self.librdkafka.keys() {
             if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {
-                issues.push(ConfigIssue::new(&["librdkafka", key], format!("{key} cannot be set here: {why}")));
+                issues.push(ConfigIssue::new(
+                    &["librdkafka", key],
+                    format!("{key} cannot be set here: {why}"),
+                ));
             }
         }
         let limits: [(&str, u64); 3] = [
@@ -208,14 +228,23 @@ impl SinkConfig for KafkaSinkConfig {
         ];
         for (key, v) in limits {
             if v == 0 {
-                issues.push(ConfigIssue::new(&["batch", key], format!("{key} must be greater than 0")));
+                issues.push(ConfigIssue::new(
+                    &["batch", key],
+                    format!("{key} must be greater than 0"),
+                ));
             }
         }
         if self.spool.max_bytes == 0 {
-            issues.push(ConfigIssue::new(&["spool", "max_bytes"], "max_bytes must be greater than 0"));
+            issues.push(ConfigIssue::new(
+                &["spool", "max_bytes"],
+                "max_bytes must be greater than 0",
+            ));
         }
         if self.spool.replay_entries_in_flight == 0 {
-            issues.push(ConfigIssue::new(&["spool", "replay_entries_in_flight"], "replay_entries_in_flight must be greater than 0"));
+            issues.push(ConfigIssue::new(
+                &["spool", "replay_entries_in_flight"],
+                "replay_entries_in_flight must be greater than 0",
+            ));
         }
         issues
     }
@@ -224,8 +253,21 @@ impl SinkConfig for KafkaSinkConfig {
         crate::sink::spawn(self, cx)
     }
 
-    fn replay_spool(&self, name: &str, spool: std::sync::Arc<dyn SpoolStore>, tree: SpoolTree, timeout: std::time::Duration) -> Result<ReplayReport, String> {
-        crate::replay::replay_offline(self, name, spool, tree, tailrace_api::Metrics::new().sink(name), timeout)
+    fn replay_spool(
+        &self,
+        name: &str,
+        spool: std::sync::Arc<dyn SpoolStore>,
+        tree: SpoolTree,
+        timeout: std::time::Duration,
+    ) -> Result<ReplayReport, String> {
+        crate::replay::replay_offline(
+            self,
+            name,
+            spool,
+            tree,
+            tailrace_api::Metrics::new().sink(name),
+            timeout,
+        )
     }
 }
 
@@ -235,7 +277,12 @@ mod tests {
 
     #[test]
     fn broker_lists() {
-        for ok in ["127.0.0.1:9092", "a:1,b:2", "kafka-1.example:9093, kafka-2:9093", "[::1]:9092"] {
+        for ok in [
+            "127.0.0.1:9092",
+            "a:1,b:2",
+            "kafka-1.example:9093, kafka-2:9093",
+            "[::1]:9092",
+        ] {
             assert_eq!(check_brokers(ok), Ok(()), "{ok}");
         }
         for (bad, says) in [

@@ -31,7 +31,12 @@ pub fn replay_offline(
     }
     let settings = settings(config, name);
     let failed = Arc::new(Mutex::new(Vec::new()));
-    let context = Delivery::new(name.into(), metrics.clone(), failed.clone(), Arc::new(AtomicBool::new(true)));
+    let context = Delivery::new(
+        name.into(),
+        metrics.clone(),
+        failed.clone(),
+        Arc::new(AtomicBool::new(true)),
+    );
     let producer = create_producer(&settings, context)?;
     let done: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
     let mut report = OfflineReplay::default();
@@ -39,7 +44,9 @@ pub fn replay_offline(
     let deadline = Instant::now() + timeout;
     let mut cursor = None;
     loop {
-        let batch = spool.scan(tree, name, cursor, 16).map_err(|e| format!("cannot read the spool: {e}"))?;
+        let batch = spool
+            .scan(tree, name, cursor, 16)
+            .map_err(|e| format!("cannot read the spool: {e}"))?;
         if batch.is_empty() {
             break;
         }
@@ -49,7 +56,9 @@ pub fn replay_offline(
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("entry {id}: {e}; moved to the corrupt tree");
-                    spool.move_to(tree, SpoolTree::Corrupt, name, id).map_err(|e| e.to_string())?;
+                    spool
+                        .move_to(tree, SpoolTree::Corrupt, name, id)
+                        .map_err(|e| e.to_string())?;
                     report.corrupt_entries += 1;
                     continue;
                 }
@@ -60,12 +69,24 @@ pub fn replay_offline(
             }
             let bytes = records.iter().map(|r| r.payload.len()).sum();
             let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
-            let inflight = InFlight::new(Origin::Spool { id, done: done.clone() }, records.len(), bytes, created);
+            let inflight = InFlight::new(
+                Origin::Spool {
+                    id,
+                    done: done.clone(),
+                },
+                records.len(),
+                bytes,
+                created,
+            );
             in_flight.insert(id);
             report.entries += 1;
             report.events += records.len() as u64;
             for r in &records {
-                let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(&settings.topic, inflight.clone()).payload(&r.payload[..]);
+                let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
+                    &settings.topic,
+                    inflight.clone(),
+                )
+                .payload(&r.payload[..]);
                 if let Some(k) = &r.key {
                     record = record.key(&k[..]);
                 }
@@ -104,6 +125,8 @@ pub fn replay_offline(
     }
     report.failed_entries += in_flight.len() as u64;
     let _ = producer.flush(Duration::from_secs(1));
-    spool.flush().map_err(|e| format!("cannot flush the spool: {e}"))?;
+    spool
+        .flush()
+        .map_err(|e| format!("cannot flush the spool: {e}"))?;
     Ok(report)
 }

@@ -13,9 +13,13 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use tailrace_api::spool::{decode, encode, SpoolStore, SpoolTree};
-use tailrace_api::{next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, SinkContext, SinkMetrics};
+use tailrace_api::{
+    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, SinkContext, SinkMetrics,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
@@ -43,8 +47,14 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
     let mut properties: Vec<(String, String)> = vec![
         ("acks".into(), "all".into()),
         ("enable.idempotence".into(), "true".into()),
-        ("compression.codec".into(), config.compression.codec().into()),
-        ("message.timeout.ms".into(), config.delivery_timeout_ms.to_string()),
+        (
+            "compression.codec".into(),
+            config.compression.codec().into(),
+        ),
+        (
+            "message.timeout.ms".into(),
+            config.delivery_timeout_ms.to_string(),
+        ),
         ("client.id".into(), format!("tailrace-{name}")),
         ("linger.ms".into(), "5".into()),
         ("batch.num.messages".into(), "10000".into()),
@@ -65,7 +75,10 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
     }
 }
 
-pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<ComponentTask, BuildError> {
+pub(crate) fn spawn(
+    config: &KafkaSinkConfig,
+    cx: SinkContext,
+) -> Result<ComponentTask, BuildError> {
     let settings = settings(config, &cx.name);
     let name = cx.name.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -75,7 +88,10 @@ pub(crate) fn spawn(config: &KafkaSinkConfig, cx: SinkContext) -> Result<Compone
             let _ = tx.send(run(cx, settings));
         })
         .map_err(|e| BuildError(format!("cannot start the thread of sink {name}: {e}")))?;
-    Ok(Box::pin(async move { rx.await.unwrap_or_else(|_| Err("the kafka sink thread panicked".into())) }))
+    Ok(Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err("the kafka sink thread panicked".into()))
+    }))
 }
 
 /// Where the records of an in-flight group came from, and whom to tell.
@@ -83,7 +99,10 @@ pub(crate) enum Origin {
     /// A channel batch: its source waits for the ack.
     Channel(Ack),
     /// A spool entry being replayed: removed once every record is delivered.
-    Spool { id: u64, done: Arc<Mutex<Vec<(u64, bool)>>> },
+    Spool {
+        id: u64,
+        done: Arc<Mutex<Vec<(u64, bool)>>>,
+    },
 }
 
 /// A group of records on their way to Kafka; the delivery opaque of each.
@@ -101,7 +120,12 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn new(origin: Origin, events: usize, bytes: usize, read_at: SystemTime) -> Arc<InFlight> {
+    pub(crate) fn new(
+        origin: Origin,
+        events: usize,
+        bytes: usize,
+        read_at: SystemTime,
+    ) -> Arc<InFlight> {
         Arc::new(InFlight {
             origin,
             remaining: AtomicUsize::new(events),
@@ -114,7 +138,12 @@ impl InFlight {
     }
 
     fn for_batch(batch: &Batch) -> Arc<InFlight> {
-        InFlight::new(Origin::Channel(batch.ack.clone()), batch.len(), batch.bytes, batch.meta.read_at)
+        InFlight::new(
+            Origin::Channel(batch.ack.clone()),
+            batch.len(),
+            batch.bytes,
+            batch.meta.read_at,
+        )
     }
 
     /// One record delivered.
@@ -135,16 +164,19 @@ impl InFlight {
         let delivered = self.events - self.diverted.load(Ordering::Acquire);
         if delivered > 0 {
             metrics.delivered.inc_by(delivered as u64);
-            metrics.delivered_bytes.inc_by((self.bytes * delivered / self.events.max(1)) as u64);
+            metrics
+                .delivered_bytes
+                .inc_by((self.bytes * delivered / self.events.max(1)) as u64);
             if let Ok(age) = self.read_at.elapsed() {
                 metrics.latency.observe(age.as_secs_f64());
             }
         }
         match &self.origin {
             Origin::Channel(ack) => ack.done(self.events),
-            Origin::Spool { id, done } => {
-                done.lock().unwrap_or_else(|e| e.into_inner()).push((*id, self.failed.load(Ordering::Acquire)))
-            }
+            Origin::Spool { id, done } => done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((*id, self.failed.load(Ordering::Acquire))),
         }
     }
 
@@ -189,8 +221,19 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn new(sink: Arc<str>, metrics: SinkMetrics, failed: Arc<Mutex<Vec<Failure>>>, reachable: Arc<AtomicBool>) -> Delivery {
-        Delivery { sink, metrics, failed, reachable, last_warning: Mutex::new(None) }
+    pub(crate) fn new(
+        sink: Arc<str>,
+        metrics: SinkMetrics,
+        failed: Arc<Mutex<Vec<Failure>>>,
+        reachable: Arc<AtomicBool>,
+    ) -> Delivery {
+        Delivery {
+            sink,
+            metrics,
+            failed,
+            reachable,
+            last_warning: Mutex::new(None),
+        }
     }
 
     fn warn_limited(&self, what: &str, detail: &str) {
@@ -205,7 +248,10 @@ impl Delivery {
 impl ClientContext for Delivery {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 self.warn_limited("librdkafka error", &format!("{fac}: {message}"))
             }
             _ => debug!(sink = %self.sink, facility = fac, "librdkafka: {message}"),
@@ -213,7 +259,9 @@ impl ClientContext for Delivery {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) && self.reachable.swap(false, Ordering::AcqRel) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && self.reachable.swap(false, Ordering::AcqRel)
+        {
             warn!(sink = %self.sink, reason, "the sink cannot reach its broker; failed sends go to the spool");
             return;
         }
@@ -227,7 +275,9 @@ impl ProducerContext for Delivery {
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
         match result {
             Ok(_) => {
-                if !self.reachable.load(Ordering::Relaxed) && !self.reachable.swap(true, Ordering::AcqRel) {
+                if !self.reachable.load(Ordering::Relaxed)
+                    && !self.reachable.swap(true, Ordering::AcqRel)
+                {
                     info!(sink = %self.sink, "the sink reached its broker");
                 }
                 inflight.settle(&self.metrics);
@@ -235,12 +285,18 @@ impl ProducerContext for Delivery {
             Err((error, message)) => {
                 let failure = Failure {
                     inflight,
-                    payload: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                    payload: message
+                        .payload()
+                        .map(Bytes::copy_from_slice)
+                        .unwrap_or_default(),
                     key: message.key().map(Bytes::copy_from_slice),
                     timestamp: message.timestamp().to_millis(),
                     error: error.clone(),
                 };
-                self.failed.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(failure);
             }
         }
     }
@@ -280,17 +336,25 @@ pub(crate) fn reason(error: &KafkaError) -> String {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
-pub(crate) fn create_producer(settings: &Settings, context: Delivery) -> Result<BaseProducer<Delivery>, String> {
+pub(crate) fn create_producer(
+    settings: &Settings,
+    context: Delivery,
+) -> Result<BaseProducer<Delivery>, String> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.bootstrap_servers);
     for (k, v) in &settings.properties {
         config.set(k, v);
     }
     let sink = context.sink.clone();
-    config.create_with_context(context).map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
+    config
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
 }
 
 /// Why a record was not handed to librdkafka.
@@ -327,10 +391,14 @@ struct Sink {
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     // The embedded cluster lives on this thread for as long as the sink.
     let _cluster = if settings.bootstrap_servers == EMBEDDED {
-        let cluster = MockCluster::new(1).map_err(|e| format!("cannot start the embedded kafka cluster: {e}"))?;
-        cluster
-            .create_topic(&settings.topic, 1, 1)
-            .map_err(|e| format!("cannot create topic {} in the embedded cluster: {e}", settings.topic))?;
+        let cluster = MockCluster::new(1)
+            .map_err(|e| format!("cannot start the embedded kafka cluster: {e}"))?;
+        cluster.create_topic(&settings.topic, 1, 1).map_err(|e| {
+            format!(
+                "cannot create topic {} in the embedded cluster: {e}",
+                settings.topic
+            )
+        })?;
         settings.bootstrap_servers = cluster.bootstrap_servers();
         info!(
             sink = %cx.name,
@@ -344,7 +412,12 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     };
     let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
-    let context = Delivery::new(cx.name.clone(), cx.metrics.clone(), failed.clone(), reachable.clone());
+    let context = Delivery::new(
+        cx.name.clone(),
+        cx.metrics.clone(),
+        failed.clone(),
+        reachable.clone(),
+    );
     let producer = create_producer(&settings, context)?;
     let spool = cx.spool.clone();
     let held = spool.usage(SpoolTree::Pending, &cx.name);
@@ -364,7 +437,12 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         deadline: Cell::new(None),
         spool,
         to_spool: Vec::new(),
-        replay: Replay { in_flight: HashSet::new(), done: Arc::default(), cursor: None, not_before: Instant::now() },
+        replay: Replay {
+            in_flight: HashSet::new(),
+            done: Arc::default(),
+            cursor: None,
+            not_before: Instant::now(),
+        },
         last_full_warning: None,
     };
     sink.update_gauges();
@@ -422,15 +500,27 @@ impl Sink {
     /// New events wait behind the spool in strict ordering.
     fn behind_spool(&self) -> bool {
         self.settings.spool.ordering == SpoolOrdering::Strict
-            && (!self.to_spool.is_empty() || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
+            && (!self.to_spool.is_empty()
+                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
-        let timestamp = batch.meta.read_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).ok();
+        let timestamp = batch
+            .meta
+            .read_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .ok();
         let inflight = InFlight::for_batch(&batch);
         if self.behind_spool() {
             for r in &batch.records {
-                self.divert(&inflight, r.payload.clone(), None, timestamp, "behind_spool".into());
+                self.divert(
+                    &inflight,
+                    r.payload.clone(),
+                    None,
+                    timestamp,
+                    "behind_spool".into(),
+                );
             }
             return Ok(());
         }
@@ -440,7 +530,13 @@ impl Sink {
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
                     for r in &batch.records[i..] {
-                        self.divert(&inflight, r.payload.clone(), None, timestamp, "queue_full".into());
+                        self.divert(
+                            &inflight,
+                            r.payload.clone(),
+                            None,
+                            timestamp,
+                            "queue_full".into(),
+                        );
                     }
                     return Ok(());
                 }
@@ -452,8 +548,18 @@ impl Sink {
 
     /// Hands one record to librdkafka, waiting a bounded time while its
     /// queue is full.
-    fn produce(&mut self, inflight: &Arc<InFlight>, payload: &[u8], key: Option<&[u8]>, timestamp: Option<i64>) -> Result<(), Unsent> {
-        let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(&self.settings.topic, inflight.clone()).payload(payload);
+    fn produce(
+        &mut self,
+        inflight: &Arc<InFlight>,
+        payload: &[u8],
+        key: Option<&[u8]>,
+        timestamp: Option<i64>,
+    ) -> Result<(), Unsent> {
+        let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
+            &self.settings.topic,
+            inflight.clone(),
+        )
+        .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -471,7 +577,9 @@ impl Sink {
                     if self.out_of_time() {
                         return Err(Unsent::OutOfTime);
                     }
-                    if since.elapsed() >= Duration::from_millis(self.settings.spool.queue_full_timeout_ms) {
+                    if since.elapsed()
+                        >= Duration::from_millis(self.settings.spool.queue_full_timeout_ms)
+                    {
                         return Err(Unsent::QueueFull);
                     }
                 }
@@ -479,12 +587,21 @@ impl Sink {
                     drop(back);
                     let why = reason(&error);
                     self.cx.metrics.failed.add(&why, 1);
-                    let (payload, key) = (Bytes::copy_from_slice(payload), key.map(Bytes::copy_from_slice));
+                    let (payload, key) = (
+                        Bytes::copy_from_slice(payload),
+                        key.map(Bytes::copy_from_slice),
+                    );
                     if inflight.is_replay() {
                         inflight.failed.store(true, Ordering::Release);
                         inflight.divert(&self.cx.metrics);
                     } else if is_permanent(error.rdkafka_error_code()) {
-                        self.dead_letter(vec![Diverted { inflight: inflight.clone(), payload, key, timestamp, reason: error.to_string() }]);
+                        self.dead_letter(vec![Diverted {
+                            inflight: inflight.clone(),
+                            payload,
+                            key,
+                            timestamp,
+                            reason: error.to_string(),
+                        }]);
                     } else {
                         self.divert(inflight, payload, key, timestamp, why);
                     }
@@ -494,8 +611,21 @@ impl Sink {
         }
     }
 
-    fn divert(&mut self, inflight: &Arc<InFlight>, payload: Bytes, key: Option<Bytes>, timestamp: Option<i64>, reason: String) {
-        self.to_spool.push(Diverted { inflight: inflight.clone(), payload, key, timestamp, reason });
+    fn divert(
+        &mut self,
+        inflight: &Arc<InFlight>,
+        payload: Bytes,
+        key: Option<Bytes>,
+        timestamp: Option<i64>,
+        reason: String,
+    ) {
+        self.to_spool.push(Diverted {
+            inflight: inflight.clone(),
+            payload,
+            key,
+            timestamp,
+            reason,
+        });
     }
 
     /// Sorts failed deliveries: replays are retried later from the spool,
@@ -514,9 +644,21 @@ impl Sink {
                 f.inflight.failed.store(true, Ordering::Release);
                 f.inflight.divert(&self.cx.metrics);
             } else if is_permanent(f.error.rdkafka_error_code()) {
-                dead.push(Diverted { inflight: f.inflight, payload: f.payload, key: f.key, timestamp: f.timestamp, reason: f.error.to_string() });
+                dead.push(Diverted {
+                    inflight: f.inflight,
+                    payload: f.payload,
+                    key: f.key,
+                    timestamp: f.timestamp,
+                    reason: f.error.to_string(),
+                });
             } else {
-                self.to_spool.push(Diverted { inflight: f.inflight, payload: f.payload, key: f.key, timestamp: f.timestamp, reason: why });
+                self.to_spool.push(Diverted {
+                    inflight: f.inflight,
+                    payload: f.payload,
+                    key: f.key,
+                    timestamp: f.timestamp,
+                    reason: why,
+                });
             }
         }
         for (why, n) in &reasons {
@@ -532,11 +674,16 @@ impl Sink {
     fn dead_letter(&mut self, records: Vec<Diverted>) {
         for chunk in records.chunks(ENTRY_RECORDS) {
             let entry = encode(
-                chunk.iter().map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
+                chunk
+                    .iter()
+                    .map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
                 &chunk[0].reason,
                 now_ms(),
             );
-            let stored = self.spool.push(SpoolTree::DeadLetter, &self.cx.name, &entry).and_then(|_| self.spool.flush());
+            let stored = self
+                .spool
+                .push(SpoolTree::DeadLetter, &self.cx.name, &entry)
+                .and_then(|_| self.spool.flush());
             match stored {
                 Ok(()) => {
                     error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
@@ -565,7 +712,13 @@ impl Sink {
         let mut blocked = false;
         let mut entries = Vec::new();
         for chunk in pending.chunks(ENTRY_RECORDS) {
-            let entry = encode(chunk.iter().map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)), &chunk[0].reason, now_ms());
+            let entry = encode(
+                chunk
+                    .iter()
+                    .map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
+                &chunk[0].reason,
+                now_ms(),
+            );
             if !self.make_room(entry.len() as u64) {
                 blocked = true;
                 break;
@@ -606,18 +759,29 @@ impl Sink {
             }
             match self.settings.spool.when_full {
                 WhenFull::Block => {
-                    if self.last_full_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    if self
+                        .last_full_warning
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                    {
                         self.last_full_warning = Some(Instant::now());
                         warn!(sink = %name, bytes = usage.bytes, max_bytes = self.settings.spool.max_bytes, "spool full; holding the sources back until replay makes room");
                     }
                     return false;
                 }
                 WhenFull::DropOldest => {
-                    let oldest = self.spool.scan(SpoolTree::Pending, &name, None, 16).unwrap_or_default();
-                    let Some((id, entry)) = oldest.into_iter().find(|(id, _)| !self.replay.in_flight.contains(id)) else {
+                    let oldest = self
+                        .spool
+                        .scan(SpoolTree::Pending, &name, None, 16)
+                        .unwrap_or_default();
+                    let Some((id, entry)) = oldest
+                        .into_iter()
+                        .find(|(id, _)| !self.replay.in_flight.contains(id))
+                    else {
                         return false;
                     };
-                    let events = tailrace_api::spool::header(&entry).map(|h| h.events as u64).unwrap_or(0);
+                    let events = tailrace_api::spool::header(&entry)
+                        .map(|h| h.events as u64)
+                        .unwrap_or(0);
                     if self.spool.remove(SpoolTree::Pending, &name, id).is_err() {
                         return false;
                     }
@@ -631,13 +795,18 @@ impl Sink {
     /// Hands the next spool entries to librdkafka, oldest first.
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
-        if Instant::now() < self.replay.not_before || self.spool.usage(SpoolTree::Pending, &name).entries == 0 {
+        if Instant::now() < self.replay.not_before
+            || self.spool.usage(SpoolTree::Pending, &name).entries == 0
+        {
             return;
         }
         while self.replay.in_flight.len() < self.settings.spool.replay_entries_in_flight
             && self.producer.in_flight_count() < REPLAY_QUEUE_ROOM
         {
-            let next = match self.spool.scan(SpoolTree::Pending, &name, self.replay.cursor, 1) {
+            let next = match self
+                .spool
+                .scan(SpoolTree::Pending, &name, self.replay.cursor, 1)
+            {
                 Ok(mut v) => v.pop(),
                 Err(e) => {
                     error!(sink = %name, error = %e, "cannot read the spool");
@@ -660,7 +829,9 @@ impl Sink {
                 Err(e) => {
                     error!(sink = %name, entry = id, error = %e, "spool entry is damaged; set aside (see `tailrace spool stats`)");
                     self.cx.metrics.spool_corrupt.inc();
-                    let _ = self.spool.move_to(SpoolTree::Pending, SpoolTree::Corrupt, &name, id);
+                    let _ = self
+                        .spool
+                        .move_to(SpoolTree::Pending, SpoolTree::Corrupt, &name, id);
                     continue;
                 }
             };
@@ -670,11 +841,22 @@ impl Sink {
             }
             let bytes = records.iter().map(|r| r.payload.len()).sum();
             let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
-            let inflight = InFlight::new(Origin::Spool { id, done: self.replay.done.clone() }, records.len(), bytes, created);
+            let inflight = InFlight::new(
+                Origin::Spool {
+                    id,
+                    done: self.replay.done.clone(),
+                },
+                records.len(),
+                bytes,
+                created,
+            );
             self.replay.in_flight.insert(id);
             debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
             for (i, r) in records.iter().enumerate() {
-                if self.produce(&inflight, &r.payload, r.key.as_deref(), r.timestamp_ms).is_err() {
+                if self
+                    .produce(&inflight, &r.payload, r.key.as_deref(), r.timestamp_ms)
+                    .is_err()
+                {
                     inflight.failed.store(true, Ordering::Release);
                     for _ in i..records.len() {
                         inflight.divert(&self.cx.metrics);
@@ -720,11 +902,18 @@ impl Sink {
     /// no longer line up). Then what it holds is purged into the spool and
     /// a new producer takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        let Some((code, reason)) = self.producer.client().fatal_error() else { return Ok(()) };
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return Ok(());
+        };
         error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
         self.purge_into_failures();
         self.handle_failures();
-        let context = Delivery::new(self.cx.name.clone(), self.cx.metrics.clone(), self.failed.clone(), self.reachable.clone());
+        let context = Delivery::new(
+            self.cx.name.clone(),
+            self.cx.metrics.clone(),
+            self.failed.clone(),
+            self.reachable.clone(),
+        );
         self.producer = create_producer(&self.settings, context)?;
         Ok(())
     }
@@ -732,7 +921,8 @@ impl Sink {
     /// Takes back everything librdkafka holds; each comes back as a failed
     /// delivery.
     fn purge_into_failures(&mut self) {
-        self.producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
         let until = Instant::now() + Duration::from_secs(2);
         while self.producer.in_flight_count() > 0 && Instant::now() < until {
             self.producer.poll(Duration::from_millis(20));
@@ -743,13 +933,20 @@ impl Sink {
     /// what is in flight within the grace period, then spool the rest.
     fn finish(&mut self) {
         self.check_deadline();
-        let deadline = self.deadline.get().unwrap_or_else(|| Instant::now() + self.cx.grace);
+        let deadline = self
+            .deadline
+            .get()
+            .unwrap_or_else(|| Instant::now() + self.cx.grace);
         loop {
             self.producer.poll(Duration::from_millis(20));
             self.handle_failures();
             self.finish_replays();
             self.flush_to_spool();
-            let failed = !self.failed.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+            let failed = !self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
             if self.producer.in_flight_count() == 0 && !failed && self.to_spool.is_empty() {
                 break;
             }
@@ -764,10 +961,21 @@ impl Sink {
             self.handle_failures();
         }
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
-            let timestamp = batch.meta.read_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).ok();
+            let timestamp = batch
+                .meta
+                .read_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .ok();
             let inflight = InFlight::for_batch(&batch);
             for r in &batch.records {
-                self.divert(&inflight, r.payload.clone(), None, timestamp, "shutdown".into());
+                self.divert(
+                    &inflight,
+                    r.payload.clone(),
+                    None,
+                    timestamp,
+                    "shutdown".into(),
+                );
             }
         }
         self.finish_replays();
