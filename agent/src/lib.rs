@@ -1,10 +1,11 @@
 //! The tailrace daemon: command line, config, pipeline runtime, and the
-//! on-disk store for checkpoints.
+//! on-disk store for checkpoints and the spool, and the admin endpoint.
 //!
 //! It wires plugins together but contains none: sources and sinks live in
 //! `plugins/` and are reached only through the registry and the contract
-//! crate. Only `store` knows sled.
+//! crate. Only `store` knows sled; only `admin` knows HTTP.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod registry;

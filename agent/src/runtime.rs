@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tailrace_api::{
-    Channel, CheckpointStore, ComponentTask, Metrics, Shutdown, SinkContext, SourceContext,
-    SpoolStore,
+    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, SinkContext,
+    SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -37,7 +38,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = absolute(&config.data_dir);
     let store = Arc::new(Store::open(&data_dir)?);
     info!(data_dir = %data_dir.display(), config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "tailrace starting");
+    let admin_listener = if config.admin.enabled {
+        Some(admin::bind(&config.admin.address).await?)
+    } else {
+        None
+    };
     let metrics = Metrics::new();
+    let mut components = Vec::new();
 
     let channels: BTreeMap<String, Arc<Channel>> = config
         .channels
@@ -71,7 +78,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics: metrics.sink(&spec.name),
             data_dir: data_dir.clone(),
             spool: store.clone() as Arc<dyn SpoolStore>,
+            readiness: Readiness::not_ready("connecting to its broker"),
         };
+        components.push((format!("sink {}", spec.name), cx.readiness.clone()));
         let task = spec
             .config
             .build(cx)
@@ -87,7 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown: stop_sources.clone(),
             drained: drained.clone(),
             metrics: metrics.source(&spec.name),
+            readiness: Readiness::ready(),
         };
+        components.push((format!("source {}", spec.name), cx.readiness.clone()));
         let task = spec
             .config
             .build(cx)
@@ -108,6 +119,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         let channels = channels.clone();
         tokio::spawn(summarize(every, sources, sinks, channels))
+    });
+    let stop_admin = Shutdown::new();
+    let admin_task = admin_listener.map(|listener| {
+        let state = Arc::new(AdminState::new(metrics, components));
+        tokio::spawn(admin::serve(listener, state, stop_admin.clone()))
     });
 
     let mut sigterm =
@@ -146,6 +162,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(task) = summary {
         task.abort();
+    }
+    stop_admin.trigger();
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     let s = store.clone();
     tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s))

@@ -94,21 +94,40 @@ pub struct Agent {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The admin endpoint's address, when the harness chose it.
+    admin: Option<String>,
 }
 
 impl Agent {
     /// Writes `config_yaml` to `DIR/tailrace.yaml` and starts the agent.
+    /// A config without a top-level `admin:` gets the admin endpoint on a
+    /// free port, so agents of concurrent tests never share one.
     pub fn start(dir: &Path, config_yaml: &str) -> Agent {
         let config = dir.join("tailrace.yaml");
-        std::fs::write(&config, config_yaml)
+        let mut yaml = config_yaml.to_string();
+        let mut admin = None;
+        if !yaml.lines().any(|l| l.starts_with("admin:")) {
+            let address = format!("127.0.0.1:{}", crate::free_port());
+            yaml.push_str(&format!("\nadmin: {{ address: \"{address}\" }}\n"));
+            admin = Some(address);
+        }
+        std::fs::write(&config, yaml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let mut agent = Agent {
             config,
             log: dir.join("agent.log"),
             child: None,
+            admin,
         };
         agent.restart();
         agent
+    }
+
+    /// `host:port` of the admin endpoint the harness chose (see `start`).
+    pub fn admin_address(&self) -> &str {
+        self.admin
+            .as_deref()
+            .expect("the config named its own admin address")
     }
 
     pub fn config_path(&self) -> &Path {

@@ -21,6 +21,7 @@
 mod agent;
 mod broker;
 mod consumer;
+pub mod http;
 mod lines;
 mod process;
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::spool::SpoolTree;
+use crate::Readiness;
 use crate::{
     Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics,
     SpoolStore,
@@ -103,6 +104,8 @@ pub struct SourceContext {
     /// the positions and return.
     pub drained: Shutdown,
     pub metrics: SourceMetrics,
+    /// Ready unless the source says otherwise (a socket not yet bound).
+    pub readiness: Readiness,
 }
 
 impl SourceContext {
@@ -162,4 +165,6 @@ pub struct SinkContext {
     pub data_dir: PathBuf,
     /// Where failed sends are kept until they are replayed.
     pub spool: Arc<dyn SpoolStore>,
+    /// Not ready until the sink has reached its destination.
+    pub readiness: Readiness,
 }

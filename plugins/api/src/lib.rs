@@ -16,6 +16,7 @@ pub mod batcher;
 pub mod channel;
 pub mod component;
 pub mod metrics;
+pub mod readiness;
 pub mod shutdown;
 pub mod spool;
 pub mod store;
@@ -29,6 +30,7 @@ pub use component::{
     SourceContext,
 };
 pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
+pub use readiness::Readiness;
 pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};

@@ -16,6 +16,11 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
+fn batch_histogram() -> Histogram {
+    // 1 .. ~65k events
+    Histogram::new(exponential_buckets(1.0, 4.0, 9))
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -39,6 +44,7 @@ pub struct Metrics {
     channel_events: Family<Labels, Gauge>,
     channel_bytes: Family<Labels, Gauge>,
     latency: HistogramFamily,
+    batch_events: HistogramFamily,
 }
 
 impl Default for Metrics {
@@ -66,6 +72,7 @@ impl Metrics {
             channel_events: Family::default(),
             channel_bytes: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
+            batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
@@ -154,6 +161,11 @@ impl Metrics {
             "Time from read to acknowledgement by Kafka, per batch",
             m.latency.clone(),
         );
+        registry.register(
+            "tailrace_sink_batch_events",
+            "Events per batch taken from the channel, per sink",
+            m.batch_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -188,6 +200,7 @@ impl Metrics {
             dead_letter_events: self.dead_letter_events.get_or_create(&l).clone(),
             spool_corrupt: self.spool_corrupt.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
+            batch_events: self.batch_events.get_or_create(&l).clone(),
             failed: Arc::new(Labelled {
                 family: self.sink_failed.clone(),
                 fixed: ("sink", name.to_owned()),
@@ -270,6 +283,7 @@ pub struct SinkMetrics {
     pub dead_letter_events: Gauge,
     pub spool_corrupt: Counter,
     pub latency: Histogram,
+    pub batch_events: Histogram,
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,
     pub dropped: Dropped,

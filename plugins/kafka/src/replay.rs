@@ -36,6 +36,8 @@ pub fn replay_offline(
         metrics.clone(),
         failed.clone(),
         Arc::new(AtomicBool::new(true)),
+        tailrace_api::Readiness::ready(),
+        config.bootstrap_servers.clone(),
     );
     let producer = create_producer(&settings, context)?;
     let done: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();

@@ -18,7 +18,8 @@ use rdkafka::producer::{
 };
 use tailrace_api::spool::{decode, encode, SpoolStore, SpoolTree};
 use tailrace_api::{
-    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, SinkContext, SinkMetrics,
+    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, SinkContext,
+    SinkMetrics,
 };
 use tracing::{debug, error, info, warn};
 
@@ -61,6 +62,8 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
         ("batch.size".into(), "1000000".into()),
         ("queue.buffering.max.messages".into(), "200000".into()),
         ("queue.buffering.max.kbytes".into(), "65536".into()),
+        // Statistics tell whether a broker is up, for readiness.
+        ("statistics.interval.ms".into(), "1000".into()),
     ];
     for (k, v) in &config.librdkafka {
         properties.retain(|(key, _)| key != k);
@@ -217,7 +220,22 @@ pub(crate) struct Delivery {
     metrics: SinkMetrics,
     failed: Arc<Mutex<Vec<Failure>>>,
     reachable: Arc<AtomicBool>,
+    readiness: Readiness,
+    bootstrap: String,
     last_warning: Mutex<Option<Instant>>,
+}
+
+/// The part of librdkafka's statistics that says which brokers are up.
+#[derive(serde::Deserialize)]
+struct Stats {
+    #[serde(default)]
+    brokers: std::collections::HashMap<String, BrokerStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerStats {
+    state: String,
+    nodeid: i32,
 }
 
 impl Delivery {
@@ -226,13 +244,34 @@ impl Delivery {
         metrics: SinkMetrics,
         failed: Arc<Mutex<Vec<Failure>>>,
         reachable: Arc<AtomicBool>,
+        readiness: Readiness,
+        bootstrap: String,
     ) -> Delivery {
         Delivery {
             sink,
             metrics,
             failed,
             reachable,
+            readiness,
+            bootstrap,
             last_warning: Mutex::new(None),
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        self.readiness.set_not_ready(format!(
+            "cannot reach a broker of {}: {why}",
+            self.bootstrap
+        ));
+        if self.reachable.swap(false, Ordering::AcqRel) {
+            warn!(sink = %self.sink, reason = why, "the sink cannot reach its broker; failed sends go to the spool");
+        }
+    }
+
+    fn reached(&self) {
+        self.readiness.set_ready();
+        if !self.reachable.swap(true, Ordering::AcqRel) {
+            info!(sink = %self.sink, "the sink reached its broker");
         }
     }
 
@@ -259,13 +298,34 @@ impl ClientContext for Delivery {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-            && self.reachable.swap(false, Ordering::AcqRel)
-        {
-            warn!(sink = %self.sink, reason, "the sink cannot reach its broker; failed sends go to the spool");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.unreachable(reason);
             return;
         }
         self.warn_limited("kafka client error", &format!("{error}: {reason}"));
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else {
+            return;
+        };
+        // Bootstrap entries have negative node ids; a known broker that is
+        // UP means the cluster is reachable.
+        if stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.reached();
+        } else {
+            let mut states: Vec<String> = stats
+                .brokers
+                .iter()
+                .map(|(name, b)| format!("{name} {}", b.state))
+                .collect();
+            states.sort();
+            self.unreachable(&format!("no broker is up ({})", states.join(", ")));
+        }
     }
 }
 
@@ -275,10 +335,8 @@ impl ProducerContext for Delivery {
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
         match result {
             Ok(_) => {
-                if !self.reachable.load(Ordering::Relaxed)
-                    && !self.reachable.swap(true, Ordering::AcqRel)
-                {
-                    info!(sink = %self.sink, "the sink reached its broker");
+                if !self.reachable.load(Ordering::Relaxed) {
+                    self.reached();
                 }
                 inflight.settle(&self.metrics);
             }
@@ -417,6 +475,8 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         cx.metrics.clone(),
         failed.clone(),
         reachable.clone(),
+        cx.readiness.clone(),
+        settings.bootstrap_servers.clone(),
     );
     let producer = create_producer(&settings, context)?;
     let spool = cx.spool.clone();
@@ -477,6 +537,7 @@ impl Sink {
                 continue;
             }
             self.cx.metrics.batches.inc();
+            self.cx.metrics.batch_events.observe(batch.events as f64);
             for b in batch.batches {
                 if self.send_batch(b).is_err() {
                     return Ok(());
@@ -851,6 +912,7 @@ impl Sink {
                 created,
             );
             self.replay.in_flight.insert(id);
+            self.cx.metrics.retries.inc_by(records.len() as u64);
             debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
             for (i, r) in records.iter().enumerate() {
                 if self
@@ -913,6 +975,8 @@ impl Sink {
             self.cx.metrics.clone(),
             self.failed.clone(),
             self.reachable.clone(),
+            self.cx.readiness.clone(),
+            self.settings.bootstrap_servers.clone(),
         );
         self.producer = create_producer(&self.settings, context)?;
         Ok(())
