@@ -19,6 +19,82 @@ pub struct Record {
     pub payload: Bytes,
     /// Byte offset of the record in its file; 0 for sources without offsets.
     pub offset: u64,
+    /// Named values parsed or added on the way in (syslog fields, what
+    /// interceptors add). `None` for a plain line: no allocation.
+    pub fields: Option<Box<Fields>>,
+}
+
+impl Record {
+    /// A record with no fields.
+    pub fn new(payload: Bytes, offset: u64) -> Record {
+        Record {
+            payload,
+            offset,
+            fields: None,
+        }
+    }
+
+    /// The fields, created on first use.
+    pub fn fields_mut(&mut self) -> &mut Fields {
+        self.fields.get_or_insert_with(Default::default)
+    }
+
+    pub fn field(&self, name: &str) -> Option<&FieldValue> {
+        self.fields.as_ref().and_then(|f| f.get(name))
+    }
+}
+
+/// A field's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldValue {
+    /// Bytes, usually UTF-8 text.
+    Text(Bytes),
+    Int(i64),
+}
+
+impl FieldValue {
+    pub fn text(s: impl Into<Bytes>) -> FieldValue {
+        FieldValue::Text(s.into())
+    }
+}
+
+impl std::fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FieldValue::Text(b) => write!(f, "{}", String::from_utf8_lossy(b)),
+            FieldValue::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// Named values in insertion order; setting a name again replaces it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(Vec<(Arc<str>, FieldValue)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+
+    pub fn set(&mut self, name: impl Into<Arc<str>>, value: FieldValue) {
+        let name = name.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+        self.0.iter().map(|(n, v)| (&**n, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What every record of a batch has in common.

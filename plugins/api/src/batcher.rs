@@ -93,10 +93,7 @@ mod tests {
             read_at: SystemTime::now(),
         });
         let records = (0..events)
-            .map(|i| Record {
-                payload: Bytes::from_static(b"0123456789"),
-                offset: i as u64,
-            })
+            .map(|i| Record::new(Bytes::from_static(b"0123456789"), i as u64))
             .collect();
         Batch::new(meta, records, Ack::none())
     }

@@ -209,10 +209,7 @@ mod tests {
             read_at: SystemTime::now(),
         });
         let records = (0..events)
-            .map(|i| Record {
-                payload: Bytes::from(vec![b'x'; size]),
-                offset: i as u64,
-            })
+            .map(|i| Record::new(Bytes::from(vec![b'x'; size]), i as u64))
             .collect();
         Batch::new(meta, records, Ack::none())
     }

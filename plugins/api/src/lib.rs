@@ -22,7 +22,7 @@ pub mod spool;
 pub mod store;
 
 pub use ack::{Ack, AckReceiver};
-pub use batch::{Batch, BatchMeta, Record};
+pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{

@@ -80,10 +80,7 @@ impl Splitter {
                     let whole = buf.len() / max * max;
                     let chunk = buf.split_to(whole).freeze();
                     for at in (0..whole).step_by(max) {
-                        out.push(Record {
-                            payload: chunk.slice(at..at + max),
-                            offset: base + at as u64,
-                        });
+                        out.push(Record::new(chunk.slice(at..at + max), base + at as u64));
                     }
                     self.line_start += whole as u64;
                 }
@@ -91,10 +88,7 @@ impl Splitter {
                     report.truncated_lines += 1;
                     let len = buf.len();
                     let chunk = buf.split_to(len).freeze();
-                    out.push(Record {
-                        payload: chunk.slice(..max),
-                        offset: base,
-                    });
+                    out.push(Record::new(chunk.slice(..max), base));
                     self.line_start += len as u64;
                     self.skipping = true;
                 }
@@ -134,10 +128,7 @@ impl Splitter {
         }
         let len = end - start;
         if len <= self.max_line_bytes {
-            out.push(Record {
-                payload: chunk.slice(start..end),
-                offset: base + start as u64,
-            });
+            out.push(Record::new(chunk.slice(start..end), base + start as u64));
             return;
         }
         match self.policy {
@@ -146,20 +137,14 @@ impl Splitter {
                 let mut at = start;
                 while at < end {
                     let to = (at + self.max_line_bytes).min(end);
-                    out.push(Record {
-                        payload: chunk.slice(at..to),
-                        offset: base + at as u64,
-                    });
+                    out.push(Record::new(chunk.slice(at..to), base + at as u64));
                     at = to;
                 }
             }
             LinePolicy::Truncate => {
                 report.truncated_lines += 1;
                 let to = start + self.max_line_bytes;
-                out.push(Record {
-                    payload: chunk.slice(start..to),
-                    offset: base + start as u64,
-                });
+                out.push(Record::new(chunk.slice(start..to), base + start as u64));
             }
         }
     }
