@@ -7,15 +7,23 @@ use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
-use tailrace_api::{SinkConfig, SourceConfig};
+use tailrace_api::{InterceptorConfig, SinkConfig, SourceConfig};
 
 pub type ParseError = serde_path_to_error::Error<serde_yaml::Error>;
 pub type SourceFactory = fn(Value) -> Result<Box<dyn SourceConfig>, ParseError>;
 pub type SinkFactory = fn(Value) -> Result<Box<dyn SinkConfig>, ParseError>;
+pub type InterceptorFactory = fn(Value) -> Result<Box<dyn InterceptorConfig>, ParseError>;
 
 pub struct Registry {
     sources: BTreeMap<&'static str, SourceFactory>,
     sinks: BTreeMap<&'static str, SinkFactory>,
+    interceptors: BTreeMap<&'static str, InterceptorFactory>,
+}
+
+fn interceptor<T: InterceptorConfig + DeserializeOwned + 'static>(
+    v: Value,
+) -> Result<Box<dyn InterceptorConfig>, ParseError> {
+    serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn InterceptorConfig>)
 }
 
 fn source<T: SourceConfig + DeserializeOwned + 'static>(
@@ -37,7 +45,34 @@ impl Registry {
         sources.insert("file", source::<tailrace_file::FileSourceConfig>);
         let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
         sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
-        Registry { sources, sinks }
+        let mut interceptors: BTreeMap<&'static str, InterceptorFactory> = BTreeMap::new();
+        interceptors.insert("host", interceptor::<tailrace_interceptors::HostConfig>);
+        interceptors.insert("static", interceptor::<tailrace_interceptors::StaticConfig>);
+        interceptors.insert(
+            "regex_filter",
+            interceptor::<tailrace_interceptors::RegexFilterConfig>,
+        );
+        interceptors.insert(
+            "regex_extract",
+            interceptor::<tailrace_interceptors::RegexExtractConfig>,
+        );
+        interceptors.insert(
+            "timestamp",
+            interceptor::<tailrace_interceptors::TimestampConfig>,
+        );
+        Registry {
+            sources,
+            sinks,
+            interceptors,
+        }
+    }
+
+    pub fn interceptor(&self, kind: &str) -> Option<InterceptorFactory> {
+        self.interceptors.get(kind).copied()
+    }
+
+    pub fn interceptor_types(&self) -> Vec<&'static str> {
+        self.interceptors.keys().copied().collect()
     }
 
     pub fn source(&self, kind: &str) -> Option<SourceFactory> {

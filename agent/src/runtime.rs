@@ -97,6 +97,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             drained: drained.clone(),
             metrics: metrics.source(&spec.name),
             readiness: Readiness::ready(),
+            interceptors: spec
+                .interceptors
+                .iter()
+                .map(|i| i.build())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("cannot build the interceptors of source {}", spec.name))?
+                .into(),
         };
         components.push((format!("source {}", spec.name), cx.readiness.clone()));
         let task = spec

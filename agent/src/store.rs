@@ -275,8 +275,10 @@ mod tests {
     }
 
     fn entry(n: usize) -> Vec<u8> {
-        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> =
-            (0..n).map(|_| (&b"line"[..], None, None)).collect();
+        let recs = (0..n).map(|_| tailrace_api::spool::EntryRecord {
+            payload: b"line",
+            ..Default::default()
+        });
         tailrace_api::spool::encode(recs, "", 0)
     }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 /// One record as consumed.
@@ -14,6 +15,10 @@ pub struct Record {
     pub offset: i64,
     /// The value; a record without a value reads as empty.
     pub payload: Vec<u8>,
+    /// The key, if the record has one.
+    pub key: Option<Vec<u8>>,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl AsRef<[u8]> for Record {
@@ -119,6 +124,15 @@ impl Consumer {
                     partition: message.partition(),
                     offset: message.offset(),
                     payload: message.payload().unwrap_or_default().to_vec(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers: message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }),
                 // Transport errors while a broker restarts are expected; the
                 // test's own condition decides whether the read succeeded.

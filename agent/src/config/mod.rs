@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value;
-use tailrace_api::{ConfigIssue, SinkConfig, SourceConfig};
+use tailrace_api::{ConfigIssue, InterceptorConfig, SinkConfig, SourceConfig};
 
 use crate::registry::Registry;
 pub use interpolate::interpolate;
@@ -201,6 +201,7 @@ pub struct SourceSpec {
     pub name: String,
     pub kind: String,
     pub channels: Vec<String>,
+    pub interceptors: Vec<Box<dyn InterceptorConfig>>,
     pub config: Box<dyn SourceConfig>,
 }
 
@@ -429,6 +430,7 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
                 );
             }
         }
+        let interceptors = parse_interceptors(errors, &base, map.remove("interceptors"), registry);
         let Some(kind) = kind else { continue };
         let Some(factory) = registry.source(&kind) else {
             errors.add(
@@ -447,6 +449,7 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
                     name: name.clone(),
                     kind,
                     channels: chans,
+                    interceptors,
                     config,
                 });
             }
@@ -569,6 +572,54 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         channels,
         sinks,
     })
+}
+
+/// Parses a source's `interceptors:` list, each item by its `type`.
+fn parse_interceptors(
+    errors: &mut Errors,
+    base: &[String],
+    value: Option<Value>,
+    registry: &Registry,
+) -> Vec<Box<dyn InterceptorConfig>> {
+    let items = match value {
+        None => return Vec::new(),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            errors.add(
+                joined(base, &path(&["interceptors"])),
+                "interceptors must be a list",
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = joined(base, &path(&["interceptors", &i.to_string()]));
+        let Some(mut map) = component_map(errors, &at, item) else {
+            continue;
+        };
+        let Some(kind) = take_type(errors, &at, &mut map) else {
+            continue;
+        };
+        let Some(factory) = registry.interceptor(&kind) else {
+            errors.add(
+                joined(&at, &path(&["type"])),
+                format!(
+                    "unknown interceptor type {kind:?}; known types: {}",
+                    registry.interceptor_types().join(", ")
+                ),
+            );
+            continue;
+        };
+        match factory(Value::Mapping(map)) {
+            Ok(config) => {
+                issues(errors, &at, config.validate());
+                out.push(config);
+            }
+            Err(e) => serde_error(errors, &at, e, "", &[]),
+        }
+    }
+    out
 }
 
 fn component_map(

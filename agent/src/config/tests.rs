@@ -144,6 +144,44 @@ fn invalid_configs() {
 }
 
 #[test]
+fn interceptor_configs() {
+    let with_interceptors = |list: &str| {
+        with(
+            "    channels: [main]\n",
+            &format!("    channels: [main]\n    interceptors:\n{list}"),
+        )
+    };
+    check(
+        &with_interceptors(
+            "      - type: host\n      - type: static\n        fields: {env: prod}\n",
+        ),
+        &[],
+    );
+    check(
+        &with_interceptors("      - type: regex_filter\n        pattern: \"(unclosed\"\n"),
+        &[(Some(9), "invalid regex")],
+    );
+    check(
+        &with_interceptors("      - type: regex_extract\n        pattern: \"no groups\"\n"),
+        &[(Some(9), "no named group")],
+    );
+    check(&with_interceptors("      - type: grep\n"), &[(Some(8), "unknown interceptor type \"grep\"; known types: host, regex_extract, regex_filter, static, timestamp")]);
+    check(
+        &with_interceptors("      - type: static\n        fields: {env: prod}\n        extra: 1\n"),
+        &[(Some(10), "unknown field `extra`")],
+    );
+    check(
+        &with("topic: logs", "topic: \"logs-{source\""),
+        &[(Some(15), "invalid topic template")],
+    );
+    check(
+        &with("topic: logs", "topic: \"logs {source}\""),
+        &[(Some(15), "fixed parts may use only")],
+    );
+    check(&with("topic: logs", "topic: \"logs-{source}\"\n    key: \"{user:-anon}\"\n    encoding: json\n    headers: true"), &[]);
+}
+
+#[test]
 fn every_error_is_reported_not_only_the_first() {
     let text = with("type: file", "type: fil")
         .replace("topic: logs", "topic: \"\"")

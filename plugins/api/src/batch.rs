@@ -122,6 +122,9 @@ pub struct Batch {
     /// Completed once per record when the record is safe: acknowledged by
     /// Kafka with acks=all, or written to the spool and flushed.
     pub ack: Ack,
+    /// Fields every record of the batch has (host, static fields), shared:
+    /// a record's own fields take precedence.
+    pub fields: Option<Arc<Fields>>,
 }
 
 impl Batch {
@@ -132,6 +135,7 @@ impl Batch {
             records,
             bytes,
             ack,
+            fields: None,
         }
     }
 
@@ -141,5 +145,17 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// A record's field, or else the batch's.
+    pub fn field<'a>(&'a self, record: &'a Record, name: &str) -> Option<&'a FieldValue> {
+        record
+            .field(name)
+            .or_else(|| self.fields.as_ref().and_then(|f| f.get(name)))
+    }
+
+    /// The batch's fields, to add to (copied if shared).
+    pub fn fields_mut(&mut self) -> &mut Fields {
+        Arc::make_mut(self.fields.get_or_insert_with(Default::default))
     }
 }

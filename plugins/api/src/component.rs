@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::intercept::Interceptors;
 use crate::spool::SpoolTree;
 use crate::Readiness;
 use crate::{
@@ -106,15 +107,20 @@ pub struct SourceContext {
     pub metrics: SourceMetrics,
     /// Ready unless the source says otherwise (a socket not yet bound).
     pub readiness: Readiness,
+    /// Shape every batch before it goes to the channels.
+    pub interceptors: Interceptors,
 }
 
 impl SourceContext {
     /// Sends a batch to every output channel, waiting while one is full.
     /// The batch's ack must have been made for one delivery per record; for
     /// each further channel the deliveries are added here.
-    pub fn send_blocking(&self, batch: Batch) -> Result<(), ChannelClosed> {
+    pub fn send_blocking(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.bytes.inc_by(batch.bytes as u64);
+        if !self.intercept(&mut batch) {
+            return Ok(());
+        }
         match self.outputs.as_slice() {
             [only] => only.send_blocking(batch),
             outputs => {
@@ -128,9 +134,12 @@ impl SourceContext {
     }
 
     /// [`SourceContext::send_blocking`] for async sources.
-    pub async fn send(&self, batch: Batch) -> Result<(), ChannelClosed> {
+    pub async fn send(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.bytes.inc_by(batch.bytes as u64);
+        if !self.intercept(&mut batch) {
+            return Ok(());
+        }
         match self.outputs.as_slice() {
             [only] => only.send(batch).await,
             outputs => {
@@ -144,12 +153,37 @@ impl SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Runs the interceptors; records they filter out are done (their
+    /// deliveries complete) and counted. Returns whether anything is left.
+    fn intercept(&self, batch: &mut Batch) -> bool {
+        if self.interceptors.is_empty() {
+            return true;
+        }
+        let before = batch.len();
+        for i in self.interceptors.iter() {
+            i.intercept(batch);
+            if batch.is_empty() {
+                break;
+            }
+        }
+        let filtered = before - batch.len();
+        if filtered > 0 {
+            batch.bytes = batch.records.iter().map(|r| r.payload.len()).sum();
+            self.metrics.filtered.inc_by(filtered as u64);
+            batch.ack.done(filtered);
+        }
+        !batch.is_empty()
+    }
+}
+
 fn copy(batch: &Batch) -> Batch {
     Batch {
         meta: batch.meta.clone(),
         records: batch.records.clone(),
         bytes: batch.bytes,
         ack: batch.ack.clone(),
+        fields: batch.fields.clone(),
     }
 }
 

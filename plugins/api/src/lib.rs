@@ -15,6 +15,7 @@ pub mod batch;
 pub mod batcher;
 pub mod channel;
 pub mod component;
+pub mod intercept;
 pub mod metrics;
 pub mod readiness;
 pub mod shutdown;
@@ -29,6 +30,7 @@ pub use component::{
     BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig,
     SourceContext,
 };
+pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use shutdown::Shutdown;

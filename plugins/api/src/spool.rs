@@ -9,7 +9,8 @@
 //! ```text
 //! magic "TRSP" | version u8 | crc32 u32 | created_ms i64 | events u32
 //! | raw_len u32 | reason_len u16 | reason | lz4 block of the records
-//! record: flags u8 (1: timestamp, 2: key) | [timestamp i64] | [key_len u32 key] | len u32 | payload
+//! record: flags u8 (1: timestamp, 2: key, 4: topic) | [timestamp i64]
+//!         | [key_len u32 key] | [topic_len u16 topic] | len u32 | payload
 //! ```
 //! All integers little endian.
 
@@ -28,6 +29,17 @@ pub struct SpoolRecord {
     pub key: Option<Bytes>,
     /// Milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
+    /// The topic, when it was chosen per event; else the sink's topic.
+    pub topic: Option<Bytes>,
+}
+
+/// A record to write into an entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryRecord<'a> {
+    pub payload: &'a [u8],
+    pub key: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+    pub topic: Option<&'a str>,
 }
 
 /// What can be read of an entry without decompressing it.
@@ -56,22 +68,35 @@ pub enum EntryError {
 
 /// Encodes records into one entry.
 pub fn encode<'a>(
-    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>, Option<i64>)>,
+    records: impl IntoIterator<Item = EntryRecord<'a>>,
     reason: &str,
     created_ms: i64,
 ) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut events: u32 = 0;
-    for (payload, key, ts) in records {
+    for EntryRecord {
+        payload,
+        key,
+        timestamp_ms,
+        topic,
+    } in records
+    {
         events += 1;
-        let flags = u8::from(ts.is_some()) | (u8::from(key.is_some()) << 1);
+        let flags = u8::from(timestamp_ms.is_some())
+            | (u8::from(key.is_some()) << 1)
+            | (u8::from(topic.is_some()) << 2);
         raw.push(flags);
-        if let Some(ts) = ts {
+        if let Some(ts) = timestamp_ms {
             raw.extend_from_slice(&ts.to_le_bytes());
         }
         if let Some(key) = key {
             raw.extend_from_slice(&(key.len() as u32).to_le_bytes());
             raw.extend_from_slice(key);
+        }
+        if let Some(topic) = topic {
+            let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
+            raw.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+            raw.extend_from_slice(topic);
         }
         raw.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         raw.extend_from_slice(payload);
@@ -154,12 +179,23 @@ pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryErro
         } else {
             None
         };
+        let topic = if flags & 4 != 0 {
+            let len = u16::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
+            at += 2;
+            let topic = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
+            let topic = raw.slice_ref(topic);
+            at += len;
+            Some(topic)
+        } else {
+            None
+        };
         let len = u32::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
         at += 4;
         let payload = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
         let payload = raw.slice_ref(payload);
         at += len;
         records.push(SpoolRecord {
+            topic,
             payload,
             key,
             timestamp_ms,
@@ -232,10 +268,23 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let recs: Vec<(&[u8], Option<&[u8]>, Option<i64>)> = vec![
-            (b"first line", None, Some(1_700_000_000_000)),
-            (b"", Some(b"k"), None),
-            (&[0xff, 0xfe, b'\n'], None, Some(-1)),
+        let recs = vec![
+            EntryRecord {
+                payload: b"first line",
+                timestamp_ms: Some(1_700_000_000_000),
+                ..Default::default()
+            },
+            EntryRecord {
+                payload: b"",
+                key: Some(b"k"),
+                topic: Some("logs-app"),
+                ..Default::default()
+            },
+            EntryRecord {
+                payload: &[0xff, 0xfe, b'\n'],
+                timestamp_ms: Some(-1),
+                ..Default::default()
+            },
         ];
         encode(recs, "message_timed_out", 42)
     }
@@ -257,7 +306,8 @@ mod tests {
             SpoolRecord {
                 payload: Bytes::from_static(b"first line"),
                 key: None,
-                timestamp_ms: Some(1_700_000_000_000)
+                timestamp_ms: Some(1_700_000_000_000),
+                topic: None,
             }
         );
         assert_eq!(
@@ -265,7 +315,8 @@ mod tests {
             SpoolRecord {
                 payload: Bytes::new(),
                 key: Some(Bytes::from_static(b"k")),
-                timestamp_ms: None
+                timestamp_ms: None,
+                topic: Some(Bytes::from_static(b"logs-app")),
             }
         );
         assert_eq!(&recs[2].payload[..], &[0xff, 0xfe, b'\n']);

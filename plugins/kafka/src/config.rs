@@ -17,7 +17,17 @@ pub const EMBEDDED: &str = "embedded";
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port…]`, or `embedded`.
     pub bootstrap_servers: String,
+    /// A template: `logs`, `logs-{source}`, `{team:-misc}`.
     pub topic: String,
+    /// A template for the message key; records with the same key go to the
+    /// same partition. No key by default.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub encoding: crate::encode::Encoding,
+    /// Source, host, path and offset as Kafka headers.
+    #[serde(default)]
+    pub headers: bool,
     #[serde(default)]
     pub compression: Compression,
     /// How long librdkafka keeps trying one message (message.timeout.ms);
@@ -196,22 +206,49 @@ impl SinkConfig for KafkaSinkConfig {
                 ));
             }
         }
-        let topic_ok = !self.topic.is_empty()
-            && self.topic.len() <= 249
-            && self.topic != "."
-            && self.topic != ".."
-            && self
-                .topic
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !topic_ok {
-            issues.push(ConfigIssue::new(
+        let legal = |t: &str| {
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        match crate::encode::Template::parse(&self.topic) {
+            Err(e) => issues.push(ConfigIssue::new(
                 &["topic"],
-                format!(
-                    "invalid topic name {:?}: use 1 to 249 of the characters a-z A-Z 0-9 . _ -",
-                    self.topic
-                ),
-            ));
+                format!("invalid topic template: {e}"),
+            )),
+            Ok(t) => match t.as_static() {
+                Some(name) => {
+                    if name.is_empty()
+                        || name.len() > 249
+                        || name == "."
+                        || name == ".."
+                        || !legal(name)
+                    {
+                        issues.push(ConfigIssue::new(
+                            &["topic"],
+                            format!("invalid topic name {name:?}: use 1 to 249 of the characters a-z A-Z 0-9 . _ -"),
+                        ));
+                    }
+                }
+                None => {
+                    if !t.literals().all(legal) {
+                        issues.push(ConfigIssue::new(
+                            &["topic"],
+                            format!("invalid topic template {:?}: its fixed parts may use only a-z A-Z 0-9 . _ -", self.topic),
+                        ));
+                    }
+                    if self.bootstrap_servers == EMBEDDED {
+                        // The embedded cluster creates topics on first use.
+                    }
+                }
+            },
+        }
+        if let Some(key) = &self.key {
+            if let Err(e) = crate::encode::Template::parse(key) {
+                issues.push(ConfigIssue::new(
+                    &["key"],
+                    format!("invalid key template: {e}"),
+                ));
+            }
         }
         for key in self.librdkafka.keys() {
             if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {

@@ -11,8 +11,10 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 mod config;
+mod encode;
 mod replay;
 mod sink;
 
 pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull};
+pub use encode::{Encoding, Template};
 pub use replay::{replay_offline, OfflineReplay};

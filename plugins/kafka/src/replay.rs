@@ -84,8 +84,12 @@ pub fn replay_offline(
             report.entries += 1;
             report.events += records.len() as u64;
             for r in &records {
+                let topic = match &r.topic {
+                    Some(t) => String::from_utf8_lossy(t),
+                    None => std::borrow::Cow::Borrowed(settings.topic.as_str()),
+                };
                 let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
-                    &settings.topic,
+                    &topic,
                     inflight.clone(),
                 )
                 .payload(&r.payload[..]);

@@ -11,19 +11,20 @@ use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use tailrace_api::spool::{decode, encode, SpoolStore, SpoolTree};
+use tailrace_api::spool::{decode, encode, EntryRecord, SpoolStore, SpoolTree};
 use tailrace_api::{
-    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, SinkContext,
+    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, Record, SinkContext,
     SinkMetrics,
 };
 use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
+use crate::encode::{self, Encoding, Template};
 
 /// How long the sink waits for a batch before polling the producer again.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
@@ -40,6 +41,7 @@ pub(crate) struct Settings {
     pub properties: Vec<(String, String)>,
     pub limits: BatchLimits,
     pub spool: SpoolConfig,
+    pub encoder: Arc<Encoder>,
 }
 
 /// The producer properties of a sink: the promises first, then the
@@ -75,6 +77,15 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
         properties,
         limits: config.batch.clone(),
         spool: config.spool.clone(),
+        encoder: Arc::new(Encoder {
+            // validate() has checked both templates.
+            topic: Template::parse(&config.topic)
+                .unwrap_or_else(|_| Template::parse("invalid-topic-template").expect("literal")),
+            key: config.key.as_deref().and_then(|k| Template::parse(k).ok()),
+            encoding: config.encoding,
+            headers: config.headers,
+            host: hostname(),
+        }),
     }
 }
 
@@ -193,6 +204,7 @@ pub(crate) struct Failure {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    topic: String,
     timestamp: Option<i64>,
     error: KafkaError,
 }
@@ -210,6 +222,8 @@ struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    /// Only when the topic is chosen per event.
+    topic: Option<String>,
     timestamp: Option<i64>,
     reason: String,
 }
@@ -348,6 +362,7 @@ impl ProducerContext for Delivery {
                         .map(Bytes::copy_from_slice)
                         .unwrap_or_default(),
                     key: message.key().map(Bytes::copy_from_slice),
+                    topic: message.topic().to_string(),
                     timestamp: message.timestamp().to_millis(),
                     error: error.clone(),
                 };
@@ -415,6 +430,86 @@ pub(crate) fn create_producer(
         .map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
 }
 
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// How records become Kafka messages; shared, read-only.
+pub(crate) struct Encoder {
+    pub topic: Template,
+    pub key: Option<Template>,
+    pub encoding: Encoding,
+    pub headers: bool,
+    pub host: String,
+}
+
+/// Scratch space reused for every record of a batch.
+#[derive(Default)]
+struct Buffers {
+    topic: Vec<u8>,
+    topic_text: String,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// One record ready to produce.
+struct Prepared<'a> {
+    topic: &'a str,
+    /// The topic was rendered for this record (it is not the sink's).
+    dynamic_topic: bool,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    timestamp: Option<i64>,
+}
+
+fn prepare<'a>(
+    enc: &'a Encoder,
+    batch: &'a Batch,
+    record: &'a Record,
+    bufs: &'a mut Buffers,
+) -> Prepared<'a> {
+    let dynamic_topic = enc.topic.as_static().is_none();
+    if dynamic_topic {
+        bufs.topic.clear();
+        enc.topic.render(batch, record, &enc.host, &mut bufs.topic);
+        bufs.topic_text.clear();
+        bufs.topic_text
+            .push_str(&String::from_utf8_lossy(&bufs.topic));
+    }
+    if let Some(k) = &enc.key {
+        bufs.key.clear();
+        k.render(batch, record, &enc.host, &mut bufs.key);
+    }
+    if enc.encoding == Encoding::Json {
+        bufs.value.clear();
+        encode::json(batch, record, &enc.host, &mut bufs.value);
+    }
+    let bufs: &'a Buffers = bufs;
+    Prepared {
+        topic: if dynamic_topic {
+            &bufs.topic_text
+        } else {
+            enc.topic.as_static().unwrap_or_default()
+        },
+        dynamic_topic,
+        key: enc.key.as_ref().map(|_| &bufs.key[..]),
+        value: if enc.encoding == Encoding::Json {
+            &bufs.value
+        } else {
+            &record.payload
+        },
+        timestamp: encode::timestamp_ms(batch, record),
+    }
+}
+
 /// Why a record was not handed to librdkafka.
 enum Unsent {
     /// Its queue stayed full for `queue_full_timeout_ms`.
@@ -451,12 +546,12 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     let _cluster = if settings.bootstrap_servers == EMBEDDED {
         let cluster = MockCluster::new(1)
             .map_err(|e| format!("cannot start the embedded kafka cluster: {e}"))?;
-        cluster.create_topic(&settings.topic, 1, 1).map_err(|e| {
-            format!(
-                "cannot create topic {} in the embedded cluster: {e}",
-                settings.topic
-            )
-        })?;
+        // A templated topic is created by the cluster on first use.
+        if let Some(topic) = settings.encoder.topic.as_static() {
+            cluster
+                .create_topic(topic, 1, 1)
+                .map_err(|e| format!("cannot create topic {topic} in the embedded cluster: {e}"))?;
+        }
         settings.bootstrap_servers = cluster.bootstrap_servers();
         info!(
             sink = %cx.name,
@@ -566,40 +661,25 @@ impl Sink {
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
-        let timestamp = batch
-            .meta
-            .read_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .ok();
+        let enc = self.settings.encoder.clone();
         let inflight = InFlight::for_batch(&batch);
-        if self.behind_spool() {
-            for r in &batch.records {
-                self.divert(
-                    &inflight,
-                    r.payload.clone(),
-                    None,
-                    timestamp,
-                    "behind_spool".into(),
-                );
+        let mut bufs = Buffers::default();
+        let mut diverting = self.behind_spool().then_some("behind_spool");
+        for record in &batch.records {
+            let p = prepare(&enc, &batch, record, &mut bufs);
+            if let Some(reason) = diverting {
+                self.divert(&inflight, &p, reason.into());
+                continue;
             }
-            return Ok(());
-        }
-        for (i, record) in batch.records.iter().enumerate() {
-            match self.produce(&inflight, &record.payload, None, timestamp) {
+            let headers = enc
+                .headers
+                .then(|| encode::headers(&batch, record, &enc.host));
+            match self.produce(&inflight, p.topic, p.value, p.key, p.timestamp, headers) {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
-                    for r in &batch.records[i..] {
-                        self.divert(
-                            &inflight,
-                            r.payload.clone(),
-                            None,
-                            timestamp,
-                            "queue_full".into(),
-                        );
-                    }
-                    return Ok(());
+                    self.divert(&inflight, &p, "queue_full".into());
+                    diverting = Some("queue_full");
                 }
                 Err(Unsent::OutOfTime) => return Err(Unsent::OutOfTime),
             }
@@ -612,20 +692,23 @@ impl Sink {
     fn produce(
         &mut self,
         inflight: &Arc<InFlight>,
+        topic: &str,
         payload: &[u8],
         key: Option<&[u8]>,
         timestamp: Option<i64>,
+        headers: Option<OwnedHeaders>,
     ) -> Result<(), Unsent> {
-        let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
-            &self.settings.topic,
-            inflight.clone(),
-        )
-        .payload(payload);
+        let mut record =
+            BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(topic, inflight.clone())
+                .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
         }
         let mut full_since = None;
         loop {
@@ -648,23 +731,25 @@ impl Sink {
                     drop(back);
                     let why = reason(&error);
                     self.cx.metrics.failed.add(&why, 1);
-                    let (payload, key) = (
-                        Bytes::copy_from_slice(payload),
-                        key.map(Bytes::copy_from_slice),
-                    );
+                    let topic = (topic != self.settings.topic).then(|| topic.to_string());
+                    let diverted = Diverted {
+                        inflight: inflight.clone(),
+                        payload: Bytes::copy_from_slice(payload),
+                        key: key.map(Bytes::copy_from_slice),
+                        topic,
+                        timestamp,
+                        reason: why,
+                    };
                     if inflight.is_replay() {
                         inflight.failed.store(true, Ordering::Release);
                         inflight.divert(&self.cx.metrics);
                     } else if is_permanent(error.rdkafka_error_code()) {
                         self.dead_letter(vec![Diverted {
-                            inflight: inflight.clone(),
-                            payload,
-                            key,
-                            timestamp,
                             reason: error.to_string(),
+                            ..diverted
                         }]);
                     } else {
-                        self.divert(inflight, payload, key, timestamp, why);
+                        self.to_spool.push(diverted);
                     }
                     return Ok(());
                 }
@@ -672,19 +757,13 @@ impl Sink {
         }
     }
 
-    fn divert(
-        &mut self,
-        inflight: &Arc<InFlight>,
-        payload: Bytes,
-        key: Option<Bytes>,
-        timestamp: Option<i64>,
-        reason: String,
-    ) {
+    fn divert(&mut self, inflight: &Arc<InFlight>, p: &Prepared<'_>, reason: String) {
         self.to_spool.push(Diverted {
             inflight: inflight.clone(),
-            payload,
-            key,
-            timestamp,
+            payload: Bytes::copy_from_slice(p.value),
+            key: p.key.map(Bytes::copy_from_slice),
+            topic: p.dynamic_topic.then(|| p.topic.to_string()),
+            timestamp: p.timestamp,
             reason,
         });
     }
@@ -709,6 +788,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: f.error.to_string(),
                 });
@@ -717,6 +797,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: why,
                 });
@@ -735,9 +816,12 @@ impl Sink {
     fn dead_letter(&mut self, records: Vec<Diverted>) {
         for chunk in records.chunks(ENTRY_RECORDS) {
             let entry = encode(
-                chunk
-                    .iter()
-                    .map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
+                chunk.iter().map(|d| EntryRecord {
+                    payload: &d.payload,
+                    key: d.key.as_deref(),
+                    timestamp_ms: d.timestamp,
+                    topic: d.topic.as_deref(),
+                }),
                 &chunk[0].reason,
                 now_ms(),
             );
@@ -774,9 +858,12 @@ impl Sink {
         let mut entries = Vec::new();
         for chunk in pending.chunks(ENTRY_RECORDS) {
             let entry = encode(
-                chunk
-                    .iter()
-                    .map(|d| (&d.payload[..], d.key.as_deref(), d.timestamp)),
+                chunk.iter().map(|d| EntryRecord {
+                    payload: &d.payload,
+                    key: d.key.as_deref(),
+                    timestamp_ms: d.timestamp,
+                    topic: d.topic.as_deref(),
+                }),
                 &chunk[0].reason,
                 now_ms(),
             );
@@ -914,9 +1001,21 @@ impl Sink {
             self.replay.in_flight.insert(id);
             self.cx.metrics.retries.inc_by(records.len() as u64);
             debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
+            let sink_topic = self.settings.topic.clone();
             for (i, r) in records.iter().enumerate() {
+                let topic = match &r.topic {
+                    Some(t) => String::from_utf8_lossy(t),
+                    None => std::borrow::Cow::Borrowed(sink_topic.as_str()),
+                };
                 if self
-                    .produce(&inflight, &r.payload, r.key.as_deref(), r.timestamp_ms)
+                    .produce(
+                        &inflight,
+                        &topic,
+                        &r.payload,
+                        r.key.as_deref(),
+                        r.timestamp_ms,
+                        None,
+                    )
                     .is_err()
                 {
                     inflight.failed.store(true, Ordering::Release);
@@ -1024,22 +1123,13 @@ impl Sink {
             self.purge_into_failures();
             self.handle_failures();
         }
+        let enc = self.settings.encoder.clone();
+        let mut bufs = Buffers::default();
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
-            let timestamp = batch
-                .meta
-                .read_at
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .ok();
             let inflight = InFlight::for_batch(&batch);
             for r in &batch.records {
-                self.divert(
-                    &inflight,
-                    r.payload.clone(),
-                    None,
-                    timestamp,
-                    "shutdown".into(),
-                );
+                let p = prepare(&enc, &batch, r, &mut bufs);
+                self.divert(&inflight, &p, "shutdown".into());
             }
         }
         self.finish_replays();

@@ -1,0 +1,404 @@
+//! What Kafka receives for a record: the topic and key from templates, the
+//! value as the raw line or one JSON object, and metadata as headers.
+//!
+//! Templates are parsed once. Rendering writes into buffers the sink reuses
+//! for every record, so a static topic, a raw value and no key cost no
+//! allocation per record.
+
+use std::io::Write as _;
+
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat};
+use rdkafka::message::{Header, OwnedHeaders};
+use serde::Deserialize;
+use tailrace_api::{Batch, FieldValue, Record};
+
+/// How the record's value is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// The line's bytes, exactly.
+    #[default]
+    Raw,
+    /// One JSON object: `message`, `source`, `host`, `path` and `offset`
+    /// for files, `timestamp`, and the fields at the top level. A line that
+    /// is not UTF-8 is written base64-encoded, with
+    /// `"message_encoding": "base64"`, so nothing is lost.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Source,
+    Host,
+    Path,
+    Offset,
+    Field { name: String, default: String },
+}
+
+/// `logs-{source}`, `{user:-anonymous}`; `{{` and `}}` are literal braces.
+/// Names: `source`, `host`, `path`, `offset`, or any field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template(Vec<Segment>);
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let rest = &text[i + 1..];
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("unclosed {{ at character {} in {text:?}", i + 1))?;
+                    let inner = &rest[..end];
+                    for _ in 0..inner.chars().count() + 1 {
+                        chars.next();
+                    }
+                    let (name, default) = match inner.split_once(":-") {
+                        Some((n, d)) => (n, Some(d)),
+                        None => (inner, None),
+                    };
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-')
+                    {
+                        return Err(format!("invalid name {name:?} in {{{inner}}} of {text:?}"));
+                    }
+                    if !literal.is_empty() {
+                        segments.push(Segment::Literal(std::mem::take(&mut literal)));
+                    }
+                    segments.push(match (name, default) {
+                        ("source", None) => Segment::Source,
+                        ("host", None) => Segment::Host,
+                        ("path", None) => Segment::Path,
+                        ("offset", None) => Segment::Offset,
+                        (name, default) => Segment::Field {
+                            name: name.into(),
+                            default: default.unwrap_or("").into(),
+                        },
+                    });
+                }
+                '}' => {
+                    return Err(format!(
+                        "unmatched }} at character {} in {text:?} (write }}}} for a literal one)",
+                        i + 1
+                    ))
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal));
+        }
+        Ok(Template(segments))
+    }
+
+    /// The text, when the template has no placeholder.
+    pub fn as_static(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [] => Some(""),
+            [Segment::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The literal parts, for checking a topic's characters.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Appends the rendering to `out`. A missing field gives its default
+    /// (empty unless given), never an error.
+    pub fn render(&self, batch: &Batch, record: &Record, host: &str, out: &mut Vec<u8>) {
+        for s in &self.0 {
+            match s {
+                Segment::Literal(l) => out.extend_from_slice(l.as_bytes()),
+                Segment::Source => out.extend_from_slice(batch.meta.source.as_bytes()),
+                Segment::Host => match batch.field(record, "host") {
+                    Some(v) => write_value(v, out),
+                    None => out.extend_from_slice(host.as_bytes()),
+                },
+                Segment::Path => {
+                    if let Some(p) = &batch.meta.path {
+                        out.extend_from_slice(p.as_os_str().as_encoded_bytes());
+                    }
+                }
+                Segment::Offset => {
+                    let _ = write!(out, "{}", record.offset);
+                }
+                Segment::Field { name, default } => match batch.field(record, name) {
+                    Some(v) => write_value(v, out),
+                    None => out.extend_from_slice(default.as_bytes()),
+                },
+            }
+        }
+    }
+}
+
+fn write_value(v: &FieldValue, out: &mut Vec<u8>) {
+    match v {
+        FieldValue::Text(b) => out.extend_from_slice(b),
+        FieldValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+    }
+}
+
+/// The event time in milliseconds: the `timestamp` field if an interceptor
+/// set one, else the read time.
+pub fn timestamp_ms(batch: &Batch, record: &Record) -> Option<i64> {
+    match batch.field(record, "timestamp") {
+        Some(FieldValue::Int(ms)) => Some(*ms),
+        _ => batch
+            .meta
+            .read_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as i64),
+    }
+}
+
+const CORE: &[&str] = &[
+    "message",
+    "message_encoding",
+    "source",
+    "host",
+    "path",
+    "offset",
+    "timestamp",
+];
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn json_value(out: &mut Vec<u8>, v: &FieldValue) {
+    match v {
+        FieldValue::Text(b) => json_str(out, &String::from_utf8_lossy(b)),
+        FieldValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+    }
+}
+
+/// Appends the JSON object of a record to `out`.
+pub fn json(batch: &Batch, record: &Record, host: &str, out: &mut Vec<u8>) {
+    out.push(b'{');
+    out.extend_from_slice(b"\"message\":");
+    match std::str::from_utf8(&record.payload) {
+        Ok(text) => json_str(out, text),
+        Err(_) => {
+            json_str(
+                out,
+                &base64::engine::general_purpose::STANDARD.encode(&record.payload),
+            );
+            out.extend_from_slice(b",\"message_encoding\":\"base64\"");
+        }
+    }
+    out.extend_from_slice(b",\"source\":");
+    json_str(out, &batch.meta.source);
+    out.extend_from_slice(b",\"host\":");
+    match batch.field(record, "host") {
+        Some(v) => json_value(out, v),
+        None => json_str(out, host),
+    }
+    if let Some(path) = &batch.meta.path {
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, &path.to_string_lossy());
+        let _ = write!(out, ",\"offset\":{}", record.offset);
+    }
+    if let Some(ms) = timestamp_ms(batch, record) {
+        if let Some(t) = DateTime::from_timestamp_millis(ms) {
+            out.extend_from_slice(b",\"timestamp\":");
+            json_str(out, &t.to_rfc3339_opts(SecondsFormat::Millis, true));
+        }
+    }
+    let own = record.fields.as_deref();
+    let shared = batch.fields.as_deref();
+    for (name, value) in shared
+        .iter()
+        .flat_map(|f| f.iter())
+        .filter(|(n, _)| own.is_none_or(|o| o.get(n).is_none()))
+        .chain(own.iter().flat_map(|f| f.iter()))
+    {
+        if CORE.contains(&name) {
+            continue;
+        }
+        out.push(b',');
+        json_str(out, name);
+        out.push(b':');
+        json_value(out, value);
+    }
+    out.push(b'}');
+}
+
+/// The record's metadata as Kafka headers.
+pub fn headers(batch: &Batch, record: &Record, host: &str) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(5).insert(Header {
+        key: "source",
+        value: Some(batch.meta.source.as_bytes()),
+    });
+    let host_value: Vec<u8> = match batch.field(record, "host") {
+        Some(v) => {
+            let mut b = Vec::new();
+            write_value(v, &mut b);
+            b
+        }
+        None => host.as_bytes().to_vec(),
+    };
+    h = h.insert(Header {
+        key: "host",
+        value: Some(&host_value),
+    });
+    if let Some(path) = &batch.meta.path {
+        h = h.insert(Header {
+            key: "path",
+            value: Some(path.as_os_str().as_encoded_bytes()),
+        });
+        h = h.insert(Header {
+            key: "offset",
+            value: Some(record.offset.to_string().as_bytes()),
+        });
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use tailrace_api::{Ack, BatchMeta, Fields};
+
+    use super::*;
+
+    fn batch(line: &[u8], fields: &[(&str, FieldValue)], shared: &[(&str, &str)]) -> Batch {
+        let meta = Arc::new(BatchMeta {
+            source: "app".into(),
+            path: Some(Arc::from(std::path::Path::new("/var/log/app.log"))),
+            read_at: UNIX_EPOCH + Duration::from_millis(1_795_255_200_250),
+        });
+        let mut r = Record::new(Bytes::copy_from_slice(line), 42);
+        for (k, v) in fields {
+            r.fields_mut().set(*k, v.clone());
+        }
+        let mut b = Batch::new(meta, vec![r], Ack::none());
+        if !shared.is_empty() {
+            let mut f = Fields::default();
+            for (k, v) in shared {
+                f.set(*k, FieldValue::text(v.to_string()));
+            }
+            b.fields = Some(Arc::new(f));
+        }
+        b
+    }
+
+    fn render(template: &str, b: &Batch) -> String {
+        let mut out = Vec::new();
+        Template::parse(template)
+            .unwrap()
+            .render(b, &b.records[0], "web-1", &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn templates() {
+        let b = batch(
+            b"x",
+            &[("user", FieldValue::text("ann")), ("n", FieldValue::Int(7))],
+            &[("env", "prod")],
+        );
+        let check = |t: &str, want: &str| assert_eq!(render(t, &b), want, "{t}");
+        check("logs", "logs");
+        check("logs-{source}", "logs-app");
+        check("{host}/{env}/{user}", "web-1/prod/ann");
+        check("{missing}", "");
+        check("{missing:-anon}", "anon");
+        check("{user:-anon}", "ann");
+        check("n{n}-{offset}", "n7-42");
+        check("{{literal}}", "{literal}");
+        check("{path}", "/var/log/app.log");
+        assert_eq!(Template::parse("logs").unwrap().as_static(), Some("logs"));
+        assert_eq!(Template::parse("logs-{source}").unwrap().as_static(), None);
+        for bad in ["{unclosed", "a}b", "{}", "{a b}"] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn to_json(b: &Batch) -> serde_json::Value {
+        let mut out = Vec::new();
+        json(b, &b.records[0], "web-1", &mut out);
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn json_carries_every_field() {
+        let b = batch(
+            b"hello \"world\"",
+            &[
+                ("user", FieldValue::text("ann")),
+                ("timestamp", FieldValue::Int(1_795_255_200_000)),
+            ],
+            &[("env", "prod")],
+        );
+        assert_eq!(
+            to_json(&b),
+            serde_json::json!({
+                "message": "hello \"world\"", "source": "app", "host": "web-1", "path": "/var/log/app.log",
+                "offset": 42, "timestamp": "2026-11-21T10:00:00.000Z", "env": "prod", "user": "ann"
+            })
+        );
+    }
+
+    #[test]
+    fn json_is_lossless_for_non_utf8() {
+        let line = [b'a', 0xff, 0xfe, b'\n', 0];
+        let v = to_json(&batch(&line, &[], &[]));
+        assert_eq!(v["message_encoding"], "base64");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["message"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back, line);
+        assert_eq!(
+            v["timestamp"], "2026-11-21T10:00:00.250Z",
+            "read time when no timestamp field"
+        );
+    }
+
+    #[test]
+    fn record_fields_override_shared_ones_and_core_names_are_not_repeated() {
+        let b = batch(
+            b"x",
+            &[
+                ("env", FieldValue::text("dev")),
+                ("host", FieldValue::text("h2")),
+            ],
+            &[("env", "prod")],
+        );
+        let v = to_json(&b);
+        assert_eq!(v["env"], "dev");
+        assert_eq!(v["host"], "h2");
+        let mut out = Vec::new();
+        json(&b, &b.records[0], "web-1", &mut out);
+        assert_eq!(String::from_utf8_lossy(&out).matches("\"host\"").count(), 1);
+    }
+}

@@ -1,0 +1,152 @@
+//! Shaping and routing end to end: interceptors add, extract and filter;
+//! the sink keys by a field, so every key stays on one partition, and
+//! writes JSON that carries every field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::time::Duration;
+
+use tailrace_e2e::http::{get, sample};
+use tailrace_e2e::{wait_until, Agent, Broker, Consumer};
+
+const USERS: [&str; 5] = ["ann", "bob", "cid", "dee", "eve"];
+
+/// Line `i`: a sequence number, a user, and DEBUG on every seventh line.
+fn line(i: u64) -> String {
+    let level = if i % 7 == 3 { "DEBUG" } else { "INFO" };
+    format!(
+        "seq={i:010} {level} user={} ts=2026-11-21T10:00:{:02}.000Z work done",
+        USERS[(i % 5) as usize],
+        i % 60
+    )
+}
+
+#[test]
+fn keys_stay_on_one_partition_and_json_carries_every_field() {
+    let broker = Broker::start();
+    broker.create_topic("logs-app", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    const N: u64 = 7_000;
+    let mut file = std::fs::File::create(logs.join("app.log")).unwrap();
+    for i in 0..N {
+        writeln!(file, "{}", line(i)).unwrap();
+    }
+    drop(file);
+    let config = format!(
+        r#"data_dir: {dir}/data
+sources:
+  app:
+    type: file
+    include: ["{dir}/logs/*.log"]
+    channels: [main]
+    interceptors:
+      - type: host
+      - type: static
+        fields: {{ env: prod }}
+      - type: regex_filter
+        pattern: "DEBUG"
+        exclude: true
+      - type: regex_extract
+        pattern: 'user=(?P<user>[a-z]+) ts=(?P<ts>\S+)'
+      - type: timestamp
+        field: ts
+        format: rfc3339
+channels:
+  main: {{ type: memory }}
+sinks:
+  kafka:
+    type: kafka
+    channel: main
+    bootstrap_servers: {bootstrap}
+    topic: "logs-{{source}}"
+    key: "{{user}}"
+    encoding: json
+    headers: true
+"#,
+        dir = dir.path().display(),
+        bootstrap = broker.bootstrap()
+    );
+    let agent = Agent::start(dir.path(), &config);
+    let debug_lines = (0..N).filter(|i| i % 7 == 3).count() as u64;
+    let expected = N - debug_lines;
+    let mut consumer = Consumer::new(&broker.bootstrap(), "logs-app");
+    let records = consumer
+        .read_count(expected as usize, Duration::from_secs(60))
+        .to_vec();
+    assert_eq!(records.len() as u64, expected, "{}", agent.log_tail(30));
+
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut partitions_of: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.payload)));
+        let message = v["message"].as_str().expect("message is a string");
+        let seq: u64 = message[4..14].parse().unwrap();
+        assert!(seen.insert(seq), "seq {seq} arrived twice");
+        assert_eq!(message, line(seq), "the line is the message");
+        assert!(!message.contains("DEBUG"), "filtered lines do not arrive");
+        let user = USERS[(seq % 5) as usize];
+        assert_eq!(v["user"], user);
+        assert_eq!(v["env"], "prod");
+        assert_eq!(v["host"], host.as_str());
+        assert_eq!(v["source"], "app");
+        assert!(v["path"].as_str().unwrap().ends_with("/logs/app.log"));
+        assert!(v["offset"].as_u64().is_some());
+        assert_eq!(
+            v["timestamp"],
+            format!("2026-11-21T10:00:{:02}.000Z", seq % 60),
+            "parsed from the line"
+        );
+        assert_eq!(r.key.as_deref(), Some(user.as_bytes()), "keyed by user");
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("source").as_deref(), Some("app"));
+        assert_eq!(header("host").as_deref(), Some(host.as_str()));
+        assert_eq!(
+            header("offset"),
+            v["offset"].as_u64().map(|o| o.to_string())
+        );
+        partitions_of
+            .entry(user.to_string())
+            .or_default()
+            .insert(r.partition);
+    }
+    assert_eq!(seen.len() as u64, expected);
+    for (user, parts) in &partitions_of {
+        assert_eq!(
+            parts.len(),
+            1,
+            "user {user} spread over partitions {parts:?}"
+        );
+    }
+    let used: BTreeSet<i32> = partitions_of.values().flatten().copied().collect();
+    assert!(
+        used.len() > 1,
+        "five keys over four partitions should use more than one: {used:?}"
+    );
+    // Filtered lines are counted as filtered, not dropped.
+    let admin = agent.admin_address().to_string();
+    let filtered = "tailrace_events_filtered_total{source=\"app\"}";
+    assert!(
+        wait_until(Duration::from_secs(10), || get(&admin, "/metrics")
+            .ok()
+            .and_then(|r| sample(&r.body, filtered))
+            == Some(debug_lines as f64)),
+        "filtered counter is not {debug_lines}"
+    );
+    let metrics = get(&admin, "/metrics").unwrap().body;
+    assert!(
+        !metrics.contains("tailrace_events_dropped_total{"),
+        "nothing counted as dropped:\n{metrics}"
+    );
+}
