@@ -1,1 +1,590 @@
-fn main() {}
+//! The throughput harness: runs the release `tailrace` end to end, file to
+//! Kafka with acks=all, idempotence and lz4, against the embedded broker and
+//! against tansu, and beside it `kcat -P -l` with the same producer settings
+//! on the same broker, as the practical limit of librdkafka on the machine.
+//! It prints one table: events/s, the slowest 5-second window, CPU seconds
+//! per million events, peak RSS, delivery latency p50 and p99, and the
+//! events lost and duplicated, counted by a consumer.
+//!
+//! `benchmarks/run` builds what it needs and calls this; see README.
+
+use std::io::{BufWriter, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tailrace_benchmarks::lines;
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end throughput of tailrace against kcat, on this machine")]
+struct Args {
+    /// Lines in the load file.
+    #[arg(long, default_value_t = 66_000_000)]
+    lines: u64,
+    /// Line length with its newline: N, fixed:N or uniform:MIN-MAX.
+    #[arg(long, default_value = "100")]
+    size: lines::Sizes,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Which runs, in order: embedded, tansu, kcat.
+    #[arg(long, value_delimiter = ',', default_value = "kcat,tansu,embedded")]
+    targets: Vec<String>,
+    #[arg(long, default_value = "target/release/tailrace", env = "TAILRACE_BIN")]
+    tailrace: PathBuf,
+    #[arg(long, env = "TANSU_BIN")]
+    tansu: PathBuf,
+    #[arg(long, default_value = "kcat")]
+    kcat: PathBuf,
+    /// A directory holding a current librdkafka.so.1 for kcat (Debian's
+    /// 2.0.2 cannot talk to tansu 0.6.0).
+    #[arg(long, env = "KCAT_LIBRDKAFKA_DIR")]
+    librdkafka_dir: Option<PathBuf>,
+    /// Where the load file, configs, logs and data go.
+    #[arg(long, default_value = "/tmp/tailrace-bench")]
+    work: PathBuf,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+/// One row of the table.
+#[derive(Default)]
+struct Row {
+    target: String,
+    events: u64,
+    seconds: f64,
+    slowest_5s: Option<f64>,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    lost: Option<u64>,
+    duplicated: Option<u64>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tansu broker with in-memory storage, killed on drop.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Tansu {
+    fn start(bin: &Path, dir: &Path, topic: &str) -> anyhow::Result<Tansu> {
+        let port = free_port()?;
+        std::fs::create_dir_all(dir)?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log"))?;
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .current_dir(dir)
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let broker = Tansu { child, port };
+        wait_for(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .context("tansu did not listen")?;
+        let created = wait_for(Duration::from_secs(30), || {
+            let status = Command::new(bin)
+                .args([
+                    "topic",
+                    "create",
+                    topic,
+                    "--partitions",
+                    "1",
+                    "--broker",
+                    &url,
+                ])
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?;
+            status.success().then_some(())
+        });
+        created.context("cannot create the topic in tansu")?;
+        Ok(broker)
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB of a running process.
+fn usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((cpu, hwm))
+}
+
+fn http_get(address: &str, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut s = TcpStream::connect(address).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body.split_once("\r\n\r\n")?.1.to_string())
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// p50 and p99 from the latency histogram's cumulative buckets, linear
+/// within a bucket.
+fn quantiles(metrics: &str) -> (Option<f64>, Option<f64>) {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tailrace_delivery_latency_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return (None, None);
+    }
+    let q = |q: f64| {
+        let want = q * total;
+        let mut prev = (0.0, 0.0);
+        for &(le, count) in &buckets {
+            if count >= want {
+                if le.is_infinite() {
+                    return Some(prev.0);
+                }
+                let frac = if count > prev.1 {
+                    (want - prev.1) / (count - prev.1)
+                } else {
+                    1.0
+                };
+                return Some(prev.0 + (le - prev.0) * frac);
+            }
+            prev = (le, count);
+        }
+        None
+    };
+    (q(0.5), q(0.99))
+}
+
+/// Reads the whole topic and checks every sequence number 0..n.
+fn count(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(u64, u64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tailrace-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut seen = vec![0u64; n.div_ceil(64) as usize];
+    let (mut unique, mut dups) = (0u64, 0u64);
+    let mut idle_since = Instant::now();
+    while unique < n && idle_since.elapsed() < Duration::from_secs(30) {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                idle_since = Instant::now();
+                let Some(seq) = m.payload().and_then(lines::seq_of).filter(|&s| s < n) else {
+                    continue;
+                };
+                let (w, b) = ((seq / 64) as usize, seq % 64);
+                if seen[w] & (1 << b) != 0 {
+                    dups += 1;
+                } else {
+                    seen[w] |= 1 << b;
+                    unique += 1;
+                }
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {}
+        }
+    }
+    // Drain what is left, to count late duplicates.
+    while let Some(Ok(m)) = consumer.poll(Duration::from_secs(2)) {
+        if let Some(seq) = m.payload().and_then(lines::seq_of).filter(|&s| s < n) {
+            if seen[(seq / 64) as usize] & (1 << (seq % 64)) != 0 {
+                dups += 1;
+            }
+        }
+    }
+    Ok((n - unique, dups))
+}
+
+fn generate(args: &Args) -> anyhow::Result<PathBuf> {
+    let dir = args.work.join(
+        format!("load-{}-{:?}-{}", args.lines, args.size, args.seed)
+            .replace([':', '(', ')', ' '], ""),
+    );
+    let file = dir.join("app.log");
+    let done = dir.join("complete");
+    if done.exists() {
+        return Ok(file);
+    }
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("generating {} lines into {}", args.lines, file.display());
+    let mut out = BufWriter::with_capacity(1 << 22, std::fs::File::create(&file)?);
+    let mut rng = lines::Rng::new(args.seed);
+    let mut buf = Vec::with_capacity(1 << 22);
+    for seq in 0..args.lines {
+        let len = args.size.pick(&mut rng);
+        lines::line(&mut rng, seq, len, &mut buf);
+        if buf.len() >= 1 << 22 {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    out.write_all(&buf)?;
+    out.flush()?;
+    std::fs::write(done, b"")?;
+    Ok(file)
+}
+
+fn tailrace_run(args: &Args, load: &Path, target: &str, bootstrap: &str) -> anyhow::Result<Row> {
+    let dir = args.work.join(format!("run-{target}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let config = dir.join("tailrace.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{load}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n",
+            dir = dir.display(),
+            load = load.display()
+        ),
+    )?;
+    let log = dir.join("tailrace.log");
+    let started = Instant::now();
+    let mut child = Command::new(&args.tailrace)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.tailrace.display()))?;
+    let pid = child.id();
+    let delivered_name = "tailrace_sink_events_delivered_total{sink=\"kafka\"}";
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut finished = None;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("tailrace exited early ({status}); see {}", log.display());
+        }
+        if let Some(m) = http_get(&admin, "/metrics") {
+            let delivered = sample(&m, delivered_name).unwrap_or(0.0);
+            samples.push((started.elapsed().as_secs_f64(), delivered));
+            if delivered >= args.lines as f64 {
+                finished = Some((started.elapsed().as_secs_f64(), usage(pid), m));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let Some((seconds, usage, metrics)) = finished else {
+        let _ = child.kill();
+        bail!(
+            "tailrace did not deliver {} events in {} s; see {}",
+            args.lines,
+            args.timeout_secs,
+            log.display()
+        );
+    };
+    let (cpu_seconds, peak_kib) = usage.unwrap_or((0.0, 0));
+    // librdkafka's mock cluster keeps only the last few MB of a partition,
+    // so an embedded run cannot be counted afterwards; tansu keeps all.
+    let counted = if bootstrap == "embedded" {
+        None
+    } else {
+        Some(count(bootstrap, "bench", args.lines)?)
+    };
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let (p50, p99) = quantiles(&metrics);
+    Ok(Row {
+        target: format!("tailrace → {target}"),
+        events: args.lines,
+        seconds,
+        slowest_5s: slowest_window(&samples, 5.0),
+        cpu_seconds,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
+        p50,
+        p99,
+        lost: counted.map(|c| c.0),
+        duplicated: counted.map(|c| c.1),
+    })
+}
+
+/// The lowest rate over any 5-second window between the first and the last
+/// event delivered.
+fn slowest_window(samples: &[(f64, f64)], window: f64) -> Option<f64> {
+    let first = samples.iter().position(|s| s.1 > 0.0)?;
+    let total = samples.last()?.1;
+    let last = samples.iter().position(|s| s.1 >= total)?;
+    let s = &samples[first..=last];
+    let mut worst: Option<f64> = None;
+    let mut j = 0;
+    for i in 0..s.len() {
+        while j < s.len() && s[j].0 - s[i].0 < window {
+            j += 1;
+        }
+        if j == s.len() {
+            break;
+        }
+        let rate = (s[j].1 - s[i].1) / (s[j].0 - s[i].0);
+        worst = Some(worst.map_or(rate, |w: f64| w.min(rate)));
+    }
+    worst
+}
+
+fn kcat_run(args: &Args, load: &Path, bootstrap: &str) -> anyhow::Result<Row> {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%e %U %S %M"])
+        .arg(&args.kcat)
+        .args(["-P", "-b", bootstrap, "-t", "bench", "-l"])
+        .arg(load)
+        .args([
+            "-X",
+            "acks=all",
+            "-X",
+            "enable.idempotence=true",
+            "-X",
+            "compression.codec=lz4",
+        ])
+        .args([
+            "-X",
+            "linger.ms=5",
+            "-X",
+            "batch.num.messages=10000",
+            "-X",
+            "batch.size=1000000",
+        ])
+        .args([
+            "-X",
+            "queue.buffering.max.messages=200000",
+            "-X",
+            "queue.buffering.max.kbytes=65536",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &args.librdkafka_dir {
+        cmd.env("LD_LIBRARY_PATH", dir);
+    }
+    let out = cmd
+        .output()
+        .context("cannot run kcat under /usr/bin/time")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("kcat failed: {err}");
+    }
+    let last = err.lines().last().unwrap_or_default();
+    let f: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() != 4 {
+        bail!("cannot read kcat's timing from {last:?}");
+    }
+    let (lost, duplicated) = count(bootstrap, "bench", args.lines)?;
+    Ok(Row {
+        target: "kcat -P -l → tansu".into(),
+        events: args.lines,
+        seconds: f[0],
+        cpu_seconds: f[1] + f[2],
+        peak_rss_mib: f[3] / 1024.0,
+        lost: Some(lost),
+        duplicated: Some(duplicated),
+        ..Row::default()
+    })
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{:.0} ms", s * 1000.0))
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| run | events | seconds | events/s | slowest 5 s | CPU s | CPU s / M events | peak RSS | latency p50 | p99 | lost | duplicated |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let rate = r.events as f64 / r.seconds;
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {} | {:.1} | {:.2} | {:.0} MiB | {} | {} | {} | {} |",
+            r.target,
+            r.events,
+            r.seconds,
+            rate,
+            r.slowest_5s.map_or("-".into(), |w| format!("{w:.0}")),
+            r.cpu_seconds,
+            r.cpu_seconds / (r.events as f64 / 1e6),
+            r.peak_rss_mib,
+            ms(r.p50),
+            ms(r.p99),
+            r.lost.map_or("-".into(), |v| v.to_string()),
+            r.duplicated.map_or("-".into(), |v| v.to_string()),
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let load = generate(&args)?;
+    let mut rows = Vec::new();
+    for target in &args.targets {
+        eprintln!("running {target}");
+        let row = match target.as_str() {
+            "embedded" => tailrace_run(&args, &load, "embedded", "embedded"),
+            "tansu" => {
+                let broker = Tansu::start(&args.tansu, &args.work.join("tansu-tailrace"), "bench")?;
+                tailrace_run(&args, &load, "tansu", &broker.bootstrap())
+            }
+            "kcat" => {
+                let broker = Tansu::start(&args.tansu, &args.work.join("tansu-kcat"), "bench")?;
+                kcat_run(&args, &load, &broker.bootstrap())
+            }
+            other => bail!("unknown target {other}: embedded, tansu or kcat"),
+        };
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => eprintln!("{target}: {e:#}"),
+        }
+    }
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "\n{} lines of {:?} bytes; {} cores ({cpus}); {} GiB memory\n",
+        args.lines,
+        args.size,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_gib()
+    );
+    print_table(&rows);
+    if rows.iter().any(|r| r.target.ends_with("embedded")) {
+        println!("\nThe embedded cluster (librdkafka's mock) keeps only the last few MB of a partition and runs inside the agent, so its run is not counted at a consumer and its RSS includes the broker.");
+    }
+    if let (Some(k), Some(t)) = (
+        rows.iter().find(|r| r.target.starts_with("kcat")),
+        rows.iter().find(|r| r.target == "tailrace → tansu"),
+    ) {
+        println!(
+            "\ntailrace → tansu reached {:.2} of kcat's rate in the same run.",
+            (t.events as f64 / t.seconds) / (k.events as f64 / k.seconds)
+        );
+    }
+    Ok(())
+}
+
+fn mem_gib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024 / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let m = "tailrace_delivery_latency_seconds_bucket{le=\"0.01\",sink=\"kafka\"} 50\ntailrace_delivery_latency_seconds_bucket{le=\"0.02\",sink=\"kafka\"} 98\ntailrace_delivery_latency_seconds_bucket{le=\"0.04\",sink=\"kafka\"} 100\ntailrace_delivery_latency_seconds_bucket{le=\"+Inf\",sink=\"kafka\"} 100\n";
+        let (p50, p99) = quantiles(m);
+        assert!((p50.unwrap() - 0.01).abs() < 1e-9);
+        assert!((p99.unwrap() - 0.03).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slowest_window_finds_the_stall() {
+        let s: Vec<(f64, f64)> = (0..=20)
+            .map(|t| {
+                (
+                    t as f64,
+                    if t < 10 {
+                        t as f64 * 100.0
+                    } else {
+                        1000.0 + (t - 10) as f64 * 10.0
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(slowest_window(&s, 5.0), Some(10.0));
+    }
+}

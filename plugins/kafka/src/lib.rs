@@ -11,7 +11,7 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 mod config;
-mod encode;
+pub mod encode;
 mod replay;
 mod sink;
 

@@ -1,0 +1,216 @@
+//! Micro-benchmarks of the hot paths, per event: splitting a read chunk
+//! into lines, gathering channel batches into sink batches, encoding a
+//! record as JSON and a spool entry, writing a spool entry, and what each
+//! interceptor costs.
+//!
+//! cargo bench -p tailrace-benchmarks
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tailrace_api::spool::{encode, EntryRecord, SpoolStore, SpoolTree};
+use tailrace_api::{
+    next_batch, Ack, Batch, BatchLimits, BatchMeta, Channel, InterceptorConfig, Record,
+};
+use tailrace_file::{LinePolicy, Splitter};
+
+const LINE: usize = 100;
+const CHUNK: usize = 256 * 1024;
+
+fn chunk() -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHUNK);
+    let mut i = 0u64;
+    while out.len() + LINE <= CHUNK {
+        let start = out.len();
+        out.extend_from_slice(
+            format!("seq={i:010} INFO user=ann req=1234abcd latency_ms=12 ").as_bytes(),
+        );
+        out.resize(start + LINE - 1, b'x');
+        out.push(b'\n');
+        i += 1;
+    }
+    out
+}
+
+fn batch_of(data: &[u8]) -> Batch {
+    let mut buf = BytesMut::from(data);
+    let mut records = Vec::new();
+    Splitter::new(1 << 20, LinePolicy::Split, 0).split(&mut buf, &mut records);
+    let meta = Arc::new(BatchMeta {
+        source: "app".into(),
+        path: Some(Arc::from(std::path::Path::new("/var/log/app.log"))),
+        read_at: SystemTime::now(),
+    });
+    Batch::new(meta, records, Ack::none())
+}
+
+fn split(c: &mut Criterion) {
+    let data = chunk();
+    let lines = data.len() / LINE;
+    let mut g = c.benchmark_group("split");
+    g.throughput(Throughput::Elements(lines as u64));
+    g.bench_function("256KiB_of_100B_lines", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&data[..]);
+            let mut out = Vec::with_capacity(lines);
+            Splitter::new(1 << 20, LinePolicy::Split, 0).split(&mut buf, &mut out);
+            out
+        })
+    });
+    g.finish();
+}
+
+fn batching(c: &mut Criterion) {
+    let data = chunk();
+    let template = batch_of(&data);
+    let per_batch = template.len();
+    let mut g = c.benchmark_group("batching");
+    g.throughput(Throughput::Elements((per_batch * 4) as u64));
+    let channel = Channel::unmetered("bench", 1 << 20, 1 << 30);
+    let limits = BatchLimits {
+        max_events: per_batch * 4,
+        max_bytes: 1 << 30,
+        linger_ms: 0,
+    };
+    g.bench_function("4_channel_batches_into_one_sink_batch", |b| {
+        b.iter(|| {
+            for _ in 0..4 {
+                let copy = Batch::new(template.meta.clone(), template.records.clone(), Ack::none());
+                channel.try_send(copy).unwrap();
+            }
+            next_batch(&channel, &limits, Duration::ZERO)
+        })
+    });
+    g.finish();
+}
+
+fn encoding(c: &mut Criterion) {
+    let data = chunk();
+    let batch = batch_of(&data);
+    let mut g = c.benchmark_group("encoding");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("json", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for r in &batch.records {
+                out.clear();
+                tailrace_kafka::encode::json(&batch, r, "web-1", &mut out);
+            }
+        })
+    });
+    g.bench_function("spool_entry_lz4_crc", |b| {
+        b.iter(|| {
+            encode(
+                batch.records.iter().map(|r| EntryRecord {
+                    payload: &r.payload,
+                    timestamp_ms: Some(1),
+                    ..Default::default()
+                }),
+                "bench",
+                0,
+            )
+        })
+    });
+    g.finish();
+}
+
+fn spool_writes(c: &mut Criterion) {
+    let data = chunk();
+    let batch = batch_of(&data);
+    let entry = encode(
+        batch.records.iter().map(|r| EntryRecord {
+            payload: &r.payload,
+            ..Default::default()
+        }),
+        "bench",
+        0,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = tailrace::store::Store::open(dir.path()).unwrap();
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.sample_size(20);
+    g.bench_function("push_and_flush_one_entry", |b| {
+        b.iter(|| {
+            let id = store.push(SpoolTree::Pending, "k", &entry).unwrap();
+            SpoolStore::flush(&store).unwrap();
+            store.remove(SpoolTree::Pending, "k", id).unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn interceptors(c: &mut Criterion) {
+    use tailrace_interceptors::*;
+    let data = chunk();
+    let template = batch_of(&data);
+    let configs: Vec<(&str, Box<dyn InterceptorConfig>)> = vec![
+        (
+            "host",
+            Box::new(HostConfig {
+                field: "host".into(),
+            }),
+        ),
+        (
+            "static",
+            Box::new(StaticConfig {
+                fields: [("env".to_string(), "prod".to_string())]
+                    .into_iter()
+                    .collect(),
+            }),
+        ),
+        (
+            "regex_filter",
+            Box::new(RegexFilterConfig {
+                pattern: "DEBUG".into(),
+                exclude: true,
+                field: None,
+            }),
+        ),
+        (
+            "regex_extract",
+            Box::new(RegexExtractConfig {
+                pattern: "user=(?P<user>[a-z]+)".into(),
+                field: None,
+            }),
+        ),
+        (
+            "timestamp",
+            Box::new(TimestampConfig {
+                field: None,
+                format: None,
+            }),
+        ),
+    ];
+    let mut g = c.benchmark_group("interceptor");
+    g.throughput(Throughput::Elements(template.len() as u64));
+    g.bench_function(
+        BenchmarkId::from_parameter("none (copy of the batch only)"),
+        |b| b.iter(|| Batch::new(template.meta.clone(), template.records.clone(), Ack::none())),
+    );
+    for (name, config) in configs {
+        let i = config.build().unwrap();
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let mut batch =
+                    Batch::new(template.meta.clone(), template.records.clone(), Ack::none());
+                i.intercept(&mut batch);
+                batch
+            })
+        });
+    }
+    g.finish();
+    let _ = Record::new(Bytes::new(), 0);
+}
+
+criterion_group!(
+    benches,
+    split,
+    batching,
+    encoding,
+    spool_writes,
+    interceptors
+);
+criterion_main!(benches);

@@ -1,0 +1,138 @@
+//! The lines the load generator writes: seeded, each carrying a sequence
+//! number at a fixed place, so a consumer can check what arrived.
+
+/// xorshift64*: small, fast, and the same stream for the same seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// How long lines are, newline included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    Fixed(usize),
+    Uniform(usize, usize),
+}
+
+impl std::str::FromStr for Sizes {
+    type Err = String;
+    /// `100`, `fixed:100`, `uniform:60-400`
+    fn from_str(s: &str) -> Result<Sizes, String> {
+        let s = s.strip_prefix("fixed:").unwrap_or(s);
+        if let Some(range) = s.strip_prefix("uniform:") {
+            let (a, b) = range.split_once('-').ok_or("uniform:MIN-MAX")?;
+            let (a, b): (usize, usize) = (
+                a.parse().map_err(|_| "bad MIN")?,
+                b.parse().map_err(|_| "bad MAX")?,
+            );
+            if a < MIN_LINE || b < a {
+                return Err(format!("uniform:MIN-MAX needs {MIN_LINE} <= MIN <= MAX"));
+            }
+            return Ok(Sizes::Uniform(a, b));
+        }
+        let n: usize = s
+            .parse()
+            .map_err(|_| format!("line size {s:?}: a number, fixed:N or uniform:MIN-MAX"))?;
+        if n < MIN_LINE {
+            return Err(format!("lines need at least {MIN_LINE} bytes"));
+        }
+        Ok(Sizes::Fixed(n))
+    }
+}
+
+/// `seq=0000000000 ` and a newline.
+pub const MIN_LINE: usize = 16;
+
+const LEVELS: [&str; 4] = ["INFO", "INFO", "WARN", "DEBUG"];
+const USERS: [&str; 8] = ["ann", "bob", "cid", "dee", "eve", "fay", "gus", "hal"];
+const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// Appends line `seq` of the given length (newline included) to `out`: a
+/// sequence number, then text shaped like an application log.
+pub fn line(rng: &mut Rng, seq: u64, len: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "seq={seq:010} {} user={} req={:08x} latency_ms={} ",
+        LEVELS[rng.below(4) as usize],
+        USERS[rng.below(8) as usize],
+        rng.next() as u32,
+        rng.below(2000)
+    );
+    out.truncate(start + len - 1);
+    while out.len() < start + len - 1 {
+        out.push(ALNUM[rng.below(ALNUM.len() as u64) as usize]);
+    }
+    out.push(b'\n');
+}
+
+/// The sequence number of a line written by [`line`].
+pub fn seq_of(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload.get(4..14)?).ok()?.parse().ok()
+}
+
+impl Sizes {
+    pub fn pick(self, rng: &mut Rng) -> usize {
+        match self {
+            Sizes::Fixed(n) => n,
+            Sizes::Uniform(a, b) => a + rng.below((b - a + 1) as u64) as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_their_length_and_number() {
+        let mut rng = Rng::new(7);
+        for (seq, len) in [(0u64, 16usize), (42, 100), (9_999_999_999, 300)] {
+            let mut out = Vec::new();
+            line(&mut rng, seq, len, &mut out);
+            assert_eq!(out.len(), len);
+            assert_eq!(*out.last().unwrap(), b'\n');
+            assert_eq!(seq_of(&out), Some(seq));
+            assert!(!out[..len - 1].contains(&b'\n'));
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_lines() {
+        let gen = |seed| {
+            let mut rng = Rng::new(seed);
+            let mut out = Vec::new();
+            for i in 0..100 {
+                line(&mut rng, i, 100, &mut out);
+            }
+            out
+        };
+        assert_eq!(gen(1), gen(1));
+        assert_ne!(gen(1), gen(2));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!("100".parse(), Ok(Sizes::Fixed(100)));
+        assert_eq!("uniform:60-400".parse(), Ok(Sizes::Uniform(60, 400)));
+        assert!("uniform:400-60".parse::<Sizes>().is_err());
+        assert!("5".parse::<Sizes>().is_err());
+    }
+}
