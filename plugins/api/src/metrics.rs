@@ -31,6 +31,7 @@ pub struct Metrics {
     registry: Registry,
     source_events: Family<Labels, Counter>,
     source_bytes: Family<Labels, Counter>,
+    source_parse_errors: Family<Labels, Counter>,
     sink_delivered: Family<Labels, Counter>,
     sink_delivered_bytes: Family<Labels, Counter>,
     sink_batches: Family<Labels, Counter>,
@@ -59,6 +60,7 @@ impl Metrics {
         let m = Metrics {
             source_events: Family::default(),
             source_bytes: Family::default(),
+            source_parse_errors: Family::default(),
             sink_delivered: Family::default(),
             sink_delivered_bytes: Family::default(),
             sink_batches: Family::default(),
@@ -76,7 +78,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
-        let counters: [(&str, &str, &Family<Labels, Counter>); 9] = [
+        let counters: [(&str, &str, &Family<Labels, Counter>); 10] = [
             (
                 "tailrace_spool_corrupt_entries",
                 "Spool entries that failed their checksum and were set aside",
@@ -91,6 +93,11 @@ impl Metrics {
                 "tailrace_source_bytes",
                 "Payload bytes read by each source",
                 &m.source_bytes,
+            ),
+            (
+                "tailrace_source_parse_errors",
+                "Malformed input forwarded as it was (bad framing, syslog that does not parse)",
+                &m.source_parse_errors,
             ),
             (
                 "tailrace_sink_events_delivered",
@@ -184,6 +191,7 @@ impl Metrics {
         SourceMetrics {
             events: self.source_events.get_or_create(&l).clone(),
             bytes: self.source_bytes.get_or_create(&l).clone(),
+            parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped: Dropped::new(self.dropped.clone(), name),
         }
     }
@@ -262,6 +270,8 @@ impl Dropped {
 pub struct SourceMetrics {
     pub events: Counter,
     pub bytes: Counter,
+    /// Input that did not parse and was forwarded as it was.
+    pub parse_errors: Counter,
     pub dropped: Dropped,
 }
 
