@@ -152,10 +152,13 @@ impl StreamFramer {
             ..limit
         };
         let (octet, state) = match framing {
-            StreamFraming::Newline => (false, State::Line {
-                skipping: false,
-                long: false,
-            }),
+            StreamFraming::Newline => (
+                false,
+                State::Line {
+                    skipping: false,
+                    long: false,
+                },
+            ),
             StreamFraming::OctetCounting => (true, State::Header),
             StreamFraming::Detect => (false, State::Undecided),
         };
@@ -391,6 +394,7 @@ mod tests {
 
     /// Feeds `pieces` one read at a time (then the end of the stream when
     /// `eof`), and compares the records, the bytes still held and the counts.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         framing: StreamFraming,
         max: usize,
@@ -444,15 +448,69 @@ mod tests {
         use StreamFraming::Newline as N;
         check(N, 100, Split, &["a\nbb\n"], false, &["a", "bb"], "", NONE);
         check(N, 100, Split, &["a\nb"], false, &["a"], "b", NONE);
-        check(N, 100, Split, &["a\nb", "c\n"], false, &["a", "bc"], "", NONE);
+        check(
+            N,
+            100,
+            Split,
+            &["a\nb", "c\n"],
+            false,
+            &["a", "bc"],
+            "",
+            NONE,
+        );
         check(N, 100, Split, &["a\nb"], true, &["a", "b"], "", NONE);
         check(N, 100, Split, &["x\r\n\n"], false, &["x\r", ""], "", NONE);
-        check(N, 3, Split, &["abcdefg\nh\n"], false, &["abc", "def", "g", "h"], "", SPLIT);
-        check(N, 3, Truncate, &["abcdefg\nh\n"], false, &["abc", "h"], "", TRUNC);
+        check(
+            N,
+            3,
+            Split,
+            &["abcdefg\nh\n"],
+            false,
+            &["abc", "def", "g", "h"],
+            "",
+            SPLIT,
+        );
+        check(
+            N,
+            3,
+            Truncate,
+            &["abcdefg\nh\n"],
+            false,
+            &["abc", "h"],
+            "",
+            TRUNC,
+        );
         // an unterminated over-long line is sent in whole pieces, counted once
-        check(N, 3, Split, &["abcd", "efgh", "i\n"], false, &["abc", "def", "ghi"], "", SPLIT);
-        check(N, 4, Truncate, &["abcdef", "gh", "\nij\n"], false, &["abcd", "ij"], "", TRUNC);
-        check(N, 4, Truncate, &["abcdef", "gh"], true, &["abcd"], "", TRUNC);
+        check(
+            N,
+            3,
+            Split,
+            &["abcd", "efgh", "i\n"],
+            false,
+            &["abc", "def", "ghi"],
+            "",
+            SPLIT,
+        );
+        check(
+            N,
+            4,
+            Truncate,
+            &["abcdef", "gh", "\nij\n"],
+            false,
+            &["abcd", "ij"],
+            "",
+            TRUNC,
+        );
+        check(
+            N,
+            4,
+            Truncate,
+            &["abcdef", "gh"],
+            true,
+            &["abcd"],
+            "",
+            TRUNC,
+        );
         // a digit first means nothing to newline framing
         check(N, 100, Split, &["12 ab\n"], false, &["12 ab"], "", NONE);
     }
@@ -461,20 +519,83 @@ mod tests {
     fn octet_counting() {
         use LinePolicy::*;
         use StreamFraming::OctetCounting as O;
-        check(O, 100, Split, &["3 abc2 de"], false, &["abc", "de"], "", NONE);
-        check(O, 100, Split, &["3 a", "bc1", "0 0123456789"], false, &["abc", "0123456789"], "", NONE);
+        check(
+            O,
+            100,
+            Split,
+            &["3 abc2 de"],
+            false,
+            &["abc", "de"],
+            "",
+            NONE,
+        );
+        check(
+            O,
+            100,
+            Split,
+            &["3 a", "bc1", "0 0123456789"],
+            false,
+            &["abc", "0123456789"],
+            "",
+            NONE,
+        );
         // frames may contain newlines
         check(O, 100, Split, &["5 a\nb\nc"], false, &["a\nb\nc"], "", NONE);
         // the count is consumed, the frame waits for its bytes
         check(O, 100, Split, &["5 abc"], false, &[], "abc", NONE);
-        check(O, 3, Split, &["7 abcdefg1 x"], false, &["abc", "def", "g", "x"], "", SPLIT);
-        check(O, 3, Split, &["7 abcd", "efg"], false, &["abc", "def", "g"], "", SPLIT);
-        check(O, 3, Truncate, &["7 abcd", "efg1 x"], false, &["abc", "x"], "", TRUNC);
+        check(
+            O,
+            3,
+            Split,
+            &["7 abcdefg1 x"],
+            false,
+            &["abc", "def", "g", "x"],
+            "",
+            SPLIT,
+        );
+        check(
+            O,
+            3,
+            Split,
+            &["7 abcd", "efg"],
+            false,
+            &["abc", "def", "g"],
+            "",
+            SPLIT,
+        );
+        check(
+            O,
+            3,
+            Truncate,
+            &["7 abcd", "efg1 x"],
+            false,
+            &["abc", "x"],
+            "",
+            TRUNC,
+        );
         // invalid count: the frame is taken to its newline, counted
-        check(O, 100, Split, &["<13>hi\n2 ok"], false, &["<13>hi", "ok"], "", BAD);
+        check(
+            O,
+            100,
+            Split,
+            &["<13>hi\n2 ok"],
+            false,
+            &["<13>hi", "ok"],
+            "",
+            BAD,
+        );
         check(O, 100, Split, &["12x4 y\n"], false, &["12x4 y"], "", BAD);
         check(O, 100, Split, &["0 \n"], false, &["0 "], "", BAD);
-        check(O, 100, Split, &["12345678901 \n"], false, &["12345678901 "], "", BAD);
+        check(
+            O,
+            100,
+            Split,
+            &["12345678901 \n"],
+            false,
+            &["12345678901 "],
+            "",
+            BAD,
+        );
         // the stream ends inside a frame or a count: sent as it is, counted
         check(O, 100, Split, &["5 abc"], true, &["abc"], "", BAD);
         check(O, 100, Split, &["2 ab12"], true, &["ab", "12"], "", BAD);
@@ -485,8 +606,26 @@ mod tests {
     fn detection_uses_the_first_byte_of_the_connection() {
         use LinePolicy::*;
         use StreamFraming::Detect as D;
-        check(D, 100, Split, &["<13>a\n<14>b\n"], false, &["<13>a", "<14>b"], "", NONE);
-        check(D, 100, Split, &["5 <13>a5 <14>b"], false, &["<13>a", "<14>b"], "", NONE);
+        check(
+            D,
+            100,
+            Split,
+            &["<13>a\n<14>b\n"],
+            false,
+            &["<13>a", "<14>b"],
+            "",
+            NONE,
+        );
+        check(
+            D,
+            100,
+            Split,
+            &["5 <13>a5 <14>b"],
+            false,
+            &["<13>a", "<14>b"],
+            "",
+            NONE,
+        );
         check(D, 100, Split, &["", "5 <13>a"], false, &["<13>a"], "", NONE);
     }
 
@@ -499,7 +638,15 @@ mod tests {
         };
         // a datagram in the middle of a buffer
         let data = format!("xx{d}yy");
-        datagram(data.as_bytes(), 2, 2 + d.len(), split_lines, limit, &mut ranges, &mut cuts);
+        datagram(
+            data.as_bytes(),
+            2,
+            2 + d.len(),
+            split_lines,
+            limit,
+            &mut ranges,
+            &mut cuts,
+        );
         let got: Vec<&str> = ranges.iter().map(|&(a, b)| &data[a..b]).collect();
         assert_eq!(got, expected, "{d:?}");
         assert_eq!(cuts, want, "{d:?}");

@@ -189,7 +189,8 @@ impl Settings {
     /// Resolves the settings for `kind`, or lists every problem.
     fn plan(&self, kind: Kind) -> Result<Plan, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
-        let mut refuse = |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
+        let mut refuse =
+            |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
         let type_name = match kind {
             Kind::Tcp => "tcp",
             Kind::Udp => "udp",
@@ -199,12 +200,18 @@ impl Settings {
 
         let mode = match (kind, self.mode) {
             (Kind::Syslog, None) => {
-                refuse("mode", "a syslog source needs `mode: tcp | udp | unix`".into());
+                refuse(
+                    "mode",
+                    "a syslog source needs `mode: tcp | udp | unix`".into(),
+                );
                 SyslogMode::Udp
             }
             (Kind::Syslog, Some(m)) => m,
             (_, Some(_)) => {
-                refuse("mode", format!("mode applies to syslog sources, not to {type_name}"));
+                refuse(
+                    "mode",
+                    format!("mode applies to syslog sources, not to {type_name}"),
+                );
                 SyslogMode::Udp
             }
             (Kind::Tcp, None) => SyslogMode::Tcp,
@@ -213,7 +220,10 @@ impl Settings {
         };
         let unix = mode == SyslogMode::Unix;
         if !unix && self.socket_type.is_some() {
-            refuse("socket_type", "socket_type applies to unix sockets only".into());
+            refuse(
+                "socket_type",
+                "socket_type applies to unix sockets only".into(),
+            );
         }
         let socket_type = self.socket_type.unwrap_or(if kind == Kind::Syslog {
             SocketType::Datagram
@@ -226,7 +236,10 @@ impl Settings {
             if !path.is_absolute() {
                 refuse(
                     "address",
-                    format!("unix socket address {:?} must be an absolute path", self.address),
+                    format!(
+                        "unix socket address {:?} must be an absolute path",
+                        self.address
+                    ),
                 );
             } else if self.address.len() > MAX_UNIX_PATH {
                 refuse(
@@ -313,11 +326,15 @@ impl Settings {
                 }
             }
         }
-        let mut refuse = |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
+        let mut refuse =
+            |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
         let socket_mode = match &self.socket_mode {
             None => None,
             Some(_) if !unix => {
-                refuse("socket_mode", "socket_mode applies to unix sockets only".into());
+                refuse(
+                    "socket_mode",
+                    "socket_mode applies to unix sockets only".into(),
+                );
                 None
             }
             Some(text) => {
@@ -337,8 +354,14 @@ impl Settings {
         let positive: [(&str, Option<u64>); 4] = [
             ("max_line_bytes", Some(self.max_line_bytes as u64)),
             ("max_connections", self.max_connections.map(|v| v as u64)),
-            ("read_buffer_bytes", self.read_buffer_bytes.map(|v| v as u64)),
-            ("receive_buffer_bytes", self.receive_buffer_bytes.map(|v| v as u64)),
+            (
+                "read_buffer_bytes",
+                self.read_buffer_bytes.map(|v| v as u64),
+            ),
+            (
+                "receive_buffer_bytes",
+                self.receive_buffer_bytes.map(|v| v as u64),
+            ),
         ];
         for (key, value) in positive {
             if value == Some(0) {

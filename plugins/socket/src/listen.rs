@@ -50,7 +50,12 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
             let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
             let out = Arc::new(Output::new(cx, None, plan.syslog));
-            Ok(Box::pin(serve(Listener::Tcp(listener, tls), Arc::new(plan), out, None)))
+            Ok(Box::pin(serve(
+                Listener::Tcp(listener, tls),
+                Arc::new(plan),
+                out,
+                None,
+            )))
         }
         Transport::UnixStream(path) => {
             unix::claim(&path, &name)?;
@@ -58,10 +63,22 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .map_err(|e| bind_error(&format!("unix {}", path.display()), e))?;
             let file = SocketFile::bound(&path, plan.socket_mode)?;
             set_receive_buffer(&listener, plan.receive_buffer_bytes)?;
-            listener.set_nonblocking(true).map_err(|e| BuildError(e.to_string()))?;
-            let listener = UnixListener::from_std(listener).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), plan.syslog));
-            Ok(Box::pin(serve(Listener::Unix(listener), Arc::new(plan), out, Some(file))))
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| BuildError(e.to_string()))?;
+            let listener =
+                UnixListener::from_std(listener).map_err(|e| BuildError(e.to_string()))?;
+            let out = Arc::new(Output::new(
+                cx,
+                Some(Arc::from(path.as_path())),
+                plan.syslog,
+            ));
+            Ok(Box::pin(serve(
+                Listener::Unix(listener),
+                Arc::new(plan),
+                out,
+                Some(file),
+            )))
         }
         Transport::Udp(addr) => {
             let socket = bind_udp(addr, plan.receive_buffer_bytes)
@@ -75,10 +92,21 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .map_err(|e| bind_error(&format!("unix {}", path.display()), e))?;
             let file = SocketFile::bound(&path, plan.socket_mode)?;
             set_receive_buffer(&socket, plan.receive_buffer_bytes)?;
-            socket.set_nonblocking(true).map_err(|e| BuildError(e.to_string()))?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| BuildError(e.to_string()))?;
             let socket = UnixDatagram::from_std(socket).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), plan.syslog));
-            Ok(Box::pin(receive(Datagrams::Unix(socket), plan, out, Some(file))))
+            let out = Arc::new(Output::new(
+                cx,
+                Some(Arc::from(path.as_path())),
+                plan.syslog,
+            ));
+            Ok(Box::pin(receive(
+                Datagrams::Unix(socket),
+                plan,
+                out,
+                Some(file),
+            )))
         }
     }
 }
@@ -240,7 +268,9 @@ async fn read<S: AsyncRead + Unpin>(mut stream: S, peer: &str, plan: &Plan, out:
     let mut buf = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let idle_for = plan.idle_timeout.unwrap_or(Duration::from_secs(365 * 86_400));
+    let idle_for = plan
+        .idle_timeout
+        .unwrap_or(Duration::from_secs(365 * 86_400));
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     let why = loop {

@@ -73,15 +73,17 @@ impl Output {
         if malformed > 0 {
             self.cx.metrics.parse_errors.inc_by(malformed);
             if self.log_malformed.due() {
-                let sample = records
-                    .iter()
-                    .find(|r| r.fields.is_none())
-                    .map(|r| String::from_utf8_lossy(&r.payload[..r.payload.len().min(120)]).into_owned());
+                let sample = records.iter().find(|r| r.fields.is_none()).map(|r| {
+                    String::from_utf8_lossy(&r.payload[..r.payload.len().min(120)]).into_owned()
+                });
                 warn!(source = %self.cx.name, count = malformed, sample, "malformed input forwarded as it was");
             }
         }
         if cuts.truncated > 0 {
-            self.cx.metrics.dropped.add("line_truncated", cuts.truncated);
+            self.cx
+                .metrics
+                .dropped
+                .add("line_truncated", cuts.truncated);
             if self.log_truncated.due() {
                 warn!(source = %self.cx.name, lines = cuts.truncated, "over-long lines truncated");
             }

@@ -144,7 +144,12 @@ pub fn parse(raw: &Bytes) -> Option<Fields> {
 /// `<PRI>`, 0..=191.
 fn priority(c: &mut Cursor) -> Option<usize> {
     c.eat(b'<')?;
-    let digits = c.rest().iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+    let digits = c
+        .rest()
+        .iter()
+        .take(4)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if !(1..=3).contains(&digits) {
         return None;
     }
@@ -224,7 +229,8 @@ fn structured_data(c: &mut Cursor) -> Option<()> {
 
 /// Checks `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`.
 fn rfc3339(t: &[u8]) -> Option<()> {
-    let digits = |r: std::ops::Range<usize>| t.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| t.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
     let at = |i: usize, b: u8| t.get(i) == Some(&b);
     if !(digits(0..4) && at(4, b'-') && digits(5..7) && at(7, b'-') && digits(8..10))
         || !(at(10, b'T') || at(10, b't'))
@@ -242,7 +248,12 @@ fn rfc3339(t: &[u8]) -> Option<()> {
     }
     match t.get(i)? {
         b'Z' | b'z' if i + 1 == t.len() => Some(()),
-        b'+' | b'-' if i + 6 == t.len() && digits(i + 1..i + 3) && at(i + 3, b':') && digits(i + 4..i + 6) => {
+        b'+' | b'-'
+            if i + 6 == t.len()
+                && digits(i + 1..i + 3)
+                && at(i + 3, b':')
+                && digits(i + 4..i + 6) =>
+        {
             Some(())
         }
         _ => None,
@@ -252,7 +263,12 @@ fn rfc3339(t: &[u8]) -> Option<()> {
 fn rfc3164(c: &mut Cursor, fields: &mut Fields) -> Option<()> {
     let n = &*NAMES;
     // An RFC 3339 timestamp (rsyslog's high-precision format) or `Mmm dd hh:mm:ss`.
-    let ts = if let Some(t) = c.rest().split(|&b| b == b' ').next().filter(|t| rfc3339(t).is_some()) {
+    let ts = if let Some(t) = c
+        .rest()
+        .split(|&b| b == b' ')
+        .next()
+        .filter(|t| rfc3339(t).is_some())
+    {
         let range = (c.at, c.at + t.len());
         c.at += t.len();
         c.text(range)
@@ -283,17 +299,17 @@ fn tag(c: &mut Cursor, fields: &mut Fields) {
     let n = &*NAMES;
     let rest = c.rest();
     let word = rest.split(|&b| b == b' ').next().unwrap_or_default();
-    let app_len = word
-        .iter()
-        .take_while(|&&b| b != b'[' && b != b':')
-        .count();
+    let app_len = word.iter().take_while(|&&b| b != b'[' && b != b':').count();
     if app_len == 0 || app_len > 48 {
         return;
     }
     let after = &word[app_len..];
     let (procid, used) = if let Some(p) = after.strip_prefix(b"[") {
         match memchr::memchr(b']', p) {
-            Some(close) if close > 0 => (Some((c.at + app_len + 1, c.at + app_len + 1 + close)), app_len + close + 2),
+            Some(close) if close > 0 => (
+                Some((c.at + app_len + 1, c.at + app_len + 1 + close)),
+                app_len + close + 2,
+            ),
             _ => return,
         }
     } else {
@@ -331,8 +347,14 @@ fn bsd_timestamp(t: &[u8], now: SystemTime) -> Option<String> {
     }
     let days = now.duration_since(UNIX_EPOCH).ok()?.as_secs() / 86_400;
     let (year, this_month) = civil_from_days(days as i64);
-    let year = if month as u32 > this_month + 1 { year - 1 } else { year };
-    Some(format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}"))
+    let year = if month as u32 > this_month + 1 {
+        year - 1
+    } else {
+        year
+    };
+    Some(format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}"
+    ))
 }
 
 /// The (year, month) of a day counted from 1970-01-01 (Howard Hinnant's
@@ -394,7 +416,10 @@ mod tests {
             ]),
         );
         // nothing but the header; trailing newline not part of the message
-        check("<0>1 - - - - - -", Some(&["facility=kern", "severity=emerg"]));
+        check(
+            "<0>1 - - - - - -",
+            Some(&["facility=kern", "severity=emerg"]),
+        );
         check(
             "<13>1 - h a p m - hi\r\n",
             Some(&[
@@ -503,7 +528,10 @@ mod tests {
 
     #[test]
     fn bsd_message_with_a_bsd_timestamp() {
-        let f = parse(&Bytes::from_static(b"<38>Feb  5 17:32:18 10.0.0.99 sshd[42]: Accepted")).unwrap();
+        let f = parse(&Bytes::from_static(
+            b"<38>Feb  5 17:32:18 10.0.0.99 sshd[42]: Accepted",
+        ))
+        .unwrap();
         let ts = f.get("timestamp").unwrap().to_string();
         assert!(ts.ends_with("-02-05T17:32:18"), "{ts}");
         assert_eq!(f.get("hostname").unwrap().to_string(), "10.0.0.99");

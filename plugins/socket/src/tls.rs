@@ -46,12 +46,17 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, BuildError> {
             let mut roots = RootCertStore::empty();
             for cert in certificates(ca, "client CA certificate")? {
                 roots.add(cert).map_err(|e| {
-                    BuildError(format!("invalid client CA certificate in {}: {e}", ca.display()))
+                    BuildError(format!(
+                        "invalid client CA certificate in {}: {e}",
+                        ca.display()
+                    ))
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| BuildError(format!("cannot verify clients with {}: {e}", ca.display())))?;
+                .map_err(|e| {
+                    BuildError(format!("cannot verify clients with {}: {e}", ca.display()))
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
     };

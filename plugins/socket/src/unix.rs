@@ -34,7 +34,9 @@ pub(crate) fn claim(path: &Path, source: &str) -> Result<(), BuildError> {
         // EPROTOTYPE: a datagram socket is bound there.
         Ok(_) => Err(in_use(path)),
         Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Err(in_use(path)),
-        Err(e) => Err(BuildError(format!("cannot check whether {shown} is in use: {e}"))),
+        Err(e) => Err(BuildError(format!(
+            "cannot check whether {shown} is in use: {e}"
+        ))),
     }
 }
 
@@ -58,7 +60,10 @@ impl SocketFile {
     pub(crate) fn bound(path: &Path, mode: Option<u32>) -> Result<SocketFile, BuildError> {
         if let Some(mode) = mode {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-                BuildError(format!("cannot set mode {mode:o} on {}: {e}", path.display()))
+                BuildError(format!(
+                    "cannot set mode {mode:o} on {}: {e}",
+                    path.display()
+                ))
             })?;
         }
         let inode = std::fs::symlink_metadata(path)

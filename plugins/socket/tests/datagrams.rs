@@ -38,7 +38,8 @@ async fn a_full_channel_drops_datagrams_and_counts_them() {
     let mut s = start::<UdpSourceConfig>(&format!("address: 127.0.0.1:{port}"), 1);
     let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..SENT {
-        c.send_to(format!("d{i}").as_bytes(), ("127.0.0.1", port)).unwrap();
+        c.send_to(format!("d{i}").as_bytes(), ("127.0.0.1", port))
+            .unwrap();
         if i % 20 == 19 {
             // let the source see several wakeups, so several batches
             std::thread::sleep(Duration::from_millis(5));
@@ -54,18 +55,27 @@ async fn a_full_channel_drops_datagrams_and_counts_them() {
         s.metric("tailrace_events_dropped_total{component=\"sock\",reason=\"channel_full\"}");
     let (held, _) = s.channel.fill();
     assert!(dropped > 0.0, "nothing dropped with a full channel");
-    assert_eq!(dropped as usize + held, SENT, "every datagram is held or counted");
+    assert_eq!(
+        dropped as usize + held,
+        SENT,
+        "every datagram is held or counted"
+    );
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syslog_over_udp_parses_and_counts_what_does_not_parse() {
     let port = free_udp_port();
-    let mut s = start::<SyslogSourceConfig>(&format!("{{mode: udp, address: 127.0.0.1:{port}}}"), 1000);
+    let mut s =
+        start::<SyslogSourceConfig>(&format!("{{mode: udp, address: 127.0.0.1:{port}}}"), 1000);
     let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.send_to(b"<165>1 2003-10-11T22:14:15.003Z host app 42 ID7 [a@1 x=\"y\"] hello", ("127.0.0.1", port))
+    c.send_to(
+        b"<165>1 2003-10-11T22:14:15.003Z host app 42 ID7 [a@1 x=\"y\"] hello",
+        ("127.0.0.1", port),
+    )
+    .unwrap();
+    c.send_to(b"not syslog at all", ("127.0.0.1", port))
         .unwrap();
-    c.send_to(b"not syslog at all", ("127.0.0.1", port)).unwrap();
     s.wait_records(2).await;
     let parsed = &s.records[0];
     for (k, v) in [
@@ -79,11 +89,22 @@ async fn syslog_over_udp_parses_and_counts_what_does_not_parse() {
         ("structured_data", "[a@1 x=\"y\"]"),
         ("message", "hello"),
     ] {
-        assert_eq!(parsed.field(k).map(|f| f.to_string()).as_deref(), Some(v), "{k}");
+        assert_eq!(
+            parsed.field(k).map(|f| f.to_string()).as_deref(),
+            Some(v),
+            "{k}"
+        );
     }
-    assert_eq!(&s.records[1].payload[..], b"not syslog at all", "forwarded raw");
+    assert_eq!(
+        &s.records[1].payload[..],
+        b"not syslog at all",
+        "forwarded raw"
+    );
     assert!(s.records[1].fields.is_none());
-    assert_eq!(s.metric("tailrace_source_parse_errors_total{source=\"sock\"}"), 1.0);
+    assert_eq!(
+        s.metric("tailrace_source_parse_errors_total{source=\"sock\"}"),
+        1.0
+    );
     s.stop().await;
 }
 
@@ -106,7 +127,11 @@ async fn unix_datagram_socket_waits_for_room_and_is_removed_at_the_end() {
             }
         })
     };
-    assert!(s.wait(|s| s.records.len() == 2000).await, "{} of 2000", s.records.len());
+    assert!(
+        s.wait(|s| s.records.len() == 2000).await,
+        "{} of 2000",
+        s.records.len()
+    );
     sender.join().unwrap();
     let expected: Vec<String> = (0..2000).map(|i| format!("m{i}")).collect();
     assert_eq!(s.payloads(), expected);

@@ -14,7 +14,15 @@ use tailrace_socket::SyslogSourceConfig;
 fn logger(args: &[&str], message: &str) {
     let out = Command::new("logger")
         .args(args)
-        .args(["-t", "tailtest", "-p", "local3.warning", "--id=4242", "--", message])
+        .args([
+            "-t",
+            "tailtest",
+            "-p",
+            "local3.warning",
+            "--id=4242",
+            "--",
+            message,
+        ])
         .output()
         .expect("cannot run logger (util-linux)");
     assert!(
@@ -38,18 +46,32 @@ fn check_fields(r: &Record, message: &str, rfc5424: bool, with_host: bool) {
     assert_eq!(f("app_name").as_deref(), Some("tailtest"), "{payload}");
     assert_eq!(f("procid").as_deref(), Some("4242"), "{payload}");
     let ts = f("timestamp").unwrap_or_default();
-    assert!(ts.len() >= 19 && ts.as_bytes()[10] == b'T', "timestamp {ts:?} in {payload}");
+    assert!(
+        ts.len() >= 19 && ts.as_bytes()[10] == b'T',
+        "timestamp {ts:?} in {payload}"
+    );
     if with_host {
         assert!(f("hostname").is_some_and(|h| !h.is_empty()), "{payload}");
     }
     if rfc5424 {
         assert_eq!(f("msgid").as_deref(), Some("MID"), "{payload}");
         let sd = f("structured_data").unwrap_or_default();
-        assert!(sd.contains("[ours@32473 k=\"v\"]"), "structured data {sd:?} in {payload}");
+        assert!(
+            sd.contains("[ours@32473 k=\"v\"]"),
+            "structured data {sd:?} in {payload}"
+        );
     }
 }
 
-const RFC5424: &[&str] = &["--rfc5424", "--msgid", "MID", "--sd-id", "ours@32473", "--sd-param", "k=\"v\""];
+const RFC5424: &[&str] = &[
+    "--rfc5424",
+    "--msgid",
+    "MID",
+    "--sd-id",
+    "ours@32473",
+    "--sd-param",
+    "k=\"v\"",
+];
 const RFC3164: &[&str] = &["--rfc3164"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,13 +80,21 @@ async fn logger_over_tcp_udp_and_unix() {
     let udp = free_udp_port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.sock");
-    let mut t = start::<SyslogSourceConfig>(&format!("{{mode: tcp, address: 127.0.0.1:{tcp}}}"), 1000);
+    let mut t =
+        start::<SyslogSourceConfig>(&format!("{{mode: tcp, address: 127.0.0.1:{tcp}}}"), 1000);
     let mut t_octet = {
         let port = free_port();
-        (start::<SyslogSourceConfig>(&format!("{{mode: tcp, address: 127.0.0.1:{port}}}"), 1000), port)
+        (
+            start::<SyslogSourceConfig>(&format!("{{mode: tcp, address: 127.0.0.1:{port}}}"), 1000),
+            port,
+        )
     };
-    let mut u = start::<SyslogSourceConfig>(&format!("{{mode: udp, address: 127.0.0.1:{udp}}}"), 1000);
-    let mut x = start::<SyslogSourceConfig>(&format!("{{mode: unix, address: {}}}", path.display()), 1000);
+    let mut u =
+        start::<SyslogSourceConfig>(&format!("{{mode: udp, address: 127.0.0.1:{udp}}}"), 1000);
+    let mut x = start::<SyslogSourceConfig>(
+        &format!("{{mode: unix, address: {}}}", path.display()),
+        1000,
+    );
     let tcp_s = tcp.to_string();
     let udp_s = udp.to_string();
     let octet_s = t_octet.1.to_string();
@@ -76,13 +106,25 @@ async fn logger_over_tcp_udp_and_unix() {
         fn args<'a>(transport: &[&'a str], format: &[&'a str]) -> Vec<&'a str> {
             [transport, format].concat()
         }
-        logger(&args(&["--tcp", "-n", "127.0.0.1", "-P", &tcp_s], format), &format!("tcp {tag} hello"));
         logger(
-            &args(&["--tcp", "--octet-count", "-n", "127.0.0.1", "-P", &octet_s], format),
+            &args(&["--tcp", "-n", "127.0.0.1", "-P", &tcp_s], format),
+            &format!("tcp {tag} hello"),
+        );
+        logger(
+            &args(
+                &["--tcp", "--octet-count", "-n", "127.0.0.1", "-P", &octet_s],
+                format,
+            ),
             &format!("octet {tag} hello"),
         );
-        logger(&args(&["--udp", "-n", "127.0.0.1", "-P", &udp_s], format), &format!("udp {tag} hello"));
-        logger(&args(&["--socket-errors=on", "-u", &path_s], format), &format!("unix {tag} hello"));
+        logger(
+            &args(&["--udp", "-n", "127.0.0.1", "-P", &udp_s], format),
+            &format!("udp {tag} hello"),
+        );
+        logger(
+            &args(&["--socket-errors=on", "-u", &path_s], format),
+            &format!("unix {tag} hello"),
+        );
     }
 
     for (source, what, host) in [
@@ -94,10 +136,28 @@ async fn logger_over_tcp_udp_and_unix() {
         source.wait_records(2).await;
         source.stop().await;
         assert_eq!(source.records.len(), 2, "{what}: {:?}", source.payloads());
-        check_fields(&source.records[0], &format!("{what} 5424 hello"), true, host);
-        check_fields(&source.records[1], &format!("{what} 3164 hello"), false, host);
-        assert_eq!(source.metric("tailrace_source_parse_errors_total{source=\"sock\"}"), 0.0, "{what}");
+        check_fields(
+            &source.records[0],
+            &format!("{what} 5424 hello"),
+            true,
+            host,
+        );
+        check_fields(
+            &source.records[1],
+            &format!("{what} 3164 hello"),
+            false,
+            host,
+        );
+        assert_eq!(
+            source.metric("tailrace_source_parse_errors_total{source=\"sock\"}"),
+            0.0,
+            "{what}"
+        );
     }
     // octet counting was used where asked, and newlines elsewhere
-    assert!(t_octet.0.payloads().iter().all(|p| p.starts_with('<') && !p.ends_with('\n')));
+    assert!(t_octet
+        .0
+        .payloads()
+        .iter()
+        .all(|p| p.starts_with('<') && !p.ends_with('\n')));
 }

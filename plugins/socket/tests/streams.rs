@@ -29,7 +29,10 @@ async fn tcp_lines_arrive_one_batch_per_read() {
     c.write_all(b"ial\r\n").await.unwrap();
     s.wait_records(5).await;
     assert_eq!(s.payloads()[4], "partial\r", "bytes are kept as sent");
-    assert_eq!(s.metric("tailrace_source_events_total{source=\"sock\"}"), 5.0);
+    assert_eq!(
+        s.metric("tailrace_source_events_total{source=\"sock\"}"),
+        5.0
+    );
     s.stop().await;
 }
 
@@ -45,7 +48,10 @@ async fn shutdown_sends_what_was_read_and_stops_accepting() {
     // The listener is gone: the connection was closed, a new one is refused.
     let mut buf = [0u8; 8];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
-    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "connection closed: {n:?}");
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "connection closed: {n:?}"
+    );
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
 
@@ -71,7 +77,10 @@ async fn connection_limit_waits_and_idle_connections_are_closed() {
     for c in [&mut silent1, &mut silent2] {
         let mut buf = [0u8; 8];
         let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
-        assert!(matches!(n, Ok(Ok(0))), "idle connection closed by the source: {n:?}");
+        assert!(
+            matches!(n, Ok(Ok(0))),
+            "idle connection closed by the source: {n:?}"
+        );
     }
     s.stop().await;
 }
@@ -99,11 +108,19 @@ async fn over_long_lines_split_or_truncated_and_counted() {
         1000,
     );
     let mut c = connect(port).await;
-    c.write_all(b"3 abc10 0123456789garbage\n2 ok").await.unwrap();
+    c.write_all(b"3 abc10 0123456789garbage\n2 ok")
+        .await
+        .unwrap();
     s.wait_records(7).await;
     // the line after a bad count is over the limit too: split
-    assert_eq!(s.payloads(), ["abc", "0123", "4567", "89", "garb", "age", "ok"]);
-    assert_eq!(s.metric("tailrace_source_parse_errors_total{source=\"sock\"}"), 1.0);
+    assert_eq!(
+        s.payloads(),
+        ["abc", "0123", "4567", "89", "garb", "age", "ok"]
+    );
+    assert_eq!(
+        s.metric("tailrace_source_parse_errors_total{source=\"sock\"}"),
+        1.0
+    );
     s.stop().await;
 }
 
@@ -127,15 +144,27 @@ async fn random_bytes_and_half_open_connections_leave_it_serving() {
     g.write_all(&garbage).await.unwrap();
     drop(g);
     let mut half = connect(port).await;
-    half.write_all(b"<13>1 - host app - - - unfinish").await.unwrap();
+    half.write_all(b"<13>1 - host app - - - unfinish")
+        .await
+        .unwrap();
     let mut good = connect(port).await;
-    good.write_all(b"<13>1 - host app - - - good one\n").await.unwrap();
+    good.write_all(b"<13>1 - host app - - - good one\n")
+        .await
+        .unwrap();
     assert!(
-        s.wait(|s| s.payloads().iter().any(|p| p.ends_with("good one"))).await,
+        s.wait(|s| s.payloads().iter().any(|p| p.ends_with("good one")))
+            .await,
         "the well-formed message arrived"
     );
-    assert!(s.wait(|s| s.metric("tailrace_source_parse_errors_total{source=\"sock\"}") > 0.0).await);
-    let good = s.records.iter().find(|r| r.payload.ends_with(b"good one")).unwrap();
+    assert!(
+        s.wait(|s| s.metric("tailrace_source_parse_errors_total{source=\"sock\"}") > 0.0)
+            .await
+    );
+    let good = s
+        .records
+        .iter()
+        .find(|r| r.payload.ends_with(b"good one"))
+        .unwrap();
     assert_eq!(good.field("message").unwrap().to_string(), "good one");
     // the half-open one is sent when the source stops
     s.stop().await;
@@ -171,7 +200,11 @@ async fn full_channel_stops_reading_the_socket() {
         now > 0 && last.1.elapsed() > Duration::from_millis(500)
     })
     .await;
-    assert!(stalled, "the writer never stalled ({} lines written)", written.load(Ordering::SeqCst));
+    assert!(
+        stalled,
+        "the writer never stalled ({} lines written)",
+        written.load(Ordering::SeqCst)
+    );
     assert!(!done.load(Ordering::SeqCst));
     let read = s.metric("tailrace_source_events_total{source=\"sock\"}");
     let (held, _) = s.channel.fill();
@@ -180,7 +213,11 @@ async fn full_channel_stops_reading_the_socket() {
         "the source read {read} lines into a channel of 100 (it holds {held}): it kept reading"
     );
     // Taking from the channel lets everything through, in order.
-    assert!(s.wait(|s| s.records.len() as u64 == LINES).await, "{} of {LINES}", s.records.len());
+    assert!(
+        s.wait(|s| s.records.len() as u64 == LINES).await,
+        "{} of {LINES}",
+        s.records.len()
+    );
     writer.join().unwrap();
     for (i, r) in s.records.iter().enumerate() {
         assert_eq!(&r.payload[..], format!("{i:0>99}").as_bytes());
@@ -225,8 +262,12 @@ async fn unix_stream_socket_replaces_a_stale_file_and_sets_its_mode() {
 async fn a_port_in_use_fails_the_build() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let config: TcpSourceConfig = serde_yaml::from_str(&format!("address: 127.0.0.1:{port}")).unwrap();
+    let config: TcpSourceConfig =
+        serde_yaml::from_str(&format!("address: 127.0.0.1:{port}")).unwrap();
     let err = common::try_start(config, 10).err().expect("refused");
-    assert!(err.contains(&format!("cannot listen on tcp 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on tcp 127.0.0.1:{port}")),
+        "{err}"
+    );
     assert!(err.contains("in use"), "{err}");
 }

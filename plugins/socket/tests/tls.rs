@@ -54,10 +54,11 @@ fn make_pki(dir: &Path) -> Pki {
 fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
     let config = if with_client_cert {
         let cert = CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
         let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
@@ -70,7 +71,11 @@ fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
 
 fn tls_yaml(kind_keys: &str, port: u16, dir: &Path, client_ca: bool) -> String {
     let d = dir.display();
-    let ca = if client_ca { format!(", client_ca_path: {d}/ca.pem") } else { String::new() };
+    let ca = if client_ca {
+        format!(", client_ca_path: {d}/ca.pem")
+    } else {
+        String::new()
+    };
     format!("{{{kind_keys}address: 127.0.0.1:{port}, tls: {{cert_path: {d}/server.pem, key_path: {d}/server.key{ca}}}}}")
 }
 
@@ -130,13 +135,18 @@ async fn syslog_over_tls_requires_a_client_certificate_when_configured() {
         .unwrap();
     // octet counting, detected
     let msg = b"<13>1 - h app - - - with certificate";
-    c.write_all(format!("{} ", msg.len()).as_bytes()).await.unwrap();
+    c.write_all(format!("{} ", msg.len()).as_bytes())
+        .await
+        .unwrap();
     c.write_all(msg).await.unwrap();
     c.flush().await.unwrap();
     s.wait_records(1).await;
     s.stop().await;
     assert_eq!(s.payloads(), [String::from_utf8_lossy(msg)]);
-    assert_eq!(s.records[0].field("message").unwrap().to_string(), "with certificate");
+    assert_eq!(
+        s.records[0].field("message").unwrap().to_string(),
+        "with certificate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
