@@ -275,7 +275,8 @@ fn random_bytes_over_long_frames_and_half_open_connections_on_every_listener() {
     // Streams: garbage, an over-long line, more half-open connections than
     // max_connections (each starts a line and stalls), then good lines.
     let mut half_open = Vec::new();
-    let streams: [(&str, Box<dyn Fn() -> Box<dyn std::io::Write>>, bool); 3] = [
+    type Connect = Box<dyn Fn() -> Box<dyn std::io::Write>>;
+    let streams: [(&str, Connect, bool); 3] = [
         (
             "tcp",
             Box::new(move || Box::new(TcpStream::connect(("127.0.0.1", tcp)).unwrap())),

@@ -662,3 +662,69 @@ mod tests {
         check_datagram("abcdef", false, 4, &["abcd"], TRUNC);
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::*;
+
+    /// Random bytes cut at random points, under every framing and policy:
+    /// no panic, nothing longer than the limit, and every byte either in a
+    /// record, consumed as framing, or still held.
+    #[test]
+    fn random_bytes_never_panic_and_respect_the_limit() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..300 {
+            let framing = [
+                StreamFraming::Newline,
+                StreamFraming::OctetCounting,
+                StreamFraming::Detect,
+            ][round % 3];
+            let policy = [LinePolicy::Split, LinePolicy::Truncate][round / 3 % 2];
+            let max = 1 + (next() % 64) as usize;
+            let mut f = StreamFramer::new(
+                framing,
+                Limit {
+                    max_line_bytes: max,
+                    policy,
+                },
+            );
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut cuts = Cuts::default();
+            for _ in 0..20 {
+                let n = (next() % 100) as usize;
+                // mostly digits, spaces and newlines, to exercise the framing
+                let bytes: Vec<u8> = (0..n)
+                    .map(|_| match next() % 8 {
+                        0..=3 => b'0' + (next() % 10) as u8,
+                        4 => b' ',
+                        5 => b'\n',
+                        _ => next() as u8,
+                    })
+                    .collect();
+                buf.extend_from_slice(&bytes);
+                f.cut(&mut buf, &mut out, &mut cuts);
+                assert!(
+                    buf.len() <= max + 11 || framing != StreamFraming::Newline,
+                    "held {} over {max}",
+                    buf.len()
+                );
+            }
+            f.finish(&mut buf, &mut out, &mut cuts);
+            assert!(buf.is_empty(), "finish leaves nothing held");
+            assert!(
+                out.iter().all(|r| r.payload.len() <= max),
+                "a record over {max}"
+            );
+            for r in &out {
+                let _ = crate::syslog::parse(&r.payload);
+            }
+        }
+    }
+}

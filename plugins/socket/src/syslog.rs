@@ -542,3 +542,37 @@ mod tests {
         assert_eq!(f.get("severity").unwrap().to_string(), "info");
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    /// Mutations of valid messages and random bytes never panic the parser.
+    #[test]
+    fn mutated_messages_never_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"<165>1 2003-08-24T05:14:15.000003-07:00 h app 8710 ID [a@1 x=\"y\\\"z\"][b@2] msg",
+            b"<13>Oct 11 22:14:15 host app[12]: message",
+            b"<13>2024-06-01T10:00:00Z host app: m",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let mut m = seeds[round % 3].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % (m.len() + 1);
+                match next() % 3 {
+                    0 if at < m.len() => m[at] = next() as u8,
+                    1 if at < m.len() => {
+                        m.truncate(at);
+                    }
+                    _ => m.insert(at, b"\\\"[] =-<>1"[(next() % 10) as usize]),
+                }
+            }
+            let _ = super::parse(&bytes::Bytes::from(m));
+        }
+    }
+}
