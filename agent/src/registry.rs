@@ -43,6 +43,10 @@ impl Registry {
     pub fn builtin() -> Registry {
         let mut sources: BTreeMap<&'static str, SourceFactory> = BTreeMap::new();
         sources.insert("file", source::<tailrace_file::FileSourceConfig>);
+        sources.insert("tcp", source::<tailrace_socket::TcpSourceConfig>);
+        sources.insert("udp", source::<tailrace_socket::UdpSourceConfig>);
+        sources.insert("unix", source::<tailrace_socket::UnixSourceConfig>);
+        sources.insert("syslog", source::<tailrace_socket::SyslogSourceConfig>);
         let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
         sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
         let mut interceptors: BTreeMap<&'static str, InterceptorFactory> = BTreeMap::new();

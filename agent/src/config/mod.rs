@@ -388,6 +388,13 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         errors.add(Vec::new(), "no sources: add at least one under `sources:`");
     }
     let mut sources = Vec::new();
+    // What each component holds exclusively (a port, a socket path), by whom.
+    let mut held: BTreeMap<String, String> = BTreeMap::new();
+    if raw.admin.enabled {
+        if let Ok(address) = raw.admin.address.parse::<SocketAddr>() {
+            held.insert(format!("tcp {address}"), "the admin endpoint".into());
+        }
+    }
     for (name, value) in &raw.sources {
         let base = path(&["sources", name]);
         let Some(mut map) = component_map(errors, &base, value) else {
@@ -445,6 +452,17 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         match factory(Value::Mapping(map)) {
             Ok(config) => {
                 issues(errors, &base, config.validate());
+                for resource in config.resources() {
+                    match held.get(&resource) {
+                        Some(owner) => errors.add(
+                            base.clone(),
+                            format!("{resource} is already used by {owner}"),
+                        ),
+                        None => {
+                            held.insert(resource, format!("source {name}"));
+                        }
+                    }
+                }
                 sources.push(SourceSpec {
                     name: name.clone(),
                     kind,

@@ -69,7 +69,10 @@ fn invalid_configs() {
     );
     check(
         &with("type: file", "type: fil"),
-        &[(Some(4), "unknown source type \"fil\"; known types: file")],
+        &[(
+            Some(4),
+            "unknown source type \"fil\"; known types: file, syslog, tcp, udp, unix",
+        )],
     );
     check(
         &with("type: kafka", "type: kafak"),
@@ -226,6 +229,6 @@ fn errors_print_as_file_line_column() {
     .unwrap();
     assert_eq!(
         e.to_string(),
-        "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file"
+        "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file, syslog, tcp, udp, unix"
     );
 }

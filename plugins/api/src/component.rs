@@ -154,6 +154,27 @@ impl SourceContext {
 }
 
 impl SourceContext {
+    /// Sends where there is room now, for sources that cannot wait (UDP).
+    /// Counts the events read; returns how many events did not fit in some
+    /// output (the caller counts those as dropped).
+    pub fn offer(&self, mut batch: Batch) -> u64 {
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.bytes.inc_by(batch.bytes as u64);
+        if !self.intercept(&mut batch) {
+            return 0;
+        }
+        let mut dropped = 0;
+        for out in &self.outputs[1..] {
+            if let Err(b) = out.try_send(copy(&batch)) {
+                dropped += b.len() as u64;
+            }
+        }
+        if let Err(b) = self.outputs[0].try_send(batch) {
+            dropped += b.len() as u64;
+        }
+        dropped
+    }
+
     /// Runs the interceptors; records they filter out are done (their
     /// deliveries complete) and counted. Returns whether anything is left.
     fn intercept(&self, batch: &mut Batch) -> bool {

@@ -32,6 +32,7 @@ pub struct Metrics {
     source_events: Family<Labels, Counter>,
     source_bytes: Family<Labels, Counter>,
     source_filtered: Family<Labels, Counter>,
+    source_parse_errors: Family<Labels, Counter>,
     sink_delivered: Family<Labels, Counter>,
     sink_delivered_bytes: Family<Labels, Counter>,
     sink_batches: Family<Labels, Counter>,
@@ -61,6 +62,7 @@ impl Metrics {
             source_events: Family::default(),
             source_bytes: Family::default(),
             source_filtered: Family::default(),
+            source_parse_errors: Family::default(),
             sink_delivered: Family::default(),
             sink_delivered_bytes: Family::default(),
             sink_batches: Family::default(),
@@ -78,7 +80,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
-        let counters: [(&str, &str, &Family<Labels, Counter>); 10] = [
+        let counters: [(&str, &str, &Family<Labels, Counter>); 11] = [
             (
                 "tailrace_events_filtered",
                 "Events filtered out by an interceptor, per source",
@@ -98,6 +100,11 @@ impl Metrics {
                 "tailrace_source_bytes",
                 "Payload bytes read by each source",
                 &m.source_bytes,
+            ),
+            (
+                "tailrace_source_parse_errors",
+                "Malformed input forwarded as it was (bad framing, syslog that does not parse)",
+                &m.source_parse_errors,
             ),
             (
                 "tailrace_sink_events_delivered",
@@ -192,6 +199,7 @@ impl Metrics {
             events: self.source_events.get_or_create(&l).clone(),
             bytes: self.source_bytes.get_or_create(&l).clone(),
             filtered: self.source_filtered.get_or_create(&l).clone(),
+            parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped: Dropped::new(self.dropped.clone(), name),
         }
     }
@@ -272,6 +280,8 @@ pub struct SourceMetrics {
     pub bytes: Counter,
     /// Events an interceptor filtered out (not dropped: filtering is asked for).
     pub filtered: Counter,
+    /// Input that did not parse and was forwarded as it was.
+    pub parse_errors: Counter,
     pub dropped: Dropped,
 }
 

@@ -1,0 +1,477 @@
+//! The socket sources: `tcp`, `udp`, `unix` and `syslog` (over tcp, udp or
+//! a unix socket).
+//!
+//! Each source binds when it is built, so a port in use fails the start
+//! with a clear error, then runs as tokio tasks: a listener that accepts up
+//! to `max_connections` connections, one task per connection that reads a
+//! chunk, cuts it into records (slices of the chunk) and sends them as one
+//! batch. A stream source waits while its channel is full and stops reading
+//! its sockets meanwhile, so a slow sink slows the senders (TCP
+//! backpressure). A UDP source cannot slow its senders: when the channel is
+//! full it drops the batch and counts the drop. A syslog source parses each
+//! message into the record's fields and forwards a message that does not
+//! parse as it is, counted.
+//!
+//! This crate must never depend on another plugin, and never holds more
+//! than one read chunk and one frame of `max_line_bytes` per connection.
+
+mod framing;
+mod listen;
+mod output;
+mod syslog;
+mod tls;
+mod unix;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
+
+pub use framing::{LinePolicy, StreamFraming};
+pub use syslog::parse as parse_syslog;
+
+/// Which source type a config is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Tcp,
+    Udp,
+    Unix,
+    Syslog,
+}
+
+/// For `syslog` sources: the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogMode {
+    Tcp,
+    Udp,
+    Unix,
+}
+
+/// For unix sockets: a stream (connections) or a datagram socket (as
+/// `/dev/log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketType {
+    Stream,
+    Datagram,
+}
+
+/// How records are cut out of what arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// Streams: one record per line. Datagrams: one per line of a datagram.
+    Newline,
+    /// Streams: `LEN SP MSG` frames (RFC 6587).
+    OctetCounting,
+    /// Streams (syslog only): octet counting if a connection starts with a
+    /// digit, else newlines.
+    Auto,
+    /// Datagrams: one record per datagram.
+    Datagram,
+}
+
+/// TLS for stream sockets over TCP.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server's certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+    /// PEM: when set, clients must present a certificate signed by one of
+    /// these authorities.
+    #[serde(default)]
+    pub client_ca_path: Option<PathBuf>,
+}
+
+/// The settings of every socket source; which apply depends on the type
+/// (see [`Settings::plan`]), and setting one that does not apply is an
+/// error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `ip:port`, or for unix sockets an absolute path.
+    pub address: String,
+    /// syslog only: tcp | udp | unix.
+    #[serde(default)]
+    pub mode: Option<SyslogMode>,
+    /// unix only: stream (default for `unix`) | datagram (default for syslog).
+    #[serde(default)]
+    pub socket_type: Option<SocketType>,
+    #[serde(default)]
+    pub framing: Option<Framing>,
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    #[serde(default)]
+    pub max_line_policy: LinePolicy,
+    /// Streams: connections served at once; more wait to be accepted.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Streams: a connection that sends nothing for this long is closed;
+    /// 0 never closes one.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Streams: bytes read from a connection at a time.
+    #[serde(default)]
+    pub read_buffer_bytes: Option<usize>,
+    /// The socket's kernel receive buffer (SO_RCVBUF); the system default
+    /// when unset.
+    #[serde(default)]
+    pub receive_buffer_bytes: Option<usize>,
+    /// Unix sockets: the socket file's permissions, an octal string ("0660").
+    #[serde(default)]
+    pub socket_mode: Option<String>,
+    /// TCP streams: serve TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
+const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The longest unix socket path (sun_path less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// Where a source listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Transport {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    UnixStream(PathBuf),
+    UnixDatagram(PathBuf),
+}
+
+impl Transport {
+    fn is_stream(&self) -> bool {
+        matches!(self, Transport::Tcp(_) | Transport::UnixStream(_))
+    }
+
+    /// What the source holds exclusively: "tcp 127.0.0.1:5140". Port 0
+    /// (any free port) claims nothing.
+    fn resource(&self) -> Option<String> {
+        match self {
+            Transport::Tcp(a) if a.port() != 0 => Some(format!("tcp {a}")),
+            Transport::Udp(a) if a.port() != 0 => Some(format!("udp {a}")),
+            Transport::UnixStream(p) | Transport::UnixDatagram(p) => {
+                Some(format!("unix {}", p.display()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A config resolved for one source type: everything the tasks need.
+#[derive(Clone, Debug)]
+struct Plan {
+    transport: Transport,
+    /// Streams only.
+    stream_framing: StreamFraming,
+    /// Datagrams only: one record per line rather than per datagram.
+    split_datagrams: bool,
+    syslog: bool,
+    limit: framing::Limit,
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+    read_buffer_bytes: usize,
+    receive_buffer_bytes: Option<usize>,
+    socket_mode: Option<u32>,
+    tls: Option<TlsConfig>,
+}
+
+impl Settings {
+    /// Resolves the settings for `kind`, or lists every problem.
+    fn plan(&self, kind: Kind) -> Result<Plan, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut refuse =
+            |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
+        let type_name = match kind {
+            Kind::Tcp => "tcp",
+            Kind::Udp => "udp",
+            Kind::Unix => "unix",
+            Kind::Syslog => "syslog",
+        };
+
+        let mode = match (kind, self.mode) {
+            (Kind::Syslog, None) => {
+                refuse(
+                    "mode",
+                    "a syslog source needs `mode: tcp | udp | unix`".into(),
+                );
+                SyslogMode::Udp
+            }
+            (Kind::Syslog, Some(m)) => m,
+            (_, Some(_)) => {
+                refuse(
+                    "mode",
+                    format!("mode applies to syslog sources, not to {type_name}"),
+                );
+                SyslogMode::Udp
+            }
+            (Kind::Tcp, None) => SyslogMode::Tcp,
+            (Kind::Udp, None) => SyslogMode::Udp,
+            (Kind::Unix, None) => SyslogMode::Unix,
+        };
+        let unix = mode == SyslogMode::Unix;
+        if !unix && self.socket_type.is_some() {
+            refuse(
+                "socket_type",
+                "socket_type applies to unix sockets only".into(),
+            );
+        }
+        let socket_type = self.socket_type.unwrap_or(if kind == Kind::Syslog {
+            SocketType::Datagram
+        } else {
+            SocketType::Stream
+        });
+
+        let transport = if unix {
+            let path = PathBuf::from(&self.address);
+            if !path.is_absolute() {
+                refuse(
+                    "address",
+                    format!(
+                        "unix socket address {:?} must be an absolute path",
+                        self.address
+                    ),
+                );
+            } else if self.address.len() > MAX_UNIX_PATH {
+                refuse(
+                    "address",
+                    format!(
+                        "unix socket path {:?} is {} bytes long; the system allows {MAX_UNIX_PATH}",
+                        self.address,
+                        self.address.len()
+                    ),
+                );
+            }
+            match socket_type {
+                SocketType::Stream => Transport::UnixStream(path),
+                SocketType::Datagram => Transport::UnixDatagram(path),
+            }
+        } else {
+            let addr = self.address.parse::<SocketAddr>().unwrap_or_else(|_| {
+                refuse(
+                    "address",
+                    format!(
+                        "invalid address {:?}: expected ip:port, like 127.0.0.1:5140 or [::1]:5140",
+                        self.address
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            });
+            match mode {
+                SyslogMode::Tcp => Transport::Tcp(addr),
+                _ => Transport::Udp(addr),
+            }
+        };
+        let stream = transport.is_stream();
+
+        let (stream_framing, split_datagrams) = match (stream, self.framing) {
+            (true, None) if kind == Kind::Syslog => (StreamFraming::Detect, false),
+            (true, None | Some(Framing::Newline)) => (StreamFraming::Newline, false),
+            (true, Some(Framing::OctetCounting)) => (StreamFraming::OctetCounting, false),
+            (true, Some(Framing::Auto)) if kind == Kind::Syslog => (StreamFraming::Detect, false),
+            (false, None | Some(Framing::Datagram)) => (StreamFraming::Newline, false),
+            (false, Some(Framing::Newline)) => (StreamFraming::Newline, true),
+            (true, Some(f)) => {
+                refuse(
+                    "framing",
+                    format!(
+                        "framing {} does not apply to a stream; use newline or octet_counting{}",
+                        framing_name(f),
+                        if kind == Kind::Syslog { " or auto" } else { "" }
+                    ),
+                );
+                (StreamFraming::Newline, false)
+            }
+            (false, Some(f)) => {
+                refuse(
+                    "framing",
+                    format!(
+                        "framing {} does not apply to datagrams; use datagram or newline",
+                        framing_name(f)
+                    ),
+                );
+                (StreamFraming::Newline, false)
+            }
+        };
+
+        let stream_only: [(&str, bool); 4] = [
+            ("max_connections", self.max_connections.is_some()),
+            ("idle_timeout_ms", self.idle_timeout_ms.is_some()),
+            ("read_buffer_bytes", self.read_buffer_bytes.is_some()),
+            ("tls", self.tls.is_some()),
+        ];
+        if !stream {
+            for (key, set) in stream_only {
+                if set {
+                    refuse(key, format!("{key} applies to stream sockets only"));
+                }
+            }
+        }
+        if self.tls.is_some() && matches!(transport, Transport::UnixStream(_)) {
+            refuse("tls", "tls applies to TCP only".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
+                if path.as_os_str().is_empty() {
+                    issues.push(ConfigIssue::new(&["tls", key], format!("{key} is empty")));
+                }
+            }
+        }
+        let mut refuse =
+            |key: &str, message: String| issues.push(ConfigIssue::new(&[key], message));
+        let socket_mode = match &self.socket_mode {
+            None => None,
+            Some(_) if !unix => {
+                refuse(
+                    "socket_mode",
+                    "socket_mode applies to unix sockets only".into(),
+                );
+                None
+            }
+            Some(text) => {
+                let digits = text.strip_prefix("0o").unwrap_or(text);
+                match u32::from_str_radix(digits, 8) {
+                    Ok(mode) if mode <= 0o777 && !digits.is_empty() => Some(mode),
+                    _ => {
+                        refuse(
+                            "socket_mode",
+                            format!("invalid socket_mode {text:?}: expected octal permissions like \"0660\""),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let positive: [(&str, Option<u64>); 4] = [
+            ("max_line_bytes", Some(self.max_line_bytes as u64)),
+            ("max_connections", self.max_connections.map(|v| v as u64)),
+            (
+                "read_buffer_bytes",
+                self.read_buffer_bytes.map(|v| v as u64),
+            ),
+            (
+                "receive_buffer_bytes",
+                self.receive_buffer_bytes.map(|v| v as u64),
+            ),
+        ];
+        for (key, value) in positive {
+            if value == Some(0) {
+                refuse(key, format!("{key} must be greater than 0"));
+            }
+        }
+
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let idle_ms = self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        Ok(Plan {
+            transport,
+            stream_framing,
+            split_datagrams,
+            syslog: kind == Kind::Syslog,
+            limit: framing::Limit {
+                max_line_bytes: self.max_line_bytes,
+                policy: self.max_line_policy,
+            },
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
+            read_buffer_bytes: self
+                .read_buffer_bytes
+                .unwrap_or(DEFAULT_READ_BUFFER_BYTES)
+                .max(512),
+            receive_buffer_bytes: self.receive_buffer_bytes,
+            socket_mode,
+            tls: self.tls.clone(),
+        })
+    }
+
+    fn validate_as(&self, kind: Kind) -> Vec<ConfigIssue> {
+        self.plan(kind).err().unwrap_or_default()
+    }
+
+    fn resources_as(&self, kind: Kind) -> Vec<String> {
+        self.plan(kind)
+            .ok()
+            .and_then(|p| p.transport.resource())
+            .into_iter()
+            .collect()
+    }
+
+    fn build_as(&self, kind: Kind, cx: SourceContext) -> Result<ComponentTask, BuildError> {
+        let plan = self.plan(kind).map_err(|issues| {
+            BuildError(
+                issues
+                    .iter()
+                    .map(|i| format!("{}: {}", i.path.join("."), i.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        listen::start(plan, cx)
+    }
+}
+
+fn framing_name(f: Framing) -> &'static str {
+    match f {
+        Framing::Newline => "newline",
+        Framing::OctetCounting => "octet_counting",
+        Framing::Auto => "auto",
+        Framing::Datagram => "datagram",
+    }
+}
+
+macro_rules! source_type {
+    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Settings);
+
+        impl SourceConfig for $name {
+            fn validate(&self) -> Vec<ConfigIssue> {
+                self.0.validate_as($kind)
+            }
+
+            fn resources(&self) -> Vec<String> {
+                self.0.resources_as($kind)
+            }
+
+            fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
+                self.0.build_as($kind, cx)
+            }
+        }
+    };
+}
+
+source_type!(
+    /// `type: tcp`: newline-delimited (or octet-counted) lines over TCP, optionally TLS.
+    TcpSourceConfig,
+    Kind::Tcp
+);
+source_type!(
+    /// `type: udp`: one record per datagram, or per line of a datagram.
+    UdpSourceConfig,
+    Kind::Udp
+);
+source_type!(
+    /// `type: unix`: a unix stream or datagram socket.
+    UnixSourceConfig,
+    Kind::Unix
+);
+source_type!(
+    /// `type: syslog`: RFC 5424 and RFC 3164 over tcp, udp or a unix socket.
+    SyslogSourceConfig,
+    Kind::Syslog
+);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,411 @@
+//! Binding, accepting and reading.
+//!
+//! Streams: one task accepts, holding a semaphore permit per connection
+//! (`max_connections`), and one task per connection reads a chunk, cuts
+//! it, and sends the records as one batch, waiting while the channel is
+//! full (the socket is not read meanwhile: TCP backpressure). Datagrams:
+//! one task drains the socket into one buffer per wakeup and sends what it
+//! got as one batch. Every task stops reading when shutdown is signalled
+//! and sends what it holds.
+
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tailrace_api::{BuildError, ComponentTask, Record, SourceContext};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::framing::{self, Cuts, StreamFramer};
+use crate::output::{Every, Output};
+use crate::unix::{self, SocketFile};
+use crate::{Plan, Transport};
+
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for the largest datagram (UDP's is 65,507 bytes); a longer unix
+/// datagram is cut by the kernel, and counted as truncated.
+const DATAGRAM_SPACE: usize = 64 * 1024;
+/// Datagrams are received into regions of this size, sliced into records.
+const DATAGRAM_REGION: usize = 1024 * 1024;
+/// At most this many datagrams go into one batch.
+const DATAGRAMS_PER_BATCH: usize = 4096;
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds as `plan` says and returns the task that serves the socket.
+pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, BuildError> {
+    let name = cx.name.clone();
+    match plan.transport.clone() {
+        Transport::Tcp(addr) => {
+            let listener = bind_tcp(addr, plan.receive_buffer_bytes)
+                .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
+            let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            Ok(Box::pin(serve(
+                Listener::Tcp(listener, tls),
+                Arc::new(plan),
+                out,
+                None,
+            )))
+        }
+        Transport::UnixStream(path) => {
+            unix::claim(&path, &name)?;
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| bind_error(&format!("unix {}", path.display()), e))?;
+            let file = SocketFile::bound(&path, plan.socket_mode)?;
+            set_receive_buffer(&listener, plan.receive_buffer_bytes)?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| BuildError(e.to_string()))?;
+            let listener =
+                UnixListener::from_std(listener).map_err(|e| BuildError(e.to_string()))?;
+            let out = Arc::new(Output::new(
+                cx,
+                Some(Arc::from(path.as_path())),
+                plan.syslog,
+            ));
+            Ok(Box::pin(serve(
+                Listener::Unix(listener),
+                Arc::new(plan),
+                out,
+                Some(file),
+            )))
+        }
+        Transport::Udp(addr) => {
+            let socket = bind_udp(addr, plan.receive_buffer_bytes)
+                .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
+            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            Ok(Box::pin(receive(Datagrams::Udp(socket), plan, out, None)))
+        }
+        Transport::UnixDatagram(path) => {
+            unix::claim(&path, &name)?;
+            let socket = std::os::unix::net::UnixDatagram::bind(&path)
+                .map_err(|e| bind_error(&format!("unix {}", path.display()), e))?;
+            let file = SocketFile::bound(&path, plan.socket_mode)?;
+            set_receive_buffer(&socket, plan.receive_buffer_bytes)?;
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| BuildError(e.to_string()))?;
+            let socket = UnixDatagram::from_std(socket).map_err(|e| BuildError(e.to_string()))?;
+            let out = Arc::new(Output::new(
+                cx,
+                Some(Arc::from(path.as_path())),
+                plan.syslog,
+            ));
+            Ok(Box::pin(receive(
+                Datagrams::Unix(socket),
+                plan,
+                out,
+                Some(file),
+            )))
+        }
+    }
+}
+
+fn bind_error(what: &str, e: io::Error) -> BuildError {
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => " (another program, or another source, is listening there)",
+        ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE; a unix socket needs a writable directory)",
+        ErrorKind::NotFound => " (create the socket's directory first)",
+        ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
+        _ => "",
+    };
+    BuildError(format!("cannot listen on {what}: {e}{hint}"))
+}
+
+fn set_receive_buffer(socket: &impl AsFd, bytes: Option<usize>) -> Result<(), BuildError> {
+    if let Some(n) = bytes {
+        SockRef::from(socket)
+            .set_recv_buffer_size(n)
+            .map_err(|e| BuildError(format!("cannot set receive_buffer_bytes to {n}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let Some(n) = receive_buffer {
+        // Inherited by accepted connections.
+        socket.set_recv_buffer_size(n)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(n) = receive_buffer {
+        socket.set_recv_buffer_size(n)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+enum Listener {
+    Tcp(TcpListener, Option<TlsAcceptor>),
+    Unix(UnixListener),
+}
+
+enum Connection {
+    Tcp(TcpStream, Option<TlsAcceptor>),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<(Connection, String)> {
+        match self {
+            Listener::Tcp(l, tls) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Connection::Tcp(s, tls.clone()), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Connection::Unix(s), "unix".into()))
+            }
+        }
+    }
+}
+
+/// Accepts until shutdown, then waits for every connection task to send
+/// what it holds. `_file` (a unix socket file) is removed on the way out.
+async fn serve(
+    listener: Listener,
+    plan: Arc<Plan>,
+    out: Arc<Output>,
+    file: Option<SocketFile>,
+) -> Result<(), String> {
+    let slots = Arc::new(Semaphore::new(plan.max_connections));
+    let mut tasks = JoinSet::new();
+    let stopped = out.cx.shutdown.wait();
+    tokio::pin!(stopped);
+    let log_full = Every::default();
+    let log_error = Every::default();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        if slots.available_permits() == 0 && log_full.due() {
+            warn!(source = %out.name(), max_connections = plan.max_connections, "connection limit reached; further connections wait to be accepted");
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            a = listener.accept() => a,
+        };
+        while tasks.try_join_next().is_some() {}
+        match accepted {
+            Ok((conn, peer)) => {
+                debug!(source = %out.name(), peer, "connection accepted");
+                tasks.spawn(connection(conn, peer, plan.clone(), out.clone(), permit));
+            }
+            Err(e) => {
+                // Out of descriptors, usually: wait a little, keep going.
+                if log_error.due() {
+                    warn!(source = %out.name(), error = %e, "cannot accept a connection");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    drop(file);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn connection(
+    conn: Connection,
+    peer: String,
+    plan: Arc<Plan>,
+    out: Arc<Output>,
+    _permit: OwnedSemaphorePermit,
+) {
+    match conn {
+        Connection::Tcp(stream, None) => read(stream, &peer, &plan, &out).await,
+        Connection::Tcp(stream, Some(tls)) => {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+            let stream = tokio::select! {
+                biased;
+                _ = out.cx.shutdown.wait() => return,
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        if out.log_tls.due() {
+                            warn!(source = %out.name(), peer, error = %e, "TLS handshake failed");
+                        }
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(source = %out.name(), peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            read(stream, &peer, &plan, &out).await
+        }
+        Connection::Unix(stream) => read(stream, &peer, &plan, &out).await,
+    }
+}
+
+/// Reads one connection until it closes, idles out or shutdown comes.
+async fn read<S: AsyncRead + Unpin>(mut stream: S, peer: &str, plan: &Plan, out: &Output) {
+    let mut framer = StreamFramer::new(plan.stream_framing, plan.limit);
+    let mut buf = BytesMut::new();
+    let stopped = out.cx.shutdown.wait();
+    tokio::pin!(stopped);
+    let idle_for = plan
+        .idle_timeout
+        .unwrap_or(Duration::from_secs(365 * 86_400));
+    let idle = tokio::time::sleep(idle_for);
+    tokio::pin!(idle);
+    let why = loop {
+        if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
+            buf.reserve(plan.read_buffer_bytes);
+        }
+        let read = tokio::select! {
+            biased;
+            _ = &mut stopped => break "shutdown",
+            _ = &mut idle => break "idle timeout",
+            r = stream.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => break "closed by the peer",
+            Ok(_) => {
+                let mut records = Vec::new();
+                let mut cuts = Cuts::default();
+                framer.cut(&mut buf, &mut records, &mut cuts);
+                if !out.send(records, cuts).await {
+                    return;
+                }
+                // Time spent waiting for the channel is not idleness.
+                idle.as_mut().reset(Instant::now() + idle_for);
+            }
+            Err(e) => {
+                debug!(source = %out.name(), peer, error = %e, "read failed");
+                break "read error";
+            }
+        }
+    };
+    let mut records = Vec::new();
+    let mut cuts = Cuts::default();
+    framer.finish(&mut buf, &mut records, &mut cuts);
+    out.send(records, cuts).await;
+    debug!(source = %out.name(), peer, reason = why, "connection closed");
+}
+
+enum Datagrams {
+    Udp(UdpSocket),
+    Unix(UnixDatagram),
+}
+
+impl Datagrams {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Datagrams::Udp(s) => s.readable().await,
+            Datagrams::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Receives one datagram at the end of `buf`: (bytes stored, length
+    /// the datagram had), which differ when the kernel cut it.
+    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+        match self {
+            Datagrams::Udp(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
+            Datagrams::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
+        }
+    }
+}
+
+fn recv_into(socket: &impl AsFd, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+    let space = &mut buf.spare_capacity_mut()[..DATAGRAM_SPACE];
+    // MSG_TRUNC: the datagram's real length is returned even when longer.
+    let len = SockRef::from(socket).recv_with_flags(space, libc::MSG_TRUNC)?;
+    let stored = len.min(DATAGRAM_SPACE);
+    // SAFETY: recv initialized the first `stored` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + stored) };
+    Ok((stored, len))
+}
+
+/// Receives until shutdown. UDP (`file` is None) never waits for the
+/// channel: what does not fit is dropped and counted. A unix datagram
+/// socket waits, which makes its senders wait.
+async fn receive(
+    socket: Datagrams,
+    plan: Plan,
+    out: Arc<Output>,
+    file: Option<SocketFile>,
+) -> Result<(), String> {
+    let wait_for_room = file.is_some();
+    let stopped = out.cx.shutdown.wait();
+    tokio::pin!(stopped);
+    let mut buf = BytesMut::new();
+    let mut ranges = Vec::new();
+    let log_error = Every::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stopped => break,
+            r = socket.readable() => r.map_err(|e| format!("cannot wait on the socket: {e}"))?,
+        }
+        let mut cuts = Cuts::default();
+        for _ in 0..DATAGRAMS_PER_BATCH {
+            if buf.capacity() - buf.len() < DATAGRAM_SPACE {
+                buf.reserve(DATAGRAM_REGION);
+            }
+            let start = buf.len();
+            match socket.try_recv(&mut buf) {
+                Ok((stored, len)) => {
+                    let before = cuts.truncated;
+                    framing::datagram(
+                        &buf,
+                        start,
+                        start + stored,
+                        plan.split_datagrams,
+                        plan.limit,
+                        &mut ranges,
+                        &mut cuts,
+                    );
+                    if len > stored && cuts.truncated == before {
+                        cuts.truncated += 1;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if log_error.due() {
+                        warn!(source = %out.name(), error = %e, "cannot receive a datagram");
+                    }
+                    break;
+                }
+            }
+        }
+        let chunk = buf.split().freeze();
+        let records: Vec<Record> = ranges
+            .drain(..)
+            .map(|(a, b)| Record::new(chunk.slice(a..b), 0))
+            .collect();
+        if wait_for_room {
+            if !out.send(records, cuts).await {
+                break;
+            }
+        } else {
+            out.offer(records, cuts);
+        }
+    }
+    drop(file);
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! From records to batches in the channels: syslog parsing, counters and
+//! (rate-limited) logs, once per read.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tailrace_api::{Ack, Batch, BatchMeta, Record, SourceContext};
+use tracing::{debug, warn};
+
+use crate::framing::Cuts;
+
+/// Logs at most once per `PERIOD_SECS` per kind of event, across tasks.
+#[derive(Default)]
+pub(crate) struct Every(AtomicU64);
+
+impl Every {
+    const PERIOD_SECS: u64 = 10;
+
+    pub(crate) fn due(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.0.load(Ordering::Relaxed);
+        (last == 0 || now >= last + Self::PERIOD_SECS)
+            && self
+                .0
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Shared by every task of one source.
+pub(crate) struct Output {
+    pub(crate) cx: SourceContext,
+    path: Option<Arc<Path>>,
+    syslog: bool,
+    log_malformed: Every,
+    log_truncated: Every,
+    log_dropped: Every,
+    pub(crate) log_tls: Every,
+}
+
+impl Output {
+    pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, syslog: bool) -> Output {
+        Output {
+            cx,
+            path,
+            syslog,
+            log_malformed: Every::default(),
+            log_truncated: Every::default(),
+            log_dropped: Every::default(),
+            log_tls: Every::default(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.cx.name
+    }
+
+    /// Parses and counts; `None` when there is nothing to send.
+    fn batch(&self, mut records: Vec<Record>, cuts: Cuts) -> Option<Batch> {
+        let mut malformed = cuts.malformed;
+        if self.syslog {
+            for record in &mut records {
+                match crate::syslog::parse(&record.payload) {
+                    Some(fields) => record.fields = Some(Box::new(fields)),
+                    None => malformed += 1,
+                }
+            }
+        }
+        if malformed > 0 {
+            self.cx.metrics.parse_errors.inc_by(malformed);
+            if self.log_malformed.due() {
+                let sample = records.iter().find(|r| r.fields.is_none()).map(|r| {
+                    String::from_utf8_lossy(&r.payload[..r.payload.len().min(120)]).into_owned()
+                });
+                warn!(source = %self.cx.name, count = malformed, sample, "malformed input forwarded as it was");
+            }
+        }
+        if cuts.truncated > 0 {
+            self.cx
+                .metrics
+                .dropped
+                .add("line_truncated", cuts.truncated);
+            if self.log_truncated.due() {
+                warn!(source = %self.cx.name, lines = cuts.truncated, "over-long lines truncated");
+            }
+        }
+        if cuts.split > 0 {
+            debug!(source = %self.cx.name, lines = cuts.split, "over-long lines split");
+        }
+        if records.is_empty() {
+            return None;
+        }
+        let meta = Arc::new(BatchMeta {
+            source: self.cx.name.clone(),
+            path: self.path.clone(),
+            read_at: SystemTime::now(),
+        });
+        Some(Batch::new(meta, records, Ack::none()))
+    }
+
+    /// Sends, waiting while a channel is full. Returns false once the
+    /// channels are closed (shutdown); what could not be sent is counted.
+    pub(crate) async fn send(&self, records: Vec<Record>, cuts: Cuts) -> bool {
+        let Some(batch) = self.batch(records, cuts) else {
+            return true;
+        };
+        match self.cx.send(batch).await {
+            Ok(()) => true,
+            Err(closed) => {
+                let n = closed.0.len() as u64;
+                self.cx.metrics.dropped.add("shutdown", n);
+                warn!(source = %self.cx.name, events = n, "channel closed during shutdown; events read but not delivered");
+                false
+            }
+        }
+    }
+
+    /// Sends only where there is room now (UDP cannot wait); counts what
+    /// did not fit as dropped with reason `channel_full`.
+    pub(crate) fn offer(&self, records: Vec<Record>, cuts: Cuts) {
+        let Some(batch) = self.batch(records, cuts) else {
+            return;
+        };
+        let m = &self.cx.metrics;
+        let dropped = self.cx.offer(batch);
+        if dropped > 0 {
+            m.dropped.add("channel_full", dropped);
+            if self.log_dropped.due() {
+                warn!(source = %self.cx.name, events = dropped, "channel full, datagrams dropped (counted in tailrace_events_dropped_total)");
+            }
+        }
+    }
+}

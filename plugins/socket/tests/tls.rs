@@ -1,0 +1,160 @@
+//! TLS on TCP sources, with certificates made by the test (rcgen) and a
+//! rustls client.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, start};
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use tailrace_socket::{SyslogSourceConfig, TcpSourceConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// A CA, a server certificate for localhost and a client certificate,
+/// written as PEM files into `dir`.
+struct Pki {
+    ca: CertificateDer<'static>,
+    client_cert: String,
+    client_key: String,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(vec!["client".to_string()]).unwrap();
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    Pki {
+        ca: ca.der().clone(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+fn connector(pki: &Pki, with_client_cert: bool) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let config = if with_client_cert {
+        let cert = CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
+        builder.with_client_auth_cert(vec![cert], key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    TlsConnector::from(Arc::new(config))
+}
+
+fn tls_yaml(kind_keys: &str, port: u16, dir: &Path, client_ca: bool) -> String {
+    let d = dir.display();
+    let ca = if client_ca {
+        format!(", client_ca_path: {d}/ca.pem")
+    } else {
+        String::new()
+    };
+    format!("{{{kind_keys}address: 127.0.0.1:{port}, tls: {{cert_path: {d}/server.pem, key_path: {d}/server.key{ca}}}}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_lines_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(&tls_yaml("", port, dir.path(), false), 1000);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = connector(&pki, false)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    c.write_all(b"secret one\nsecret two\n").await.unwrap();
+    c.flush().await.unwrap();
+    s.wait_records(2).await;
+    assert_eq!(s.payloads(), ["secret one", "secret two"]);
+    // plain text on the TLS port is not read as lines
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    plain.write_all(b"plain text\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
+    s.stop().await;
+    assert_eq!(s.payloads(), ["secret one", "secret two"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_requires_a_client_certificate_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let mut s = start::<SyslogSourceConfig>(&tls_yaml("mode: tcp, ", port, dir.path(), true), 1000);
+
+    // Without a certificate the server ends the connection, reads nothing.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let refused = match connector(&pki, false)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut c) => {
+            // TLS 1.3: the client learns of the refusal on its next read.
+            let _ = c.write_all(b"<13>1 - h app - - - no certificate\n").await;
+            let _ = c.flush().await;
+            let mut buf = [0u8; 16];
+            let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+            matches!(r, Ok(Err(_)) | Ok(Ok(0)))
+        }
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = connector(&pki, true)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    // octet counting, detected
+    let msg = b"<13>1 - h app - - - with certificate";
+    c.write_all(format!("{} ", msg.len()).as_bytes())
+        .await
+        .unwrap();
+    c.write_all(msg).await.unwrap();
+    c.flush().await.unwrap();
+    s.wait_records(1).await;
+    s.stop().await;
+    assert_eq!(s.payloads(), [String::from_utf8_lossy(msg)]);
+    assert_eq!(
+        s.records[0].field("msg").unwrap().to_string(),
+        "with certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_certificates_fail_the_build_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config: TcpSourceConfig =
+        serde_yaml::from_str(&tls_yaml("", port, dir.path(), false)).unwrap();
+    let err = common::try_start(config, 10).err().expect("refused");
+    assert!(err.contains("server.pem"), "{err}");
+}

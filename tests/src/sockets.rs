@@ -1,0 +1,123 @@
+//! Helpers for the socket-source tests: configs with socket sources, the
+//! agent's own counters, random bytes, and a test-owned rsyslogd.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A config with the given `sources:` block (indented by two spaces,
+/// each naming `channels: [main]`), one memory channel and a kafka sink;
+/// `sink_extra` is added to the sink (indented by four spaces) and
+/// `channel_extra` to the channel.
+pub fn sockets_to_kafka(
+    dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+    sources: &str,
+    channel_extra: &str,
+    sink_extra: &str,
+) -> String {
+    let dir = dir.display();
+    format!(
+        r#"data_dir: {dir}/data
+shutdown_grace_ms: 10000
+summary_interval_ms: 1000
+log: {{ level: info, format: text }}
+sources:
+{sources}
+channels:
+  main:
+    type: memory
+{channel_extra}
+sinks:
+  kafka:
+    type: kafka
+    channel: main
+    bootstrap_servers: {bootstrap}
+    topic: {topic}
+    compression: lz4
+    librdkafka: {{ "queue.buffering.max.ms": "5" }}
+{sink_extra}
+"#
+    )
+}
+
+/// A sample from the agent's `/metrics` (0 when absent), `name` with its
+/// labels: `tailrace_source_events_total{source="net"}`.
+pub fn metric(admin: &str, name: &str) -> f64 {
+    let response = crate::http::get(admin, "/metrics")
+        .unwrap_or_else(|e| panic!("cannot scrape {admin}: {e}"));
+    assert_eq!(response.status, 200, "{}", response.body);
+    crate::http::sample(&response.body, name).unwrap_or(0.0)
+}
+
+/// `n` pseudo-random bytes (xorshift), the same for the same seed.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An rsyslogd of the test's own, in a temp dir: it takes messages on a
+/// unix socket (`input_socket`) and forwards them with the given
+/// `omfwd` actions. Killed when dropped.
+pub struct Rsyslog {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    /// `actions` are rsyslog `action(...)` statements.
+    pub fn start(actions: &[String]) -> Rsyslog {
+        let dir = tempfile::Builder::new()
+            .prefix("rsyslog-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let d = dir.path().display();
+        let conf = format!(
+            "global(workDirectory=\"{d}\")\n\
+             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"{d}/in.sock\")\n{}\n",
+            actions.join("\n")
+        );
+        let conf_path = dir.path().join("rsyslog.conf");
+        std::fs::write(&conf_path, conf).expect("cannot write rsyslog.conf");
+        let mut cmd = Command::new("rsyslogd");
+        cmd.arg("-n")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(dir.path().join("rsyslog.pid"));
+        let child = crate::process::spawn_logged(&mut cmd, &dir.path().join("rsyslog.log"));
+        let rsyslog = Rsyslog {
+            dir,
+            child: Some(child),
+        };
+        let socket = rsyslog.input_socket();
+        assert!(
+            crate::wait_until(Duration::from_secs(10), || socket.exists()),
+            "rsyslogd did not create {}: {}",
+            socket.display(),
+            crate::process::tail(&rsyslog.dir.path().join("rsyslog.log"), 20)
+        );
+        rsyslog
+    }
+
+    pub fn input_socket(&self) -> PathBuf {
+        self.dir.path().join("in.sock")
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            crate::process::kill_and_reap(&mut child);
+        }
+    }
+}
