@@ -33,8 +33,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the endpoint reports on.
 pub struct AdminState {
     pub metrics: Metrics,
-    /// Each component's name ("source app", "sink kafka") and readiness.
-    pub components: Vec<(String, Readiness)>,
+    /// Each component's name ("source app", "sink kafka") and readiness;
+    /// replaced when the config is reloaded.
+    pub components: std::sync::RwLock<Vec<(String, Readiness)>>,
     started: Instant,
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident: Gauge,
@@ -83,7 +84,7 @@ impl AdminState {
         );
         AdminState {
             metrics,
-            components,
+            components: std::sync::RwLock::new(components),
             started: Instant::now(),
             uptime,
             resident,
@@ -110,6 +111,8 @@ impl AdminState {
     /// `None` when every component is ready, else what is not, and why.
     pub fn not_ready(&self) -> Vec<(String, String)> {
         self.components
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|(name, r)| r.problem().map(|why| (name.clone(), why)))
             .collect()

@@ -96,6 +96,8 @@ pub struct Agent {
     child: Option<Child>,
     /// The admin endpoint's address, when the harness chose it.
     admin: Option<String>,
+    /// Environment variables set for the agent's process.
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -103,6 +105,11 @@ impl Agent {
     /// A config without a top-level `admin:` gets the admin endpoint on a
     /// free port, so agents of concurrent tests never share one.
     pub fn start(dir: &Path, config_yaml: &str) -> Agent {
+        Agent::start_with_env(dir, config_yaml, &[])
+    }
+
+    /// [`Agent::start`] with environment variables for the agent's process.
+    pub fn start_with_env(dir: &Path, config_yaml: &str, env: &[(&str, &str)]) -> Agent {
         let config = dir.join("tailrace.yaml");
         let mut yaml = config_yaml.to_string();
         let mut admin = None;
@@ -118,6 +125,10 @@ impl Agent {
             log: dir.join("agent.log"),
             child: None,
             admin,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.restart();
         agent
@@ -151,6 +162,7 @@ impl Agent {
         );
         let mut cmd = tailrace();
         cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(process::spawn_logged(&mut cmd, &self.log));
     }
 
@@ -166,6 +178,12 @@ impl Agent {
     pub fn kill(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the agent is not running");
         process::kill_and_reap(&mut child)
+    }
+
+    /// SIGHUP: asks the agent to reload its config file.
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        process::signal(child, libc::SIGHUP);
     }
 
     /// SIGTERM: asks for a clean shutdown; pair with [`Agent::wait_exit`].

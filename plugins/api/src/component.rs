@@ -104,6 +104,11 @@ pub struct SourceContext {
     /// Every sink has finished: process the last acknowledgements, persist
     /// the positions and return.
     pub drained: Shutdown,
+    /// Triggered by the source once, after `shutdown`, when it will send
+    /// nothing more (what it held is sent). The channels stay open until
+    /// every source has triggered it or ended its task, or the grace period
+    /// is over. A source whose task ends when it stops need not trigger it.
+    pub sent: Shutdown,
     pub metrics: SourceMetrics,
     /// Ready unless the source says otherwise (a socket not yet bound).
     pub readiness: Readiness,

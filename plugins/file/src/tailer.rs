@@ -241,6 +241,7 @@ impl Tailer {
             self.apply_acks(acks);
             rescan |= asked;
         }
+        self.cx.sent.trigger();
         debug!(source = %name, "file source stopped reading, waiting for the sinks");
         loop {
             let drained = self.cx.drained.wait_timeout(Duration::from_millis(50));

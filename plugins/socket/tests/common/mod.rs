@@ -41,6 +41,7 @@ pub fn try_start<C: SourceConfig>(config: C, capacity_events: usize) -> Result<S
         checkpoints: Arc::new(MemoryStore::default()),
         shutdown: shutdown.clone(),
         drained: Shutdown::new(),
+        sent: Shutdown::new(),
         metrics: metrics.source("sock"),
         readiness: Readiness::ready(),
         interceptors: Vec::new().into(),
