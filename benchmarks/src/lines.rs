@@ -9,7 +9,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -19,7 +19,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -73,7 +73,7 @@ pub fn line(rng: &mut Rng, seq: u64, len: usize, out: &mut Vec<u8>) {
         "seq={seq:010} {} user={} req={:08x} latency_ms={} ",
         LEVELS[rng.below(4) as usize],
         USERS[rng.below(8) as usize],
-        rng.next() as u32,
+        rng.next_u64() as u32,
         rng.below(2000)
     );
     out.truncate(start + len - 1);

@@ -112,7 +112,7 @@ fn metrics_pass_promtool_and_agree_with_the_consumer() {
     .is_some_and(|c| c > 0.0));
     assert!(metrics.contains("tailrace_build_info{version="));
     // Scrapers that ask for OpenMetrics get it.
-    let om = raw(&admin, format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let om = raw(&admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(om.status, 200);
     assert!(
         om.body.trim_end().ends_with("# EOF"),

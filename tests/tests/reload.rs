@@ -143,7 +143,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         &config(dir.path(), &broker.bootstrap(), false),
         &[("NOTIFY_SOCKET", socket.to_str().unwrap())],
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = listener.recv(&mut buf).expect("a notification within 30 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()

@@ -36,3 +36,16 @@ pub use readiness::Readiness;
 pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
+
+/// This machine's host name (what `hostname` prints), or "unknown".
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length and gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

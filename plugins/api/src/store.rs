@@ -8,9 +8,12 @@
 #[error("{0}")]
 pub struct StoreError(pub String);
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 pub trait CheckpointStore: Send + Sync {
     /// Every entry a component saved.
-    fn load(&self, component: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn load(&self, component: &str) -> Result<Vec<Entry>, StoreError>;
     /// Writes and removes entries of one component in one atomic step.
     fn save(
         &self,
@@ -24,7 +27,10 @@ pub trait CheckpointStore: Send + Sync {
 
 /// An in-memory store for unit tests.
 #[derive(Default)]
-pub struct MemoryStore(std::sync::Mutex<std::collections::BTreeMap<(String, Vec<u8>), Vec<u8>>>);
+pub struct MemoryStore(std::sync::Mutex<ByComponent>);
+
+/// Values by component and key.
+type ByComponent = std::collections::BTreeMap<(String, Vec<u8>), Vec<u8>>;
 
 impl CheckpointStore for MemoryStore {
     fn load(&self, component: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {

@@ -41,19 +41,6 @@ fn check_pattern(pattern: &str) -> Vec<ConfigIssue> {
     }
 }
 
-/// This machine's host name, read once.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most
-    // that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 /// `type: host`: adds the machine's host name to every record.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +73,10 @@ impl Interceptor for Shared {
 impl InterceptorConfig for HostConfig {
     fn build(&self) -> Result<Box<dyn Interceptor>, BuildError> {
         let mut f = Fields::default();
-        f.set(self.field.as_str(), FieldValue::text(hostname()));
+        f.set(
+            self.field.as_str(),
+            FieldValue::text(tailrace_api::hostname()),
+        );
         Ok(Box::new(Shared(Arc::new(f))))
     }
 }

@@ -68,7 +68,7 @@ fn static_and_host() {
             ("b", &["env=prod", "team=core"]),
         ],
     );
-    let host = format!("host={}", hostname());
+    let host = format!("host={}", tailrace_api::hostname());
     check(
         &HostConfig {
             field: "host".into(),

@@ -4,14 +4,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use tailrace_api::spool::{decode, SpoolStore, SpoolTree};
 use tailrace_api::SinkMetrics;
 
 use crate::config::{KafkaSinkConfig, EMBEDDED};
-use crate::sink::{create_producer, settings, Delivery, InFlight, Origin};
+use crate::sink::{create_producer, settings, topic_of, Delivery, InFlight};
 
 pub use tailrace_api::ReplayReport as OfflineReplay;
 
@@ -69,25 +69,12 @@ pub fn replay_offline(
                 spool.remove(tree, name, id).map_err(|e| e.to_string())?;
                 continue;
             }
-            let bytes = records.iter().map(|r| r.payload.len()).sum();
-            let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
-            let inflight = InFlight::new(
-                Origin::Spool {
-                    id,
-                    done: done.clone(),
-                },
-                records.len(),
-                bytes,
-                created,
-            );
+            let inflight = InFlight::for_entry(id, done.clone(), &header, &records);
             in_flight.insert(id);
             report.entries += 1;
             report.events += records.len() as u64;
             for r in &records {
-                let topic = match &r.topic {
-                    Some(t) => String::from_utf8_lossy(t),
-                    None => std::borrow::Cow::Borrowed(settings.topic.as_str()),
-                };
+                let topic = topic_of(r, &settings.topic);
                 let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
                     &topic,
                     inflight.clone(),

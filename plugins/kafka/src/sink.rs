@@ -16,7 +16,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use tailrace_api::spool::{decode, encode, EntryRecord, SpoolStore, SpoolTree};
+use tailrace_api::spool::{
+    decode, encode, EntryHeader, EntryRecord, SpoolRecord, SpoolStore, SpoolTree,
+};
 use tailrace_api::{
     next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, Record, SinkContext,
     SinkMetrics,
@@ -84,7 +86,7 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             key: config.key.as_deref().and_then(|k| Template::parse(k).ok()),
             encoding: config.encoding,
             headers: config.headers,
-            host: hostname(),
+            host: tailrace_api::hostname(),
         }),
     }
 }
@@ -149,6 +151,19 @@ impl InFlight {
             bytes,
             read_at,
         })
+    }
+
+    /// The records of spool entry `id` on their way back to Kafka; `done`
+    /// hears, once, whether all of them were delivered.
+    pub(crate) fn for_entry(
+        id: u64,
+        done: Arc<Mutex<Vec<(u64, bool)>>>,
+        header: &EntryHeader,
+        records: &[SpoolRecord],
+    ) -> Arc<InFlight> {
+        let bytes = records.iter().map(|r| r.payload.len()).sum();
+        let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
+        InFlight::new(Origin::Spool { id, done }, records.len(), bytes, created)
     }
 
     fn for_batch(batch: &Batch) -> Arc<InFlight> {
@@ -226,6 +241,29 @@ struct Diverted {
     topic: Option<String>,
     timestamp: Option<i64>,
     reason: String,
+}
+
+/// The topic a spooled record goes back to: its own, or the sink's.
+pub(crate) fn topic_of<'a>(
+    record: &'a SpoolRecord,
+    sink_topic: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    match &record.topic {
+        Some(t) => String::from_utf8_lossy(t),
+        None => std::borrow::Cow::Borrowed(sink_topic),
+    }
+}
+
+/// One spool entry of diverted records; the first one's reason stands for
+/// all.
+fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
+    let records = chunk.iter().map(|d| EntryRecord {
+        payload: &d.payload,
+        key: d.key.as_deref(),
+        timestamp_ms: d.timestamp,
+        topic: d.topic.as_deref(),
+    });
+    encode(records, &chunk[0].reason, now_ms())
 }
 
 /// The producer's context: receives delivery reports and client errors.
@@ -428,18 +466,6 @@ pub(crate) fn create_producer(
     config
         .create_with_context(context)
         .map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most
-    // that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// How records become Kafka messages; shared, read-only.
@@ -815,16 +841,7 @@ impl Sink {
     /// Keeps records Kafka refused for good, with the error, and settles them.
     fn dead_letter(&mut self, records: Vec<Diverted>) {
         for chunk in records.chunks(ENTRY_RECORDS) {
-            let entry = encode(
-                chunk.iter().map(|d| EntryRecord {
-                    payload: &d.payload,
-                    key: d.key.as_deref(),
-                    timestamp_ms: d.timestamp,
-                    topic: d.topic.as_deref(),
-                }),
-                &chunk[0].reason,
-                now_ms(),
-            );
+            let entry = entry_of(chunk);
             let stored = self
                 .spool
                 .push(SpoolTree::DeadLetter, &self.cx.name, &entry)
@@ -857,16 +874,7 @@ impl Sink {
         let mut blocked = false;
         let mut entries = Vec::new();
         for chunk in pending.chunks(ENTRY_RECORDS) {
-            let entry = encode(
-                chunk.iter().map(|d| EntryRecord {
-                    payload: &d.payload,
-                    key: d.key.as_deref(),
-                    timestamp_ms: d.timestamp,
-                    topic: d.topic.as_deref(),
-                }),
-                &chunk[0].reason,
-                now_ms(),
-            );
+            let entry = entry_of(chunk);
             if !self.make_room(entry.len() as u64) {
                 blocked = true;
                 break;
@@ -987,26 +995,13 @@ impl Sink {
                 let _ = self.spool.remove(SpoolTree::Pending, &name, id);
                 continue;
             }
-            let bytes = records.iter().map(|r| r.payload.len()).sum();
-            let created = UNIX_EPOCH + Duration::from_millis(header.created_ms.max(0) as u64);
-            let inflight = InFlight::new(
-                Origin::Spool {
-                    id,
-                    done: self.replay.done.clone(),
-                },
-                records.len(),
-                bytes,
-                created,
-            );
+            let inflight = InFlight::for_entry(id, self.replay.done.clone(), &header, &records);
             self.replay.in_flight.insert(id);
             self.cx.metrics.retries.inc_by(records.len() as u64);
             debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
             let sink_topic = self.settings.topic.clone();
             for (i, r) in records.iter().enumerate() {
-                let topic = match &r.topic {
-                    Some(t) => String::from_utf8_lossy(t),
-                    None => std::borrow::Cow::Borrowed(sink_topic.as_str()),
-                };
+                let topic = topic_of(r, &sink_topic);
                 if self
                     .produce(
                         &inflight,
