@@ -42,6 +42,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .flush_every_ms(Some(500))
+            .cache_capacity(16 * 1024 * 1024)
             .open()
             .map_err(|e| match &e {
                 sled::Error::Io(io)

@@ -429,9 +429,9 @@ fn kcat_run(args: &Args, load: &Path, bootstrap: &str) -> anyhow::Result<Row> {
         ])
         .args([
             "-X",
-            "queue.buffering.max.messages=200000",
+            "queue.buffering.max.messages=100000",
             "-X",
-            "queue.buffering.max.kbytes=65536",
+            "queue.buffering.max.kbytes=32768",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

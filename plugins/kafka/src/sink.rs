@@ -64,8 +64,8 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
         ("linger.ms".into(), "5".into()),
         ("batch.num.messages".into(), "10000".into()),
         ("batch.size".into(), "1000000".into()),
-        ("queue.buffering.max.messages".into(), "200000".into()),
-        ("queue.buffering.max.kbytes".into(), "65536".into()),
+        ("queue.buffering.max.messages".into(), "100000".into()),
+        ("queue.buffering.max.kbytes".into(), "32768".into()),
         // Statistics tell whether a broker is up, for readiness.
         ("statistics.interval.ms".into(), "1000".into()),
     ];
