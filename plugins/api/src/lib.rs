@@ -28,7 +28,7 @@ pub use component::{
     BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig,
     SourceContext,
 };
-pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
+pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
