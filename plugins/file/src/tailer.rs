@@ -962,13 +962,24 @@ impl Tailer {
     fn read_round(&mut self) -> Result<usize, Closed> {
         let seqs: Vec<u64> = self.files.keys().copied().collect();
         let mut total = 0;
+        // Once no descriptor could be freed, none will be this round.
+        let mut slots = true;
         for seq in seqs {
             let Some(tf) = self.files.get(&seq) else {
                 continue;
             };
-            let (parked, wants) = (tf.file.is_none(), tf.wants_read);
-            if parked && (!wants || !self.reopen(seq)) {
-                continue;
+            if tf.file.is_none() {
+                if !tf.wants_read {
+                    continue;
+                }
+                if !slots {
+                    self.note_waiting(seq);
+                    continue;
+                }
+                if !self.reopen(seq) {
+                    slots = self.open_count < self.settings.max_open_files;
+                    continue;
+                }
             }
             for _ in 0..CHUNKS_PER_TURN {
                 let n = self.read_chunk(seq)?;
@@ -1298,7 +1309,15 @@ impl Tailer {
             return;
         }
         let removes = std::mem::take(&mut self.removes);
-        if let Err(e) = self.cx.checkpoints.save(&self.cx.name, &puts, &removes) {
+        // Flushed at once: a position that is only in the store's memory is
+        // lost with the process, and everything after the one before it
+        // is sent again.
+        let saved = self
+            .cx
+            .checkpoints
+            .save(&self.cx.name, &puts, &removes)
+            .and_then(|()| self.cx.checkpoints.flush());
+        if let Err(e) = saved {
             warn!(source = %self.cx.name, error = %e, "cannot save file positions; they will be saved on the next try");
             for tf in self.files.values_mut() {
                 tf.persisted = None;

@@ -82,7 +82,7 @@ struct Source {
 
 impl Source {
     fn start(cfg: &FileSourceConfig, store: &Arc<MemoryStore>, capacity_events: usize) -> Source {
-        Source::start_with(cfg, store, capacity_events, true)
+        Source::start_with(cfg, store, capacity_events, true, true)
     }
 
     fn start_with(
@@ -90,6 +90,7 @@ impl Source {
         store: &Arc<MemoryStore>,
         capacity_events: usize,
         receiving: bool,
+        acking: bool,
     ) -> Source {
         assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
         let channel = Arc::new(Channel::unmetered("t", capacity_events, 1 << 30));
@@ -112,7 +113,7 @@ impl Source {
                 .block_on(task)
         });
         let got = Arc::new(Mutex::new(Got::default()));
-        let acking = Arc::new(AtomicBool::new(true));
+        let acking = Arc::new(AtomicBool::new(acking));
         let receiving = Arc::new(AtomicBool::new(receiving));
         let consumer = {
             let (channel, got, acking, receiving) = (
@@ -207,7 +208,7 @@ impl Source {
     /// Starts with the consumer not taking batches: returns once the
     /// source filled the channel and is blocked.
     fn start_blocked(cfg: &FileSourceConfig, store: &Arc<MemoryStore>) -> Source {
-        let src = Source::start_with(cfg, store, 1, false);
+        let src = Source::start_with(cfg, store, 1, false, true);
         src.wait("a full channel", |_| src.channel.fill().0 > 0);
         src
     }
@@ -340,6 +341,35 @@ fn copytruncate_while_running_finishes_the_unread_bytes_in_the_copy() {
     assert_eq!(src.event("truncated"), 1);
     assert_eq!(src.event("copy_resumed"), 1);
     exactly(&src.stop(), 0..1010);
+}
+
+#[test]
+fn a_copy_in_progress_at_restart_is_not_read_again_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("a.log");
+    append(&log, &lines(0..100));
+    let store = Arc::new(MemoryStore::default());
+    let src = Source::start(&config(d, ""), &store, 100_000);
+    src.wait_all(0..100);
+    src.stop();
+
+    // Stopped while copytruncate copies: the file still holds its saved
+    // content, so it is resumed; the copy is taken up only once the file is
+    // truncated, where reading was.
+    append(&log, &lines(100..150));
+    let whole = std::fs::read(&log).unwrap();
+    std::fs::write(d.join("a.log.1"), &whole[..1000]).unwrap();
+    let src = Source::start(&config(d, ""), &store, 100_000);
+    src.wait_all(100..150);
+    assert_eq!(src.event("adopted"), 0);
+    // The copy completes, the file is truncated and written again.
+    append(&log, &lines(150..160));
+    std::fs::copy(&log, d.join("a.log.1")).unwrap();
+    std::fs::File::create(&log).unwrap();
+    append(&log, &lines(160..170));
+    src.wait_all(100..170);
+    exactly(&src.stop(), 100..170);
 }
 
 #[test]
@@ -544,8 +574,7 @@ fn lag_is_the_bytes_not_acknowledged() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..10));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
-    src.acking.store(false, Ordering::SeqCst);
+    let src = Source::start_with(&config(dir.path(), ""), &store, 100_000, true, false);
     src.wait_all(0..10);
     let lag = src.metrics.file.lag(&log.to_string_lossy());
     src.wait("lag of 200 bytes", |_| lag.get() == 200);
