@@ -23,6 +23,7 @@ mod broker;
 mod consumer;
 mod lines;
 mod process;
+pub mod rotation;
 
 pub use agent::{file_to_kafka, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint};
 pub use broker::{free_port, tansu_bin, Broker};
