@@ -370,6 +370,16 @@ fn sigkill_before_during_and_after_logrotate_create_loses_nothing() {
 }
 
 #[test]
+fn sigkill_before_during_and_after_logrotate_dateext_loses_nothing() {
+    sigkill_around_logrotate(RotateMode::Dateext);
+}
+
+#[test]
+fn sigkill_before_during_and_after_logrotate_delaycompress_loses_nothing() {
+    sigkill_around_logrotate(RotateMode::DelayCompress);
+}
+
+#[test]
 fn sigkill_before_during_and_after_logrotate_copytruncate_loses_nothing() {
     sigkill_around_logrotate(RotateMode::CopyTruncate);
 }

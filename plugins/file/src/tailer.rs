@@ -451,13 +451,16 @@ impl Tailer {
                     self.track_rotated(&s, file, md, &saved);
                 }
                 None => {
-                    // Gone, or compressed. What was written after it may
-                    // still be there: rotations newer than its last save.
                     if !self.by_id.contains_key(&id) {
                         info!(source = %self.cx.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
                         self.untracked.insert(id, Instant::now());
                     }
-                    anchors.push((saved.origin.clone(), saved.mtime as i128));
+                    // The file being written is gone (compressed, deleted):
+                    // what was written after it may still be there, in
+                    // rotations newer than its last save.
+                    if saved.path == saved.origin {
+                        anchors.push((saved.origin.clone(), saved.mtime as i128));
+                    }
                 }
             }
         }
@@ -1372,7 +1375,12 @@ impl Tailer {
                     debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed, "deleted file read to its end and closed");
                 }
                 Place::Rotated if is_idle => {
-                    debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed, "rotated file read to its end, closed");
+                    // Watched at the name it has now (it may have moved on).
+                    let now = tf.file.as_ref().and_then(identity::current_path);
+                    debug!(source = %self.cx.name, path = ?now, offset = tf.committed, "rotated file read to its end, closed");
+                    if let Some(now) = now.filter(|p| *p != tf.path) {
+                        self.rename(seq, now);
+                    }
                     self.park(seq);
                 }
                 _ => {}

@@ -295,6 +295,33 @@ fn rotations_while_stopped_are_found_by_inode_and_newer_ones_read() {
 }
 
 #[test]
+fn file_compressed_while_stopped_still_leads_to_the_rotations_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("a.log");
+    append(&log, &lines(0..100));
+    let store = Arc::new(MemoryStore::default());
+    let src = Source::start(&config(d, ""), &store, 100_000);
+    src.wait_all(0..100);
+    src.stop();
+
+    // Two rotations with compress (no delaycompress) while stopped: the file
+    // read last is gzip now, and its unread tail (100..150) cannot be read.
+    append(&log, &lines(100..150));
+    std::fs::rename(&log, d.join("a.log.1")).unwrap();
+    append(&log, &lines(150..200));
+    std::fs::remove_file(d.join("a.log.1")).unwrap();
+    std::fs::write(d.join("a.log.2.gz"), b"\x1f\x8b compressed").unwrap();
+    std::fs::rename(&log, d.join("a.log.1")).unwrap();
+    append(&log, &lines(200..250));
+
+    let src = Source::start(&config(d, ""), &store, 100_000);
+    src.wait_all(150..250);
+    assert_eq!(src.event("adopted"), 1);
+    exactly(&src.stop(), 150..250);
+}
+
+#[test]
 fn copytruncate_while_stopped_resumes_in_the_copy() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -619,6 +646,30 @@ fn multiline_java_traces_are_joined_and_the_last_flushed_after_the_timeout() {
     // the position covers the last event only once it was sent
     let s = saved(&store);
     assert_eq!(s[0].1.offset, std::fs::metadata(&log).unwrap().len());
+}
+
+#[test]
+fn over_long_lines_are_split_or_truncated_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("a.log");
+    append(&log, "short\n0123456789abcdefghij\nend\n");
+    let store = Arc::new(MemoryStore::default());
+    let src = Source::start(&config(dir.path(), "max_line_bytes: 8\n"), &store, 100_000);
+    src.wait("5 records", |g| g.lines.len() == 5);
+    assert_eq!(src.event("line_split"), 1);
+    let got: Vec<String> = src.stop().lines.into_iter().map(|(l, _)| l).collect();
+    assert_eq!(got, ["short", "01234567", "89abcdef", "ghij", "end"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    append(
+        &dir.path().join("a.log"),
+        "short\n0123456789abcdefghij\nend\n",
+    );
+    let cfg = config(dir.path(), "max_line_bytes: 8\nmax_line_policy: truncate\n");
+    let src = Source::start(&cfg, &Arc::new(MemoryStore::default()), 100_000);
+    src.wait("3 records", |g| g.lines.len() == 3);
+    let got: Vec<String> = src.stop().lines.into_iter().map(|(l, _)| l).collect();
+    assert_eq!(got, ["short", "01234567", "end"]);
 }
 
 #[test]
