@@ -333,9 +333,10 @@ impl FileMetrics {
         self.families.events.get_or_create(&l).inc_by(n);
     }
 
+    /// The count of one event so far (creates no series).
     pub fn event_count(&self, event: &str) -> u64 {
         let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
-        self.families.events.get_or_create(&l).get()
+        self.families.events.get(&l).map_or(0, |c| c.get())
     }
 
     /// `tailrace_file_open_files{source}`.

@@ -96,17 +96,14 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The bytes just before `end` (up to [`CHECK_BYTES`]).
+/// The bytes just before `end` (up to [`CHECK_BYTES`]); read once per
+/// chunk, so without allocating. `UnexpectedEof` if the file is shorter.
 pub fn check_before(file: &File, end: u64) -> io::Result<Tail> {
-    let len = (CHECK_BYTES as u64).min(end);
-    let bytes = read_at(file, end - len, len as usize)?;
-    if bytes.len() as u64 != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "file shorter than the position",
-        ));
-    }
-    Ok(Tail::from_slice(&bytes))
+    let len = (CHECK_BYTES as u64).min(end) as usize;
+    let mut tail = Tail::default();
+    file.read_exact_at(&mut tail.bytes[..len], end - len as u64)?;
+    tail.len = len;
+    Ok(tail)
 }
 
 /// Whether `file` (of `size` bytes) still starts with `fingerprint` and
