@@ -363,6 +363,36 @@ pub fn write_file(path: &Path, contents: &[u8]) {
     f.write_all(contents).expect("cannot write a file");
 }
 
+/// Deletes `path` and puts a file with `contents` in its place on the same
+/// inode: new files take the lowest free inode of their group, so files are
+/// created next to it until one gets the freed inode, which is renamed into
+/// place (the others are removed). False if the inode went elsewhere.
+pub fn replace_on_same_inode(path: &Path, contents: &[u8]) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(path).expect("the file exists").ino();
+    std::fs::remove_file(path).expect("cannot delete the file");
+    let dir = path.parent().expect("the file has a directory");
+    let mut made = Vec::new();
+    let mut reused = false;
+    for i in 0..10_000 {
+        let candidate = dir.join(format!(".reuse-{i}"));
+        let file = File::create(&candidate).expect("cannot create a file");
+        made.push(candidate.clone());
+        if file.metadata().expect("fstat").ino() == ino {
+            drop(file);
+            write_file(&candidate, contents);
+            std::fs::rename(&candidate, path).expect("cannot rename into place");
+            made.pop();
+            reused = true;
+            break;
+        }
+    }
+    for p in made {
+        let _ = std::fs::remove_file(p);
+    }
+    reused
+}
+
 /// Lines `range` as [`SeqLines`] writes them, newlines included.
 pub fn seq_lines(range: std::ops::Range<u64>) -> Vec<u8> {
     let mut buf = Vec::new();

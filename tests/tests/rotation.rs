@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tailrace_e2e::rotation::{
-    agent_pid, is_cut_line, open_fds_under, seq_lines, seqs_on_disk, with_source_keys, write_file,
-    AppWriter, Logrotate, RotateMode,
+    agent_pid, is_cut_line, open_fds_under, replace_on_same_inode, seq_lines, seqs_on_disk,
+    with_source_keys, write_file, AppWriter, Logrotate, RotateMode,
 };
 use tailrace_e2e::{
     file_to_kafka, seq_of, wait_until, Agent, Broker, Consumer, Record, Report, SeqLines,
@@ -395,18 +395,14 @@ fn inode_reuse_while_stopped_is_read_as_a_new_file() {
     agent.terminate();
     assert_eq!(agent.wait_exit(EXIT_TIMEOUT).code(), Some(0));
 
-    // A longer file on the same inode: ext4 hands a freed inode to the next
-    // file created; retry a few times to be sure.
+    // A longer file with other lines on the same inode.
     let old = std::fs::metadata(&log).unwrap().ino();
-    let reused = (0..20).any(|_| {
-        std::fs::remove_file(&log).unwrap();
-        write_file(&log, &seq_lines(1_000..3_000));
-        std::fs::metadata(&log).unwrap().ino() == old
-    });
+    let reused = replace_on_same_inode(&log, &seq_lines(1_000..3_000));
     assert!(
         reused,
-        "the file system did not reuse inode {old}; this test needs one that does (ext4, tmpfs)"
+        "the file system did not hand inode {old} to a new file; this test needs one that does (ext4)"
     );
+    assert_eq!(std::fs::metadata(&log).unwrap().ino(), old);
     agent.restart();
     let report = assert_all_arrived(&mut consumer, 3_000, &[]);
     assert_eq!(report.duplicates, 0, "{report}");

@@ -435,18 +435,25 @@ fn inode_reuse_while_stopped_is_read_as_a_new_file() {
     src.wait_all(0..100);
     exactly(&src.stop(), 0..100);
 
-    // Deleted, and a longer file in its place on the same inode (ext4 and
-    // tmpfs reuse a freed inode at once; retry a few times to be sure).
+    // Deleted, and a longer file in its place on the same inode: a new file
+    // takes the lowest free inode of its group, so files are made until one
+    // gets it, and that one is renamed into place.
+    std::fs::remove_file(&log).unwrap();
     let mut reused = false;
-    for _ in 0..20 {
-        std::fs::remove_file(&log).unwrap();
-        append(&log, &lines(100..300));
-        if ino(&log) == old_ino {
+    for i in 0..10_000 {
+        let candidate = dir.path().join(format!("reuse-{i}"));
+        std::fs::File::create(&candidate).unwrap();
+        if ino(&candidate) == old_ino {
+            append(&candidate, &lines(100..300));
+            std::fs::rename(&candidate, &log).unwrap();
             reused = true;
             break;
         }
     }
-    assert!(reused, "the file system did not reuse inode {old_ino}");
+    assert!(
+        reused,
+        "the file system did not hand inode {old_ino} to a new file"
+    );
     let src = Source::start(&config(dir.path(), ""), &store, 100_000);
     src.wait_all(100..300);
     assert_eq!(src.event("content_replaced"), 1);
