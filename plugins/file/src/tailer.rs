@@ -624,10 +624,12 @@ impl Tailer {
             _ => return, // replaced between the scan and the open: next scan
         };
         let size = md.len();
+        let mut resumed = false;
         let start = match self.known.get(&id) {
             Some(saved)
                 if identity::holds(&file, size, &saved.fingerprint, &saved.check, saved.offset) =>
             {
+                resumed = true;
                 Start {
                     offset: saved.offset,
                     check: Some(Tail::from_slice(&saved.check)),
@@ -657,10 +659,6 @@ impl Tailer {
                 check: None,
             },
         };
-        let resumed = self
-            .known
-            .get(&id)
-            .is_some_and(|s| s.offset == start.offset);
         let origin = path.clone();
         if let Some(seq) = self.track(path, origin, Place::Live, file, &md, start) {
             if resumed {
