@@ -24,6 +24,7 @@ mod consumer;
 pub mod http;
 mod lines;
 mod process;
+pub mod rotation;
 pub mod sockets;
 
 pub use agent::{file_to_kafka, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint};

@@ -31,7 +31,7 @@ pub use component::{
     SourceContext,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
-pub use metrics::{Metrics, SinkMetrics, SourceMetrics};
+pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};

@@ -47,6 +47,7 @@ pub struct Metrics {
     channel_bytes: Family<Labels, Gauge>,
     latency: HistogramFamily,
     batch_events: HistogramFamily,
+    file: FileFamilies,
 }
 
 impl Default for Metrics {
@@ -77,6 +78,7 @@ impl Metrics {
             channel_bytes: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
+            file: FileFamilies::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
@@ -180,6 +182,7 @@ impl Metrics {
             "Events per batch taken from the channel, per sink",
             m.batch_events.clone(),
         );
+        m.file.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -201,6 +204,7 @@ impl Metrics {
             filtered: self.source_filtered.get_or_create(&l).clone(),
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped: Dropped::new(self.dropped.clone(), name),
+            file: FileMetrics::new(&self.file, name),
         }
     }
 
@@ -283,6 +287,8 @@ pub struct SourceMetrics {
     /// Input that did not parse and was forwarded as it was.
     pub parse_errors: Counter,
     pub dropped: Dropped,
+    /// Used by file sources only; creates no series until used.
+    pub file: FileMetrics,
 }
 
 impl SourceMetrics {
@@ -307,4 +313,81 @@ pub struct SinkMetrics {
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,
     pub dropped: Dropped,
+}
+
+/// The families of file sources: `tailrace_file_events_total{source,event}`,
+/// `tailrace_file_open_files{source}`, `tailrace_file_lag_bytes{source,path}`.
+#[derive(Clone, Default)]
+struct FileFamilies {
+    events: Family<Labels, Counter>,
+    open: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge>,
+}
+
+impl FileFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tailrace_file_events",
+            "What happened to the files of a file source, by event (rotated, truncated, open_limit, ...)",
+            self.events.clone(),
+        );
+        registry.register(
+            "tailrace_file_open_files",
+            "Descriptors a file source holds open",
+            self.open.clone(),
+        );
+        registry.register(
+            "tailrace_file_lag_bytes",
+            "Bytes between the acknowledged position of a file and its size",
+            self.lag.clone(),
+        );
+    }
+}
+
+/// The handles of one file source. Series are created on first use, so
+/// other source types export none.
+#[derive(Clone)]
+pub struct FileMetrics {
+    families: FileFamilies,
+    source: String,
+}
+
+impl FileMetrics {
+    fn new(families: &FileFamilies, source: &str) -> FileMetrics {
+        FileMetrics {
+            families: families.clone(),
+            source: source.to_owned(),
+        }
+    }
+
+    /// Adds `n` to `tailrace_file_events_total{source, event}` (rare events:
+    /// one lookup per call).
+    pub fn event(&self, event: &str, n: u64) {
+        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
+        self.families.events.get_or_create(&l).inc_by(n);
+    }
+
+    /// The count of one event so far (creates no series).
+    pub fn event_count(&self, event: &str) -> u64 {
+        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
+        self.families.events.get(&l).map_or(0, |c| c.get())
+    }
+
+    /// `tailrace_file_open_files{source}`.
+    pub fn open_files(&self) -> Gauge {
+        let l = vec![("source", self.source.clone())];
+        self.families.open.get_or_create(&l).clone()
+    }
+
+    /// `tailrace_file_lag_bytes{source, path}`: keep the handle, and
+    /// [`FileMetrics::forget_lag`] it when the file is closed.
+    pub fn lag(&self, path: &str) -> Gauge {
+        let l = vec![("source", self.source.clone()), ("path", path.to_owned())];
+        self.families.lag.get_or_create(&l).clone()
+    }
+
+    pub fn forget_lag(&self, path: &str) {
+        let l = vec![("source", self.source.clone()), ("path", path.to_owned())];
+        self.families.lag.remove(&l);
+    }
 }

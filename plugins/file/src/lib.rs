@@ -3,23 +3,32 @@
 //!
 //! One thread per source reads every file it tracks in large chunks, splits
 //! lines without copying them, and sends one batch per chunk. A file's
-//! position is saved only when every batch before it was acknowledged.
+//! position is saved only when every batch before it was acknowledged. A
+//! file is followed through rename and copytruncate rotation, truncation
+//! and deletion, while the agent runs and across its restarts (`tailer`,
+//! `identity`).
 //!
 //! This crate must never depend on another plugin, nor know how positions
 //! are stored (it sees the `CheckpointStore` trait) or where lines go (it
 //! sees channels).
 
 mod checkpoint;
+mod identity;
+mod multiline;
 mod scan;
 mod split;
 mod tailer;
+#[cfg(test)]
+mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
 pub use checkpoint::{describe, CheckpointInfo};
+pub use multiline::MultilineConfig;
 pub use split::{LinePolicy, Splitter};
 
 /// Where to start in a file that has no saved position.
@@ -61,13 +70,33 @@ pub struct FileSourceConfig {
     /// Bytes at the start of a file that identify it with its inode.
     #[serde(default = "default_fingerprint_bytes")]
     pub fingerprint_bytes: usize,
-    /// A rotated or deleted file that was read to its end, whose lines were
-    /// all acknowledged and that has not grown for this long is closed.
+    /// A rotated file read to its end, whose lines were all acknowledged
+    /// and that has not grown for this long, has its descriptor closed; it
+    /// is still watched, and read again if it grows. Also how long an
+    /// unterminated last line of a rotated or deleted file waits for its
+    /// newline. A deleted file is closed as soon as it was read to its end
+    /// and acknowledged.
     #[serde(default = "default_rotated_idle_ms")]
     pub rotated_idle_ms: u64,
     /// How often acknowledged positions are written to the store.
     #[serde(default = "default_checkpoint_interval_ms")]
     pub checkpoint_interval_ms: u64,
+    /// Descriptors the source may hold. Idle files are closed (and opened
+    /// again when they grow) to stay below it; when every descriptor is
+    /// busy, files wait, counted in `tailrace_file_events_total{event="open_limit"}`.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// The saved position of a file that can no longer be found is
+    /// forgotten after this long.
+    #[serde(default = "default_expire_after_ms")]
+    pub expire_after_ms: u64,
+    /// Use inotify to notice new and changed files at once; false: only
+    /// the polling every `scan_interval_ms` (file systems without inotify).
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+    /// Joins lines into multiline events (stack traces).
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -90,6 +119,15 @@ fn default_rotated_idle_ms() -> u64 {
 }
 fn default_checkpoint_interval_ms() -> u64 {
     200
+}
+fn default_max_open_files() -> usize {
+    1024
+}
+fn default_expire_after_ms() -> u64 {
+    24 * 60 * 60 * 1000
+}
+fn default_watch() -> bool {
+    true
 }
 
 impl FileSourceConfig {
@@ -125,11 +163,12 @@ impl SourceConfig for FileSourceConfig {
                 ));
             }
         }
-        let positive: [(&str, usize); 4] = [
+        let positive: [(&str, usize); 5] = [
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("max_line_bytes", self.max_line_bytes),
             ("poll_interval_ms", self.poll_interval_ms as usize),
             ("scan_interval_ms", self.scan_interval_ms as usize),
+            ("max_open_files", self.max_open_files),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -138,6 +177,9 @@ impl SourceConfig for FileSourceConfig {
                     format!("{key} must be greater than 0"),
                 ));
             }
+        }
+        if let Some(Err(issue)) = self.multiline.as_ref().map(MultilineConfig::compile) {
+            issues.push(issue);
         }
         issues
     }
@@ -149,6 +191,12 @@ impl SourceConfig for FileSourceConfig {
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
         let matcher = scan::Matcher::new(&self.include, &self.exclude)
             .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?;
+        let multiline = match &self.multiline {
+            Some(m) => Some(Arc::new(m.compile().map_err(|e| {
+                BuildError(format!("{}: {}", e.path.join("."), e.message))
+            })?)),
+            None => None,
+        };
         let settings = tailer::Settings {
             start_at: self.start_at,
             poll_interval: Self::interval(self.poll_interval_ms),
@@ -159,6 +207,10 @@ impl SourceConfig for FileSourceConfig {
             fingerprint_bytes: self.fingerprint_bytes,
             rotated_idle: Duration::from_millis(self.rotated_idle_ms),
             checkpoint_interval: Self::interval(self.checkpoint_interval_ms),
+            max_open_files: self.max_open_files.max(1),
+            expire_after: Duration::from_millis(self.expire_after_ms),
+            watch: self.watch,
+            multiline,
         };
         tailer::spawn(cx, matcher, settings)
     }

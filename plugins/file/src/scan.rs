@@ -96,13 +96,16 @@ impl Matcher {
     }
 
     pub fn matches(&self, path: &Path) -> bool {
-        if !self.include.is_match(path) || self.exclude_path.is_match(path) {
-            return false;
-        }
-        match path.file_name() {
-            Some(name) => !self.exclude_name.is_match(Path::new(name)),
-            None => false,
-        }
+        self.include.is_match(path) && path.file_name().is_some() && !self.excludes(path)
+    }
+
+    /// Whether an exclude glob matches `path` (also asked of rotated
+    /// siblings, which need not match an include glob).
+    pub fn excludes(&self, path: &Path) -> bool {
+        self.exclude_path.is_match(path)
+            || path
+                .file_name()
+                .is_some_and(|name| self.exclude_name.is_match(Path::new(name)))
     }
 
     /// Every regular file under the roots that matches.
