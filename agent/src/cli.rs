@@ -1,9 +1,10 @@
-//! The command line: `run`, `validate`, `checkpoints`.
+//! The command line: `run`, `validate`, `checkpoints`, `spool`, and the
+//! hidden `man` that writes the manual pages from these definitions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,41 @@ use crate::store::Store;
 /// Bad config or usage (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// tailrace: tails log files into Apache Kafka and loses no line.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0   success
+  1   a failure after the config was accepted (see the message)
+  2   the command line was refused
+  64  the config was refused; nothing was started";
+
+const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
+.TP
+0
+success
+.TP
+1
+a failure after the config was accepted (see the message)
+.TP
+2
+the command line was refused
+.TP
+64
+the config was refused; nothing was started
+"#;
+
+/// Tails log files into Apache Kafka and loses no line.
+///
+/// tailrace reads log files (following rotation), passes the lines through
+/// bounded channels and produces them to Apache Kafka with acks=all and the
+/// idempotent producer. A file position is saved only after Kafka
+/// acknowledged every line before it; sends that fail are kept in a spool on
+/// local disk and produced again. A local HTTP endpoint serves /health,
+/// /ready and Prometheus /metrics.
+///
+/// Every command takes the YAML config file with --config FILE, or from the
+/// TAILRACE_CONFIG environment variable.
 #[derive(Parser, Debug)]
-#[command(name = "tailrace", version, about, long_about = None, propagate_version = true)]
+#[command(name = "tailrace", version, propagate_version = true, after_help = EXIT_STATUS)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -29,28 +62,58 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent until SIGTERM or SIGINT.
+    ///
+    /// Opens the sources, channels and sinks of the config and runs until
+    /// SIGTERM or SIGINT; then it delivers what is in flight within
+    /// shutdown_grace_ms, saves the file positions and exits 0. A second
+    /// signal during shutdown exits at once (nothing is lost: lines after the
+    /// last saved position are read again at the next start). The config is
+    /// checked first, as by `validate`; a refused config starts nothing and
+    /// exits 64. Logs go to standard error; RUST_LOG overrides log.level.
     Run {
         /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG")]
+        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
     /// Check a config file and exit: 0 when valid, 64 with every error listed.
+    ///
+    /// Parses and checks the config, opening none of the files, sockets or
+    /// brokers it names. Every error is printed as FILE:LINE:COLUMN: path:
+    /// message, and the exit status is 64 when there is any.
     Validate {
-        #[arg(short, long, env = "TAILRACE_CONFIG")]
+        /// The YAML config file.
+        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
     /// Print the saved position of every file, one JSON object per line.
-    /// The agent must be stopped.
+    ///
+    /// Reads the checkpoints in the config's data_dir and prints, for each
+    /// file source, the path, device, inode and saved offset of every file it
+    /// has read. The agent must be stopped (the store is locked while it
+    /// runs).
     Checkpoints {
-        #[arg(short, long, env = "TAILRACE_CONFIG")]
+        /// The YAML config file.
+        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Look inside the spool of failed sends, replay it, or purge it. The
-    /// agent must be stopped.
+    /// Look inside the spool of failed sends, replay it, or purge it.
+    ///
+    /// The spool keeps, in the config's data_dir, the batches Kafka did not
+    /// acknowledge; the running agent produces them again on its own. Besides
+    /// the pending tree there is a dead-letter tree (records Kafka refused for
+    /// good) and a corrupt tree (entries that failed their checksum). The
+    /// agent must be stopped (the store is locked while it runs).
     Spool {
         #[command(subcommand)]
         action: SpoolAction,
-        #[arg(short, long, env = "TAILRACE_CONFIG", global = true)]
+        /// The YAML config file (its data_dir and kafka sinks).
+        #[arg(
+            short,
+            long,
+            env = "TAILRACE_CONFIG",
+            global = true,
+            value_name = "FILE"
+        )]
         config: Option<PathBuf>,
         /// Work on the dead-letter tree (records Kafka refused for good).
         #[arg(long, global = true, conflicts_with = "corrupt")]
@@ -59,26 +122,49 @@ pub enum Command {
         #[arg(long, global = true)]
         corrupt: bool,
         /// Only this sink (default: every kafka sink of the config).
-        #[arg(long, global = true)]
+        #[arg(long, global = true, value_name = "NAME")]
         sink: Option<String>,
+    },
+    /// Write the manual pages, generated from these definitions, into a
+    /// directory (used by packaging/build).
+    #[command(hide = true)]
+    Man {
+        /// The directory to write tailrace.1 and one page per command into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SpoolAction {
     /// Entries, events and bytes held per sink, in every tree.
+    ///
+    /// Prints one JSON line per sink and tree ("spool" for the pending
+    /// entries, "dead", "corrupt") with its entries, events and bytes.
     Stats,
     /// One JSON line per entry: id, creation time, events, bytes, reason.
+    ///
+    /// Lists the entries of the pending tree, or of the tree chosen with
+    /// --dead-letter or --corrupt, oldest first.
     List,
     /// Produce the entries to the sink's broker now; each is removed once
     /// Kafka acknowledged all its records.
+    ///
+    /// Replays the pending tree, or the tree chosen with --dead-letter or
+    /// --corrupt, oldest first, to the sink's bootstrap_servers and topic.
+    /// Prints one JSON summary line per sink; the exit status is 1 when an
+    /// entry was not acknowledged in time (it stays in the spool).
     Replay {
         /// Give up on what is not acknowledged within this many seconds.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
         timeout_secs: u64,
     },
     /// Delete the entries. Without --yes, only says what would go.
+    ///
+    /// Purges the pending tree, or the tree chosen with --dead-letter or
+    /// --corrupt. The events in it are lost for good.
     Purge {
+        /// Delete for real; without it nothing is deleted.
         #[arg(long)]
         yes: bool,
     },
@@ -156,6 +242,16 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Man { out } => match write_man_pages(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "tailrace: cannot write the manual pages into {}: {e}",
+                    out.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
         Command::Checkpoints { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -182,6 +278,49 @@ fn load(file: &Path) -> Result<Config, ExitCode> {
         );
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// Writes `tailrace.1` and one page per visible command (`tailrace-run.1`,
+/// `tailrace-spool-stats.1`, ...) into `out`.
+fn write_man_pages(out: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    // clap's own `help` command gets no page. Building sets the names the
+    // pages use: "tailrace spool stats" in the synopsis, "tailrace-spool-stats"
+    // as the page's name.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    write_man_page(&cli, out)
+}
+
+fn write_man_page(cmd: &clap::Command, out: &Path) -> std::io::Result<()> {
+    let name = cmd
+        .get_display_name()
+        .unwrap_or_else(|| cmd.get_name())
+        .to_string();
+    let man = clap_mangen::Man::new(cmd.clone())
+        .title(name.to_uppercase())
+        .source(format!("tailrace {}", env!("CARGO_PKG_VERSION")))
+        .manual("tailrace manual");
+    // Man::render, with an EXIT STATUS section on every page in place of
+    // the top-level --help's after_help.
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut page)?;
+    }
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(&mut page)?;
+    }
+    page.extend_from_slice(EXIT_STATUS_ROFF.as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::write(out.join(format!("{name}.1")), page)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_page(sub, out)?;
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) {
@@ -309,4 +448,75 @@ fn spool_command(
     }
     CheckpointStore::flush(&*store)?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible command has a short and a long description, and every
+    /// argument but clap's own --help and --version says what it is for.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        check_help(&cli, &mut missing);
+        assert!(missing.is_empty(), "no help text for: {missing:#?}");
+    }
+
+    fn check_help(cmd: &clap::Command, missing: &mut Vec<String>) {
+        let name = cmd.get_bin_name().unwrap_or(cmd.get_name()).to_string();
+        if cmd.get_about().is_none() {
+            missing.push(format!("{name} (about)"));
+        }
+        if cmd.get_long_about().is_none() && cmd.get_subcommands().next().is_none() {
+            missing.push(format!("{name} (long_about)"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !arg.is_hide_set() && id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{name} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if !sub.is_hide_set() && sub.get_name() != "help" {
+                check_help(sub, missing);
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_cover_every_visible_command() {
+        let dir = tempfile::tempdir().unwrap();
+        write_man_pages(dir.path()).unwrap();
+        let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        pages.sort();
+        let expected = [
+            "tailrace-checkpoints.1",
+            "tailrace-run.1",
+            "tailrace-spool-list.1",
+            "tailrace-spool-purge.1",
+            "tailrace-spool-replay.1",
+            "tailrace-spool-stats.1",
+            "tailrace-spool.1",
+            "tailrace-validate.1",
+            "tailrace.1",
+        ];
+        assert_eq!(pages, expected);
+        let main = std::fs::read_to_string(dir.path().join("tailrace.1")).unwrap();
+        assert!(main.contains("tailrace\\-validate"), "{main}");
+        assert!(main.contains(".SH \"EXIT STATUS\""), "{main}");
+        assert!(
+            !main.contains("tailrace\\-man"),
+            "the hidden man command shows: {main}"
+        );
+        assert!(
+            !main.contains("tailrace\\-help"),
+            "clap's help command shows: {main}"
+        );
+    }
 }
