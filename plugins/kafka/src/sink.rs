@@ -631,9 +631,20 @@ impl Sink {
     /// Sorts failed deliveries: replays are retried later from the spool,
     /// permanent failures go to the dead-letter tree, the rest to the spool.
     fn handle_failures(&mut self) {
-        let failures = std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failures = self.take_failures();
         if failures.is_empty() {
             return;
+        }
+        let retry_later = failures
+            .iter()
+            .any(|f| !is_permanent(f.error.rdkafka_error_code()));
+        if retry_later && self.settings.spool.ordering == SpoolOrdering::Strict {
+            // What librdkafka still holds (new events, later spool
+            // entries) was produced after the failed records: once the
+            // broker is back it would overtake them. It goes to the spool
+            // behind them instead, before any new batch is spooled.
+            self.purge_into_failures();
+            failures.extend(self.take_failures());
         }
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut dead = Vec::new();
@@ -668,6 +679,10 @@ impl Sink {
         if !dead.is_empty() {
             self.dead_letter(dead);
         }
+    }
+
+    fn take_failures(&self) -> Vec<Failure> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Keeps records Kafka refused for good, with the error, and settles them.
