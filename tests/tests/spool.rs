@@ -544,6 +544,49 @@ fn twenty_network_cuts_and_random_sigkills_lose_nothing() {
     );
 }
 
+/// After a delivery timeout librdkafka bumps the idempotent producer's
+/// epoch itself; tansu (like a broker that does not take the bump) answers
+/// PRODUCER_FENCED to every later send. The sink must replace its producer
+/// instead of failing, and spooling, forever.
+#[test]
+fn fenced_producer_is_replaced_after_a_cut_beyond_delivery_timeout() {
+    let broker_port = free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}"));
+    let broker = Broker::start_behind(broker_port, proxy.port());
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    let writer = lines.spawn_writer(50, Duration::from_millis(10), MAX_WRITTEN);
+    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&proxy.address(), TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the cut"
+    );
+
+    proxy.cut();
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    proxy.restore();
+    let lines = {
+        let resumed_from = writer.written();
+        let records =
+            consumer.read_until(CATCH_UP, |r| seqs(r).range(resumed_from..).next().is_some());
+        assert!(
+            seqs(records).range(resumed_from..).next().is_some(),
+            "nothing written after the cut arrived"
+        );
+        writer.stop()
+    };
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert!(agent.is_running(), "the agent exited");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
 /// librdkafka's mock cluster with the topic, in this process: it must stay
 /// on this thread.
 fn mock_cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {

@@ -386,6 +386,8 @@ struct Sink {
     to_spool: Vec<Diverted>,
     replay: Replay,
     last_full_warning: Option<Instant>,
+    /// The broker fenced the producer's epoch: replace the producer.
+    fenced: bool,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -444,6 +446,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             not_before: Instant::now(),
         },
         last_full_warning: None,
+        fenced: false,
     };
     sink.update_gauges();
     let result = sink.run();
@@ -649,6 +652,10 @@ impl Sink {
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut dead = Vec::new();
         for f in failures {
+            self.fenced |= matches!(
+                f.error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            );
             let why = reason(&f.error);
             *reasons.entry(why.clone()).or_default() += 1;
             if f.inflight.is_replay() {
@@ -914,15 +921,22 @@ impl Sink {
     }
 
     /// The idempotent producer can hit a fatal error (its sequence numbers
-    /// no longer line up). Then what it holds is purged into the spool and
-    /// a new producer takes over.
+    /// no longer line up), or be fenced: after a delivery timeout librdkafka
+    /// bumps the producer's epoch itself, and a broker that does not take
+    /// the bump answers every later send with PRODUCER_FENCED. Then what it
+    /// holds is purged into the spool and a new producer, with a new
+    /// producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
+        } else if self.fenced {
+            warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it");
+        } else {
             return Ok(());
-        };
-        error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
+        }
         self.purge_into_failures();
         self.handle_failures();
+        self.fenced = false;
         let context = Delivery::new(
             self.cx.name.clone(),
             self.cx.metrics.clone(),
