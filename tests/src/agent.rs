@@ -87,6 +87,14 @@ pub struct Checkpoint {
     pub offset: u64,
 }
 
+/// One line of `tailrace spool stats`: what one tree of a sink's spool holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpoolUsage {
+    pub entries: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
 /// A running `tailrace run --config DIR/tailrace.yaml`, its stdout and
 /// stderr appended to `DIR/agent.log`. Dropping it SIGKILLs the process; if
 /// the test is panicking, the tail of the log is printed first.
@@ -147,6 +155,11 @@ impl Agent {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Everything the agent logged, over all its runs.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// The last `n` lines the agent logged, over all its runs.
@@ -228,6 +241,64 @@ impl Agent {
             .map(parse_checkpoint)
             .collect()
     }
+
+    /// `tailrace spool ARGS... --config CONFIG`; the agent must be stopped.
+    /// Returns the output whatever the exit status.
+    pub fn spool(&self, args: &[&str]) -> Output {
+        assert!(
+            self.child.is_none(),
+            "stop the agent before running tailrace spool"
+        );
+        let mut cmd = tailrace();
+        cmd.arg("spool")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config);
+        cmd.output().expect("cannot run tailrace spool")
+    }
+
+    /// The JSON lines `tailrace spool ARGS...` printed; panics unless it
+    /// exited 0.
+    pub fn spool_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let output = self.spool(args);
+        assert!(
+            output.status.success(),
+            "tailrace spool {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        json_lines(&output.stdout)
+    }
+
+    /// What `tailrace spool stats` says the `tree` (`spool`, `dead`,
+    /// `corrupt`) of sink `sink` holds.
+    pub fn spool_usage(&self, sink: &str, tree: &str) -> SpoolUsage {
+        let stats = self.spool_json(&["stats"]);
+        let line = stats
+            .iter()
+            .find(|v| v["sink"] == sink && v["tree"] == tree)
+            .unwrap_or_else(|| panic!("no {tree} tree of sink {sink} in spool stats: {stats:?}"));
+        let number = |key: &str| {
+            line[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("spool stats has no integer {key:?}: {line}"))
+        };
+        SpoolUsage {
+            entries: number("entries"),
+            events: number("events"),
+            bytes: number("bytes"),
+        }
+    }
+}
+
+/// Parses one JSON value per non-empty line.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
 }
 
 impl Drop for Agent {

@@ -63,6 +63,8 @@ enum Storage {
 /// persistent broker, its sqlite database. Dropping it kills the process.
 pub struct Broker {
     port: u16,
+    /// The port given to clients in metadata: `port`, or a proxy's.
+    advertised_port: u16,
     storage: Storage,
     dir: TempDir,
     child: Option<Child>,
@@ -85,13 +87,26 @@ impl Broker {
         Broker::launch(free_port(), Storage::Sqlite)
     }
 
+    /// A broker with in-memory storage on `port` that tells clients, in
+    /// metadata, to connect to `127.0.0.1:advertised_port` (a
+    /// [`crate::Proxy`] in front of it), so that every connection after the
+    /// bootstrap goes through the proxy too.
+    pub fn start_behind(port: u16, advertised_port: u16) -> Broker {
+        Broker::launch_advertising(port, advertised_port, Storage::Memory)
+    }
+
     fn launch(port: u16, storage: Storage) -> Broker {
+        Broker::launch_advertising(port, port, storage)
+    }
+
+    fn launch_advertising(port: u16, advertised_port: u16, storage: Storage) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("tansu-")
             .tempdir()
             .expect("cannot create a temp dir");
         let mut broker = Broker {
             port,
+            advertised_port,
             storage,
             dir,
             child: None,
@@ -173,6 +188,14 @@ impl Broker {
         }
     }
 
+    /// SIGKILL: the broker gets no chance to finish anything. A persistent
+    /// broker keeps what it had committed for `start_again`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill_and_reap(&mut child);
+        }
+    }
+
     /// Starts the broker (again) on the same port and waits until it answers
     /// metadata requests.
     pub fn start_again(&mut self) {
@@ -196,7 +219,7 @@ impl Broker {
             .arg("--listener-url")
             .arg(self.url())
             .arg("--advertised-listener-url")
-            .arg(self.url());
+            .arg(format!("tcp://127.0.0.1:{}", self.advertised_port));
         self.child = Some(process::spawn_logged(&mut cmd, &self.log_path()));
         self.wait_ready();
     }

@@ -4,6 +4,8 @@
 //!
 //! - [`Broker`] starts tansu on a free port, creates topics, stops and restarts it.
 //! - [`Agent`] writes a config, spawns `tailrace run`, kills, terminates, restarts it.
+//! - [`Proxy`] forwards TCP between the agent and the broker and can cut
+//!   and restore the connection.
 //! - [`Consumer`] assigns every partition of a topic from the beginning and
 //!   accumulates what it reads.
 //! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
@@ -24,13 +26,17 @@ mod consumer;
 pub mod http;
 mod lines;
 mod process;
+mod proxy;
 pub mod rotation;
 pub mod sockets;
 
-pub use agent::{file_to_kafka, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint};
+pub use agent::{
+    file_to_kafka, json_lines, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint, SpoolUsage,
+};
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
 pub use lines::{seq_of, Report, SeqLines, Writer, LINE_LEN};
+pub use proxy::Proxy;
 
 use std::time::{Duration, Instant};
 

@@ -565,6 +565,8 @@ struct Sink {
     to_spool: Vec<Diverted>,
     replay: Replay,
     last_full_warning: Option<Instant>,
+    /// The broker fenced the producer's epoch: replace the producer.
+    fenced: bool,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -625,6 +627,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             not_before: Instant::now(),
         },
         last_full_warning: None,
+        fenced: false,
     };
     sink.update_gauges();
     let result = sink.run();
@@ -797,13 +800,28 @@ impl Sink {
     /// Sorts failed deliveries: replays are retried later from the spool,
     /// permanent failures go to the dead-letter tree, the rest to the spool.
     fn handle_failures(&mut self) {
-        let failures = std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failures = self.take_failures();
         if failures.is_empty() {
             return;
+        }
+        let retry_later = failures
+            .iter()
+            .any(|f| !is_permanent(f.error.rdkafka_error_code()));
+        if retry_later && self.settings.spool.ordering == SpoolOrdering::Strict {
+            // What librdkafka still holds (new events, later spool
+            // entries) was produced after the failed records: once the
+            // broker is back it would overtake them. It goes to the spool
+            // behind them instead, before any new batch is spooled.
+            self.purge_into_failures();
+            failures.extend(self.take_failures());
         }
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut dead = Vec::new();
         for f in failures {
+            self.fenced |= matches!(
+                f.error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            );
             let why = reason(&f.error);
             *reasons.entry(why.clone()).or_default() += 1;
             if f.inflight.is_replay() {
@@ -836,6 +854,10 @@ impl Sink {
         if !dead.is_empty() {
             self.dead_letter(dead);
         }
+    }
+
+    fn take_failures(&self) -> Vec<Failure> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Keeps records Kafka refused for good, with the error, and settles them.
@@ -1055,15 +1077,22 @@ impl Sink {
     }
 
     /// The idempotent producer can hit a fatal error (its sequence numbers
-    /// no longer line up). Then what it holds is purged into the spool and
-    /// a new producer takes over.
+    /// no longer line up), or be fenced: after a delivery timeout librdkafka
+    /// bumps the producer's epoch itself, and a broker that does not take
+    /// the bump answers every later send with PRODUCER_FENCED. Then what it
+    /// holds is purged into the spool and a new producer, with a new
+    /// producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
+        } else if self.fenced {
+            warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it");
+        } else {
             return Ok(());
-        };
-        error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
+        }
         self.purge_into_failures();
         self.handle_failures();
+        self.fenced = false;
         let context = Delivery::new(
             self.cx.name.clone(),
             self.cx.metrics.clone(),

@@ -1,0 +1,1088 @@
+//! Acceptance tests of the spool (issue 5): failed sends are kept on disk
+//! and replayed, through broker outages longer than the delivery timeout,
+//! cut connections, crashes of the agent, injected protocol errors and a
+//! damaged entry. Each starts its own broker and agent.
+//!
+//! The spool is read from the outside only: `tailrace spool`, the agent's
+//! log, and (agent stopped) the sled store itself, whose entries are
+//! decoded here from the documented format (plugins/api/src/spool.rs).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tailrace_e2e::{
+    file_to_kafka, free_port, seq_of, wait_until, Agent, Broker, Consumer, Proxy, Record, Report,
+    SeqLines, LINE_LEN,
+};
+
+const TOPIC: &str = "logs";
+/// The sink's name in `file_to_kafka`.
+const SINK: &str = "kafka";
+/// Small, so that an outage of a few seconds outlasts it.
+const DELIVERY_TIMEOUT_MS: u64 = 3_000;
+/// For runs against tansu's sqlite storage, which is slower: a healthy
+/// broker must not let sends time out. A delivery timeout makes librdkafka
+/// bump the idempotent producer's epoch, and tansu 0.6.0's sqlite storage
+/// panics on a bumped epoch (lite.rs `query_one`: "more or less than one
+/// row"), after which it serves no produce or fetch request until restarted.
+const SQLITE_DELIVERY_TIMEOUT_MS: u64 = 5_000;
+/// After the outage of a sqlite broker, while the spool is replayed.
+const PATIENT_DELIVERY_TIMEOUT_MS: u64 = 60_000;
+/// shutdown_grace_ms in `file_to_kafka` (10 s), plus time to start and exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long everything may take to arrive once the broker is back.
+const CATCH_UP: Duration = Duration::from_secs(180);
+/// Upper bound on what a background writer appends.
+const MAX_WRITTEN: u64 = 1_000_000;
+
+/// `file_to_kafka` with `delivery_timeout_ms` and `spool` (a YAML flow
+/// mapping, or empty for the defaults).
+fn config(dir: &Path, bootstrap: &str, delivery_timeout_ms: u64, spool: &str) -> String {
+    let base = file_to_kafka(dir, bootstrap, TOPIC);
+    let default_timeout = "delivery_timeout_ms: 300000";
+    assert!(
+        base.contains(default_timeout),
+        "file_to_kafka changed; update this test's config"
+    );
+    let summary = "summary_interval_ms: 1000";
+    assert!(
+        base.contains(summary),
+        "file_to_kafka changed; update this test's config"
+    );
+    // Summaries every 10 s, so the tail of the log shows what happened.
+    let mut config = base.replace(summary, "summary_interval_ms: 10000").replace(
+        default_timeout,
+        &format!("delivery_timeout_ms: {delivery_timeout_ms}"),
+    );
+    if !spool.is_empty() {
+        // The sink is the last block of the config.
+        config.push_str(&format!("    spool: {spool}\n"));
+    }
+    config
+}
+
+/// Rewrites the stopped agent's config with another delivery timeout, for
+/// its next start.
+fn set_delivery_timeout(agent: &Agent, from_ms: u64, to_ms: u64) {
+    let path = agent.config_path();
+    let text = std::fs::read_to_string(path).unwrap();
+    let old = format!("delivery_timeout_ms: {from_ms}\n");
+    assert!(text.contains(&old), "no {old:?} in {}", path.display());
+    std::fs::write(
+        path,
+        text.replace(&old, &format!("delivery_timeout_ms: {to_ms}\n")),
+    )
+    .unwrap();
+}
+
+/// How many lines of the log contain `message`.
+fn logged(agent: &Agent, message: &str) -> usize {
+    agent.log().lines().filter(|l| l.contains(message)).count()
+}
+
+/// The sum of the `events=N` fields of the log lines containing `message`.
+fn logged_events(agent: &Agent, message: &str) -> u64 {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("events="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Asserts that the agent logged `message` within `timeout`.
+fn wait_for_log(agent: &Agent, message: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || logged(agent, message) > 0),
+        "the agent did not log {message:?} within {timeout:?}\n{}",
+        agent.log_tail(40)
+    );
+}
+
+/// SIGTERM and a clean exit.
+fn stop_cleanly(agent: &mut Agent) {
+    agent.terminate();
+    let status = agent.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+}
+
+/// Reads until at most `allowed` of the lines of `lines` are missing, or
+/// `timeout`. Checks only the records read since the last poll, so a
+/// million records cost no more than reading them.
+fn read_until_missing_at_most(
+    consumer: &mut Consumer,
+    lines: &SeqLines,
+    allowed: u64,
+    timeout: Duration,
+) {
+    let expected = lines.written();
+    let mut seen = vec![false; usize::try_from(expected).unwrap()];
+    let mut missing = expected;
+    let mut checked = 0;
+    consumer.read_until(timeout, |records| {
+        for record in &records[checked..] {
+            if let Some(seq) = seq_of(&record.payload).filter(|&s| s < expected) {
+                let seen = &mut seen[usize::try_from(seq).unwrap()];
+                if !*seen {
+                    *seen = true;
+                    missing -= 1;
+                }
+            }
+        }
+        checked = records.len();
+        missing <= allowed
+    });
+}
+
+/// Reads until every line of `lines` arrived, and returns the report.
+fn read_all(consumer: &mut Consumer, lines: &SeqLines, timeout: Duration) -> Report {
+    read_until_missing_at_most(consumer, lines, 0, timeout);
+    let report = lines.count(consumer.records());
+    println!("{report}");
+    report
+}
+
+/// Under strict ordering, how many lines may arrive before an older line
+/// that was spooled (see `mock_broker_down_beyond_delivery_timeout_then_up_loses_nothing`).
+const MAX_OVERTAKING: u64 = 1_000;
+
+/// How many lines arrived (for the first time) while an older line had not
+/// arrived yet: the lines that overtook it.
+fn overtaking(records: &[Record]) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut lowest_missing = 0;
+    let mut early = 0;
+    for seq in records.iter().filter_map(|r| seq_of(&r.payload)) {
+        if !seen.insert(seq) {
+            continue;
+        }
+        if seq > lowest_missing {
+            early += 1;
+        }
+        while seen.contains(&lowest_missing) {
+            lowest_missing += 1;
+        }
+    }
+    early
+}
+
+/// Runs of consecutive lines as they arrived: "first..=last@offset".
+fn runs(records: &[Record]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut run: Option<(u64, u64, i64)> = None;
+    for r in records {
+        let Some(seq) = seq_of(&r.payload) else {
+            continue;
+        };
+        match run {
+            Some((a, b, at)) if seq == b + 1 => run = Some((a, seq, at)),
+            Some((a, b, at)) => {
+                out.push(format!("{a}..={b}@{at}"));
+                run = Some((seq, seq, r.offset));
+            }
+            None => run = Some((seq, seq, r.offset)),
+        }
+    }
+    if let Some((a, b, at)) = run {
+        out.push(format!("{a}..={b}@{at}"));
+    }
+    out.join(" ")
+}
+
+/// The line number of each record, for sets of what arrived.
+fn seqs(records: &[Record]) -> BTreeSet<u64> {
+    records.iter().filter_map(|r| seq_of(&r.payload)).collect()
+}
+
+/// The saved position of the only file, in lines (0 when none is saved).
+fn saved_lines(agent: &Agent) -> u64 {
+    let checkpoints = agent.checkpoints();
+    assert!(checkpoints.len() <= 1, "one file, got {checkpoints:?}");
+    checkpoints
+        .first()
+        .map_or(0, |c| c.offset / LINE_LEN as u64)
+}
+
+// ---- the spool on disk, read with sled while the agent is stopped ----
+
+/// The entries of a spool tree (`spool`, `dead`, `corrupt`) of the sink,
+/// oldest first, as (id, entry bytes).
+fn spool_entries(dir: &Path, tree: &str) -> Vec<(u64, Vec<u8>)> {
+    let db = sled::open(dir.join("data/store")).expect("cannot open the agent's store");
+    let tree = db
+        .open_tree(format!("{tree}/{SINK}"))
+        .expect("cannot open a spool tree");
+    tree.iter()
+        .map(|item| {
+            let (k, v) = item.expect("cannot read the spool");
+            let id = u64::from_be_bytes(k.as_ref().try_into().expect("spool keys are u64"));
+            (id, v.to_vec())
+        })
+        .collect()
+}
+
+/// Offset of the reason's length, and of the reason, in an entry (see
+/// plugins/api/src/spool.rs): magic 4, version 1, crc 4, created 8,
+/// events 4, raw_len 4, reason_len 2.
+const REASON_LEN_AT: usize = 25;
+const HEADER: usize = 27;
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The payloads of a spool entry; panics if it is not a good entry.
+fn decode_entry(entry: &[u8]) -> Vec<Vec<u8>> {
+    assert_eq!(&entry[..4], b"TRSP", "spool entry magic");
+    assert_eq!(u32_at(entry, 5), crc32(&entry[9..]), "spool entry checksum");
+    let events = u32_at(entry, 17) as usize;
+    let raw_len = u32_at(entry, 21) as usize;
+    let reason_len = u16::from_le_bytes([entry[REASON_LEN_AT], entry[REASON_LEN_AT + 1]]) as usize;
+    let raw = lz4_flex::block::decompress(&entry[HEADER + reason_len..], raw_len)
+        .expect("spool entry decompresses");
+    let mut payloads = Vec::with_capacity(events);
+    let mut at = 0;
+    while at < raw.len() {
+        let flags = raw[at];
+        at += 1;
+        if flags & 1 != 0 {
+            at += 8;
+        }
+        if flags & 2 != 0 {
+            at += 4 + u32_at(&raw, at) as usize;
+        }
+        let len = u32_at(&raw, at) as usize;
+        at += 4;
+        payloads.push(raw[at..at + len].to_vec());
+        at += len;
+    }
+    assert_eq!(payloads.len(), events, "spool entry's event count");
+    payloads
+}
+
+/// CRC-32 (IEEE), as the spool computes it; bitwise, tests only.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The line numbers held in a spool tree.
+fn spooled_seqs(dir: &Path, tree: &str) -> BTreeSet<u64> {
+    spool_entries(dir, tree)
+        .iter()
+        .flat_map(|(_, e)| decode_entry(e))
+        .map(|p| seq_of(&p).expect("spooled payloads are numbered lines"))
+        .collect()
+}
+
+/// Lines `0..n` are each in Kafka or in the spool: the position was saved
+/// only past what was acknowledged or spooled and flushed.
+fn assert_covered(n: u64, in_kafka: &BTreeSet<u64>, in_spool: &BTreeSet<u64>) {
+    let uncovered: Vec<u64> = (0..n)
+        .filter(|s| !in_kafka.contains(s) && !in_spool.contains(s))
+        .collect();
+    assert!(
+        uncovered.is_empty(),
+        "{} lines before the saved position (line {n}) are neither in Kafka nor in the spool, e.g. {:?}",
+        uncovered.len(),
+        &uncovered[..uncovered.len().min(10)]
+    );
+}
+
+/// For a failure message: where the missing lines are, from the stopped
+/// agent's saved position and spool.
+fn where_are_they(agent: &Agent, dir: &Path, report: &Report) -> String {
+    let saved = saved_lines(agent);
+    let in_spool = spooled_seqs(dir, "spool");
+    let missing_in_spool = report
+        .missing
+        .iter()
+        .filter(|s| in_spool.contains(s))
+        .count();
+    let missing_before_saved = report.missing.iter().filter(|&&s| s < saved).count();
+    format!(
+        "saved position: line {saved}; spool: {:?} holding {} lines; of {} missing lines, {missing_in_spool} are in the spool and {missing_before_saved} are before the saved position",
+        agent.spool_usage(SINK, "spool"),
+        in_spool.len(),
+        report.missing.len(),
+    )
+}
+
+// ---- the tests ----
+
+#[test]
+fn broker_down_beyond_delivery_timeout_then_sigkill_with_spool_loses_nothing() {
+    const TOTAL: u64 = 150_000;
+    let mut broker = Broker::start_persistent();
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(10_000);
+    // About 10,000 lines/s: the 150,000 take some 15 s, most of them while
+    // the broker is down.
+    let writer = lines.spawn_writer(100, Duration::from_millis(10), TOTAL);
+    let bootstrap = broker.bootstrap();
+    let config = config(dir.path(), &bootstrap, SQLITE_DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    assert!(
+        consumer.read_count(10_000, Duration::from_secs(60)).len() >= 10_000,
+        "too few lines arrived before the outage"
+    );
+
+    broker.kill();
+    let down_at = Instant::now();
+    // What was delivered before the outage is at most what was written.
+    let written_at_outage = writer.written();
+    wait_for_log(
+        &agent,
+        "the sink cannot reach its broker",
+        Duration::from_secs(30),
+    );
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    assert!(
+        wait_until(Duration::from_secs(60), || !writer.is_writing()),
+        "the writer did not finish"
+    );
+    let lines = writer.stop();
+    assert_eq!(lines.written(), TOTAL);
+    // Let the agent read on into the spool (new lines wait behind it):
+    // at least what was written during the outage.
+    let spooled_enough = wait_until(Duration::from_secs(60), || {
+        logged_events(&agent, "events spooled") >= TOTAL - written_at_outage
+    });
+    assert!(
+        spooled_enough,
+        "the agent did not spool what was written during the outage: {} spooled, {} written since",
+        logged_events(&agent, "events spooled"),
+        TOTAL - written_at_outage
+    );
+    assert!(agent.is_running(), "the agent exited during the outage");
+    agent.kill();
+    let outage = down_at.elapsed();
+
+    // The spool holds data, and every line before the saved position is in
+    // Kafka (read once the broker is back, before the agent is) or in the
+    // spool.
+    let held = agent.spool_usage(SINK, "spool");
+    println!("killed after an outage of {outage:?}: spool holds {held:?}");
+    assert!(
+        held.entries > 0 && held.events > 0,
+        "the spool is empty: {held:?}"
+    );
+    let saved = saved_lines(&agent);
+    let in_spool = spooled_seqs(dir.path(), "spool");
+    assert!(
+        in_spool.iter().any(|&s| s < saved),
+        "the position did not move past spooled lines (saved at line {saved})"
+    );
+    broker.start_again();
+    let covered = |records: &[Record]| {
+        let in_kafka = seqs(records);
+        (0..saved).all(|s| in_kafka.contains(&s) || in_spool.contains(&s))
+    };
+    consumer.read_until(Duration::from_secs(60), covered);
+    assert_covered(saved, &seqs(consumer.records()), &in_spool);
+
+    set_delivery_timeout(
+        &agent,
+        SQLITE_DELIVERY_TIMEOUT_MS,
+        PATIENT_DELIVERY_TIMEOUT_MS,
+    );
+    agent.restart();
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.malformed_count, 0, "{report}");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    let left = agent.spool_usage(SINK, "spool");
+    assert_eq!(
+        left.entries, 0,
+        "the spool is not empty afterwards: {left:?}"
+    );
+    assert_eq!(agent.spool_usage(SINK, "corrupt").entries, 0);
+    assert_eq!(agent.spool_usage(SINK, "dead").entries, 0);
+}
+
+/// A small xorshift generator: the test prints its seed, and
+/// `TAILRACE_SEED=N` replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("TAILRACE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        println!("TAILRACE_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A duration in `min..max` milliseconds.
+    fn millis(&mut self, min: u64, max: u64) -> Duration {
+        Duration::from_millis(min + self.next() % (max - min))
+    }
+
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+#[test]
+fn twenty_network_cuts_and_random_sigkills_lose_nothing() {
+    const CUTS: usize = 20;
+    let broker_port = free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}"));
+    let broker = Broker::start_behind(broker_port, proxy.port());
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    // About 5,000 lines/s throughout.
+    let writer = lines.spawn_writer(50, Duration::from_millis(10), MAX_WRITTEN);
+    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&proxy.address(), TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the first cut"
+    );
+
+    let mut rng = Rng::from_env_or_clock();
+    let mut kills = 0;
+    for cut in 0..CUTS {
+        // Connected for a while, at a random instant cut off; every fourth
+        // cut outlasts the delivery timeout, so sends fail and are spooled.
+        std::thread::sleep(rng.millis(300, 2_500)); // a random instant, not a wait for anything
+        proxy.cut();
+        let cut_for = if cut % 4 == 1 {
+            rng.millis(DELIVERY_TIMEOUT_MS + 1_000, DELIVERY_TIMEOUT_MS + 3_000)
+        } else {
+            rng.millis(100, DELIVERY_TIMEOUT_MS + 2_000)
+        };
+        let until = Instant::now() + cut_for;
+        if rng.chance(40) {
+            // Killed at a random point of the cut, restarted still cut off.
+            std::thread::sleep(rng.millis(0, cut_for.as_millis() as u64 + 1));
+            agent.kill();
+            agent.restart();
+            kills += 1;
+        }
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        proxy.restore();
+        assert!(agent.is_running(), "the agent exited after cut {cut}");
+        if rng.chance(25) {
+            // Killed while connected (and maybe replaying).
+            std::thread::sleep(rng.millis(0, 1_500));
+            agent.kill();
+            agent.restart();
+            kills += 1;
+        }
+        println!("cut {cut}: {cut_for:?}; {kills} kills so far");
+    }
+    assert!(
+        proxy.refused() > 0,
+        "no connection attempt during a cut: the agent was never cut off"
+    );
+    assert!(
+        logged(&agent, "events spooled") > 0,
+        "nothing was spooled: the cuts never outlasted the delivery timeout"
+    );
+
+    let lines = writer.stop();
+    println!("{CUTS} cuts, {kills} kills, {} lines", lines.written());
+    // A consumer that was never cut off reads the topic.
+    drop(consumer);
+    let mut consumer = Consumer::new(&proxy.address(), TOPIC);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    if !report.missing.is_empty() {
+        agent.kill();
+        println!("{}", where_are_they(&agent, dir.path(), &report));
+    }
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.malformed_count, 0, "{report}");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    let left = agent.spool_usage(SINK, "spool");
+    assert_eq!(
+        left.entries, 0,
+        "the spool is not empty afterwards: {left:?}"
+    );
+}
+
+/// After a delivery timeout librdkafka bumps the idempotent producer's
+/// epoch itself; tansu (like a broker that does not take the bump) answers
+/// PRODUCER_FENCED to every later send. The sink must replace its producer
+/// instead of failing, and spooling, forever.
+#[test]
+fn fenced_producer_is_replaced_after_a_cut_beyond_delivery_timeout() {
+    let broker_port = free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}"));
+    let broker = Broker::start_behind(broker_port, proxy.port());
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    let writer = lines.spawn_writer(50, Duration::from_millis(10), MAX_WRITTEN);
+    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&proxy.address(), TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the cut"
+    );
+
+    proxy.cut();
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    proxy.restore();
+    let lines = {
+        let resumed_from = writer.written();
+        let records =
+            consumer.read_until(CATCH_UP, |r| seqs(r).range(resumed_from..).next().is_some());
+        assert!(
+            seqs(records).range(resumed_from..).next().is_some(),
+            "nothing written after the cut arrived"
+        );
+        writer.stop()
+    };
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert!(agent.is_running(), "the agent exited");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+/// librdkafka's mock cluster with the topic, in this process: it must stay
+/// on this thread.
+fn mock_cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("cannot start the mock cluster");
+    cluster
+        .create_topic(TOPIC, 1, 1)
+        .expect("cannot create the topic in the mock cluster");
+    cluster
+}
+
+#[test]
+fn retriable_produce_errors_end_delivered() {
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(20_000);
+    // Enough errors that librdkafka's retries (backing off up to 1 s) last
+    // longer than the delivery timeout: the records fail, are spooled, and
+    // replay meets the rest of the errors.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 60],
+    );
+    let bootstrap = cluster.bootstrap_servers();
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    lines.append(10_000);
+
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.malformed_count, 0, "{report}");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    assert_eq!(
+        logged(&agent, "kafka refused events for good"),
+        0,
+        "a retriable error was taken for a permanent one"
+    );
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+    assert_eq!(agent.spool_usage(SINK, "dead").entries, 0);
+}
+
+#[test]
+fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(20_000);
+    // The first produce request is refused for good.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let bootstrap = cluster.bootstrap_servers();
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    wait_for_log(
+        &agent,
+        "kafka refused events for good",
+        Duration::from_secs(60),
+    );
+    // Everything else keeps flowing: wait for the last line (one
+    // partition, so all before it was settled by then), then stop.
+    lines.append(10_000);
+    let last = lines.written() - 1;
+    let records = consumer.read_until(CATCH_UP, |r| seqs(r).contains(&last));
+    assert!(
+        seqs(records).contains(&last),
+        "the last line did not arrive"
+    );
+    assert!(agent.is_running(), "the agent exited");
+    stop_cleanly(&mut agent);
+
+    let dead = agent.spool_usage(SINK, "dead");
+    assert!(dead.entries > 0, "no dead letters: {dead:?}");
+    let listed = agent.spool_json(&["list", "--dead-letter"]);
+    assert!(
+        listed.iter().all(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.to_lowercase().contains("too large"))),
+        "dead letters keep the error: {listed:?}"
+    );
+    let in_dead = spooled_seqs(dir.path(), "dead");
+    assert_eq!(in_dead.len() as u64, dead.events, "{dead:?}");
+    consumer.read_for(Duration::from_secs(1));
+    let report = lines.count(consumer.records());
+    println!("{report}; {} lines dead-lettered", in_dead.len());
+    // Exactly the dead letters are missing: nothing else was lost, and
+    // nothing refused for good was taken for delivered.
+    let missing: BTreeSet<u64> = report.missing.iter().copied().collect();
+    assert_eq!(missing, in_dead, "missing lines are the dead letters");
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+
+    // The operator replays the dead letters once the cause is fixed (here:
+    // the injected error is used up).
+    let replayed = agent.spool_json(&["replay", "--dead-letter", "--timeout-secs", "60"]);
+    println!("{replayed:?}");
+    assert_eq!(replayed[0]["failed_entries"], 0, "{replayed:?}");
+    assert_eq!(
+        replayed[0]["events"].as_u64(),
+        Some(dead.events),
+        "{replayed:?}"
+    );
+    let report = read_all(&mut consumer, &lines, Duration::from_secs(60));
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(agent.spool_usage(SINK, "dead").entries, 0);
+}
+
+/// The mock cluster's broker goes down while lines are written, for longer
+/// than the delivery timeout, and comes back: every line arrives and the
+/// spool ends empty. Returns what the consumer read.
+fn mock_broker_down_and_up(ordering: &str) -> Vec<Record> {
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = SeqLines::create(dir.path().join("logs/app.log"));
+    let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
+    let bootstrap = cluster.bootstrap_servers();
+    let spool = format!("{{ ordering: {ordering} }}");
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, &spool);
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the outage"
+    );
+
+    cluster.broker_down(1).expect("cannot take the broker down");
+    wait_for_log(
+        &agent,
+        "the sink cannot reach its broker",
+        Duration::from_secs(30),
+    );
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    cluster.broker_up(1).expect("cannot bring the broker up");
+    let resumed_from = writer.written();
+    let records = consumer.read_until(Duration::from_secs(120), |r| {
+        seqs(r).range(resumed_from..).next().is_some()
+    });
+    assert!(
+        seqs(records).range(resumed_from..).next().is_some(),
+        "nothing written after the outage arrived"
+    );
+
+    let lines = writer.stop();
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.malformed_count, 0, "{report}");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+    consumer.records().to_vec()
+}
+
+#[test]
+fn mock_broker_down_beyond_delivery_timeout_then_up_loses_nothing() {
+    let records = mock_broker_down_and_up("strict");
+    // Lines that librdkafka still held when the first sends failed used to
+    // overtake the spooled ones once the broker was back (95,700 lines in a
+    // run here). Now they go to the spool behind them; only what
+    // librdkafka does not hand back to a purge can still overtake (seen: at
+    // most one 100-line source batch).
+    let early = overtaking(&records);
+    println!("{early} lines overtook older spooled lines");
+    assert!(
+        early <= MAX_OVERTAKING,
+        "{early} lines overtook older spooled lines under strict ordering; runs of lines as they arrived: {}",
+        runs(&records)
+    );
+}
+
+#[test]
+fn relaxed_ordering_loses_nothing_through_an_outage() {
+    let records = mock_broker_down_and_up("relaxed");
+    // New events do not wait for the replay: some overtake spooled ones.
+    let early = overtaking(&records);
+    println!("{early} lines overtook older spooled lines");
+    assert!(
+        early > 0,
+        "relaxed ordering held every new event behind the spool"
+    );
+}
+
+/// Starts an agent whose broker (`127.0.0.1:port`) is not there yet, and
+/// stops it (SIGTERM) once it has spooled every line of `lines`. Returns
+/// the stopped agent.
+fn spool_while_broker_absent(dir: &Path, port: u16, spool: &str, lines: &SeqLines) -> Agent {
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(dir, &config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, spool));
+    wait_for_log(
+        &agent,
+        "the sink cannot reach its broker",
+        Duration::from_secs(30),
+    );
+    let all_spooled = wait_until(Duration::from_secs(60), || {
+        logged_events(&agent, "events spooled") >= lines.written()
+    });
+    assert!(
+        all_spooled,
+        "the agent did not spool every line: {} of {}",
+        logged_events(&agent, "events spooled"),
+        lines.written()
+    );
+    stop_cleanly(&mut agent);
+    agent
+}
+
+/// The broker arrives, on the port the agent was configured with.
+fn broker_arrives(port: u16) -> Broker {
+    let broker = Broker::start_on(port);
+    broker.create_topic(TOPIC, 1);
+    broker
+}
+
+#[test]
+fn corrupt_spool_entry_is_set_aside_with_a_report() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(30_000);
+    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let entries = spool_entries(dir.path(), "spool");
+    assert!(
+        entries.len() >= 2,
+        "want several spool entries, got {}",
+        entries.len()
+    );
+
+    // Flip one byte in the middle of the second entry.
+    let (bad_id, mut bad) = entries[1].clone();
+    let lost: BTreeSet<u64> = decode_entry(&bad)
+        .iter()
+        .map(|p| seq_of(p).unwrap())
+        .collect();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x20;
+    {
+        let db = sled::open(dir.path().join("data/store")).unwrap();
+        let tree = db.open_tree(format!("spool/{SINK}")).unwrap();
+        tree.insert(bad_id.to_be_bytes(), bad).unwrap();
+        db.flush().unwrap();
+    }
+    let listed = agent.spool_json(&["list"]);
+    let listed_bad = listed
+        .iter()
+        .find(|e| e["id"] == bad_id)
+        .expect("the damaged entry is listed");
+    assert!(
+        listed_bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("checksum")),
+        "spool list reports the damage: {listed_bad}"
+    );
+
+    let broker = broker_arrives(port);
+    agent.restart();
+    wait_for_log(&agent, "spool entry is damaged", Duration::from_secs(60));
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    lines.append(5_000);
+    read_until_missing_at_most(&mut consumer, &lines, lost.len() as u64, CATCH_UP);
+    assert!(agent.is_running(), "the damaged entry stopped the agent");
+    consumer.read_for(Duration::from_secs(1));
+    let report = lines.count(consumer.records());
+    println!("{report}; {} lines in the damaged entry", lost.len());
+    let missing: BTreeSet<u64> = report.missing.iter().copied().collect();
+    assert_eq!(
+        missing, lost,
+        "exactly the damaged entry's lines are missing"
+    );
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+
+    let corrupt = agent.spool_usage(SINK, "corrupt");
+    assert_eq!(
+        corrupt.entries, 1,
+        "the damaged entry is set aside: {corrupt:?}"
+    );
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+    let aside = agent.spool_json(&["list", "--corrupt"]);
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(aside[0]["id"], bad_id, "{aside:?}");
+
+    // The operator purges it: without --yes only says what would go.
+    let dry = agent.spool(&["purge", "--corrupt"]);
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would purge 1 entries"),
+        "{dry:?}"
+    );
+    assert_eq!(agent.spool_usage(SINK, "corrupt").entries, 1);
+    let purged = agent.spool_json(&["purge", "--corrupt", "--yes"]);
+    assert_eq!(purged[0]["purged_entries"], 1, "{purged:?}");
+    assert_eq!(agent.spool_usage(SINK, "corrupt").entries, 0);
+}
+
+#[test]
+fn sigterm_spools_what_is_unacknowledged_within_the_grace_period() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(20_000);
+    // A delivery timeout far beyond the grace period: at SIGTERM the
+    // records are still in librdkafka, neither delivered nor failed.
+    let bootstrap = format!("127.0.0.1:{port}");
+    let base = config(dir.path(), &bootstrap, PATIENT_DELIVERY_TIMEOUT_MS, "");
+    let (grace, summary) = ("shutdown_grace_ms: 10000", "summary_interval_ms: 10000");
+    assert!(base.contains(grace) && base.contains(summary), "{base}");
+    let config = base
+        .replace(grace, "shutdown_grace_ms: 2000")
+        .replace(summary, "summary_interval_ms: 200");
+    let mut agent = Agent::start(dir.path(), &config);
+    wait_for_log(
+        &agent,
+        "the sink cannot reach its broker",
+        Duration::from_secs(30),
+    );
+    let read_all_lines = format!("total={}", lines.written());
+    let read = wait_until(Duration::from_secs(30), || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("source read") && l.contains(&read_all_lines))
+    });
+    assert!(read, "the source did not read every line");
+    assert_eq!(
+        logged(&agent, "events spooled"),
+        0,
+        "spooled before SIGTERM"
+    );
+
+    let stopping = Instant::now();
+    stop_cleanly(&mut agent);
+    println!("stopped in {:?}", stopping.elapsed());
+    assert!(logged(&agent, "grace period over with events unacknowledged") > 0);
+    assert_eq!(logged_events(&agent, "events spooled"), lines.written());
+    let saved = saved_lines(&agent);
+    assert_eq!(
+        saved,
+        lines.written(),
+        "the position is saved past the spooled lines"
+    );
+    assert_covered(saved, &BTreeSet::new(), &spooled_seqs(dir.path(), "spool"));
+
+    // They arrive after a restart, once each.
+    let broker = broker_arrives(port);
+    agent.restart();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.duplicates, 0, "{report}");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+#[test]
+fn spool_replay_while_the_agent_is_stopped() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(20_000);
+    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+
+    // A clean stop saved the position past every spooled line.
+    let saved = saved_lines(&agent);
+    let in_spool = spooled_seqs(dir.path(), "spool");
+    assert_covered(saved, &BTreeSet::new(), &in_spool);
+    let held = agent.spool_usage(SINK, "spool");
+    assert_eq!(held.events, in_spool.len() as u64, "{held:?}");
+    assert!(saved > 0, "nothing was spooled");
+
+    // With the broker unreachable, offline replay fails and keeps the spool.
+    let output = agent.spool(&["replay", "--timeout-secs", "5"]);
+    assert!(
+        !output.status.success(),
+        "replay into a stopped broker succeeded"
+    );
+    assert_eq!(
+        agent.spool_usage(SINK, "spool"),
+        held,
+        "a failed replay changed the spool"
+    );
+
+    let broker = broker_arrives(port);
+    let replayed = agent.spool_json(&["replay", "--timeout-secs", "60"]);
+    println!("{replayed:?}");
+    assert_eq!(
+        replayed[0]["replayed_entries"].as_u64(),
+        Some(held.entries),
+        "{replayed:?}"
+    );
+    assert_eq!(replayed[0]["failed_entries"], 0, "{replayed:?}");
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let records = consumer.read_until(Duration::from_secs(60), |r| {
+        Report::new(saved, r).missing.is_empty()
+    });
+    let report = Report::new(saved, records);
+    assert!(report.missing.is_empty(), "replayed lines lost: {report}");
+
+    // The agent goes on after the saved position: what was replayed
+    // offline is not sent again.
+    lines.append(5_000);
+    agent.restart();
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    let again: Vec<u64> = report
+        .duplicated
+        .iter()
+        .copied()
+        .filter(|&s| s < saved)
+        .collect();
+    assert!(
+        again.is_empty(),
+        "replayed lines were sent again: {again:?}"
+    );
+    stop_cleanly(&mut agent);
+}
+
+#[test]
+fn full_spool_blocks_the_source_and_loses_nothing() {
+    const MAX_BYTES: u64 = 200_000;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(100_000);
+    let spool = format!("{{ max_bytes: {MAX_BYTES}, when_full: block }}");
+    let bootstrap = format!("127.0.0.1:{port}");
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, &spool);
+    let mut agent = Agent::start(dir.path(), &config);
+    wait_for_log(
+        &agent,
+        "spool full; holding the sources back",
+        Duration::from_secs(60),
+    );
+    stop_cleanly(&mut agent);
+    let held = agent.spool_usage(SINK, "spool");
+    assert!(
+        held.bytes <= MAX_BYTES,
+        "the spool holds {} bytes, more than max_bytes {MAX_BYTES}",
+        held.bytes
+    );
+    let saved = saved_lines(&agent);
+    assert!(
+        saved < lines.written(),
+        "the source was not held back: saved at line {saved} of {}",
+        lines.written()
+    );
+    assert_covered(saved, &BTreeSet::new(), &spooled_seqs(dir.path(), "spool"));
+
+    let broker = broker_arrives(port);
+    agent.restart();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(logged(&agent, "dropped its oldest entry"), 0);
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+#[test]
+fn full_spool_drops_oldest_and_counts_it() {
+    const MAX_BYTES: u64 = 200_000;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(100_000);
+    let spool = format!("{{ max_bytes: {MAX_BYTES}, when_full: drop_oldest }}");
+    let mut agent = spool_while_broker_absent(dir.path(), port, &spool, &lines);
+    let dropped = logged_events(&agent, "dropped its oldest entry");
+    assert!(dropped > 0, "nothing was dropped");
+    let held = agent.spool_usage(SINK, "spool");
+    assert!(
+        held.bytes <= MAX_BYTES,
+        "{held:?} exceeds max_bytes {MAX_BYTES}"
+    );
+    // The source went on: all was read, spooled or dropped.
+    assert_eq!(saved_lines(&agent), lines.written());
+    let in_spool = spooled_seqs(dir.path(), "spool");
+    assert_eq!(in_spool.len() as u64 + dropped, lines.written());
+
+    let broker = broker_arrives(port);
+    agent.restart();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(CATCH_UP, |r| seqs(r).len() >= in_spool.len());
+    consumer.read_for(Duration::from_secs(1));
+    let report = lines.count(consumer.records());
+    println!("{report}; {dropped} dropped");
+    // Exactly what was logged as dropped is missing, and it is the oldest.
+    assert_eq!(report.missing.len() as u64, dropped, "{report}");
+    let newest_missing = *report.missing.last().unwrap();
+    assert!(
+        in_spool.iter().all(|&s| s > newest_missing),
+        "a newer entry was dropped before an older one"
+    );
+    stop_cleanly(&mut agent);
+}
