@@ -121,9 +121,7 @@ impl SourceContext {
     /// The batch's ack must have been made for one delivery per record; for
     /// each further channel the deliveries are added here.
     pub fn send_blocking(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
-        self.metrics.events.inc_by(batch.len() as u64);
-        self.metrics.bytes.inc_by(batch.bytes as u64);
-        if !self.intercept(&mut batch) {
+        if !self.admit(&mut batch) {
             return Ok(());
         }
         match self.outputs.as_slice() {
@@ -140,9 +138,7 @@ impl SourceContext {
 
     /// [`SourceContext::send_blocking`] for async sources.
     pub async fn send(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
-        self.metrics.events.inc_by(batch.len() as u64);
-        self.metrics.bytes.inc_by(batch.bytes as u64);
-        if !self.intercept(&mut batch) {
+        if !self.admit(&mut batch) {
             return Ok(());
         }
         match self.outputs.as_slice() {
@@ -163,9 +159,7 @@ impl SourceContext {
     /// Counts the events read; returns how many events did not fit in some
     /// output (the caller counts those as dropped).
     pub fn offer(&self, mut batch: Batch) -> u64 {
-        self.metrics.events.inc_by(batch.len() as u64);
-        self.metrics.bytes.inc_by(batch.bytes as u64);
-        if !self.intercept(&mut batch) {
+        if !self.admit(&mut batch) {
             return 0;
         }
         let mut dropped = 0;
@@ -180,9 +174,12 @@ impl SourceContext {
         dropped
     }
 
-    /// Runs the interceptors; records they filter out are done (their
-    /// deliveries complete) and counted. Returns whether anything is left.
-    fn intercept(&self, batch: &mut Batch) -> bool {
+    /// Counts the batch as read, then runs the interceptors; records they
+    /// filter out are done (their deliveries complete) and counted. Returns
+    /// whether anything is left to send.
+    fn admit(&self, batch: &mut Batch) -> bool {
+        self.metrics.events.inc_by(batch.len() as u64);
+        self.metrics.bytes.inc_by(batch.bytes as u64);
         if self.interceptors.is_empty() {
             return true;
         }
