@@ -30,8 +30,11 @@ pub struct KafkaSinkConfig {
     pub headers: bool,
     #[serde(default)]
     pub compression: Compression,
-    /// How long librdkafka keeps trying one message (message.timeout.ms);
-    /// 0 means forever.
+    /// How long the sink waits for Kafka to acknowledge anything while it
+    /// has messages in flight; then everything unacknowledged goes to the
+    /// spool. It plays the part of librdkafka's message.timeout.ms, which
+    /// the sink enforces itself so that no message can be given up while a
+    /// later one still goes through. 0 means forever.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
     #[serde(default)]

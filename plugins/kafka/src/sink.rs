@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,8 @@ const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
 pub(crate) struct Settings {
     pub bootstrap_servers: String,
+    /// None: wait for the broker forever.
+    pub delivery_timeout: Option<Duration>,
     pub topic: String,
     pub properties: Vec<(String, String)>,
     pub limits: BatchLimits,
@@ -56,10 +58,12 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             "compression.codec".into(),
             config.compression.codec().into(),
         ),
-        (
-            "message.timeout.ms".into(),
-            config.delivery_timeout_ms.to_string(),
-        ),
+        // librdkafka gives up on messages one by one, and a later message
+        // of a partition may still be delivered after an earlier one gave
+        // up, which would overtake the spool. So librdkafka keeps trying,
+        // and the sink enforces delivery_timeout_ms itself: when nothing is
+        // acknowledged for that long, it takes back everything at once.
+        ("message.timeout.ms".into(), "0".into()),
         ("client.id".into(), format!("tailrace-{name}")),
         ("linger.ms".into(), "5".into()),
         ("batch.num.messages".into(), "10000".into()),
@@ -75,6 +79,8 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
     }
     Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
+        delivery_timeout: (config.delivery_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.delivery_timeout_ms)),
         topic: config.topic.clone(),
         properties,
         limits: config.batch.clone(),
@@ -123,6 +129,8 @@ pub(crate) enum Origin {
 
 /// A group of records on their way to Kafka; the delivery opaque of each.
 pub(crate) struct InFlight {
+    /// Creation order: failures are spooled in this order.
+    seq: u64,
     origin: Origin,
     remaining: AtomicUsize,
     /// Records settled without being delivered (spooled, dead-lettered, a
@@ -142,7 +150,9 @@ impl InFlight {
         bytes: usize,
         read_at: SystemTime,
     ) -> Arc<InFlight> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Arc::new(InFlight {
+            seq: NEXT.fetch_add(1, Ordering::Relaxed),
             origin,
             remaining: AtomicUsize::new(events),
             diverted: AtomicUsize::new(0),
@@ -271,6 +281,8 @@ pub(crate) struct Delivery {
     sink: Arc<str>,
     metrics: SinkMetrics,
     failed: Arc<Mutex<Vec<Failure>>>,
+    /// Messages acknowledged so far: the sink watches it for progress.
+    acks: Arc<AtomicU64>,
     reachable: Arc<AtomicBool>,
     readiness: Readiness,
     bootstrap: String,
@@ -303,6 +315,7 @@ impl Delivery {
             sink,
             metrics,
             failed,
+            acks: Arc::default(),
             reachable,
             readiness,
             bootstrap,
@@ -387,6 +400,7 @@ impl ProducerContext for Delivery {
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
         match result {
             Ok(_) => {
+                self.acks.fetch_add(1, Ordering::Relaxed);
                 if !self.reachable.load(Ordering::Relaxed) {
                     self.reached();
                 }
@@ -567,6 +581,12 @@ struct Sink {
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
     fenced: bool,
+    /// The producer's count of acknowledged messages.
+    acks: Arc<AtomicU64>,
+    /// The count last seen, and since when it has not moved.
+    progress: (u64, Instant),
+    /// When the sink last took back what librdkafka held.
+    failed_over_at: Option<Instant>,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -593,15 +613,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     };
     let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
-    let context = Delivery::new(
-        cx.name.clone(),
-        cx.metrics.clone(),
-        failed.clone(),
-        reachable.clone(),
-        cx.readiness.clone(),
-        settings.bootstrap_servers.clone(),
-    );
-    let producer = create_producer(&settings, context)?;
+    let (producer, acks) = sink_producer(&cx, &settings, &failed, &reachable)?;
     let spool = cx.spool.clone();
     let held = spool.usage(SpoolTree::Pending, &cx.name);
     info!(
@@ -628,11 +640,33 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         },
         last_full_warning: None,
         fenced: false,
+        acks,
+        progress: (0, Instant::now()),
+        failed_over_at: None,
     };
     sink.update_gauges();
     let result = sink.run();
     sink.finish();
     result
+}
+
+/// A producer for the sink, and its count of acknowledged messages.
+fn sink_producer(
+    cx: &SinkContext,
+    settings: &Settings,
+    failed: &Arc<Mutex<Vec<Failure>>>,
+    reachable: &Arc<AtomicBool>,
+) -> Result<(BaseProducer<Delivery>, Arc<AtomicU64>), String> {
+    let context = Delivery::new(
+        cx.name.clone(),
+        cx.metrics.clone(),
+        failed.clone(),
+        reachable.clone(),
+        cx.readiness.clone(),
+        settings.bootstrap_servers.clone(),
+    );
+    let acks = context.acks.clone();
+    Ok((create_producer(settings, context)?, acks))
 }
 
 impl Sink {
@@ -642,6 +676,9 @@ impl Sink {
             self.handle_failures();
             self.finish_replays();
             self.recover_if_fatal()?;
+            if self.stalled() {
+                self.fail_over("delivery_timeout");
+            }
             if !self.flush_to_spool() {
                 // The spool is full and blocks: take nothing new until
                 // replay makes room.
@@ -682,9 +719,13 @@ impl Sink {
         self.deadline.get().is_some_and(|d| Instant::now() >= d)
     }
 
+    fn strict(&self) -> bool {
+        self.settings.spool.ordering == SpoolOrdering::Strict
+    }
+
     /// New events wait behind the spool in strict ordering.
     fn behind_spool(&self) -> bool {
-        self.settings.spool.ordering == SpoolOrdering::Strict
+        self.strict()
             && (!self.to_spool.is_empty()
                 || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
     }
@@ -693,8 +734,14 @@ impl Sink {
         let enc = self.settings.encoder.clone();
         let inflight = InFlight::for_batch(&batch);
         let mut bufs = Buffers::default();
+        let strict = self.strict();
         let mut diverting = self.behind_spool().then_some("behind_spool");
         for record in &batch.records {
+            if diverting.is_none() && strict && !self.to_spool.is_empty() {
+                // A record of this batch failed at once: the rest go
+                // behind it.
+                diverting = Some("behind_spool");
+            }
             let p = prepare(&enc, &batch, record, &mut bufs);
             if let Some(reason) = diverting {
                 self.divert(&inflight, &p, reason.into());
@@ -707,6 +754,10 @@ impl Sink {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
+                    if strict {
+                        // What librdkafka holds goes to the spool first.
+                        self.fail_over("queue_full");
+                    }
                     self.divert(&inflight, &p, "queue_full".into());
                     diverting = Some("queue_full");
                 }
@@ -778,6 +829,9 @@ impl Sink {
                             ..diverted
                         }]);
                     } else {
+                        if self.strict() {
+                            self.fail_over(&diverted.reason.clone());
+                        }
                         self.to_spool.push(diverted);
                     }
                     return Ok(());
@@ -800,34 +854,87 @@ impl Sink {
     /// Sorts failed deliveries: replays are retried later from the spool,
     /// permanent failures go to the dead-letter tree, the rest to the spool.
     fn handle_failures(&mut self) {
-        let mut failures = self.take_failures();
+        let failures = self.take_failures();
         if failures.is_empty() {
             return;
         }
         let retry_later = failures
             .iter()
             .any(|f| !is_permanent(f.error.rdkafka_error_code()));
-        if retry_later && self.settings.spool.ordering == SpoolOrdering::Strict {
+        if retry_later && self.strict() {
             // What librdkafka still holds (new events, later spool
             // entries) was produced after the failed records: once the
             // broker is back it would overtake them. It goes to the spool
             // behind them instead, before any new batch is spooled.
-            self.purge_into_failures();
-            failures.extend(self.take_failures());
+            self.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(failures);
+            self.fail_over("failed");
+            return;
         }
+        self.settle_failures(failures, None);
+    }
+
+    /// Kafka acknowledged nothing for `delivery_timeout_ms` while
+    /// librdkafka held messages.
+    fn stalled(&mut self) -> bool {
+        let Some(timeout) = self.settings.delivery_timeout else {
+            return false;
+        };
+        let acks = self.acks.load(Ordering::Relaxed);
+        if acks != self.progress.0 || self.producer.in_flight_count() == 0 {
+            self.progress = (acks, Instant::now());
+            return false;
+        }
+        self.progress.1.elapsed() >= timeout
+    }
+
+    /// Takes back everything librdkafka holds, in the order it was
+    /// produced, into the spool (or the dead-letter tree, for what failed
+    /// for good), and starts a new producer: nothing the old one held can
+    /// be delivered later and overtake what is spooled now.
+    fn fail_over(&mut self, why: &str) {
+        if why == "delivery_timeout" {
+            warn!(sink = %self.cx.name, timeout_ms = self.settings.delivery_timeout.map(|t| t.as_millis() as u64), events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
+        }
+        self.purge_into_failures();
+        let failures = self.take_failures();
+        self.settle_failures(failures, Some(why));
+        self.failed_over_at = Some(Instant::now());
+        if let Err(e) = self.replace_producer() {
+            error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
+        }
+    }
+
+    /// Settles failed deliveries in the order their records were produced.
+    /// Records taken back by a purge are counted as failed for `purged`.
+    fn settle_failures(&mut self, mut failures: Vec<Failure>, purged: Option<&str>) {
+        if failures.is_empty() {
+            return;
+        }
+        // Stable: within a group, librdkafka reports in produce order.
+        failures.sort_by_key(|f| f.inflight.seq);
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut dead = Vec::new();
         for f in failures {
+            let code = f.error.rdkafka_error_code();
             self.fenced |= matches!(
-                f.error.rdkafka_error_code(),
+                code,
                 Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
             );
-            let why = reason(&f.error);
+            let why = match (code, purged) {
+                (
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight),
+                    Some(purged),
+                ) => purged.to_string(),
+                _ => reason(&f.error),
+            };
             *reasons.entry(why.clone()).or_default() += 1;
             if f.inflight.is_replay() {
                 f.inflight.failed.store(true, Ordering::Release);
                 f.inflight.divert(&self.cx.metrics);
-            } else if is_permanent(f.error.rdkafka_error_code()) {
+            } else if is_permanent(code) {
                 dead.push(Diverted {
                     inflight: f.inflight,
                     payload: f.payload,
@@ -970,10 +1077,23 @@ impl Sink {
         }
     }
 
+    /// In relaxed ordering, new events go first after a fail-over: the
+    /// replay waits until Kafka acknowledges one of them, or, when none
+    /// come, for one delivery timeout.
+    fn new_events_first(&self) -> bool {
+        let Some(at) = self.failed_over_at else {
+            return false;
+        };
+        !self.strict()
+            && self.acks.load(Ordering::Relaxed) == 0
+            && at.elapsed() < self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF)
+    }
+
     /// Hands the next spool entries to librdkafka, oldest first.
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
         if Instant::now() < self.replay.not_before
+            || self.new_events_first()
             || self.spool.usage(SpoolTree::Pending, &name).entries == 0
         {
             return;
@@ -1077,11 +1197,10 @@ impl Sink {
     }
 
     /// The idempotent producer can hit a fatal error (its sequence numbers
-    /// no longer line up), or be fenced: after a delivery timeout librdkafka
-    /// bumps the producer's epoch itself, and a broker that does not take
-    /// the bump answers every later send with PRODUCER_FENCED. Then what it
-    /// holds is purged into the spool and a new producer, with a new
-    /// producer id, takes over.
+    /// no longer line up), or be fenced: a broker that does not take
+    /// librdkafka's epoch bump answers every later send with
+    /// PRODUCER_FENCED. Then what it holds is spooled and a new producer,
+    /// with a new producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
@@ -1091,17 +1210,18 @@ impl Sink {
             return Ok(());
         }
         self.purge_into_failures();
-        self.handle_failures();
+        let failures = self.take_failures();
+        self.settle_failures(failures, Some("producer_replaced"));
+        self.replace_producer()
+    }
+
+    fn replace_producer(&mut self) -> Result<(), String> {
+        let (producer, acks) =
+            sink_producer(&self.cx, &self.settings, &self.failed, &self.reachable)?;
+        self.producer = producer;
+        self.acks = acks;
+        self.progress = (0, Instant::now());
         self.fenced = false;
-        let context = Delivery::new(
-            self.cx.name.clone(),
-            self.cx.metrics.clone(),
-            self.failed.clone(),
-            self.reachable.clone(),
-            self.cx.readiness.clone(),
-            self.settings.bootstrap_servers.clone(),
-        );
-        self.producer = create_producer(&self.settings, context)?;
         Ok(())
     }
 
