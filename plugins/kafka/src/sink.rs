@@ -587,6 +587,10 @@ struct Sink {
     progress: (u64, Instant),
     /// When the sink last took back what librdkafka held.
     failed_over_at: Option<Instant>,
+    /// Events spooled but not logged yet, by reason, and when the last
+    /// "events spooled" line was written: at most one a second.
+    spooled_unlogged: BTreeMap<String, u64>,
+    spool_logged_at: Option<Instant>,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -643,6 +647,8 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         acks,
         progress: (0, Instant::now()),
         failed_over_at: None,
+        spooled_unlogged: BTreeMap::new(),
+        spool_logged_at: None,
     };
     sink.update_gauges();
     let result = sink.run();
@@ -690,6 +696,7 @@ impl Sink {
                 continue;
             }
             self.replay_more();
+            self.log_spooled(false);
             let batch = next_batch(&self.cx.input, &self.settings.limits, IDLE_WAIT);
             if batch.is_empty() {
                 if self.cx.input.is_drained() {
@@ -1026,11 +1033,32 @@ impl Sink {
             for d in &pending[..written] {
                 d.inflight.divert(&self.cx.metrics);
             }
-            info!(sink = %name, events = written, reason = %pending[0].reason, "events spooled");
+            *self
+                .spooled_unlogged
+                .entry(pending[0].reason.clone())
+                .or_default() += written as u64;
+            self.log_spooled(false);
         }
         self.to_spool = pending.into_iter().skip(written).collect();
         self.update_gauges();
         !blocked
+    }
+
+    /// Logs what was spooled since the last time, at most once a second
+    /// unless `now`.
+    fn log_spooled(&mut self, now: bool) {
+        if self.spooled_unlogged.is_empty()
+            || !(now
+                || self
+                    .spool_logged_at
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
+        {
+            return;
+        }
+        for (reason, events) in std::mem::take(&mut self.spooled_unlogged) {
+            info!(sink = %self.cx.name, events, reason = %reason, "events spooled");
+        }
+        self.spool_logged_at = Some(Instant::now());
     }
 
     /// Whether an entry of `size` bytes fits, dropping the oldest entries
@@ -1280,6 +1308,7 @@ impl Sink {
         if !self.flush_to_spool() {
             warn!(sink = %self.cx.name, events = self.to_spool.len(), "spool full at shutdown; those events will be read again after the restart");
         }
+        self.log_spooled(true);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
         info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");
     }
