@@ -56,6 +56,16 @@ impl std::str::FromStr for Sizes {
     }
 }
 
+impl std::fmt::Display for Sizes {
+    /// The form `from_str` reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sizes::Fixed(n) => write!(f, "fixed:{n}"),
+            Sizes::Uniform(a, b) => write!(f, "uniform:{a}-{b}"),
+        }
+    }
+}
+
 /// `seq=0000000000 ` and a newline.
 pub const MIN_LINE: usize = 16;
 
@@ -132,6 +142,9 @@ mod tests {
     fn sizes_parse() {
         assert_eq!("100".parse(), Ok(Sizes::Fixed(100)));
         assert_eq!("uniform:60-400".parse(), Ok(Sizes::Uniform(60, 400)));
+        for sizes in [Sizes::Fixed(100), Sizes::Uniform(60, 400)] {
+            assert_eq!(sizes.to_string().parse(), Ok(sizes));
+        }
         assert!("uniform:400-60".parse::<Sizes>().is_err());
         assert!("5".parse::<Sizes>().is_err());
     }

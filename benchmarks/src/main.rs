@@ -31,8 +31,13 @@ struct Args {
     size: lines::Sizes,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Which runs, in order: embedded, tansu, kcat.
-    #[arg(long, value_delimiter = ',', default_value = "kcat,tansu,embedded")]
+    /// Which runs, in order: kcat, tansu, embedded (the pre-written file,
+    /// as fast as it goes), sustained (a fixed rate, see --rate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kcat,tansu,embedded,sustained"
+    )]
     targets: Vec<String>,
     #[arg(long, default_value = "target/release/tailrace", env = "TAILRACE_BIN")]
     tailrace: PathBuf,
@@ -50,6 +55,17 @@ struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// The `sustained` run: lines per second the load generator writes
+    /// while tailrace tails the file.
+    #[arg(long, default_value_t = 1_100_000)]
+    rate: u64,
+    /// The `sustained` run: for how many seconds.
+    #[arg(long, default_value_t = 65)]
+    seconds: u64,
+    /// The `sustained` run: the generator renames the file to FILE.1 … once
+    /// it holds this many bytes (0: never).
+    #[arg(long, default_value_t = 0)]
+    rotate_bytes: u64,
 }
 
 /// One row of the table.
@@ -307,80 +323,195 @@ fn generate(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(file)
 }
 
-fn tailrace_run(args: &Args, load: &Path, target: &str, bootstrap: &str) -> anyhow::Result<Row> {
-    let dir = args.work.join(format!("run-{target}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+/// A running agent, SIGKILLed on drop if still running.
+struct Agent {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release agent on a fresh data dir, tailing `include`.
+fn start_tailrace(
+    args: &Args,
+    dir: &Path,
+    include: &str,
+    bootstrap: &str,
+) -> anyhow::Result<Agent> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
     let admin = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join("tailrace.yaml");
     std::fs::write(
         &config,
         format!(
-            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{load}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n",
+            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{include}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n",
             dir = dir.display(),
-            load = load.display()
         ),
     )?;
     let log = dir.join("tailrace.log");
     let started = Instant::now();
-    let mut child = Command::new(&args.tailrace)
+    let child = Command::new(&args.tailrace)
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("cannot start {}", args.tailrace.display()))?;
-    let pid = child.id();
+    Ok(Agent {
+        child,
+        admin,
+        log,
+        started,
+    })
+}
+
+/// What a run saw: delivered counts over time, and the last scrape.
+struct Watched {
+    samples: Vec<(f64, f64)>,
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_kib: u64,
+    metrics: String,
+}
+
+/// Scrapes the agent every 200 ms until it delivered `n` events.
+fn watch(args: &Args, agent: &mut Agent, n: u64) -> anyhow::Result<Watched> {
     let delivered_name = "tailrace_sink_events_delivered_total{sink=\"kafka\"}";
+    let pid = agent.child.id();
     let mut samples: Vec<(f64, f64)> = Vec::new();
-    let deadline = started + Duration::from_secs(args.timeout_secs);
-    let mut finished = None;
+    let deadline = agent.started + Duration::from_secs(args.timeout_secs);
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!("tailrace exited early ({status}); see {}", log.display());
+        if let Ok(Some(status)) = agent.child.try_wait() {
+            bail!(
+                "tailrace exited early ({status}); see {}",
+                agent.log.display()
+            );
         }
-        if let Some(m) = http_get(&admin, "/metrics") {
+        if let Some(m) = http_get(&agent.admin, "/metrics") {
             let delivered = sample(&m, delivered_name).unwrap_or(0.0);
-            samples.push((started.elapsed().as_secs_f64(), delivered));
-            if delivered >= args.lines as f64 {
-                finished = Some((started.elapsed().as_secs_f64(), usage(pid), m));
-                break;
+            let now = agent.started.elapsed().as_secs_f64();
+            samples.push((now, delivered));
+            if delivered >= n as f64 {
+                let (cpu_seconds, peak_kib) = usage(pid).unwrap_or((0.0, 0));
+                return Ok(Watched {
+                    samples,
+                    seconds: now,
+                    cpu_seconds,
+                    peak_kib,
+                    metrics: m,
+                });
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let Some((seconds, usage, metrics)) = finished else {
-        let _ = child.kill();
-        bail!(
-            "tailrace did not deliver {} events in {} s; see {}",
-            args.lines,
-            args.timeout_secs,
-            log.display()
-        );
-    };
-    let (cpu_seconds, peak_kib) = usage.unwrap_or((0.0, 0));
+    bail!(
+        "tailrace did not deliver {n} events in {} s; see {}",
+        args.timeout_secs,
+        agent.log.display()
+    )
+}
+
+/// Stops the agent, counts what the broker holds, and makes the row.
+fn row_of(
+    target: String,
+    agent: Agent,
+    seen: Watched,
+    events: u64,
+    seconds: f64,
+    bootstrap: &str,
+) -> anyhow::Result<Row> {
     // librdkafka's mock cluster keeps only the last few MB of a partition,
     // so an embedded run cannot be counted afterwards; tansu keeps all.
     let counted = if bootstrap == "embedded" {
         None
     } else {
-        Some(count(bootstrap, "bench", args.lines)?)
+        Some(count(bootstrap, "bench", events)?)
     };
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let (p50, p99) = quantiles(&metrics);
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    drop(agent);
+    let (p50, p99) = quantiles(&seen.metrics);
     Ok(Row {
-        target: format!("tailrace → {target}"),
-        events: args.lines,
+        target,
+        events,
         seconds,
-        slowest_5s: slowest_window(&samples, 5.0),
-        cpu_seconds,
-        peak_rss_mib: peak_kib as f64 / 1024.0,
+        slowest_5s: slowest_window(&seen.samples, 5.0),
+        cpu_seconds: seen.cpu_seconds,
+        peak_rss_mib: seen.peak_kib as f64 / 1024.0,
         p50,
         p99,
         lost: counted.map(|c| c.0),
         duplicated: counted.map(|c| c.1),
     })
+}
+
+/// As fast as it goes: the agent reads the whole pre-written file.
+fn tailrace_run(args: &Args, load: &Path, target: &str, bootstrap: &str) -> anyhow::Result<Row> {
+    let dir = args.work.join(format!("run-{target}"));
+    let mut agent = start_tailrace(args, &dir, &load.display().to_string(), bootstrap)?;
+    let seen = watch(args, &mut agent, args.lines)?;
+    let seconds = seen.seconds;
+    row_of(
+        format!("tailrace → {target}"),
+        agent,
+        seen,
+        args.lines,
+        seconds,
+        bootstrap,
+    )
+}
+
+/// At a fixed rate: the load generator writes `rate` lines a second for
+/// `seconds` while the agent tails the file, as on a busy host. The agent
+/// keeps up if every 5-second window delivers about `rate`.
+fn sustained_run(args: &Args, bootstrap: &str) -> anyhow::Result<Row> {
+    let dir = args.work.join("run-sustained");
+    let load_dir = args.work.join("load-sustained");
+    let _ = std::fs::remove_dir_all(&load_dir);
+    std::fs::create_dir_all(&load_dir)?;
+    let file = load_dir.join("app.log");
+    // The agent waits for the file to appear.
+    let mut agent = start_tailrace(args, &dir, &file.display().to_string(), bootstrap)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let events = args.rate * args.seconds;
+    let loadgen = std::env::current_exe()?.with_file_name("loadgen");
+    let began = agent.started.elapsed().as_secs_f64();
+    let mut generator = Command::new(&loadgen)
+        .arg("--out")
+        .arg(&file)
+        .args(["--lines", &events.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--size", &args.size.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .args(["--rotate-bytes", &args.rotate_bytes.to_string()])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", loadgen.display()))?;
+    let seen = watch(args, &mut agent, events);
+    let generated = generator.wait()?;
+    let seen = seen?;
+    if !generated.success() {
+        bail!("loadgen failed: {generated}");
+    }
+    let seconds = seen.seconds - began;
+    row_of(
+        format!(
+            "tailrace → tansu, {} lines/s written for {} s",
+            args.rate, args.seconds
+        ),
+        agent,
+        seen,
+        events,
+        seconds,
+        bootstrap,
+    )
 }
 
 /// The lowest rate over any 5-second window between the first and the last
@@ -509,7 +640,12 @@ fn main() -> anyhow::Result<()> {
                 let broker = Tansu::start(&args.tansu, &args.work.join("tansu-kcat"), "bench")?;
                 kcat_run(&args, &load, &broker.bootstrap())
             }
-            other => bail!("unknown target {other}: embedded, tansu or kcat"),
+            "sustained" => {
+                let broker =
+                    Tansu::start(&args.tansu, &args.work.join("tansu-sustained"), "bench")?;
+                sustained_run(&args, &broker.bootstrap())
+            }
+            other => bail!("unknown target {other}: embedded, tansu, kcat or sustained"),
         };
         match row {
             Ok(r) => rows.push(r),
