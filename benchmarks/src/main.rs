@@ -296,7 +296,8 @@ fn count(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(u64, u64)> {
 
 fn generate(args: &Args) -> anyhow::Result<PathBuf> {
     let dir = args.work.join(
-        format!("load-{}-{:?}-{}", args.lines, args.size, args.seed)
+        // v2: lines since the generator repeats 65,536 drawn ones.
+        format!("load-v2-{}-{}-{}", args.lines, args.size, args.seed)
             .replace([':', '(', ')', ' '], ""),
     );
     let file = dir.join("app.log");
@@ -307,11 +308,10 @@ fn generate(args: &Args) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     eprintln!("generating {} lines into {}", args.lines, file.display());
     let mut out = BufWriter::with_capacity(1 << 22, std::fs::File::create(&file)?);
-    let mut rng = lines::Rng::new(args.seed);
+    let mut gen = lines::Generator::new(args.seed, args.size);
     let mut buf = Vec::with_capacity(1 << 22);
     for seq in 0..args.lines {
-        let len = args.size.pick(&mut rng);
-        lines::line(&mut rng, seq, len, &mut buf);
+        gen.line(seq, &mut buf);
         if buf.len() >= 1 << 22 {
             out.write_all(&buf)?;
             buf.clear();
@@ -626,7 +626,11 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let load = generate(&args)?;
+    let load = if args.targets.iter().any(|t| t != "sustained") {
+        generate(&args)?
+    } else {
+        PathBuf::new()
+    };
     let mut rows = Vec::new();
     for target in &args.targets {
         eprintln!("running {target}");
@@ -661,13 +665,18 @@ fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     println!(
-        "\n{} lines of {:?} bytes; {} cores ({cpus}); {} GiB memory\n",
+        "\n{} lines of {} bytes (sustained: {} lines/s for {} s); {} cores ({cpus}); {} GiB memory\n",
         args.lines,
         args.size,
+        args.rate,
+        args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_gib()
     );
     print_table(&rows);
+    if rows.iter().any(|r| r.target.contains("lines/s written")) {
+        println!("\nIn the sustained run the load generator (on the same two cores) appends to the file at a fixed rate while the agent tails it; \"slowest 5 s\" is the lowest delivery rate over any 5-second window, so it must stay near the written rate for the agent to have kept up the whole time.");
+    }
     if rows.iter().any(|r| r.target.ends_with("embedded")) {
         println!("\nThe embedded cluster (librdkafka's mock) keeps only the last few MB of a partition and runs inside the agent, so its run is not counted at a consumer and its RSS includes the broker.");
     }

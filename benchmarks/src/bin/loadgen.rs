@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use tailrace_benchmarks::lines::{line, Rng, Sizes};
+use tailrace_benchmarks::lines::{Generator, Sizes};
 
 #[derive(Parser, Debug)]
 #[command(about = "Writes sequence-numbered log lines for tailrace benchmarks and tests")]
@@ -53,7 +53,7 @@ fn rotate(path: &Path) -> std::io::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut rng = Rng::new(args.seed);
+    let mut gen = Generator::new(args.seed, args.size);
     let open = || OpenOptions::new().create(true).append(true).open(&args.out);
     let mut file = open()?;
     let mut written_bytes = 0u64;
@@ -71,8 +71,7 @@ fn main() -> anyhow::Result<()> {
         buf.clear();
         let upto = (seq + chunk).min(end);
         while seq < upto {
-            let len = args.size.pick(&mut rng);
-            line(&mut rng, seq, len, &mut buf);
+            gen.line(seq, &mut buf);
             seq += 1;
         }
         file.write_all(&buf)?;
