@@ -608,6 +608,61 @@ fn retriable_produce_errors_end_delivered() {
     assert_eq!(agent.spool_usage(SINK, "dead").entries, 0);
 }
 
+/// A broker that turns slow, but keeps answering: each message waits in
+/// librdkafka's queue for longer than the delivery timeout, yet something
+/// is acknowledged all the time, so nothing is given up on and spooled.
+/// (While librdkafka timed messages out itself, counted from when each was
+/// queued, such a backlog went to the spool, and replaying it met the same
+/// wait.)
+#[test]
+fn slow_broker_that_keeps_acknowledging_is_not_given_up_on() {
+    const FIRST: u64 = 1_000;
+    const SLOW: u64 = 50_000;
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(FIRST);
+    let bootstrap = cluster.bootstrap_servers();
+    let config = config(dir.path(), &bootstrap, 1_000, "");
+    let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
+    assert!(
+        config.contains(passed),
+        "file_to_kafka changed; update this test's config"
+    );
+    let config = config.replace(
+        passed,
+        r#"librdkafka: { "queue.buffering.max.ms": "5", "batch.num.messages": "1000" }"#,
+    );
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    assert!(
+        consumer
+            .read_count(FIRST as usize, Duration::from_secs(60))
+            .len()
+            >= FIRST as usize,
+        "the first lines did not arrive"
+    );
+
+    // Requests of 1,000 messages, each answered after 400 ms: a few
+    // thousand messages a second, so the last of the 50,000 waits many
+    // seconds, far beyond the 1 s timeout, while acknowledgements come at
+    // least every 400 ms.
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(400))
+        .expect("cannot slow the broker down");
+    lines.append(SLOW);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    stop_cleanly(&mut agent);
+    assert_eq!(
+        logged_events(&agent, "events spooled"),
+        0,
+        "a broker that kept acknowledging was given up on: {}",
+        agent.log_tail(20)
+    );
+    assert_eq!(report.duplicates, 0, "{report}");
+}
+
 #[test]
 fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
     let cluster = mock_cluster();

@@ -34,6 +34,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
 /// Records per spool entry at most.
 const ENTRY_RECORDS: usize = 10_000;
+/// How far repeated fail-overs stretch the delivery timeout.
+const MAX_STALL_BACKOFF: u32 = 8;
 /// Replay waits while librdkafka holds more than this many messages.
 const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
@@ -585,6 +587,11 @@ struct Sink {
     acks: Arc<AtomicU64>,
     /// The count last seen, and since when it has not moved.
     progress: (u64, Instant),
+    /// The delivery timeout is multiplied by this: it doubles (up to
+    /// `MAX_STALL_BACKOFF`) with each fail-over until something is
+    /// acknowledged, so a broker slower to answer a new producer than the
+    /// timeout is still reached.
+    stall_backoff: u32,
     /// When the sink last took back what librdkafka held.
     failed_over_at: Option<Instant>,
     /// Events spooled but not logged yet, by reason, and when the last
@@ -646,6 +653,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         fenced: false,
         acks,
         progress: (0, Instant::now()),
+        stall_backoff: 1,
         failed_over_at: None,
         spooled_unlogged: BTreeMap::new(),
         spool_logged_at: None,
@@ -890,11 +898,14 @@ impl Sink {
             return false;
         };
         let acks = self.acks.load(Ordering::Relaxed);
+        if acks != self.progress.0 {
+            self.stall_backoff = 1;
+        }
         if acks != self.progress.0 || self.producer.in_flight_count() == 0 {
             self.progress = (acks, Instant::now());
             return false;
         }
-        self.progress.1.elapsed() >= timeout
+        self.progress.1.elapsed() >= timeout * self.stall_backoff
     }
 
     /// Takes back everything librdkafka holds, in the order it was
@@ -903,7 +914,9 @@ impl Sink {
     /// be delivered later and overtake what is spooled now.
     fn fail_over(&mut self, why: &str) {
         if why == "delivery_timeout" {
-            warn!(sink = %self.cx.name, timeout_ms = self.settings.delivery_timeout.map(|t| t.as_millis() as u64), events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
+            let waited = self.progress.1.elapsed().as_millis() as u64;
+            warn!(sink = %self.cx.name, waited_ms = waited, events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
+            self.stall_backoff = (self.stall_backoff * 2).min(MAX_STALL_BACKOFF);
         }
         self.purge_into_failures();
         let failures = self.take_failures();
