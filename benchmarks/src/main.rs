@@ -497,6 +497,16 @@ fn sustained_run(args: &Args, bootstrap: &str) -> anyhow::Result<Row> {
     let seen = watch(args, &mut agent, events);
     let generated = generator.wait()?;
     let seen = seen?;
+    // The delivered count over time, to see where a slow window was.
+    let timeline: String = seen
+        .samples
+        .iter()
+        .map(|(t, n)| format!("{:.3},{n}\n", t - began))
+        .collect();
+    std::fs::write(
+        dir.join("delivered.csv"),
+        format!("seconds,delivered\n{timeline}"),
+    )?;
     if !generated.success() {
         bail!("loadgen failed: {generated}");
     }
@@ -552,7 +562,7 @@ fn kcat_run(args: &Args, load: &Path, bootstrap: &str) -> anyhow::Result<Row> {
         ])
         .args([
             "-X",
-            "linger.ms=5",
+            "linger.ms=20",
             "-X",
             "batch.num.messages=10000",
             "-X",

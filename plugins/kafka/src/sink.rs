@@ -67,7 +67,7 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
         // acknowledged for that long, it takes back everything at once.
         ("message.timeout.ms".into(), "0".into()),
         ("client.id".into(), format!("tailrace-{name}")),
-        ("linger.ms".into(), "5".into()),
+        ("linger.ms".into(), "20".into()),
         ("batch.num.messages".into(), "10000".into()),
         ("batch.size".into(), "1000000".into()),
         ("queue.buffering.max.messages".into(), "100000".into()),
