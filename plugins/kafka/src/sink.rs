@@ -918,13 +918,18 @@ impl Sink {
             warn!(sink = %self.cx.name, waited_ms = waited, events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
             self.stall_backoff = (self.stall_backoff * 2).min(MAX_STALL_BACKOFF);
         }
-        self.purge_into_failures();
-        let failures = self.take_failures();
-        self.settle_failures(failures, Some(why));
         self.failed_over_at = Some(Instant::now());
-        if let Err(e) = self.replace_producer() {
+        if let Err(e) = self.hand_over(why) {
             error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
         }
+    }
+
+    /// Spools (or dead-letters) everything the producer holds, counted as
+    /// failed for `why`, and starts a new producer.
+    fn hand_over(&mut self, why: &str) -> Result<(), String> {
+        let failures = self.take_back_all();
+        self.settle_failures(failures, Some(why));
+        self.replace_producer()
     }
 
     /// Settles failed deliveries in the order their records were produced.
@@ -1250,10 +1255,7 @@ impl Sink {
         } else {
             return Ok(());
         }
-        self.purge_into_failures();
-        let failures = self.take_failures();
-        self.settle_failures(failures, Some("producer_replaced"));
-        self.replace_producer()
+        self.hand_over("producer_replaced")
     }
 
     fn replace_producer(&mut self) -> Result<(), String> {
@@ -1266,15 +1268,16 @@ impl Sink {
         Ok(())
     }
 
-    /// Takes back everything librdkafka holds; each comes back as a failed
-    /// delivery.
-    fn purge_into_failures(&mut self) {
+    /// Takes back everything librdkafka holds, with the failures already
+    /// reported: each comes back as a failed delivery.
+    fn take_back_all(&mut self) -> Vec<Failure> {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
         let until = Instant::now() + Duration::from_secs(2);
         while self.producer.in_flight_count() > 0 && Instant::now() < until {
             self.producer.poll(Duration::from_millis(20));
         }
+        self.take_failures()
     }
 
     /// After the input is drained or the grace period is over: wait for
@@ -1305,8 +1308,10 @@ impl Sink {
         let unacknowledged = self.producer.in_flight_count();
         if unacknowledged > 0 {
             warn!(sink = %self.cx.name, events = unacknowledged, "grace period over with events unacknowledged; spooling them");
-            self.purge_into_failures();
-            self.handle_failures();
+            // Settled here, not by handle_failures: in strict mode that
+            // would start a new producer on the way out.
+            let failures = self.take_back_all();
+            self.settle_failures(failures, Some("shutdown"));
         }
         let enc = self.settings.encoder.clone();
         let mut bufs = Buffers::default();
