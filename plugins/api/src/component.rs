@@ -39,6 +39,13 @@ impl ConfigIssue {
             message: message.into(),
         }
     }
+
+    /// The same issue, one level down: `under("sasl")` on `password` is
+    /// `sasl.password`.
+    pub fn under(mut self, parent: &str) -> ConfigIssue {
+        self.path.insert(0, parent.to_string());
+        self
+    }
 }
 
 /// Building a component failed (a port in use, a directory not writable).

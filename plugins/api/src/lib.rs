@@ -19,6 +19,7 @@ pub mod intercept;
 pub mod metrics;
 pub mod readiness;
 pub mod shutdown;
+pub mod secret;
 pub mod spool;
 pub mod store;
 
@@ -34,6 +35,7 @@ pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use shutdown::Shutdown;
+pub use secret::Secret;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
 

@@ -42,6 +42,9 @@ pub struct KafkaSinkConfig {
     /// Other librdkafka producer properties, passed through.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, Scalar>,
+    /// SASL authentication; see `auth`.
+    #[serde(default)]
+    pub sasl: Option<crate::auth::SaslConfig>,
     #[serde(default)]
     pub spool: SpoolConfig,
 }
@@ -260,6 +263,9 @@ impl SinkConfig for KafkaSinkConfig {
                     format!("{key} cannot be set here: {why}"),
                 ));
             }
+        }
+        if let Some(sasl) = &self.sasl {
+            issues.extend(sasl.validate().into_iter().map(|i| i.under("sasl")));
         }
         let limits: [(&str, u64); 3] = [
             ("max_events", self.batch.max_events as u64),

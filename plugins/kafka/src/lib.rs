@@ -10,6 +10,7 @@
 //! This is the only crate that knows rdkafka. It must never turn off
 //! acks=all or idempotence, whatever the pass-through properties say.
 
+pub mod auth;
 mod config;
 pub mod encode;
 mod replay;

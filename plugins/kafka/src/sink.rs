@@ -75,6 +75,10 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
         // Statistics tell whether a broker is up, for readiness.
         ("statistics.interval.ms".into(), "1000".into()),
     ];
+    if let Some(sasl) = &config.sasl {
+        properties.push(("security.protocol".into(), "SASL_PLAINTEXT".into()));
+        properties.extend(sasl.properties());
+    }
     for (k, v) in &config.librdkafka {
         properties.retain(|(key, _)| key != k);
         properties.push((k.clone(), v.to_string()));
