@@ -12,10 +12,11 @@
 
 pub mod auth;
 mod config;
+mod properties;
 pub mod encode;
 mod replay;
 mod sink;
 
-pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull};
+pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, TlsConfig, WhenFull};
 pub use encode::{Encoding, Template};
 pub use replay::{replay_offline, OfflineReplay};

@@ -50,39 +50,13 @@ pub(crate) struct Settings {
     pub encoder: Arc<Encoder>,
 }
 
-/// The producer properties of a sink: the promises first, then the
-/// operator's pass-through properties.
+/// The producer settings of a sink; its properties come from
+/// `properties::assemble`, in their fixed order.
 pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
-    let mut properties: Vec<(String, String)> = vec![
-        ("acks".into(), "all".into()),
-        ("enable.idempotence".into(), "true".into()),
-        (
-            "compression.codec".into(),
-            config.compression.codec().into(),
-        ),
-        // librdkafka gives up on messages one by one, and a later message
-        // of a partition may still be delivered after an earlier one gave
-        // up, which would overtake the spool. So librdkafka keeps trying,
-        // and the sink enforces delivery_timeout_ms itself: when nothing is
-        // acknowledged for that long, it takes back everything at once.
-        ("message.timeout.ms".into(), "0".into()),
-        ("client.id".into(), format!("tailrace-{name}")),
-        ("linger.ms".into(), "20".into()),
-        ("batch.num.messages".into(), "10000".into()),
-        ("batch.size".into(), "1000000".into()),
-        ("queue.buffering.max.messages".into(), "100000".into()),
-        ("queue.buffering.max.kbytes".into(), "32768".into()),
-        // Statistics tell whether a broker is up, for readiness.
-        ("statistics.interval.ms".into(), "1000".into()),
-    ];
-    if let Some(sasl) = &config.sasl {
-        properties.push(("security.protocol".into(), "SASL_PLAINTEXT".into()));
-        properties.extend(sasl.properties());
-    }
-    for (k, v) in &config.librdkafka {
-        properties.retain(|(key, _)| key != k);
-        properties.push((k.clone(), v.to_string()));
-    }
+    let properties = crate::properties::assemble(config, name)
+        .into_iter()
+        .map(|p| (p.key, p.value))
+        .collect();
     Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
         delivery_timeout: (config.delivery_timeout_ms > 0)
@@ -483,9 +457,15 @@ pub(crate) fn create_producer(
         config.set(k, v);
     }
     let sink = context.sink.clone();
-    config
+    let producer: BaseProducer<Delivery> = config
         .create_with_context(context)
-        .map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
+        .map_err(|e| {
+            let e = crate::properties::mask(&e.to_string(), &settings.properties);
+            format!("cannot create the kafka producer of sink {sink}: {e}")
+        })?;
+    crate::properties::verify_promises(&producer)
+        .map_err(|e| format!("sink {sink}: {e}"))?;
+    Ok(producer)
 }
 
 /// How records become Kafka messages; shared, read-only.
