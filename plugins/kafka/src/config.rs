@@ -67,6 +67,7 @@ pub enum Compression {
     Snappy,
     #[default]
     Lz4,
+    Zstd,
 }
 
 impl Compression {
@@ -76,6 +77,7 @@ impl Compression {
             Compression::Gzip => "gzip",
             Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
     }
 }
