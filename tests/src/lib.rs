@@ -28,6 +28,7 @@ mod lines;
 mod process;
 mod proxy;
 pub mod rotation;
+pub mod secure;
 pub mod sockets;
 
 pub use agent::{

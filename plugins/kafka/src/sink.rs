@@ -267,6 +267,23 @@ pub(crate) struct Delivery {
     readiness: Readiness,
     bootstrap: String,
     last_warning: Mutex<Option<Instant>>,
+    /// The last authentication, authorization or TLS failure, until a
+    /// broker is reached: readiness names it.
+    refused: Mutex<Option<String>>,
+}
+
+/// Why a client error means the cluster refuses this client (rather than
+/// being unreachable), as said in /ready and the log.
+fn refusal(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
+    match code? {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some("authentication failed")
+        }
+        RDKafkaErrorCode::SSL => Some("TLS failed"),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some("not authorized"),
+        _ => None,
+    }
 }
 
 /// The part of librdkafka's statistics that says which brokers are up.
@@ -300,10 +317,17 @@ impl Delivery {
             readiness,
             bootstrap,
             last_warning: Mutex::new(None),
+            refused: Mutex::new(None),
         }
     }
 
     fn unreachable(&self, why: &str) {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let why = match refused {
+            Some(refused) => format!("{refused} ({why})"),
+            None => why.to_string(),
+        };
+        let why = why.as_str();
         self.readiness.set_not_ready(format!(
             "cannot reach a broker of {}: {why}",
             self.bootstrap
@@ -314,6 +338,7 @@ impl Delivery {
     }
 
     fn reached(&self) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.readiness.set_ready();
         if !self.reachable.swap(true, Ordering::AcqRel) {
             info!(sink = %self.sink, "the sink reached its broker");
@@ -345,6 +370,16 @@ impl ClientContext for Delivery {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.unreachable(reason);
+            return;
+        }
+        if let Some(what) = refusal(error.rdkafka_error_code()) {
+            // librdkafka's reason names the broker and the cause
+            // ("SASL authentication error: ...", "certificate verify
+            // failed"), never a credential.
+            let refused = format!("{what}: {reason}");
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused.clone());
+            self.unreachable("the cluster refuses this client");
+            self.warn_limited("the cluster refuses the sink; what is read is held or spooled until a reload fixes the config", &refused);
             return;
         }
         self.warn_limited("kafka client error", &format!("{error}: {reason}"));

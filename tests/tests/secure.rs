@@ -1,0 +1,280 @@
+//! Secured clusters: TLS (stunnel in front of tansu), SASL/SCRAM (tansu's
+//! own), PLAIN, mutual TLS, every codec, and the failures a secured cluster
+//! brings (a wrong password, a wrong CA) with the recovery by SIGHUP. Every
+//! line carries a sequence number and is counted at a real consumer that
+//! logs in with the same credentials.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tailrace_e2e::http::get;
+use tailrace_e2e::secure::{SecureCluster, CLIENT_KEY_PASSWORD};
+use tailrace_e2e::{file_to_kafka, wait_until, Agent, Broker, Consumer, Report, SeqLines};
+
+const TOPIC: &str = "logs";
+const LINES: u64 = 20_000;
+const USER: &str = "agent";
+const PASSWORD: &str = "correct-horse-battery-staple";
+const USERS: &[(&str, &str, &str)] = &[(USER, PASSWORD, "scram512"), ("agent256", "pw-for-256", "scram256")];
+
+/// `file_to_kafka` with more keys for the kafka sink (the last block).
+fn secured(dir: &Path, bootstrap: &str, sink_keys: &str) -> String {
+    let mut yaml = file_to_kafka(dir, bootstrap, TOPIC);
+    for line in sink_keys.lines() {
+        yaml.push_str("    ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// Writes `secret` to DIR/NAME, readable by the owner only, and returns the
+/// `${file:}` reference to it.
+fn secret_file(dir: &Path, name: &str, secret: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("${{file:{}}}", path.display())
+}
+
+/// Reads until `lines` has arrived (or three minutes passed) and checks:
+/// nothing lost, and at most `max_duplicates` repeated.
+fn all_arrive(consumer: &mut Consumer, lines: &SeqLines, max_duplicates: u64) -> Report {
+    let total = usize::try_from(lines.written()).unwrap();
+    consumer.read_until(Duration::from_secs(180), |r| {
+        lines.count(r).missing.is_empty()
+    });
+    let report = lines.count(consumer.records());
+    println!("{report}");
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.malformed_count, 0, "{report}");
+    assert!(report.duplicates <= max_duplicates, "{report}");
+    assert!(consumer.records().len() >= total);
+    report
+}
+
+fn status(admin: &str, path: &str) -> u16 {
+    get(admin, path).map_or(0, |r| r.status)
+}
+
+#[test]
+fn scram_sha_512_over_tls_delivers_every_line() {
+    let cluster = SecureCluster::scram(USERS, &[(TOPIC, 2)]);
+    let dir = tempfile::tempdir().unwrap();
+    let password = secret_file(dir.path(), "kafka.password", PASSWORD);
+    let config = secured(
+        dir.path(),
+        &cluster.tls.bootstrap(),
+        &format!(
+            "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: \"{password}\" }}",
+            cluster.pki.ca().display()
+        ),
+    );
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::with_properties(
+        &cluster.tls.bootstrap(),
+        TOPIC,
+        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
+    );
+    let report = all_arrive(&mut consumer, &lines, 0);
+    assert_eq!(report.duplicates, 0, "no restart, no duplicates: {report}");
+    assert!(!agent.log().contains(PASSWORD), "the password is in the log");
+}
+
+#[test]
+fn scram_sha_256_and_plain_sinks_each_deliver_every_line() {
+    let cluster = SecureCluster::scram(USERS, &[("scram256", 1), ("plain", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.pki.ca();
+    let bootstrap = cluster.tls.bootstrap();
+    let d = dir.path().display();
+    let sink = |name: &str, sasl: &str| {
+        format!(
+            "  {name}:\n    type: kafka\n    channel: {name}\n    bootstrap_servers: {bootstrap}\n    topic: {name}\n    tls: {{ ca_file: {} }}\n    sasl: {sasl}\n    librdkafka: {{ queue.buffering.max.ms: 5 }}\n",
+            ca.display()
+        )
+    };
+    let config = format!(
+        "data_dir: {d}/data\nsources:\n  app:\n    type: file\n    include: [\"{d}/logs/*.log\"]\n    channels: [scram256, plain]\nchannels:\n  scram256: {{ type: memory }}\n  plain: {{ type: memory }}\nsinks:\n{}{}",
+        sink("scram256", "{ mechanism: SCRAM-SHA-256, username: agent256, password: pw-for-256 }"),
+        // tansu checks only that PLAIN carries a user and a password.
+        sink("plain", &format!("{{ mechanism: PLAIN, username: {USER}, password: {PASSWORD} }}")),
+    );
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let _agent = Agent::start(dir.path(), &config);
+    for (topic, mechanism, user, password) in [
+        ("scram256", "SCRAM-SHA-256", "agent256", "pw-for-256"),
+        ("plain", "SCRAM-SHA-512", USER, PASSWORD),
+    ] {
+        let mut consumer = Consumer::with_properties(
+            &bootstrap,
+            topic,
+            &cluster.consumer_properties(mechanism, user, password),
+        );
+        let report = all_arrive(&mut consumer, &lines, 0);
+        println!("{topic}: {report}");
+    }
+}
+
+#[test]
+fn mutual_tls_with_an_encrypted_client_key_delivers_every_line() {
+    let cluster = SecureCluster::mutual_tls(&[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let key_password = secret_file(dir.path(), "key.password", CLIENT_KEY_PASSWORD);
+    let config = secured(
+        dir.path(),
+        &cluster.tls.bootstrap(),
+        &format!(
+            "tls:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  key_password: \"{key_password}\"",
+            cluster.pki.ca().display(),
+            cluster.pki.client_cert().display(),
+            cluster.pki.client_key().display(),
+        ),
+    );
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::with_properties(
+        &cluster.tls.bootstrap(),
+        TOPIC,
+        &cluster.consumer_properties("none", "", ""),
+    );
+    all_arrive(&mut consumer, &lines, 0);
+    assert!(!agent.log().contains(CLIENT_KEY_PASSWORD));
+}
+
+#[test]
+fn every_codec_delivers_to_a_real_consumer() {
+    const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let broker = Broker::start();
+    for codec in CODECS {
+        broker.create_topic(codec, 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let mut config = format!(
+        "data_dir: {d}/data\nsources:\n  app:\n    type: file\n    include: [\"{d}/logs/*.log\"]\n    channels: [{}]\nchannels:\n",
+        CODECS.join(", ")
+    );
+    for codec in CODECS {
+        config.push_str(&format!("  {codec}: {{ type: memory }}\n"));
+    }
+    config.push_str("sinks:\n");
+    for codec in CODECS {
+        config.push_str(&format!(
+            "  {codec}:\n    type: kafka\n    channel: {codec}\n    bootstrap_servers: {}\n    topic: {codec}\n    compression: {codec}\n",
+            broker.bootstrap()
+        ));
+    }
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let _agent = Agent::start(dir.path(), &config);
+    for codec in CODECS {
+        let mut consumer = Consumer::new(&broker.bootstrap(), codec);
+        let report = all_arrive(&mut consumer, &lines, 0);
+        println!("{codec}: {report}");
+    }
+}
+
+#[test]
+fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_one_delivers_everything() {
+    const WRONG: &str = "wrong-password-7731";
+    let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.pki.ca();
+    let with_password = |p: &str| {
+        secured(
+            dir.path(),
+            &cluster.tls.bootstrap(),
+            &format!(
+                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {p} }}",
+                ca.display()
+            ),
+        )
+    };
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let mut agent = Agent::start(dir.path(), &with_password(WRONG));
+    let admin = agent.admin_address().to_string();
+    let refused = wait_until(Duration::from_secs(60), || {
+        get(&admin, "/ready").is_ok_and(|r| {
+            r.status == 503 && r.body.to_ascii_lowercase().contains("authentication")
+        })
+    });
+    let ready = get(&admin, "/ready").map(|r| r.body).unwrap_or_default();
+    assert!(refused, "/ready does not say authentication failed: {ready}\n{}", agent.log_tail(30));
+    assert!(agent.is_running(), "the agent exited on a wrong password");
+    let metrics = get(&admin, "/metrics").unwrap().body;
+    for (what, text) in [("log", agent.log()), ("/ready", ready), ("/metrics", metrics)] {
+        assert!(!text.contains(WRONG), "the password is in the {what}");
+    }
+
+    let fixed = std::fs::read_to_string(agent.config_path()).unwrap().replace(WRONG, PASSWORD);
+    std::fs::write(agent.config_path(), fixed).unwrap();
+    agent.reload();
+    let mut consumer = Consumer::with_properties(
+        &cluster.tls.bootstrap(),
+        TOPIC,
+        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
+    );
+    all_arrive(&mut consumer, &lines, 0);
+    assert!(
+        wait_until(Duration::from_secs(30), || status(&admin, "/ready") == 200),
+        "not ready after the fix: {}",
+        agent.log_tail(20)
+    );
+    assert!(agent.is_running());
+    assert!(!agent.log().contains(WRONG), "the password is in the log");
+}
+
+#[test]
+fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
+    let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let with_ca = |ca: &Path| {
+        secured(
+            dir.path(),
+            &cluster.tls.bootstrap(),
+            &format!(
+                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {PASSWORD} }}",
+                ca.display()
+            ),
+        )
+    };
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let mut agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()));
+    let admin = agent.admin_address().to_string();
+    let refused = wait_until(Duration::from_secs(60), || {
+        get(&admin, "/ready").is_ok_and(|r| {
+            r.status == 503 && r.body.to_ascii_lowercase().contains("certificate verify failed")
+        })
+    });
+    assert!(
+        refused,
+        "/ready does not name the TLS failure: {:?}\n{}",
+        get(&admin, "/ready").map(|r| r.body),
+        agent.log_tail(30)
+    );
+    assert!(
+        agent.log().to_ascii_lowercase().contains("certificate verify failed"),
+        "the log does not name the TLS failure:\n{}",
+        agent.log_tail(30)
+    );
+    let fixed = std::fs::read_to_string(agent.config_path()).unwrap().replace(
+        &cluster.pki.other_ca().display().to_string(),
+        &cluster.pki.ca().display().to_string(),
+    );
+    std::fs::write(agent.config_path(), fixed).unwrap();
+    agent.reload();
+    let mut consumer = Consumer::with_properties(
+        &cluster.tls.bootstrap(),
+        TOPIC,
+        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
+    );
+    all_arrive(&mut consumer, &lines, 0);
+}
