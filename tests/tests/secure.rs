@@ -247,7 +247,7 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
     };
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
-    let mut agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()));
+    let agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()));
     let admin = agent.admin_address().to_string();
     let refused = wait_until(Duration::from_secs(60), || {
         get(&admin, "/ready").is_ok_and(|r| {

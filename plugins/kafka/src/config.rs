@@ -30,6 +30,10 @@ pub struct KafkaSinkConfig {
     /// Source, host, path and offset as Kafka headers.
     #[serde(default)]
     pub headers: bool,
+    /// A `tailrace.id` header whose value is the same each time the same
+    /// line is produced again: what consumers deduplicate on.
+    #[serde(default)]
+    pub event_id: bool,
     #[serde(default)]
     pub compression: Compression,
     /// How long the sink waits for Kafka to acknowledge anything while it

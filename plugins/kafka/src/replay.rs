@@ -86,6 +86,9 @@ pub fn replay_offline(
                 if let Some(ts) = r.timestamp_ms {
                     record = record.timestamp(ts);
                 }
+                if !r.headers.is_empty() {
+                    record = record.headers(crate::encode::owned_headers(&r.headers));
+                }
                 loop {
                     match producer.send(record) {
                         Ok(()) => break,

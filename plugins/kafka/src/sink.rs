@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
@@ -72,6 +72,7 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             key: config.key.as_deref().and_then(|k| Template::parse(k).ok()),
             encoding: config.encoding,
             headers: config.headers,
+            event_id: config.event_id,
             host: tailrace_api::hostname(),
         }),
     }
@@ -209,6 +210,7 @@ pub(crate) struct Failure {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    headers: encode::HeaderList,
     topic: String,
     timestamp: Option<i64>,
     error: KafkaError,
@@ -227,6 +229,7 @@ struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    headers: encode::HeaderList,
     /// Only when the topic is chosen per event.
     topic: Option<String>,
     timestamp: Option<i64>,
@@ -252,6 +255,7 @@ fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
         key: d.key.as_deref(),
         timestamp_ms: d.timestamp,
         topic: d.topic.as_deref(),
+        headers: &d.headers,
     });
     encode(records, &chunk[0].reason, now_ms())
 }
@@ -429,6 +433,19 @@ impl ProducerContext for Delivery {
                         .map(Bytes::copy_from_slice)
                         .unwrap_or_default(),
                     key: message.key().map(Bytes::copy_from_slice),
+                    headers: message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     topic: message.topic().to_string(),
                     timestamp: message.timestamp().to_millis(),
                     error: error.clone(),
@@ -509,6 +526,8 @@ pub(crate) struct Encoder {
     pub key: Option<Template>,
     pub encoding: Encoding,
     pub headers: bool,
+    /// A `tailrace.id` header on every record.
+    pub event_id: bool,
     pub host: String,
 }
 
@@ -599,6 +618,7 @@ struct Sink {
     /// Records to be spooled, waiting for room when the spool is full.
     to_spool: Vec<Diverted>,
     replay: Replay,
+    ids: encode::EventIds,
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
     fenced: bool,
@@ -662,6 +682,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         deadline: Cell::new(None),
         spool,
         to_spool: Vec::new(),
+        ids: encode::EventIds::new(),
         replay: Replay {
             in_flight: HashSet::new(),
             done: Arc::default(),
@@ -777,14 +798,12 @@ impl Sink {
                 diverting = Some("behind_spool");
             }
             let p = prepare(&enc, &batch, record, &mut bufs);
+            let headers = self.headers_of(&enc, &batch, record);
             if let Some(reason) = diverting {
-                self.divert(&inflight, &p, reason.into());
+                self.divert(&inflight, &p, headers, reason.into());
                 continue;
             }
-            let headers = enc
-                .headers
-                .then(|| encode::headers(&batch, record, &enc.host));
-            match self.produce(&inflight, p.topic, p.value, p.key, p.timestamp, headers) {
+            match self.produce(&inflight, p.topic, p.value, p.key, p.timestamp, &headers) {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
@@ -792,7 +811,7 @@ impl Sink {
                         // What librdkafka holds goes to the spool first.
                         self.fail_over("queue_full");
                     }
-                    self.divert(&inflight, &p, "queue_full".into());
+                    self.divert(&inflight, &p, headers, "queue_full".into());
                     diverting = Some("queue_full");
                 }
                 Err(Unsent::OutOfTime) => return Err(Unsent::OutOfTime),
@@ -810,7 +829,7 @@ impl Sink {
         payload: &[u8],
         key: Option<&[u8]>,
         timestamp: Option<i64>,
-        headers: Option<OwnedHeaders>,
+        headers: &[(String, Bytes)],
     ) -> Result<(), Unsent> {
         let mut record =
             BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(topic, inflight.clone())
@@ -821,8 +840,8 @@ impl Sink {
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
-        if let Some(h) = headers {
-            record = record.headers(h);
+        if !headers.is_empty() {
+            record = record.headers(encode::owned_headers(headers));
         }
         let mut full_since = None;
         loop {
@@ -850,6 +869,7 @@ impl Sink {
                         inflight: inflight.clone(),
                         payload: Bytes::copy_from_slice(payload),
                         key: key.map(Bytes::copy_from_slice),
+                        headers: headers.to_vec(),
                         topic,
                         timestamp,
                         reason: why,
@@ -874,11 +894,31 @@ impl Sink {
         }
     }
 
-    fn divert(&mut self, inflight: &Arc<InFlight>, p: &Prepared<'_>, reason: String) {
+    /// The headers a record is produced with (none unless `headers` or
+    /// `event_id` is on: no allocation then).
+    fn headers_of(&mut self, enc: &Encoder, batch: &Batch, record: &Record) -> encode::HeaderList {
+        let mut headers = encode::HeaderList::new();
+        if enc.headers {
+            encode::headers(batch, record, &enc.host, &mut headers);
+        }
+        if enc.event_id {
+            headers.push((encode::EVENT_ID.into(), self.ids.next(batch, record)));
+        }
+        headers
+    }
+
+    fn divert(
+        &mut self,
+        inflight: &Arc<InFlight>,
+        p: &Prepared<'_>,
+        headers: encode::HeaderList,
+        reason: String,
+    ) {
         self.to_spool.push(Diverted {
             inflight: inflight.clone(),
             payload: Bytes::copy_from_slice(p.value),
             key: p.key.map(Bytes::copy_from_slice),
+            headers,
             topic: p.dynamic_topic.then(|| p.topic.to_string()),
             timestamp: p.timestamp,
             reason,
@@ -983,6 +1023,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    headers: f.headers,
                     topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: f.error.to_string(),
@@ -992,6 +1033,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    headers: f.headers,
                     topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: why,
@@ -1216,7 +1258,7 @@ impl Sink {
                         &r.payload,
                         r.key.as_deref(),
                         r.timestamp_ms,
-                        None,
+                        &r.headers,
                     )
                     .is_err()
                 {
@@ -1338,7 +1380,8 @@ impl Sink {
             let inflight = InFlight::for_batch(&batch);
             for r in &batch.records {
                 let p = prepare(&enc, &batch, r, &mut bufs);
-                self.divert(&inflight, &p, "shutdown".into());
+                let headers = self.headers_of(&enc, &batch, r);
+                self.divert(&inflight, &p, headers, "shutdown".into());
             }
         }
         self.finish_replays();
