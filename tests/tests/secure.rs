@@ -278,3 +278,65 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
     );
     all_arrive(&mut consumer, &lines, 0);
 }
+
+#[test]
+fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it() {
+    let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.pki.ca();
+    let with_password = |p: &str| {
+        secured(
+            dir.path(),
+            &cluster.tls.bootstrap(),
+            &format!(
+                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {p} }}",
+                ca.display()
+            ),
+        )
+    };
+    let check = |yaml: &str| {
+        let path = dir.path().join("check.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = tailrace_e2e::run_tailrace(["check", "--config", path.to_str().unwrap(), "--timeout-s", "15"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+
+    let (code, text) = check(&with_password(PASSWORD));
+    println!("{text}");
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        "broker reachable: ok",
+        "TLS: ok: verified",
+        "authenticated: ok",
+        "topic logs: warning: 1 partitions, replication factor 1",
+        "idempotent producer: ok",
+        "sink kafka: can deliver",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+
+    let (code, text) = check(&with_password("not-the-password"));
+    println!("{text}");
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("authenticated: FAILED"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let agent = Agent::start(dir.path(), &with_password(PASSWORD));
+    let admin = agent.admin_address().to_string();
+    let warned = wait_until(Duration::from_secs(60), || {
+        agent.log().contains("less durable than acks=all promises")
+    });
+    assert!(warned, "no durability warning:\n{}", agent.log_tail(30));
+    assert!(agent.log().contains("replication factor 1"), "{}", agent.log_tail(30));
+    let metrics = get(&admin, "/metrics").unwrap().body;
+    assert_eq!(
+        tailrace_e2e::http::sample(
+            &metrics,
+            "tailrace_sink_topic_replication_factor{sink=\"kafka\",topic=\"logs\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}

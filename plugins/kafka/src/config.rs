@@ -357,6 +357,10 @@ impl SinkConfig for KafkaSinkConfig {
         crate::sink::spawn(self, cx)
     }
 
+    fn check(&self, name: &str, timeout: std::time::Duration) -> tailrace_api::CheckReport {
+        crate::check::check(self, name, timeout)
+    }
+
     fn replay_spool(
         &self,
         name: &str,

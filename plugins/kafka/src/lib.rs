@@ -11,6 +11,7 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 pub mod auth;
+pub mod check;
 mod config;
 mod properties;
 pub mod encode;

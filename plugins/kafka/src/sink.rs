@@ -673,6 +673,36 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         spooled_events = held.events,
         "kafka sink started"
     );
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    if _cluster.is_none() {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &settings.bootstrap_servers);
+        for (k, v) in &settings.properties {
+            if k != "statistics.interval.ms" {
+                config.set(k, v);
+            }
+        }
+        let interval = settings
+            .properties
+            .iter()
+            .find(|(k, _)| k == "topic.metadata.refresh.interval.ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(300_000u64);
+        let (name, topic, metrics, stop) = (
+            cx.name.clone(),
+            settings.encoder.topic.as_static().map(str::to_string),
+            cx.metrics.clone(),
+            watch_stop.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("durability-{name}"))
+            .spawn(move || {
+                crate::check::watch(config, name, topic, metrics, Duration::from_millis(interval), stop)
+            });
+        if let Err(e) = spawned {
+            warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
+        }
+    }
     let mut sink = Sink {
         cx,
         settings,
@@ -701,6 +731,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     sink.update_gauges();
     let result = sink.run();
     sink.finish();
+    watch_stop.store(true, Ordering::Release);
     result
 }
 
