@@ -36,6 +36,10 @@ const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
 const ENTRY_RECORDS: usize = 10_000;
 /// How far repeated fail-overs stretch the delivery timeout.
 const MAX_STALL_BACKOFF: u32 = 8;
+/// The first wait before a fatally failed producer is replaced again; it
+/// doubles with each replacement that delivers nothing.
+const REPLACE_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_REPLACE_BACKOFF: Duration = Duration::from_secs(60);
 /// Replay waits while librdkafka holds more than this many messages.
 const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
@@ -622,6 +626,12 @@ struct Sink {
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
     fenced: bool,
+    /// Fatal replacements since Kafka last acknowledged anything, and when
+    /// the next one may happen: a producer that keeps failing fatally (an
+    /// idempotent producer not allowed, say) is recreated with exponential
+    /// backoff, never in a tight loop.
+    replacements: u32,
+    replace_not_before: Option<Instant>,
     /// The producer's count of acknowledged messages.
     acks: Arc<AtomicU64>,
     /// The count last seen, and since when it has not moved.
@@ -721,6 +731,8 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         },
         last_full_warning: None,
         fenced: false,
+        replacements: 0,
+        replace_not_before: None,
         acks,
         progress: (0, Instant::now()),
         stall_backoff: 1,
@@ -1340,13 +1352,31 @@ impl Sink {
     /// PRODUCER_FENCED. Then what it holds is spooled and a new producer,
     /// with a new producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
-        } else if self.fenced {
-            warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it");
-        } else {
+        let fatal = self.producer.client().fatal_error();
+        if fatal.is_none() && !self.fenced {
             return Ok(());
         }
+        if self.acks.load(Ordering::Relaxed) > 0 {
+            // The producer being replaced delivered: not a failing loop.
+            self.replacements = 0;
+        }
+        if self.replace_not_before.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let backoff = REPLACE_BACKOFF
+            .saturating_mul(1 << self.replacements.min(6))
+            .min(MAX_REPLACE_BACKOFF);
+        match fatal {
+            Some((code, reason)) => {
+                error!(sink = %self.cx.name, code = ?code, reason, replacements = self.replacements, "the kafka producer failed fatally, replacing it");
+                self.cx.readiness.set_not_ready(format!(
+                    "the kafka producer failed fatally ({code:?}: {reason}); recreated with backoff"
+                ));
+            }
+            None => warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it"),
+        }
+        self.replacements += 1;
+        self.replace_not_before = Some(Instant::now() + backoff);
         self.hand_over("producer_replaced")
     }
 
