@@ -521,6 +521,7 @@ mod tests {
             .collect();
         pages.sort();
         let expected = [
+            "tailrace-check.1",
             "tailrace-checkpoints.1",
             "tailrace-run.1",
             "tailrace-spool-list.1",
