@@ -128,21 +128,29 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The client properties the harness logs in with, if SASL is required.
+    pub fn client_auth(&self) -> &[(String, String)] {
+        self.auth.as_deref().unwrap_or_default()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("broker.log")
     }
 
     /// A broker with sqlite storage on a free port that advertises
-    /// `advertised_port` (a TLS terminator in front of it), holds `topics`
+    /// `advertised_port` (a TLS terminator in front of it; `None`: its own
+    /// port), holds `topics`
     /// and the SCRAM `users` (name, password, `scram256` | `scram512`), and
     /// then requires SASL authentication. The harness's own clients log in
     /// as the first user with SCRAM-SHA-512 over plaintext to `port`.
     pub fn start_authenticating(
-        advertised_port: u16,
+        advertised_port: Option<u16>,
         users: &[(&str, &str, &str)],
         topics: &[(&str, i32)],
     ) -> Broker {
-        let mut broker = Broker::launch_advertising(free_port(), advertised_port, Storage::Sqlite);
+        let port = free_port();
+        let mut broker =
+            Broker::launch_advertising(port, advertised_port.unwrap_or(port), Storage::Sqlite);
         for (name, password, mechanism) in users {
             let output = Command::new(tansu_bin())
                 .current_dir(broker.dir.path())

@@ -224,7 +224,7 @@ impl SecureCluster {
     pub fn scram(users: &[(&str, &str, &str)], topics: &[(&str, i32)]) -> SecureCluster {
         let pki = Pki::new();
         let tls_port = crate::free_port();
-        let broker = crate::Broker::start_authenticating(tls_port, users, topics);
+        let broker = crate::Broker::start_authenticating(Some(tls_port), users, topics);
         let tls = Stunnel::start(&pki, tls_port, broker.port(), false);
         SecureCluster { pki, tls, broker }
     }
