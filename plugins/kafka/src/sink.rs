@@ -797,8 +797,14 @@ impl Sink {
             }
             self.cx.metrics.batches.inc();
             self.cx.metrics.batch_events.observe(batch.events as f64);
-            for b in batch.batches {
+            let mut batches = batch.batches.into_iter();
+            while let Some(b) = batches.next() {
                 if self.send_batch(b).is_err() {
+                    // The grace period is over: what was taken from the
+                    // channel goes to the spool, never nowhere.
+                    for rest in batches {
+                        self.divert_batch(rest, "shutdown");
+                    }
                     return Ok(());
                 }
             }
@@ -834,6 +840,7 @@ impl Sink {
         let mut bufs = Buffers::default();
         let strict = self.strict();
         let mut diverting = self.behind_spool().then_some("behind_spool");
+        let mut out_of_time = false;
         for record in &batch.records {
             if diverting.is_none() && strict && !self.to_spool.is_empty() {
                 // A record of this batch failed at once: the rest go
@@ -857,10 +864,32 @@ impl Sink {
                     self.divert(&inflight, &p, headers, "queue_full".into());
                     diverting = Some("queue_full");
                 }
-                Err(Unsent::OutOfTime) => return Err(Unsent::OutOfTime),
+                Err(Unsent::OutOfTime) => {
+                    // This record and the rest of the batch go to the
+                    // spool; the caller spools the batches after it.
+                    self.divert(&inflight, &p, headers, "shutdown".into());
+                    diverting = Some("shutdown");
+                    out_of_time = true;
+                }
             }
         }
-        Ok(())
+        if out_of_time {
+            Err(Unsent::OutOfTime)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every record of `batch` to the spool, for `reason`.
+    fn divert_batch(&mut self, batch: Batch, reason: &str) {
+        let enc = self.settings.encoder.clone();
+        let mut bufs = Buffers::default();
+        let inflight = InFlight::for_batch(&batch);
+        for r in &batch.records {
+            let p = prepare(&enc, &batch, r, &mut bufs);
+            let headers = self.headers_of(&enc, &batch, r);
+            self.divert(&inflight, &p, headers, reason.into());
+        }
     }
 
     /// Hands one record to librdkafka, waiting a bounded time while its
@@ -1435,19 +1464,16 @@ impl Sink {
             let failures = self.take_back_all();
             self.settle_failures(failures, Some("shutdown"));
         }
-        let enc = self.settings.encoder.clone();
-        let mut bufs = Buffers::default();
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
-            let inflight = InFlight::for_batch(&batch);
-            for r in &batch.records {
-                let p = prepare(&enc, &batch, r, &mut bufs);
-                let headers = self.headers_of(&enc, &batch, r);
-                self.divert(&inflight, &p, headers, "shutdown".into());
-            }
+            self.divert_batch(batch, "shutdown");
         }
         self.finish_replays();
         if !self.flush_to_spool() {
-            warn!(sink = %self.cx.name, events = self.to_spool.len(), "spool full at shutdown; those events will be read again after the restart");
+            // Not acknowledged: a file source reads them again after the
+            // restart, but a socket's records are gone, so they count.
+            let n = self.to_spool.len() as u64;
+            self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
+            error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
         self.log_spooled(true);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
