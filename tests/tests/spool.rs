@@ -913,6 +913,19 @@ fn corrupt_spool_entry_is_set_aside_with_a_report() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(aside[0]["id"], bad_id, "{aside:?}");
 
+    // Issue 14, bug 7: replaying the corrupt tree "moved" a damaged entry
+    // onto the tree it was in, which deleted it. It stays where it is.
+    let replayed = agent.spool(&["replay", "--corrupt"]);
+    assert_eq!(
+        agent.spool_usage(SINK, "corrupt").entries,
+        1,
+        "a replay of the corrupt tree deleted the damaged entry: {replayed:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("left in the corrupt tree"),
+        "{replayed:?}"
+    );
+
     // The operator purges it: without --yes only says what would go.
     let dry = agent.spool(&["purge", "--corrupt"]);
     assert!(dry.status.success(), "{dry:?}");

@@ -57,10 +57,15 @@ pub fn replay_offline(
             let (header, records) = match decode(&entry) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("entry {id}: {e}; moved to the corrupt tree");
-                    spool
-                        .move_to(tree, SpoolTree::Corrupt, name, id)
-                        .map_err(|e| e.to_string())?;
+                    if tree == SpoolTree::Corrupt {
+                        // Moving it "to" the tree it is in would delete it.
+                        eprintln!("entry {id}: {e}; left in the corrupt tree (tailrace spool purge --corrupt removes it)");
+                    } else {
+                        eprintln!("entry {id}: {e}; moved to the corrupt tree");
+                        spool
+                            .move_to(tree, SpoolTree::Corrupt, name, id)
+                            .map_err(|e| e.to_string())?;
+                    }
                     report.corrupt_entries += 1;
                     continue;
                 }
