@@ -693,10 +693,16 @@ fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
         "the last line did not arrive"
     );
     assert!(agent.is_running(), "the agent exited");
+    // Issue 14, bug 9: dead letters were not counted as dropped.
+    let dropped = tailrace_e2e::sockets::metric(
+        agent.admin_address(),
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"dead_letter\"}",
+    );
     stop_cleanly(&mut agent);
 
     let dead = agent.spool_usage(SINK, "dead");
     assert!(dead.entries > 0, "no dead letters: {dead:?}");
+    assert_eq!(dropped, dead.events as f64, "dead letters counted as dropped");
     let listed = agent.spool_json(&["list", "--dead-letter"]);
     assert!(
         listed.iter().all(|e| e["reason"]

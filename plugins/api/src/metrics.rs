@@ -212,14 +212,17 @@ impl Metrics {
 
     pub fn source(&self, name: &str) -> SourceMetrics {
         let l = vec![("source", name.to_owned())];
-        SourceMetrics {
+        let m = SourceMetrics {
             events: self.source_events.get_or_create(&l).clone(),
             bytes: self.source_bytes.get_or_create(&l).clone(),
             filtered: self.source_filtered.get_or_create(&l).clone(),
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped: Dropped::new(self.dropped.clone(), name),
             file: FileMetrics::new(&self.file, name),
-        }
+        };
+        // Exported at 0 from the start, so that increase() sees the first.
+        m.dropped.add("line_truncated", 0);
+        m
     }
 
     pub fn sink(&self, name: &str) -> SinkMetrics {

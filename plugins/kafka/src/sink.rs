@@ -40,6 +40,17 @@ const MAX_STALL_BACKOFF: u32 = 8;
 /// doubles with each replacement that delivers nothing.
 const REPLACE_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_REPLACE_BACKOFF: Duration = Duration::from_secs(60);
+/// `tailrace_sink_events_failed_total{reason}` of the sink's own decisions
+/// (librdkafka's error codes add their own names as they occur).
+const FAILURE_REASONS: &[&str] = &[
+    "delivery_timeout",
+    "queue_full",
+    "shutdown",
+    "producer_replaced",
+    "message_size_too_large",
+];
+/// `tailrace_events_dropped_total{component=<sink>,reason}`.
+const DROP_REASONS: &[&str] = &["dead_letter", "spool_full", "spool_full_at_shutdown"];
 /// Replay waits while librdkafka holds more than this many messages.
 const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
@@ -741,6 +752,14 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         spool_logged_at: None,
     };
     sink.update_gauges();
+    // The reasons this sink counts under, exported at 0 from the start so
+    // that an alert on increase() sees the first failure or drop.
+    for reason in FAILURE_REASONS {
+        sink.cx.metrics.failed.add(reason, 0);
+    }
+    for reason in DROP_REASONS {
+        sink.cx.metrics.dropped.add(reason, 0);
+    }
     let result = sink.run();
     sink.finish();
     watch_stop.store(true, Ordering::Release);
@@ -1135,6 +1154,8 @@ impl Sink {
                 .and_then(|_| self.spool.flush());
             match stored {
                 Ok(()) => {
+                    // Not delivered: dropped from the stream, though kept.
+                    self.cx.metrics.dropped.add("dead_letter", chunk.len() as u64);
                     error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
                     for d in chunk {
                         d.inflight.divert(&self.cx.metrics);
