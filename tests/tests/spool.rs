@@ -1147,3 +1147,66 @@ fn full_spool_drops_oldest_and_counts_it() {
     );
     stop_cleanly(&mut agent);
 }
+
+/// Issue 13's event id and issue 14's bug 4: with `headers: true` and
+/// `event_id: true`, records that went through the spool arrived without
+/// their headers (the entry format could not keep them). Now every record
+/// arrives with them, whether it was delivered at once, spooled during an
+/// outage and replayed, or read again after a SIGKILL; and every copy of a
+/// line carries the same `tailrace.id`, while different lines never share
+/// one.
+#[test]
+fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = SeqLines::create(dir.path().join("logs/app.log"));
+    let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    config.push_str("    headers: true\n    event_id: true\n");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the outage"
+    );
+    cluster.broker_down(1).expect("cannot take the broker down");
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    cluster.broker_up(1).expect("cannot bring the broker up");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    // A crash repeats what was read after the last saved position.
+    agent.kill();
+    agent.restart();
+    let lines = writer.stop();
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    println!("{report}");
+
+    let mut id_of: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    let mut seq_of_id: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+    for r in consumer.records() {
+        let seq = seq_of(&r.payload).expect("numbered lines");
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("line {seq} arrived without header {name}: {:?}", r.headers))
+        };
+        for name in ["source", "host", "path", "offset"] {
+            header(name);
+        }
+        assert_eq!(header("offset"), SeqLines::offset_of(seq).to_string().into_bytes());
+        let id = header("tailrace.id");
+        if let Some(first) = id_of.insert(seq, id.clone()) {
+            assert_eq!(first, id, "line {seq} was sent again with another id");
+        }
+        if let Some(other) = seq_of_id.insert(id.clone(), seq) {
+            assert_eq!(other, seq, "lines {other} and {seq} share an id");
+        }
+    }
+    assert!(
+        logged_events(&agent, "events spooled") > 0,
+        "nothing went through the spool"
+    );
+}
