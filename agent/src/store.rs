@@ -178,6 +178,22 @@ impl SpoolStore for Store {
         Ok(())
     }
 
+    fn replace(
+        &self,
+        tree: SpoolTree,
+        sink: &str,
+        id: u64,
+        entry: &[u8],
+    ) -> Result<(), StoreError> {
+        let t = self.spool_tree(tree, sink)?;
+        self.with_usage(tree, sink, |_| ());
+        if let Some(old) = t.insert(id.to_be_bytes(), entry).map_err(err)? {
+            self.with_usage(tree, sink, |u| count(u, &old, -1));
+        }
+        self.with_usage(tree, sink, |u| count(u, entry, 1));
+        Ok(())
+    }
+
     fn move_to(
         &self,
         from: SpoolTree,

@@ -319,8 +319,7 @@ fn generate(args: &Args) -> anyhow::Result<PathBuf> {
 fn generate_lines(args: &Args, n: u64) -> anyhow::Result<PathBuf> {
     let dir = args.work.join(
         // v2: lines since the generator repeats 65,536 drawn ones.
-        format!("load-v2-{}-{}-{}", n, args.size, args.seed)
-            .replace([':', '(', ')', ' '], ""),
+        format!("load-v2-{}-{}-{}", n, args.size, args.seed).replace([':', '(', ')', ' '], ""),
     );
     let file = dir.join("app.log");
     let done = dir.join("complete");
@@ -531,8 +530,11 @@ fn scram_run(args: &Args, tls: bool) -> anyhow::Result<Row> {
         broker = Some(b);
         _cluster = None;
     }
-    let dir = args.work.join(if tls { "run-scram-tls" } else { "run-scram" });
-    let mut agent = start_tailrace_with(args, &dir, &load.display().to_string(), &bootstrap, &keys)?;
+    let dir = args
+        .work
+        .join(if tls { "run-scram-tls" } else { "run-scram" });
+    let mut agent =
+        start_tailrace_with(args, &dir, &load.display().to_string(), &bootstrap, &keys)?;
     let seen = watch(args, &mut agent, args.secure_lines)?;
     let counted = count_with(&bootstrap, "bench", args.secure_lines, &consumer)?;
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };

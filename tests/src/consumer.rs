@@ -45,7 +45,11 @@ impl Consumer {
 
     /// [`Consumer::new`] with more client properties: the credentials and
     /// TLS settings of a secured cluster.
-    pub fn with_properties(bootstrap: &str, topic: &str, properties: &[(String, String)]) -> Consumer {
+    pub fn with_properties(
+        bootstrap: &str,
+        topic: &str,
+        properties: &[(String, String)],
+    ) -> Consumer {
         let mut config = ClientConfig::new();
         for (k, v) in properties {
             config.set(k, v);

@@ -87,9 +87,21 @@ impl Pki {
         openssl(
             self.dir.path(),
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-days", "2", "-subj", &format!("/CN={cn}"),
-                "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
             ],
         );
     }
@@ -98,17 +110,38 @@ impl Pki {
         openssl(
             self.dir.path(),
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-subj", &format!("/CN={cn}"), "-keyout", &format!("{name}.key"),
-                "-out", &format!("{name}.csr"),
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
             ],
         );
         openssl(
             self.dir.path(),
             &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey",
-                "ca.key", "-CAcreateserial", "-days", "2", "-extfile", ext,
-                "-out", &format!("{name}.pem"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
             ],
         );
     }
@@ -242,10 +275,18 @@ impl SecureCluster {
     }
 
     /// Client properties for a consumer that logs in as `user` over TLS.
-    pub fn consumer_properties(&self, mechanism: &str, user: &str, password: &str) -> Vec<(String, String)> {
+    pub fn consumer_properties(
+        &self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+    ) -> Vec<(String, String)> {
         let mut p = vec![
             ("security.protocol".to_string(), "SASL_SSL".to_string()),
-            ("ssl.ca.location".into(), self.pki.ca().display().to_string()),
+            (
+                "ssl.ca.location".into(),
+                self.pki.ca().display().to_string(),
+            ),
             ("sasl.mechanism".into(), mechanism.into()),
             ("sasl.username".into(), user.into()),
             ("sasl.password".into(), password.into()),
@@ -254,8 +295,14 @@ impl SecureCluster {
             p.retain(|(k, _)| !k.starts_with("sasl."));
             p[0].1 = "SSL".into();
             p.extend([
-                ("ssl.certificate.location".to_string(), self.pki.client_cert().display().to_string()),
-                ("ssl.key.location".into(), self.pki.client_key().display().to_string()),
+                (
+                    "ssl.certificate.location".to_string(),
+                    self.pki.client_cert().display().to_string(),
+                ),
+                (
+                    "ssl.key.location".into(),
+                    self.pki.client_key().display().to_string(),
+                ),
                 ("ssl.key.password".into(), CLIENT_KEY_PASSWORD.into()),
             ]);
         }

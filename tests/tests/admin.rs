@@ -207,7 +207,8 @@ fn labelled_counters_are_exported_at_zero_from_the_start() {
     let (_broker, _dir, agent) = setup();
     let admin = agent.admin_address().to_string();
     assert!(
-        wait_until(Duration::from_secs(20), || status(&admin, "/metrics") == 200),
+        wait_until(Duration::from_secs(20), || status(&admin, "/metrics")
+            == 200),
         "no /metrics: {}",
         agent.log_tail(20)
     );

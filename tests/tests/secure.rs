@@ -84,7 +84,10 @@ fn scram_sha_512_over_tls_delivers_every_line() {
     );
     let report = all_arrive(&mut consumer, &lines, 0);
     assert_eq!(report.duplicates, 0, "no restart, no duplicates: {report}");
-    assert!(!agent.log().contains(PASSWORD), "the password is in the log");
+    assert!(
+        !agent.log().contains(PASSWORD),
+        "the password is in the log"
+    );
 }
 
 #[test]
@@ -148,7 +151,8 @@ fn every_codec_delivers_to_a_real_consumer() {
 }
 
 #[test]
-fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_one_delivers_everything() {
+fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_one_delivers_everything(
+) {
     const WRONG: &str = "wrong-password-7731";
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
     let dir = tempfile::tempdir().unwrap();
@@ -173,14 +177,24 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
         })
     });
     let ready = get(&admin, "/ready").map(|r| r.body).unwrap_or_default();
-    assert!(refused, "/ready does not say authentication failed: {ready}\n{}", agent.log_tail(30));
+    assert!(
+        refused,
+        "/ready does not say authentication failed: {ready}\n{}",
+        agent.log_tail(30)
+    );
     assert!(agent.is_running(), "the agent exited on a wrong password");
     let metrics = get(&admin, "/metrics").unwrap().body;
-    for (what, text) in [("log", agent.log()), ("/ready", ready), ("/metrics", metrics)] {
+    for (what, text) in [
+        ("log", agent.log()),
+        ("/ready", ready),
+        ("/metrics", metrics),
+    ] {
         assert!(!text.contains(WRONG), "the password is in the {what}");
     }
 
-    let fixed = std::fs::read_to_string(agent.config_path()).unwrap().replace(WRONG, PASSWORD);
+    let fixed = std::fs::read_to_string(agent.config_path())
+        .unwrap()
+        .replace(WRONG, PASSWORD);
     std::fs::write(agent.config_path(), fixed).unwrap();
     agent.reload();
     let mut consumer = Consumer::with_properties(
@@ -218,7 +232,10 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
     let admin = agent.admin_address().to_string();
     let refused = wait_until(Duration::from_secs(60), || {
         get(&admin, "/ready").is_ok_and(|r| {
-            r.status == 503 && r.body.to_ascii_lowercase().contains("certificate verify failed")
+            r.status == 503
+                && r.body
+                    .to_ascii_lowercase()
+                    .contains("certificate verify failed")
         })
     });
     assert!(
@@ -228,14 +245,19 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
         agent.log_tail(30)
     );
     assert!(
-        agent.log().to_ascii_lowercase().contains("certificate verify failed"),
+        agent
+            .log()
+            .to_ascii_lowercase()
+            .contains("certificate verify failed"),
         "the log does not name the TLS failure:\n{}",
         agent.log_tail(30)
     );
-    let fixed = std::fs::read_to_string(agent.config_path()).unwrap().replace(
-        &cluster.pki.other_ca().display().to_string(),
-        &cluster.pki.ca().display().to_string(),
-    );
+    let fixed = std::fs::read_to_string(agent.config_path())
+        .unwrap()
+        .replace(
+            &cluster.pki.other_ca().display().to_string(),
+            &cluster.pki.ca().display().to_string(),
+        );
     std::fs::write(agent.config_path(), fixed).unwrap();
     agent.reload();
     let mut consumer = Consumer::with_properties(
@@ -264,7 +286,13 @@ fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it()
     let check = |yaml: &str| {
         let path = dir.path().join("check.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let out = tailrace_e2e::run_tailrace(["check", "--config", path.to_str().unwrap(), "--timeout-s", "15"]);
+        let out = tailrace_e2e::run_tailrace([
+            "check",
+            "--config",
+            path.to_str().unwrap(),
+            "--timeout-s",
+            "15",
+        ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.code(), text)
@@ -296,7 +324,11 @@ fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it()
         agent.log().contains("less durable than acks=all promises")
     });
     assert!(warned, "no durability warning:\n{}", agent.log_tail(30));
-    assert!(agent.log().contains("replication factor 1"), "{}", agent.log_tail(30));
+    assert!(
+        agent.log().contains("replication factor 1"),
+        "{}",
+        agent.log_tail(30)
+    );
     let metrics = get(&admin, "/metrics").unwrap().body;
     assert_eq!(
         tailrace_e2e::http::sample(

@@ -699,7 +699,10 @@ fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
         .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
     let mut agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", tcp)).is_ok()));
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+        ("127.0.0.1", tcp)
+    )
+    .is_ok()));
     let mut c = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
     let mut text = Vec::new();
     for seq in 0..N {
@@ -711,13 +714,18 @@ fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
     let read = wait_until(Duration::from_secs(60), || {
         metric(&admin, "tailrace_source_events_total{source=\"net\"}") >= N as f64
     });
-    assert!(read, "the agent did not read the {N} records:\n{}", agent.log_tail(20));
+    assert!(
+        read,
+        "the agent did not read the {N} records:\n{}",
+        agent.log_tail(20)
+    );
     agent.terminate();
     let status = agent.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", agent.log_tail(20));
     let held = agent.spool_usage("kafka", "spool");
     assert_eq!(
-        held.events, N,
+        held.events,
+        N,
         "every record read is in the spool after SIGTERM: {held:?}\n{}",
         agent.log_tail(20)
     );

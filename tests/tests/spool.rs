@@ -702,7 +702,10 @@ fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
 
     let dead = agent.spool_usage(SINK, "dead");
     assert!(dead.entries > 0, "no dead letters: {dead:?}");
-    assert_eq!(dropped, dead.events as f64, "dead letters counted as dropped");
+    assert_eq!(
+        dropped, dead.events as f64,
+        "dead letters counted as dropped"
+    );
     let listed = agent.spool_json(&["list", "--dead-letter"]);
     assert!(
         listed.iter().all(|e| e["reason"]
@@ -1173,14 +1176,38 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
     cluster.broker_down(1).expect("cannot take the broker down");
     wait_for_log(&agent, "events spooled", Duration::from_secs(60));
     cluster.broker_up(1).expect("cannot bring the broker up");
-    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
-    // A crash repeats what was read after the last saved position.
+    // In strict order new lines wait behind the spool: it empties once
+    // the writer stops.
+    let lines = writer.stop();
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(120));
+    // A crash while lines are written repeats what was read after the
+    // last saved position.
+    let before = lines.written();
+    let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
+    let records = consumer.read_until(Duration::from_secs(60), |r| {
+        seqs(r).range(before + 5_000..).next().is_some()
+    });
+    assert!(
+        seqs(records).range(before + 5_000..).next().is_some(),
+        "nothing new arrived"
+    );
     agent.kill();
     agent.restart();
+    let restarted_at = writer.written();
+    let records = consumer.read_until(Duration::from_secs(60), |r| {
+        seqs(r).range(restarted_at..).next().is_some()
+    });
+    assert!(
+        seqs(records).range(restarted_at..).next().is_some(),
+        "nothing arrived after the restart"
+    );
     let lines = writer.stop();
     let report = read_all(&mut consumer, &lines, CATCH_UP);
     assert!(report.missing.is_empty(), "lines lost: {report}");
-    println!("{report}");
+    assert!(
+        report.duplicates > 0,
+        "the SIGKILL repeated nothing, so ids of repeats went unchecked: {report}"
+    );
 
     let mut id_of: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
     let mut seq_of_id: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
@@ -1191,12 +1218,17 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("line {seq} arrived without header {name}: {:?}", r.headers))
+                .unwrap_or_else(|| {
+                    panic!("line {seq} arrived without header {name}: {:?}", r.headers)
+                })
         };
         for name in ["source", "host", "path", "offset"] {
             header(name);
         }
-        assert_eq!(header("offset"), SeqLines::offset_of(seq).to_string().into_bytes());
+        assert_eq!(
+            header("offset"),
+            SeqLines::offset_of(seq).to_string().into_bytes()
+        );
         let id = header("tailrace.id");
         if let Some(first) = id_of.insert(seq, id.clone()) {
             assert_eq!(first, id, "line {seq} was sent again with another id");
@@ -1209,4 +1241,86 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
         logged_events(&agent, "events spooled") > 0,
         "nothing went through the spool"
     );
+}
+
+/// Issue 14, bug 3: a record spooled while Kafka was unreachable that Kafka
+/// (here librdkafka, by its default `message.max.bytes`) then refuses for
+/// good was retried forever, and the whole entry with it, so its other
+/// records were sent again, as duplicates, every second. Now the refused
+/// record goes to the dead-letter tree, the entry is rewritten with what
+/// is left, and every other line arrives once.
+#[test]
+fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(1_000);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(lines.path())
+            .unwrap();
+        let mut big = b"big ".to_vec();
+        big.resize(1_500_000, b'x');
+        big.push(b'\n');
+        f.write_all(&big).unwrap();
+    }
+    lines.append(1_000);
+    let bootstrap = format!("127.0.0.1:{port}");
+    let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
+    let base = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "").replace(
+        "start_at: beginning",
+        "start_at: beginning\n    max_line_bytes: 2000000",
+    );
+    assert!(
+        base.contains(passed),
+        "file_to_kafka changed; update this test's config"
+    );
+    let large = base.replace(
+        passed,
+        r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
+    );
+    let mut agent = Agent::start(dir.path(), &large);
+    let all_spooled = wait_until(Duration::from_secs(60), || {
+        logged_events(&agent, "events spooled") > lines.written()
+    });
+    assert!(
+        all_spooled,
+        "not everything was spooled:\n{}",
+        agent.log_tail(20)
+    );
+    stop_cleanly(&mut agent);
+
+    // The broker arrives; the agent starts again with librdkafka's default
+    // message.max.bytes, which the big line is over.
+    let _broker = broker_arrives(port);
+    let admin_line = std::fs::read_to_string(agent.config_path())
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("admin:"))
+        .map(str::to_string)
+        .unwrap();
+    std::fs::write(agent.config_path(), format!("{base}\n{admin_line}\n")).unwrap();
+    agent.restart();
+    wait_for_log(
+        &agent,
+        "kafka refused events for good",
+        Duration::from_secs(60),
+    );
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    let mut consumer = Consumer::new(&format!("127.0.0.1:{port}"), TOPIC);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(
+        report.duplicates, 0,
+        "the entry's other records were sent again: {report}"
+    );
+    stop_cleanly(&mut agent);
+    let dead = agent.spool_usage(SINK, "dead");
+    assert_eq!(
+        dead.events, 1,
+        "the big line is the one dead letter: {dead:?}"
+    );
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
 }

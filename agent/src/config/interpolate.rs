@@ -204,7 +204,10 @@ mod tests {
         check("a: ${BAD-NAME}\n", Err(&[(1, 4, "invalid variable name")]));
         check("a: ${HOST\n", Err(&[(1, 4, "unclosed")]));
         check("a: ${file:relative}\n", Err(&[(1, 4, "must be absolute")]));
-        check("a: ${file:/nonexistent/x}\n", Err(&[(1, 4, "cannot read /nonexistent/x")]));
+        check(
+            "a: ${file:/nonexistent/x}\n",
+            Err(&[(1, 4, "cannot read /nonexistent/x")]),
+        );
     }
 
     #[test]

@@ -363,7 +363,8 @@ fn secret_values(value: &Value, under_secret: bool, out: &mut Vec<String>) {
         Value::Mapping(map) => {
             for (k, v) in map {
                 let secret = under_secret
-                    || k.as_str().is_some_and(tailrace_api::secret::is_sensitive_key);
+                    || k.as_str()
+                        .is_some_and(tailrace_api::secret::is_sensitive_key);
                 secret_values(v, secret, out);
             }
         }

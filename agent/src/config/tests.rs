@@ -237,7 +237,10 @@ fn errors_print_as_file_line_column() {
 fn kafka_properties_are_checked_by_librdkafka() {
     let sink = |extra: &str| with("    topic: logs\n", &format!("    topic: logs\n{extra}"));
     check(&sink("    compression: zstd\n"), &[]);
-    check(&sink("    librdkafka: {socket.keepalive.enable: true}\n"), &[]);
+    check(
+        &sink("    librdkafka: {socket.keepalive.enable: true}\n"),
+        &[],
+    );
     check(
         &sink("    compression: brotli\n"),
         &[(Some(16), "unknown variant `brotli`")],
@@ -260,7 +263,10 @@ fn kafka_properties_are_checked_by_librdkafka() {
     );
     check(
         &sink("    librdkafka: {request.required.acks: 1}\n"),
-        &[(Some(16), "librdkafka's name for acks): acks=all is always on")],
+        &[(
+            Some(16),
+            "librdkafka's name for acks): acks=all is always on",
+        )],
     );
     check(
         &sink("    librdkafka: {transactional.id: tx}\n"),

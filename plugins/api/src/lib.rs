@@ -18,8 +18,8 @@ pub mod component;
 pub mod intercept;
 pub mod metrics;
 pub mod readiness;
-pub mod shutdown;
 pub mod secret;
+pub mod shutdown;
 pub mod spool;
 pub mod store;
 
@@ -28,14 +28,14 @@ pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
-    BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, Outcome, ReplayReport, SinkConfig, SinkContext, SourceConfig,
-    SourceContext,
+    BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, Outcome, ReplayReport,
+    SinkConfig, SinkContext, SourceConfig, SourceContext,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
-pub use shutdown::Shutdown;
 pub use secret::Secret;
+pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
 

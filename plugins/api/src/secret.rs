@@ -83,7 +83,14 @@ mod tests {
 
     #[test]
     fn keys_and_masking() {
-        for key in ["sasl.password", "key_password", "ssl.key.pem", "client_secret", "sasl.oauthbearer.client.secret", "token_file"] {
+        for key in [
+            "sasl.password",
+            "key_password",
+            "ssl.key.pem",
+            "client_secret",
+            "sasl.oauthbearer.client.secret",
+            "token_file",
+        ] {
             assert!(is_sensitive_key(key), "{key}");
         }
         for key in ["sasl.username", "ca_file", "mechanism"] {

@@ -293,6 +293,10 @@ pub trait SpoolStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn remove(&self, tree: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError>;
+    /// Replaces entry `id` in place (it keeps its place in the order): a
+    /// replayed entry rewritten with only the records that failed.
+    fn replace(&self, tree: SpoolTree, sink: &str, id: u64, entry: &[u8])
+        -> Result<(), StoreError>;
     /// Moves an entry to another tree (a corrupt one aside, a dead letter
     /// back for replay).
     fn move_to(
@@ -377,7 +381,14 @@ mod tests {
 
     #[test]
     fn version_1_entries_are_still_read() {
-        let mut v1 = encode([EntryRecord { payload: b"old", ..Default::default() }], "r", 7);
+        let mut v1 = encode(
+            [EntryRecord {
+                payload: b"old",
+                ..Default::default()
+            }],
+            "r",
+            7,
+        );
         v1[4] = 1;
         let crc = crc32fast::hash(&v1[9..]);
         v1[5..9].copy_from_slice(&crc.to_le_bytes());

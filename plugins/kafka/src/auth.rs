@@ -40,10 +40,16 @@ impl SaslConfig {
             Mechanism::Plain | Mechanism::ScramSha256 | Mechanism::ScramSha512
         ) {
             if self.username.as_deref().is_none_or(str::is_empty) {
-                issues.push(ConfigIssue::new(&["username"], "username is required for this mechanism"));
+                issues.push(ConfigIssue::new(
+                    &["username"],
+                    "username is required for this mechanism",
+                ));
             }
             if self.password.as_ref().is_none_or(Secret::is_empty) {
-                issues.push(ConfigIssue::new(&["password"], "password is required for this mechanism"));
+                issues.push(ConfigIssue::new(
+                    &["password"],
+                    "password is required for this mechanism",
+                ));
             }
         }
         issues

@@ -170,13 +170,12 @@ fn durability<C: ClientContext, A: ClientContext>(
         .find(|t| t.name() == topic)
         .ok_or_else(|| format!("topic {topic} is not in the metadata"))?;
     if let Some(e) = t.error() {
-        return Err(format!(
-            "topic {topic}: {}",
-            RDKafkaErrorCode::from(e)
-        ));
+        return Err(format!("topic {topic}: {}", RDKafkaErrorCode::from(e)));
     }
     if t.partitions().is_empty() {
-        return Err(format!("topic {topic} does not exist (create it, or let the cluster auto-create it)"));
+        return Err(format!(
+            "topic {topic} does not exist (create it, or let the cluster auto-create it)"
+        ));
     }
     let replication_factor = t
         .partitions()
@@ -201,7 +200,10 @@ fn topic_configs<A: ClientContext>(
     topic: &str,
     timeout: Duration,
 ) -> (Option<i64>, Option<bool>) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    else {
         return (None, None);
     };
     let options = AdminOptions::new().request_timeout(Some(timeout));
@@ -247,23 +249,34 @@ fn client_config(config: &KafkaSinkConfig, name: &str, stats: bool) -> ClientCon
 pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckReport {
     let mut report = CheckReport::default();
     if config.bootstrap_servers == EMBEDDED {
-        report.lines.push(CheckLine::ok("cluster", "embedded (an in-process test cluster): nothing to check"));
+        report.lines.push(CheckLine::ok(
+            "cluster",
+            "embedded (an in-process test cluster): nothing to check",
+        ));
         return report;
     }
     let tls = config.tls.is_some()
-        || config.librdkafka.get("security.protocol").is_some_and(|p| p.to_string().to_ascii_uppercase().ends_with("SSL"));
+        || config
+            .librdkafka
+            .get("security.protocol")
+            .is_some_and(|p| p.to_string().to_ascii_uppercase().ends_with("SSL"));
     let sasl = config.sasl.is_some()
-        || config.librdkafka.get("security.protocol").is_some_and(|p| p.to_string().to_ascii_uppercase().starts_with("SASL"));
+        || config
+            .librdkafka
+            .get("security.protocol")
+            .is_some_and(|p| p.to_string().to_ascii_uppercase().starts_with("SASL"));
     let probe = Probe::default();
-    let producer: BaseProducer<Probe> = match client_config(config, name, true)
-        .create_with_context(probe.clone())
-    {
-        Ok(p) => p,
-        Err(e) => {
-            report.lines.push(CheckLine::fail("client", format!("librdkafka refuses the properties: {e}")));
-            return report;
-        }
-    };
+    let producer: BaseProducer<Probe> =
+        match client_config(config, name, true).create_with_context(probe.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                report.lines.push(CheckLine::fail(
+                    "client",
+                    format!("librdkafka refuses the properties: {e}"),
+                ));
+                return report;
+            }
+        };
     let metadata = producer.client().fetch_metadata(None, timeout);
     let broker_count = match &metadata {
         Ok(m) => m.brokers().len(),
@@ -279,15 +292,22 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
         ]);
         let why = match (&tls_error, &auth_error, &metadata) {
             (Some(t), _, _) => {
-                report.lines.push(CheckLine::fail("TLS", format!("verification failed: {t}")));
+                report
+                    .lines
+                    .push(CheckLine::fail("TLS", format!("verification failed: {t}")));
                 return report;
             }
             (_, Some(a), _) => {
-                report.lines.push(CheckLine::ok("broker reachable", config.bootstrap_servers.clone()));
+                report.lines.push(CheckLine::ok(
+                    "broker reachable",
+                    config.bootstrap_servers.clone(),
+                ));
                 if tls {
                     report.lines.push(CheckLine::ok("TLS", "verified"));
                 }
-                report.lines.push(CheckLine::fail("authenticated", format!("no: {a}")));
+                report
+                    .lines
+                    .push(CheckLine::fail("authenticated", format!("no: {a}")));
                 return report;
             }
             (_, _, Err(e)) => e.to_string(),
@@ -301,7 +321,10 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     }
     report.lines.push(CheckLine::ok(
         "broker reachable",
-        format!("{} ({broker_count} brokers in the cluster)", config.bootstrap_servers),
+        format!(
+            "{} ({broker_count} brokers in the cluster)",
+            config.bootstrap_servers
+        ),
     ));
     if tls {
         report.lines.push(CheckLine::ok("TLS", "verified"));
@@ -312,7 +335,10 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     let admin: Option<AdminClient<Probe>> = client_config(config, name, false)
         .create_with_context(Probe::default())
         .ok();
-    let topics: Vec<String> = match Template::parse(&config.topic).ok().and_then(|t| t.as_static().map(str::to_string)) {
+    let topics: Vec<String> = match Template::parse(&config.topic)
+        .ok()
+        .and_then(|t| t.as_static().map(str::to_string))
+    {
         Some(t) => vec![t],
         None => {
             // A template: the topics whose names fit its fixed parts.
@@ -329,7 +355,11 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
             let found = all.unwrap_or_default();
             report.lines.push(CheckLine::ok(
                 "topic template",
-                format!("{}: {} existing topics fit its fixed parts", config.topic, found.len()),
+                format!(
+                    "{}: {} existing topics fit its fixed parts",
+                    config.topic,
+                    found.len()
+                ),
             ));
             found
         }
@@ -343,7 +373,10 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
                 if warnings.is_empty() {
                     report.lines.push(CheckLine::ok(&what, d.summary()));
                 } else {
-                    report.lines.push(CheckLine::warn(&what, format!("{}; {}", d.summary(), warnings.join("; "))));
+                    report.lines.push(CheckLine::warn(
+                        &what,
+                        format!("{}; {}", d.summary(), warnings.join("; ")),
+                    ));
                 }
             }
             Err(e) => report.lines.push(CheckLine::fail(&what, e)),
@@ -353,20 +386,33 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     let deadline = Instant::now() + timeout;
     let state = loop {
         let _ = producer.poll(Duration::from_millis(100));
-        let state = probe.idempotence.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let state = probe
+            .idempotence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if state.as_deref() == Some("Assigned") || Instant::now() >= deadline {
             break state;
         }
         if let Some(e) = probe.seen.idempotence() {
-            report.lines.push(CheckLine::fail("idempotent producer", format!("refused: {e}")));
+            report.lines.push(CheckLine::fail(
+                "idempotent producer",
+                format!("refused: {e}"),
+            ));
             return report;
         }
     };
     match state.as_deref() {
-        Some("Assigned") => report.lines.push(CheckLine::ok("idempotent producer", "allowed (InitProducerId answered)")),
+        Some("Assigned") => report.lines.push(CheckLine::ok(
+            "idempotent producer",
+            "allowed (InitProducerId answered)",
+        )),
         other => report.lines.push(CheckLine::fail(
             "idempotent producer",
-            format!("no producer id within {timeout:?} (state {})", other.unwrap_or("unknown")),
+            format!(
+                "no producer id within {timeout:?} (state {})",
+                other.unwrap_or("unknown")
+            ),
         )),
     }
     report
@@ -421,7 +467,9 @@ pub(crate) fn watch(
                         }
                     }
                 }
-                Err(e) => debug!(sink = %sink, topic = %topic, error = %e, "cannot check the topic's durability"),
+                Err(e) => {
+                    debug!(sink = %sink, topic = %topic, error = %e, "cannot check the topic's durability")
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -259,7 +259,10 @@ pub const EVENT_ID: &str = "tailrace.id";
 /// Appends the record's metadata as headers: source, host, and for files
 /// path and offset.
 pub fn headers(batch: &Batch, record: &Record, host: &str, out: &mut HeaderList) {
-    out.push(("source".into(), Bytes::copy_from_slice(batch.meta.source.as_bytes())));
+    out.push((
+        "source".into(),
+        Bytes::copy_from_slice(batch.meta.source.as_bytes()),
+    ));
     let host_value: Vec<u8> = match batch.field(record, "host") {
         Some(v) => {
             let mut b = Vec::new();
@@ -280,13 +283,15 @@ pub fn headers(batch: &Batch, record: &Record, host: &str, out: &mut HeaderList)
 
 /// The headers as librdkafka takes them.
 pub fn owned_headers(list: &[(String, Bytes)]) -> OwnedHeaders {
-    list.iter()
-        .fold(OwnedHeaders::new_with_capacity(list.len()), |h, (key, value)| {
+    list.iter().fold(
+        OwnedHeaders::new_with_capacity(list.len()),
+        |h, (key, value)| {
             h.insert(Header {
                 key,
                 value: Some(&value[..]),
             })
-        })
+        },
+    )
 }
 
 /// Event ids: the same for a line each time it is produced again.

@@ -13,8 +13,8 @@
 pub mod auth;
 pub mod check;
 mod config;
-mod properties;
 pub mod encode;
+mod properties;
 mod replay;
 mod sink;
 

@@ -171,7 +171,11 @@ pub(crate) fn assemble(config: &KafkaSinkConfig, name: &str) -> Vec<Property> {
     ];
     props.extend(derived(config));
     for (k, v) in &config.librdkafka {
-        props.push(Property::new(canonical(k), v.to_string(), PassThrough(k.clone())));
+        props.push(Property::new(
+            canonical(k),
+            v.to_string(),
+            PassThrough(k.clone()),
+        ));
     }
     props.extend([
         Property::new("acks", "all", Promise),
@@ -213,7 +217,11 @@ fn derived(config: &KafkaSinkConfig) -> Vec<Property> {
     if let Some(tls) = &config.tls {
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         if let Some(ca) = &tls.ca_file {
-            props.push(Property::new("ssl.ca.location", path(ca), key(&["tls", "ca_file"])));
+            props.push(Property::new(
+                "ssl.ca.location",
+                path(ca),
+                key(&["tls", "ca_file"]),
+            ));
         }
         if let Some(cert) = &tls.cert_file {
             props.push(Property::new(
@@ -223,7 +231,11 @@ fn derived(config: &KafkaSinkConfig) -> Vec<Property> {
             ));
         }
         if let Some(k) = &tls.key_file {
-            props.push(Property::new("ssl.key.location", path(k), key(&["tls", "key_file"])));
+            props.push(Property::new(
+                "ssl.key.location",
+                path(k),
+                key(&["tls", "key_file"]),
+            ));
         }
         if let Some(p) = &tls.key_password {
             props.push(Property::new(
@@ -328,7 +340,10 @@ pub(crate) fn check(config: &KafkaSinkConfig, name: &str) -> Vec<ConfigIssue> {
             } else {
                 String::new()
             };
-            issues.push(issue(p, format!("{written} cannot be set here{alias}: {why}")));
+            issues.push(issue(
+                p,
+                format!("{written} cannot be set here{alias}: {why}"),
+            ));
             continue;
         }
         if derived_keys.contains(&p.key) {
@@ -402,8 +417,10 @@ fn connectionless(props: &[Property]) -> Result<(), String> {
         .create_with_context::<_, BaseProducer<Preflight>>(Preflight)
         .map(drop)
         .map_err(|e| {
-            let pairs: Vec<(String, String)> =
-                props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+            let pairs: Vec<(String, String)> = props
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect();
             mask(&e.to_string(), &pairs)
         })
 }
@@ -431,7 +448,9 @@ impl ProducerContext for Preflight {
 
 /// After the producer was built: the promises as librdkafka holds them.
 /// An error names the first one that does not hold.
-pub(crate) fn verify_promises<C: ProducerContext>(producer: &BaseProducer<C>) -> Result<(), String> {
+pub(crate) fn verify_promises<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+) -> Result<(), String> {
     use rdkafka::producer::Producer;
     let expected = [
         ("acks", "-1"),
@@ -483,7 +502,10 @@ mod tests {
             ("topic.request.required.acks", "acks"),
             ("topic.message.timeout.ms", "message.timeout.ms"),
             ("delivery.timeout.ms", "message.timeout.ms"),
-            ("topic.metadata.refresh.interval.ms", "topic.metadata.refresh.interval.ms"),
+            (
+                "topic.metadata.refresh.interval.ms",
+                "topic.metadata.refresh.interval.ms",
+            ),
             ("linger.ms", "queue.buffering.max.ms"),
             ("sasl.mechanism", "sasl.mechanisms"),
             ("socket.keepalive.enable", "socket.keepalive.enable"),
@@ -491,5 +513,4 @@ mod tests {
             assert_eq!(canonical(written), canonical_name, "{written}");
         }
     }
-
 }

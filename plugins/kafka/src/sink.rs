@@ -218,6 +218,14 @@ impl InFlight {
     fn is_replay(&self) -> bool {
         matches!(self.origin, Origin::Spool { .. })
     }
+
+    /// The spool entry these records were replayed from.
+    fn entry(&self) -> Option<u64> {
+        match self.origin {
+            Origin::Spool { id, .. } => Some(id),
+            Origin::Channel(_) => None,
+        }
+    }
 }
 
 /// A record whose delivery failed.
@@ -341,7 +349,11 @@ impl Delivery {
     }
 
     fn unreachable(&self, why: &str) {
-        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let why = match refused {
             Some(refused) => format!("{refused} ({why})"),
             None => why.to_string(),
@@ -475,7 +487,8 @@ impl ProducerContext for Delivery {
 }
 
 /// Errors that producing again cannot fix: the records go to the
-/// dead-letter tree.
+/// dead-letter tree. (`KafkaError::Nul`, a NUL byte in the topic, is one
+/// too: see `refused_for_good`.)
 pub(crate) fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
     matches!(
         code,
@@ -489,8 +502,16 @@ pub(crate) fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::InvalidArgument
                 | RDKafkaErrorCode::MessageBatchTooLarge
                 | RDKafkaErrorCode::UnsupportedForMessageFormat
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::PolicyViolation
         )
     )
+}
+
+/// Whether producing `error` again cannot succeed.
+pub(crate) fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Nul(_)) || is_permanent(error.rdkafka_error_code())
 }
 
 /// A metric label for an error: `message_timed_out`.
@@ -524,14 +545,11 @@ pub(crate) fn create_producer(
         config.set(k, v);
     }
     let sink = context.sink.clone();
-    let producer: BaseProducer<Delivery> = config
-        .create_with_context(context)
-        .map_err(|e| {
-            let e = crate::properties::mask(&e.to_string(), &settings.properties);
-            format!("cannot create the kafka producer of sink {sink}: {e}")
-        })?;
-    crate::properties::verify_promises(&producer)
-        .map_err(|e| format!("sink {sink}: {e}"))?;
+    let producer: BaseProducer<Delivery> = config.create_with_context(context).map_err(|e| {
+        let e = crate::properties::mask(&e.to_string(), &settings.properties);
+        format!("cannot create the kafka producer of sink {sink}: {e}")
+    })?;
+    crate::properties::verify_promises(&producer).map_err(|e| format!("sink {sink}: {e}"))?;
     Ok(producer)
 }
 
@@ -615,6 +633,9 @@ enum Unsent {
 
 struct Replay {
     in_flight: HashSet<u64>,
+    /// Per entry being replayed: its records that failed and may yet
+    /// succeed (refused ones went to the dead-letter tree).
+    kept: std::collections::HashMap<u64, Vec<Diverted>>,
     done: Arc<Mutex<Vec<(u64, bool)>>>,
     /// The last entry handed out; the next one is after it.
     cursor: Option<u64>,
@@ -718,7 +739,14 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         let spawned = std::thread::Builder::new()
             .name(format!("durability-{name}"))
             .spawn(move || {
-                crate::check::watch(config, name, topic, metrics, Duration::from_millis(interval), stop)
+                crate::check::watch(
+                    config,
+                    name,
+                    topic,
+                    metrics,
+                    Duration::from_millis(interval),
+                    stop,
+                )
             });
         if let Err(e) = spawned {
             warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
@@ -736,6 +764,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         ids: encode::EventIds::new(),
         replay: Replay {
             in_flight: HashSet::new(),
+            kept: Default::default(),
             done: Arc::default(),
             cursor: None,
             not_before: Instant::now(),
@@ -965,14 +994,13 @@ impl Sink {
                         timestamp,
                         reason: why,
                     };
-                    if inflight.is_replay() {
-                        inflight.failed.store(true, Ordering::Release);
-                        inflight.divert(&self.cx.metrics);
-                    } else if is_permanent(error.rdkafka_error_code()) {
+                    if refused_for_good(&error) {
                         self.dead_letter(vec![Diverted {
                             reason: error.to_string(),
                             ..diverted
                         }]);
+                    } else if inflight.is_replay() {
+                        self.keep_for_replay(diverted);
                     } else {
                         if self.strict() {
                             self.fail_over(&diverted.reason.clone());
@@ -983,6 +1011,18 @@ impl Sink {
                 }
             }
         }
+    }
+
+    /// A replayed record failed but may yet succeed: it stays in its
+    /// entry, which is rewritten with such records once the replay is done.
+    fn keep_for_replay(&mut self, d: Diverted) {
+        let Some(id) = d.inflight.entry() else {
+            return;
+        };
+        let inflight = d.inflight.clone();
+        inflight.failed.store(true, Ordering::Release);
+        self.replay.kept.entry(id).or_default().push(d);
+        inflight.divert(&self.cx.metrics);
     }
 
     /// The headers a record is produced with (none unless `headers` or
@@ -1106,10 +1146,7 @@ impl Sink {
                 _ => reason(&f.error),
             };
             *reasons.entry(why.clone()).or_default() += 1;
-            if f.inflight.is_replay() {
-                f.inflight.failed.store(true, Ordering::Release);
-                f.inflight.divert(&self.cx.metrics);
-            } else if is_permanent(code) {
+            if refused_for_good(&f.error) {
                 dead.push(Diverted {
                     inflight: f.inflight,
                     payload: f.payload,
@@ -1118,6 +1155,17 @@ impl Sink {
                     topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: f.error.to_string(),
+                });
+            } else if f.inflight.is_replay() {
+                let topic = (f.topic != self.settings.topic).then_some(f.topic);
+                self.keep_for_replay(Diverted {
+                    inflight: f.inflight,
+                    payload: f.payload,
+                    key: f.key,
+                    headers: f.headers,
+                    topic,
+                    timestamp: f.timestamp,
+                    reason: why,
                 });
             } else {
                 self.to_spool.push(Diverted {
@@ -1155,7 +1203,10 @@ impl Sink {
             match stored {
                 Ok(()) => {
                     // Not delivered: dropped from the stream, though kept.
-                    self.cx.metrics.dropped.add("dead_letter", chunk.len() as u64);
+                    self.cx
+                        .metrics
+                        .dropped
+                        .add("dead_letter", chunk.len() as u64);
                     error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
                     for d in chunk {
                         d.inflight.divert(&self.cx.metrics);
@@ -1355,9 +1406,20 @@ impl Sink {
                     )
                     .is_err()
                 {
-                    inflight.failed.store(true, Ordering::Release);
-                    for _ in i..records.len() {
-                        inflight.divert(&self.cx.metrics);
+                    // Not handed to librdkafka: kept for the rewritten entry.
+                    for r in &records[i..] {
+                        self.keep_for_replay(Diverted {
+                            inflight: inflight.clone(),
+                            payload: r.payload.clone(),
+                            key: r.key.clone(),
+                            headers: r.headers.clone(),
+                            topic: r
+                                .topic
+                                .as_ref()
+                                .map(|t| String::from_utf8_lossy(t).into_owned()),
+                            timestamp: r.timestamp_ms,
+                            reason: "replay_unsent".into(),
+                        });
                     }
                     return;
                 }
@@ -1374,9 +1436,19 @@ impl Sink {
         let name = self.cx.name.clone();
         for (id, failed) in done {
             self.replay.in_flight.remove(&id);
-            if failed {
+            let kept = self.replay.kept.remove(&id).unwrap_or_default();
+            if failed && !kept.is_empty() {
+                // Only what failed and may yet succeed is replayed again:
+                // the entry is rewritten in place with those records.
                 self.replay.not_before = Instant::now() + REPLAY_BACKOFF;
                 self.replay.cursor = None;
+                let rewritten = self
+                    .spool
+                    .replace(SpoolTree::Pending, &name, id, &entry_of(&kept))
+                    .and_then(|()| self.spool.flush());
+                if let Err(e) = rewritten {
+                    error!(sink = %name, entry = id, error = %e, "cannot rewrite a partly replayed spool entry; it will be replayed whole again");
+                }
             } else if let Err(e) = self.spool.remove(SpoolTree::Pending, &name, id) {
                 error!(sink = %name, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again");
             }
@@ -1423,7 +1495,9 @@ impl Sink {
                     "the kafka producer failed fatally ({code:?}: {reason}); recreated with backoff"
                 ));
             }
-            None => warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it"),
+            None => {
+                warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it")
+            }
         }
         self.replacements += 1;
         self.replace_not_before = Some(Instant::now() + backoff);
