@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub limits: BatchLimits,
     pub spool: SpoolConfig,
     pub encoder: Arc<Encoder>,
+    /// OAUTHBEARER tokens that the producer context hands to librdkafka.
+    pub token: Option<Arc<crate::auth::TokenSource>>,
 }
 
 /// The producer properties of a sink: the promises first, then the
@@ -100,6 +102,7 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             headers: config.headers,
             host: tailrace_api::hostname(),
         }),
+        token: config.sasl.as_ref().and_then(|s| s.token_source()).map(Arc::new),
     }
 }
 
@@ -293,6 +296,8 @@ pub(crate) struct Delivery {
     readiness: Readiness,
     bootstrap: String,
     last_warning: Mutex<Option<Instant>>,
+    /// Where OAUTHBEARER tokens come from, when librdkafka does not fetch them.
+    token: Option<Arc<crate::auth::TokenSource>>,
 }
 
 /// The part of librdkafka's statistics that says which brokers are up.
@@ -326,6 +331,7 @@ impl Delivery {
             readiness,
             bootstrap,
             last_warning: Mutex::new(None),
+            token: None,
         }
     }
 
@@ -356,6 +362,30 @@ impl Delivery {
 }
 
 impl ClientContext for Delivery {
+    // librdkafka's builtin OIDC method still fetches its own tokens: it
+    // forces its refresh op to its own callback (rdkafka.c, rd_kafka_new).
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let Some(source) = &self.token else {
+            return Err("no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url".into());
+        };
+        match source.token() {
+            Ok(t) => Ok(OAuthToken {
+                token: t.value.expose().to_string(),
+                principal_name: t.principal,
+                lifetime_ms: t.lifetime_ms,
+            }),
+            Err(e) => {
+                self.warn_limited("cannot get an oauthbearer token", &e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -475,8 +505,9 @@ pub(crate) fn now_ms() -> i64 {
 
 pub(crate) fn create_producer(
     settings: &Settings,
-    context: Delivery,
+    mut context: Delivery,
 ) -> Result<BaseProducer<Delivery>, String> {
+    context.token = settings.token.clone();
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.bootstrap_servers);
     for (k, v) in &settings.properties {
