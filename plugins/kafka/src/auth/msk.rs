@@ -166,7 +166,9 @@ fn presign(
     let (instructions, _) = sign(request, &signing)
         .map_err(|e| format!("cannot sign {host}: {e}"))?
         .into_parts();
-    let mut query = form_urlencoded::Serializer::for_suffix(url.clone(), url.len());
+    // The query starts after `?`: appended pairs are joined with `&`.
+    let start = host.len() + "https://".len() + 2;
+    let mut query = form_urlencoded::Serializer::for_suffix(url.clone(), start);
     for (name, value) in instructions.params() {
         query.append_pair(name, value);
     }
@@ -192,7 +194,7 @@ mod tests {
     fn presign_matches_the_aws_signing_test_suite() {
         // aws-sigv4's aws-signing-test-suite/v4/get-vanilla-query-order-key-case,
         // query-signature.txt: signature in the query, empty payload, 3600 s.
-        let credentials = Credentials::from_keys("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None);
+        let credentials = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "test");
         let url = presign(
             "example.amazonaws.com",
             &[("Param2", "value2"), ("Param1", "value1")],
@@ -249,7 +251,7 @@ mod tests {
     #[test]
     fn refresh_signs_a_new_token_with_the_later_clock() {
         // librdkafka asks again at 80 % of the lifetime: 720 s on.
-        let credentials = Credentials::from_keys("AK", "SK", None);
+        let credentials = Credentials::new("AK", "SK", None, None, "test");
         let first = token("us-east-1", &credentials, suite_time()).unwrap();
         let at = suite_time() + Duration::from_secs(720);
         let second = token("us-east-1", &credentials, at).unwrap();
