@@ -29,8 +29,8 @@ pub mod http;
 mod lines;
 mod process;
 mod proxy;
-pub mod sasl_proxy;
 pub mod rotation;
+pub mod sasl_proxy;
 pub mod sockets;
 
 pub use agent::{

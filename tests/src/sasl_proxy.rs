@@ -59,7 +59,9 @@ pub struct TokenSet(Mutex<HashSet<String>>);
 
 impl TokenSet {
     pub fn new(tokens: &[&str]) -> Arc<TokenSet> {
-        Arc::new(TokenSet(Mutex::new(tokens.iter().map(|t| t.to_string()).collect())))
+        Arc::new(TokenSet(Mutex::new(
+            tokens.iter().map(|t| t.to_string()).collect(),
+        )))
     }
 
     /// From now on only `tokens` are accepted.
@@ -99,9 +101,16 @@ pub struct SaslProxy {
 
 impl SaslProxy {
     /// A proxy in front of `upstream` (`host:port`, need not listen yet).
-    pub fn start(upstream: &str, check: Arc<dyn TokenCheck>, session_lifetime_ms: i64) -> SaslProxy {
+    pub fn start(
+        upstream: &str,
+        check: Arc<dyn TokenCheck>,
+        session_lifetime_ms: i64,
+    ) -> SaslProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("bound socket has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
         let shared = Arc::new(Shared {
             check,
             session_lifetime_ms,
@@ -131,7 +140,12 @@ impl SaslProxy {
                 })
                 .expect("cannot start the proxy thread")
         };
-        SaslProxy { port, shared, stop, acceptor: Some(acceptor) }
+        SaslProxy {
+            port,
+            shared,
+            stop,
+            acceptor: Some(acceptor),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -181,7 +195,14 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let mechanism = r.string()?;
                 mechanism_ok = version >= 1 && mechanism == "OAUTHBEARER";
                 let mut body = Vec::new();
-                put_i16(&mut body, if mechanism_ok { 0 } else { UNSUPPORTED_SASL_MECHANISM });
+                put_i16(
+                    &mut body,
+                    if mechanism_ok {
+                        0
+                    } else {
+                        UNSUPPORTED_SASL_MECHANISM
+                    },
+                );
                 put_i32(&mut body, 1);
                 put_string(&mut body, "OAUTHBEARER");
                 write_frame(&mut client, correlation, &body)?;
@@ -192,7 +213,11 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             SASL_AUTHENTICATE => {
                 r.nullable_string()?;
                 let message = r.bytes()?;
-                let verdict = if mechanism_ok { authenticate(message, shared) } else { Err((ILLEGAL_SASL_STATE, "no SaslHandshake first".into())) };
+                let verdict = if mechanism_ok {
+                    authenticate(message, shared)
+                } else {
+                    Err((ILLEGAL_SASL_STATE, "no SaslHandshake first".into()))
+                };
                 let mut body = Vec::new();
                 match &verdict {
                     Ok(()) => {
@@ -303,7 +328,11 @@ fn rewrite_api_versions(response: &[u8], version: i16) -> Option<Vec<u8>> {
     if error != 0 {
         return None;
     }
-    let count = if flexible { r.uvarint().ok()?.checked_sub(1)? as usize } else { r.i32().ok()? as usize };
+    let count = if flexible {
+        r.uvarint().ok()?.checked_sub(1)? as usize
+    } else {
+        r.i32().ok()? as usize
+    };
     let mut apis = Vec::with_capacity(count + 2);
     for _ in 0..count {
         let entry = (r.i16().ok()?, r.i16().ok()?, r.i16().ok()?);
@@ -369,10 +398,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn i16(&mut self) -> std::io::Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn i32(&mut self) -> std::io::Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn uvarint(&mut self) -> std::io::Result<u64> {
         let mut v = 0u64;
@@ -454,11 +487,18 @@ impl TokenEndpoint {
     /// Issues `token` to `client_id`:`client_secret`.
     pub fn start(client_id: &str, client_secret: &str, token: &str) -> TokenEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("bound socket has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
         let stats = Arc::new(Mutex::new(EndpointStats::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let basic = format!("Basic {}", STANDARD.encode(format!("{client_id}:{client_secret}")));
-        let body = format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#);
+        let basic = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{client_id}:{client_secret}"))
+        );
+        let body =
+            format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#);
         let thread = {
             let (stats, stop) = (stats.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -472,7 +512,12 @@ impl TokenEndpoint {
                 }
             })
         };
-        TokenEndpoint { port, stats, stop, thread: Some(thread) }
+        TokenEndpoint {
+            port,
+            stats,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The value for `token_endpoint_url`.
@@ -496,7 +541,12 @@ impl Drop for TokenEndpoint {
 }
 
 /// One HTTP/1.1 request: `POST` with a form body, then the token or 401.
-fn answer(mut conn: TcpStream, basic: &str, body: &str, stats: &Mutex<EndpointStats>) -> std::io::Result<()> {
+fn answer(
+    mut conn: TcpStream,
+    basic: &str,
+    body: &str,
+    stats: &Mutex<EndpointStats>,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -507,7 +557,10 @@ fn answer(mut conn: TcpStream, basic: &str, body: &str, stats: &Mutex<EndpointSt
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break (String::from_utf8_lossy(&buf[..end]).into_owned(), buf[end + 4..].to_vec());
+            break (
+                String::from_utf8_lossy(&buf[..end]).into_owned(),
+                buf[end + 4..].to_vec(),
+            );
         }
     };
     let header = |name: &str| {
@@ -516,7 +569,9 @@ fn answer(mut conn: TcpStream, basic: &str, body: &str, stats: &Mutex<EndpointSt
             k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     };
-    let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     while form.len() < length {
         let n = conn.read(&mut chunk)?;
         if n == 0 {
@@ -525,7 +580,10 @@ fn answer(mut conn: TcpStream, basic: &str, body: &str, stats: &Mutex<EndpointSt
         form.extend_from_slice(&chunk[..n]);
     }
     let form = String::from_utf8_lossy(&form).into_owned();
-    let fields: BTreeMap<&str, &str> = form.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let fields: BTreeMap<&str, &str> = form
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
     let problem = if !head.starts_with("POST ") {
         Some("not a POST".to_string())
     } else if header("authorization").as_deref() != Some(basic) {
@@ -539,7 +597,9 @@ fn answer(mut conn: TcpStream, basic: &str, body: &str, stats: &Mutex<EndpointSt
         None => {
             let mut s = lock(stats);
             s.issued += 1;
-            s.scope = fields.get("scope").map(|v| v.replace("%20", " ").replace('+', " "));
+            s.scope = fields
+                .get("scope")
+                .map(|v| v.replace("%20", " ").replace('+', " "));
             format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
         }
         Some(why) => {
@@ -558,7 +618,10 @@ pub fn jwt(sub: &str, exp: u64) -> String {
     format!(
         "{}.{}.c2lnbmF0dXJl",
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"{sub}","exp":{exp},"iat":{}}}"#, exp.saturating_sub(3600)))
+        URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"sub":"{sub}","exp":{exp},"iat":{}}}"#,
+            exp.saturating_sub(3600)
+        ))
     )
 }
 
@@ -576,7 +639,9 @@ pub struct MskIamCheck {
 
 impl TokenCheck for MskIamCheck {
     fn check(&self, token: &str) -> Result<(), String> {
-        let url = URL_SAFE_NO_PAD.decode(token).map_err(|e| format!("not base64url: {e}"))?;
+        let url = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|e| format!("not base64url: {e}"))?;
         let url = String::from_utf8(url).map_err(|_| "not UTF-8".to_string())?;
         let host = format!("kafka.{}.amazonaws.com", self.region);
         let query = url
@@ -589,7 +654,12 @@ impl TokenCheck for MskIamCheck {
                 (percent_decode(k), percent_decode(v))
             })
             .collect();
-        let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let want = |name: &str, value: &str| match get(name) {
             Some(v) if v == value => Ok(()),
             other => Err(format!("{name} is {other:?}, not {value:?}")),
@@ -601,9 +671,18 @@ impl TokenCheck for MskIamCheck {
             want("X-Amz-Security-Token", session)?;
         }
         let date = get("X-Amz-Date").ok_or("no X-Amz-Date")?;
-        let scope = format!("{}/{}/kafka-cluster/aws4_request", date.get(..8).ok_or("short date")?, self.region);
-        want("X-Amz-Credential", &format!("{}/{scope}", self.access_key_id))?;
-        let expires: u64 = get("X-Amz-Expires").and_then(|v| v.parse().ok()).ok_or("no X-Amz-Expires")?;
+        let scope = format!(
+            "{}/{}/kafka-cluster/aws4_request",
+            date.get(..8).ok_or("short date")?,
+            self.region
+        );
+        want(
+            "X-Amz-Credential",
+            &format!("{}/{scope}", self.access_key_id),
+        )?;
+        let expires: u64 = get("X-Amz-Expires")
+            .and_then(|v| v.parse().ok())
+            .ok_or("no X-Amz-Expires")?;
         // Canonical request: every parameter but the signature and the
         // user agent (added after signing), sorted, encoded per SigV4.
         let mut canonical: Vec<(String, String)> = params
@@ -612,7 +691,11 @@ impl TokenCheck for MskIamCheck {
             .map(|(k, v)| (sigv4_encode(k), sigv4_encode(v)))
             .collect();
         canonical.sort();
-        let canonical_query = canonical.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let canonical_query = canonical
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
         let empty = hex(ring::digest::digest(&ring::digest::SHA256, b"").as_ref());
         let request = format!("GET\n/\n{canonical_query}\nhost:{host}\n\nhost\n{empty}");
         let hashed = hex(ring::digest::digest(&ring::digest::SHA256, request.as_bytes()).as_ref());
@@ -621,15 +704,23 @@ impl TokenCheck for MskIamCheck {
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
             ring::hmac::sign(&key, data.as_bytes()).as_ref().to_vec()
         };
-        let mut key = mac(format!("AWS4{}", self.secret_access_key).as_bytes(), &date[..8]);
+        let mut key = mac(
+            format!("AWS4{}", self.secret_access_key).as_bytes(),
+            &date[..8],
+        );
         for part in [self.region.as_str(), "kafka-cluster", "aws4_request"] {
             key = mac(&key, part);
         }
         want("X-Amz-Signature", &hex(&mac(&key, &to_sign)))?;
         let signed_at = parse_amz_date(date).ok_or("bad X-Amz-Date")?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         if now > signed_at + expires || signed_at > now + 300 {
-            return Err(format!("signed at {signed_at}, valid {expires} s, now {now}"));
+            return Err(format!(
+                "signed at {signed_at}, valid {expires} s, now {now}"
+            ));
         }
         Ok(())
     }
@@ -659,7 +750,9 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let v = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let v = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 out.push(v.unwrap_or(b'%'));
                 i += if v.is_some() { 3 } else { 1 };
             }
@@ -679,7 +772,14 @@ fn percent_decode(s: &str) -> String {
 /// `20150830T123600Z` as seconds since the epoch.
 fn parse_amz_date(d: &str) -> Option<u64> {
     let n = |r: std::ops::Range<usize>| d.get(r)?.parse::<u64>().ok();
-    let (y, m, day, h, min, s) = (n(0..4)?, n(4..6)?, n(6..8)?, n(9..11)?, n(11..13)?, n(13..15)?);
+    let (y, m, day, h, min, s) = (
+        n(0..4)?,
+        n(4..6)?,
+        n(6..8)?,
+        n(9..11)?,
+        n(11..13)?,
+        n(13..15)?,
+    );
     // Days from the civil date (Howard Hinnant's algorithm).
     let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
     let era = y / 400;

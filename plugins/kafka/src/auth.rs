@@ -125,7 +125,10 @@ impl SaslConfig {
         let set: [(&'static str, bool); 14] = [
             ("username", self.username.is_some()),
             ("password", self.password.is_some()),
-            ("kerberos_service_name", self.kerberos_service_name.is_some()),
+            (
+                "kerberos_service_name",
+                self.kerberos_service_name.is_some(),
+            ),
             ("kerberos_principal", self.kerberos_principal.is_some()),
             ("kerberos_keytab", self.kerberos_keytab.is_some()),
             ("token_file", self.token_file.is_some()),
@@ -160,7 +163,10 @@ impl SaslConfig {
             if !allowed.contains(&key) {
                 issues.push(ConfigIssue::new(
                     &[key],
-                    format!("{key} does not belong to mechanism {mechanism} (it takes {})", allowed.join(", ")),
+                    format!(
+                        "{key} does not belong to mechanism {mechanism} (it takes {})",
+                        allowed.join(", ")
+                    ),
                 ));
             }
         }
@@ -176,15 +182,24 @@ impl SaslConfig {
         match self.mechanism {
             Mechanism::Plain | Mechanism::ScramSha256 | Mechanism::ScramSha512 => {
                 require("username", blank(&self.username));
-                require("password", self.password.as_ref().is_none_or(Secret::is_empty));
+                require(
+                    "password",
+                    self.password.as_ref().is_none_or(Secret::is_empty),
+                );
             }
             Mechanism::Gssapi => {
                 require("kerberos_principal", blank(&self.kerberos_principal));
                 require(
                     "kerberos_keytab",
-                    self.kerberos_keytab.as_deref().is_none_or(|p| p.as_os_str().is_empty()),
+                    self.kerberos_keytab
+                        .as_deref()
+                        .is_none_or(|p| p.as_os_str().is_empty()),
                 );
-                if self.kerberos_service_name.as_ref().is_some_and(|s| s.trim().is_empty()) {
+                if self
+                    .kerberos_service_name
+                    .as_ref()
+                    .is_some_and(|s| s.trim().is_empty())
+                {
                     issues.push(ConfigIssue::new(
                         &["kerberos_service_name"],
                         "kerberos_service_name is empty: leave it out for the default, kafka",
@@ -195,14 +210,23 @@ impl SaslConfig {
             Mechanism::AwsMskIam => {
                 require("region", blank(&self.region));
                 if let Some(region) = self.region.as_deref().filter(|r| !r.trim().is_empty()) {
-                    if !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                    if !region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    {
                         issues.push(ConfigIssue::new(
                             &["region"],
-                            format!("region {region:?} is not an AWS region name such as eu-west-1"),
+                            format!(
+                                "region {region:?} is not an AWS region name such as eu-west-1"
+                            ),
                         ));
                     }
                 }
-                if self.aws_profile.as_ref().is_some_and(|s| s.trim().is_empty()) {
+                if self
+                    .aws_profile
+                    .as_ref()
+                    .is_some_and(|s| s.trim().is_empty())
+                {
                     issues.push(ConfigIssue::new(
                         &["aws_profile"],
                         "aws_profile is empty: leave it out for the default credential chain",
@@ -309,19 +333,43 @@ impl SaslConfig {
                 set("sasl.password", self.password.as_ref().map(Secret::expose));
             }
             Mechanism::Gssapi => {
-                set("sasl.kerberos.service.name", Some(self.kerberos_service_name.as_deref().unwrap_or("kafka")));
-                set("sasl.kerberos.principal", self.kerberos_principal.as_deref());
-                set("sasl.kerberos.keytab", self.kerberos_keytab.as_deref().and_then(Path::to_str));
+                set(
+                    "sasl.kerberos.service.name",
+                    Some(self.kerberos_service_name.as_deref().unwrap_or("kafka")),
+                );
+                set(
+                    "sasl.kerberos.principal",
+                    self.kerberos_principal.as_deref(),
+                );
+                set(
+                    "sasl.kerberos.keytab",
+                    self.kerberos_keytab.as_deref().and_then(Path::to_str),
+                );
             }
             Mechanism::OAuthBearer if self.token_endpoint_url.is_some() => {
                 set("sasl.oauthbearer.method", Some("oidc"));
-                set("sasl.oauthbearer.token.endpoint.url", self.token_endpoint_url.as_deref());
+                set(
+                    "sasl.oauthbearer.token.endpoint.url",
+                    self.token_endpoint_url.as_deref(),
+                );
                 set("sasl.oauthbearer.client.id", self.client_id.as_deref());
-                set("sasl.oauthbearer.client.secret", self.client_secret.as_ref().map(Secret::expose));
+                set(
+                    "sasl.oauthbearer.client.secret",
+                    self.client_secret.as_ref().map(Secret::expose),
+                );
                 set("sasl.oauthbearer.scope", self.scope.as_deref());
-                let extensions = self.extensions.iter().flatten().map(|(k, v)| format!("{k}={v}"));
+                let extensions = self
+                    .extensions
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v}"));
                 let extensions = extensions.collect::<Vec<_>>().join(",");
-                set("sasl.oauthbearer.extensions", Some(&extensions).filter(|e| !e.is_empty()).map(String::as_str));
+                set(
+                    "sasl.oauthbearer.extensions",
+                    Some(&extensions)
+                        .filter(|e| !e.is_empty())
+                        .map(String::as_str),
+                );
             }
             // A token file and MSK IAM: the refresh callback gives the token.
             Mechanism::OAuthBearer | Mechanism::AwsMskIam => {}
@@ -337,7 +385,8 @@ impl SaslConfig {
                 TokenSource::File(FileToken {
                     path: path.clone(),
                     check: Duration::from_millis(
-                        self.token_file_check_ms.unwrap_or(DEFAULT_TOKEN_FILE_CHECK_MS),
+                        self.token_file_check_ms
+                            .unwrap_or(DEFAULT_TOKEN_FILE_CHECK_MS),
                     ),
                 })
             }),
@@ -363,7 +412,10 @@ pub struct Token {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("cannot read the oauthbearer token file {path}: {error} (check that the file exists and that the user tailrace may read it)")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("the oauthbearer token file {path} is empty (the process that writes it may not have run yet)")]
     Empty { path: PathBuf },
     #[error("the token in {path} expired at {expired_ms} ms since the epoch: whatever renews it has not written a new one")]
@@ -406,7 +458,9 @@ impl FileToken {
         })?;
         let value = text.trim();
         if value.is_empty() {
-            return Err(TokenError::Empty { path: self.path.clone() });
+            return Err(TokenError::Empty {
+                path: self.path.clone(),
+            });
         }
         file_token(&self.path, value, self.check, millis(now))
     }
@@ -420,14 +474,20 @@ fn file_token(path: &Path, value: &str, check: Duration, now_ms: i64) -> Result<
     let next_check_ms = now_ms + (check.as_millis() as i64) * 5 / 4;
     let lifetime_ms = match claims.exp {
         Some(exp_s) if exp_s * 1000 <= now_ms => {
-            return Err(TokenError::Expired { path: path.to_path_buf(), expired_ms: exp_s * 1000 })
+            return Err(TokenError::Expired {
+                path: path.to_path_buf(),
+                expired_ms: exp_s * 1000,
+            })
         }
         Some(exp_s) => next_check_ms.min(exp_s * 1000),
         None => next_check_ms,
     };
     Ok(Token {
         value: Secret::new(value),
-        principal: claims.sub.filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_PRINCIPAL.into()),
+        principal: claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_PRINCIPAL.into()),
         lifetime_ms,
     })
 }
@@ -444,7 +504,9 @@ struct Claims {
 /// nothing for an opaque token.
 fn jwt_claims(token: &str) -> Claims {
     let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Claims::default();
     };
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -455,7 +517,9 @@ fn jwt_claims(token: &str) -> Claims {
 }
 
 fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -469,8 +533,10 @@ mod tests {
     /// validate() of `yaml` gives exactly these (path, part of message).
     fn check(yaml: &str, expected: &[(&str, &str)]) {
         let issues = parse(yaml).validate();
-        let got: Vec<(String, String)> =
-            issues.iter().map(|i| (i.path.join("."), i.message.clone())).collect();
+        let got: Vec<(String, String)> = issues
+            .iter()
+            .map(|i| (i.path.join("."), i.message.clone()))
+            .collect();
         assert_eq!(got.len(), expected.len(), "{yaml}: {got:#?}");
         for ((path, message), (want_path, want)) in got.iter().zip(expected) {
             assert_eq!(path, want_path, "{yaml}: {got:#?}");
@@ -499,13 +565,19 @@ mod tests {
     fn missing_and_misplaced_keys_are_all_reported() {
         check(
             "{mechanism: SCRAM-SHA-512}",
-            &[("username", "required for mechanism SCRAM-SHA-512"), ("password", "required")],
+            &[
+                ("username", "required for mechanism SCRAM-SHA-512"),
+                ("password", "required"),
+            ],
         );
         check(
             "{mechanism: PLAIN, username: ' ', password: '', region: eu-west-1, token_file: /t}",
             &[
                 ("token_file", "does not belong to mechanism PLAIN"),
-                ("region", "does not belong to mechanism PLAIN (it takes username, password)"),
+                (
+                    "region",
+                    "does not belong to mechanism PLAIN (it takes username, password)",
+                ),
                 ("username", "required"),
                 ("password", "required"),
             ],
@@ -523,7 +595,10 @@ mod tests {
 
     #[test]
     fn oauthbearer_takes_exactly_one_token_source() {
-        check("{mechanism: OAUTHBEARER}", &[("mechanism", "needs one token source")]);
+        check(
+            "{mechanism: OAUTHBEARER}",
+            &[("mechanism", "needs one token source")],
+        );
         check(
             "{mechanism: OAUTHBEARER, token_file: /t, token_endpoint_url: 'https://i/t', client_id: c, client_secret: s}",
             &[("token_endpoint_url", "two token sources")],
@@ -556,22 +631,36 @@ mod tests {
         } else {
             &[("mechanism", "cargo feature msk-iam")]
         };
-        check("{mechanism: AWS_MSK_IAM, region: eu-west-1, aws_profile: prod}", feature);
+        check(
+            "{mechanism: AWS_MSK_IAM, region: eu-west-1, aws_profile: prod}",
+            feature,
+        );
         let mut want = vec![("username", "does not belong"), ("region", "required")];
         want.extend_from_slice(feature);
         check("{mechanism: AWS_MSK_IAM, username: u}", &want);
-        let mut want = vec![("region", "not an AWS region"), ("aws_profile", "leave it out")];
+        let mut want = vec![
+            ("region", "not an AWS region"),
+            ("aws_profile", "leave it out"),
+        ];
         want.extend_from_slice(feature);
-        check("{mechanism: AWS_MSK_IAM, region: EU West, aws_profile: ''}", &want);
+        check(
+            "{mechanism: AWS_MSK_IAM, region: EU West, aws_profile: ''}",
+            &want,
+        );
     }
 
     #[test]
     fn unknown_keys_and_mechanisms_are_refused_by_the_parser() {
         for (yaml, says) in [
-            ("{mechanism: SCRAM-SHA-999, username: u, password: p}", "unknown variant"),
+            (
+                "{mechanism: SCRAM-SHA-999, username: u, password: p}",
+                "unknown variant",
+            ),
             ("{mechanism: PLAIN, user: u}", "unknown field `user`"),
         ] {
-            let e = serde_yaml::from_str::<SaslConfig>(yaml).unwrap_err().to_string();
+            let e = serde_yaml::from_str::<SaslConfig>(yaml)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{yaml}: {e}");
         }
     }
@@ -581,7 +670,10 @@ mod tests {
     }
 
     fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-        expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -643,7 +735,11 @@ mod tests {
     #[test]
     fn token_sources() {
         assert!(parse("{mechanism: OAUTHBEARER, token_endpoint_url: 'https://i', client_id: c, client_secret: s}").token_source().is_none());
-        assert!(parse("{mechanism: SCRAM-SHA-512, username: u, password: p}").token_source().is_none());
+        assert!(
+            parse("{mechanism: SCRAM-SHA-512, username: u, password: p}")
+                .token_source()
+                .is_none()
+        );
         assert!(matches!(
             parse("{mechanism: OAUTHBEARER, token_file: /t}").token_source(),
             Some(TokenSource::File(_))
@@ -662,18 +758,30 @@ mod tests {
         let now = 1_700_000_000_000;
         // Opaque token: asked again 1.25 checks on (librdkafka refreshes at 80 %).
         let t = file_token(path, "opaque", minute, now).unwrap();
-        assert_eq!((t.principal.as_str(), t.lifetime_ms), ("tailrace", now + 75_000));
+        assert_eq!(
+            (t.principal.as_str(), t.lifetime_ms),
+            ("tailrace", now + 75_000)
+        );
         assert_eq!(t.value.expose(), "opaque");
         // A JWT that expires later than the next check.
         let token = jwt(r#"{"sub":"svc-logs","exp":1700003600}"#);
         let t = file_token(path, &token, minute, now).unwrap();
-        assert_eq!((t.principal.as_str(), t.lifetime_ms), ("svc-logs", now + 75_000));
+        assert_eq!(
+            (t.principal.as_str(), t.lifetime_ms),
+            ("svc-logs", now + 75_000)
+        );
         // One that expires sooner: its expiry.
         let token = jwt(r#"{"sub":"svc","exp":1700000030}"#);
-        assert_eq!(file_token(path, &token, minute, now).unwrap().lifetime_ms, 1_700_000_030_000);
+        assert_eq!(
+            file_token(path, &token, minute, now).unwrap().lifetime_ms,
+            1_700_000_030_000
+        );
         // Expired: refused, without the token in the message.
         let token = jwt(r#"{"exp":1699999999}"#);
-        let e = file_token(path, &token, minute, now).err().unwrap().to_string();
+        let e = file_token(path, &token, minute, now)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("expired") && !e.contains(&token), "{e}");
     }
 
@@ -681,14 +789,28 @@ mod tests {
     fn token_file_is_read_again_each_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        let source = FileToken { path: path.clone(), check: Duration::from_secs(1) };
+        let source = FileToken {
+            path: path.clone(),
+            check: Duration::from_secs(1),
+        };
         let e = source.token(SystemTime::now()).err().unwrap().to_string();
         assert!(e.contains("cannot read") && e.contains("token"), "{e}");
         std::fs::write(&path, "first\n").unwrap();
-        assert_eq!(source.token(SystemTime::now()).unwrap().value.expose(), "first");
+        assert_eq!(
+            source.token(SystemTime::now()).unwrap().value.expose(),
+            "first"
+        );
         std::fs::write(&path, "second").unwrap();
-        assert_eq!(source.token(SystemTime::now()).unwrap().value.expose(), "second");
+        assert_eq!(
+            source.token(SystemTime::now()).unwrap().value.expose(),
+            "second"
+        );
         std::fs::write(&path, "\n").unwrap();
-        assert!(source.token(SystemTime::now()).err().unwrap().to_string().contains("is empty"));
+        assert!(source
+            .token(SystemTime::now())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("is empty"));
     }
 }

@@ -102,7 +102,11 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             headers: config.headers,
             host: tailrace_api::hostname(),
         }),
-        token: config.sasl.as_ref().and_then(|s| s.token_source()).map(Arc::new),
+        token: config
+            .sasl
+            .as_ref()
+            .and_then(|s| s.token_source())
+            .map(Arc::new),
     }
 }
 
@@ -371,7 +375,10 @@ impl ClientContext for Delivery {
         _oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
         let Some(source) = &self.token else {
-            return Err("no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url".into());
+            return Err(
+                "no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url"
+                    .into(),
+            );
         };
         match source.token() {
             Ok(t) => Ok(OAuthToken {

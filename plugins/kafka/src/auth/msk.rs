@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+};
 use aws_sigv4::sign::v4;
 use base64::Engine;
 use tailrace_api::Secret;
@@ -24,17 +26,24 @@ const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
 const SERVICE: &str = "kafka-cluster";
 const USER_AGENT: &str = concat!("tailrace/", env!("CARGO_PKG_VERSION"));
 
+/// A request to the credential thread: where to send its answer.
+type Request = mpsc::Sender<Result<Credentials, String>>;
+
 /// Signs tokens with credentials that a thread of its own fetches.
 pub struct MskIam {
     region: String,
     /// Asks the credential thread; started on the first token.
-    requests: Mutex<Option<mpsc::Sender<mpsc::Sender<Result<Credentials, String>>>>>,
+    requests: Mutex<Option<mpsc::Sender<Request>>>,
     profile: Option<String>,
 }
 
 impl MskIam {
     pub fn new(region: String, profile: Option<String>) -> MskIam {
-        MskIam { region, requests: Mutex::new(None), profile }
+        MskIam {
+            region,
+            requests: Mutex::new(None),
+            profile,
+        }
     }
 
     pub fn token(&self) -> Result<Token, TokenError> {
@@ -47,19 +56,25 @@ impl MskIam {
     fn credentials(&self) -> Result<Credentials, String> {
         let (reply, answer) = mpsc::channel();
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        if requests.as_ref().is_none_or(|tx| tx.send(reply.clone()).is_err()) {
+        let unsent = match requests.as_ref() {
+            Some(tx) => tx.send(reply).err().map(|e| e.0),
+            None => Some(reply),
+        };
+        if let Some(reply) = unsent {
             let tx = start(self.region.clone(), self.profile.clone())?;
-            tx.send(reply).map_err(|_| "the aws credential thread stopped".to_string())?;
+            tx.send(reply)
+                .map_err(|_| "the aws credential thread stopped".to_string())?;
             *requests = Some(tx);
         }
         drop(requests);
-        answer
-            .recv_timeout(CREDENTIALS_TIMEOUT)
-            .map_err(|_| format!("the aws credential chain gave no answer within {} s", CREDENTIALS_TIMEOUT.as_secs()))?
+        answer.recv_timeout(CREDENTIALS_TIMEOUT).map_err(|_| {
+            format!(
+                "the aws credential chain gave no answer within {} s",
+                CREDENTIALS_TIMEOUT.as_secs()
+            )
+        })?
     }
 }
-
-type Request = mpsc::Sender<Result<Credentials, String>>;
 
 /// The credential thread: a small tokio runtime of its own, so the chain
 /// works whether or not the caller is inside one. It ends when the
@@ -85,16 +100,16 @@ fn start(region: String, profile: Option<String>) -> Result<mpsc::Sender<Request
                 if let Some(p) = profile {
                     loader = loader.profile_name(p);
                 }
-                let config = loader.load().await;
-                let Some(chain) = config.credentials_provider() else {
-                    return;
-                };
+                let chain = loader.load().await.credentials_provider();
                 // Blocking receive between refreshes: nothing else runs here.
                 while let Ok(reply) = rx.recv() {
-                    let answer = chain
-                        .provide_credentials()
-                        .await
-                        .map_err(|e| format!("no aws credentials: {}", error_chain(&e)));
+                    let answer = match &chain {
+                        Some(chain) => chain
+                            .provide_credentials()
+                            .await
+                            .map_err(|e| format!("no aws credentials: {}", error_chain(&e))),
+                        None => Err("aws-config found no credential provider".to_string()),
+                    };
                     let _ = reply.send(answer);
                 }
             })
@@ -117,14 +132,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The MSK IAM token for `region` signed at `now`. It expires with the
 /// signature, or with the credentials when they expire sooner; librdkafka
 /// asks for the next one when 80 % of that time has passed.
-pub(super) fn token(region: &str, credentials: &Credentials, now: SystemTime) -> Result<Token, TokenError> {
-    let expires = credentials.expiry().map_or(now + EXPIRES, |e| e.min(now + EXPIRES));
+pub(super) fn token(
+    region: &str,
+    credentials: &Credentials,
+    now: SystemTime,
+) -> Result<Token, TokenError> {
+    let expires = credentials
+        .expiry()
+        .map_or(now + EXPIRES, |e| e.min(now + EXPIRES));
     if expires <= now {
         return Err(TokenError::Aws("the aws credentials have expired".into()));
     }
     let host = format!("kafka.{region}.amazonaws.com");
-    let mut url = presign(&host, &[("Action", "kafka-cluster:Connect")], SERVICE, region, credentials, now, EXPIRES)
-        .map_err(TokenError::Aws)?;
+    let mut url = presign(
+        &host,
+        &[("Action", "kafka-cluster:Connect")],
+        SERVICE,
+        region,
+        credentials,
+        now,
+        EXPIRES,
+    )
+    .map_err(TokenError::Aws)?;
     url.push_str("&User-Agent=");
     url.extend(form_urlencoded::byte_serialize(USER_AGENT.as_bytes()));
     Ok(Token {
@@ -161,8 +190,13 @@ fn presign(
         .build()
         .map_err(|e| format!("bad signing parameters: {e}"))?
         .into();
-    let request = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::Bytes(&[]))
-        .map_err(|e| format!("cannot sign {host}: {e}"))?;
+    let request = SignableRequest::new(
+        "GET",
+        url.as_str(),
+        std::iter::empty(),
+        SignableBody::Bytes(&[]),
+    )
+    .map_err(|e| format!("cannot sign {host}: {e}"))?;
     let (instructions, _) = sign(request, &signing)
         .map_err(|e| format!("cannot sign {host}: {e}"))?
         .into_parts();
@@ -194,7 +228,13 @@ mod tests {
     fn presign_matches_the_aws_signing_test_suite() {
         // aws-sigv4's aws-signing-test-suite/v4/get-vanilla-query-order-key-case,
         // query-signature.txt: signature in the query, empty payload, 3600 s.
-        let credentials = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "test");
+        let credentials = Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            None,
+            None,
+            "test",
+        );
         let url = presign(
             "example.amazonaws.com",
             &[("Param2", "value2"), ("Param1", "value1")],
@@ -206,33 +246,61 @@ mod tests {
         )
         .unwrap();
         let q = query(&url);
-        assert_eq!(q["X-Amz-Signature"], "86012e2c9ad4d77369f5d81c11f75158aae4f895a085212cc6d3f923d300bed5");
-        assert_eq!(q["X-Amz-Credential"], "AKIDEXAMPLE/20150830/us-east-1/service/aws4_request");
+        assert_eq!(
+            q["X-Amz-Signature"],
+            "86012e2c9ad4d77369f5d81c11f75158aae4f895a085212cc6d3f923d300bed5"
+        );
+        assert_eq!(
+            q["X-Amz-Credential"],
+            "AKIDEXAMPLE/20150830/us-east-1/service/aws4_request"
+        );
         assert_eq!(q["X-Amz-Date"], "20150830T123600Z");
         assert_eq!(q["X-Amz-SignedHeaders"], "host");
-        assert!(url.starts_with("https://example.amazonaws.com/?Param2=value2&Param1=value1&"), "{url}");
+        assert!(
+            url.starts_with("https://example.amazonaws.com/?Param2=value2&Param1=value1&"),
+            "{url}"
+        );
     }
 
     fn decode(token: &Token) -> String {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.value.expose()).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.value.expose())
+            .unwrap();
         String::from_utf8(bytes).unwrap()
     }
 
     #[test]
     fn msk_token_is_a_presigned_connect_url() {
-        let credentials = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", Some("SESSION".into()), None, "test");
+        let credentials = Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            Some("SESSION".into()),
+            None,
+            "test",
+        );
         let t = token("eu-west-1", &credentials, suite_time()).unwrap();
         let url = decode(&t);
-        assert!(url.starts_with("https://kafka.eu-west-1.amazonaws.com/?Action=kafka-cluster%3AConnect&"), "{url}");
+        assert!(
+            url.starts_with(
+                "https://kafka.eu-west-1.amazonaws.com/?Action=kafka-cluster%3AConnect&"
+            ),
+            "{url}"
+        );
         let q = query(&url);
         assert_eq!(q["X-Amz-Algorithm"], "AWS4-HMAC-SHA256");
-        assert_eq!(q["X-Amz-Credential"], "AKIDEXAMPLE/20150830/eu-west-1/kafka-cluster/aws4_request");
+        assert_eq!(
+            q["X-Amz-Credential"],
+            "AKIDEXAMPLE/20150830/eu-west-1/kafka-cluster/aws4_request"
+        );
         assert_eq!(q["X-Amz-Expires"], "900");
         assert_eq!(q["X-Amz-Security-Token"], "SESSION");
         assert_eq!(q["User-Agent"], USER_AGENT);
         // Computed apart from aws-sigv4: SigV4 written out with Python's
         // hmac and hashlib, which also gives the test suite's answer above.
-        assert_eq!(q["X-Amz-Signature"], "326c211753acb490a68678297709f397c7facc6f203503eaf40f06fd4c68ec20");
+        assert_eq!(
+            q["X-Amz-Signature"],
+            "326c211753acb490a68678297709f397c7facc6f203503eaf40f06fd4c68ec20"
+        );
         assert_eq!(t.principal, "AKIDEXAMPLE");
         assert_eq!(t.lifetime_ms, millis(suite_time() + EXPIRES));
     }
@@ -240,12 +308,34 @@ mod tests {
     #[test]
     fn token_expires_before_the_credentials_do() {
         let now = suite_time();
-        let soon = Credentials::new("AK", "SK", None, Some(now + Duration::from_secs(300)), "test");
-        assert_eq!(token("us-east-1", &soon, now).unwrap().lifetime_ms, millis(now + Duration::from_secs(300)));
-        let later = Credentials::new("AK", "SK", None, Some(now + Duration::from_secs(3600)), "test");
-        assert_eq!(token("us-east-1", &later, now).unwrap().lifetime_ms, millis(now + EXPIRES));
+        let soon = Credentials::new(
+            "AK",
+            "SK",
+            None,
+            Some(now + Duration::from_secs(300)),
+            "test",
+        );
+        assert_eq!(
+            token("us-east-1", &soon, now).unwrap().lifetime_ms,
+            millis(now + Duration::from_secs(300))
+        );
+        let later = Credentials::new(
+            "AK",
+            "SK",
+            None,
+            Some(now + Duration::from_secs(3600)),
+            "test",
+        );
+        assert_eq!(
+            token("us-east-1", &later, now).unwrap().lifetime_ms,
+            millis(now + EXPIRES)
+        );
         let gone = Credentials::new("AK", "SK", None, Some(now), "test");
-        assert!(token("us-east-1", &gone, now).err().unwrap().to_string().contains("expired"));
+        assert!(token("us-east-1", &gone, now)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("expired"));
     }
 
     #[test]
