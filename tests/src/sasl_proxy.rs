@@ -93,10 +93,8 @@ struct Shared {
 /// Listens on a free port of 127.0.0.1; dropping it stops it and closes
 /// every connection.
 pub struct SaslProxy {
-    port: u16,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl SaslProxy {
@@ -106,11 +104,6 @@ impl SaslProxy {
         check: Arc<dyn TokenCheck>,
         session_lifetime_ms: i64,
     ) -> SaslProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let port = listener
-            .local_addr()
-            .expect("bound socket has an address")
-            .port();
         let shared = Arc::new(Shared {
             check,
             session_lifetime_ms,
@@ -118,43 +111,28 @@ impl SaslProxy {
             stats: Mutex::default(),
             open: Mutex::default(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("sasl-proxy-{port}"))
-                .spawn(move || {
-                    for client in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let Ok(client) = client else { continue };
-                        if let Ok(c) = client.try_clone() {
-                            lock(&shared.open).push(c);
-                        }
-                        let shared = shared.clone();
-                        std::thread::spawn(move || {
-                            let _ = serve(client, &shared);
-                        });
-                    }
-                })
-                .expect("cannot start the proxy thread")
+            let shared = shared.clone();
+            Acceptor::start("sasl-proxy", move |client| {
+                if let Ok(c) = client.try_clone() {
+                    lock(&shared.open).push(c);
+                }
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(client, &shared);
+                });
+            })
         };
-        SaslProxy {
-            port,
-            shared,
-            stop,
-            acceptor: Some(acceptor),
-        }
+        SaslProxy { shared, acceptor }
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port
     }
 
     /// The value for `bootstrap_servers`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.acceptor.port)
     }
 
     pub fn stats(&self) -> SaslStats {
@@ -163,14 +141,61 @@ impl SaslProxy {
 }
 
 impl Drop for SaslProxy {
+    /// Closes every connection; then the acceptor stops.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
         for s in lock(&self.shared.open).drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+}
+
+/// A thread that hands every connection made to a free port of 127.0.0.1
+/// to `handle`; dropping it stops the thread.
+struct Acceptor {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    fn start(name: &str, mut handle: impl FnMut(TcpStream) + Send + 'static) -> Acceptor {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
+        let port = listener
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{port}"))
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Ok(conn) = conn {
+                            handle(conn);
+                        }
+                    }
+                })
+                .expect("cannot start an acceptor thread")
+        };
+        Acceptor {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread, which then sees the flag.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -477,66 +502,36 @@ pub struct EndpointStats {
 /// (RFC 6749 4.4): it checks the client's Basic credentials and issues
 /// `access_token`, a JWT whose `exp` and `sub` librdkafka reads.
 pub struct TokenEndpoint {
-    port: u16,
     stats: Arc<Mutex<EndpointStats>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl TokenEndpoint {
     /// Issues `token` to `client_id`:`client_secret`.
     pub fn start(client_id: &str, client_secret: &str, token: &str) -> TokenEndpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let port = listener
-            .local_addr()
-            .expect("bound socket has an address")
-            .port();
         let stats = Arc::new(Mutex::new(EndpointStats::default()));
-        let stop = Arc::new(AtomicBool::new(false));
         let basic = format!(
             "Basic {}",
             STANDARD.encode(format!("{client_id}:{client_secret}"))
         );
         let body =
             format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#);
-        let thread = {
-            let (stats, stop) = (stats.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if let Ok(conn) = conn {
-                        let _ = answer(conn, &basic, &body, &stats);
-                    }
-                }
+        let acceptor = {
+            let stats = stats.clone();
+            Acceptor::start("token-endpoint", move |conn| {
+                let _ = answer(conn, &basic, &body, &stats);
             })
         };
-        TokenEndpoint {
-            port,
-            stats,
-            stop,
-            thread: Some(thread),
-        }
+        TokenEndpoint { stats, acceptor }
     }
 
     /// The value for `token_endpoint_url`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/oauth2/token", self.port)
+        format!("http://127.0.0.1:{}/oauth2/token", self.acceptor.port)
     }
 
     pub fn stats(&self) -> EndpointStats {
         lock(&self.stats).clone()
-    }
-}
-
-impl Drop for TokenEndpoint {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! refused until the file is fixed. What arrived is read back with the
 //! harness consumer and counted by sequence number.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,17 @@ fn write_token(path: &Path, token: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// An agent whose token is DIR/token (holding `token`), checked every 500 ms.
+fn agent_with_token_file(dir: &Path, proxy: &SaslProxy, token: &str) -> (Agent, PathBuf) {
+    let token_file = dir.join("token");
+    write_token(&token_file, token);
+    let sasl = format!(
+        "{{ mechanism: OAUTHBEARER, token_file: \"{}\", token_file_check_ms: 500 }}",
+        token_file.display()
+    );
+    (Agent::start(dir, &config(dir, proxy, &sasl)), token_file)
+}
+
 /// Reads until `lines` all arrived (or WAIT), then asserts none is missing
 /// and none repeated.
 fn assert_all_arrived(consumer: &mut Consumer, lines: &SeqLines, agent: &Agent) {
@@ -73,13 +84,7 @@ fn token_file_replaced_while_running_is_used_after_a_refresh() {
     // token in use shows on the wire.
     let (broker, proxy) = broker_behind_proxy(tokens.clone(), 2_000);
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    write_token(&token_file, &first);
-    let sasl = format!(
-        "{{ mechanism: OAUTHBEARER, token_file: \"{}\", token_file_check_ms: 500 }}",
-        token_file.display()
-    );
-    let agent = Agent::start(dir.path(), &config(dir.path(), &proxy, &sasl));
+    let (agent, token_file) = agent_with_token_file(dir.path(), &proxy, &first);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(2_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
@@ -168,13 +173,7 @@ fn wrong_token_is_refused_and_nothing_is_lost_once_it_is_fixed() {
     let (good, wrong) = (token("svc-good"), token("svc-wrong"));
     let (broker, proxy) = broker_behind_proxy(TokenSet::new(&[&good]), 0);
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    write_token(&token_file, &wrong);
-    let sasl = format!(
-        "{{ mechanism: OAUTHBEARER, token_file: \"{}\", token_file_check_ms: 500 }}",
-        token_file.display()
-    );
-    let agent = Agent::start(dir.path(), &config(dir.path(), &proxy, &sasl));
+    let (agent, token_file) = agent_with_token_file(dir.path(), &proxy, &wrong);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(1_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);

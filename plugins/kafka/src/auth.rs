@@ -195,16 +195,11 @@ impl SaslConfig {
                         .as_deref()
                         .is_none_or(|p| p.as_os_str().is_empty()),
                 );
-                if self
-                    .kerberos_service_name
-                    .as_ref()
-                    .is_some_and(|s| s.trim().is_empty())
-                {
-                    issues.push(ConfigIssue::new(
-                        &["kerberos_service_name"],
-                        "kerberos_service_name is empty: leave it out for the default, kafka",
-                    ));
-                }
+                issues.extend(set_but_empty(
+                    "kerberos_service_name",
+                    &self.kerberos_service_name,
+                    "the default, kafka",
+                ));
             }
             Mechanism::OAuthBearer => self.validate_oauthbearer(&mut issues),
             Mechanism::AwsMskIam => {
@@ -222,16 +217,11 @@ impl SaslConfig {
                         ));
                     }
                 }
-                if self
-                    .aws_profile
-                    .as_ref()
-                    .is_some_and(|s| s.trim().is_empty())
-                {
-                    issues.push(ConfigIssue::new(
-                        &["aws_profile"],
-                        "aws_profile is empty: leave it out for the default credential chain",
-                    ));
-                }
+                issues.extend(set_but_empty(
+                    "aws_profile",
+                    &self.aws_profile,
+                    "the default credential chain",
+                ));
                 if !cfg!(feature = "msk-iam") {
                     issues.push(ConfigIssue::new(
                         &["mechanism"],
@@ -398,6 +388,16 @@ impl SaslConfig {
             _ => None,
         }
     }
+}
+
+/// An optional key given as blank, which is never what was meant.
+fn set_but_empty(key: &str, value: &Option<String>, default: &str) -> Option<ConfigIssue> {
+    value.as_ref().filter(|v| v.trim().is_empty()).map(|_| {
+        ConfigIssue::new(
+            &[key],
+            format!("{key} is empty: leave it out for {default}"),
+        )
+    })
 }
 
 /// A token for librdkafka: the value, who it names, when it expires.

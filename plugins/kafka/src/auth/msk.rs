@@ -308,29 +308,18 @@ mod tests {
     #[test]
     fn token_expires_before_the_credentials_do() {
         let now = suite_time();
-        let soon = Credentials::new(
-            "AK",
-            "SK",
-            None,
-            Some(now + Duration::from_secs(300)),
-            "test",
-        );
+        let expiring = |at| Credentials::new("AK", "SK", None, Some(at), "test");
+        let soon = expiring(now + Duration::from_secs(300));
         assert_eq!(
             token("us-east-1", &soon, now).unwrap().lifetime_ms,
             millis(now + Duration::from_secs(300))
         );
-        let later = Credentials::new(
-            "AK",
-            "SK",
-            None,
-            Some(now + Duration::from_secs(3600)),
-            "test",
-        );
+        let later = expiring(now + Duration::from_secs(3600));
         assert_eq!(
             token("us-east-1", &later, now).unwrap().lifetime_ms,
             millis(now + EXPIRES)
         );
-        let gone = Credentials::new("AK", "SK", None, Some(now), "test");
+        let gone = expiring(now);
         assert!(token("us-east-1", &gone, now)
             .err()
             .unwrap()
