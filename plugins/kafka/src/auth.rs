@@ -712,6 +712,19 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_has_every_mechanism_built_in() {
+        // Setting builtin.features checks that librdkafka has them all.
+        let mut config = rdkafka::ClientConfig::new();
+        config.set(
+            "builtin.features",
+            "ssl,sasl_plain,sasl_scram,sasl_gssapi,sasl_oauthbearer,http,oidc",
+        );
+        if let Err(e) = config.create_native_config() {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
     fn librdkafka_accepts_the_properties() {
         // librdkafka's own parser, built with this crate's features: a
         // property it does not know or a mechanism not built in fails here.
