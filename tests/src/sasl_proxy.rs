@@ -45,12 +45,26 @@ pub struct SaslStats {
     pub produce_requests: u64,
     /// The SASL extensions of the last successful authentication.
     pub extensions: BTreeMap<String, String>,
+    /// The mechanisms clients asked for in SaslHandshake, in order.
+    pub mechanisms: Vec<String>,
 }
 
-/// How the proxy checks a bearer token.
+/// How the proxy checks a client: by default the bearer token of an
+/// OAUTHBEARER client-first message.
 pub trait TokenCheck: Send + Sync {
     /// Ok, or why the token is refused.
     fn check(&self, token: &str) -> Result<(), String>;
+
+    /// The one SASL mechanism the proxy offers.
+    fn mechanism(&self) -> &str {
+        "OAUTHBEARER"
+    }
+
+    /// The first SaslAuthenticate message of a mechanism other than
+    /// OAUTHBEARER.
+    fn check_message(&self, _message: &[u8]) -> Result<(), String> {
+        Err("only OAUTHBEARER is spoken here".into())
+    }
 }
 
 /// Accepts exactly the tokens in its set, which a test may change.
@@ -218,7 +232,9 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             SASL_HANDSHAKE => {
                 r.nullable_string()?; // client id
                 let mechanism = r.string()?;
-                mechanism_ok = version >= 1 && mechanism == "OAUTHBEARER";
+                let offered = shared.check.mechanism();
+                mechanism_ok = version >= 1 && mechanism == offered;
+                lock(&shared.stats).mechanisms.push(mechanism.to_string());
                 let mut body = Vec::new();
                 put_i16(
                     &mut body,
@@ -229,7 +245,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     },
                 );
                 put_i32(&mut body, 1);
-                put_string(&mut body, "OAUTHBEARER");
+                put_string(&mut body, offered);
                 write_frame(&mut client, correlation, &body)?;
                 if !mechanism_ok {
                     return Ok(());
@@ -307,6 +323,9 @@ fn authenticate(message: &[u8], shared: &Shared) -> Result<(), (i16, String)> {
         lock(&shared.stats).refused += 1;
         Err((SASL_AUTHENTICATION_FAILED, why))
     };
+    if shared.check.mechanism() != "OAUTHBEARER" {
+        return shared.check.check_message(message).or_else(refuse);
+    }
     let Ok(text) = std::str::from_utf8(message) else {
         return refuse("the client message is not UTF-8".into());
     };
