@@ -77,13 +77,31 @@ pub enum Command {
     },
     /// Check a config file and exit: 0 when valid, 64 with every error listed.
     ///
-    /// Parses and checks the config, opening none of the files, sockets or
-    /// brokers it names. Every error is printed as FILE:LINE:COLUMN: path:
-    /// message, and the exit status is 64 when there is any.
+    /// Parses and checks the config, connecting to nothing and opening none
+    /// of the log files or sockets it names. A kafka sink's producer
+    /// properties are checked by librdkafka's own parser, which reads the
+    /// TLS files they name. Every error is printed as FILE:LINE:COLUMN:
+    /// path: message, and the exit status is 64 when there is any.
     Validate {
         /// The YAML config file.
         #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Connect to every sink's cluster with the real credentials and report.
+    ///
+    /// Validates the config first (exit 64 if refused), then, per sink:
+    /// broker reachable, TLS verified, authenticated, the topic and its
+    /// partitions, replication factor, min.insync.replicas and
+    /// unclean.leader.election.enable, and whether the idempotent producer
+    /// is allowed. Exit 0 when every sink can deliver (durability warnings
+    /// included), 69 (EX_UNAVAILABLE) otherwise. Suitable for ExecStartPre.
+    Check {
+        /// The YAML config file.
+        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// How long to wait for each answer.
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        timeout_s: u64,
     },
     /// Print the saved position of every file, one JSON object per line.
     ///
@@ -252,6 +270,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check { config, timeout_s } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            crate::check::run(&config, std::time::Duration::from_secs(timeout_s))
+        }
         Command::Checkpoints { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -496,6 +521,7 @@ mod tests {
             .collect();
         pages.sort();
         let expected = [
+            "tailrace-check.1",
             "tailrace-checkpoints.1",
             "tailrace-run.1",
             "tailrace-spool-list.1",

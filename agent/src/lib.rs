@@ -6,6 +6,7 @@
 //! crate. Only `store` knows sled; only `admin` knows HTTP.
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod notify;

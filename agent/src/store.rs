@@ -185,6 +185,10 @@ impl SpoolStore for Store {
         sink: &str,
         id: u64,
     ) -> Result<(), StoreError> {
+        if from == to {
+            // Inserting then removing from the same tree would delete it.
+            return Ok(());
+        }
         let src = self.spool_tree(from, sink)?;
         let Some(v) = src.get(id.to_be_bytes()).map_err(err)? else {
             return Ok(());

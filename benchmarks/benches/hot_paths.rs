@@ -41,6 +41,7 @@ fn batch_of(data: &[u8]) -> Batch {
     let meta = Arc::new(BatchMeta {
         source: "app".into(),
         path: Some(Arc::from(std::path::Path::new("/var/log/app.log"))),
+        stream: None,
         read_at: SystemTime::now(),
     });
     Batch::new(meta, records, Ack::none())

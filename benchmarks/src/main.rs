@@ -62,6 +62,10 @@ struct Args {
     /// The `sustained` run: for how many seconds.
     #[arg(long, default_value_t = 65)]
     seconds: u64,
+    /// The `scram` and `scram-tls` runs (tansu with sqlite storage, which
+    /// SCRAM users need): lines in their own load file.
+    #[arg(long, default_value_t = 5_000_000)]
+    secure_lines: u64,
     /// The `sustained` run: the generator renames the file to FILE.1 … once
     /// it holds this many bytes (0: never).
     #[arg(long, default_value_t = 0)]
@@ -252,7 +256,21 @@ fn quantiles(metrics: &str) -> (Option<f64>, Option<f64>) {
 
 /// Reads the whole topic and checks every sequence number 0..n.
 fn count(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(u64, u64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    count_with(bootstrap, topic, n, &[])
+}
+
+/// [`count`] with client properties (credentials, TLS).
+fn count_with(
+    bootstrap: &str,
+    topic: &str,
+    n: u64,
+    properties: &[(String, String)],
+) -> anyhow::Result<(u64, u64)> {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "tailrace-bench")
         .set("enable.auto.commit", "false")
@@ -295,9 +313,13 @@ fn count(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(u64, u64)> {
 }
 
 fn generate(args: &Args) -> anyhow::Result<PathBuf> {
+    generate_lines(args, args.lines)
+}
+
+fn generate_lines(args: &Args, n: u64) -> anyhow::Result<PathBuf> {
     let dir = args.work.join(
         // v2: lines since the generator repeats 65,536 drawn ones.
-        format!("load-v2-{}-{}-{}", args.lines, args.size, args.seed)
+        format!("load-v2-{}-{}-{}", n, args.size, args.seed)
             .replace([':', '(', ')', ' '], ""),
     );
     let file = dir.join("app.log");
@@ -306,11 +328,11 @@ fn generate(args: &Args) -> anyhow::Result<PathBuf> {
         return Ok(file);
     }
     std::fs::create_dir_all(&dir)?;
-    eprintln!("generating {} lines into {}", args.lines, file.display());
+    eprintln!("generating {n} lines into {}", file.display());
     let mut out = BufWriter::with_capacity(1 << 22, std::fs::File::create(&file)?);
     let mut gen = lines::Generator::new(args.seed, args.size);
     let mut buf = Vec::with_capacity(1 << 22);
-    for seq in 0..args.lines {
+    for seq in 0..n {
         gen.line(seq, &mut buf);
         if buf.len() >= 1 << 22 {
             out.write_all(&buf)?;
@@ -345,6 +367,19 @@ fn start_tailrace(
     include: &str,
     bootstrap: &str,
 ) -> anyhow::Result<Agent> {
+    start_tailrace_with(args, dir, include, bootstrap, "")
+}
+
+/// [`start_tailrace`] with more keys for the kafka sink (`tls:`, `sasl:`),
+/// one per line.
+fn start_tailrace_with(
+    args: &Args,
+    dir: &Path,
+    include: &str,
+    bootstrap: &str,
+    sink_keys: &str,
+) -> anyhow::Result<Agent> {
+    let sink_keys: String = sink_keys.lines().map(|l| format!("    {l}\n")).collect();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let admin = format!("127.0.0.1:{}", free_port()?);
@@ -352,7 +387,7 @@ fn start_tailrace(
     std::fs::write(
         &config,
         format!(
-            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{include}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n",
+            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{include}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n{sink_keys}",
             dir = dir.display(),
         ),
     )?;
@@ -466,6 +501,56 @@ fn tailrace_run(args: &Args, load: &Path, target: &str, bootstrap: &str) -> anyh
         seconds,
         bootstrap,
     )
+}
+
+/// The pre-written file to tansu requiring SASL/SCRAM-SHA-512, straight
+/// (SASL_PLAINTEXT) or through TLS (SASL_SSL, stunnel in front of tansu,
+/// on the same two cores), so the two rows show what TLS costs.
+fn scram_run(args: &Args, tls: bool) -> anyhow::Result<Row> {
+    use tailrace_e2e::secure::SecureCluster;
+    // The harness finds tansu through TANSU_BIN.
+    std::env::set_var("TANSU_BIN", &args.tansu);
+    let load = generate_lines(args, args.secure_lines)?;
+    let users = [("bench", "bench-password", "scram512")];
+    let sasl = "sasl: { mechanism: SCRAM-SHA-512, username: bench, password: bench-password }";
+    let (target, _cluster, broker, bootstrap, keys, consumer);
+    if tls {
+        let cluster = SecureCluster::scram(&users, &[("bench", 1)]);
+        bootstrap = cluster.tls.bootstrap();
+        keys = format!("tls: {{ ca_file: {} }}\n{sasl}", cluster.pki.ca().display());
+        consumer = cluster.consumer_properties("SCRAM-SHA-512", "bench", "bench-password");
+        target = "tailrace → stunnel → tansu (SASL_SSL, sqlite)";
+        _cluster = Some(cluster);
+        broker = None;
+    } else {
+        let b = tailrace_e2e::Broker::start_authenticating(None, &users, &[("bench", 1)]);
+        bootstrap = b.bootstrap();
+        keys = sasl.to_string();
+        consumer = b.client_auth().to_vec();
+        target = "tailrace → tansu (SASL_PLAINTEXT, sqlite)";
+        broker = Some(b);
+        _cluster = None;
+    }
+    let dir = args.work.join(if tls { "run-scram-tls" } else { "run-scram" });
+    let mut agent = start_tailrace_with(args, &dir, &load.display().to_string(), &bootstrap, &keys)?;
+    let seen = watch(args, &mut agent, args.secure_lines)?;
+    let counted = count_with(&bootstrap, "bench", args.secure_lines, &consumer)?;
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    drop(agent);
+    drop(broker);
+    let (p50, p99) = quantiles(&seen.metrics);
+    Ok(Row {
+        target: target.into(),
+        events: args.secure_lines,
+        seconds: seen.seconds,
+        slowest_5s: slowest_window(&seen.samples, 5.0),
+        cpu_seconds: seen.cpu_seconds,
+        peak_rss_mib: seen.peak_kib as f64 / 1024.0,
+        p50,
+        p99,
+        lost: Some(counted.0),
+        duplicated: Some(counted.1),
+    })
 }
 
 /// At a fixed rate: the load generator writes `rate` lines a second for
@@ -639,7 +724,11 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let load = if args.targets.iter().any(|t| t != "sustained") {
+    let load = if args
+        .targets
+        .iter()
+        .any(|t| !matches!(t.as_str(), "sustained" | "scram" | "scram-tls"))
+    {
         generate(&args)?
     } else {
         PathBuf::new()
@@ -662,7 +751,11 @@ fn main() -> anyhow::Result<()> {
                     Tansu::start(&args.tansu, &args.work.join("tansu-sustained"), "bench")?;
                 sustained_run(&args, &broker.bootstrap())
             }
-            other => bail!("unknown target {other}: embedded, tansu, kcat or sustained"),
+            "scram" => scram_run(&args, false),
+            "scram-tls" => scram_run(&args, true),
+            other => bail!(
+                "unknown target {other}: embedded, tansu, kcat, sustained, scram or scram-tls"
+            ),
         };
         match row {
             Ok(r) => rows.push(r),
@@ -689,6 +782,16 @@ fn main() -> anyhow::Result<()> {
     print_table(&rows);
     if rows.iter().any(|r| r.target.contains("lines/s written")) {
         println!("\nIn the sustained run the load generator (on the same two cores) appends to the file at a fixed rate while the agent tails it; \"slowest 5 s\" is the lowest delivery rate over any 5-second window, so it must stay near the written rate for the agent to have kept up the whole time.");
+    }
+    if let (Some(plain), Some(tls)) = (
+        rows.iter().find(|r| r.target.contains("SASL_PLAINTEXT")),
+        rows.iter().find(|r| r.target.contains("SASL_SSL")),
+    ) {
+        let rate = |r: &Row| r.events as f64 / r.seconds;
+        println!(
+            "\nSASL_SSL reached {:.2} × the SASL_PLAINTEXT rate in the same run (stunnel's TLS work runs on the same two cores).",
+            rate(tls) / rate(plain)
+        );
     }
     if rows.iter().any(|r| r.target.ends_with("embedded")) {
         println!("\nThe embedded cluster (librdkafka's mock) keeps only the last few MB of a partition and runs inside the agent, so its run is not counted at a consumer and its RSS includes the broker.");

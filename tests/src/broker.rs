@@ -63,6 +63,9 @@ enum Storage {
 /// persistent broker, its sqlite database. Dropping it kills the process.
 pub struct Broker {
     port: u16,
+    /// Set once SASL is required: the credentials the harness's own
+    /// clients use (metadata, readiness).
+    auth: Option<Vec<(String, String)>>,
     /// The port given to clients in metadata: `port`, or a proxy's.
     advertised_port: u16,
     storage: Storage,
@@ -106,6 +109,7 @@ impl Broker {
             .expect("cannot create a temp dir");
         let mut broker = Broker {
             port,
+            auth: None,
             advertised_port,
             storage,
             dir,
@@ -124,8 +128,61 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The client properties the harness logs in with, if SASL is required.
+    pub fn client_auth(&self) -> &[(String, String)] {
+        self.auth.as_deref().unwrap_or_default()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("broker.log")
+    }
+
+    /// A broker with sqlite storage on a free port that advertises
+    /// `advertised_port` (a TLS terminator in front of it; `None`: its own
+    /// port), holds `topics`
+    /// and the SCRAM `users` (name, password, `scram256` | `scram512`), and
+    /// then requires SASL authentication. The harness's own clients log in
+    /// as the first user with SCRAM-SHA-512 over plaintext to `port`.
+    pub fn start_authenticating(
+        advertised_port: Option<u16>,
+        users: &[(&str, &str, &str)],
+        topics: &[(&str, i32)],
+    ) -> Broker {
+        let port = free_port();
+        let mut broker =
+            Broker::launch_advertising(port, advertised_port.unwrap_or(port), Storage::Sqlite);
+        for (name, password, mechanism) in users {
+            let output = Command::new(tansu_bin())
+                .current_dir(broker.dir.path())
+                .args(["user", "create", "--broker"])
+                .arg(broker.url())
+                .args(["--mechanism", mechanism, name, password])
+                .output()
+                .expect("cannot run tansu user create");
+            assert!(
+                output.status.success(),
+                "tansu user create {name} failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        for (topic, partitions) in topics {
+            broker.create_topic(topic, *partitions);
+        }
+        broker.stop();
+        let (name, password, _) = users
+            .iter()
+            .find(|(_, _, m)| *m == "scram512")
+            .expect("a scram512 user for the harness");
+        broker.auth = Some(vec![
+            ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+            ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+            ("sasl.username".into(), name.to_string()),
+            ("sasl.password".into(), password.to_string()),
+        ]);
+        broker.start_again();
+        broker
     }
 
     /// Creates a topic and waits until metadata shows all its partitions
@@ -159,7 +216,7 @@ impl Broker {
     /// Partitions of `topic` that have a leader, per metadata; `None` when
     /// the topic is unknown or metadata cannot be fetched.
     pub fn topic_partitions(&self, topic: &str) -> Option<i32> {
-        let client = metadata_client(&self.bootstrap());
+        let client = metadata_client(&self.bootstrap(), self.auth.as_deref());
         let metadata = client
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .ok()?;
@@ -220,6 +277,9 @@ impl Broker {
             .arg(self.url())
             .arg("--advertised-listener-url")
             .arg(format!("tcp://127.0.0.1:{}", self.advertised_port));
+        if self.auth.is_some() {
+            cmd.arg("--authentication");
+        }
         self.child = Some(process::spawn_logged(&mut cmd, &self.log_path()));
         self.wait_ready();
     }
@@ -240,7 +300,7 @@ impl Broker {
                 );
             }
             TcpStream::connect(addr).is_ok()
-                && metadata_client(&self.bootstrap())
+                && metadata_client(&self.bootstrap(), self.auth.as_deref())
                     .fetch_metadata(None, Duration::from_secs(2))
                     .is_ok_and(|m| !m.brokers().is_empty())
         });
@@ -269,8 +329,12 @@ impl Drop for Broker {
     }
 }
 
-fn metadata_client(bootstrap: &str) -> BaseConsumer {
-    ClientConfig::new()
+fn metadata_client(bootstrap: &str, auth: Option<&[(String, String)]>) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    for (k, v) in auth.unwrap_or_default() {
+        config.set(k, v);
+    }
+    config
         .set("bootstrap.servers", bootstrap)
         .set("socket.connection.setup.timeout.ms", "2000")
         .create()

@@ -40,7 +40,17 @@ impl Consumer {
     /// Waits up to 30 s for the topic to appear in metadata, then assigns all
     /// of its partitions.
     pub fn new(bootstrap: &str, topic: &str) -> Consumer {
-        let inner: BaseConsumer = ClientConfig::new()
+        Consumer::with_properties(bootstrap, topic, &[])
+    }
+
+    /// [`Consumer::new`] with more client properties: the credentials and
+    /// TLS settings of a secured cluster.
+    pub fn with_properties(bootstrap: &str, topic: &str, properties: &[(String, String)]) -> Consumer {
+        let mut config = ClientConfig::new();
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        let inner: BaseConsumer = config
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "tailrace-e2e")
             .set("enable.auto.commit", "false")

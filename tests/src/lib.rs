@@ -31,6 +31,7 @@ mod process;
 mod proxy;
 pub mod rotation;
 pub mod sasl_proxy;
+pub mod secure;
 pub mod sockets;
 
 pub use agent::{

@@ -198,3 +198,33 @@ fn burst_of_scrapes_and_bad_requests_leave_it_healthy() {
     assert!(report.is_complete(), "{report}");
     drop(idle);
 }
+
+/// Issue 14, bug 9: labelled counters appeared only at their first
+/// increment, so `increase()` in an alert missed the first failure or drop.
+/// The reasons known in advance are exported at 0 from the start.
+#[test]
+fn labelled_counters_are_exported_at_zero_from_the_start() {
+    let (_broker, _dir, agent) = setup();
+    let admin = agent.admin_address().to_string();
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&admin, "/metrics") == 200),
+        "no /metrics: {}",
+        agent.log_tail(20)
+    );
+    let want = [
+        "tailrace_sink_events_failed_total{sink=\"kafka\",reason=\"delivery_timeout\"}",
+        "tailrace_sink_events_failed_total{sink=\"kafka\",reason=\"queue_full\"}",
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"dead_letter\"}",
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"spool_full\"}",
+        "tailrace_events_dropped_total{component=\"app\",reason=\"line_truncated\"}",
+    ];
+    let mut body = String::new();
+    let all_there = wait_until(Duration::from_secs(20), || {
+        body = get(&admin, "/metrics").map(|r| r.body).unwrap_or_default();
+        want.iter().all(|name| sample(&body, name).is_some())
+    });
+    assert!(all_there, "not all exported: {want:?}\n{body}");
+    for name in want {
+        assert_eq!(sample(&body, name), Some(0.0), "{name}");
+    }
+}

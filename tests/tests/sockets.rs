@@ -674,3 +674,51 @@ fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
         "udp on the same port number is another socket: {stderr}"
     );
 }
+
+/// Issue 14, bug 1: with Kafka unreachable and librdkafka's queue full when
+/// the grace period ended, the sink returned from inside its loop over the
+/// channel batches it had taken: the rest of the batch and the batches
+/// after it were neither produced nor spooled, and nothing counted them.
+/// A file source reads such lines again; socket records were gone (one run:
+/// 48,030 of 50,000 in the spool).
+#[test]
+fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
+    const N: u64 = 50_000;
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = free_port();
+    let sources =
+        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
+    // Nothing gives up before SIGTERM: the queue stays full, the sink waits.
+    let sink = "    delivery_timeout_ms: 600000\n    spool: { queue_full_timeout_ms: 600000 }";
+    let config = sockets_to_kafka(dir.path(), &bootstrap, TOPIC, &sources, "", sink)
+        .replace(
+            r#"librdkafka: { "queue.buffering.max.ms": "5" }"#,
+            r#"librdkafka: { "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "10000" }"#,
+        )
+        .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", tcp)).is_ok()));
+    let mut c = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut text = Vec::new();
+    for seq in 0..N {
+        text.extend_from_slice(&SeqLines::line(seq));
+        text.push(b'\n');
+    }
+    c.write_all(&text).unwrap();
+    drop(c);
+    let read = wait_until(Duration::from_secs(60), || {
+        metric(&admin, "tailrace_source_events_total{source=\"net\"}") >= N as f64
+    });
+    assert!(read, "the agent did not read the {N} records:\n{}", agent.log_tail(20));
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}:\n{}", agent.log_tail(20));
+    let held = agent.spool_usage("kafka", "spool");
+    assert_eq!(
+        held.events, N,
+        "every record read is in the spool after SIGTERM: {held:?}\n{}",
+        agent.log_tail(20)
+    );
+}

@@ -693,10 +693,16 @@ fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
         "the last line did not arrive"
     );
     assert!(agent.is_running(), "the agent exited");
+    // Issue 14, bug 9: dead letters were not counted as dropped.
+    let dropped = tailrace_e2e::sockets::metric(
+        agent.admin_address(),
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"dead_letter\"}",
+    );
     stop_cleanly(&mut agent);
 
     let dead = agent.spool_usage(SINK, "dead");
     assert!(dead.entries > 0, "no dead letters: {dead:?}");
+    assert_eq!(dropped, dead.events as f64, "dead letters counted as dropped");
     let listed = agent.spool_json(&["list", "--dead-letter"]);
     assert!(
         listed.iter().all(|e| e["reason"]
@@ -913,6 +919,19 @@ fn corrupt_spool_entry_is_set_aside_with_a_report() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(aside[0]["id"], bad_id, "{aside:?}");
 
+    // Issue 14, bug 7: replaying the corrupt tree "moved" a damaged entry
+    // onto the tree it was in, which deleted it. It stays where it is.
+    let replayed = agent.spool(&["replay", "--corrupt"]);
+    assert_eq!(
+        agent.spool_usage(SINK, "corrupt").entries,
+        1,
+        "a replay of the corrupt tree deleted the damaged entry: {replayed:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("left in the corrupt tree"),
+        "{replayed:?}"
+    );
+
     // The operator purges it: without --yes only says what would go.
     let dry = agent.spool(&["purge", "--corrupt"]);
     assert!(dry.status.success(), "{dry:?}");
@@ -1127,4 +1146,67 @@ fn full_spool_drops_oldest_and_counts_it() {
         "a newer entry was dropped before an older one"
     );
     stop_cleanly(&mut agent);
+}
+
+/// Issue 13's event id and issue 14's bug 4: with `headers: true` and
+/// `event_id: true`, records that went through the spool arrived without
+/// their headers (the entry format could not keep them). Now every record
+/// arrives with them, whether it was delivered at once, spooled during an
+/// outage and replayed, or read again after a SIGKILL; and every copy of a
+/// line carries the same `tailrace.id`, while different lines never share
+/// one.
+#[test]
+fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
+    let cluster = mock_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = SeqLines::create(dir.path().join("logs/app.log"));
+    let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    config.push_str("    headers: true\n    event_id: true\n");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&bootstrap, TOPIC);
+    assert!(
+        consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
+        "too few lines arrived before the outage"
+    );
+    cluster.broker_down(1).expect("cannot take the broker down");
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    cluster.broker_up(1).expect("cannot bring the broker up");
+    wait_for_log(&agent, "spool replayed in full", Duration::from_secs(60));
+    // A crash repeats what was read after the last saved position.
+    agent.kill();
+    agent.restart();
+    let lines = writer.stop();
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    println!("{report}");
+
+    let mut id_of: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    let mut seq_of_id: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+    for r in consumer.records() {
+        let seq = seq_of(&r.payload).expect("numbered lines");
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("line {seq} arrived without header {name}: {:?}", r.headers))
+        };
+        for name in ["source", "host", "path", "offset"] {
+            header(name);
+        }
+        assert_eq!(header("offset"), SeqLines::offset_of(seq).to_string().into_bytes());
+        let id = header("tailrace.id");
+        if let Some(first) = id_of.insert(seq, id.clone()) {
+            assert_eq!(first, id, "line {seq} was sent again with another id");
+        }
+        if let Some(other) = seq_of_id.insert(id.clone(), seq) {
+            assert_eq!(other, seq, "lines {other} and {seq} share an id");
+        }
+    }
+    assert!(
+        logged_events(&agent, "events spooled") > 0,
+        "nothing went through the spool"
+    );
 }

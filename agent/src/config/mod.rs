@@ -277,18 +277,37 @@ pub fn load(file: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
     parse(file, &text, &|name| std::env::var(name).ok(), registry)
 }
 
-/// Parses and validates config text; `env` resolves `${VAR}`.
+/// Parses and validates config text; `env` resolves `${VAR}`. No message
+/// in the errors shows a secret: values read by `${file:}` and the values of
+/// keys that name secrets (`password`, `key_password`, `client_secret`, ...)
+/// are masked.
 pub fn parse(
     file: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     registry: &Registry,
 ) -> Result<Config, ConfigErrors> {
+    let mut secrets = Vec::new();
+    parse_unmasked(file, text, env, registry, &mut secrets).map_err(|mut errors| {
+        for e in &mut errors.errors {
+            e.message = tailrace_api::secret::mask(&e.message, &secrets);
+        }
+        errors
+    })
+}
+
+fn parse_unmasked(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    registry: &Registry,
+    secrets: &mut Vec<String>,
+) -> Result<Config, ConfigErrors> {
     let errors_of = |list| ConfigErrors {
         file: file.to_path_buf(),
         errors: list,
     };
-    let text = interpolate(text, env).map_err(|unresolved| {
+    let interpolated = interpolate(text, env).map_err(|unresolved| {
         errors_of(
             unresolved
                 .into_iter()
@@ -300,6 +319,11 @@ pub fn parse(
                 .collect(),
         )
     })?;
+    secrets.extend(interpolated.secrets);
+    let text = interpolated.text;
+    if let Ok(tree) = serde_yaml::from_str::<Value>(&text) {
+        secret_values(&tree, false, secrets);
+    }
     let raw: RawConfig = match serde_yaml::from_str(&text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -330,6 +354,28 @@ pub fn parse(
             .list
             .sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
         Err(errors_of(errors.list))
+    }
+}
+
+/// The scalar values under keys that name secrets, anywhere in the tree.
+fn secret_values(value: &Value, under_secret: bool, out: &mut Vec<String>) {
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                let secret = under_secret
+                    || k.as_str().is_some_and(tailrace_api::secret::is_sensitive_key);
+                secret_values(v, secret, out);
+            }
+        }
+        Value::Sequence(items) => {
+            for v in items {
+                secret_values(v, under_secret, out);
+            }
+        }
+        Value::Tagged(t) => secret_values(&t.value, under_secret, out),
+        Value::String(s) if under_secret => out.push(s.clone()),
+        Value::Number(n) if under_secret => out.push(n.to_string()),
+        Value::Bool(_) | Value::Null | Value::String(_) | Value::Number(_) => {}
     }
 }
 

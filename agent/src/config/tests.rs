@@ -232,3 +232,76 @@ fn errors_print_as_file_line_column() {
         "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file, syslog, tcp, udp, unix"
     );
 }
+
+#[test]
+fn kafka_properties_are_checked_by_librdkafka() {
+    let sink = |extra: &str| with("    topic: logs\n", &format!("    topic: logs\n{extra}"));
+    check(&sink("    compression: zstd\n"), &[]);
+    check(&sink("    librdkafka: {socket.keepalive.enable: true}\n"), &[]);
+    check(
+        &sink("    compression: brotli\n"),
+        &[(Some(16), "unknown variant `brotli`")],
+    );
+    check(
+        &sink("    librdkafka: {no.such.property: 1}\n"),
+        &[(Some(16), "unknown property")],
+    );
+    check(
+        &sink("    librdkafka: {linger.ms: soon}\n"),
+        &[(Some(16), "value refused")],
+    );
+    check(
+        &sink("    librdkafka: {sasl.mechanism: SCRAM-SHA-999}\n"),
+        &[(Some(16), "unknown SASL mechanism \"SCRAM-SHA-999\"")],
+    );
+    check(
+        &sink("    librdkafka: {topic.message.timeout.ms: 1000}\n"),
+        &[(Some(16), "use delivery_timeout_ms")],
+    );
+    check(
+        &sink("    librdkafka: {request.required.acks: 1}\n"),
+        &[(Some(16), "librdkafka's name for acks): acks=all is always on")],
+    );
+    check(
+        &sink("    librdkafka: {transactional.id: tx}\n"),
+        &[(Some(16), "does not use transactions")],
+    );
+    check(
+        &sink("    tls: {cert_file: /etc/tailrace/client.pem}\n"),
+        &[(Some(16), "cert_file needs key_file")],
+    );
+    check(
+        &sink("    tls:\n      ca_file: /nonexistent/ca.pem\n"),
+        &[(Some(17), "ssl.ca.location")],
+    );
+    check(
+        &sink("    sasl: {mechanism: SCRAM-SHA-512, username: u, password: p}\n    librdkafka: {sasl.password: q}\n"),
+        &[(Some(17), "already set by the sink's tls: or sasl: keys")],
+    );
+    check(
+        &sink("    sasl: {mechanism: SCRAM-SHA-512, username: u}\n"),
+        &[(Some(16), "password is required")],
+    );
+}
+
+#[test]
+fn no_error_shows_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "s3cr3t-from-file\n").unwrap();
+    let text = with(
+        "    topic: logs\n",
+        &format!(
+            "    topic: logs\n    sasl: {{mechanism: SCRAM-SHA-512, username: u, password: 987654}}\n    tls: {{key_password: \"${{file:{}}}\"}}\n",
+            file.display()
+        ),
+    );
+    let Err(e) = parse(Path::new("t.yaml"), &text, &env, &Registry::builtin()) else {
+        panic!("the config was accepted:\n{text}");
+    };
+    let shown = e.to_string();
+    assert!(shown.contains("sasl"), "{shown}");
+    for secret in ["987654", "s3cr3t-from-file"] {
+        assert!(!shown.contains(secret), "{secret} is shown in:\n{shown}");
+    }
+}

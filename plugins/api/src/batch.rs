@@ -104,6 +104,11 @@ pub struct BatchMeta {
     pub source: Arc<str>,
     /// The file a file source read the batch from.
     pub path: Option<Arc<Path>>,
+    /// A stable identity of what the records were read from (for a file:
+    /// its device, inode and first line), so that (stream, offset) names a
+    /// record across restarts and rotations: the event id. `None` for
+    /// sources that cannot read a record twice (sockets).
+    pub stream: Option<u64>,
     /// When the batch was read; delivery latency is measured from here.
     pub read_at: SystemTime,
 }

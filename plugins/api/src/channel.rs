@@ -206,6 +206,7 @@ mod tests {
         let meta = Arc::new(BatchMeta {
             source: "t".into(),
             path: None,
+            stream: None,
             read_at: SystemTime::now(),
         });
         let records = (0..events)

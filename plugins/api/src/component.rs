@@ -87,6 +87,66 @@ pub trait SinkConfig: Send + Sync + Debug {
         let _ = (spool, tree, timeout);
         Err(format!("sink {name} keeps no spool"))
     }
+
+    /// Connects with the real settings and says what the sink meets
+    /// (`tailrace check`): reachability, TLS, authentication, its
+    /// destination. Sinks that connect to nothing have nothing to say.
+    fn check(&self, name: &str, timeout: Duration) -> CheckReport {
+        let _ = (name, timeout);
+        CheckReport::default()
+    }
+}
+
+/// What `tailrace check` found for one sink, line by line.
+#[derive(Debug, Default, Clone)]
+pub struct CheckReport {
+    pub lines: Vec<CheckLine>,
+}
+
+impl CheckReport {
+    /// The sink can deliver: no line failed.
+    pub fn deliverable(&self) -> bool {
+        self.lines.iter().all(|l| l.outcome != Outcome::Fail)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    /// What was checked: "broker reachable", "topic logs".
+    pub what: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Deliverable, but short of what an operator should want.
+    Warn,
+    /// The sink cannot deliver.
+    Fail,
+}
+
+impl CheckLine {
+    fn new(what: &str, outcome: Outcome, detail: impl Into<String>) -> CheckLine {
+        CheckLine {
+            what: what.to_string(),
+            outcome,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn ok(what: &str, detail: impl Into<String>) -> CheckLine {
+        CheckLine::new(what, Outcome::Ok, detail)
+    }
+
+    pub fn warn(what: &str, detail: impl Into<String>) -> CheckLine {
+        CheckLine::new(what, Outcome::Warn, detail)
+    }
+
+    pub fn fail(what: &str, detail: impl Into<String>) -> CheckLine {
+        CheckLine::new(what, Outcome::Fail, detail)
+    }
 }
 
 /// What an offline replay did.

@@ -28,7 +28,7 @@ pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
-    BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig,
+    BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, Outcome, ReplayReport, SinkConfig, SinkContext, SourceConfig,
     SourceContext,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};

@@ -45,6 +45,8 @@ pub struct Metrics {
     spool_corrupt: Family<Labels, Counter>,
     channel_events: Family<Labels, Gauge>,
     channel_bytes: Family<Labels, Gauge>,
+    topic_replication: Family<Labels, Gauge>,
+    topic_min_insync: Family<Labels, Gauge>,
     latency: HistogramFamily,
     batch_events: HistogramFamily,
     file: FileFamilies,
@@ -73,6 +75,8 @@ impl Metrics {
             spool_events: Family::default(),
             spool_bytes: Family::default(),
             dead_letter_events: Family::default(),
+            topic_replication: Family::default(),
+            topic_min_insync: Family::default(),
             spool_corrupt: Family::default(),
             channel_events: Family::default(),
             channel_bytes: Family::default(),
@@ -142,7 +146,17 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
-        let gauges: [(&str, &str, &Family<Labels, Gauge>); 5] = [
+        let gauges: [(&str, &str, &Family<Labels, Gauge>); 7] = [
+            (
+                "tailrace_sink_topic_replication_factor",
+                "Replicas of each partition of a topic a sink writes to (the fewest over its partitions)",
+                &m.topic_replication,
+            ),
+            (
+                "tailrace_sink_topic_min_insync_replicas",
+                "min.insync.replicas of a topic a sink writes to: acks=all waits for this many copies (-1: the broker did not say)",
+                &m.topic_min_insync,
+            ),
             (
                 "tailrace_dead_letter_events",
                 "Events Kafka refused for good, kept in the dead-letter tree per sink",
@@ -198,14 +212,17 @@ impl Metrics {
 
     pub fn source(&self, name: &str) -> SourceMetrics {
         let l = vec![("source", name.to_owned())];
-        SourceMetrics {
+        let m = SourceMetrics {
             events: self.source_events.get_or_create(&l).clone(),
             bytes: self.source_bytes.get_or_create(&l).clone(),
             filtered: self.source_filtered.get_or_create(&l).clone(),
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped: Dropped::new(self.dropped.clone(), name),
             file: FileMetrics::new(&self.file, name),
-        }
+        };
+        // Exported at 0 from the start, so that increase() sees the first.
+        m.dropped.add("line_truncated", 0);
+        m
     }
 
     pub fn sink(&self, name: &str) -> SinkMetrics {
@@ -227,6 +244,11 @@ impl Metrics {
                 key: "reason",
             }),
             dropped: Dropped::new(self.dropped.clone(), name),
+            topics: TopicGauges {
+                replication: self.topic_replication.clone(),
+                min_insync: self.topic_min_insync.clone(),
+                sink: name.to_owned(),
+            },
         }
     }
 
@@ -313,6 +335,26 @@ pub struct SinkMetrics {
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,
     pub dropped: Dropped,
+    /// How durable the sink's topics are.
+    pub topics: TopicGauges,
+}
+
+/// `tailrace_sink_topic_replication_factor{sink,topic}` and
+/// `tailrace_sink_topic_min_insync_replicas{sink,topic}`, set when the sink
+/// checks its topics (at start and on every metadata refresh).
+#[derive(Clone)]
+pub struct TopicGauges {
+    replication: Family<Labels, Gauge>,
+    min_insync: Family<Labels, Gauge>,
+    sink: String,
+}
+
+impl TopicGauges {
+    pub fn set(&self, topic: &str, replication_factor: i64, min_insync_replicas: i64) {
+        let l = vec![("sink", self.sink.clone()), ("topic", topic.to_owned())];
+        self.replication.get_or_create(&l).set(replication_factor);
+        self.min_insync.get_or_create(&l).set(min_insync_replicas);
+    }
 }
 
 /// The families of file sources: `tailrace_file_events_total{source,event}`,

@@ -44,6 +44,32 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Whether a config key or librdkafka property names a secret:
+/// `password`, `sasl.password`, `key_password`, `client_secret`,
+/// `ssl.key.pem`, tokens.
+pub fn is_sensitive_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("token")
+        || key.ends_with(".pem")
+        || key == "sasl.oauthbearer.config"
+}
+
+/// `text` with every occurrence of each secret replaced by [`MASK`].
+pub fn mask(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    // Longest first, so a secret that contains another is masked whole.
+    let mut secrets: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), MASK);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +79,17 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn keys_and_masking() {
+        for key in ["sasl.password", "key_password", "ssl.key.pem", "client_secret", "sasl.oauthbearer.client.secret", "token_file"] {
+            assert!(is_sensitive_key(key), "{key}");
+        }
+        for key in ["sasl.username", "ca_file", "mechanism"] {
+            assert!(!is_sensitive_key(key), "{key}");
+        }
+        let secrets = ["abc".to_string(), "abcdef".to_string()];
+        assert_eq!(mask("x abcdef y abc", &secrets), "x *** y ***");
     }
 }

@@ -9,17 +9,22 @@
 //! ```text
 //! magic "TRSP" | version u8 | crc32 u32 | created_ms i64 | events u32
 //! | raw_len u32 | reason_len u16 | reason | lz4 block of the records
-//! record: flags u8 (1: timestamp, 2: key, 4: topic) | [timestamp i64]
-//!         | [key_len u32 key] | [topic_len u16 topic] | len u32 | payload
+//! record: flags u8 (1: timestamp, 2: key, 4: topic, 8: headers)
+//!         | [timestamp i64] | [key_len u32 key] | [topic_len u16 topic]
+//!         | [count u16 (name_len u16 name value_len u32 value)*]
+//!         | len u32 | payload
 //! ```
-//! All integers little endian.
+//! All integers little endian. Version 2 added the headers; entries of
+//! version 1 (without them) are read as before.
 
 use bytes::Bytes;
 
 use crate::StoreError;
 
 const MAGIC: &[u8; 4] = b"TRSP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Versions this code reads.
+const READABLE: std::ops::RangeInclusive<u8> = 1..=2;
 const HEADER: usize = 4 + 1 + 4 + 8 + 4 + 4 + 2;
 
 /// One record as it is kept in the spool.
@@ -31,6 +36,9 @@ pub struct SpoolRecord {
     pub timestamp_ms: Option<i64>,
     /// The topic, when it was chosen per event; else the sink's topic.
     pub topic: Option<Bytes>,
+    /// Kafka headers, sent again exactly as first sent (the event id among
+    /// them).
+    pub headers: Vec<(String, Bytes)>,
 }
 
 /// A record to write into an entry.
@@ -40,6 +48,7 @@ pub struct EntryRecord<'a> {
     pub key: Option<&'a [u8]>,
     pub timestamp_ms: Option<i64>,
     pub topic: Option<&'a str>,
+    pub headers: &'a [(String, Bytes)],
 }
 
 /// What can be read of an entry without decompressing it.
@@ -79,12 +88,14 @@ pub fn encode<'a>(
         key,
         timestamp_ms,
         topic,
+        headers,
     } in records
     {
         events += 1;
         let flags = u8::from(timestamp_ms.is_some())
             | (u8::from(key.is_some()) << 1)
-            | (u8::from(topic.is_some()) << 2);
+            | (u8::from(topic.is_some()) << 2)
+            | (u8::from(!headers.is_empty()) << 3);
         raw.push(flags);
         if let Some(ts) = timestamp_ms {
             raw.extend_from_slice(&ts.to_le_bytes());
@@ -97,6 +108,17 @@ pub fn encode<'a>(
             let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
             raw.extend_from_slice(&(topic.len() as u16).to_le_bytes());
             raw.extend_from_slice(topic);
+        }
+        if !headers.is_empty() {
+            let headers = &headers[..headers.len().min(u16::MAX as usize)];
+            raw.extend_from_slice(&(headers.len() as u16).to_le_bytes());
+            for (name, value) in headers {
+                let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+                raw.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                raw.extend_from_slice(name);
+                raw.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                raw.extend_from_slice(value);
+            }
         }
         raw.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         raw.extend_from_slice(payload);
@@ -126,7 +148,7 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], EntryError> {
 
 /// Reads and checks the header.
 pub fn header(entry: &[u8]) -> Result<EntryHeader, EntryError> {
-    if entry.len() < HEADER || &entry[..4] != MAGIC || entry[4] != VERSION {
+    if entry.len() < HEADER || &entry[..4] != MAGIC || !READABLE.contains(&entry[4]) {
         return Err(if entry.len() < HEADER {
             EntryError::Truncated
         } else {
@@ -189,6 +211,26 @@ pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryErro
         } else {
             None
         };
+        let mut headers = Vec::new();
+        if flags & 8 != 0 {
+            let count =
+                u16::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
+            at += 2;
+            for _ in 0..count {
+                let len =
+                    u16::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
+                at += 2;
+                let name = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
+                let name = String::from_utf8_lossy(name).into_owned();
+                at += len;
+                let len =
+                    u32::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
+                at += 4;
+                let value = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
+                headers.push((name, raw.slice_ref(value)));
+                at += len;
+            }
+        }
         let len = u32::from_le_bytes(le(&raw, at).map_err(|_| EntryError::Malformed)?) as usize;
         at += 4;
         let payload = raw.get(at..at + len).ok_or(EntryError::Malformed)?;
@@ -199,6 +241,7 @@ pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryErro
             payload,
             key,
             timestamp_ms,
+            headers,
         });
     }
     if records.len() != h.events as usize {
@@ -268,6 +311,10 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
+        let headers = [
+            ("tailrace.id".to_string(), Bytes::from_static(b"00ab")),
+            ("path".to_string(), Bytes::from_static(b"/var/log/a.log")),
+        ];
         let recs = vec![
             EntryRecord {
                 payload: b"first line",
@@ -278,6 +325,7 @@ mod tests {
                 payload: b"",
                 key: Some(b"k"),
                 topic: Some("logs-app"),
+                headers: &headers,
                 ..Default::default()
             },
             EntryRecord {
@@ -308,6 +356,7 @@ mod tests {
                 key: None,
                 timestamp_ms: Some(1_700_000_000_000),
                 topic: None,
+                headers: Vec::new(),
             }
         );
         assert_eq!(
@@ -317,9 +366,23 @@ mod tests {
                 key: Some(Bytes::from_static(b"k")),
                 timestamp_ms: None,
                 topic: Some(Bytes::from_static(b"logs-app")),
+                headers: vec![
+                    ("tailrace.id".into(), Bytes::from_static(b"00ab")),
+                    ("path".into(), Bytes::from_static(b"/var/log/a.log")),
+                ],
             }
         );
         assert_eq!(&recs[2].payload[..], &[0xff, 0xfe, b'\n']);
+    }
+
+    #[test]
+    fn version_1_entries_are_still_read() {
+        let mut v1 = encode([EntryRecord { payload: b"old", ..Default::default() }], "r", 7);
+        v1[4] = 1;
+        let crc = crc32fast::hash(&v1[9..]);
+        v1[5..9].copy_from_slice(&crc.to_le_bytes());
+        let (_, recs) = decode(&v1).unwrap();
+        assert_eq!(&recs[0].payload[..], b"old");
     }
 
     #[test]

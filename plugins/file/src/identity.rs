@@ -23,6 +23,26 @@ impl FileId {
     }
 }
 
+/// The stream identity of a file's records (see `BatchMeta::stream`): its
+/// device, inode and first line (the fingerprint up to its first newline),
+/// so that an inode reused by a new file is another stream. The first line
+/// does not change once written, and no line is sent before it is
+/// complete, so the identity is the same each time the file is read.
+/// FNV-1a: stable across builds and machines, unlike std's hasher.
+pub fn stream_id(id: FileId, fingerprint: &[u8]) -> u64 {
+    let first_line = match memchr::memchr(b'\n', fingerprint) {
+        Some(end) => &fingerprint[..end],
+        None => fingerprint,
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = [id.dev.to_le_bytes(), id.ino.to_le_bytes()];
+    for b in words.iter().flatten().chain(first_line) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Modification time in nanoseconds, for ordering rotated files.
 pub fn mtime_ns(md: &Metadata) -> i128 {
     md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128

@@ -1125,6 +1125,7 @@ impl Tailer {
         let meta = Arc::new(BatchMeta {
             source: self.cx.name.clone(),
             path: Some(tf.path_arc.clone()),
+            stream: Some(identity::stream_id(tf.id, &tf.fingerprint)),
             read_at: SystemTime::now(),
         });
         let ack = Ack::new(batch_id, records.len(), self.wake.clone());
@@ -1179,6 +1180,7 @@ impl Tailer {
                 let meta = Arc::new(BatchMeta {
                     source: self.cx.name.clone(),
                     path: Some(old.path_arc.clone()),
+                    stream: Some(identity::stream_id(old.id, &old.fingerprint)),
                     read_at: SystemTime::now(),
                 });
                 // A closed channel means shutdown; the lines are gone with

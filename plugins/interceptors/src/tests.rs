@@ -12,6 +12,7 @@ fn batch(lines: &[&str]) -> Batch {
     let meta = Arc::new(BatchMeta {
         source: "app".into(),
         path: None,
+        stream: None,
         read_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
     });
     let records = lines

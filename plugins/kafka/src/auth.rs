@@ -422,6 +422,8 @@ pub enum TokenError {
     Expired { path: PathBuf, expired_ms: i64 },
     #[error("cannot sign an AWS MSK IAM token: {0}")]
     Aws(String),
+    #[error("no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url")]
+    NoSource,
 }
 
 /// Where OAUTHBEARER tokens come from when librdkafka does not fetch them.
@@ -441,6 +443,19 @@ impl TokenSource {
             TokenSource::MskIam(m) => m.token(),
         }
     }
+}
+
+/// What a client context's `generate_oauth_token` answers: a token of
+/// `source`, or why there is none.
+pub(crate) fn oauth_token(
+    source: Option<&TokenSource>,
+) -> Result<rdkafka::client::OAuthToken, TokenError> {
+    let t = source.ok_or(TokenError::NoSource)?.token()?;
+    Ok(rdkafka::client::OAuthToken {
+        token: t.value.expose().to_string(),
+        principal_name: t.principal,
+        lifetime_ms: t.lifetime_ms,
+    })
 }
 
 /// A token kept in a file by someone else.

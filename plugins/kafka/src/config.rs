@@ -1,9 +1,11 @@
 //! The kafka sink's configuration.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use tailrace_api::spool::{SpoolStore, SpoolTree};
+use tailrace_api::Secret;
 use tailrace_api::{
     BatchLimits, BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext,
 };
@@ -28,6 +30,10 @@ pub struct KafkaSinkConfig {
     /// Source, host, path and offset as Kafka headers.
     #[serde(default)]
     pub headers: bool,
+    /// A `tailrace.id` header whose value is the same each time the same
+    /// line is produced again: what consumers deduplicate on.
+    #[serde(default)]
+    pub event_id: bool,
     #[serde(default)]
     pub compression: Compression,
     /// How long the sink waits for Kafka to acknowledge anything while it
@@ -42,6 +48,9 @@ pub struct KafkaSinkConfig {
     /// Other librdkafka producer properties, passed through.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, Scalar>,
+    /// TLS to the brokers: enabled when present.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// SASL authentication; see `auth`.
     #[serde(default)]
     pub sasl: Option<crate::auth::SaslConfig>,
@@ -62,6 +71,7 @@ pub enum Compression {
     Snappy,
     #[default]
     Lz4,
+    Zstd,
 }
 
 impl Compression {
@@ -71,7 +81,66 @@ impl Compression {
             Compression::Gzip => "gzip",
             Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
+    }
+}
+
+/// `tls: { ca_file, cert_file, key_file, key_password, verify_hostname }`.
+/// `tls: {}` trusts the system's certificate authorities.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the authorities that signed the brokers' certificates.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (mTLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_password: Option<Secret>,
+    /// Check that the broker's certificate names the host connected to.
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => issues.push(ConfigIssue::new(
+                &["key_file"],
+                "cert_file needs key_file (the client certificate's private key)",
+            )),
+            (None, Some(_)) => issues.push(ConfigIssue::new(
+                &["cert_file"],
+                "key_file needs cert_file (the client certificate)",
+            )),
+            _ => {}
+        }
+        if self.key_password.is_some() && self.key_file.is_none() {
+            issues.push(ConfigIssue::new(
+                &["key_password"],
+                "key_password is the passphrase of key_file, which is not set",
+            ));
+        }
+        for (key, path) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                issues.push(ConfigIssue::new(&[key], format!("{key} is empty")));
+            }
+        }
+        issues
     }
 }
 
@@ -159,20 +228,6 @@ pub enum WhenFull {
     DropOldest,
 }
 
-/// Properties tailrace sets itself; overriding them would break a promise.
-const RESERVED: &[(&str, &str)] = &[
-    ("acks", "acks=all is always on"),
-    ("request.required.acks", "acks=all is always on"),
-    ("enable.idempotence", "the idempotent producer is always on"),
-    ("bootstrap.servers", "use bootstrap_servers"),
-    ("metadata.broker.list", "use bootstrap_servers"),
-    ("compression.codec", "use compression"),
-    ("compression.type", "use compression"),
-    ("message.timeout.ms", "use delivery_timeout_ms"),
-    ("delivery.timeout.ms", "use delivery_timeout_ms"),
-    ("dr_msg_cb", "tailrace handles delivery reports"),
-];
-
 /// Checks `host:port[,host:port…]`.
 pub fn check_brokers(list: &str) -> Result<(), String> {
     if list.trim().is_empty() {
@@ -256,16 +311,19 @@ impl SinkConfig for KafkaSinkConfig {
                 ));
             }
         }
-        for key in self.librdkafka.keys() {
-            if let Some((_, why)) = RESERVED.iter().find(|(k, _)| k == key) {
-                issues.push(ConfigIssue::new(
-                    &["librdkafka", key],
-                    format!("{key} cannot be set here: {why}"),
-                ));
-            }
+        let mut key_issues = Vec::new();
+        if let Some(tls) = &self.tls {
+            key_issues.extend(tls.validate().into_iter().map(|i| i.under("tls")));
         }
         if let Some(sasl) = &self.sasl {
-            issues.extend(sasl.validate().into_iter().map(|i| i.under("sasl")));
+            key_issues.extend(sasl.validate().into_iter().map(|i| i.under("sasl")));
+        }
+        let keys_sound = key_issues.is_empty();
+        issues.extend(key_issues);
+        if keys_sound {
+            // librdkafka's own parser, on what the keys above stand for and
+            // on the pass-through, once those keys are sound.
+            issues.extend(crate::properties::check(self, "validate"));
         }
         let limits: [(&str, u64); 3] = [
             ("max_events", self.batch.max_events as u64),
@@ -297,6 +355,10 @@ impl SinkConfig for KafkaSinkConfig {
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError> {
         crate::sink::spawn(self, cx)
+    }
+
+    fn check(&self, name: &str, timeout: std::time::Duration) -> tailrace_api::CheckReport {
+        crate::check::check(self, name, timeout)
     }
 
     fn replay_spool(

@@ -5,6 +5,7 @@
 //! for every record, so a static topic, a raw value and no key cost no
 //! allocation per record.
 
+use bytes::Bytes;
 use std::io::Write as _;
 
 use base64::Engine as _;
@@ -249,12 +250,16 @@ pub fn json(batch: &Batch, record: &Record, host: &str, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
-/// The record's metadata as Kafka headers.
-pub fn headers(batch: &Batch, record: &Record, host: &str) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(5).insert(Header {
-        key: "source",
-        value: Some(batch.meta.source.as_bytes()),
-    });
+/// A record's Kafka headers, as produced and as kept in the spool.
+pub type HeaderList = Vec<(String, Bytes)>;
+
+/// The name of the event id header.
+pub const EVENT_ID: &str = "tailrace.id";
+
+/// Appends the record's metadata as headers: source, host, and for files
+/// path and offset.
+pub fn headers(batch: &Batch, record: &Record, host: &str, out: &mut HeaderList) {
+    out.push(("source".into(), Bytes::copy_from_slice(batch.meta.source.as_bytes())));
     let host_value: Vec<u8> = match batch.field(record, "host") {
         Some(v) => {
             let mut b = Vec::new();
@@ -263,21 +268,65 @@ pub fn headers(batch: &Batch, record: &Record, host: &str) -> OwnedHeaders {
         }
         None => host.as_bytes().to_vec(),
     };
-    h = h.insert(Header {
-        key: "host",
-        value: Some(&host_value),
-    });
+    out.push(("host".into(), Bytes::from(host_value)));
     if let Some(path) = &batch.meta.path {
-        h = h.insert(Header {
-            key: "path",
-            value: Some(path.as_os_str().as_encoded_bytes()),
-        });
-        h = h.insert(Header {
-            key: "offset",
-            value: Some(record.offset.to_string().as_bytes()),
-        });
+        out.push((
+            "path".into(),
+            Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes()),
+        ));
+        out.push(("offset".into(), Bytes::from(record.offset.to_string())));
     }
-    h
+}
+
+/// The headers as librdkafka takes them.
+pub fn owned_headers(list: &[(String, Bytes)]) -> OwnedHeaders {
+    list.iter()
+        .fold(OwnedHeaders::new_with_capacity(list.len()), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(&value[..]),
+            })
+        })
+}
+
+/// Event ids: the same for a line each time it is produced again.
+///
+/// A record read from a file is `f` + its stream (device, inode, first
+/// line) + its offset, in hex: reading the file again after a crash gives
+/// the same id. A record of a source that cannot read it twice gets `s` +
+/// this run's random number + a counter; the spool keeps the id, so a
+/// replay sends the one first sent.
+pub struct EventIds {
+    run: u64,
+    next: u64,
+}
+
+impl EventIds {
+    pub fn new() -> EventIds {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded randomly per process.
+        let run = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        EventIds { run, next: 0 }
+    }
+
+    pub fn next(&mut self, batch: &Batch, record: &Record) -> Bytes {
+        let id = match batch.meta.stream {
+            Some(stream) => format!("f{stream:016x}{:016x}", record.offset),
+            None => {
+                self.next += 1;
+                format!("s{:016x}{:016x}", self.run, self.next)
+            }
+        };
+        Bytes::from(id)
+    }
+}
+
+impl Default for EventIds {
+    fn default() -> Self {
+        EventIds::new()
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +343,7 @@ mod tests {
         let meta = Arc::new(BatchMeta {
             source: "app".into(),
             path: Some(Arc::from(std::path::Path::new("/var/log/app.log"))),
+            stream: None,
             read_at: UNIX_EPOCH + Duration::from_millis(1_795_255_200_250),
         });
         let mut r = Record::new(Bytes::copy_from_slice(line), 42);

@@ -11,11 +11,13 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 pub mod auth;
+pub mod check;
 mod config;
+mod properties;
 pub mod encode;
 mod replay;
 mod sink;
 
-pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull};
+pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, TlsConfig, WhenFull};
 pub use encode::{Encoding, Template};
 pub use replay::{replay_offline, OfflineReplay};

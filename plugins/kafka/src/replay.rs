@@ -57,10 +57,15 @@ pub fn replay_offline(
             let (header, records) = match decode(&entry) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("entry {id}: {e}; moved to the corrupt tree");
-                    spool
-                        .move_to(tree, SpoolTree::Corrupt, name, id)
-                        .map_err(|e| e.to_string())?;
+                    if tree == SpoolTree::Corrupt {
+                        // Moving it "to" the tree it is in would delete it.
+                        eprintln!("entry {id}: {e}; left in the corrupt tree (tailrace spool purge --corrupt removes it)");
+                    } else {
+                        eprintln!("entry {id}: {e}; moved to the corrupt tree");
+                        spool
+                            .move_to(tree, SpoolTree::Corrupt, name, id)
+                            .map_err(|e| e.to_string())?;
+                    }
                     report.corrupt_entries += 1;
                     continue;
                 }
@@ -85,6 +90,9 @@ pub fn replay_offline(
                 }
                 if let Some(ts) = r.timestamp_ms {
                     record = record.timestamp(ts);
+                }
+                if !r.headers.is_empty() {
+                    record = record.headers(crate::encode::owned_headers(&r.headers));
                 }
                 loop {
                     match producer.send(record) {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
@@ -36,6 +36,21 @@ const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
 const ENTRY_RECORDS: usize = 10_000;
 /// How far repeated fail-overs stretch the delivery timeout.
 const MAX_STALL_BACKOFF: u32 = 8;
+/// The first wait before a fatally failed producer is replaced again; it
+/// doubles with each replacement that delivers nothing.
+const REPLACE_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_REPLACE_BACKOFF: Duration = Duration::from_secs(60);
+/// `tailrace_sink_events_failed_total{reason}` of the sink's own decisions
+/// (librdkafka's error codes add their own names as they occur).
+const FAILURE_REASONS: &[&str] = &[
+    "delivery_timeout",
+    "queue_full",
+    "shutdown",
+    "producer_replaced",
+    "message_size_too_large",
+];
+/// `tailrace_events_dropped_total{component=<sink>,reason}`.
+const DROP_REASONS: &[&str] = &["dead_letter", "spool_full", "spool_full_at_shutdown"];
 /// Replay waits while librdkafka holds more than this many messages.
 const REPLAY_QUEUE_ROOM: i32 = 50_000;
 
@@ -52,39 +67,13 @@ pub(crate) struct Settings {
     pub token: Option<Arc<crate::auth::TokenSource>>,
 }
 
-/// The producer properties of a sink: the promises first, then the
-/// operator's pass-through properties.
+/// The producer settings of a sink; its properties come from
+/// `properties::assemble`, in their fixed order.
 pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
-    let mut properties: Vec<(String, String)> = vec![
-        ("acks".into(), "all".into()),
-        ("enable.idempotence".into(), "true".into()),
-        (
-            "compression.codec".into(),
-            config.compression.codec().into(),
-        ),
-        // librdkafka gives up on messages one by one, and a later message
-        // of a partition may still be delivered after an earlier one gave
-        // up, which would overtake the spool. So librdkafka keeps trying,
-        // and the sink enforces delivery_timeout_ms itself: when nothing is
-        // acknowledged for that long, it takes back everything at once.
-        ("message.timeout.ms".into(), "0".into()),
-        ("client.id".into(), format!("tailrace-{name}")),
-        ("linger.ms".into(), "20".into()),
-        ("batch.num.messages".into(), "10000".into()),
-        ("batch.size".into(), "1000000".into()),
-        ("queue.buffering.max.messages".into(), "100000".into()),
-        ("queue.buffering.max.kbytes".into(), "32768".into()),
-        // Statistics tell whether a broker is up, for readiness.
-        ("statistics.interval.ms".into(), "1000".into()),
-    ];
-    if let Some(sasl) = &config.sasl {
-        properties.push(("security.protocol".into(), "SASL_PLAINTEXT".into()));
-        properties.extend(sasl.properties());
-    }
-    for (k, v) in &config.librdkafka {
-        properties.retain(|(key, _)| key != k);
-        properties.push((k.clone(), v.to_string()));
-    }
+    let properties = crate::properties::assemble(config, name)
+        .into_iter()
+        .map(|p| (p.key, p.value))
+        .collect();
     Settings {
         bootstrap_servers: config.bootstrap_servers.clone(),
         delivery_timeout: (config.delivery_timeout_ms > 0)
@@ -100,6 +89,7 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             key: config.key.as_deref().and_then(|k| Template::parse(k).ok()),
             encoding: config.encoding,
             headers: config.headers,
+            event_id: config.event_id,
             host: tailrace_api::hostname(),
         }),
         token: config
@@ -242,6 +232,7 @@ pub(crate) struct Failure {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    headers: encode::HeaderList,
     topic: String,
     timestamp: Option<i64>,
     error: KafkaError,
@@ -260,6 +251,7 @@ struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
+    headers: encode::HeaderList,
     /// Only when the topic is chosen per event.
     topic: Option<String>,
     timestamp: Option<i64>,
@@ -285,6 +277,7 @@ fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
         key: d.key.as_deref(),
         timestamp_ms: d.timestamp,
         topic: d.topic.as_deref(),
+        headers: &d.headers,
     });
     encode(records, &chunk[0].reason, now_ms())
 }
@@ -302,6 +295,23 @@ pub(crate) struct Delivery {
     last_warning: Mutex<Option<Instant>>,
     /// Where OAUTHBEARER tokens come from, when librdkafka does not fetch them.
     token: Option<Arc<crate::auth::TokenSource>>,
+    /// The last authentication, authorization or TLS failure, until a
+    /// broker is reached: readiness names it.
+    refused: Mutex<Option<String>>,
+}
+
+/// Why a client error means the cluster refuses this client (rather than
+/// being unreachable), as said in /ready and the log.
+fn refusal(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
+    match code? {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some("authentication failed")
+        }
+        RDKafkaErrorCode::SSL => Some("TLS failed"),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some("not authorized"),
+        _ => None,
+    }
 }
 
 /// The part of librdkafka's statistics that says which brokers are up.
@@ -336,10 +346,17 @@ impl Delivery {
             bootstrap,
             last_warning: Mutex::new(None),
             token: None,
+            refused: Mutex::new(None),
         }
     }
 
     fn unreachable(&self, why: &str) {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let why = match refused {
+            Some(refused) => format!("{refused} ({why})"),
+            None => why.to_string(),
+        };
+        let why = why.as_str();
         self.readiness.set_not_ready(format!(
             "cannot reach a broker of {}: {why}",
             self.bootstrap
@@ -350,6 +367,7 @@ impl Delivery {
     }
 
     fn reached(&self) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.readiness.set_ready();
         if !self.reachable.swap(true, Ordering::AcqRel) {
             info!(sink = %self.sink, "the sink reached its broker");
@@ -374,23 +392,10 @@ impl ClientContext for Delivery {
         &self,
         _oauthbearer_config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        let Some(source) = &self.token else {
-            return Err(
-                "no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url"
-                    .into(),
-            );
-        };
-        match source.token() {
-            Ok(t) => Ok(OAuthToken {
-                token: t.value.expose().to_string(),
-                principal_name: t.principal,
-                lifetime_ms: t.lifetime_ms,
-            }),
-            Err(e) => {
-                self.warn_limited("cannot get an oauthbearer token", &e.to_string());
-                Err(e.into())
-            }
-        }
+        crate::auth::oauth_token(self.token.as_deref()).map_err(|e| {
+            self.warn_limited("cannot get an oauthbearer token", &e.to_string());
+            e.into()
+        })
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -408,6 +413,16 @@ impl ClientContext for Delivery {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.unreachable(reason);
+            return;
+        }
+        if let Some(what) = refusal(error.rdkafka_error_code()) {
+            // librdkafka's reason names the broker and the cause
+            // ("SASL authentication error: ...", "certificate verify
+            // failed"), never a credential.
+            let refused = format!("{what}: {reason}");
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused.clone());
+            self.unreachable("the cluster refuses this client");
+            self.warn_limited("the cluster refuses the sink; what is read is held or spooled until a reload fixes the config", &refused);
             return;
         }
         self.warn_limited("kafka client error", &format!("{error}: {reason}"));
@@ -457,6 +472,19 @@ impl ProducerContext for Delivery {
                         .map(Bytes::copy_from_slice)
                         .unwrap_or_default(),
                     key: message.key().map(Bytes::copy_from_slice),
+                    headers: message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     topic: message.topic().to_string(),
                     timestamp: message.timestamp().to_millis(),
                     error: error.clone(),
@@ -521,9 +549,15 @@ pub(crate) fn create_producer(
         config.set(k, v);
     }
     let sink = context.sink.clone();
-    config
+    let producer: BaseProducer<Delivery> = config
         .create_with_context(context)
-        .map_err(|e| format!("cannot create the kafka producer of sink {sink}: {e}"))
+        .map_err(|e| {
+            let e = crate::properties::mask(&e.to_string(), &settings.properties);
+            format!("cannot create the kafka producer of sink {sink}: {e}")
+        })?;
+    crate::properties::verify_promises(&producer)
+        .map_err(|e| format!("sink {sink}: {e}"))?;
+    Ok(producer)
 }
 
 /// How records become Kafka messages; shared, read-only.
@@ -532,6 +566,8 @@ pub(crate) struct Encoder {
     pub key: Option<Template>,
     pub encoding: Encoding,
     pub headers: bool,
+    /// A `tailrace.id` header on every record.
+    pub event_id: bool,
     pub host: String,
 }
 
@@ -622,9 +658,16 @@ struct Sink {
     /// Records to be spooled, waiting for room when the spool is full.
     to_spool: Vec<Diverted>,
     replay: Replay,
+    ids: encode::EventIds,
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
     fenced: bool,
+    /// Fatal replacements since Kafka last acknowledged anything, and when
+    /// the next one may happen: a producer that keeps failing fatally (an
+    /// idempotent producer not allowed, say) is recreated with exponential
+    /// backoff, never in a tight loop.
+    replacements: u32,
+    replace_not_before: Option<Instant>,
     /// The producer's count of acknowledged messages.
     acks: Arc<AtomicU64>,
     /// The count last seen, and since when it has not moved.
@@ -676,6 +719,37 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         spooled_events = held.events,
         "kafka sink started"
     );
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    if _cluster.is_none() {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &settings.bootstrap_servers);
+        for (k, v) in &settings.properties {
+            if k != "statistics.interval.ms" {
+                config.set(k, v);
+            }
+        }
+        let interval = settings
+            .properties
+            .iter()
+            .find(|(k, _)| k == "topic.metadata.refresh.interval.ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(300_000u64);
+        let token = settings.token.clone();
+        let (name, topic, metrics, stop) = (
+            cx.name.clone(),
+            settings.encoder.topic.as_static().map(str::to_string),
+            cx.metrics.clone(),
+            watch_stop.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("durability-{name}"))
+            .spawn(move || {
+                crate::check::watch(config, token, name, topic, metrics, Duration::from_millis(interval), stop)
+            });
+        if let Err(e) = spawned {
+            warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
+        }
+    }
     let mut sink = Sink {
         cx,
         settings,
@@ -685,6 +759,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         deadline: Cell::new(None),
         spool,
         to_spool: Vec::new(),
+        ids: encode::EventIds::new(),
         replay: Replay {
             in_flight: HashSet::new(),
             done: Arc::default(),
@@ -693,6 +768,8 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         },
         last_full_warning: None,
         fenced: false,
+        replacements: 0,
+        replace_not_before: None,
         acks,
         progress: (0, Instant::now()),
         stall_backoff: 1,
@@ -701,8 +778,17 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         spool_logged_at: None,
     };
     sink.update_gauges();
+    // The reasons this sink counts under, exported at 0 from the start so
+    // that an alert on increase() sees the first failure or drop.
+    for reason in FAILURE_REASONS {
+        sink.cx.metrics.failed.add(reason, 0);
+    }
+    for reason in DROP_REASONS {
+        sink.cx.metrics.dropped.add(reason, 0);
+    }
     let result = sink.run();
     sink.finish();
+    watch_stop.store(true, Ordering::Release);
     result
 }
 
@@ -756,8 +842,14 @@ impl Sink {
             }
             self.cx.metrics.batches.inc();
             self.cx.metrics.batch_events.observe(batch.events as f64);
-            for b in batch.batches {
+            let mut batches = batch.batches.into_iter();
+            while let Some(b) = batches.next() {
                 if self.send_batch(b).is_err() {
+                    // The grace period is over: what was taken from the
+                    // channel goes to the spool, never nowhere.
+                    for rest in batches {
+                        self.divert_batch(rest, "shutdown");
+                    }
                     return Ok(());
                 }
             }
@@ -793,6 +885,7 @@ impl Sink {
         let mut bufs = Buffers::default();
         let strict = self.strict();
         let mut diverting = self.behind_spool().then_some("behind_spool");
+        let mut out_of_time = false;
         for record in &batch.records {
             if diverting.is_none() && strict && !self.to_spool.is_empty() {
                 // A record of this batch failed at once: the rest go
@@ -800,14 +893,12 @@ impl Sink {
                 diverting = Some("behind_spool");
             }
             let p = prepare(&enc, &batch, record, &mut bufs);
+            let headers = self.headers_of(&enc, &batch, record);
             if let Some(reason) = diverting {
-                self.divert(&inflight, &p, reason.into());
+                self.divert(&inflight, &p, headers, reason.into());
                 continue;
             }
-            let headers = enc
-                .headers
-                .then(|| encode::headers(&batch, record, &enc.host));
-            match self.produce(&inflight, p.topic, p.value, p.key, p.timestamp, headers) {
+            match self.produce(&inflight, p.topic, p.value, p.key, p.timestamp, &headers) {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
@@ -815,13 +906,35 @@ impl Sink {
                         // What librdkafka holds goes to the spool first.
                         self.fail_over("queue_full");
                     }
-                    self.divert(&inflight, &p, "queue_full".into());
+                    self.divert(&inflight, &p, headers, "queue_full".into());
                     diverting = Some("queue_full");
                 }
-                Err(Unsent::OutOfTime) => return Err(Unsent::OutOfTime),
+                Err(Unsent::OutOfTime) => {
+                    // This record and the rest of the batch go to the
+                    // spool; the caller spools the batches after it.
+                    self.divert(&inflight, &p, headers, "shutdown".into());
+                    diverting = Some("shutdown");
+                    out_of_time = true;
+                }
             }
         }
-        Ok(())
+        if out_of_time {
+            Err(Unsent::OutOfTime)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every record of `batch` to the spool, for `reason`.
+    fn divert_batch(&mut self, batch: Batch, reason: &str) {
+        let enc = self.settings.encoder.clone();
+        let mut bufs = Buffers::default();
+        let inflight = InFlight::for_batch(&batch);
+        for r in &batch.records {
+            let p = prepare(&enc, &batch, r, &mut bufs);
+            let headers = self.headers_of(&enc, &batch, r);
+            self.divert(&inflight, &p, headers, reason.into());
+        }
     }
 
     /// Hands one record to librdkafka, waiting a bounded time while its
@@ -833,7 +946,7 @@ impl Sink {
         payload: &[u8],
         key: Option<&[u8]>,
         timestamp: Option<i64>,
-        headers: Option<OwnedHeaders>,
+        headers: &[(String, Bytes)],
     ) -> Result<(), Unsent> {
         let mut record =
             BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(topic, inflight.clone())
@@ -844,8 +957,8 @@ impl Sink {
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
-        if let Some(h) = headers {
-            record = record.headers(h);
+        if !headers.is_empty() {
+            record = record.headers(encode::owned_headers(headers));
         }
         let mut full_since = None;
         loop {
@@ -873,6 +986,7 @@ impl Sink {
                         inflight: inflight.clone(),
                         payload: Bytes::copy_from_slice(payload),
                         key: key.map(Bytes::copy_from_slice),
+                        headers: headers.to_vec(),
                         topic,
                         timestamp,
                         reason: why,
@@ -897,11 +1011,31 @@ impl Sink {
         }
     }
 
-    fn divert(&mut self, inflight: &Arc<InFlight>, p: &Prepared<'_>, reason: String) {
+    /// The headers a record is produced with (none unless `headers` or
+    /// `event_id` is on: no allocation then).
+    fn headers_of(&mut self, enc: &Encoder, batch: &Batch, record: &Record) -> encode::HeaderList {
+        let mut headers = encode::HeaderList::new();
+        if enc.headers {
+            encode::headers(batch, record, &enc.host, &mut headers);
+        }
+        if enc.event_id {
+            headers.push((encode::EVENT_ID.into(), self.ids.next(batch, record)));
+        }
+        headers
+    }
+
+    fn divert(
+        &mut self,
+        inflight: &Arc<InFlight>,
+        p: &Prepared<'_>,
+        headers: encode::HeaderList,
+        reason: String,
+    ) {
         self.to_spool.push(Diverted {
             inflight: inflight.clone(),
             payload: Bytes::copy_from_slice(p.value),
             key: p.key.map(Bytes::copy_from_slice),
+            headers,
             topic: p.dynamic_topic.then(|| p.topic.to_string()),
             timestamp: p.timestamp,
             reason,
@@ -1006,6 +1140,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    headers: f.headers,
                     topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: f.error.to_string(),
@@ -1015,6 +1150,7 @@ impl Sink {
                     inflight: f.inflight,
                     payload: f.payload,
                     key: f.key,
+                    headers: f.headers,
                     topic: (f.topic != self.settings.topic).then_some(f.topic),
                     timestamp: f.timestamp,
                     reason: why,
@@ -1044,6 +1180,8 @@ impl Sink {
                 .and_then(|_| self.spool.flush());
             match stored {
                 Ok(()) => {
+                    // Not delivered: dropped from the stream, though kept.
+                    self.cx.metrics.dropped.add("dead_letter", chunk.len() as u64);
                     error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
                     for d in chunk {
                         d.inflight.divert(&self.cx.metrics);
@@ -1239,7 +1377,7 @@ impl Sink {
                         &r.payload,
                         r.key.as_deref(),
                         r.timestamp_ms,
-                        None,
+                        &r.headers,
                     )
                     .is_err()
                 {
@@ -1290,13 +1428,31 @@ impl Sink {
     /// PRODUCER_FENCED. Then what it holds is spooled and a new producer,
     /// with a new producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            error!(sink = %self.cx.name, code = ?code, reason, "the kafka producer failed fatally, replacing it");
-        } else if self.fenced {
-            warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it");
-        } else {
+        let fatal = self.producer.client().fatal_error();
+        if fatal.is_none() && !self.fenced {
             return Ok(());
         }
+        if self.acks.load(Ordering::Relaxed) > 0 {
+            // The producer being replaced delivered: not a failing loop.
+            self.replacements = 0;
+        }
+        if self.replace_not_before.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let backoff = REPLACE_BACKOFF
+            .saturating_mul(1 << self.replacements.min(6))
+            .min(MAX_REPLACE_BACKOFF);
+        match fatal {
+            Some((code, reason)) => {
+                error!(sink = %self.cx.name, code = ?code, reason, replacements = self.replacements, "the kafka producer failed fatally, replacing it");
+                self.cx.readiness.set_not_ready(format!(
+                    "the kafka producer failed fatally ({code:?}: {reason}); recreated with backoff"
+                ));
+            }
+            None => warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it"),
+        }
+        self.replacements += 1;
+        self.replace_not_before = Some(Instant::now() + backoff);
         self.hand_over("producer_replaced")
     }
 
@@ -1355,18 +1511,16 @@ impl Sink {
             let failures = self.take_back_all();
             self.settle_failures(failures, Some("shutdown"));
         }
-        let enc = self.settings.encoder.clone();
-        let mut bufs = Buffers::default();
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
-            let inflight = InFlight::for_batch(&batch);
-            for r in &batch.records {
-                let p = prepare(&enc, &batch, r, &mut bufs);
-                self.divert(&inflight, &p, "shutdown".into());
-            }
+            self.divert_batch(batch, "shutdown");
         }
         self.finish_replays();
         if !self.flush_to_spool() {
-            warn!(sink = %self.cx.name, events = self.to_spool.len(), "spool full at shutdown; those events will be read again after the restart");
+            // Not acknowledged: a file source reads them again after the
+            // restart, but a socket's records are gone, so they count.
+            let n = self.to_spool.len() as u64;
+            self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
+            error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
         self.log_spooled(true);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);

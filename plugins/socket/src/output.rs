@@ -97,6 +97,7 @@ impl Output {
         let meta = Arc::new(BatchMeta {
             source: self.cx.name.clone(),
             path: self.path.clone(),
+            stream: None,
             read_at: SystemTime::now(),
         });
         Some(Batch::new(meta, records, Ack::none()))
