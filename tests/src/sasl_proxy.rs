@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -43,10 +43,16 @@ pub struct SaslStats {
     pub unauthenticated_writes: u64,
     /// Produce requests forwarded on authenticated connections.
     pub produce_requests: u64,
+    /// Requests forwarded on authenticated connections, by api key
+    /// (32: DescribeConfigs).
+    pub authenticated_requests: BTreeMap<i16, u64>,
     /// The SASL extensions of the last successful authentication.
     pub extensions: BTreeMap<String, String>,
     /// The mechanisms clients asked for in SaslHandshake, in order.
     pub mechanisms: Vec<String>,
+    /// The token each open connection last authenticated with, by
+    /// connection number.
+    pub sessions: BTreeMap<u64, String>,
 }
 
 /// How the proxy checks a client: by default the bearer token of an
@@ -220,6 +226,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One client connection, until either side closes.
 fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let connection = NEXT.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     let mut upstream: Option<TcpStream> = None;
     let mut authenticated = false;
@@ -255,7 +263,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 r.nullable_string()?;
                 let message = r.bytes()?;
                 let verdict = if mechanism_ok {
-                    authenticate(message, shared)
+                    authenticate(message, shared, connection)
                 } else {
                     Err((ILLEGAL_SASL_STATE, "no SaslHandshake first".into()))
                 };
@@ -286,8 +294,12 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 return Ok(());
             }
             _ => {
-                if api_key == PRODUCE {
-                    lock(&shared.stats).produce_requests += 1;
+                if authenticated {
+                    let mut stats = lock(&shared.stats);
+                    *stats.authenticated_requests.entry(api_key).or_default() += 1;
+                    if api_key == PRODUCE {
+                        stats.produce_requests += 1;
+                    }
                 }
                 if upstream.is_none() {
                     let s = TcpStream::connect(&shared.upstream)?;
@@ -313,12 +325,13 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     if let Some(s) = upstream {
         let _ = s.shutdown(Shutdown::Both);
     }
+    lock(&shared.stats).sessions.remove(&connection);
     result
 }
 
 /// Checks an OAUTHBEARER client-first message (RFC 7628):
 /// `n,[a=authzid],` 0x01 `auth=Bearer TOKEN` 0x01 (`key=value` 0x01)* 0x01.
-fn authenticate(message: &[u8], shared: &Shared) -> Result<(), (i16, String)> {
+fn authenticate(message: &[u8], shared: &Shared, connection: u64) -> Result<(), (i16, String)> {
     let refuse = |why: String| {
         lock(&shared.stats).refused += 1;
         Err((SASL_AUTHENTICATION_FAILED, why))
@@ -357,6 +370,7 @@ fn authenticate(message: &[u8], shared: &Shared) -> Result<(), (i16, String)> {
     }
     let mut stats = lock(&shared.stats);
     *stats.accepted.entry(token.to_string()).or_default() += 1;
+    stats.sessions.insert(connection, token.to_string());
     stats.extensions = extensions;
     Ok(())
 }

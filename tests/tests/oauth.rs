@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tailrace_e2e::sasl_proxy::{jwt, SaslProxy, TokenCheck, TokenEndpoint, TokenSet};
-use tailrace_e2e::{file_to_kafka, free_port, http, wait_until, Agent, Broker, Consumer, SeqLines};
+use tailrace_e2e::{
+    file_to_kafka, free_port, http, run_tailrace, wait_until, Agent, Broker, Consumer, SeqLines,
+};
 
 const TOPIC: &str = "logs";
 const WAIT: Duration = Duration::from_secs(60);
@@ -29,7 +31,7 @@ fn broker_behind_proxy(
 }
 
 /// The standard config against the proxy, with `sasl` (a YAML flow map).
-fn config(dir: &Path, proxy: &SaslProxy, sasl: &str) -> String {
+fn config_yaml(dir: &Path, proxy: &SaslProxy, sasl: &str) -> String {
     let mut yaml = file_to_kafka(dir, &proxy.address(), TOPIC);
     yaml.push_str(&format!("    sasl: {sasl}\n"));
     yaml
@@ -59,7 +61,10 @@ fn agent_with_token_file(dir: &Path, proxy: &SaslProxy, token: &str) -> (Agent, 
         "{{ mechanism: OAUTHBEARER, token_file: \"{}\", token_file_check_ms: 500 }}",
         token_file.display()
     );
-    (Agent::start(dir, &config(dir, proxy, &sasl)), token_file)
+    (
+        Agent::start(dir, &config_yaml(dir, proxy, &sasl)),
+        token_file,
+    )
 }
 
 /// Reads until `lines` all arrived (or WAIT), then asserts none is missing
@@ -98,9 +103,14 @@ fn token_file_replaced_while_running_is_used_after_a_refresh() {
     // Both are valid while the issuer rotates, as with a real one.
     tokens.replace(&[&first, &second]);
     write_token(&token_file, &second);
+    // Every open connection (the producer's, the durability watch's admin
+    // client's) has re-authenticated with the new token.
     assert!(
-        wait_until(WAIT, || proxy.stats().accepted.contains_key(&second)),
-        "the agent never authenticated with the new token: {:?}\n{}",
+        wait_until(WAIT, || {
+            let s = proxy.stats();
+            !s.sessions.is_empty() && s.sessions.values().all(|t| *t == second)
+        }),
+        "the agent does not use the new token everywhere: {:?}\n{}",
         proxy.stats(),
         agent.log_tail(40)
     );
@@ -141,7 +151,7 @@ fn oidc_client_credentials_from_a_token_endpoint() {
          client_secret: oidc-s3cret, scope: kafka.write, extensions: {{ logicalCluster: lkc-test }} }}",
         endpoint.url()
     );
-    let agent = Agent::start(dir.path(), &config(dir.path(), &proxy, &sasl));
+    let agent = Agent::start(dir.path(), &config_yaml(dir.path(), &proxy, &sasl));
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(3_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
@@ -233,7 +243,7 @@ fn aws_msk_iam_token_from_the_credential_chain_passes_a_signature_check() {
         ("AWS_SHARED_CREDENTIALS_FILE", none),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
-    let yaml = config(
+    let yaml = config_yaml(
         dir.path(),
         &proxy,
         "{ mechanism: AWS_MSK_IAM, region: eu-west-1 }",
@@ -254,4 +264,52 @@ fn aws_msk_iam_token_from_the_credential_chain_passes_a_signature_check() {
         !agent.log().contains("tailrace/test+secret/KEY"),
         "the secret key is in the agent's log"
     );
+}
+
+/// `tailrace check` authenticates with the sink's token source too.
+#[test]
+fn check_authenticates_with_the_token_file() {
+    let good = token("svc-check");
+    let (_broker, proxy) = broker_behind_proxy(TokenSet::new(&[&good]), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let sasl = format!(
+        "{{ mechanism: OAUTHBEARER, token_file: \"{}\" }}",
+        token_file.display()
+    );
+    let config = dir.path().join("check.yaml");
+    std::fs::write(&config, config_yaml(dir.path(), &proxy, &sasl)).unwrap();
+    let check = || {
+        let out = run_tailrace([
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--timeout-s",
+            "10",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    write_token(&token_file, &token("svc-wrong"));
+    let (code, text) = check();
+    assert_ne!(code, Some(0), "{text}");
+    assert!(proxy.stats().refused >= 1, "{:?}", proxy.stats());
+
+    write_token(&token_file, &good);
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("authenticated: ok"), "{text}");
+    assert!(text.contains("replication factor 1"), "{text}");
+    // The topic's configs come from an admin client, which is given the
+    // token directly (nobody polls its refresh events): DescribeConfigs
+    // went over an authenticated connection.
+    let describe = proxy.stats().authenticated_requests.get(&32).copied();
+    assert!(describe >= Some(1), "{:?}", proxy.stats());
+    assert!(
+        proxy.stats().accepted.contains_key(&good),
+        "{:?}",
+        proxy.stats()
+    );
+    assert!(!text.contains(&good), "the token is in check's output");
 }

@@ -424,6 +424,8 @@ pub enum TokenError {
     Aws(String),
     #[error("no oauthbearer token source: set sasl.token_file or sasl.token_endpoint_url")]
     NoSource,
+    #[error("librdkafka refused the oauthbearer token: {0}")]
+    Refused(String),
 }
 
 /// Where OAUTHBEARER tokens come from when librdkafka does not fetch them.
@@ -443,6 +445,45 @@ impl TokenSource {
             TokenSource::MskIam(m) => m.token(),
         }
     }
+}
+
+/// Hands a token of `source` to `client` at once, and says when to hand
+/// it the next (after 80 % of the token's lifetime, as librdkafka does).
+/// For clients whose main queue nobody polls, so that librdkafka's refresh
+/// event never reaches the context (rdkafka's `AdminClient` polls only its
+/// own queue).
+pub(crate) fn set_token<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    source: &TokenSource,
+) -> Result<Duration, TokenError> {
+    use std::ffi::{CStr, CString};
+    let t = source.token()?;
+    let invalid = |what: &str| TokenError::Refused(format!("the {what} holds a NUL byte"));
+    let value = CString::new(t.value.expose()).map_err(|_| invalid("token"))?;
+    let principal = CString::new(t.principal).map_err(|_| invalid("principal"))?;
+    let mut error = [0 as std::ffi::c_char; 512];
+    // SAFETY: the client's pointer is valid while `client` lives; both
+    // strings are NUL-terminated and outlive the call, which copies them;
+    // no extensions (null, 0); `error` is writable for its length.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+            client.native_ptr(),
+            value.as_ptr(),
+            t.lifetime_ms,
+            principal.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        let left_ms = (t.lifetime_ms - millis(SystemTime::now())).max(0) as u64;
+        return Ok(Duration::from_millis(left_ms * 4 / 5));
+    }
+    // SAFETY: librdkafka wrote a NUL-terminated message into `error`.
+    let message = unsafe { CStr::from_ptr(error.as_ptr()) };
+    Err(TokenError::Refused(message.to_string_lossy().into_owned()))
 }
 
 /// What a client context's `generate_oauth_token` answers: a token of

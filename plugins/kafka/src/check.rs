@@ -276,6 +276,9 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
             return report;
         }
     };
+    // Serves librdkafka's first token refresh event (a token file, MSK IAM)
+    // before anything waits for an authenticated connection.
+    producer.poll(Duration::ZERO);
     let metadata = producer.client().fetch_metadata(None, timeout);
     let broker_count = match &metadata {
         Ok(m) => m.brokers().len(),
@@ -324,6 +327,11 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     let admin: Option<AdminClient<Probe>> = client_config(config, name, false)
         .create_with_context(Probe::new(probe.token.clone()))
         .ok();
+    if let (Some(admin), Some(token)) = (&admin, &probe.token) {
+        if let Err(e) = crate::auth::set_token(admin.inner(), token) {
+            debug!(error = %e, "cannot give the admin client a token");
+        }
+    }
     let topics: Vec<String> = match Template::parse(&config.topic).ok().and_then(|t| t.as_static().map(str::to_string)) {
         Some(t) => vec![t],
         None => {
@@ -413,12 +421,22 @@ pub(crate) fn watch(
         debug!(sink = %sink, "the topic is a template: its topics are checked by `tailrace check`");
         return;
     };
-    let Ok(admin) = config.create_with_context::<_, AdminClient<Probe>>(Probe::new(token)) else {
+    let Ok(admin) = config.create_with_context::<_, AdminClient<Probe>>(Probe::new(token.clone())) else {
         return;
     };
     let mut warned: HashSet<String> = HashSet::new();
     let mut next = Instant::now();
+    let mut token_due = Instant::now();
     while !stop.load(Ordering::Acquire) {
+        // Nobody polls the admin client's main queue, so its OAUTHBEARER
+        // token (a token file, MSK IAM) is renewed here.
+        if let Some(token) = token.as_ref().filter(|_| Instant::now() >= token_due) {
+            token_due = Instant::now()
+                + crate::auth::set_token(admin.inner(), token).unwrap_or_else(|e| {
+                    debug!(sink = %sink, error = %e, "cannot give the durability check a token");
+                    Duration::from_secs(10)
+                });
+        }
         if Instant::now() >= next {
             next = Instant::now() + interval;
             match durability(admin.inner(), &admin, &topic, Duration::from_secs(10)) {
