@@ -6,6 +6,8 @@
 //! - [`Agent`] writes a config, spawns `tailrace run`, kills, terminates, restarts it.
 //! - [`Proxy`] forwards TCP between the agent and the broker and can cut
 //!   and restore the connection.
+//! - [`sasl_proxy::SaslProxy`] terminates SASL/OAUTHBEARER in front of a
+//!   plaintext tansu; [`sasl_proxy::TokenEndpoint`] is a fake OIDC endpoint.
 //! - [`Consumer`] assigns every partition of a topic from the beginning and
 //!   accumulates what it reads.
 //! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
@@ -28,6 +30,7 @@ mod lines;
 mod process;
 mod proxy;
 pub mod rotation;
+pub mod sasl_proxy;
 pub mod secure;
 pub mod sockets;
 

@@ -109,6 +109,27 @@ impl Seen {
 struct Probe {
     seen: Seen,
     idempotence: Arc<Mutex<Option<String>>>,
+    /// The sink's OAUTHBEARER token source (a token file, MSK IAM).
+    token: Option<Arc<crate::auth::TokenSource>>,
+}
+
+impl Probe {
+    fn new(token: Option<Arc<crate::auth::TokenSource>>) -> Probe {
+        Probe {
+            token,
+            ..Probe::default()
+        }
+    }
+
+    fn of(config: &KafkaSinkConfig) -> Probe {
+        Probe::new(
+            config
+                .sasl
+                .as_ref()
+                .and_then(|s| s.token_source())
+                .map(Arc::new),
+        )
+    }
 }
 
 impl ClientContext for Probe {
@@ -144,7 +165,7 @@ impl ClientContext for Probe {
         &self,
         _: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        Err("tailrace check: OAUTHBEARER token sources are used by the running sink".into())
+        Ok(crate::auth::oauth_token(self.token.as_deref())?)
     }
 }
 
@@ -265,7 +286,7 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
             .librdkafka
             .get("security.protocol")
             .is_some_and(|p| p.to_string().to_ascii_uppercase().starts_with("SASL"));
-    let probe = Probe::default();
+    let probe = Probe::of(config);
     let producer: BaseProducer<Probe> =
         match client_config(config, name, true).create_with_context(probe.clone()) {
             Ok(p) => p,
@@ -277,6 +298,9 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
                 return report;
             }
         };
+    // Serves librdkafka's first token refresh event (a token file, MSK IAM)
+    // before anything waits for an authenticated connection.
+    producer.poll(Duration::ZERO);
     let metadata = producer.client().fetch_metadata(None, timeout);
     let broker_count = match &metadata {
         Ok(m) => m.brokers().len(),
@@ -333,8 +357,13 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
         report.lines.push(CheckLine::ok("authenticated", "yes"));
     }
     let admin: Option<AdminClient<Probe>> = client_config(config, name, false)
-        .create_with_context(Probe::default())
+        .create_with_context(Probe::new(probe.token.clone()))
         .ok();
+    if let (Some(admin), Some(token)) = (&admin, &probe.token) {
+        if let Err(e) = crate::auth::set_token(admin.inner(), token) {
+            debug!(error = %e, "cannot give the admin client a token");
+        }
+    }
     let topics: Vec<String> = match Template::parse(&config.topic)
         .ok()
         .and_then(|t| t.as_static().map(str::to_string))
@@ -435,6 +464,7 @@ fn fits(name: &str, literals: &[String]) -> bool {
 /// the topic gauges. Runs on its own thread until `stop` is set.
 pub(crate) fn watch(
     config: ClientConfig,
+    token: Option<Arc<crate::auth::TokenSource>>,
     sink: Arc<str>,
     topic: Option<String>,
     metrics: SinkMetrics,
@@ -446,12 +476,23 @@ pub(crate) fn watch(
         debug!(sink = %sink, "the topic is a template: its topics are checked by `tailrace check`");
         return;
     };
-    let Ok(admin) = config.create_with_context::<_, AdminClient<Probe>>(Probe::default()) else {
+    let Ok(admin) = config.create_with_context::<_, AdminClient<Probe>>(Probe::new(token.clone()))
+    else {
         return;
     };
     let mut warned: HashSet<String> = HashSet::new();
     let mut next = Instant::now();
+    let mut token_due = Instant::now();
     while !stop.load(Ordering::Acquire) {
+        // Nobody polls the admin client's main queue, so its OAUTHBEARER
+        // token (a token file, MSK IAM) is renewed here.
+        if let Some(token) = token.as_ref().filter(|_| Instant::now() >= token_due) {
+            token_due = Instant::now()
+                + crate::auth::set_token(admin.inner(), token).unwrap_or_else(|e| {
+                    debug!(sink = %sink, error = %e, "cannot give the durability check a token");
+                    Duration::from_secs(10)
+                });
+        }
         if Instant::now() >= next {
             next = Instant::now() + interval;
             match durability(admin.inner(), &admin, &topic, Duration::from_secs(10)) {

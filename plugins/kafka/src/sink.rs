@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message};
@@ -63,6 +63,8 @@ pub(crate) struct Settings {
     pub limits: BatchLimits,
     pub spool: SpoolConfig,
     pub encoder: Arc<Encoder>,
+    /// OAUTHBEARER tokens that the producer context hands to librdkafka.
+    pub token: Option<Arc<crate::auth::TokenSource>>,
 }
 
 /// The producer settings of a sink; its properties come from
@@ -90,6 +92,11 @@ pub(crate) fn settings(config: &KafkaSinkConfig, name: &str) -> Settings {
             event_id: config.event_id,
             host: tailrace_api::hostname(),
         }),
+        token: config
+            .sasl
+            .as_ref()
+            .and_then(|s| s.token_source())
+            .map(Arc::new),
     }
 }
 
@@ -294,6 +301,8 @@ pub(crate) struct Delivery {
     readiness: Readiness,
     bootstrap: String,
     last_warning: Mutex<Option<Instant>>,
+    /// Where OAUTHBEARER tokens come from, when librdkafka does not fetch them.
+    token: Option<Arc<crate::auth::TokenSource>>,
     /// The last authentication, authorization or TLS failure, until a
     /// broker is reached: readiness names it.
     refused: Mutex<Option<String>>,
@@ -344,6 +353,7 @@ impl Delivery {
             readiness,
             bootstrap,
             last_warning: Mutex::new(None),
+            token: None,
             refused: Mutex::new(None),
         }
     }
@@ -386,6 +396,20 @@ impl Delivery {
 }
 
 impl ClientContext for Delivery {
+    // librdkafka's builtin OIDC method still fetches its own tokens: it
+    // forces its refresh op to its own callback (rdkafka.c, rd_kafka_new).
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        crate::auth::oauth_token(self.token.as_deref()).map_err(|e| {
+            self.warn_limited("cannot get an oauthbearer token", &e.to_string());
+            e.into()
+        })
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -537,8 +561,9 @@ pub(crate) fn now_ms() -> i64 {
 
 pub(crate) fn create_producer(
     settings: &Settings,
-    context: Delivery,
+    mut context: Delivery,
 ) -> Result<BaseProducer<Delivery>, String> {
+    context.token = settings.token.clone();
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.bootstrap_servers);
     for (k, v) in &settings.properties {
@@ -730,6 +755,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             .find(|(k, _)| k == "topic.metadata.refresh.interval.ms")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(300_000u64);
+        let token = settings.token.clone();
         let (name, topic, metrics, stop) = (
             cx.name.clone(),
             settings.encoder.topic.as_static().map(str::to_string),
@@ -741,6 +767,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             .spawn(move || {
                 crate::check::watch(
                     config,
+                    token,
                     name,
                     topic,
                     metrics,
