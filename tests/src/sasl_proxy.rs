@@ -71,6 +71,165 @@ pub trait TokenCheck: Send + Sync {
     fn check_message(&self, _message: &[u8]) -> Result<(), String> {
         Err("only OAUTHBEARER is spoken here".into())
     }
+
+    /// For a mechanism of several messages (SCRAM): the server side of one
+    /// connection's exchange. `None`: one message decides.
+    fn conversation(&self) -> Option<Box<dyn Conversation>> {
+        None
+    }
+}
+
+/// One connection's SASL exchange of several messages.
+pub trait Conversation: Send {
+    /// The server's answer to a client message, or why it is refused.
+    fn step(&mut self, message: &[u8]) -> Result<Step, String>;
+}
+
+pub enum Step {
+    /// Send these bytes; the client answers.
+    Challenge(Vec<u8>),
+    /// Authenticated; send these last bytes.
+    Done(Vec<u8>),
+}
+
+/// SCRAM-SHA-256 (RFC 5802, RFC 7677), which tansu 0.6.0 refuses: the
+/// server side for one user, computed with `ring`.
+pub struct ScramSha256Check {
+    pub user: String,
+    pub password: String,
+}
+
+impl TokenCheck for ScramSha256Check {
+    fn check(&self, _: &str) -> Result<(), String> {
+        Err("SCRAM has no token".into())
+    }
+
+    fn mechanism(&self) -> &str {
+        "SCRAM-SHA-256"
+    }
+
+    fn conversation(&self) -> Option<Box<dyn Conversation>> {
+        Some(Box::new(Scram {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            state: None,
+        }))
+    }
+}
+
+struct Scram {
+    user: String,
+    password: String,
+    /// After the client-first message: (client-first-bare, server-first,
+    /// salted password).
+    state: Option<(String, String, [u8; 32])>,
+}
+
+fn hmac256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::hmac::sign(&key, data).as_ref());
+    out
+}
+
+impl Conversation for Scram {
+    fn step(&mut self, message: &[u8]) -> Result<Step, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let text = std::str::from_utf8(message).map_err(|_| "not UTF-8".to_string())?;
+        match self.state.take() {
+            None => {
+                let bare = text
+                    .strip_prefix("n,,")
+                    .ok_or_else(|| format!("bad gs2 header in {text:?}"))?;
+                let attr = |k: &str| {
+                    bare.split(',')
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .map(str::to_string)
+                };
+                let user = attr("n=").ok_or("no n=")?;
+                let nonce = attr("r=").ok_or("no r=")?;
+                if user != self.user {
+                    return Err(format!("unknown user {user:?}"));
+                }
+                let salt = b"tailrace-test-salt";
+                let iterations = 4096;
+                let mut salted = [0u8; 32];
+                ring::pbkdf2::derive(
+                    ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                    std::num::NonZeroU32::new(iterations).unwrap(),
+                    salt,
+                    self.password.as_bytes(),
+                    &mut salted,
+                );
+                let server_first = format!(
+                    "r={nonce}server-nonce-{},s={},i={iterations}",
+                    std::process::id(),
+                    b64.encode(salt)
+                );
+                self.state = Some((bare.to_string(), server_first.clone(), salted));
+                Ok(Step::Challenge(server_first.into_bytes()))
+            }
+            Some((client_first_bare, server_first, salted)) => {
+                let (without_proof, proof) = text
+                    .rsplit_once(",p=")
+                    .ok_or_else(|| format!("no proof in {text:?}"))?;
+                let proof = b64.decode(proof).map_err(|e| format!("proof: {e}"))?;
+                let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+                let client_key = hmac256(&salted, b"Client Key");
+                let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+                let signature = hmac256(stored_key.as_ref(), auth_message.as_bytes());
+                let expected: Vec<u8> = client_key
+                    .iter()
+                    .zip(signature)
+                    .map(|(a, b)| a ^ b)
+                    .collect();
+                if proof != expected {
+                    return Err("wrong password (the client proof does not verify)".into());
+                }
+                let server_key = hmac256(&salted, b"Server Key");
+                let server_signature = hmac256(&server_key, auth_message.as_bytes());
+                Ok(Step::Done(
+                    format!("v={}", b64.encode(server_signature)).into_bytes(),
+                ))
+            }
+        }
+    }
+}
+
+/// SASL/PLAIN (RFC 4616), which tansu 0.6.0 refuses: accepts the one
+/// user and password given (`authzid NUL user NUL password`, the authzid
+/// empty or the user).
+pub struct PlainCheck {
+    pub user: String,
+    pub password: String,
+}
+
+impl TokenCheck for PlainCheck {
+    fn check(&self, _: &str) -> Result<(), String> {
+        Err("PLAIN has no token".into())
+    }
+
+    fn mechanism(&self) -> &str {
+        "PLAIN"
+    }
+
+    fn check_message(&self, message: &[u8]) -> Result<(), String> {
+        let mut parts = message.split(|&b| b == 0);
+        let (Some(authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not authzid NUL user NUL password".into());
+        };
+        if !authzid.is_empty() && authzid != user {
+            return Err("the authzid is another user".into());
+        }
+        if user == self.user.as_bytes() && password == self.password.as_bytes() {
+            Ok(())
+        } else {
+            Err("wrong user or password".into())
+        }
+    }
 }
 
 /// Accepts exactly the tokens in its set, which a test may change.
@@ -232,6 +391,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut upstream: Option<TcpStream> = None;
     let mut authenticated = false;
     let mut mechanism_ok = false;
+    let mut conversation: Option<Box<dyn Conversation>> = None;
     let result = (|| loop {
         let frame = read_frame(&mut client)?;
         let mut r = Reader(&frame);
@@ -242,6 +402,7 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let mechanism = r.string()?;
                 let offered = shared.check.mechanism();
                 mechanism_ok = version >= 1 && mechanism == offered;
+                conversation = shared.check.conversation();
                 lock(&shared.stats).mechanisms.push(mechanism.to_string());
                 let mut body = Vec::new();
                 put_i16(
@@ -262,10 +423,22 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             SASL_AUTHENTICATE => {
                 r.nullable_string()?;
                 let message = r.bytes()?;
-                let verdict = if mechanism_ok {
-                    authenticate(message, shared, connection)
-                } else {
-                    Err((ILLEGAL_SASL_STATE, "no SaslHandshake first".into()))
+                // (the verdict, the server's bytes, whether the exchange goes on)
+                let (verdict, server_bytes, more) = match (&mut conversation, mechanism_ok) {
+                    (_, false) => (
+                        Err((ILLEGAL_SASL_STATE, "no SaslHandshake first".to_string())),
+                        Vec::new(),
+                        false,
+                    ),
+                    (Some(c), true) => match c.step(message) {
+                        Ok(Step::Challenge(b)) => (Ok(()), b, true),
+                        Ok(Step::Done(b)) => (Ok(()), b, false),
+                        Err(why) => {
+                            lock(&shared.stats).refused += 1;
+                            (Err((SASL_AUTHENTICATION_FAILED, why)), Vec::new(), false)
+                        }
+                    },
+                    (None, true) => (authenticate(message, shared, connection), Vec::new(), false),
                 };
                 let mut body = Vec::new();
                 match &verdict {
@@ -278,13 +451,18 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                         put_string(&mut body, why);
                     }
                 }
-                put_i32(&mut body, 0); // no auth bytes
+                put_i32(&mut body, server_bytes.len() as i32);
+                body.extend_from_slice(&server_bytes);
                 if version >= 1 {
                     body.extend_from_slice(&shared.session_lifetime_ms.to_be_bytes());
                 }
                 write_frame(&mut client, correlation, &body)?;
+                if more {
+                    continue;
+                }
                 authenticated = verdict.is_ok();
                 mechanism_ok = false;
+                conversation = None;
                 if !authenticated {
                     return Ok(());
                 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tailrace_e2e::sasl_proxy::{jwt, SaslProxy, TokenCheck, TokenEndpoint, TokenSet};
+use tailrace_e2e::sasl_proxy::{
+    jwt, PlainCheck, SaslProxy, ScramSha256Check, TokenCheck, TokenEndpoint, TokenSet,
+};
 use tailrace_e2e::{
     file_to_kafka, free_port, http, run_tailrace, wait_until, Agent, Broker, Consumer, SeqLines,
 };
@@ -312,4 +314,74 @@ fn check_authenticates_with_the_token_file() {
         proxy.stats()
     );
     assert!(!text.contains(&good), "the token is in check's output");
+}
+
+/// SASL/PLAIN, which tansu 0.6.0 refuses, through the proxy: the agent
+/// delivers every line with the right password, and with a wrong one it is
+/// refused (the proxy counts it), keeps running and loses nothing until a
+/// SIGHUP brings the right one.
+#[test]
+fn plain_delivers_every_line_and_a_wrong_password_is_refused_until_a_reload() {
+    let check = Arc::new(PlainCheck {
+        user: "tailrace".into(),
+        password: "plain-secret-4711".into(),
+    });
+    let (broker, proxy) = broker_behind_proxy(check, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = config_yaml(
+        dir.path(),
+        &proxy,
+        "{ mechanism: PLAIN, username: tailrace, password: not-the-password }",
+    );
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    let agent = Agent::start(dir.path(), &wrong);
+    assert!(
+        wait_until(WAIT, || proxy.stats().refused > 0),
+        "the wrong password was not refused: {:?}\n{}",
+        proxy.stats(),
+        agent.log_tail(30)
+    );
+    let fixed = std::fs::read_to_string(agent.config_path())
+        .unwrap()
+        .replace("not-the-password", "plain-secret-4711");
+    std::fs::write(agent.config_path(), fixed).unwrap();
+    agent.reload();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    assert_all_arrived(&mut consumer, &lines, &agent);
+    for secret in ["not-the-password", "plain-secret-4711"] {
+        assert!(!agent.log().contains(secret), "{secret} is in the log");
+    }
+}
+
+/// SCRAM-SHA-256, which tansu 0.6.0 refuses, through the proxy's SCRAM
+/// server: every line arrives.
+#[test]
+fn scram_sha_256_delivers_every_line() {
+    let check = Arc::new(ScramSha256Check {
+        user: "tailrace".into(),
+        password: "scram-256-secret".into(),
+    });
+    let (broker, proxy) = broker_behind_proxy(check, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_yaml(
+        dir.path(),
+        &proxy,
+        "{ mechanism: SCRAM-SHA-256, username: tailrace, password: scram-256-secret }",
+    );
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    let agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    assert_all_arrived(&mut consumer, &lines, &agent);
+    assert_eq!(proxy.stats().refused, 0, "{:?}", proxy.stats());
+    assert!(
+        proxy
+            .stats()
+            .mechanisms
+            .iter()
+            .all(|m| m == "SCRAM-SHA-256"),
+        "{:?}",
+        proxy.stats()
+    );
 }
