@@ -50,13 +50,30 @@ the config was refused; nothing was started
 /// local disk and produced again. A local HTTP endpoint serves /health,
 /// /ready and Prometheus /metrics.
 ///
-/// Every command takes the YAML config file with --config FILE, or from the
-/// TAILRACE_CONFIG environment variable.
+/// Every command takes the YAML config with --config FILE (or from the
+/// TAILRACE_CONFIG environment variable). --config may name a directory,
+/// whose *.yaml files are all read in name order, and may be repeated: the
+/// files are merged into one config.
 #[derive(Parser, Debug)]
 #[command(name = "tailrace", version, propagate_version = true, after_help = EXIT_STATUS)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The config: files and directories, merged.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// A YAML config file, or a directory of them (every *.yaml in name
+    /// order); repeat to merge several.
+    #[arg(
+        short,
+        long = "config",
+        env = "TAILRACE_CONFIG",
+        value_name = "FILE|DIR",
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,9 +88,8 @@ pub enum Command {
     /// checked first, as by `validate`; a refused config starts nothing and
     /// exits 64. Logs go to standard error; RUST_LOG overrides log.level.
     Run {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Check a config file and exit: 0 when valid, 64 with every error listed.
     ///
@@ -81,9 +97,8 @@ pub enum Command {
     /// brokers it names. Every error is printed as FILE:LINE:COLUMN: path:
     /// message, and the exit status is 64 when there is any.
     Validate {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Print the saved position of every file, one JSON object per line.
     ///
@@ -92,9 +107,8 @@ pub enum Command {
     /// has read. The agent must be stopped (the store is locked while it
     /// runs).
     Checkpoints {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Look inside the spool of failed sends, replay it, or purge it.
     ///
@@ -106,15 +120,16 @@ pub enum Command {
     Spool {
         #[command(subcommand)]
         action: SpoolAction,
-        /// The YAML config file (its data_dir and kafka sinks).
+        /// A YAML config file, or a directory of them (its data_dir and
+        /// kafka sinks); repeat to merge several.
         #[arg(
             short,
             long,
             env = "TAILRACE_CONFIG",
             global = true,
-            value_name = "FILE"
+            value_name = "FILE|DIR"
         )]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         /// Work on the dead-letter tree (records Kafka refused for good).
         #[arg(long, global = true, conflicts_with = "corrupt")]
         dead_letter: bool,
@@ -173,11 +188,11 @@ pub enum SpoolAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match load(&config) {
+        Command::Validate { config } => match load(&config.config) {
             Ok(c) => {
                 println!(
                     "{}: valid ({} sources, {} channels, {} sinks)",
-                    config.display(),
+                    c.describe(),
                     c.sources.len(),
                     c.channels.len(),
                     c.sinks.len()
@@ -187,7 +202,7 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -219,10 +234,10 @@ pub fn main() -> ExitCode {
             corrupt,
             sink,
         } => {
-            let Some(config) = config else {
+            if config.is_empty() {
                 eprintln!("tailrace: spool needs --config FILE");
                 return ExitCode::from(EXIT_CONFIG);
-            };
+            }
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -253,7 +268,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Checkpoints { config } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -268,13 +283,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load(file: &Path) -> Result<Config, ExitCode> {
-    config::load(file, &Registry::builtin()).map_err(|errors| {
+pub(crate) fn load(paths: &[PathBuf]) -> Result<Config, ExitCode> {
+    config::load(paths, &Registry::builtin()).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
             "tailrace: {} error(s) in {}; nothing was started",
             errors.errors.len(),
-            file.display()
+            config::describe(paths)
         );
         ExitCode::from(EXIT_CONFIG)
     })
@@ -373,7 +388,7 @@ fn spool_command(
         anyhow::bail!(
             "no sink {:?} in {}",
             only.unwrap_or_default(),
-            config.file.display()
+            config.describe()
         );
     }
     let mut code = ExitCode::SUCCESS;

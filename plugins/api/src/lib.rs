@@ -18,10 +18,11 @@ pub mod component;
 pub mod intercept;
 pub mod metrics;
 pub mod readiness;
-pub mod shutdown;
 pub mod secret;
+pub mod shutdown;
 pub mod spool;
 pub mod store;
+pub mod tap;
 
 pub use ack::{Ack, AckReceiver};
 pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
@@ -34,10 +35,11 @@ pub use component::{
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
-pub use shutdown::Shutdown;
 pub use secret::Secret;
+pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
+pub use tap::{Rendered, Side, Tap, TapHub, TapOptions};
 
 /// This machine's host name (what `hostname` prints), or "unknown".
 pub fn hostname() -> String {

@@ -755,6 +755,7 @@ impl Sink {
         let mut bufs = Buffers::default();
         let strict = self.strict();
         let mut diverting = self.behind_spool().then_some("behind_spool");
+        let mut tap = self.cx.tap.begin();
         for record in &batch.records {
             if diverting.is_none() && strict && !self.to_spool.is_empty() {
                 // A record of this batch failed at once: the rest go
@@ -762,6 +763,11 @@ impl Sink {
                 diverting = Some("behind_spool");
             }
             let p = prepare(&enc, &batch, record, &mut bufs);
+            if let Some(t) = &mut tap {
+                t.offer(&batch, record, || {
+                    Some(tailrace_api::Rendered::route(p.topic, p.key))
+                });
+            }
             if let Some(reason) = diverting {
                 self.divert(&inflight, &p, reason.into());
                 continue;
