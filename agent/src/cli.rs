@@ -1,5 +1,7 @@
-//! The command line: `run`, `validate`, `checkpoints`, `spool`, and the
-//! hidden `man` that writes the manual pages from these definitions.
+//! The command line: `run`, `validate`, `checkpoints`, `spool`, the
+//! operator's `tap`, `top` and `test` (in `ops`), and the hidden `man` and
+//! `completions` that write the manual pages and shell completions from
+//! these definitions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -140,6 +142,17 @@ pub enum Command {
         #[arg(long, global = true, value_name = "NAME")]
         sink: Option<String>,
     },
+    Tap(crate::ops::tap::TapArgs),
+    Top(crate::ops::top::TopArgs),
+    Test(crate::ops::unit::TestArgs),
+    /// Write the bash, zsh and fish completions into a directory (used by
+    /// packaging/build).
+    #[command(hide = true)]
+    Completions {
+        /// The directory to write tailrace.bash, _tailrace and tailrace.fish into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Write the manual pages, generated from these definitions, into a
     /// directory (used by packaging/build).
     #[command(hide = true)]
@@ -253,6 +266,21 @@ pub fn main() -> ExitCode {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("tailrace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Tap(args) => crate::ops::tap::main(args),
+        Command::Top(args) => crate::ops::top::main(args),
+        Command::Test(args) => crate::ops::unit::main(args),
+        Command::Completions { out } => {
+            match crate::ops::write_completions(&mut Cli::command(), &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "tailrace: cannot write the completions into {}: {e}",
+                        out.display()
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -518,6 +546,9 @@ mod tests {
             "tailrace-spool-replay.1",
             "tailrace-spool-stats.1",
             "tailrace-spool.1",
+            "tailrace-tap.1",
+            "tailrace-test.1",
+            "tailrace-top.1",
             "tailrace-validate.1",
             "tailrace.1",
         ];

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod notify;
+pub mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod store;
