@@ -439,9 +439,10 @@ mod tests {
     fn metrics_carry_the_required_names() {
         let metrics = Metrics::new();
         let _ = metrics.source("app");
-        let _ = metrics.sink("kafka");
+        metrics.sink("kafka").topics.set("logs", 3, 2);
         let _ = metrics.channel("main");
-        let state = AdminState::new(metrics, vec![]);
+        metrics.channel_capacity("main").set(100);
+        let state = AdminState::new(metrics, vec![("sink kafka".into(), Readiness::ready())]);
         let out = state.render_metrics();
         for name in [
             "tailrace_source_events_total{source=\"app\"}",
@@ -451,6 +452,12 @@ mod tests {
             "tailrace_channel_events{channel=\"main\"}",
             "tailrace_delivery_latency_seconds_bucket",
             "tailrace_build_info{version=",
+            "tailrace_sink_topic_replication_factor{sink=\"kafka\",topic=\"logs\"} 3",
+            "tailrace_sink_topic_min_insync_replicas{sink=\"kafka\",topic=\"logs\"} 2",
+            "tailrace_channel_capacity_events{channel=\"main\"} 100",
+            "tailrace_component_ready{component=\"sink kafka\"} 1",
+            "tailrace_events_dropped_total{component=\"kafka\",reason=\"spool_full\"} 0",
+            "tailrace_sink_events_failed_total{sink=\"kafka\",reason=\"delivery_timeout\"} 0",
             "tailrace_uptime_seconds",
             "process_resident_memory_bytes",
         ] {

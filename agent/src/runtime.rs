@@ -69,6 +69,9 @@ impl Pipeline {
             .iter()
             .map(|c| {
                 let (events, bytes) = metrics.channel(&c.name);
+                metrics
+                    .channel_capacity(&c.name)
+                    .set(c.capacity_events as i64);
                 (
                     c.name.clone(),
                     Arc::new(Channel::new(

@@ -142,6 +142,20 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent on a config the test wrote itself: a file or a
+    /// directory (`--config DIR`), whose admin endpoint is at `admin`.
+    pub fn start_config(dir: &Path, config: &Path, admin: &str) -> Agent {
+        let mut agent = Agent {
+            config: config.to_path_buf(),
+            log: dir.join("agent.log"),
+            child: None,
+            admin: Some(admin.to_string()),
+            env: Vec::new(),
+        };
+        agent.restart();
+        agent
+    }
+
     /// `host:port` of the admin endpoint the harness chose (see `start`).
     pub fn admin_address(&self) -> &str {
         self.admin
