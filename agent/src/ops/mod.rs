@@ -70,3 +70,25 @@ pub fn write_completions(cmd: &mut clap::Command, out: &Path) -> std::io::Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn completions_for_bash_zsh_and_fish_name_the_operator_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write_completions(&mut crate::cli::Cli::command(), dir.path()).unwrap();
+        for (file, marker) in [
+            ("tailrace.bash", "complete -F _tailrace"),
+            ("_tailrace", "#compdef tailrace"),
+            ("tailrace.fish", "complete -c tailrace"),
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+            assert!(text.contains(marker), "{file}");
+            for cmd in ["run", "validate", "tap", "top", "test"] {
+                assert!(text.contains(cmd), "{file} lacks {cmd}");
+            }
+        }
+    }
+}
