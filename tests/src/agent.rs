@@ -213,6 +213,22 @@ impl Agent {
         process::signal(child, libc::SIGHUP);
     }
 
+    /// SIGHUP, then waits until the agent logged "config reloaded" (one
+    /// more time than before); panics with the log's tail otherwise.
+    pub fn reload_and_wait(&self) {
+        let before = self.log().matches("config reloaded").count();
+        self.reload();
+        assert!(
+            crate::wait_until(Duration::from_secs(30), || self
+                .log()
+                .matches("config reloaded")
+                .count()
+                > before),
+            "no reload within 30 s:\n{}",
+            self.log_tail(50)
+        );
+    }
+
     /// SIGTERM: asks for a clean shutdown; pair with [`Agent::wait_exit`].
     pub fn terminate(&mut self) {
         let child = self.child.as_ref().expect("the agent is not running");

@@ -74,14 +74,12 @@ fn run(config: &crate::config::Config, args: &TapArgs) -> anyhow::Result<()> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut seen = 0u64;
-    for line in reader.lines() {
+    for (seen, line) in (1u64..).zip(reader.lines()) {
         let line = line?;
         // A closed pipe (`| head`) ends the tap quietly.
         if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
             return Ok(());
         }
-        seen += 1;
         if args.limit.is_some_and(|n| seen >= n) {
             break;
         }

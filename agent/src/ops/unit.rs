@@ -310,7 +310,7 @@ mod tests {
                 tests.display()
             );
             let config = crate::config::load(
-                &[config_path.clone()],
+                std::slice::from_ref(&config_path),
                 &crate::registry::Registry::builtin(),
             )
             .unwrap_or_else(|e| panic!("{e}"));

@@ -392,21 +392,28 @@ pub fn fields_json(batch: &Batch, record: &Record) -> serde_json::Map<String, se
     fields
 }
 
+/// A record as a JSON object: `source`, `path` and `offset` (files),
+/// `fields`; the caller adds the payload under its own name.
+pub fn record_json(batch: &Batch, record: &Record) -> serde_json::Map<String, serde_json::Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("source".into(), batch.meta.source.to_string().into());
+    if let Some(path) = &batch.meta.path {
+        o.insert("path".into(), path.to_string_lossy().into_owned().into());
+        o.insert("offset".into(), record.offset.into());
+    }
+    o.insert("fields".into(), fields_json(batch, record).into());
+    o
+}
+
 /// One tap line: the component, where the record came from, its payload
 /// (lossy UTF-8), its fields, and for sinks the topic and key.
 fn render_line(component: &str, batch: &Batch, record: &Record, sent: Option<&Rendered>) -> String {
-    let mut line = serde_json::Map::new();
+    let mut line = record_json(batch, record);
     line.insert("component".into(), component.into());
-    line.insert("source".into(), batch.meta.source.to_string().into());
-    if let Some(path) = &batch.meta.path {
-        line.insert("path".into(), path.to_string_lossy().into_owned().into());
-        line.insert("offset".into(), record.offset.into());
-    }
     line.insert(
         "payload".into(),
         String::from_utf8_lossy(&record.payload).into_owned().into(),
     );
-    line.insert("fields".into(), fields_json(batch, record).into());
     if let Some(r) = sent {
         if let Some(topic) = &r.topic {
             line.insert("topic".into(), topic.clone().into());

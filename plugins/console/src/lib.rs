@@ -45,20 +45,11 @@ impl ConsoleSinkConfig {
         match self.format {
             Format::Raw => out.extend_from_slice(&record.payload),
             Format::Json => {
-                let mut o = serde_json::Map::new();
-                o.insert("source".into(), batch.meta.source.to_string().into());
-                if let Some(p) = &batch.meta.path {
-                    o.insert("path".into(), p.to_string_lossy().into_owned().into());
-                    o.insert("offset".into(), record.offset.into());
-                }
+                let mut o = tailrace_api::tap::record_json(batch, record);
                 o.insert(
                     "message".into(),
                     String::from_utf8_lossy(&record.payload).into_owned().into(),
                 );
-                let fields = tailrace_api::tap::fields_json(batch, record);
-                if !fields.is_empty() {
-                    o.insert("fields".into(), fields.into());
-                }
                 // Writing into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut *out, &serde_json::Value::Object(o));
             }
