@@ -442,7 +442,7 @@ fn top_in_tmux_shows_the_source_the_channel_and_the_sink_moving() {
 #[test]
 fn tailrace_test_passes_and_fails_showing_both_values() {
     let config = repo().join("config/interceptors.yaml");
-    let tests = repo().join("config/interceptors.tests.yaml");
+    let tests = repo().join("config/tests/interceptors.yaml");
     let out = run_tailrace([
         "test".as_ref(),
         "--config".as_ref(),

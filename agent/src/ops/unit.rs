@@ -289,7 +289,8 @@ fn run_one(config: &Config, t: &TestCase) -> Result<Outcome, String> {
 mod tests {
     use super::*;
 
-    /// Every example config in config/ ships with tests, and they pass.
+    /// Every example config in config/ ships with tests in config/tests/
+    /// under the same name, and they pass.
     #[test]
     fn every_example_config_passes_its_tests() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
@@ -297,12 +298,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .filter(|p| !p.to_string_lossy().ends_with(".tests.yaml"))
             .collect();
         configs.sort();
         assert!(configs.len() >= 7, "{configs:?}");
         for config_path in configs {
-            let tests = config_path.with_extension("tests.yaml");
+            let tests = dir.join("tests").join(config_path.file_name().unwrap());
             assert!(
                 tests.exists(),
                 "{} has no {}",
