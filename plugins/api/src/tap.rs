@@ -125,6 +125,7 @@ impl TapHub {
                         .clone(),
                     component,
                     attached: AtomicBool::new(false),
+                    seen: AtomicU64::new(0),
                     sessions: Mutex::new(Vec::new()),
                 })
             })
@@ -200,6 +201,8 @@ impl TapHub {
 pub struct TapPoint {
     component: String,
     attached: AtomicBool,
+    /// Events offered so far, for sampling across batches.
+    seen: AtomicU64,
     sessions: Mutex<Vec<Session>>,
     dropped: Counter,
 }
@@ -262,7 +265,7 @@ impl Tap {
             point: point.clone(),
             budget,
             sample,
-            seen: 0,
+            seen: point.seen.load(Ordering::Relaxed),
             lines: Vec::new(),
             refused: 0,
         })
@@ -325,6 +328,7 @@ impl TapBatch {
 
 impl Drop for TapBatch {
     fn drop(&mut self) {
+        self.point.seen.store(self.seen, Ordering::Relaxed);
         let mut dropped = self.refused;
         let mut sessions = self
             .point
@@ -516,6 +520,11 @@ mod tests {
         };
         let mut rx = hub.attach(None, options).unwrap();
         tap.batch(&batch(400));
+        assert_eq!(drain(&mut rx).len(), 100);
+        // Across batches of one event too.
+        for _ in 0..400 {
+            tap.batch(&batch(1));
+        }
         assert_eq!(drain(&mut rx).len(), 100);
     }
 
