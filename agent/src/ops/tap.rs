@@ -11,7 +11,8 @@ use crate::cli::ConfigArgs;
 /// prints, one JSON object per line, the events that pass through it from
 /// now on: the payload, the fields (for a source: after its interceptors),
 /// and for a sink the topic and key each is sent with. The agent copies
-/// events only while a tap is attached, at most --rate per second; copies
+/// events only while a tap is attached, at most --rate per second and
+/// component; copies
 /// it cannot hand over are dropped (and counted in
 /// tailrace_tap_events_dropped_total), never waited for. Exits after
 /// --limit events, or at Ctrl-C.
@@ -32,7 +33,8 @@ pub struct TapArgs {
     /// Copy this fraction of the events, 0 < RATE <= 1.
     #[arg(long, value_name = "RATE", default_value_t = 1.0)]
     pub sample: f64,
-    /// At most this many events per second (10000 at most).
+    /// At most this many events per second from each component (10000 at
+    /// most).
     #[arg(long, value_name = "N", default_value_t = tailrace_api::tap::TAP_MAX_EVENTS_PER_SECOND)]
     pub rate: u32,
 }
