@@ -343,6 +343,17 @@ fn respond_text(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         return r;
     }
     match path {
+        // GET is served by `tap`; a HEAD has nothing to stream.
+        "/tap" => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET\n",
+            );
+            r.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
         "/health" => text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n"),
         "/ready" => {
             let problems = state.not_ready();
@@ -462,6 +473,28 @@ mod tests {
             "process_resident_memory_bytes",
         ] {
             assert!(out.contains(name), "{name} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn tap_requests() {
+        let ok = |q: &str| tap_request(q).unwrap();
+        assert_eq!(ok(""), (None, TapOptions::default()));
+        let (only, o) = ok("sink=kafka&limit=5&sample=0.5&rate=100");
+        assert_eq!(only, Some((Side::Sink, "kafka".to_string())));
+        assert_eq!(
+            (o.limit, o.sample, o.events_per_second),
+            (Some(5), 0.5, 100)
+        );
+        for bad in [
+            "source=a&sink=b",
+            "sample=0",
+            "sample=2",
+            "rate=0",
+            "limit=x",
+            "nope=1",
+        ] {
+            assert!(tap_request(bad).is_err(), "{bad}");
         }
     }
 
