@@ -1,4 +1,5 @@
-//! The local HTTP endpoint: `/health`, `/ready`, `/metrics`. This is the
+//! The local HTTP endpoint: `/health`, `/ready`, `/metrics`, and `/tap`
+//! (live copies of events, as JSON lines, for `tailrace tap`). This is the
 //! only module that knows HTTP.
 //!
 //! It reads what the pipeline publishes (atomic counters, readiness flags)
@@ -8,12 +9,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,7 +25,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tailrace_api::{Metrics, Readiness, Shutdown};
+use tailrace_api::{Metrics, Readiness, Shutdown, Side, TapHub, TapOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -36,6 +40,11 @@ pub struct AdminState {
     /// Each component's name ("source app", "sink kafka") and readiness;
     /// replaced when the config is reloaded.
     pub components: std::sync::RwLock<Vec<(String, Readiness)>>,
+    /// Where `/tap` attaches; components take their taps from it.
+    pub taps: TapHub,
+    /// `tailrace_component_ready{component}`, set from `components` at
+    /// each scrape.
+    ready: Family<Vec<(&'static str, String)>, Gauge>,
     started: Instant,
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident: Gauge,
@@ -82,9 +91,23 @@ impl AdminState {
             "CPU time the process used, user and system",
             cpu.clone(),
         );
+        let taps = TapHub::new();
+        registry.register(
+            "tailrace_tap_events_dropped",
+            "Copies of events a tap could not take (rate bound or a full queue), per component; the events themselves went on",
+            taps.dropped_family(),
+        );
+        let ready: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+        registry.register(
+            "tailrace_component_ready",
+            "1 when a component is ready (a sink has reached its broker), else 0",
+            ready.clone(),
+        );
         AdminState {
             metrics,
             components: std::sync::RwLock::new(components),
+            taps,
+            ready,
             started: Instant::now(),
             uptime,
             resident,
@@ -101,6 +124,17 @@ impl AdminState {
             if cpu > seen {
                 self.cpu.inc_by(cpu - seen);
             }
+        }
+        self.ready.clear();
+        for (name, r) in self
+            .components
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            self.ready
+                .get_or_create(&vec![("component", name.clone())])
+                .set(i64::from(r.is_ready()));
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -199,14 +233,103 @@ fn text(
     r
 }
 
-fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/tap" && req.method() == Method::GET {
+        return tap(state, req.uri().query().unwrap_or(""));
+    }
+    respond_text(state, req).map(BodyExt::boxed)
+}
+
+/// The JSON lines of a tap, as they come.
+struct Lines(tokio::sync::mpsc::Receiver<String>);
+
+impl hyper::body::Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|line| {
+            line.map(|mut l| {
+                l.push('\n');
+                Ok(Frame::data(Bytes::from(l)))
+            })
+        })
+    }
+}
+
+/// Parses `source=NAME|sink=NAME&limit=N&sample=R&rate=N`.
+pub fn tap_request(query: &str) -> Result<(Option<(Side, String)>, TapOptions), String> {
+    let mut only = None;
+    let mut options = TapOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| format!("{k}={v:?} is not {what}");
+        match k {
+            "source" | "sink" if only.is_some() => {
+                return Err("give one of source= and sink=, once".into())
+            }
+            "source" => only = Some((Side::Source, v.to_string())),
+            "sink" => only = Some((Side::Sink, v.to_string())),
+            "limit" => options.limit = Some(v.parse().map_err(|_| number("a count"))?),
+            "sample" => match v.parse::<f64>() {
+                Ok(r) if r > 0.0 && r <= 1.0 => options.sample = r,
+                _ => return Err(number("a rate in (0, 1]")),
+            },
+            "rate" => match v.parse::<u32>() {
+                Ok(r) if r > 0 => options.events_per_second = r,
+                _ => return Err(number("a positive number of events per second")),
+            },
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?}: use source, sink, limit, sample, rate"
+                ))
+            }
+        }
+    }
+    Ok((only, options))
+}
+
+fn tap(state: &AdminState, query: &str) -> Response<Body> {
+    let attached = tap_request(query).and_then(|(only, options)| {
+        state
+            .taps
+            .attach(only.as_ref().map(|(s, n)| (*s, n.as_str())), options)
+            .map_err(|e| format!("not found: {e}"))
+    });
+    match attached {
+        Ok(rx) => {
+            info!(query, "tap attached");
+            let mut r = Response::new(Lines(rx).boxed());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            r
+        }
+        Err(e) => {
+            let status = if e.starts_with("not found") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            text(status, "text/plain; charset=utf-8", format!("{e}\n")).map(BodyExt::boxed)
+        }
+    }
+}
+
+fn respond_text(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let known = matches!(path, "/health" | "/ready" | "/metrics");
+    let known = matches!(path, "/health" | "/ready" | "/metrics" | "/tap");
     if !known {
         return text(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /health, /ready or /metrics\n",
+            "not found: try /health, /ready, /metrics or /tap\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -220,6 +343,17 @@ fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> 
         return r;
     }
     match path {
+        // GET is served by `tap`; a HEAD has nothing to stream.
+        "/tap" => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET\n",
+            );
+            r.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+            r
+        }
         "/health" => text(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n"),
         "/ready" => {
             let problems = state.not_ready();
@@ -316,9 +450,10 @@ mod tests {
     fn metrics_carry_the_required_names() {
         let metrics = Metrics::new();
         let _ = metrics.source("app");
-        let _ = metrics.sink("kafka");
+        metrics.sink("kafka").topics.set("logs", 3, 2);
         let _ = metrics.channel("main");
-        let state = AdminState::new(metrics, vec![]);
+        metrics.channel_capacity("main").set(100);
+        let state = AdminState::new(metrics, vec![("sink kafka".into(), Readiness::ready())]);
         let out = state.render_metrics();
         for name in [
             "tailrace_source_events_total{source=\"app\"}",
@@ -328,10 +463,38 @@ mod tests {
             "tailrace_channel_events{channel=\"main\"}",
             "tailrace_delivery_latency_seconds_bucket",
             "tailrace_build_info{version=",
+            "tailrace_sink_topic_replication_factor{sink=\"kafka\",topic=\"logs\"} 3",
+            "tailrace_sink_topic_min_insync_replicas{sink=\"kafka\",topic=\"logs\"} 2",
+            "tailrace_channel_capacity_events{channel=\"main\"} 100",
+            "tailrace_component_ready{component=\"sink kafka\"} 1",
+            "tailrace_events_dropped_total{component=\"kafka\",reason=\"spool_full\"} 0",
+            "tailrace_sink_events_failed_total{sink=\"kafka\",reason=\"delivery_timeout\"} 0",
             "tailrace_uptime_seconds",
             "process_resident_memory_bytes",
         ] {
             assert!(out.contains(name), "{name} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn tap_requests() {
+        let ok = |q: &str| tap_request(q).unwrap();
+        assert_eq!(ok(""), (None, TapOptions::default()));
+        let (only, o) = ok("sink=kafka&limit=5&sample=0.5&rate=100");
+        assert_eq!(only, Some((Side::Sink, "kafka".to_string())));
+        assert_eq!(
+            (o.limit, o.sample, o.events_per_second),
+            (Some(5), 0.5, 100)
+        );
+        for bad in [
+            "source=a&sink=b",
+            "sample=0",
+            "sample=2",
+            "rate=0",
+            "limit=x",
+            "nope=1",
+        ] {
+            assert!(tap_request(bad).is_err(), "{bad}");
         }
     }
 

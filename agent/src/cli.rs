@@ -1,5 +1,7 @@
-//! The command line: `run`, `validate`, `checkpoints`, `spool`, and the
-//! hidden `man` that writes the manual pages from these definitions.
+//! The command line: `run`, `validate`, `checkpoints`, `spool`, the
+//! operator's `tap`, `top` and `test` (in `ops`), and the hidden `man` and
+//! `completions` that write the manual pages and shell completions from
+//! these definitions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,13 +52,30 @@ the config was refused; nothing was started
 /// local disk and produced again. A local HTTP endpoint serves /health,
 /// /ready and Prometheus /metrics.
 ///
-/// Every command takes the YAML config file with --config FILE, or from the
-/// TAILRACE_CONFIG environment variable.
+/// Every command takes the YAML config with --config FILE (or from the
+/// TAILRACE_CONFIG environment variable). --config may name a directory,
+/// whose *.yaml files are all read in name order, and may be repeated: the
+/// files are merged into one config.
 #[derive(Parser, Debug)]
 #[command(name = "tailrace", version, propagate_version = true, after_help = EXIT_STATUS)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The config: files and directories, merged.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// A YAML config file, or a directory of them (every *.yaml in name
+    /// order); repeat to merge several.
+    #[arg(
+        short,
+        long = "config",
+        env = "TAILRACE_CONFIG",
+        value_name = "FILE|DIR",
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,9 +90,8 @@ pub enum Command {
     /// checked first, as by `validate`; a refused config starts nothing and
     /// exits 64. Logs go to standard error; RUST_LOG overrides log.level.
     Run {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Check a config file and exit: 0 when valid, 64 with every error listed.
     ///
@@ -83,9 +101,8 @@ pub enum Command {
     /// TLS files they name. Every error is printed as FILE:LINE:COLUMN:
     /// path: message, and the exit status is 64 when there is any.
     Validate {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Connect to every sink's cluster with the real credentials and report.
     ///
@@ -96,9 +113,8 @@ pub enum Command {
     /// is allowed. Exit 0 when every sink can deliver (durability warnings
     /// included), 69 (EX_UNAVAILABLE) otherwise. Suitable for ExecStartPre.
     Check {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// How long to wait for each answer.
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         timeout_s: u64,
@@ -110,9 +126,8 @@ pub enum Command {
     /// has read. The agent must be stopped (the store is locked while it
     /// runs).
     Checkpoints {
-        /// The YAML config file.
-        #[arg(short, long, env = "TAILRACE_CONFIG", value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Look inside the spool of failed sends, replay it, or purge it.
     ///
@@ -124,15 +139,16 @@ pub enum Command {
     Spool {
         #[command(subcommand)]
         action: SpoolAction,
-        /// The YAML config file (its data_dir and kafka sinks).
+        /// A YAML config file, or a directory of them (its data_dir and
+        /// kafka sinks); repeat to merge several.
         #[arg(
             short,
             long,
             env = "TAILRACE_CONFIG",
             global = true,
-            value_name = "FILE"
+            value_name = "FILE|DIR"
         )]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         /// Work on the dead-letter tree (records Kafka refused for good).
         #[arg(long, global = true, conflicts_with = "corrupt")]
         dead_letter: bool,
@@ -142,6 +158,17 @@ pub enum Command {
         /// Only this sink (default: every kafka sink of the config).
         #[arg(long, global = true, value_name = "NAME")]
         sink: Option<String>,
+    },
+    Tap(crate::ops::tap::TapArgs),
+    Top(crate::ops::top::TopArgs),
+    Test(crate::ops::unit::TestArgs),
+    /// Write the bash, zsh and fish completions into a directory (used by
+    /// packaging/build).
+    #[command(hide = true)]
+    Completions {
+        /// The directory to write tailrace.bash, _tailrace and tailrace.fish into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Write the manual pages, generated from these definitions, into a
     /// directory (used by packaging/build).
@@ -191,11 +218,11 @@ pub enum SpoolAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match load(&config) {
+        Command::Validate { config } => match load(&config.config) {
             Ok(c) => {
                 println!(
                     "{}: valid ({} sources, {} channels, {} sinks)",
-                    config.display(),
+                    c.describe(),
                     c.sources.len(),
                     c.channels.len(),
                     c.sinks.len()
@@ -205,7 +232,7 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -237,10 +264,10 @@ pub fn main() -> ExitCode {
             corrupt,
             sink,
         } => {
-            let Some(config) = config else {
+            if config.is_empty() {
                 eprintln!("tailrace: spool needs --config FILE");
                 return ExitCode::from(EXIT_CONFIG);
-            };
+            }
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -260,6 +287,21 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Tap(args) => crate::ops::tap::main(args),
+        Command::Top(args) => crate::ops::top::main(args),
+        Command::Test(args) => crate::ops::unit::main(args),
+        Command::Completions { out } => {
+            match crate::ops::write_completions(&mut Cli::command(), &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "tailrace: cannot write the completions into {}: {e}",
+                        out.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Man { out } => match write_man_pages(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -271,14 +313,14 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config, timeout_s } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             crate::check::run(&config, std::time::Duration::from_secs(timeout_s))
         }
         Command::Checkpoints { config } => {
-            let config = match load(&config) {
+            let config = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -293,13 +335,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load(file: &Path) -> Result<Config, ExitCode> {
-    config::load(file, &Registry::builtin()).map_err(|errors| {
+pub(crate) fn load(paths: &[PathBuf]) -> Result<Config, ExitCode> {
+    config::load(paths, &Registry::builtin()).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
             "tailrace: {} error(s) in {}; nothing was started",
             errors.errors.len(),
-            file.display()
+            config::describe(paths)
         );
         ExitCode::from(EXIT_CONFIG)
     })
@@ -398,7 +440,7 @@ fn spool_command(
         anyhow::bail!(
             "no sink {:?} in {}",
             only.unwrap_or_default(),
-            config.file.display()
+            config.describe()
         );
     }
     let mut code = ExitCode::SUCCESS;
@@ -529,6 +571,9 @@ mod tests {
             "tailrace-spool-replay.1",
             "tailrace-spool-stats.1",
             "tailrace-spool.1",
+            "tailrace-tap.1",
+            "tailrace-test.1",
+            "tailrace-top.1",
             "tailrace-validate.1",
             "tailrace.1",
         ];

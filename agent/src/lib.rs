@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod notify;
+pub mod ops;
 pub mod registry;
 pub mod runtime;
 pub mod store;

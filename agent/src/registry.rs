@@ -49,6 +49,8 @@ impl Registry {
         sources.insert("syslog", source::<tailrace_socket::SyslogSourceConfig>);
         let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
         sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
+        sinks.insert("console", sink::<tailrace_console::ConsoleSinkConfig>);
+        sinks.insert("blackhole", sink::<tailrace_blackhole::BlackholeSinkConfig>);
         let mut interceptors: BTreeMap<&'static str, InterceptorFactory> = BTreeMap::new();
         interceptors.insert("host", interceptor::<tailrace_interceptors::HostConfig>);
         interceptors.insert("static", interceptor::<tailrace_interceptors::StaticConfig>);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tailrace_api::{
-    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, SinkContext,
+    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, Side, SinkContext,
     SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -69,6 +69,9 @@ impl Pipeline {
             .iter()
             .map(|c| {
                 let (events, bytes) = metrics.channel(&c.name);
+                metrics
+                    .channel_capacity(&c.name)
+                    .set(c.capacity_events as i64);
                 (
                     c.name.clone(),
                     Arc::new(Channel::new(
@@ -104,6 +107,7 @@ impl Pipeline {
                 data_dir: data_dir.to_path_buf(),
                 spool: store.clone() as Arc<dyn SpoolStore>,
                 readiness: Readiness::not_ready("connecting to its broker"),
+                tap: state.taps.tap(Side::Sink, &spec.name),
             };
             components.push((format!("sink {}", spec.name), cx.readiness.clone()));
             let task = spec
@@ -129,6 +133,7 @@ impl Pipeline {
                 sent: sent.clone(),
                 metrics: metrics.source(&spec.name),
                 readiness: Readiness::ready(),
+                tap: state.taps.tap(Side::Source, &spec.name),
                 interceptors: spec
                     .interceptors
                     .iter()
@@ -149,6 +154,13 @@ impl Pipeline {
                 .push(start(format!("source {}", spec.name), task, Some(sent)));
         }
         *state.components.write().unwrap_or_else(|e| e.into_inner()) = components;
+        let live: Vec<_> = (config
+            .sources
+            .iter()
+            .map(|s| (Side::Source, s.name.clone())))
+        .chain(config.sinks.iter().map(|s| (Side::Sink, s.name.clone())))
+        .collect();
+        state.taps.retain(&live);
         pipeline.summary = config.summary_interval.map(|every| {
             let sources: Vec<_> = config
                 .sources
@@ -281,7 +293,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let mut data_dir = absolute(&config.data_dir);
     let mut store = Arc::new(Store::open(&data_dir)?);
-    info!(data_dir = %data_dir.display(), config = %config.file.display(), version = env!("CARGO_PKG_VERSION"), "tailrace starting");
+    info!(data_dir = %data_dir.display(), config = %config.describe(), version = env!("CARGO_PKG_VERSION"), "tailrace starting");
     let admin_listener = if config.admin.enabled {
         Some(admin::bind(&config.admin.address).await?)
     } else {
@@ -310,8 +322,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 break errors;
             }
             Event::Reload => {
-                info!(config = %config.file.display(), "SIGHUP received, reloading the config");
-                let new = match crate::config::load(&config.file, &registry) {
+                info!(config = %crate::config::describe(&config.paths), "SIGHUP received, reloading the config");
+                let new = match crate::config::load(&config.paths, &registry) {
                     Ok(new) => new,
                     Err(errors) => {
                         error!("the new config is refused; the running one goes on:\n{errors}");

@@ -142,6 +142,20 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent on a config the test wrote itself: a file or a
+    /// directory (`--config DIR`), whose admin endpoint is at `admin`.
+    pub fn start_config(dir: &Path, config: &Path, admin: &str) -> Agent {
+        let mut agent = Agent {
+            config: config.to_path_buf(),
+            log: dir.join("agent.log"),
+            child: None,
+            admin: Some(admin.to_string()),
+            env: Vec::new(),
+        };
+        agent.restart();
+        agent
+    }
+
     /// `host:port` of the admin endpoint the harness chose (see `start`).
     pub fn admin_address(&self) -> &str {
         self.admin
@@ -197,6 +211,22 @@ impl Agent {
     pub fn reload(&self) {
         let child = self.child.as_ref().expect("the agent is not running");
         process::signal(child, libc::SIGHUP);
+    }
+
+    /// SIGHUP, then waits until the agent logged "config reloaded" (one
+    /// more time than before); panics with the log's tail otherwise.
+    pub fn reload_and_wait(&self) {
+        let before = self.log().matches("config reloaded").count();
+        self.reload();
+        assert!(
+            crate::wait_until(Duration::from_secs(30), || self
+                .log()
+                .matches("config reloaded")
+                .count()
+                > before),
+            "no reload within 30 s:\n{}",
+            self.log_tail(50)
+        );
     }
 
     /// SIGTERM: asks for a clean shutdown; pair with [`Agent::wait_exit`].

@@ -54,14 +54,7 @@ fn sighup_adds_a_source_while_the_old_one_loses_and_repeats_nothing() {
         config(dir.path(), &broker.bootstrap(), true),
     )
     .unwrap();
-    agent.reload();
-    assert!(
-        wait_until(Duration::from_secs(30), || agent
-            .log_tail(50)
-            .contains("config reloaded")),
-        "{}",
-        agent.log_tail(50)
-    );
+    agent.reload_and_wait();
     lines.append(10_000);
 
     let total = 40_000 + E as usize;

@@ -23,6 +23,11 @@ impl Positions {
         Positions(recv.positions)
     }
 
+    /// Whether the document has exactly this path.
+    pub fn contains(&self, path: &[String]) -> bool {
+        self.0.contains_key(path)
+    }
+
     /// The (line, column) of `path`, or of its nearest ancestor that has one.
     pub fn find(&self, path: &[String]) -> Option<(usize, usize)> {
         (0..=path.len())

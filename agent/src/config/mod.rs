@@ -4,6 +4,12 @@
 //! Every error found is collected (serde stops at the first error inside
 //! one component, so each component is parsed on its own) and reported with
 //! the file, line and column it refers to.
+//!
+//! A config may be a set of files: `--config` names files or directories
+//! (every `*.yaml` and `*.yml` in one, in name order), and the files are
+//! merged. `sources`, `channels` and `sinks` combine; a component defined
+//! in two files is an error naming both places; top-level settings may be
+//! set in one file only.
 
 mod interpolate;
 mod locate;
@@ -25,6 +31,8 @@ use locate::Positions;
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file it is in (for problems of the whole set: every file).
+    pub file: PathBuf,
     /// Keys and item indexes from the root.
     pub path: Vec<String>,
     pub message: String,
@@ -32,10 +40,9 @@ pub struct ConfigError {
     pub position: Option<(usize, usize)>,
 }
 
-/// Every problem found in one config file.
+/// Every problem found in a config.
 #[derive(Debug)]
 pub struct ConfigErrors {
-    pub file: PathBuf,
     pub errors: Vec<ConfigError>,
 }
 
@@ -45,7 +52,7 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file.display())?;
+            write!(f, "{}", e.file.display())?;
             if let Some((line, col)) = e.position {
                 write!(f, ":{line}:{col}")?;
             }
@@ -81,25 +88,53 @@ pub fn display_path(path: &[String]) -> String {
     s
 }
 
-#[derive(Debug, Deserialize)]
+/// One file of a config, as written: top-level settings it does not set
+/// are `None`, so that the merge can tell which file set what.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_data_dir")]
-    data_dir: PathBuf,
-    #[serde(default)]
-    admin: AdminConfig,
-    #[serde(default)]
-    log: LogConfig,
-    #[serde(default = "default_shutdown_grace_ms")]
-    shutdown_grace_ms: u64,
-    #[serde(default = "default_summary_interval_ms")]
-    summary_interval_ms: u64,
+struct RawFile {
+    data_dir: Option<PathBuf>,
+    admin: Option<AdminConfig>,
+    log: Option<LogConfig>,
+    shutdown_grace_ms: Option<u64>,
+    summary_interval_ms: Option<u64>,
     #[serde(default)]
     sources: BTreeMap<String, Value>,
     #[serde(default)]
     channels: BTreeMap<String, Value>,
     #[serde(default)]
     sinks: BTreeMap<String, Value>,
+}
+
+/// The top-level settings, which only one file of a set may carry.
+const TOP_LEVEL: &str = "data_dir, admin, log, shutdown_grace_ms, summary_interval_ms";
+
+/// Every file of a config, merged.
+#[derive(Debug)]
+struct RawConfig {
+    data_dir: PathBuf,
+    admin: AdminConfig,
+    log: LogConfig,
+    shutdown_grace_ms: u64,
+    summary_interval_ms: u64,
+    sources: BTreeMap<String, Value>,
+    channels: BTreeMap<String, Value>,
+    sinks: BTreeMap<String, Value>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            data_dir: default_data_dir(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            summary_interval_ms: default_summary_interval_ms(),
+            sources: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -220,7 +255,10 @@ pub struct ChannelSpec {
 
 /// A config that parsed and validated.
 pub struct Config {
-    pub file: PathBuf,
+    /// What `--config` named (files and directories), read again on SIGHUP.
+    pub paths: Vec<PathBuf>,
+    /// The files that were read, in merge order.
+    pub files: Vec<PathBuf>,
     pub data_dir: PathBuf,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -231,16 +269,61 @@ pub struct Config {
     pub sinks: Vec<SinkSpec>,
 }
 
-/// Collects errors with their positions.
+impl Config {
+    /// The files read, for messages: `a.yaml, conf.d/b.yaml`.
+    pub fn describe(&self) -> String {
+        describe(&self.files)
+    }
+}
+
+/// `a.yaml, conf.d/b.yaml`
+pub fn describe(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One file of the set, indexed for positions.
+struct Indexed {
+    file: PathBuf,
+    positions: Positions,
+}
+
+/// Collects errors with their files and positions.
 struct Errors<'a> {
-    positions: &'a Positions,
+    files: &'a [Indexed],
+    /// Which file a top-level key (`["data_dir"]`) or a component
+    /// (`["sources", "app"]`) came from.
+    origins: &'a BTreeMap<Vec<String>, usize>,
     list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
     fn add(&mut self, path: Vec<String>, message: impl Into<String>) {
-        let position = self.positions.find(&path);
+        let origin = (1..=path.len().min(2))
+            .rev()
+            .find_map(|n| self.origins.get(&path[..n]).copied())
+            .or((self.files.len() == 1).then_some(0));
+        let (file, position) = match origin {
+            Some(i) => (
+                self.files[i].file.clone(),
+                self.files[i].positions.find(&path),
+            ),
+            None => (
+                PathBuf::from(describe(
+                    &self
+                        .files
+                        .iter()
+                        .map(|f| f.file.clone())
+                        .collect::<Vec<_>>(),
+                )),
+                None,
+            ),
+        };
         self.list.push(ConfigError {
+            file,
             path,
             message: message.into(),
             position,
@@ -256,77 +339,135 @@ fn joined(base: &[String], rest: &[String]) -> Vec<String> {
     base.iter().chain(rest).cloned().collect()
 }
 
-/// Reads, interpolates, parses and validates a config file.
-pub fn load(file: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
-    let fail = |message: String| ConfigErrors {
+fn whole_file(file: &Path, message: String) -> ConfigError {
+    ConfigError {
         file: file.to_path_buf(),
-        errors: vec![ConfigError {
-            path: Vec::new(),
-            message,
-            position: None,
-        }],
-    };
-    let text =
-        std::fs::read(file).map_err(|e| fail(format!("cannot read the config file: {e}")))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        fail(format!(
-            "the config file is not UTF-8 (at byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
-    parse(file, &text, &|name| std::env::var(name).ok(), registry)
+        path: Vec::new(),
+        message,
+        position: None,
+    }
 }
 
-/// Parses and validates config text; `env` resolves `${VAR}`. No message
-/// in the errors shows a secret: values read by `${file:}` and the values of
-/// keys that name secrets (`password`, `key_password`, `client_secret`, ...)
-/// are masked.
+/// The files `--config` names: a file as it is, a directory as every
+/// `*.yaml` and `*.yml` in it, in name order (not its subdirectories). A
+/// file named twice is read once.
+pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match std::fs::metadata(p) {
+            Ok(md) if md.is_dir() => match std::fs::read_dir(p) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| {
+                            f.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                                && f.is_file()
+                        })
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => errors.push(whole_file(
+                    p,
+                    format!("cannot list the config directory: {e}"),
+                )),
+            },
+            Ok(_) => files.push(p.clone()),
+            Err(e) => errors.push(whole_file(
+                p,
+                format!("cannot read the config file: {e} (give a file, or a directory of *.yaml files)"),
+            )),
+        }
+    }
+    let mut seen = BTreeSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(ConfigErrors { errors })
+    }
+}
+
+/// Reads, interpolates, parses, merges and validates the files and
+/// directories `--config` named.
+pub fn load(paths: &[PathBuf], registry: &Registry) -> Result<Config, ConfigErrors> {
+    let files = expand(paths)?;
+    let mut texts = Vec::new();
+    let mut errors = Vec::new();
+    for file in &files {
+        match std::fs::read(file) {
+            Err(e) => errors.push(whole_file(
+                file,
+                format!("cannot read the config file: {e}"),
+            )),
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => texts.push((file.clone(), text)),
+                Err(e) => errors.push(whole_file(
+                    file,
+                    format!(
+                        "the config file is not UTF-8 (at byte {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )),
+            },
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors { errors });
+    }
+    if texts.is_empty() {
+        return Err(ConfigErrors {
+            errors: vec![whole_file(
+                Path::new(&describe(paths)),
+                "no config file: the directories hold no *.yaml file".into(),
+            )],
+        });
+    }
+    let mut config = parse_set(&texts, &|name| std::env::var(name).ok(), registry)?;
+    config.paths = paths.to_vec();
+    Ok(config)
+}
+
+/// Parses and validates one file's text; `env` resolves `${VAR}`.
 pub fn parse(
     file: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     registry: &Registry,
 ) -> Result<Config, ConfigErrors> {
-    let mut secrets = Vec::new();
-    parse_unmasked(file, text, env, registry, &mut secrets).map_err(|mut errors| {
-        for e in &mut errors.errors {
-            e.message = tailrace_api::secret::mask(&e.message, &secrets);
-        }
-        errors
-    })
+    parse_set(&[(file.to_path_buf(), text.to_string())], env, registry)
 }
 
-fn parse_unmasked(
+/// One file: interpolated, parsed, indexed.
+fn parse_file(
     file: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
-    registry: &Registry,
     secrets: &mut Vec<String>,
-) -> Result<Config, ConfigErrors> {
-    let errors_of = |list| ConfigErrors {
-        file: file.to_path_buf(),
-        errors: list,
-    };
+) -> Result<(RawFile, Positions), Vec<ConfigError>> {
     let interpolated = interpolate(text, env).map_err(|unresolved| {
-        errors_of(
-            unresolved
-                .into_iter()
-                .map(|u| ConfigError {
-                    path: Vec::new(),
-                    message: u.message,
-                    position: Some((u.line, u.column)),
-                })
-                .collect(),
-        )
+        unresolved
+            .into_iter()
+            .map(|u| ConfigError {
+                file: file.to_path_buf(),
+                path: Vec::new(),
+                message: u.message,
+                position: Some((u.line, u.column)),
+            })
+            .collect::<Vec<_>>()
     })?;
     secrets.extend(interpolated.secrets);
     let text = interpolated.text;
     if let Ok(tree) = serde_yaml::from_str::<Value>(&text) {
         secret_values(&tree, false, secrets);
     }
-    let raw: RawConfig = match serde_yaml::from_str(&text) {
-        Ok(raw) => raw,
-        Err(e) => {
+    // A file of comments only (a conf.d placeholder) sets nothing.
+    let empty = matches!(serde_yaml::from_str::<Value>(&text), Ok(Value::Null));
+    let raw: RawFile = if empty {
+        RawFile::default()
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| {
             let position = e.location().map(|l| (l.line(), l.column()));
             let message = e.to_string();
             // serde_yaml appends " at line L column C"; the position says it.
@@ -334,27 +475,73 @@ fn parse_unmasked(
                 Some(i) if position.is_some() => message[..i].to_string(),
                 _ => message,
             };
-            return Err(errors_of(vec![ConfigError {
+            vec![ConfigError {
+                file: file.to_path_buf(),
                 path: Vec::new(),
                 message,
                 position,
-            }]));
+            }]
+        })?
+    };
+    Ok((raw, Positions::index(&text)))
+}
+
+/// Records which file each top-level key and component comes from, and
+/// the second definitions.
+struct Merge<'a> {
+    origins: &'a mut BTreeMap<Vec<String>, usize>,
+    /// The files before this one.
+    indexed: &'a [Indexed],
+    /// (path, file, message) of each second definition.
+    conflicts: &'a mut Vec<(Vec<String>, usize, String)>,
+    file: usize,
+}
+
+impl Merge<'_> {
+    /// Whether `key` is new; if not, records the conflict, with `message`
+    /// followed by where the first definition is.
+    fn claim(&mut self, key: Vec<String>, message: String) -> bool {
+        match self.origins.get(&key) {
+            None => {
+                self.origins.insert(key, self.file);
+                true
+            }
+            Some(&first) => {
+                let f = &self.indexed[first];
+                let at = match f.positions.find(&key) {
+                    Some((l, c)) => format!("{}:{l}:{c}", f.file.display()),
+                    None => f.file.display().to_string(),
+                };
+                self.conflicts
+                    .push((key, self.file, format!("{message} {at}")));
+                false
+            }
         }
-    };
-    let positions = Positions::index(&text);
-    let mut errors = Errors {
-        positions: &positions,
-        list: Vec::new(),
-    };
-    let config = build(file, raw, registry, &mut errors);
-    if errors.list.is_empty() {
-        Ok(config.expect("no errors means a config"))
-    } else {
-        errors
-            .list
-            .sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
-        Err(errors_of(errors.list))
     }
+
+    fn top<T>(&mut self, key: &str, also: &str, value: T, into: &mut T) {
+        if self.claim(vec![key.to_string()], format!("{key} {also}")) {
+            *into = value;
+        }
+    }
+}
+
+/// Parses, merges and validates the texts of a set of files, in order. No
+/// message in the errors shows a secret: values read by `${file:}` and the
+/// values of keys that name secrets (`password`, `key_password`,
+/// `client_secret`, ...) are masked.
+pub fn parse_set(
+    texts: &[(PathBuf, String)],
+    env: &dyn Fn(&str) -> Option<String>,
+    registry: &Registry,
+) -> Result<Config, ConfigErrors> {
+    let mut secrets = Vec::new();
+    parse_set_unmasked(texts, env, registry, &mut secrets).map_err(|mut errors| {
+        for e in &mut errors.errors {
+            e.message = tailrace_api::secret::mask(&e.message, &secrets);
+        }
+        errors
+    })
 }
 
 /// The scalar values under keys that name secrets, anywhere in the tree.
@@ -380,7 +567,118 @@ fn secret_values(value: &Value, under_secret: bool, out: &mut Vec<String>) {
     }
 }
 
-fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Config> {
+fn parse_set_unmasked(
+    texts: &[(PathBuf, String)],
+    env: &dyn Fn(&str) -> Option<String>,
+    registry: &Registry,
+    secrets: &mut Vec<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in texts {
+        match parse_file(file, text, env, secrets) {
+            Ok(p) => parsed.push((file.clone(), p)),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors { errors });
+    }
+    let mut merged = RawConfig::default();
+    let mut origins: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    let mut indexed = Vec::new();
+    // (path, message) of conflicts between files, reported with the rest.
+    let mut conflicts: Vec<(Vec<String>, usize, String)> = Vec::new();
+    for (i, (file, (raw, positions))) in parsed.into_iter().enumerate() {
+        let mut merge = Merge {
+            origins: &mut origins,
+            indexed: &indexed,
+            conflicts: &mut conflicts,
+            file: i,
+        };
+        let also = "is set in two files: here and in";
+        if let Some(v) = raw.data_dir {
+            merge.top("data_dir", also, v, &mut merged.data_dir);
+        }
+        if let Some(v) = raw.admin {
+            merge.top("admin", also, v, &mut merged.admin);
+        }
+        if let Some(v) = raw.log {
+            merge.top("log", also, v, &mut merged.log);
+        }
+        if let Some(v) = raw.shutdown_grace_ms {
+            merge.top("shutdown_grace_ms", also, v, &mut merged.shutdown_grace_ms);
+        }
+        if let Some(v) = raw.summary_interval_ms {
+            merge.top(
+                "summary_interval_ms",
+                also,
+                v,
+                &mut merged.summary_interval_ms,
+            );
+        }
+        for (section, what, from, into) in [
+            ("sources", "source", raw.sources, &mut merged.sources),
+            ("channels", "channel", raw.channels, &mut merged.channels),
+            ("sinks", "sink", raw.sinks, &mut merged.sinks),
+        ] {
+            if positions.contains(&[section.to_string()]) {
+                merge.origins.entry(vec![section.to_string()]).or_insert(i);
+            }
+            for (name, value) in from {
+                let key = vec![section.to_string(), name.clone()];
+                if merge.claim(key, format!("{what} {name} is defined twice: here and in")) {
+                    into.insert(name, value);
+                }
+            }
+        }
+        indexed.push(Indexed {
+            file: file.clone(),
+            positions,
+        });
+    }
+    let mut errors = Errors {
+        files: &indexed,
+        origins: &origins,
+        list: Vec::new(),
+    };
+    for (path, i, message) in conflicts {
+        let message = if path.len() == 1 {
+            format!("{message}; the top-level settings ({TOP_LEVEL}) may be set in one file only")
+        } else {
+            message
+        };
+        // Reported where the second definition is.
+        errors.list.push(ConfigError {
+            file: indexed[i].file.clone(),
+            position: indexed[i].positions.find(&path),
+            path,
+            message,
+        });
+    }
+    let config = build(merged, registry, &mut errors);
+    if errors.list.is_empty() {
+        let mut config = config.expect("no errors means a config");
+        config.files = indexed.iter().map(|f| f.file.clone()).collect();
+        config.paths = config.files.clone();
+        Ok(config)
+    } else {
+        let order = |f: &Path| {
+            indexed
+                .iter()
+                .position(|x| x.file == f)
+                .unwrap_or(usize::MAX)
+        };
+        errors
+            .list
+            .sort_by_key(|e| (order(&e.file), e.position.unwrap_or((usize::MAX, 0))));
+        Err(ConfigErrors {
+            errors: errors.list,
+        })
+    }
+}
+
+fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Config> {
     if raw.data_dir.as_os_str().is_empty() {
         errors.add(path(&["data_dir"]), "data_dir is empty");
     }
@@ -626,7 +924,8 @@ fn build(file: &Path, raw: RawConfig, registry: &Registry, errors: &mut Errors) 
         return None;
     }
     Some(Config {
-        file: file.to_path_buf(),
+        paths: Vec::new(),
+        files: Vec::new(),
         data_dir: raw.data_dir,
         admin: raw.admin,
         log: raw.log,

@@ -76,7 +76,10 @@ fn invalid_configs() {
     );
     check(
         &with("type: kafka", "type: kafak"),
-        &[(Some(12), "unknown sink type \"kafak\"; known types: kafka")],
+        &[(
+            Some(12),
+            "unknown sink type \"kafak\"; known types: blackhole, console, kafka",
+        )],
     );
     check(
         &with("channels: [main]", "channels: [mian]"),
@@ -230,6 +233,136 @@ fn errors_print_as_file_line_column() {
     assert_eq!(
         e.to_string(),
         "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file, syslog, tcp, udp, unix"
+    );
+}
+
+/// Parses files given as (name, text), in order; returns the config or
+/// the printed errors.
+fn set(files: &[(&str, &str)]) -> Result<Config, String> {
+    let texts: Vec<(std::path::PathBuf, String)> = files
+        .iter()
+        .map(|(n, t)| (n.into(), t.to_string()))
+        .collect();
+    parse_set(&texts, &env, &Registry::builtin()).map_err(|e| e.to_string())
+}
+
+const MAIN: &str = "data_dir: /tmp/tr\nchannels:\n  main:\n    type: memory\n";
+const SOURCE: &str =
+    "sources:\n  app:\n    type: file\n    include: [\"/var/log/app/*.log\"]\n    channels: [main]\n";
+const SINK: &str = "sinks:\n  out:\n    type: console\n    channel: main\n";
+
+#[test]
+fn components_from_several_files_combine() {
+    let c = set(&[
+        ("main.yaml", MAIN),
+        ("app.yaml", SOURCE),
+        ("out.yaml", SINK),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.sources.len(), c.channels.len(), c.sinks.len()),
+        (1, 1, 1)
+    );
+    assert_eq!(c.data_dir, Path::new("/tmp/tr"));
+    assert_eq!(c.files.len(), 3);
+}
+
+#[test]
+fn a_component_defined_twice_names_both_places() {
+    let again = "\n\nsinks:\n  out:\n    type: blackhole\n    channel: main\n";
+    let e = set(&[
+        ("main.yaml", MAIN),
+        ("app.yaml", SOURCE),
+        ("out.yaml", SINK),
+        ("again.yaml", again),
+    ])
+    .err()
+    .unwrap();
+    assert_eq!(
+        e,
+        "again.yaml:4:3: sinks.out: sink out is defined twice: here and in out.yaml:2:3"
+    );
+}
+
+#[test]
+fn top_level_settings_belong_to_one_file() {
+    let e = set(&[
+        ("main.yaml", MAIN),
+        (
+            "app.yaml",
+            &format!("log:\n  level: debug\ndata_dir: /x\n{SOURCE}"),
+        ),
+        ("out.yaml", SINK),
+    ])
+    .err()
+    .unwrap();
+    assert_eq!(
+        e,
+        "app.yaml:3:1: data_dir: data_dir is set in two files: here and in main.yaml:1:1; \
+         the top-level settings (data_dir, admin, log, shutdown_grace_ms, summary_interval_ms) \
+         may be set in one file only"
+    );
+}
+
+#[test]
+fn errors_point_into_the_file_they_are_in() {
+    let bad_sink = "sinks:\n  out:\n    type: console\n    channel: main\n    format: yaml\n";
+    let e = set(&[
+        ("main.yaml", MAIN),
+        ("app.yaml", SOURCE),
+        ("out.yaml", bad_sink),
+    ])
+    .err()
+    .unwrap();
+    assert!(
+        e.starts_with("out.yaml:5:5: sinks.out.format: unknown variant `yaml`"),
+        "{e}"
+    );
+    // A file of comments only sets nothing.
+    set(&[
+        ("main.yaml", MAIN),
+        ("app.yaml", SOURCE),
+        ("out.yaml", SINK),
+        ("x.yaml", "# nothing\n"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_directory_is_its_yaml_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("10-main.yaml", MAIN),
+        ("20-app.yml", SOURCE),
+        ("30-out.yaml", SINK),
+        ("notes.txt", "x"),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let c =
+        load(&[dir.path().to_path_buf()], &Registry::builtin()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = c
+        .files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["10-main.yaml", "20-app.yml", "30-out.yaml"]);
+    assert_eq!(c.paths, [dir.path().to_path_buf()]);
+    // The same file named again, directly, is read once.
+    let again = [dir.path().join("30-out.yaml"), dir.path().to_path_buf()];
+    assert_eq!(
+        load(&again, &Registry::builtin())
+            .map(|c| c.files.len())
+            .ok(),
+        Some(3)
+    );
+    let missing = load(&[dir.path().join("nope")], &Registry::builtin())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        missing.contains("nope: cannot read the config file"),
+        "{missing}"
     );
 }
 

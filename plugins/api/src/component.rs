@@ -19,6 +19,7 @@ use crate::{
     Batch, Channel, ChannelClosed, CheckpointStore, Shutdown, SinkMetrics, SourceMetrics,
     SpoolStore,
 };
+use crate::{Rendered, Tap};
 
 /// A running component. It resolves when the component has stopped, with
 /// the reason if it stopped on an error.
@@ -74,6 +75,13 @@ pub trait SinkConfig: Send + Sync + Debug {
     }
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError>;
+
+    /// What the sink would send for a record (`tailrace test`): `None` for
+    /// sinks that send nothing.
+    fn render(&self, batch: &Batch, record: &crate::Record) -> Option<Rendered> {
+        let _ = (batch, record);
+        None
+    }
 
     /// Replays a spool tree while the agent is stopped (`tailrace spool
     /// replay`); sinks without a spool say so.
@@ -181,6 +189,9 @@ pub struct SourceContext {
     pub readiness: Readiness,
     /// Shape every batch before it goes to the channels.
     pub interceptors: Interceptors,
+    /// Copies of what is sent, while `tailrace tap` is attached (`admit`
+    /// feeds it, after the interceptors).
+    pub tap: Tap,
 }
 
 impl SourceContext {
@@ -248,6 +259,7 @@ impl SourceContext {
         self.metrics.events.inc_by(batch.len() as u64);
         self.metrics.bytes.inc_by(batch.bytes as u64);
         if self.interceptors.is_empty() {
+            self.tap.batch(batch);
             return true;
         }
         let before = batch.len();
@@ -263,6 +275,7 @@ impl SourceContext {
             self.metrics.filtered.inc_by(filtered as u64);
             batch.ack.done(filtered);
         }
+        self.tap.batch(batch);
         !batch.is_empty()
     }
 }
@@ -291,4 +304,54 @@ pub struct SinkContext {
     pub spool: Arc<dyn SpoolStore>,
     /// Not ready until the sink has reached its destination.
     pub readiness: Readiness,
+    /// Copies of what is sent, with topic and key, while `tailrace tap` is
+    /// attached: `tap.begin()` once per batch, `offer` per record.
+    pub tap: Tap,
+}
+
+impl SinkContext {
+    /// Runs a simple sink on a thread of its own: `each` is given every
+    /// batch of the input until the input is closed and drained; a batch is
+    /// acknowledged, counted as delivered and tapped once `each` returned
+    /// Ok. An error from `each` stops the sink with that error.
+    pub fn run_on_thread(
+        self,
+        mut each: impl FnMut(&Batch) -> Result<(), String> + Send + 'static,
+    ) -> Result<ComponentTask, BuildError> {
+        let name = self.name.clone();
+        let thread_name = format!("sink-{name}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || {
+                self.readiness.set_ready();
+                let result = loop {
+                    let Some(batch) = self.input.recv_timeout(Duration::from_millis(50)) else {
+                        if self.input.is_drained() {
+                            break Ok(());
+                        }
+                        continue;
+                    };
+                    if let Err(e) = each(&batch) {
+                        break Err(format!("sink {name}: {e}"));
+                    }
+                    self.tap.batch(&batch);
+                    let m = &self.metrics;
+                    m.batches.inc();
+                    m.batch_events.observe(batch.len() as f64);
+                    m.delivered.inc_by(batch.len() as u64);
+                    m.delivered_bytes.inc_by(batch.bytes as u64);
+                    if let Ok(age) = batch.meta.read_at.elapsed() {
+                        m.latency.observe(age.as_secs_f64());
+                    }
+                    batch.ack.done(batch.len());
+                };
+                let _ = tx.send(result);
+            })
+            .map_err(|e| BuildError(format!("cannot start the thread {thread_name}: {e}")))?;
+        Ok(Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the sink thread panicked".into()))
+        }))
+    }
 }

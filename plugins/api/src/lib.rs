@@ -22,6 +22,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod spool;
 pub mod store;
+pub mod tap;
 
 pub use ack::{Ack, AckReceiver};
 pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
@@ -38,6 +39,7 @@ pub use secret::Secret;
 pub use shutdown::Shutdown;
 pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
+pub use tap::{Rendered, Side, Tap, TapHub, TapOptions};
 
 /// This machine's host name (what `hostname` prints), or "unknown".
 pub fn hostname() -> String {

@@ -45,11 +45,11 @@ pub struct Metrics {
     spool_corrupt: Family<Labels, Counter>,
     channel_events: Family<Labels, Gauge>,
     channel_bytes: Family<Labels, Gauge>,
-    topic_replication: Family<Labels, Gauge>,
-    topic_min_insync: Family<Labels, Gauge>,
+    channel_capacity: Family<Labels, Gauge>,
     latency: HistogramFamily,
     batch_events: HistogramFamily,
     file: FileFamilies,
+    topics: TopicFamilies,
 }
 
 impl Default for Metrics {
@@ -75,14 +75,14 @@ impl Metrics {
             spool_events: Family::default(),
             spool_bytes: Family::default(),
             dead_letter_events: Family::default(),
-            topic_replication: Family::default(),
-            topic_min_insync: Family::default(),
             spool_corrupt: Family::default(),
             channel_events: Family::default(),
             channel_bytes: Family::default(),
+            channel_capacity: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             file: FileFamilies::default(),
+            topics: TopicFamilies::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
@@ -146,16 +146,11 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
-        let gauges: [(&str, &str, &Family<Labels, Gauge>); 7] = [
+        let gauges: [(&str, &str, &Family<Labels, Gauge>); 6] = [
             (
-                "tailrace_sink_topic_replication_factor",
-                "Replicas of each partition of a topic a sink writes to (the fewest over its partitions)",
-                &m.topic_replication,
-            ),
-            (
-                "tailrace_sink_topic_min_insync_replicas",
-                "min.insync.replicas of a topic a sink writes to: acks=all waits for this many copies (-1: the broker did not say)",
-                &m.topic_min_insync,
+                "tailrace_channel_capacity_events",
+                "Events each channel holds at most (capacity_events)",
+                &m.channel_capacity,
             ),
             (
                 "tailrace_dead_letter_events",
@@ -197,6 +192,16 @@ impl Metrics {
             m.batch_events.clone(),
         );
         m.file.register(&mut registry);
+        registry.register(
+            "tailrace_sink_topic_replication_factor",
+            "Replicas of each partition of a topic a sink writes to, as the cluster reports it",
+            m.topics.replication.clone(),
+        );
+        registry.register(
+            "tailrace_sink_topic_min_insync_replicas",
+            "min.insync.replicas of a topic a sink writes to: acks=all waits for this many copies",
+            m.topics.min_insync.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -212,21 +217,30 @@ impl Metrics {
 
     pub fn source(&self, name: &str) -> SourceMetrics {
         let l = vec![("source", name.to_owned())];
-        let m = SourceMetrics {
+        // Series that alerts use exist from the start, at 0, so that
+        // `increase()` sees the first event too.
+        let dropped = Dropped::new(self.dropped.clone(), name);
+        dropped.add("line_truncated", 0);
+        SourceMetrics {
             events: self.source_events.get_or_create(&l).clone(),
             bytes: self.source_bytes.get_or_create(&l).clone(),
             filtered: self.source_filtered.get_or_create(&l).clone(),
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
-            dropped: Dropped::new(self.dropped.clone(), name),
+            dropped,
             file: FileMetrics::new(&self.file, name),
-        };
-        // Exported at 0 from the start, so that increase() sees the first.
-        m.dropped.add("line_truncated", 0);
-        m
+        }
     }
 
     pub fn sink(&self, name: &str) -> SinkMetrics {
         let l = vec![("sink", name.to_owned())];
+        let failed = Arc::new(Labelled {
+            family: self.sink_failed.clone(),
+            fixed: ("sink", name.to_owned()),
+            key: "reason",
+        });
+        failed.add("delivery_timeout", 0);
+        let dropped = Dropped::new(self.dropped.clone(), name);
+        dropped.add("spool_full", 0);
         SinkMetrics {
             delivered: self.sink_delivered.get_or_create(&l).clone(),
             delivered_bytes: self.sink_delivered_bytes.get_or_create(&l).clone(),
@@ -238,18 +252,19 @@ impl Metrics {
             spool_corrupt: self.spool_corrupt.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             batch_events: self.batch_events.get_or_create(&l).clone(),
-            failed: Arc::new(Labelled {
-                family: self.sink_failed.clone(),
-                fixed: ("sink", name.to_owned()),
-                key: "reason",
-            }),
-            dropped: Dropped::new(self.dropped.clone(), name),
-            topics: TopicGauges {
-                replication: self.topic_replication.clone(),
-                min_insync: self.topic_min_insync.clone(),
+            failed,
+            dropped,
+            topics: TopicDurability {
+                families: self.topics.clone(),
                 sink: name.to_owned(),
             },
         }
+    }
+
+    /// `tailrace_channel_capacity_events{channel}`.
+    pub fn channel_capacity(&self, name: &str) -> Gauge {
+        let l = vec![("channel", name.to_owned())];
+        self.channel_capacity.get_or_create(&l).clone()
     }
 
     /// The (events, bytes) fill gauges of a channel.
@@ -335,25 +350,36 @@ pub struct SinkMetrics {
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,
     pub dropped: Dropped,
-    /// How durable the sink's topics are.
-    pub topics: TopicGauges,
+    /// How durable the sink's topics are, as the cluster reports.
+    pub topics: TopicDurability,
+}
+
+#[derive(Clone, Default)]
+struct TopicFamilies {
+    replication: Family<Labels, Gauge>,
+    min_insync: Family<Labels, Gauge>,
 }
 
 /// `tailrace_sink_topic_replication_factor{sink,topic}` and
-/// `tailrace_sink_topic_min_insync_replicas{sink,topic}`, set when the sink
-/// checks its topics (at start and on every metadata refresh).
+/// `tailrace_sink_topic_min_insync_replicas{sink,topic}` of one sink, set
+/// when the sink learns them (rare: a lookup per call).
 #[derive(Clone)]
-pub struct TopicGauges {
-    replication: Family<Labels, Gauge>,
-    min_insync: Family<Labels, Gauge>,
+pub struct TopicDurability {
+    families: TopicFamilies,
     sink: String,
 }
 
-impl TopicGauges {
+impl TopicDurability {
     pub fn set(&self, topic: &str, replication_factor: i64, min_insync_replicas: i64) {
         let l = vec![("sink", self.sink.clone()), ("topic", topic.to_owned())];
-        self.replication.get_or_create(&l).set(replication_factor);
-        self.min_insync.get_or_create(&l).set(min_insync_replicas);
+        self.families
+            .replication
+            .get_or_create(&l)
+            .set(replication_factor);
+        self.families
+            .min_insync
+            .get_or_create(&l)
+            .set(min_insync_replicas);
     }
 }
 

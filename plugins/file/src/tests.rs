@@ -107,6 +107,7 @@ impl Source {
             metrics: metrics.clone(),
             readiness: tailrace_api::Readiness::ready(),
             interceptors: Vec::new().into(),
+            tap: tailrace_api::Tap::none(),
         };
         let task = cfg.build(cx).expect("source builds");
         let task = std::thread::spawn(move || {

@@ -361,6 +361,21 @@ impl SinkConfig for KafkaSinkConfig {
         crate::check::check(self, name, timeout)
     }
 
+    fn render(
+        &self,
+        batch: &tailrace_api::Batch,
+        record: &tailrace_api::Record,
+    ) -> Option<tailrace_api::Rendered> {
+        let (topic, key) = (&self.topic, self.key.as_deref());
+        Some(crate::encode::render(
+            topic,
+            key,
+            self.encoding,
+            batch,
+            record,
+        ))
+    }
+
     fn replay_spool(
         &self,
         name: &str,

@@ -334,6 +334,34 @@ impl Default for EventIds {
     }
 }
 
+/// What a sink with these settings sends for a record, rendered without
+/// a producer (`tailrace test`).
+pub fn render(
+    topic: &str,
+    key: Option<&str>,
+    encoding: Encoding,
+    batch: &Batch,
+    record: &Record,
+) -> tailrace_api::Rendered {
+    let host = tailrace_api::hostname();
+    let mut rendered = tailrace_api::Rendered::default();
+    if let Ok(t) = Template::parse(topic) {
+        let mut out = Vec::new();
+        t.render(batch, record, &host, &mut out);
+        rendered.topic = Some(String::from_utf8_lossy(&out).into_owned());
+    }
+    if let Some(Ok(k)) = key.map(Template::parse) {
+        let mut out = Vec::new();
+        k.render(batch, record, &host, &mut out);
+        rendered.key = Some(out);
+    }
+    match encoding {
+        Encoding::Raw => rendered.value = record.payload.to_vec(),
+        Encoding::Json => json(batch, record, &host, &mut rendered.value),
+    }
+    rendered
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

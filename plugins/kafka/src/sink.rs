@@ -916,6 +916,7 @@ impl Sink {
         let strict = self.strict();
         let mut diverting = self.behind_spool().then_some("behind_spool");
         let mut out_of_time = false;
+        let mut tap = self.cx.tap.begin();
         for record in &batch.records {
             if diverting.is_none() && strict && !self.to_spool.is_empty() {
                 // A record of this batch failed at once: the rest go
@@ -924,6 +925,11 @@ impl Sink {
             }
             let p = prepare(&enc, &batch, record, &mut bufs);
             let headers = self.headers_of(&enc, &batch, record);
+            if let Some(t) = &mut tap {
+                t.offer(&batch, record, || {
+                    Some(tailrace_api::Rendered::route(p.topic, p.key))
+                });
+            }
             if let Some(reason) = diverting {
                 self.divert(&inflight, &p, headers, reason.into());
                 continue;
