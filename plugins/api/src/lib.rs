@@ -32,7 +32,7 @@ pub use component::{
     SourceContext,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
-pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
+pub use metrics::{FileMetrics, JournaldMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use shutdown::Shutdown;
 pub use secret::Secret;

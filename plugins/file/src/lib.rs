@@ -13,6 +13,7 @@
 //! sees channels).
 
 mod checkpoint;
+mod format;
 mod identity;
 mod multiline;
 mod scan;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
 pub use checkpoint::{describe, CheckpointInfo};
+pub use format::Format;
 pub use multiline::MultilineConfig;
 pub use split::{LinePolicy, Splitter};
 
@@ -97,6 +99,10 @@ pub struct FileSourceConfig {
     /// Joins lines into multiline events (stack traces).
     #[serde(default)]
     pub multiline: Option<MultilineConfig>,
+    /// How lines are written: `raw`, or a container runtime's wrapping
+    /// (`cri`, `docker`, `auto` to recognise either per file).
+    #[serde(default)]
+    pub format: Format,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -181,6 +187,15 @@ impl SourceConfig for FileSourceConfig {
         if let Some(Err(issue)) = self.multiline.as_ref().map(MultilineConfig::compile) {
             issues.push(issue);
         }
+        if self.multiline.is_some() && self.format != Format::Raw {
+            issues.push(ConfigIssue::new(
+                &["multiline"],
+                format!(
+                    "multiline works on raw lines only, not with format {} (remove multiline or set format: raw)",
+                    self.format.name()
+                ),
+            ));
+        }
         issues
     }
 
@@ -211,6 +226,8 @@ impl SourceConfig for FileSourceConfig {
             expire_after: Duration::from_millis(self.expire_after_ms),
             watch: self.watch,
             multiline,
+            format: self.format,
+            field_names: Default::default(),
         };
         tailer::spawn(cx, matcher, settings)
     }
