@@ -24,6 +24,7 @@ mod agent;
 mod broker;
 mod consumer;
 pub mod http;
+pub mod journal;
 mod lines;
 mod process;
 mod proxy;

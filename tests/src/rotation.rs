@@ -37,6 +37,21 @@ pub struct AppWriter {
 impl AppWriter {
     /// Writes lines numbered from `first`.
     pub fn start(log: &Path, first: u64, batch: u64, interval: Duration) -> AppWriter {
+        AppWriter::start_as(log, first, batch, interval, |seq, buf| {
+            buf.extend_from_slice(&SeqLines::line(seq));
+            buf.push(b'\n');
+        })
+    }
+
+    /// Like [`AppWriter::start`], with `write(seq, buf)` appending line
+    /// `seq` as it goes on disk (wrapped as a container runtime does).
+    pub fn start_as(
+        log: &Path,
+        first: u64,
+        batch: u64,
+        interval: Duration,
+        write: fn(u64, &mut Vec<u8>),
+    ) -> AppWriter {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent).expect("cannot create the log directory");
         }
@@ -62,8 +77,7 @@ impl AppWriter {
                     }
                     buf.clear();
                     for seq in next..next + batch {
-                        buf.extend_from_slice(&SeqLines::line(seq));
-                        buf.push(b'\n');
+                        write(seq, &mut buf);
                     }
                     file.write_all(&buf).expect("cannot write the log");
                     next += batch;

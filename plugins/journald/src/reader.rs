@@ -89,6 +89,8 @@ struct Reader {
     /// The fields of the entry being read: name, start, end in `arena`.
     scratch: Vec<(Arc<str>, usize, usize)>,
     lag: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The journal is on an entry not read yet (after a missing cursor).
+    on_unread: bool,
 }
 
 pub(crate) fn spawn(cx: SourceContext, settings: Settings) -> Result<ComponentTask, BuildError> {
@@ -121,6 +123,7 @@ pub(crate) fn spawn(cx: SourceContext, settings: Settings) -> Result<ComponentTa
         arena: BytesMut::new(),
         scratch: Vec::new(),
         lag,
+        on_unread: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -209,10 +212,10 @@ impl Reader {
                         // The saved entry itself: go on after it.
                     } else {
                         // It was vacuumed or rotated away: the entry we are
-                        // on is the oldest after it, and is read next.
+                        // on is the oldest after it, and is read first.
                         self.cx.metrics.journald.event("cursor_missing", 1);
                         warn!(source = %self.cx.name, cursor = %saved.cursor, "the saved cursor is no longer in the journal, resuming at the oldest entry after it");
-                        j.previous()?;
+                        self.on_unread = true;
                     }
                 }
             }
@@ -235,7 +238,7 @@ impl Reader {
         let mut entries = 0;
         let mut last_time = 0;
         let mut unreadable = 0u64;
-        while entries < max && j.next()? {
+        while entries < max && (std::mem::take(&mut self.on_unread) || j.next()?) {
             entries += 1;
             let realtime_us = j.realtime_us()?;
             last_time = realtime_us;
@@ -335,9 +338,14 @@ impl Reader {
 
     /// Writes the acknowledged cursor if it moved, and the lag.
     fn persist(&mut self, j: &mut Journal) {
-        if let (Some(newest), Some(done)) = (j.newest_us(), self.book.committed()) {
-            self.lag
-                .set(newest.saturating_sub(done.realtime_us) as f64 / 1e6);
+        if let Some((oldest, newest)) = j.span_us() {
+            // Nothing acknowledged yet: everything from where reading began.
+            let done = match (self.book.committed(), self.settings.start_at) {
+                (Some(p), _) => p.realtime_us,
+                (None, StartAt::Beginning) => oldest,
+                (None, StartAt::End) => newest,
+            };
+            self.lag.set(newest.saturating_sub(done) as f64 / 1e6);
         }
         let Some(p) = self.book.to_save() else {
             return;
@@ -351,7 +359,10 @@ impl Reader {
             .save(&self.cx.name, &[put], &[])
             .and_then(|()| self.cx.checkpoints.flush());
         match saved {
-            Ok(()) => self.book.saved(),
+            Ok(()) => {
+                debug!(source = %self.cx.name, cursor = %p.cursor, "journal cursor saved");
+                self.book.saved()
+            }
             Err(e) => {
                 warn!(source = %self.cx.name, error = %e, "cannot save the journal cursor; it will be saved on the next try")
             }

@@ -186,12 +186,13 @@ impl Journal {
         Ok(t)
     }
 
-    /// The newest entry's wall-clock time over every file, if any.
-    pub fn newest_us(&mut self) -> Option<u64> {
+    /// The oldest and the newest entry's wall-clock time over every file,
+    /// if there are entries.
+    pub fn span_us(&mut self) -> Option<(u64, u64)> {
         let (mut from, mut to) = (0u64, 0u64);
         // SAFETY: valid out pointers.
         let rc = unsafe { sys::sd_journal_get_cutoff_realtime_usec(self.j, &mut from, &mut to) };
-        (rc > 0).then_some(to)
+        (rc > 0).then_some((from, to))
     }
 
     /// Calls `each` with every `FIELD=value` of the current entry (the
