@@ -47,7 +47,10 @@ impl Registry {
         sources.insert("udp", source::<tailrace_socket::UdpSourceConfig>);
         sources.insert("unix", source::<tailrace_socket::UnixSourceConfig>);
         sources.insert("syslog", source::<tailrace_socket::SyslogSourceConfig>);
-        sources.insert("journald", source::<tailrace_journald::JournaldSourceConfig>);
+        sources.insert(
+            "journald",
+            source::<tailrace_journald::JournaldSourceConfig>,
+        );
         let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
         sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
         let mut interceptors: BTreeMap<&'static str, InterceptorFactory> = BTreeMap::new();

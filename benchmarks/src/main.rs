@@ -349,12 +349,7 @@ fn file_source(include: &str, extra: &str) -> String {
 
 /// Starts the release agent on a fresh data dir, with the source `app`
 /// given as YAML (its keys, indented by four).
-fn start_tailrace(
-    args: &Args,
-    dir: &Path,
-    source: &str,
-    bootstrap: &str,
-) -> anyhow::Result<Agent> {
+fn start_tailrace(args: &Args, dir: &Path, source: &str, bootstrap: &str) -> anyhow::Result<Agent> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let admin = format!("127.0.0.1:{}", free_port()?);
@@ -675,8 +670,7 @@ fn main() -> anyhow::Result<()> {
             "journald" => {
                 let journal = containers::journal_dir(&load)?;
                 let source = format!("    type: journald\n    directory: {}\n", journal.display());
-                let broker =
-                    Tansu::start(&args.tansu, &args.work.join("tansu-journald"), "bench")?;
+                let broker = Tansu::start(&args.tansu, &args.work.join("tansu-journald"), "bench")?;
                 tailrace_run(&args, &source, "tansu, journald", &broker.bootstrap())
             }
             "kcat" => {
@@ -688,9 +682,9 @@ fn main() -> anyhow::Result<()> {
                     Tansu::start(&args.tansu, &args.work.join("tansu-sustained"), "bench")?;
                 sustained_run(&args, &broker.bootstrap())
             }
-            other => bail!(
-                "unknown target {other}: embedded, tansu, kcat, sustained, cri or journald"
-            ),
+            other => {
+                bail!("unknown target {other}: embedded, tansu, kcat, sustained, cri or journald")
+            }
         };
         match row {
             Ok(r) => rows.push(r),
@@ -726,8 +720,14 @@ fn main() -> anyhow::Result<()> {
             .find(|r| r.target == name)
             .map(|r| r.events as f64 / r.seconds)
     };
-    if let (Some(raw), Some(cri)) = (rate_of("tailrace → tansu"), rate_of("tailrace → tansu, CRI file")) {
-        println!("\nThe CRI file ran at {:.2} of the raw file's rate (goal: 0.8).", cri / raw);
+    if let (Some(raw), Some(cri)) = (
+        rate_of("tailrace → tansu"),
+        rate_of("tailrace → tansu, CRI file"),
+    ) {
+        println!(
+            "\nThe CRI file ran at {:.2} of the raw file's rate (goal: 0.8).",
+            cri / raw
+        );
     }
     if let Some(j) = rate_of("tailrace → tansu, journald") {
         println!("\nThe journald source delivered {j:.0} entries/s (goal: 300,000).");

@@ -31,7 +31,11 @@ pub struct Entry {
 /// `app.service` (every fifth `db.service`), `PRIORITY` `seq % 8`, host
 /// `host-{seq % 3}`, one second apart from a fixed start.
 pub fn seq_entry(seq: u64) -> Entry {
-    let unit = if seq % 5 == 4 { "db.service" } else { "app.service" };
+    let unit = if seq % 5 == 4 {
+        "db.service"
+    } else {
+        "app.service"
+    };
     Entry {
         message: SeqLines::line(seq),
         fields: vec![

@@ -26,7 +26,10 @@ fn setup(source_keys: &str, json: bool) -> (Broker, tempfile::TempDir, String) {
         None,
     );
     if json {
-        config = config.replace("    compression: lz4\n", "    compression: lz4\n    encoding: json\n");
+        config = config.replace(
+            "    compression: lz4\n",
+            "    compression: lz4\n    encoding: json\n",
+        );
     }
     (broker, dir, config)
 }
@@ -34,7 +37,11 @@ fn setup(source_keys: &str, json: bool) -> (Broker, tempfile::TempDir, String) {
 /// Line `seq` as containerd writes it.
 fn cri_line(seq: u64, buf: &mut Vec<u8>) {
     buf.extend_from_slice(TIME.as_bytes());
-    buf.extend_from_slice(if seq % 2 == 0 { b" stdout F " } else { b" stderr F " });
+    buf.extend_from_slice(if seq.is_multiple_of(2) {
+        b" stdout F "
+    } else {
+        b" stderr F "
+    });
     buf.extend_from_slice(&SeqLines::line(seq));
     buf.push(b'\n');
 }
@@ -47,7 +54,8 @@ fn docker_line(log: &str, stream: &str) -> String {
 }
 
 fn json(r: &tailrace_e2e::Record) -> serde_json::Value {
-    serde_json::from_slice(&r.payload).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.payload)))
+    serde_json::from_slice(&r.payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.payload)))
 }
 
 #[test]
@@ -56,7 +64,11 @@ fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw(
     const N: u64 = 5_000;
     let mut file = Vec::new();
     // The first event, cut by the runtime into three records.
-    for (tag, part) in [("P", "first part, "), ("P", "second part, "), ("F", "last part")] {
+    for (tag, part) in [
+        ("P", "first part, "),
+        ("P", "second part, "),
+        ("F", "last part"),
+    ] {
         file.extend_from_slice(format!("{TIME} stdout {tag} {part}\n").as_bytes());
     }
     for seq in 0..N {
@@ -68,13 +80,18 @@ fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw(
     std::fs::write(dir.path().join("logs/pod.log"), &file).unwrap();
     let agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let records = consumer.read_count(N as usize + 2, DELIVERY_TIMEOUT).to_vec();
+    let records = consumer
+        .read_count(N as usize + 2, DELIVERY_TIMEOUT)
+        .to_vec();
     assert_eq!(records.len() as u64, N + 2, "{}", agent.log_tail(20));
     let first = json(&records[0]);
     assert_eq!(first["message"], "first part, second part, last part");
     assert_eq!(first["offset"], 0, "a joined event is at its first part");
     assert_eq!(first["stream"], "stdout");
-    assert_eq!(first["timestamp"], "2026-11-21T10:00:00.123Z", "the runtime's time");
+    assert_eq!(
+        first["timestamp"], "2026-11-21T10:00:00.123Z",
+        "the runtime's time"
+    );
     let mut messages = Vec::new();
     let mut raw = Vec::new();
     for r in &records[1..] {
@@ -89,10 +106,17 @@ fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw(
             None => raw.push((m, v.get("stream").cloned())),
         }
     }
-    assert_eq!(raw, [("not a cri line".to_owned(), None)], "a bad line arrives as it was");
+    assert_eq!(
+        raw,
+        [("not a cri line".to_owned(), None)],
+        "a bad line arrives as it was"
+    );
     let report = Report::new(N, &messages);
     assert!(report.is_complete() && report.duplicates == 0, "{report}");
-    let parse_errors = metric(agent.admin_address(), "tailrace_source_parse_errors_total{source=\"app\"}");
+    let parse_errors = metric(
+        agent.admin_address(),
+        "tailrace_source_parse_errors_total{source=\"app\"}",
+    );
     assert_eq!(parse_errors, 1.0, "the bad line is counted");
 }
 
@@ -110,12 +134,20 @@ fn cri_log_rotated_by_logrotate_while_written_loses_nothing() {
     }
     writer.wait_for_more(2_000);
     let written = writer.stop();
-    consumer.read_until(DELIVERY_TIMEOUT, |r| Report::new(written, r).missing.is_empty());
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        Report::new(written, r).missing.is_empty()
+    });
     let report = Report::new(written, consumer.records());
     println!("{written} CRI lines, 3 rotations: {report}");
     assert!(report.is_complete(), "{report}\n{}", agent.log_tail(20));
     assert_eq!(report.duplicates, 0, "{report}");
-    assert_eq!(metric(agent.admin_address(), "tailrace_source_parse_errors_total{source=\"app\"}"), 0.0);
+    assert_eq!(
+        metric(
+            agent.admin_address(),
+            "tailrace_source_parse_errors_total{source=\"app\"}"
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -123,11 +155,17 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
     let (broker, dir, config) = setup("format: auto", true);
     const N: u64 = 3_000;
     let tricky = "say \"hi\"\t\\ to ünïcode \u{1}";
-    let long: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let long: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let mut docker = String::new();
     docker.push_str(&docker_line(&format!("{tricky}\n"), "stderr"));
     // dockerd cuts a long message into 16 KiB parts without a newline.
-    for part in [&long[..16_384], &long[16_384..32_768], &format!("{}\n", &long[32_768..])] {
+    for part in [
+        &long[..16_384],
+        &long[16_384..32_768],
+        &format!("{}\n", &long[32_768..]),
+    ] {
         docker.push_str(&docker_line(part, "stdout"));
     }
     for seq in 0..N {
@@ -139,10 +177,15 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
     for seq in N..2 * N {
         cri_line(seq, &mut cri);
     }
-    std::fs::File::create(dir.path().join("logs/cri.log")).unwrap().write_all(&cri).unwrap();
+    std::fs::File::create(dir.path().join("logs/cri.log"))
+        .unwrap()
+        .write_all(&cri)
+        .unwrap();
     let agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let records = consumer.read_count(2 * N as usize + 2, DELIVERY_TIMEOUT).to_vec();
+    let records = consumer
+        .read_count(2 * N as usize + 2, DELIVERY_TIMEOUT)
+        .to_vec();
     assert_eq!(records.len() as u64, 2 * N + 2, "{}", agent.log_tail(20));
     let values: Vec<serde_json::Value> = records.iter().map(json).collect();
     let by_message = |m: &str| values.iter().find(|v| v["message"] == m);
@@ -159,5 +202,11 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
         .collect();
     let report = Report::new(2 * N, &messages);
     assert!(report.is_complete() && report.duplicates == 0, "{report}");
-    assert_eq!(metric(agent.admin_address(), "tailrace_source_parse_errors_total{source=\"app\"}"), 0.0);
+    assert_eq!(
+        metric(
+            agent.admin_address(),
+            "tailrace_source_parse_errors_total{source=\"app\"}"
+        ),
+        0.0
+    );
 }

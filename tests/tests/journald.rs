@@ -62,16 +62,23 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
     let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let writer = JournalWriter::start(&journal.join("live.journal"), 20_000, 100, Duration::from_millis(10));
+    let writer = JournalWriter::start(
+        &journal.join("live.journal"),
+        20_000,
+        100,
+        Duration::from_millis(10),
+    );
     writer.wait_for_more(10_000);
     catch_up(&mut consumer, &writer);
     // The acknowledged cursor is close to the newest entry (entries are
     // 1 ms apart): what is saved now is what a restart resumes after.
     let admin = agent.admin_address().to_owned();
-    let saved_near_the_end = wait_until(Duration::from_secs(60), || {
-        metric(&admin, LAG) <= 2.0
-    });
-    assert!(saved_near_the_end, "the lag did not come down: {}", agent.log_tail(20));
+    let saved_near_the_end = wait_until(Duration::from_secs(60), || metric(&admin, LAG) <= 2.0);
+    assert!(
+        saved_near_the_end,
+        "the lag did not come down: {}",
+        agent.log_tail(20)
+    );
     agent.kill();
     let seen_at_kill = highest(&consumer).expect("entries arrived");
     // Written while the agent is down, and a new file besides.
@@ -85,10 +92,19 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
     let late: Vec<Entry> = (late_from..late_from + 5_000).map(seq_entry).collect();
     write_journal(&journal.join("zlate.journal"), &late);
     let written = late_from + 5_000;
-    consumer.read_until(DELIVERY_TIMEOUT, |r| Report::new(written, r).missing.is_empty());
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        Report::new(written, r).missing.is_empty()
+    });
     let report = Report::new(written, consumer.records());
-    println!("{written} entries in {} files, one kill after entry {seen_at_kill}: {report}", journal_files(&journal).len());
-    assert!(report.missing.is_empty(), "entries lost: {report}\n{}", agent.log_tail(30));
+    println!(
+        "{written} entries in {} files, one kill after entry {seen_at_kill}: {report}",
+        journal_files(&journal).len()
+    );
+    assert!(
+        report.missing.is_empty(),
+        "entries lost: {report}\n{}",
+        agent.log_tail(30)
+    );
     assert_eq!(report.malformed_count, 0, "{report}");
     let far: Vec<u64> = report
         .duplicated
@@ -105,10 +121,23 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
     );
 
     // journalctl reads the same journal: the same set of messages.
-    let delivered: BTreeSet<Vec<u8>> = consumer.records().iter().map(|r| r.payload.clone()).collect();
+    let delivered: BTreeSet<Vec<u8>> = consumer
+        .records()
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
     let printed: BTreeSet<Vec<u8>> = journalctl_messages(&journal, &[]).into_iter().collect();
-    assert_eq!(printed.len() as u64, written, "journalctl sees every entry written");
-    assert!(delivered == printed, "tailrace delivered {} distinct messages, journalctl printed {}", delivered.len(), printed.len());
+    assert_eq!(
+        printed.len() as u64,
+        written,
+        "journalctl sees every entry written"
+    );
+    assert!(
+        delivered == printed,
+        "tailrace delivered {} distinct messages, journalctl printed {}",
+        delivered.len(),
+        printed.len()
+    );
 }
 
 #[test]
@@ -128,21 +157,36 @@ fn a_vacuumed_cursor_resumes_at_the_oldest_entry_after_it_and_is_counted() {
     write_journal(&journal.join("b.journal"), &b);
     std::fs::remove_file(journal.join("a.journal")).unwrap();
     agent.restart();
-    consumer.read_until(DELIVERY_TIMEOUT, |r| Report::new(6_000, r).missing.is_empty());
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        Report::new(6_000, r).missing.is_empty()
+    });
     let report = Report::new(6_000, consumer.records());
-    assert!(report.missing.is_empty(), "{report}\n{}", agent.log_tail(30));
+    assert!(
+        report.missing.is_empty(),
+        "{report}\n{}",
+        agent.log_tail(30)
+    );
     assert_eq!(report.duplicates, 0, "SIGTERM saved the cursor: {report}");
-    assert!(agent.log().contains("the saved cursor is no longer in the journal"));
+    assert!(agent
+        .log()
+        .contains("the saved cursor is no longer in the journal"));
     let admin = agent.admin_address().to_owned();
     let counted = wait_until(Duration::from_secs(10), || {
-        metric(&admin, "tailrace_journald_events_total{source=\"journal\",event=\"cursor_missing\"}") == 1.0
+        metric(
+            &admin,
+            "tailrace_journald_events_total{source=\"journal\",event=\"cursor_missing\"}",
+        ) == 1.0
     });
     assert!(counted, "cursor_missing counted once");
-    let caught_up = wait_until(Duration::from_secs(10), || {
-        metric(&admin, LAG) == 0.0
-    });
-    assert!(caught_up, "the lag is 0 once the newest entry is acknowledged");
-    assert_eq!(metric(&admin, "tailrace_source_events_total{source=\"journal\"}"), 3_000.0);
+    let caught_up = wait_until(Duration::from_secs(10), || metric(&admin, LAG) == 0.0);
+    assert!(
+        caught_up,
+        "the lag is 0 once the newest entry is acknowledged"
+    );
+    assert_eq!(
+        metric(&admin, "tailrace_source_events_total{source=\"journal\"}"),
+        3_000.0
+    );
 }
 
 #[test]
@@ -181,7 +225,10 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
     let expected = (0..4_000).filter(|&s| selected(s)).count() + 1;
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     // The binary entry is the last one: once it is here, all before it are.
-    consumer.read_until(DELIVERY_TIMEOUT, |r| r.iter().any(|r| r.payload.windows(7).any(|w| w == b"base64\"")));
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        r.iter()
+            .any(|r| r.payload.windows(7).any(|w| w == b"base64\""))
+    });
     let records = consumer.records().to_vec();
     assert_eq!(records.len(), expected, "{}", agent.log_tail(20));
     let mut delivered = BTreeSet::new();
@@ -189,12 +236,20 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["source"], "journal");
         assert_eq!(v["_SYSTEMD_UNIT"], "app.service");
-        assert_eq!(v["SYSLOG_IDENTIFIER"], "app", "excluded entries do not arrive");
-        assert!(v.get("MESSAGE").is_none() && v.get("_HOSTNAME").is_none(), "MESSAGE is the message, _HOSTNAME the host: {v}");
+        assert_eq!(
+            v["SYSLOG_IDENTIFIER"], "app",
+            "excluded entries do not arrive"
+        );
+        assert!(
+            v.get("MESSAGE").is_none() && v.get("_HOSTNAME").is_none(),
+            "MESSAGE is the message, _HOSTNAME the host: {v}"
+        );
         let message = v["message"].as_str().unwrap();
         if v["message_encoding"] == "base64" {
             use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(message).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(message)
+                .unwrap();
             assert_eq!(bytes, binary.message, "binary MESSAGE byte for byte");
             assert_eq!(v["PRIORITY"], "2");
             delivered.insert(binary.message.clone());
@@ -207,7 +262,10 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
         let ms = (seq_entry(seq).realtime_us / 1000) as i64;
         let ts = rfc3339_ms(ms);
         assert_eq!(v["timestamp"], ts, "__REALTIME_TIMESTAMP is the timestamp");
-        assert!(delivered.insert(message.as_bytes().to_vec()), "entry {seq} twice");
+        assert!(
+            delivered.insert(message.as_bytes().to_vec()),
+            "entry {seq} twice"
+        );
     }
     // journalctl with the same matches, less the excluded identifier.
     let mut args = vec!["_SYSTEMD_UNIT=app.service".to_string()];
@@ -217,7 +275,12 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
         .into_iter()
         .filter(|m| !m.starts_with(b"noisy"))
         .collect();
-    assert!(delivered == printed, "delivered {} messages, journalctl selected {}", delivered.len(), printed.len());
+    assert!(
+        delivered == printed,
+        "delivered {} messages, journalctl selected {}",
+        delivered.len(),
+        printed.len()
+    );
 }
 
 /// Milliseconds since the epoch as the JSON encoding writes them.

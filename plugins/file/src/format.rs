@@ -394,7 +394,10 @@ mod tests {
             .map(|(p, o, s, t)| (p.to_string(), *o, s.to_string(), *t))
             .collect();
         assert_eq!(got, want, "{format:?} {input:?}");
-        assert_eq!(report.parse_errors, parse_errors, "parse errors in {input:?}");
+        assert_eq!(
+            report.parse_errors, parse_errors,
+            "parse errors in {input:?}"
+        );
         assert_eq!(d.held_offset().map(line_of), held_at, "held in {input:?}");
     }
 
@@ -557,9 +560,25 @@ mod tests {
     fn auto_decides_per_file_from_its_first_line() {
         use LinePolicy::*;
         let cri = format!("{T} stdout F a\n");
-        check(Format::Auto, 100, Split, &cri, &[("a", 0, "stdout", MS)], 0, None);
+        check(
+            Format::Auto,
+            100,
+            Split,
+            &cri,
+            &[("a", 0, "stdout", MS)],
+            0,
+            None,
+        );
         let docker = "{\"log\":\"a\\n\",\"stream\":\"stderr\"}\n";
-        check(Format::Auto, 100, Split, docker, &[("a", 0, "stderr", None)], 0, None);
+        check(
+            Format::Auto,
+            100,
+            Split,
+            docker,
+            &[("a", 0, "stderr", None)],
+            0,
+            None,
+        );
         // a raw file stays raw: nothing is counted as a parse error
         let raw = format!("plain\n{T} stdout F a\n");
         check(

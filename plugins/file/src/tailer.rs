@@ -28,8 +28,8 @@ use tailrace_api::{
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{FileId, Saved};
-use crate::identity::{self, mtime_ns, Sibling, Tail};
 use crate::format::{Decoder, Format, Names};
+use crate::identity::{self, mtime_ns, Sibling, Tail};
 use crate::multiline::Multiline;
 use crate::scan::Matcher;
 use crate::split::{LinePolicy, Split, Splitter};

@@ -143,10 +143,18 @@ fn matches(
     out
 }
 
+/// What a config asks for, resolved.
+struct Plan {
+    at: Where,
+    /// `FIELD=value` matches for sd-journal, the units folded in.
+    include: Vec<Vec<u8>>,
+    /// `FIELD=value` pairs that exclude an entry.
+    exclude: Vec<Vec<u8>>,
+    issues: Vec<ConfigIssue>,
+}
+
 impl JournaldSourceConfig {
-    /// The journal to open, the include matches (units folded in) and the
-    /// exclude matches.
-    fn plan(&self) -> (Where, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<ConfigIssue>) {
+    fn plan(&self) -> Plan {
         let mut issues = Vec::new();
         let at = match (&self.directory, self.files.is_empty()) {
             (Some(_), false) => {
@@ -172,7 +180,10 @@ impl JournaldSourceConfig {
                 path.extend(i.as_deref());
                 issues.push(ConfigIssue::new(
                     &path,
-                    format!("{} must be an absolute path (it would depend on the working directory)", p.display()),
+                    format!(
+                        "{} must be an absolute path (it would depend on the working directory)",
+                        p.display()
+                    ),
                 ));
             }
         }
@@ -199,20 +210,33 @@ impl JournaldSourceConfig {
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
         ] {
             if v == 0 {
-                issues.push(ConfigIssue::new(&[key], format!("{key} must be greater than 0")));
+                issues.push(ConfigIssue::new(
+                    &[key],
+                    format!("{key} must be greater than 0"),
+                ));
             }
         }
-        (at, include, exclude, issues)
+        Plan {
+            at,
+            include,
+            exclude,
+            issues,
+        }
     }
 }
 
 impl SourceConfig for JournaldSourceConfig {
     fn validate(&self) -> Vec<ConfigIssue> {
-        self.plan().3
+        self.plan().issues
     }
 
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
-        let (at, include, exclude, issues) = self.plan();
+        let Plan {
+            at,
+            include,
+            exclude,
+            issues,
+        } = self.plan();
         if let Some(i) = issues.first() {
             return Err(BuildError(format!("{}: {}", i.path.join("."), i.message)));
         }
@@ -281,11 +305,18 @@ mod tests {
             "{ units: [nginx, cron.timer], include_matches: { PRIORITY: ['0..2', 'x..y'] }, exclude_matches: { SYSLOG_IDENTIFIER: [sshd] } }",
         )
         .unwrap();
-        let (at, include, exclude, issues) = c.plan();
+        let Plan {
+            at,
+            include,
+            exclude,
+            issues,
+        } = c.plan();
         assert!(issues.is_empty());
         assert_eq!(at, Where::System);
         let s = |v: Vec<Vec<u8>>| -> Vec<String> {
-            v.into_iter().map(|b| String::from_utf8(b).unwrap()).collect()
+            v.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
         };
         assert_eq!(
             s(include),

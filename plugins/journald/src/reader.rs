@@ -49,7 +49,10 @@ struct Acks(Mutex<Vec<u64>>);
 
 impl AckReceiver for Acks {
     fn acknowledged(&self, batch_id: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(batch_id);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(batch_id);
     }
 }
 
@@ -150,7 +153,9 @@ fn open_error(source: &str, at: &Where, e: &SdError) -> String {
 impl Reader {
     fn run(mut self) -> Result<(), String> {
         let name = self.cx.name.clone();
-        let mut journal = self.open().map_err(|e| open_error(&name, &self.settings.at, &e))?;
+        let mut journal = self
+            .open()
+            .map_err(|e| open_error(&name, &self.settings.at, &e))?;
         info!(source = %name, cursor = self.book.committed().is_some(), "journald source started");
         let mut last_persist = Instant::now();
         let mut failure = None;

@@ -169,7 +169,10 @@ impl Journal {
         // SAFETY: `c` is a valid out pointer; on success it points to a
         // malloc'd NUL-terminated string that we own and free.
         unsafe {
-            check("sd_journal_get_cursor", sys::sd_journal_get_cursor(self.j, &mut c))?;
+            check(
+                "sd_journal_get_cursor",
+                sys::sd_journal_get_cursor(self.j, &mut c),
+            )?;
             let s = CStr::from_ptr(c).to_string_lossy().into_owned();
             libc::free(c as *mut libc::c_void);
             Ok(s)
@@ -233,7 +236,9 @@ impl Journal {
     pub fn wait(&mut self, timeout: std::time::Duration) -> Result<Change, SdError> {
         let us = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX);
         // SAFETY: `j` is open.
-        let rc = check("sd_journal_wait", unsafe { sys::sd_journal_wait(self.j, us) })?;
+        let rc = check("sd_journal_wait", unsafe {
+            sys::sd_journal_wait(self.j, us)
+        })?;
         Ok(match rc {
             sys::SD_JOURNAL_APPEND => Change::Appended,
             sys::SD_JOURNAL_INVALIDATE => Change::Invalidated,
