@@ -5,12 +5,10 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::paced::Paced;
 use crate::SeqLines;
 
 /// systemd-journal-remote, as Debian installs it.
@@ -82,23 +80,20 @@ pub fn export(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-/// Appends `entries` to the journal file `path` (created if missing)
-/// through systemd-journal-remote.
-pub fn write_journal(path: &Path, entries: &[Entry]) {
-    let mut child = Command::new(JOURNAL_REMOTE)
+/// systemd-journal-remote writing what it reads on stdin into `path`.
+fn journal_remote(path: &Path) -> Child {
+    Command::new(JOURNAL_REMOTE)
         .arg(format!("--output={}", path.display()))
         .arg("-")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {JOURNAL_REMOTE}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(&export(entries))
-        .expect("cannot write to systemd-journal-remote");
+        .unwrap_or_else(|e| panic!("cannot run {JOURNAL_REMOTE}: {e}"))
+}
+
+/// Closes its input and waits until everything is in the file.
+fn finish(child: Child) {
     let out = child.wait_with_output().expect("systemd-journal-remote");
     assert!(
         out.status.success(),
@@ -107,89 +102,74 @@ pub fn write_journal(path: &Path, entries: &[Entry]) {
     );
 }
 
+/// Appends `entries` to the journal file `path` (created if missing)
+/// through systemd-journal-remote.
+pub fn write_journal(path: &Path, entries: &[Entry]) {
+    let mut child = journal_remote(path);
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(&export(entries))
+        .expect("cannot write to systemd-journal-remote");
+    finish(child);
+}
+
 /// Appends [`seq_entry`] entries to one journal file through one running
 /// systemd-journal-remote, `batch` entries every `interval`, as a busy
 /// host's journal grows. Dropping it stops the thread and the process.
-pub struct JournalWriter {
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-    thread: Option<JoinHandle<u64>>,
+pub struct JournalWriter(Paced);
+
+/// The running systemd-journal-remote of a [`JournalWriter`]; dropped
+/// when the writer stops, which closes its input and waits for it.
+struct Remote {
+    input: Option<std::process::ChildStdin>,
+    child: Option<Child>,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        drop(self.input.take());
+        if let Some(child) = self.child.take() {
+            finish(child);
+        }
+    }
 }
 
 impl JournalWriter {
     /// Writes entries numbered from `first` into `path`.
     pub fn start(path: &Path, first: u64, batch: u64, interval: Duration) -> JournalWriter {
-        let mut child = Command::new(JOURNAL_REMOTE)
-            .arg(format!("--output={}", path.display()))
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {JOURNAL_REMOTE}: {e}"));
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(first));
-        let thread = {
-            let (stop, written) = (stop.clone(), written.clone());
-            std::thread::spawn(move || {
-                let mut next = first;
-                while !stop.load(Ordering::SeqCst) {
-                    let entries: Vec<Entry> = (next..next + batch).map(seq_entry).collect();
-                    stdin
-                        .write_all(&export(&entries))
-                        .expect("cannot write to systemd-journal-remote");
-                    stdin.flush().expect("flush");
-                    next += batch;
-                    written.store(next, Ordering::SeqCst);
-                    std::thread::sleep(interval); // pacing, not synchronization
-                }
-                drop(stdin);
-                let status = child.wait().expect("systemd-journal-remote");
-                assert!(status.success(), "systemd-journal-remote failed: {status}");
-                next
-            })
+        let mut child = journal_remote(path);
+        let mut remote = Remote {
+            input: child.stdin.take(),
+            child: Some(child),
         };
-        JournalWriter {
-            stop,
-            written,
-            thread: Some(thread),
-        }
-    }
-
-    /// Entries handed to systemd-journal-remote: numbers below this.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` more entries were written than now.
-    pub fn wait_for_more(&self, n: u64) {
-        let target = self.written() + n;
-        let ok = crate::wait_until(Duration::from_secs(60), || self.written() >= target);
-        assert!(ok, "the journal writer did not write {n} more entries");
+        JournalWriter(Paced::start(first, batch, interval, move |seqs| {
+            let entries: Vec<Entry> = seqs.map(seq_entry).collect();
+            let w = remote.input.as_mut().expect("open until the writer stops");
+            w.write_all(&export(&entries))
+                .expect("cannot write to systemd-journal-remote");
+            w.flush().expect("flush");
+        }))
     }
 
     /// Stops writing, waits until the journal file holds everything;
     /// returns the number of entries written (0..n).
-    pub fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        let thread = self.thread.take().expect("the writer runs until stopped");
-        thread.join().expect("journal writer thread panicked")
+    pub fn stop(self) -> u64 {
+        self.0.stop()
     }
 }
 
-impl Drop for JournalWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl std::ops::Deref for JournalWriter {
+    type Target = Paced;
+    fn deref(&self) -> &Paced {
+        &self.0
     }
 }
 
-/// A config with one journald source over `journal_dir` (`source_keys`
-/// added to it, YAML indented by four), one memory channel and one kafka
-/// sink (`sink_keys` added); checkpoints in `DIR/data`.
+/// The config of [`crate::file_to_kafka`] with its file source replaced by
+/// the journald source `journal` over `journal_dir` (`source_keys` added,
+/// YAML indented by four) and `sink_keys` added to the kafka sink.
 pub fn journald_to_kafka(
     dir: &Path,
     journal_dir: &Path,
@@ -198,32 +178,17 @@ pub fn journald_to_kafka(
     source_keys: &str,
     sink_keys: &str,
 ) -> String {
-    format!(
-        r#"data_dir: {dir}/data
-shutdown_grace_ms: 10000
-log: {{ level: info, format: text }}
-sources:
-  journal:
-    type: journald
-    directory: {journal}
-{source_keys}    channels: [main]
-channels:
-  main:
-    type: memory
-    capacity_events: 100000
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: {topic}
-    compression: lz4
-    delivery_timeout_ms: 300000
-    librdkafka: {{ "queue.buffering.max.ms": "5" }}
-{sink_keys}"#,
-        dir = dir.display(),
-        journal = journal_dir.display(),
-    )
+    let config = crate::file_to_kafka(dir, bootstrap, topic);
+    let file_source = format!(
+        "  app:\n    type: file\n    include: [\"{}/logs/*.log\"]\n    start_at: beginning\n",
+        dir.display()
+    );
+    assert!(config.contains(&file_source), "file_to_kafka changed its source");
+    let journal_source = format!(
+        "  journal:\n    type: journald\n    directory: {}\n{source_keys}",
+        journal_dir.display()
+    );
+    config.replace(&file_source, &journal_source) + sink_keys
 }
 
 /// The journal files in `dir`, oldest first by name.

@@ -26,6 +26,7 @@ mod consumer;
 pub mod http;
 pub mod journal;
 mod lines;
+pub mod paced;
 mod process;
 mod proxy;
 pub mod rotation;

@@ -29,7 +29,7 @@ pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
     BuildError, ComponentTask, ConfigIssue, ReplayReport, SinkConfig, SinkContext, SourceConfig,
-    SourceContext,
+    SourceContext, StartAt,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use metrics::{FileMetrics, JournaldMetrics, Metrics, SinkMetrics, SourceMetrics};

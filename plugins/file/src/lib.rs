@@ -26,21 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tailrace_api::StartAt;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
 pub use checkpoint::{describe, CheckpointInfo};
 pub use format::Format;
 pub use multiline::MultilineConfig;
 pub use split::{LinePolicy, Splitter};
-
-/// Where to start in a file that has no saved position.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartAt {
-    #[default]
-    Beginning,
-    End,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,20 +21,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tailrace_api::StartAt;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
 pub use sd::Where;
-
-/// Where to start when no cursor was saved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartAt {
-    /// The oldest entry the journal holds.
-    #[default]
-    Beginning,
-    /// Only entries written after the first start.
-    End,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
