@@ -14,7 +14,15 @@ use crate::SeqLines;
 /// systemd-journal-remote, as Debian installs it.
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
-/// The boot id of every test entry.
+/// The running boot's id, as `_BOOT_ID` writes it (32 hex digits).
+pub fn this_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("cannot read the boot id")
+        .trim()
+        .replace('-', "")
+}
+
+/// The boot id of every test entry that does not set `_BOOT_ID`.
 pub const BOOT_ID: &str = "0123456789abcdef0123456789abcdef";
 
 /// One journal entry: `MESSAGE` and other fields, and its time.
@@ -56,11 +64,14 @@ pub fn export(entries: &[Entry]) -> Vec<u8> {
         let mono = e.realtime_us - 1_764_000_000_000_000 + 1;
         out.extend_from_slice(
             format!(
-                "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={mono}\n_BOOT_ID={BOOT_ID}\n",
+                "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={mono}\n",
                 e.realtime_us
             )
             .as_bytes(),
         );
+        if !e.fields.iter().any(|(n, _)| n == "_BOOT_ID") {
+            out.extend_from_slice(format!("_BOOT_ID={BOOT_ID}\n").as_bytes());
+        }
         let message = ("MESSAGE".to_owned(), e.message.clone());
         for (name, value) in e.fields.iter().chain(std::iter::once(&message)) {
             if value.iter().all(|b| (b' '..=b'~').contains(b)) {
@@ -183,7 +194,10 @@ pub fn journald_to_kafka(
         "  app:\n    type: file\n    include: [\"{}/logs/*.log\"]\n    start_at: beginning\n",
         dir.display()
     );
-    assert!(config.contains(&file_source), "file_to_kafka changed its source");
+    assert!(
+        config.contains(&file_source),
+        "file_to_kafka changed its source"
+    );
     let journal_source = format!(
         "  journal:\n    type: journald\n    directory: {}\n{source_keys}",
         journal_dir.display()

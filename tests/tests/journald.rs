@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tailrace_e2e::journal::{
-    journal_files, journalctl_messages, journald_to_kafka, seq_entry, write_journal, Entry,
-    JournalWriter,
+    journal_files, journalctl_messages, journald_to_kafka, seq_entry, this_boot_id, write_journal,
+    Entry, JournalWriter,
 };
 use tailrace_e2e::sockets::metric;
 use tailrace_e2e::{seq_of, wait_until, Agent, Broker, Consumer, Report};
@@ -280,6 +280,50 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
         "delivered {} messages, journalctl selected {}",
         delivered.len(),
         printed.len()
+    );
+}
+
+#[test]
+fn current_boot_only_reads_the_running_boot() {
+    let (broker, dir, journal) = setup();
+    // Even entries from an earlier boot, odd ones from this one.
+    let boot = this_boot_id();
+    let entries: Vec<Entry> = (0..2_000)
+        .map(|seq| {
+            let mut e = seq_entry(seq);
+            if seq % 2 == 1 {
+                e.fields
+                    .push(("_BOOT_ID".into(), boot.clone().into_bytes()));
+            }
+            e
+        })
+        .collect();
+    write_journal(&journal.join("boots.journal"), &entries);
+    let config = journald_to_kafka(
+        dir.path(),
+        &journal,
+        &broker.bootstrap(),
+        TOPIC,
+        "    current_boot_only: true\n",
+        "",
+    );
+    let agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    // The last entry is of this boot: once it is here, all before it are.
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        r.iter().any(|r| seq_of(&r.payload) == Some(1_999))
+    });
+    let seqs: Vec<u64> = consumer
+        .records()
+        .iter()
+        .filter_map(|r| seq_of(&r.payload))
+        .collect();
+    let odd: Vec<u64> = (0..2_000).filter(|s| s % 2 == 1).collect();
+    assert_eq!(
+        seqs,
+        odd,
+        "only this boot's entries, each once: {}",
+        agent.log_tail(10)
     );
 }
 
