@@ -53,25 +53,12 @@ fn catch_up(consumer: &mut Consumer, writer: &JournalWriter) {
     );
 }
 
-#[test]
-fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() {
-    let (broker, dir, journal) = setup();
-    // A journal with history, then one that grows while the agent runs.
-    let first: Vec<Entry> = (0..20_000).map(seq_entry).collect();
-    write_journal(&journal.join("old.journal"), &first);
-    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
-    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let writer = JournalWriter::start(
-        &journal.join("live.journal"),
-        20_000,
-        100,
-        Duration::from_millis(10),
-    );
-    writer.wait_for_more(10_000);
-    catch_up(&mut consumer, &writer);
-    // The acknowledged cursor is close to the newest entry (entries are
-    // 1 ms apart): what is saved now is what a restart resumes after.
+/// Catches up with the writer, waits until the acknowledged cursor is
+/// close to the newest entry (entries are 1 ms apart, so the lag in
+/// seconds is thousands of entries), so that what a restart resumes after
+/// is known, and kills the agent; returns the highest entry seen then.
+fn kill_once_saved(agent: &mut Agent, consumer: &mut Consumer, writer: &JournalWriter) -> u64 {
+    catch_up(consumer, writer);
     let admin = agent.admin_address().to_owned();
     let saved_near_the_end = wait_until(Duration::from_secs(60), || metric(&admin, LAG) <= 2.0);
     assert!(
@@ -80,25 +67,25 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
         agent.log_tail(20)
     );
     agent.kill();
-    let seen_at_kill = highest(&consumer).expect("entries arrived");
-    // Written while the agent is down, and a new file besides.
-    writer.wait_for_more(10_000);
-    let writer_end = writer.stop();
-    let extra: Vec<Entry> = (writer_end..writer_end + 5_000).map(seq_entry).collect();
-    write_journal(&journal.join("new.journal"), &extra);
-    agent.restart();
-    // And a file added while it runs.
-    let late_from = writer_end + 5_000;
-    let late: Vec<Entry> = (late_from..late_from + 5_000).map(seq_entry).collect();
-    write_journal(&journal.join("zlate.journal"), &late);
-    let written = late_from + 5_000;
+    highest(consumer).expect("entries arrived")
+}
+
+/// Every entry `0..written` arrives; repeats only within
+/// [`REPEAT_WINDOW`] before the kill.
+fn assert_all_arrived(
+    consumer: &mut Consumer,
+    written: u64,
+    seen_at_kill: u64,
+    agent: &Agent,
+    journal: &std::path::Path,
+) {
     consumer.read_until(DELIVERY_TIMEOUT, |r| {
         Report::new(written, r).missing.is_empty()
     });
     let report = Report::new(written, consumer.records());
     println!(
         "{written} entries in {} files, one kill after entry {seen_at_kill}: {report}",
-        journal_files(&journal).len()
+        journal_files(journal).len()
     );
     assert!(
         report.missing.is_empty(),
@@ -119,6 +106,37 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
         &far[..far.len().min(10)],
         agent.log_tail(30)
     );
+}
+
+#[test]
+fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() {
+    let (broker, dir, journal) = setup();
+    // A journal with history, then one that grows while the agent runs.
+    let first: Vec<Entry> = (0..20_000).map(seq_entry).collect();
+    write_journal(&journal.join("old.journal"), &first);
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let writer = JournalWriter::start(
+        &journal.join("live.journal"),
+        20_000,
+        100,
+        Duration::from_millis(10),
+    );
+    writer.wait_for_more(10_000);
+    let seen_at_kill = kill_once_saved(&mut agent, &mut consumer, &writer);
+    // Written while the agent is down, and a new file besides.
+    writer.wait_for_more(10_000);
+    let writer_end = writer.stop();
+    let extra: Vec<Entry> = (writer_end..writer_end + 5_000).map(seq_entry).collect();
+    write_journal(&journal.join("new.journal"), &extra);
+    agent.restart();
+    // And a file added while it runs.
+    let late_from = writer_end + 5_000;
+    let late: Vec<Entry> = (late_from..late_from + 5_000).map(seq_entry).collect();
+    write_journal(&journal.join("zlate.journal"), &late);
+    let written = late_from + 5_000;
+    assert_all_arrived(&mut consumer, written, seen_at_kill, &agent, &journal);
 
     // journalctl reads the same journal: the same set of messages.
     let delivered: BTreeSet<Vec<u8>> = consumer
@@ -138,6 +156,38 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
         delivered.len(),
         printed.len()
     );
+}
+
+#[test]
+fn journal_rotated_by_its_writer_while_read_and_killed_loses_nothing() {
+    let (broker, dir, journal) = setup();
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    // systemd-journal-remote rotates its file as journald does (renamed to
+    // NAME@...journal, a new NAME.journal begun) when its header is full,
+    // after some 170,000 of these entries.
+    let writer = JournalWriter::start(
+        &journal.join("remote.journal"),
+        0,
+        1_000,
+        Duration::from_millis(10),
+    );
+    let rotated = || {
+        journal_files(&journal)
+            .iter()
+            .any(|p| p.to_string_lossy().contains('@'))
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), rotated),
+        "the journal did not rotate"
+    );
+    writer.wait_for_more(10_000);
+    let seen_at_kill = kill_once_saved(&mut agent, &mut consumer, &writer);
+    writer.wait_for_more(10_000);
+    let written = writer.stop();
+    agent.restart();
+    assert_all_arrived(&mut consumer, written, seen_at_kill, &agent, &journal);
 }
 
 #[test]
