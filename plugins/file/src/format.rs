@@ -265,10 +265,7 @@ impl Decoder {
 /// `2026-11-21T10:00:00.123456789Z stdout F message`
 fn parse_cri(line: &[u8]) -> Option<Parsed<'static>> {
     let sp1 = memchr::memchr(b' ', line)?;
-    let time = std::str::from_utf8(&line[..sp1]).ok()?;
-    let time_ms = chrono::DateTime::parse_from_rfc3339(time)
-        .ok()?
-        .timestamp_millis();
+    let time_ms = rfc3339_ms(&line[..sp1])?;
     let rest = &line[sp1 + 1..];
     let sp2 = memchr::memchr(b' ', rest)?;
     let stream = &rest[..sp2];
@@ -291,6 +288,53 @@ fn parse_cri(line: &[u8]) -> Option<Parsed<'static>> {
         time_ms: Some(time_ms),
         partial,
     })
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time. The runtimes' own
+/// form, `2026-11-21T10:00:00.123456789Z`, is read directly (once per
+/// line, so it is on the hot path); any other offset or form goes through
+/// chrono.
+fn rfc3339_ms(t: &[u8]) -> Option<i64> {
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        t.get(r)?.iter().try_fold(0i64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    let fast = t.len() >= 20
+        && t[4] == b'-'
+        && t[7] == b'-'
+        && t[10] == b'T'
+        && t[13] == b':'
+        && t[16] == b':'
+        && t.last() == Some(&b'Z');
+    if !fast {
+        let text = std::str::from_utf8(t).ok()?;
+        return chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|d| d.timestamp_millis());
+    }
+    let (y, mo, d) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (h, mi, sec) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let frac = &t[19..t.len() - 1];
+    let ms = match frac {
+        [] => 0,
+        [b'.', rest @ ..] if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) => (0..3)
+            .map(|i| rest.get(i).map_or(0, |&b| i64::from(b - b'0')))
+            .fold(0, |n, d| n * 10 + d),
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
 }
 
 /// The stream name as one of two static strings: its field costs no copy.
@@ -333,11 +377,7 @@ fn parse_docker(line: &[u8]) -> Option<Parsed<'_>> {
         Some("stderr") => b"stderr",
         _ => b"",
     };
-    let time_ms = d
-        .time
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp_millis());
+    let time_ms = d.time.as_deref().and_then(|t| rfc3339_ms(t.as_bytes()));
     Some(Parsed {
         message: Message::Owned(log),
         stream,
@@ -554,6 +594,32 @@ mod tests {
             3,
             None,
         );
+    }
+
+    #[test]
+    fn runtime_times_read_directly_agree_with_chrono() {
+        for t in [
+            "2026-11-21T10:00:00.123456789Z",
+            "2026-11-21T10:00:00Z",
+            "2026-11-21T10:00:00.1Z",
+            "1970-01-01T00:00:00.000Z",
+            "2000-02-29T23:59:59.999999Z",
+            "2024-12-31T00:00:00.5Z",
+            "1969-12-31T23:59:59.900Z",
+        ] {
+            let want = chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(rfc3339_ms(t.as_bytes()), Some(want), "{t}");
+        }
+        // other offsets go through chrono; nonsense is refused
+        assert_eq!(
+            rfc3339_ms(b"2026-11-21T11:00:00.123+01:00"),
+            Some(1_795_255_200_123)
+        );
+        for bad in ["2026-13-21T10:00:00Z", "2026-11-21T10:00:00.Z", "x"] {
+            assert_eq!(rfc3339_ms(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

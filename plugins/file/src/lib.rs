@@ -54,9 +54,11 @@ pub struct FileSourceConfig {
     /// How often the globs are matched again, besides on notifications.
     #[serde(default = "default_scan_interval_ms")]
     pub scan_interval_ms: u64,
-    /// Bytes read from a file at a time; also the largest batch.
-    #[serde(default = "default_read_buffer_bytes")]
-    pub read_buffer_bytes: usize,
+    /// Bytes read from a file at a time; also the largest batch. Default:
+    /// 256 KiB for raw lines, 384 KiB for container formats (whose
+    /// wrapping adds some 40 bytes a line: as many records per read).
+    #[serde(default)]
+    pub read_buffer_bytes: Option<usize>,
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
     #[serde(default)]
@@ -103,8 +105,11 @@ fn default_poll_interval_ms() -> u64 {
 fn default_scan_interval_ms() -> u64 {
     1000
 }
-fn default_read_buffer_bytes() -> usize {
-    256 * 1024
+fn default_read_buffer_bytes(format: Format) -> usize {
+    match format {
+        Format::Raw => 256 * 1024,
+        Format::Cri | Format::Docker | Format::Auto => 384 * 1024,
+    }
 }
 fn default_max_line_bytes() -> usize {
     1024 * 1024
@@ -129,6 +134,11 @@ fn default_watch() -> bool {
 }
 
 impl FileSourceConfig {
+    fn read_buffer_bytes(&self) -> usize {
+        self.read_buffer_bytes
+            .unwrap_or_else(|| default_read_buffer_bytes(self.format))
+    }
+
     fn interval(ms: u64) -> Duration {
         Duration::from_millis(ms.max(1))
     }
@@ -162,7 +172,7 @@ impl SourceConfig for FileSourceConfig {
             }
         }
         let positive: [(&str, usize); 5] = [
-            ("read_buffer_bytes", self.read_buffer_bytes),
+            ("read_buffer_bytes", self.read_buffer_bytes()),
             ("max_line_bytes", self.max_line_bytes),
             ("poll_interval_ms", self.poll_interval_ms as usize),
             ("scan_interval_ms", self.scan_interval_ms as usize),
@@ -208,7 +218,7 @@ impl SourceConfig for FileSourceConfig {
             start_at: self.start_at,
             poll_interval: Self::interval(self.poll_interval_ms),
             scan_interval: Self::interval(self.scan_interval_ms),
-            read_buffer_bytes: self.read_buffer_bytes.max(4096),
+            read_buffer_bytes: self.read_buffer_bytes().max(4096),
             max_line_bytes: self.max_line_bytes,
             max_line_policy: self.max_line_policy,
             fingerprint_bytes: self.fingerprint_bytes,
