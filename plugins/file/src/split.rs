@@ -434,6 +434,38 @@ mod tests {
         assert_eq!(r.end_offset, 6);
     }
 
+    #[test]
+    fn held_cri_parts_keep_the_position_at_the_first_part() {
+        use crate::format::{Decoder, Format};
+        let t = "2026-11-21T10:00:00.000000001Z";
+        let decoder = Decoder::new(Format::Cri, 1000, LinePolicy::Split, Arc::default());
+        let mut s = Splitter::new(1000, LinePolicy::Split, 0).with_decoder(decoder);
+        let whole = format!("{t} stdout F one\n");
+        let part = format!("{t} stdout P tw\n");
+        let mut buf = BytesMut::from(format!("{whole}{part}").as_bytes());
+        let mut out = Vec::new();
+        let r = s.split(&mut buf, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(r.end_offset, whole.len() as u64, "not past the held part");
+        assert!(s.held_since().is_some());
+        // the last part completes the event: acknowledged up to its end
+        let last = format!("{t} stdout F o\n");
+        buf.extend_from_slice(last.as_bytes());
+        let r = s.split(&mut buf, &mut out);
+        assert_eq!(out[1].payload, &b"two"[..]);
+        assert_eq!(out[1].offset, whole.len() as u64);
+        assert_eq!(r.end_offset, (whole.len() + part.len() + last.len()) as u64);
+        // a file that ends in parts sends them at its flush
+        buf.extend_from_slice(part.as_bytes());
+        s.split(&mut buf, &mut out);
+        let r = s.flush(&mut buf, &mut out);
+        assert_eq!(out[2].payload, &b"tw"[..]);
+        assert_eq!(
+            r.end_offset,
+            (whole.len() + 2 * part.len() + last.len()) as u64
+        );
+    }
+
     fn rule(start: Option<&str>, cont: Option<&str>) -> Arc<Multiline> {
         let c = crate::MultilineConfig {
             start_pattern: start.map(str::to_owned),
