@@ -377,6 +377,34 @@ fn current_boot_only_reads_the_running_boot() {
     );
 }
 
+#[test]
+fn files_reads_only_the_journal_files_named() {
+    let (broker, dir, journal) = setup();
+    let a: Vec<Entry> = (0..1_000).map(seq_entry).collect();
+    let b: Vec<Entry> = (1_000..2_000).map(seq_entry).collect();
+    write_journal(&journal.join("a.journal"), &a);
+    write_journal(&journal.join("b.journal"), &b);
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "")
+        .replace(
+            &format!("directory: {}", journal.display()),
+            &format!("files: [{}/a.journal]", journal.display()),
+        );
+    let agent = Agent::start(dir.path(), &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(DELIVERY_TIMEOUT, |r| {
+        r.iter().any(|r| seq_of(&r.payload) == Some(999))
+    });
+    // b.journal's entries are newer: had they been read, they would have
+    // come after entry 999.
+    let tail = consumer.read_for(Duration::from_secs(1)).to_vec();
+    let report = Report::new(1_000, &tail);
+    assert!(
+        report.is_complete() && report.duplicates == 0,
+        "{report}\n{}",
+        agent.log_tail(10)
+    );
+}
+
 /// Milliseconds since the epoch as the JSON encoding writes them.
 fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
