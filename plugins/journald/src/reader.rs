@@ -84,7 +84,7 @@ struct Reader {
     book: CursorBook,
     next_batch: u64,
     /// Field names, allocated once each.
-    names: HashMap<Vec<u8>, Arc<str>>,
+    names: Names,
     host: Arc<str>,
     timestamp: Arc<str>,
     /// Where entries are copied to; records are slices of it.
@@ -120,7 +120,7 @@ pub(crate) fn spawn(cx: SourceContext, settings: Settings) -> Result<ComponentTa
         acks: Arc::default(),
         book: CursorBook::new(saved),
         next_batch: 0,
-        names: HashMap::new(),
+        names: Names::default(),
         host: "host".into(),
         timestamp: "timestamp".into(),
         arena: BytesMut::new(),
@@ -255,7 +255,8 @@ impl Reader {
             let mut fields = std::mem::take(&mut self.scratch);
             fields.clear();
             let exclude = &self.settings.exclude;
-            let (arena, interned, host) = (&mut self.arena, &mut self.names, &self.host);
+            let (arena, names, host) = (&mut self.arena, &mut self.names, &self.host);
+            let mut position = 0;
             unreadable += j.for_each_field(|data| {
                 let Some(eq) = data.iter().position(|&b| b == b'=') else {
                     return;
@@ -269,8 +270,9 @@ impl Reader {
                 match &data[..eq] {
                     b"MESSAGE" => message = Some((start, end)),
                     b"_HOSTNAME" => fields.push((host.clone(), start, end)),
-                    name => fields.push((intern(interned, name), start, end)),
+                    name => fields.push((names.get(position, name), start, end)),
                 }
+                position += 1;
             })?;
             // The entry's values, one buffer; the arena keeps its capacity.
             let entry = self.arena.split().freeze();
@@ -323,7 +325,7 @@ impl Reader {
     ) -> Record {
         let payload = message.map_or_else(Bytes::new, |(s, e)| entry.slice(s..e));
         let mut r = Record::new(payload, 0);
-        let mut fields = Fields::default();
+        let mut fields = Fields::with_capacity(names.len() + 1);
         for (n, s, e) in names {
             fields.set(n.clone(), FieldValue::Text(entry.slice(*s..*e)));
         }
@@ -375,14 +377,37 @@ impl Reader {
     }
 }
 
-/// A field name, allocated the first time it is seen.
-fn intern(names: &mut HashMap<Vec<u8>, Arc<str>>, name: &[u8]) -> Arc<str> {
-    if let Some(n) = names.get(name) {
-        return n.clone();
+/// Field names, each allocated the first time it is seen. Entries of one
+/// service list their fields in the same order, so the name at each
+/// position is remembered and compared first; the map is the fallback.
+#[derive(Default)]
+struct Names {
+    by_name: HashMap<Vec<u8>, Arc<str>>,
+    by_position: Vec<(Vec<u8>, Arc<str>)>,
+}
+
+impl Names {
+    fn get(&mut self, position: usize, name: &[u8]) -> Arc<str> {
+        if let Some((n, a)) = self.by_position.get(position) {
+            if n == name {
+                return a.clone();
+            }
+        }
+        let a = match self.by_name.get(name) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = String::from_utf8_lossy(name).into();
+                self.by_name.insert(name.to_vec(), a.clone());
+                a
+            }
+        };
+        if position < self.by_position.len() {
+            self.by_position[position] = (name.to_vec(), a.clone());
+        } else if position == self.by_position.len() {
+            self.by_position.push((name.to_vec(), a.clone()));
+        }
+        a
     }
-    let n: Arc<str> = String::from_utf8_lossy(name).into();
-    names.insert(name.to_vec(), n.clone());
-    n
 }
 
 enum ReadError {
