@@ -56,7 +56,7 @@ impl Paced {
     /// Waits until `n` more records were written than now.
     pub fn wait_for_more(&self, n: u64) {
         let target = self.written() + n;
-        let ok = crate::wait_until(Duration::from_secs(60), || self.written() >= target);
+        let ok = crate::wait_until(Duration::from_secs(30), || self.written() >= target);
         assert!(ok, "the writer did not write {n} more records");
     }
 
