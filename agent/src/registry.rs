@@ -47,6 +47,10 @@ impl Registry {
         sources.insert("udp", source::<tailrace_socket::UdpSourceConfig>);
         sources.insert("unix", source::<tailrace_socket::UnixSourceConfig>);
         sources.insert("syslog", source::<tailrace_socket::SyslogSourceConfig>);
+        sources.insert(
+            "journald",
+            source::<tailrace_journald::JournaldSourceConfig>,
+        );
         let mut sinks: BTreeMap<&'static str, SinkFactory> = BTreeMap::new();
         sinks.insert("kafka", sink::<tailrace_kafka::KafkaSinkConfig>);
         sinks.insert("console", sink::<tailrace_console::ConsoleSinkConfig>);

@@ -20,6 +20,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tailrace_benchmarks::lines;
 
+mod containers;
+
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end throughput of tailrace against kcat, on this machine")]
 struct Args {
@@ -32,7 +34,9 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Which runs, in order: kcat, tansu, embedded (the pre-written file,
-    /// as fast as it goes), sustained (a fixed rate, see --rate).
+    /// as fast as it goes), sustained (a fixed rate, see --rate), cri (the
+    /// same lines as a containerd log, `format: cri`), journald (the same
+    /// lines as the MESSAGEs of a journal written by systemd-journal-remote).
     #[arg(
         long,
         value_delimiter = ',',
@@ -359,14 +363,15 @@ impl Drop for Agent {
     }
 }
 
-/// Starts the release agent on a fresh data dir, tailing `include`.
-fn start_tailrace(
-    args: &Args,
-    dir: &Path,
-    include: &str,
-    bootstrap: &str,
-) -> anyhow::Result<Agent> {
-    start_tailrace_with(args, dir, include, bootstrap, "")
+/// The source `app` reading the files `include`, with `extra` keys.
+fn file_source(include: &str, extra: &str) -> String {
+    format!("    type: file\n    include: [\"{include}\"]\n{extra}")
+}
+
+/// Starts the release agent on a fresh data dir, with the source `app`
+/// given as YAML (its keys, indented by four).
+fn start_tailrace(args: &Args, dir: &Path, source: &str, bootstrap: &str) -> anyhow::Result<Agent> {
+    start_tailrace_with(args, dir, source, bootstrap, "")
 }
 
 /// [`start_tailrace`] with more keys for the kafka sink (`tls:`, `sasl:`),
@@ -374,7 +379,7 @@ fn start_tailrace(
 fn start_tailrace_with(
     args: &Args,
     dir: &Path,
-    include: &str,
+    source: &str,
     bootstrap: &str,
     sink_keys: &str,
 ) -> anyhow::Result<Agent> {
@@ -386,7 +391,7 @@ fn start_tailrace_with(
     std::fs::write(
         &config,
         format!(
-            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n    type: file\n    include: [\"{include}\"]\n    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n{sink_keys}",
+            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n{source}    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n{sink_keys}",
             dir = dir.display(),
         ),
     )?;
@@ -486,10 +491,11 @@ fn row_of(
     })
 }
 
-/// As fast as it goes: the agent reads the whole pre-written file.
-fn tailrace_run(args: &Args, load: &Path, target: &str, bootstrap: &str) -> anyhow::Result<Row> {
+/// As fast as it goes: the agent reads the whole pre-written input, given
+/// as the source's YAML.
+fn tailrace_run(args: &Args, source: &str, target: &str, bootstrap: &str) -> anyhow::Result<Row> {
     let dir = args.work.join(format!("run-{target}"));
-    let mut agent = start_tailrace(args, &dir, &load.display().to_string(), bootstrap)?;
+    let mut agent = start_tailrace(args, &dir, source, bootstrap)?;
     let seen = watch(args, &mut agent, args.lines)?;
     let seconds = seen.seconds;
     row_of(
@@ -534,7 +540,7 @@ fn scram_run(args: &Args, tls: bool) -> anyhow::Result<Row> {
         .work
         .join(if tls { "run-scram-tls" } else { "run-scram" });
     let mut agent =
-        start_tailrace_with(args, &dir, &load.display().to_string(), &bootstrap, &keys)?;
+        start_tailrace_with(args, &dir, &file_source(&load.display().to_string(), ""), &bootstrap, &keys)?;
     let seen = watch(args, &mut agent, args.secure_lines)?;
     let counted = count_with(&bootstrap, "bench", args.secure_lines, &consumer)?;
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
@@ -565,7 +571,8 @@ fn sustained_run(args: &Args, bootstrap: &str) -> anyhow::Result<Row> {
     std::fs::create_dir_all(&load_dir)?;
     let file = load_dir.join("app.log");
     // The agent waits for the file to appear.
-    let mut agent = start_tailrace(args, &dir, &file.display().to_string(), bootstrap)?;
+    let source = file_source(&file.display().to_string(), "");
+    let mut agent = start_tailrace(args, &dir, &source, bootstrap)?;
     std::thread::sleep(Duration::from_secs(1));
     let events = args.rate * args.seconds;
     let loadgen = std::env::current_exe()?.with_file_name("loadgen");
@@ -738,11 +745,24 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for target in &args.targets {
         eprintln!("running {target}");
+        let raw = file_source(&load.display().to_string(), "");
         let row = match target.as_str() {
-            "embedded" => tailrace_run(&args, &load, "embedded", "embedded"),
+            "embedded" => tailrace_run(&args, &raw, "embedded", "embedded"),
             "tansu" => {
                 let broker = Tansu::start(&args.tansu, &args.work.join("tansu-tailrace"), "bench")?;
-                tailrace_run(&args, &load, "tansu", &broker.bootstrap())
+                tailrace_run(&args, &raw, "tansu", &broker.bootstrap())
+            }
+            "cri" => {
+                let cri = containers::cri_file(&load)?;
+                let source = file_source(&cri.display().to_string(), "    format: cri\n");
+                let broker = Tansu::start(&args.tansu, &args.work.join("tansu-cri"), "bench")?;
+                tailrace_run(&args, &source, "tansu, CRI file", &broker.bootstrap())
+            }
+            "journald" => {
+                let journal = containers::journal_dir(&load)?;
+                let source = format!("    type: journald\n    directory: {}\n", journal.display());
+                let broker = Tansu::start(&args.tansu, &args.work.join("tansu-journald"), "bench")?;
+                tailrace_run(&args, &source, "tansu, journald", &broker.bootstrap())
             }
             "kcat" => {
                 let broker = Tansu::start(&args.tansu, &args.work.join("tansu-kcat"), "bench")?;
@@ -756,7 +776,7 @@ fn main() -> anyhow::Result<()> {
             "scram" => scram_run(&args, false),
             "scram-tls" => scram_run(&args, true),
             other => bail!(
-                "unknown target {other}: embedded, tansu, kcat, sustained, scram or scram-tls"
+                "unknown target {other}: embedded, tansu, kcat, sustained, cri, journald, scram or scram-tls"
             ),
         };
         match row {
@@ -797,6 +817,23 @@ fn main() -> anyhow::Result<()> {
     }
     if rows.iter().any(|r| r.target.ends_with("embedded")) {
         println!("\nThe embedded cluster (librdkafka's mock) keeps only the last few MB of a partition and runs inside the agent, so its run is not counted at a consumer and its RSS includes the broker.");
+    }
+    let rate_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.target == name)
+            .map(|r| r.events as f64 / r.seconds)
+    };
+    if let (Some(raw), Some(cri)) = (
+        rate_of("tailrace → tansu"),
+        rate_of("tailrace → tansu, CRI file"),
+    ) {
+        println!(
+            "\nThe CRI file ran at {:.2} of the raw file's rate (goal: 0.8).",
+            cri / raw
+        );
+    }
+    if let Some(j) = rate_of("tailrace → tansu, journald") {
+        println!("\nThe journald source delivered {j:.0} entries/s (goal: 300,000).");
     }
     if let (Some(k), Some(t)) = (
         rows.iter().find(|r| r.target.starts_with("kcat")),

@@ -1,5 +1,6 @@
 # tailrace %pre: the system user and group tailrace (home and state directory
-# /var/lib/tailrace), a member of adm so it may read /var/log.
+# /var/lib/tailrace), a member of adm so it may read /var/log and of
+# systemd-journal so it may read the journal.
 if ! getent group tailrace >/dev/null; then
     groupadd --system tailrace
 fi
@@ -9,5 +10,8 @@ if ! getent passwd tailrace >/dev/null; then
 fi
 if getent group adm >/dev/null; then
     usermod --append --groups adm tailrace
+fi
+if getent group systemd-journal >/dev/null; then
+    usermod --append --groups systemd-journal tailrace
 fi
 exit 0

@@ -9,11 +9,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use crate::paced::Paced;
 use crate::{seq_of, SeqLines};
 
 /// The marker logrotate's `postrotate` creates next to the log: the
@@ -28,84 +26,62 @@ pub fn reopen_marker(log: &Path) -> PathBuf {
 /// Appends [`SeqLines`] lines to a log through one descriptor opened with
 /// `O_APPEND | O_CREAT`, `batch` lines per write every `interval`; reopens
 /// the path when [`reopen_marker`] appears. Dropping it stops the thread.
-pub struct AppWriter {
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-    thread: Option<JoinHandle<u64>>,
-}
+pub struct AppWriter(Paced);
 
 impl AppWriter {
     /// Writes lines numbered from `first`.
     pub fn start(log: &Path, first: u64, batch: u64, interval: Duration) -> AppWriter {
+        AppWriter::start_as(log, first, batch, interval, |seq, buf| {
+            buf.extend_from_slice(&SeqLines::line(seq));
+            buf.push(b'\n');
+        })
+    }
+
+    /// Like [`AppWriter::start`], with `write(seq, buf)` appending line
+    /// `seq` as it goes on disk (wrapped as a container runtime does).
+    pub fn start_as(
+        log: &Path,
+        first: u64,
+        batch: u64,
+        interval: Duration,
+        write: fn(u64, &mut Vec<u8>),
+    ) -> AppWriter {
         if let Some(parent) = log.parent() {
             std::fs::create_dir_all(parent).expect("cannot create the log directory");
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(AtomicU64::new(first));
-        let thread = {
-            let (stop, written, log) = (stop.clone(), written.clone(), log.to_path_buf());
-            std::thread::spawn(move || {
-                let marker = reopen_marker(&log);
-                let open = || {
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&log)
-                        .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()))
-                };
-                let mut file = open();
-                let mut next = first;
-                let mut buf = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    if std::fs::remove_file(&marker).is_ok() {
-                        file = open();
-                    }
-                    buf.clear();
-                    for seq in next..next + batch {
-                        buf.extend_from_slice(&SeqLines::line(seq));
-                        buf.push(b'\n');
-                    }
-                    file.write_all(&buf).expect("cannot write the log");
-                    next += batch;
-                    written.store(next, Ordering::SeqCst);
-                    std::thread::sleep(interval); // pacing, not synchronization
-                }
-                next
-            })
+        let log = log.to_path_buf();
+        let marker = reopen_marker(&log);
+        let open = move || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()))
         };
-        AppWriter {
-            stop,
-            written,
-            thread: Some(thread),
-        }
-    }
-
-    /// Lines completely written so far: numbers below this.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` more lines were written than now.
-    pub fn wait_for_more(&self, n: u64) {
-        let target = self.written() + n;
-        let ok = crate::wait_until(Duration::from_secs(30), || self.written() >= target);
-        assert!(ok, "the writer did not write {n} more lines");
+        let mut file = open();
+        let mut buf = Vec::new();
+        AppWriter(Paced::start(first, batch, interval, move |seqs| {
+            if std::fs::remove_file(&marker).is_ok() {
+                file = open();
+            }
+            buf.clear();
+            for seq in seqs {
+                write(seq, &mut buf);
+            }
+            file.write_all(&buf).expect("cannot write the log");
+        }))
     }
 
     /// Stops writing; returns the number of lines written (0..n).
-    pub fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        let thread = self.thread.take().expect("the writer runs until stopped");
-        thread.join().expect("writer thread panicked")
+    pub fn stop(self) -> u64 {
+        self.0.stop()
     }
 }
 
-impl Drop for AppWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl std::ops::Deref for AppWriter {
+    type Target = Paced;
+    fn deref(&self) -> &Paced {
+        &self.0
     }
 }
 

@@ -72,6 +72,11 @@ impl std::fmt::Display for FieldValue {
 pub struct Fields(Vec<(Arc<str>, FieldValue)>);
 
 impl Fields {
+    /// Room for `n` fields without growing.
+    pub fn with_capacity(n: usize) -> Fields {
+        Fields(Vec::with_capacity(n))
+    }
+
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
         self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
     }

@@ -25,6 +25,18 @@ use crate::{Rendered, Tap};
 /// the reason if it stopped on an error.
 pub type ComponentTask = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
+/// Where a source begins what it has no saved position for (a file never
+/// seen, a journal without a saved cursor): `beginning | end`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// Everything there is.
+    #[default]
+    Beginning,
+    /// Only what is written after the first start.
+    End,
+}
+
 /// A problem found in a component's config by its `validate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {

@@ -30,10 +30,10 @@ pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
     BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, Outcome, ReplayReport,
-    SinkConfig, SinkContext, SourceConfig, SourceContext,
+    SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
-pub use metrics::{FileMetrics, Metrics, SinkMetrics, SourceMetrics};
+pub use metrics::{FileMetrics, JournaldMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use secret::Secret;
 pub use shutdown::Shutdown;

@@ -50,6 +50,7 @@ pub struct Metrics {
     batch_events: HistogramFamily,
     file: FileFamilies,
     topics: TopicFamilies,
+    journald: JournaldFamilies,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             file: FileFamilies::default(),
             topics: TopicFamilies::default(),
+            journald: JournaldFamilies::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
@@ -202,6 +204,7 @@ impl Metrics {
             "min.insync.replicas of a topic a sink writes to: acks=all waits for this many copies",
             m.topics.min_insync.clone(),
         );
+        m.journald.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -228,6 +231,10 @@ impl Metrics {
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped,
             file: FileMetrics::new(&self.file, name),
+            journald: JournaldMetrics {
+                families: self.journald.clone(),
+                source: name.to_owned(),
+            },
         }
     }
 
@@ -326,6 +333,8 @@ pub struct SourceMetrics {
     pub dropped: Dropped,
     /// Used by file sources only; creates no series until used.
     pub file: FileMetrics,
+    /// Used by journald sources only; creates no series until used.
+    pub journald: JournaldMetrics,
 }
 
 impl SourceMetrics {
@@ -457,5 +466,49 @@ impl FileMetrics {
     pub fn forget_lag(&self, path: &str) {
         let l = vec![("source", self.source.clone()), ("path", path.to_owned())];
         self.families.lag.remove(&l);
+    }
+}
+
+/// The families of journald sources: `tailrace_journald_lag_seconds{source}`
+/// and `tailrace_journald_events_total{source,event}`.
+#[derive(Clone, Default)]
+struct JournaldFamilies {
+    lag: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    events: Family<Labels, Counter>,
+}
+
+impl JournaldFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tailrace_journald_lag_seconds",
+            "The newest journal entry's time minus the time of the last entry Kafka acknowledged",
+            self.lag.clone(),
+        );
+        registry.register(
+            "tailrace_journald_events",
+            "What happened to a journald source's position, by event (cursor_missing, ...)",
+            self.events.clone(),
+        );
+    }
+}
+
+/// The handles of one journald source.
+#[derive(Clone)]
+pub struct JournaldMetrics {
+    families: JournaldFamilies,
+    source: String,
+}
+
+impl JournaldMetrics {
+    /// `tailrace_journald_lag_seconds{source}`.
+    pub fn lag(&self) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+        let l = vec![("source", self.source.clone())];
+        self.families.lag.get_or_create(&l).clone()
+    }
+
+    /// Adds `n` to `tailrace_journald_events_total{source, event}`.
+    pub fn event(&self, event: &str, n: u64) {
+        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
+        self.families.events.get_or_create(&l).inc_by(n);
     }
 }

@@ -13,6 +13,7 @@
 //! sees channels).
 
 mod checkpoint;
+mod format;
 mod identity;
 mod multiline;
 mod scan;
@@ -25,20 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tailrace_api::StartAt;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
 pub use checkpoint::{describe, CheckpointInfo};
+pub use format::Format;
 pub use multiline::MultilineConfig;
 pub use split::{LinePolicy, Splitter};
-
-/// Where to start in a file that has no saved position.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StartAt {
-    #[default]
-    Beginning,
-    End,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,9 +54,11 @@ pub struct FileSourceConfig {
     /// How often the globs are matched again, besides on notifications.
     #[serde(default = "default_scan_interval_ms")]
     pub scan_interval_ms: u64,
-    /// Bytes read from a file at a time; also the largest batch.
-    #[serde(default = "default_read_buffer_bytes")]
-    pub read_buffer_bytes: usize,
+    /// Bytes read from a file at a time; also the largest batch. Default:
+    /// 256 KiB for raw lines, 384 KiB for container formats (whose
+    /// wrapping adds some 40 bytes a line: as many records per read).
+    #[serde(default)]
+    pub read_buffer_bytes: Option<usize>,
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
     #[serde(default)]
@@ -97,6 +93,10 @@ pub struct FileSourceConfig {
     /// Joins lines into multiline events (stack traces).
     #[serde(default)]
     pub multiline: Option<MultilineConfig>,
+    /// How lines are written: `raw`, or a container runtime's wrapping
+    /// (`cri`, `docker`, `auto` to recognise either per file).
+    #[serde(default)]
+    pub format: Format,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -105,8 +105,11 @@ fn default_poll_interval_ms() -> u64 {
 fn default_scan_interval_ms() -> u64 {
     1000
 }
-fn default_read_buffer_bytes() -> usize {
-    256 * 1024
+fn default_read_buffer_bytes(format: Format) -> usize {
+    match format {
+        Format::Raw => 256 * 1024,
+        Format::Cri | Format::Docker | Format::Auto => 384 * 1024,
+    }
 }
 fn default_max_line_bytes() -> usize {
     1024 * 1024
@@ -131,6 +134,11 @@ fn default_watch() -> bool {
 }
 
 impl FileSourceConfig {
+    fn read_buffer_bytes(&self) -> usize {
+        self.read_buffer_bytes
+            .unwrap_or_else(|| default_read_buffer_bytes(self.format))
+    }
+
     fn interval(ms: u64) -> Duration {
         Duration::from_millis(ms.max(1))
     }
@@ -164,7 +172,7 @@ impl SourceConfig for FileSourceConfig {
             }
         }
         let positive: [(&str, usize); 5] = [
-            ("read_buffer_bytes", self.read_buffer_bytes),
+            ("read_buffer_bytes", self.read_buffer_bytes()),
             ("max_line_bytes", self.max_line_bytes),
             ("poll_interval_ms", self.poll_interval_ms as usize),
             ("scan_interval_ms", self.scan_interval_ms as usize),
@@ -180,6 +188,15 @@ impl SourceConfig for FileSourceConfig {
         }
         if let Some(Err(issue)) = self.multiline.as_ref().map(MultilineConfig::compile) {
             issues.push(issue);
+        }
+        if self.multiline.is_some() && self.format != Format::Raw {
+            issues.push(ConfigIssue::new(
+                &["multiline"],
+                format!(
+                    "multiline works on raw lines only, not with format {} (remove multiline or set format: raw)",
+                    self.format.name()
+                ),
+            ));
         }
         issues
     }
@@ -201,7 +218,7 @@ impl SourceConfig for FileSourceConfig {
             start_at: self.start_at,
             poll_interval: Self::interval(self.poll_interval_ms),
             scan_interval: Self::interval(self.scan_interval_ms),
-            read_buffer_bytes: self.read_buffer_bytes.max(4096),
+            read_buffer_bytes: self.read_buffer_bytes().max(4096),
             max_line_bytes: self.max_line_bytes,
             max_line_policy: self.max_line_policy,
             fingerprint_bytes: self.fingerprint_bytes,
@@ -211,6 +228,8 @@ impl SourceConfig for FileSourceConfig {
             expire_after: Duration::from_millis(self.expire_after_ms),
             watch: self.watch,
             multiline,
+            format: self.format,
+            field_names: Default::default(),
         };
         tailer::spawn(cx, matcher, settings)
     }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tailrace_api::Record;
 
+use crate::format::Decoder;
 use crate::multiline::Multiline;
 
 /// What to do with a line longer than `max_line_bytes`.
@@ -38,6 +39,8 @@ pub struct Splitter {
     multiline: Option<Arc<Multiline>>,
     /// The multiline event being gathered.
     held: Option<Group>,
+    /// Unwraps container runtime formats (`None`: raw lines).
+    decoder: Option<Decoder>,
 }
 
 /// What one call to [`Splitter::split`] found.
@@ -51,6 +54,8 @@ pub struct Split {
     pub split_lines: u64,
     /// Over-long lines (or multiline events) whose tail was discarded.
     pub truncated_lines: u64,
+    /// Lines that did not parse in the file's format, forwarded as they were.
+    pub parse_errors: u64,
 }
 
 /// A multiline event being gathered: complete lines, joined by their
@@ -121,7 +126,13 @@ impl Splitter {
             skipping: false,
             multiline: None,
             held: None,
+            decoder: None,
         }
+    }
+
+    pub(crate) fn with_decoder(mut self, decoder: Option<Decoder>) -> Splitter {
+        self.decoder = decoder;
+        self
     }
 
     pub fn with_multiline(mut self, rule: Option<Arc<Multiline>>) -> Splitter {
@@ -131,17 +142,37 @@ impl Splitter {
 
     /// When the multiline event being gathered last grew, if there is one.
     pub fn held_since(&self) -> Option<Instant> {
+        self.held
+            .as_ref()
+            .map(|g| g.touched)
+            .or_else(|| self.decoder.as_ref().and_then(Decoder::held_since))
+    }
+
+    /// Whether a multiline event is being gathered (its flush timeout applies).
+    pub fn multiline_since(&self) -> Option<Instant> {
         self.held.as_ref().map(|g| g.touched)
     }
 
     fn end_offset(&self) -> u64 {
-        self.held.as_ref().map_or(self.line_start, |g| g.offset)
+        let end = self.held.as_ref().map_or(self.line_start, |g| g.offset);
+        match self.decoder.as_ref().and_then(Decoder::held_offset) {
+            Some(first_part) => end.min(first_part),
+            None => end,
+        }
+    }
+
+    /// Unwraps the lines this call added to `out`, if there is a format.
+    fn decode(&mut self, out: &mut Vec<Record>, from: usize, report: &mut Split) {
+        if let Some(d) = self.decoder.as_mut() {
+            d.decode(out, from, report);
+        }
     }
 
     /// Moves every complete line out of `buf` into `out`; the unterminated
     /// rest stays in `buf`, unless it is already longer than the limit.
     pub fn split(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>) -> Split {
         let mut report = Split::default();
+        let from = out.len();
         if let Some(last_nl) = memchr::memrchr(b'\n', buf) {
             let chunk = buf.split_to(last_nl + 1).freeze();
             let base = self.line_start;
@@ -191,6 +222,7 @@ impl Splitter {
                 g.touched = Instant::now();
             }
         }
+        self.decode(out, from, &mut report);
         report.end_offset = self.end_offset();
         report
     }
@@ -200,6 +232,7 @@ impl Splitter {
     /// finish the line).
     pub fn flush(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>) -> Split {
         let mut report = Split::default();
+        let from = out.len();
         if !buf.is_empty() {
             let len = buf.len();
             let chunk = buf.split_to(len).freeze();
@@ -211,6 +244,10 @@ impl Splitter {
         }
         self.skipping = false;
         self.emit_held(out);
+        self.decode(out, from, &mut report);
+        if let Some(d) = self.decoder.as_mut() {
+            d.flush(out);
+        }
         report.end_offset = self.line_start;
         report
     }
@@ -395,6 +432,38 @@ mod tests {
         assert_eq!(out.last().unwrap().payload, &b"tail"[..]);
         assert_eq!(out.last().unwrap().offset, 2);
         assert_eq!(r.end_offset, 6);
+    }
+
+    #[test]
+    fn held_cri_parts_keep_the_position_at_the_first_part() {
+        use crate::format::{Decoder, Format};
+        let t = "2026-11-21T10:00:00.000000001Z";
+        let decoder = Decoder::new(Format::Cri, 1000, LinePolicy::Split, Arc::default());
+        let mut s = Splitter::new(1000, LinePolicy::Split, 0).with_decoder(decoder);
+        let whole = format!("{t} stdout F one\n");
+        let part = format!("{t} stdout P tw\n");
+        let mut buf = BytesMut::from(format!("{whole}{part}").as_bytes());
+        let mut out = Vec::new();
+        let r = s.split(&mut buf, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(r.end_offset, whole.len() as u64, "not past the held part");
+        assert!(s.held_since().is_some());
+        // the last part completes the event: acknowledged up to its end
+        let last = format!("{t} stdout F o\n");
+        buf.extend_from_slice(last.as_bytes());
+        let r = s.split(&mut buf, &mut out);
+        assert_eq!(out[1].payload, &b"two"[..]);
+        assert_eq!(out[1].offset, whole.len() as u64);
+        assert_eq!(r.end_offset, (whole.len() + part.len() + last.len()) as u64);
+        // a file that ends in parts sends them at its flush
+        buf.extend_from_slice(part.as_bytes());
+        s.split(&mut buf, &mut out);
+        let r = s.flush(&mut buf, &mut out);
+        assert_eq!(out[2].payload, &b"tw"[..]);
+        assert_eq!(
+            r.end_offset,
+            (whole.len() + 2 * part.len() + last.len()) as u64
+        );
     }
 
     fn rule(start: Option<&str>, cont: Option<&str>) -> Arc<Multiline> {

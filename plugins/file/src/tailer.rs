@@ -28,6 +28,7 @@ use tailrace_api::{
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{FileId, Saved};
+use crate::format::{Decoder, Format, Names};
 use crate::identity::{self, mtime_ns, Sibling, Tail};
 use crate::multiline::Multiline;
 use crate::scan::Matcher;
@@ -48,6 +49,22 @@ pub(crate) struct Settings {
     pub expire_after: Duration,
     pub watch: bool,
     pub multiline: Option<Arc<Multiline>>,
+    pub format: Format,
+    pub field_names: Arc<Names>,
+}
+
+impl Settings {
+    /// The splitter of a file read from `offset`.
+    fn splitter(&self, offset: u64) -> Splitter {
+        Splitter::new(self.max_line_bytes, self.max_line_policy, offset)
+            .with_multiline(self.multiline.clone())
+            .with_decoder(Decoder::new(
+                self.format,
+                self.max_line_bytes,
+                self.max_line_policy,
+                self.field_names.clone(),
+            ))
+    }
 }
 
 /// Chunks read from one file before the others get their turn.
@@ -710,12 +727,7 @@ impl Tailer {
                 place,
                 file: None,
                 buf: BytesMut::new(),
-                splitter: Splitter::new(
-                    self.settings.max_line_bytes,
-                    self.settings.max_line_policy,
-                    start.offset,
-                )
-                .with_multiline(self.settings.multiline.clone()),
+                splitter: self.settings.splitter(start.offset),
                 read_pos: start.offset,
                 recent: check,
                 fingerprint,
@@ -1098,6 +1110,10 @@ impl Tailer {
         if split.split_lines > 0 {
             self.event("line_split", split.split_lines);
         }
+        if split.parse_errors > 0 {
+            self.cx.metrics.parse_errors.inc_by(split.parse_errors);
+            debug!(source = %self.cx.name, lines = split.parse_errors, format = self.settings.format.name(), "lines that do not parse forwarded as they were");
+        }
     }
 
     fn send(&mut self, seq: u64, records: Vec<Record>, end: u64) -> Result<(), Closed> {
@@ -1143,12 +1159,7 @@ impl Tailer {
         warn!(source = %self.cx.name, path = %tf.path.display(), size, position = tf.read_pos, reason = why, "file truncated, reading it again from its start");
         self.event("truncated", 1);
         let copy = self.find_copy(seq);
-        let fresh = Splitter::new(
-            self.settings.max_line_bytes,
-            self.settings.max_line_policy,
-            0,
-        )
-        .with_multiline(self.settings.multiline.clone());
+        let fresh = self.settings.splitter(0);
         let tf = self.files.get_mut(&seq).expect("seq from files");
         let mut old = Tracked {
             splitter: std::mem::replace(&mut tf.splitter, fresh),
@@ -1261,7 +1272,7 @@ impl Tailer {
             .iter()
             .filter(|(_, tf)| {
                 tf.splitter
-                    .held_since()
+                    .multiline_since()
                     .is_some_and(|t| t.elapsed() >= rule.flush_timeout)
             })
             .map(|(seq, _)| *seq)
