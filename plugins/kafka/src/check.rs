@@ -73,10 +73,13 @@ impl Durability {
     }
 }
 
+/// (error code, librdkafka's reason) of each client error.
+type Errors = Vec<(Option<RDKafkaErrorCode>, String)>;
+
 /// Client errors seen while checking, for telling TLS from authentication
 /// from an unreachable broker.
 #[derive(Default, Clone)]
-struct Seen(Arc<Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>>);
+struct Seen(Arc<Mutex<Errors>>);
 
 impl Seen {
     fn find(&self, codes: &[RDKafkaErrorCode]) -> Option<String> {
@@ -308,7 +311,7 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     };
     if broker_count == 0 {
         // Why: TLS, authentication, or nothing answering.
-        let _ = producer.poll(Duration::from_millis(200));
+        producer.poll(Duration::from_millis(200));
         let tls_error = probe.seen.find(&[RDKafkaErrorCode::SSL]);
         let auth_error = probe.seen.find(&[
             RDKafkaErrorCode::Authentication,
@@ -414,7 +417,7 @@ pub fn check(config: &KafkaSinkConfig, name: &str, timeout: Duration) -> CheckRe
     // The idempotent producer asks for its id as soon as it is created.
     let deadline = Instant::now() + timeout;
     let state = loop {
-        let _ = producer.poll(Duration::from_millis(100));
+        producer.poll(Duration::from_millis(100));
         let state = probe
             .idempotence
             .lock()
