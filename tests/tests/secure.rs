@@ -61,27 +61,52 @@ fn status(admin: &str, path: &str) -> u16 {
     get(admin, path).map_or(0, |r| r.status)
 }
 
+/// `file_to_kafka` against the SCRAM cluster over TLS: trusting `ca`,
+/// logging in as USER with `password`.
+fn scram_over_tls(dir: &Path, cluster: &SecureCluster, ca: &Path, password: &str) -> String {
+    secured(
+        dir,
+        &cluster.tls.bootstrap(),
+        &format!(
+            "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {password} }}",
+            ca.display()
+        ),
+    )
+}
+
+/// A consumer of TOPIC that logs in as USER over TLS.
+fn scram_consumer(cluster: &SecureCluster) -> Consumer {
+    Consumer::with_properties(
+        &cluster.tls.bootstrap(),
+        TOPIC,
+        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
+    )
+}
+
+/// Waits until `/ready` answers 503 with `words` (lower case) in its body.
+fn refused_with(admin: &str, words: &str) -> bool {
+    wait_until(Duration::from_secs(60), || {
+        get(admin, "/ready")
+            .is_ok_and(|r| r.status == 503 && r.body.to_ascii_lowercase().contains(words))
+    })
+}
+
 #[test]
 fn scram_sha_512_over_tls_delivers_every_line() {
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 2)]);
     let dir = tempfile::tempdir().unwrap();
     let password = secret_file(dir.path(), "kafka.password", PASSWORD);
-    let config = secured(
+    // The password comes from a file: ${file:...}, quoted.
+    let config = scram_over_tls(
         dir.path(),
-        &cluster.tls.bootstrap(),
-        &format!(
-            "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: \"{password}\" }}",
-            cluster.pki.ca().display()
-        ),
+        &cluster,
+        &cluster.pki.ca(),
+        &format!("\"{password}\""),
     );
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let agent = Agent::start(dir.path(), &config);
-    let mut consumer = Consumer::with_properties(
-        &cluster.tls.bootstrap(),
-        TOPIC,
-        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
-    );
+    let mut consumer = scram_consumer(&cluster);
     let report = all_arrive(&mut consumer, &lines, 0);
     assert_eq!(report.duplicates, 0, "no restart, no duplicates: {report}");
     assert!(
@@ -157,25 +182,12 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
     let dir = tempfile::tempdir().unwrap();
     let ca = cluster.pki.ca();
-    let with_password = |p: &str| {
-        secured(
-            dir.path(),
-            &cluster.tls.bootstrap(),
-            &format!(
-                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {p} }}",
-                ca.display()
-            ),
-        )
-    };
+    let with_password = |p: &str| scram_over_tls(dir.path(), &cluster, &ca, p);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let mut agent = Agent::start(dir.path(), &with_password(WRONG));
     let admin = agent.admin_address().to_string();
-    let refused = wait_until(Duration::from_secs(60), || {
-        get(&admin, "/ready").is_ok_and(|r| {
-            r.status == 503 && r.body.to_ascii_lowercase().contains("authentication")
-        })
-    });
+    let refused = refused_with(&admin, "authentication");
     let ready = get(&admin, "/ready").map(|r| r.body).unwrap_or_default();
     assert!(
         refused,
@@ -197,11 +209,7 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
         .replace(WRONG, PASSWORD);
     std::fs::write(agent.config_path(), fixed).unwrap();
     agent.reload();
-    let mut consumer = Consumer::with_properties(
-        &cluster.tls.bootstrap(),
-        TOPIC,
-        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
-    );
+    let mut consumer = scram_consumer(&cluster);
     all_arrive(&mut consumer, &lines, 0);
     assert!(
         wait_until(Duration::from_secs(30), || status(&admin, "/ready") == 200),
@@ -216,28 +224,12 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
 fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
     let dir = tempfile::tempdir().unwrap();
-    let with_ca = |ca: &Path| {
-        secured(
-            dir.path(),
-            &cluster.tls.bootstrap(),
-            &format!(
-                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {PASSWORD} }}",
-                ca.display()
-            ),
-        )
-    };
+    let with_ca = |ca: &Path| scram_over_tls(dir.path(), &cluster, ca, PASSWORD);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()));
     let admin = agent.admin_address().to_string();
-    let refused = wait_until(Duration::from_secs(60), || {
-        get(&admin, "/ready").is_ok_and(|r| {
-            r.status == 503
-                && r.body
-                    .to_ascii_lowercase()
-                    .contains("certificate verify failed")
-        })
-    });
+    let refused = refused_with(&admin, "certificate verify failed");
     assert!(
         refused,
         "/ready does not name the TLS failure: {:?}\n{}",
@@ -260,11 +252,7 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
         );
     std::fs::write(agent.config_path(), fixed).unwrap();
     agent.reload();
-    let mut consumer = Consumer::with_properties(
-        &cluster.tls.bootstrap(),
-        TOPIC,
-        &cluster.consumer_properties("SCRAM-SHA-512", USER, PASSWORD),
-    );
+    let mut consumer = scram_consumer(&cluster);
     all_arrive(&mut consumer, &lines, 0);
 }
 
@@ -273,16 +261,7 @@ fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it()
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 1)]);
     let dir = tempfile::tempdir().unwrap();
     let ca = cluster.pki.ca();
-    let with_password = |p: &str| {
-        secured(
-            dir.path(),
-            &cluster.tls.bootstrap(),
-            &format!(
-                "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {p} }}",
-                ca.display()
-            ),
-        )
-    };
+    let with_password = |p: &str| scram_over_tls(dir.path(), &cluster, &ca, p);
     let check = |yaml: &str| {
         let path = dir.path().join("check.yaml");
         std::fs::write(&path, yaml).unwrap();
