@@ -135,6 +135,13 @@ fn read_all(consumer: &mut Consumer, lines: &SeqLines, timeout: Duration) -> Rep
     report
 }
 
+/// Reads until a line numbered `from` or later has arrived (or `timeout`),
+/// and asserts that one did.
+fn arrives_from(consumer: &mut Consumer, from: u64, timeout: Duration, what: &str) {
+    let records = consumer.read_until(timeout, |r| seqs(r).range(from..).next().is_some());
+    assert!(seqs(records).range(from..).next().is_some(), "{what}");
+}
+
 /// How many lines arrived (for the first time) while an older line had not
 /// arrived yet: the lines that overtook it.
 fn overtaking(records: &[Record]) -> u64 {
@@ -548,11 +555,11 @@ fn cut_beyond_delivery_timeout_against_tansu_loses_nothing() {
     proxy.restore();
     let lines = {
         let resumed_from = writer.written();
-        let records =
-            consumer.read_until(CATCH_UP, |r| seqs(r).range(resumed_from..).next().is_some());
-        assert!(
-            seqs(records).range(resumed_from..).next().is_some(),
-            "nothing written after the cut arrived"
+        arrives_from(
+            &mut consumer,
+            resumed_from,
+            CATCH_UP,
+            "nothing written after the cut arrived",
         );
         writer.stop()
     };
@@ -767,12 +774,11 @@ fn mock_broker_down_and_up(ordering: &str) -> (Vec<Record>, u64) {
     wait_for_log(&agent, "events spooled", Duration::from_secs(60));
     cluster.broker_up(1).expect("cannot bring the broker up");
     let resumed_from = writer.written();
-    let records = consumer.read_until(Duration::from_secs(120), |r| {
-        seqs(r).range(resumed_from..).next().is_some()
-    });
-    assert!(
-        seqs(records).range(resumed_from..).next().is_some(),
-        "nothing written after the outage arrived"
+    arrives_from(
+        &mut consumer,
+        resumed_from,
+        Duration::from_secs(120),
+        "nothing written after the outage arrived",
     );
 
     let lines = writer.stop();
@@ -1184,22 +1190,20 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
     // last saved position.
     let before = lines.written();
     let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
-    let records = consumer.read_until(Duration::from_secs(60), |r| {
-        seqs(r).range(before + 5_000..).next().is_some()
-    });
-    assert!(
-        seqs(records).range(before + 5_000..).next().is_some(),
-        "nothing new arrived"
+    arrives_from(
+        &mut consumer,
+        before + 5_000,
+        Duration::from_secs(60),
+        "nothing new arrived",
     );
     agent.kill();
     agent.restart();
     let restarted_at = writer.written();
-    let records = consumer.read_until(Duration::from_secs(60), |r| {
-        seqs(r).range(restarted_at..).next().is_some()
-    });
-    assert!(
-        seqs(records).range(restarted_at..).next().is_some(),
-        "nothing arrived after the restart"
+    arrives_from(
+        &mut consumer,
+        restarted_at,
+        Duration::from_secs(60),
+        "nothing arrived after the restart",
     );
     let lines = writer.stop();
     let report = read_all(&mut consumer, &lines, CATCH_UP);

@@ -459,11 +459,12 @@ fn parse_file(
     })?;
     secrets.extend(interpolated.secrets);
     let text = interpolated.text;
-    if let Ok(tree) = serde_yaml::from_str::<Value>(&text) {
-        secret_values(&tree, false, secrets);
+    let tree = serde_yaml::from_str::<Value>(&text);
+    if let Ok(tree) = &tree {
+        secret_values(tree, false, secrets);
     }
     // A file of comments only (a conf.d placeholder) sets nothing.
-    let empty = matches!(serde_yaml::from_str::<Value>(&text), Ok(Value::Null));
+    let empty = matches!(tree, Ok(Value::Null));
     let raw: RawFile = if empty {
         RawFile::default()
     } else {

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use crate::config::{KafkaSinkConfig, EMBEDDED};
 use crate::encode::Template;
-use crate::properties::{self, Property};
+use crate::properties;
 
 /// How durable one topic is, as the cluster says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,9 +260,8 @@ fn topic_configs<A: ClientContext>(
 
 /// The properties for checking clients: the sink's, brokers included.
 fn client_config(config: &KafkaSinkConfig, name: &str, stats: bool) -> ClientConfig {
-    let mut props: Vec<Property> = properties::assemble(config, name);
-    props.retain(|p| !matches!(p.key.as_str(), "statistics.interval.ms"));
-    let mut cc = properties::client_config(&props);
+    let mut cc = properties::client_config(&properties::assemble(config, name));
+    // Replaces the sink's interval: the probe reads the idempotent state.
     cc.set("statistics.interval.ms", if stats { "200" } else { "0" });
     cc
 }

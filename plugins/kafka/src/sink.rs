@@ -247,6 +247,20 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
+    /// The record on its way to the spool or the dead-letter tree; its
+    /// topic is kept only when it is not the sink's.
+    fn into_diverted(self, sink_topic: &str, reason: String) -> Diverted {
+        Diverted {
+            topic: (self.topic != sink_topic).then_some(self.topic),
+            inflight: self.inflight,
+            payload: self.payload,
+            key: self.key,
+            headers: self.headers,
+            timestamp: self.timestamp,
+            reason,
+        }
+    }
+
     /// A replayed record failed: its entry stays for a later try.
     pub(crate) fn fail_replay(self, metrics: &SinkMetrics) {
         self.inflight.failed.store(true, Ordering::Release);
@@ -559,16 +573,22 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn create_producer(
-    settings: &Settings,
-    mut context: Delivery,
-) -> Result<BaseProducer<Delivery>, String> {
-    context.token = settings.token.clone();
+/// The sink's brokers and producer properties, as librdkafka takes them.
+fn client_config(settings: &Settings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.bootstrap_servers);
     for (k, v) in &settings.properties {
         config.set(k, v);
     }
+    config
+}
+
+pub(crate) fn create_producer(
+    settings: &Settings,
+    mut context: Delivery,
+) -> Result<BaseProducer<Delivery>, String> {
+    context.token = settings.token.clone();
+    let config = client_config(settings);
     let sink = context.sink.clone();
     let producer: BaseProducer<Delivery> = config.create_with_context(context).map_err(|e| {
         let e = crate::properties::mask(&e.to_string(), &settings.properties);
@@ -742,13 +762,9 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     );
     let watch_stop = Arc::new(AtomicBool::new(false));
     if _cluster.is_none() {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &settings.bootstrap_servers);
-        for (k, v) in &settings.properties {
-            if k != "statistics.interval.ms" {
-                config.set(k, v);
-            }
-        }
+        // The watch's admin client reads no statistics.
+        let mut config = client_config(&settings);
+        config.remove("statistics.interval.ms");
         let interval = settings
             .properties
             .iter()
@@ -1180,36 +1196,14 @@ impl Sink {
             };
             *reasons.entry(why.clone()).or_default() += 1;
             if refused_for_good(&f.error) {
-                dead.push(Diverted {
-                    inflight: f.inflight,
-                    payload: f.payload,
-                    key: f.key,
-                    headers: f.headers,
-                    topic: (f.topic != self.settings.topic).then_some(f.topic),
-                    timestamp: f.timestamp,
-                    reason: f.error.to_string(),
-                });
+                let reason = f.error.to_string();
+                dead.push(f.into_diverted(&self.settings.topic, reason));
             } else if f.inflight.is_replay() {
-                let topic = (f.topic != self.settings.topic).then_some(f.topic);
-                self.keep_for_replay(Diverted {
-                    inflight: f.inflight,
-                    payload: f.payload,
-                    key: f.key,
-                    headers: f.headers,
-                    topic,
-                    timestamp: f.timestamp,
-                    reason: why,
-                });
+                let d = f.into_diverted(&self.settings.topic, why);
+                self.keep_for_replay(d);
             } else {
-                self.to_spool.push(Diverted {
-                    inflight: f.inflight,
-                    payload: f.payload,
-                    key: f.key,
-                    headers: f.headers,
-                    topic: (f.topic != self.settings.topic).then_some(f.topic),
-                    timestamp: f.timestamp,
-                    reason: why,
-                });
+                let d = f.into_diverted(&self.settings.topic, why);
+                self.to_spool.push(d);
             }
         }
         for (why, n) in &reasons {
