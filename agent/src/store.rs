@@ -26,6 +26,21 @@ pub enum OpenError {
     Io { path: PathBuf, source: sled::Error },
 }
 
+/// How long `Store::open` waits for a lock that a process which just
+/// stopped (or a store just dropped) may still hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.raw_os_error() == Some(11)
+                || io.to_string().contains("lock")
+        }
+        _ => false,
+    }
+}
+
 fn tree_name(component: &str) -> String {
     format!("checkpoints/{component}")
 }
@@ -39,26 +54,27 @@ impl Store {
                 source: sled::Error::Io(e),
             });
         }
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(500))
-            .cache_capacity(16 * 1024 * 1024)
-            .open()
-            .map_err(|e| match &e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.raw_os_error() == Some(11) =>
-                {
-                    OpenError::Locked(data_dir.to_path_buf())
+        // sled releases its lock only when its last background thread lets
+        // go of the database, a moment after the previous holder dropped or
+        // exited; a lock still held after LOCK_WAIT belongs to someone else.
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&path)
+                .flush_every_ms(Some(500))
+                .cache_capacity(16 * 1024 * 1024)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) => {
+                    if started.elapsed() >= LOCK_WAIT {
+                        return Err(OpenError::Locked(data_dir.to_path_buf()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => {
-                    OpenError::Locked(data_dir.to_path_buf())
-                }
-                _ => OpenError::Io {
-                    path: path.clone(),
-                    source: e,
-                },
-            })?;
+                Err(e) => return Err(OpenError::Io { path, source: e }),
+            }
+        };
         Ok(Store {
             db,
             path,
@@ -265,6 +281,24 @@ impl CheckpointStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_held_open_is_locked_and_one_let_go_of_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(OpenError::Locked(p)) if p == dir.path()
+        ));
+        // Let go of it while a second open waits: that one gets the store.
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let opened = Store::open(dir.path());
+        letting_go.join().unwrap();
+        assert!(opened.is_ok(), "{:?}", opened.err());
+    }
 
     #[test]
     fn saved_entries_survive_reopening() {

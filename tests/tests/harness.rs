@@ -20,6 +20,9 @@ fn produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
+        // Keyless records to a random partition each, not one sticky
+        // partition per batch, so the consumer is shown to read them all.
+        .set("sticky.partitioning.linger.ms", "0")
         .create()
         .expect("cannot create a producer");
     for payload in payloads {
