@@ -16,6 +16,9 @@ pub struct Store {
     /// What each spool tree holds, counted when first asked, then kept up
     /// to date by push and remove.
     usage: Mutex<HashMap<(SpoolTree, String), Usage>>,
+    /// Faults a test asked for (debug builds only).
+    #[cfg(debug_assertions)]
+    faults: faults::Faults,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,8 @@ impl Store {
             db,
             path,
             usage: Mutex::new(HashMap::new()),
+            #[cfg(debug_assertions)]
+            faults: faults::Faults::from_env(),
         })
     }
 
@@ -240,7 +245,52 @@ impl SpoolStore for Store {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        #[cfg(debug_assertions)]
+        self.faults.spool_flush()?;
         CheckpointStore::flush(self)
+    }
+}
+
+/// Store faults for the e2e tests, which cannot make a real disk fail on
+/// cue. Compiled only into debug builds; a release binary ignores the
+/// variables.
+#[cfg(debug_assertions)]
+mod faults {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tailrace_api::StoreError;
+
+    /// `TAILRACE_FAULT_SPOOL_FLUSH_FAILURES=N`: the first N spool flushes
+    /// fail (after the entries were written).
+    pub const SPOOL_FLUSH_FAILURES: &str = "TAILRACE_FAULT_SPOOL_FLUSH_FAILURES";
+
+    #[derive(Default)]
+    pub struct Faults {
+        spool_flush_failures: AtomicU64,
+    }
+
+    impl Faults {
+        pub fn from_env() -> Faults {
+            let n = std::env::var(SPOOL_FLUSH_FAILURES)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Faults {
+                spool_flush_failures: AtomicU64::new(n),
+            }
+        }
+
+        pub fn spool_flush(&self) -> Result<(), StoreError> {
+            let left = self.spool_flush_failures.fetch_update(
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            );
+            match left {
+                Ok(_) => Err(StoreError("injected fault: spool flush failed".into())),
+                Err(_) => Ok(()),
+            }
+        }
     }
 }
 

@@ -181,6 +181,12 @@ impl Agent {
         process::tail(&self.log, n)
     }
 
+    /// Clears the environment variables given at start, for the next
+    /// `restart`.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
+    }
+
     /// Starts the agent again with the same config; it must not be running.
     pub fn restart(&mut self) {
         assert!(

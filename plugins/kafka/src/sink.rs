@@ -698,6 +698,9 @@ struct Sink {
     spool: Arc<dyn SpoolStore>,
     /// Records to be spooled, waiting for room when the spool is full.
     to_spool: Vec<Diverted>,
+    /// Records written to the spool whose flush has not yet succeeded:
+    /// settled by the next flush that does, never written again.
+    unflushed: Vec<Diverted>,
     replay: Replay,
     ids: encode::EventIds,
     last_full_warning: Option<Instant>,
@@ -804,6 +807,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         deadline: Cell::new(None),
         spool,
         to_spool: Vec::new(),
+            unflushed: Vec::new(),
         ids: encode::EventIds::new(),
         replay: Replay {
             in_flight: HashSet::new(),
@@ -922,6 +926,7 @@ impl Sink {
     fn behind_spool(&self) -> bool {
         self.strict()
             && (!self.to_spool.is_empty()
+                || !self.unflushed.is_empty()
                 || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
     }
 
@@ -1251,14 +1256,13 @@ impl Sink {
     /// Writes what waits for the spool, flushes, and settles it. Returns
     /// false when the spool is full and blocks.
     fn flush_to_spool(&mut self) -> bool {
-        if self.to_spool.is_empty() {
+        if self.to_spool.is_empty() && self.unflushed.is_empty() {
             return true;
         }
         let name = self.cx.name.clone();
-        let pending = std::mem::take(&mut self.to_spool);
+        let mut pending = std::mem::take(&mut self.to_spool);
         let mut written = 0;
         let mut blocked = false;
-        let mut entries = Vec::new();
         for chunk in pending.chunks(ENTRY_RECORDS) {
             let entry = entry_of(chunk);
             if !self.make_room(entry.len() as u64) {
@@ -1270,26 +1274,25 @@ impl Sink {
                 blocked = true;
                 break;
             }
-            entries.push(chunk.len());
             written += chunk.len();
         }
-        if written > 0 {
+        self.to_spool = pending.split_off(written);
+        self.unflushed.append(&mut pending);
+        if !self.unflushed.is_empty() {
             if let Err(e) = self.spool.flush() {
-                // Written but maybe not durable: settle nothing, try again.
+                // Written but maybe not durable: settle nothing and flush
+                // again next time (writing them again would store them
+                // twice).
                 error!(sink = %name, error = %e, "cannot flush the spool; retrying");
-                self.to_spool = pending;
+                self.update_gauges();
                 return false;
             }
-            for d in &pending[..written] {
+            for d in std::mem::take(&mut self.unflushed) {
                 d.inflight.divert(&self.cx.metrics);
+                *self.spooled_unlogged.entry(d.reason).or_default() += 1;
             }
-            *self
-                .spooled_unlogged
-                .entry(pending[0].reason.clone())
-                .or_default() += written as u64;
             self.log_spooled(false);
         }
-        self.to_spool = pending.into_iter().skip(written).collect();
         self.update_gauges();
         !blocked
     }
@@ -1571,7 +1574,11 @@ impl Sink {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty();
-            if self.producer.in_flight_count() == 0 && !failed && self.to_spool.is_empty() {
+            if self.producer.in_flight_count() == 0
+                && !failed
+                && self.to_spool.is_empty()
+                && self.unflushed.is_empty()
+            {
                 break;
             }
             if Instant::now() >= deadline {
@@ -1593,7 +1600,7 @@ impl Sink {
         if !self.flush_to_spool() {
             // Not acknowledged: a file source reads them again after the
             // restart, but a socket's records are gone, so they count.
-            let n = self.to_spool.len() as u64;
+            let n = (self.to_spool.len() + self.unflushed.len()) as u64;
             self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
