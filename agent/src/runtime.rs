@@ -1,14 +1,22 @@
 //! Builds the pipeline from a validated config, runs it, reloads it on
 //! SIGHUP and shuts it down in order.
 //!
-//! Stopping a pipeline (at exit and before a reload): sources stop reading
-//! and send what they hold; once each has said it sent everything (or the
-//! grace period is over) the channels close; sinks deliver what is in
-//! flight within the grace period, spooling the rest; then sources persist
-//! the acknowledged positions. A reload therefore loses nothing and re-reads
-//! nothing: the new pipeline resumes at the positions the old one saved.
+//! The pipeline runs as groups: channels with the sources that write into
+//! them and the sinks that read them. A reload keeps every group whose
+//! definition did not change running (its connections stay open), builds
+//! new groups while everything runs, and stops a changed group before
+//! building its replacement (which claims its positions, spool or ports);
+//! a replacement that cannot be built puts the old group back as it was.
+//!
+//! Stopping a group (at exit and before its replacement starts): sources
+//! stop reading and send what they hold; once each has said it sent
+//! everything (or the grace period is over) the channels close; sinks
+//! deliver what is in flight within the grace period, spooling the rest;
+//! then sources persist the acknowledged positions. A reload therefore
+//! loses nothing and re-reads nothing: the new group resumes at the
+//! positions the old one saved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,46 +35,191 @@ use crate::config::Config;
 use crate::notify::notify;
 use crate::registry::Registry;
 use crate::store::Store;
+use serde_yaml::Value;
 
-struct Running {
+/// A component's running task.
+struct Task {
     name: String,
     handle: JoinHandle<Result<(), String>>,
     /// For a source: triggered when it has sent everything.
     sent: Option<Shutdown>,
 }
 
-fn start(name: String, task: ComponentTask, sent: Option<Shutdown>) -> Running {
-    Running {
-        name,
-        handle: tokio::spawn(task),
-        sent,
+/// A component built (its resources held) but not yet running.
+struct Built {
+    name: String,
+    task: ComponentTask,
+    sent: Option<Shutdown>,
+}
+
+impl Built {
+    fn start(self) -> Task {
+        Task {
+            name: self.name,
+            handle: tokio::spawn(self.task),
+            sent: self.sent,
+        }
     }
 }
 
-/// One running pipeline: channels, sinks, sources, summary.
+/// The components a reload treats as one: channels with every source that
+/// writes into them and every sink that reads them, closed over shared
+/// channels (a source writing into two channels joins their groups).
+#[derive(Debug, Clone, PartialEq)]
+struct Group {
+    channels: BTreeSet<String>,
+    sources: BTreeSet<String>,
+    sinks: BTreeSet<String>,
+}
+
+impl Group {
+    /// Splits a config into its groups.
+    fn all(config: &Config) -> Vec<Group> {
+        // Each channel points towards the root of its group.
+        let mut root: BTreeMap<&str, &str> = config
+            .channels
+            .iter()
+            .map(|c| (c.name.as_str(), c.name.as_str()))
+            .collect();
+        fn find<'a>(root: &BTreeMap<&'a str, &'a str>, mut c: &'a str) -> &'a str {
+            while root[c] != c {
+                c = root[c];
+            }
+            c
+        }
+        for s in &config.sources {
+            let first = find(&root, &s.channels[0]);
+            for c in &s.channels[1..] {
+                let other = find(&root, c);
+                root.insert(other, first);
+            }
+        }
+        let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
+        let empty = || Group {
+            channels: BTreeSet::new(),
+            sources: BTreeSet::new(),
+            sinks: BTreeSet::new(),
+        };
+        for c in &config.channels {
+            let r = find(&root, &c.name);
+            groups
+                .entry(r)
+                .or_insert_with(empty)
+                .channels
+                .insert(c.name.clone());
+        }
+        for s in &config.sources {
+            let r = find(&root, &s.channels[0]);
+            groups
+                .entry(r)
+                .or_insert_with(empty)
+                .sources
+                .insert(s.name.clone());
+        }
+        for s in &config.sinks {
+            let r = find(&root, &s.channel);
+            groups
+                .entry(r)
+                .or_insert_with(empty)
+                .sinks
+                .insert(s.name.clone());
+        }
+        groups.into_values().collect()
+    }
+
+    /// What the group is made of, as written, with the settings every
+    /// component is given: equal fingerprints, an unchanged group.
+    fn fingerprint(&self, config: &Config, data_dir: &Path) -> Vec<(String, Value)> {
+        let mut parts = vec![(
+            "settings".to_string(),
+            Value::String(format!(
+                "grace {:?}, data_dir {}",
+                config.shutdown_grace,
+                data_dir.display()
+            )),
+        )];
+        parts.extend(
+            config
+                .channels
+                .iter()
+                .filter(|c| self.channels.contains(&c.name))
+                .map(|c| (format!("channel {}", c.name), c.definition.clone())),
+        );
+        parts.extend(
+            config
+                .sources
+                .iter()
+                .filter(|c| self.sources.contains(&c.name))
+                .map(|c| (format!("source {}", c.name), c.definition.clone())),
+        );
+        parts.extend(
+            config
+                .sinks
+                .iter()
+                .filter(|c| self.sinks.contains(&c.name))
+                .map(|c| (format!("sink {}", c.name), c.definition.clone())),
+        );
+        parts
+    }
+
+    /// What the group's components hold that another group's could also
+    /// claim: source and sink names (positions and spools are kept by
+    /// name) and the sources' resources (ports, socket paths).
+    fn claims(&self, config: &Config) -> BTreeSet<String> {
+        let mut claims: BTreeSet<String> = self
+            .sources
+            .iter()
+            .map(|n| format!("source {n}"))
+            .chain(self.sinks.iter().map(|n| format!("sink {n}")))
+            .collect();
+        for s in config
+            .sources
+            .iter()
+            .filter(|s| self.sources.contains(&s.name))
+        {
+            claims.extend(s.config.resources());
+        }
+        claims
+    }
+}
+
+/// One running group: channels, sinks, sources.
 struct Pipeline {
+    group: Group,
+    fingerprint: Vec<(String, Value)>,
     channels: BTreeMap<String, Arc<Channel>>,
-    sources: Vec<Running>,
-    sinks: Vec<Running>,
-    summary: Option<JoinHandle<()>>,
+    sources: Vec<Task>,
+    sinks: Vec<Task>,
+    /// Each component's readiness, for `/ready`.
+    components: Vec<(String, Readiness)>,
     stop_sources: Shutdown,
     stop_sinks: Shutdown,
     drained: Shutdown,
     grace: Duration,
 }
 
-impl Pipeline {
-    fn start(
+/// A group whose components are all built, none running yet.
+struct Prepared {
+    pipeline: Pipeline,
+    sinks: Vec<Built>,
+    sources: Vec<Built>,
+}
+
+impl Prepared {
+    /// Builds every component of `group`: its ports are bound, its files
+    /// and journals opened. Nothing runs until [`Prepared::start`].
+    fn build(
         config: &Config,
+        group: &Group,
         store: &Arc<Store>,
         state: &AdminState,
         data_dir: &Path,
-    ) -> anyhow::Result<Pipeline> {
+    ) -> Result<Prepared, Unbuilt> {
         let metrics = &state.metrics;
-        let mut components = Vec::new();
         let channels: BTreeMap<String, Arc<Channel>> = config
             .channels
             .iter()
+            .filter(|c| group.channels.contains(&c.name))
             .map(|c| {
                 let (events, bytes) = metrics.channel(&c.name);
                 metrics
@@ -84,20 +237,46 @@ impl Pipeline {
                 )
             })
             .collect();
-        let stop_sources = Shutdown::new();
-        let stop_sinks = Shutdown::new();
-        let drained = Shutdown::new();
-        let mut pipeline = Pipeline {
-            channels,
-            sources: Vec::new(),
+        let mut prepared = Prepared {
+            pipeline: Pipeline {
+                group: group.clone(),
+                fingerprint: group.fingerprint(config, data_dir),
+                channels,
+                sources: Vec::new(),
+                sinks: Vec::new(),
+                components: Vec::new(),
+                stop_sources: Shutdown::new(),
+                stop_sinks: Shutdown::new(),
+                drained: Shutdown::new(),
+                grace: config.shutdown_grace,
+            },
             sinks: Vec::new(),
-            summary: None,
-            stop_sources,
-            stop_sinks,
-            drained,
-            grace: config.shutdown_grace,
+            sources: Vec::new(),
         };
-        for spec in &config.sinks {
+        match prepared.build_components(config, group, store, state, data_dir) {
+            Ok(()) => Ok(prepared),
+            Err(error) => Err(Unbuilt {
+                error,
+                prepared: Box::new(prepared),
+            }),
+        }
+    }
+
+    fn build_components(
+        &mut self,
+        config: &Config,
+        group: &Group,
+        store: &Arc<Store>,
+        state: &AdminState,
+        data_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let metrics = &state.metrics;
+        let pipeline = &mut self.pipeline;
+        for spec in config
+            .sinks
+            .iter()
+            .filter(|s| group.sinks.contains(&s.name))
+        {
             let cx = SinkContext {
                 name: spec.name.as_str().into(),
                 input: pipeline.channels[&spec.channel].clone(),
@@ -109,16 +288,25 @@ impl Pipeline {
                 readiness: Readiness::not_ready("connecting to its broker"),
                 tap: state.taps.tap(Side::Sink, &spec.name),
             };
-            components.push((format!("sink {}", spec.name), cx.readiness.clone()));
+            let name = format!("sink {}", spec.name);
+            pipeline
+                .components
+                .push((name.clone(), cx.readiness.clone()));
             let task = spec
                 .config
                 .build(cx)
                 .with_context(|| format!("cannot start sink {}", spec.name))?;
-            pipeline
-                .sinks
-                .push(start(format!("sink {}", spec.name), task, None));
+            self.sinks.push(Built {
+                name,
+                task,
+                sent: None,
+            });
         }
-        for spec in &config.sources {
+        for spec in config
+            .sources
+            .iter()
+            .filter(|s| group.sources.contains(&s.name))
+        {
             let sent = Shutdown::new();
             let cx = SourceContext {
                 name: spec.name.as_str().into(),
@@ -144,51 +332,79 @@ impl Pipeline {
                     })?
                     .into(),
             };
-            components.push((format!("source {}", spec.name), cx.readiness.clone()));
+            let name = format!("source {}", spec.name);
+            pipeline
+                .components
+                .push((name.clone(), cx.readiness.clone()));
             let task = spec
                 .config
                 .build(cx)
                 .with_context(|| format!("cannot start source {}", spec.name))?;
-            pipeline
-                .sources
-                .push(start(format!("source {}", spec.name), task, Some(sent)));
+            self.sources.push(Built {
+                name,
+                task,
+                sent: Some(sent),
+            });
         }
-        *state.components.write().unwrap_or_else(|e| e.into_inner()) = components;
-        let live: Vec<_> = (config
-            .sources
-            .iter()
-            .map(|s| (Side::Source, s.name.clone())))
-        .chain(config.sinks.iter().map(|s| (Side::Sink, s.name.clone())))
-        .collect();
-        state.taps.retain(&live);
-        pipeline.summary = config.summary_interval.map(|every| {
-            let sources: Vec<_> = config
-                .sources
-                .iter()
-                .map(|s| (s.name.clone(), metrics.source(&s.name)))
-                .collect();
-            let sinks: Vec<_> = config
-                .sinks
-                .iter()
-                .map(|s| (s.name.clone(), metrics.sink(&s.name)))
-                .collect();
-            tokio::spawn(summarize(every, sources, sinks, pipeline.channels.clone()))
-        });
-        Ok(pipeline)
+        Ok(())
     }
 
-    /// Resolves with the name of the first component whose task ends.
-    async fn first_to_stop(&self) -> String {
-        loop {
-            for r in self.sources.iter().chain(self.sinks.iter()) {
+    fn start(self) -> Pipeline {
+        let mut pipeline = self.pipeline;
+        pipeline.sinks = self.sinks.into_iter().map(Built::start).collect();
+        pipeline.sources = self.sources.into_iter().map(Built::start).collect();
+        pipeline
+    }
+
+    /// Lets go of what was built: starts it already stopped and waits for
+    /// it to end, so its threads are gone and its ports, files and spool
+    /// released before anything else claims them.
+    async fn abandon(self) {
+        let errors = self.start().stop().await;
+        if !errors.is_empty() {
+            warn!(errors = %errors.join("; "), "components given up on stopped with errors");
+        }
+    }
+}
+
+/// A group that could not be built, with what of it was.
+struct Unbuilt {
+    error: anyhow::Error,
+    prepared: Box<Prepared>,
+}
+
+/// Resolves with the name of the first component whose task ends.
+async fn first_to_stop(pipelines: &[Pipeline]) -> String {
+    loop {
+        for p in pipelines {
+            for r in p.sources.iter().chain(p.sinks.iter()) {
                 if r.handle.is_finished() {
                     return r.name.clone();
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stops the pipelines all at once (each within its grace period);
+/// returns their components' errors.
+async fn stop_all(pipelines: Vec<Pipeline>) -> Vec<String> {
+    let stopping: Vec<_> = pipelines
+        .into_iter()
+        .map(|p| tokio::spawn(p.stop()))
+        .collect();
+    let mut errors = Vec::new();
+    for s in stopping {
+        match s.await {
+            Ok(e) => errors.extend(e),
+            Err(e) => errors.push(format!("stopping a pipeline: {e}")),
         }
     }
+    errors
+}
 
+impl Pipeline {
     /// Stops in order (see the module's doc); returns the components'
     /// errors.
     async fn stop(self) -> Vec<String> {
@@ -225,15 +441,218 @@ impl Pipeline {
         for s in self.sources {
             collect(s, &mut errors).await;
         }
-        if let Some(task) = self.summary {
-            task.abort();
-        }
         info!(
+            components = %self.components.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
             took_ms = started.elapsed().as_millis() as u64,
             "pipeline stopped"
         );
         errors
     }
+}
+
+/// Every running group, and the summary over them.
+struct Running {
+    pipelines: Vec<Pipeline>,
+    summary: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Builds every group of `config`, then starts them; a group that
+    /// cannot be built stops what was built and fails the start.
+    async fn start(
+        config: &Config,
+        store: &Arc<Store>,
+        state: &AdminState,
+        data_dir: &Path,
+    ) -> anyhow::Result<Running> {
+        let mut built = Vec::new();
+        for group in Group::all(config) {
+            match Prepared::build(config, &group, store, state, data_dir) {
+                Ok(p) => built.push(p),
+                Err(Unbuilt { error, prepared }) => {
+                    abandon(built).await;
+                    prepared.abandon().await;
+                    return Err(error);
+                }
+            }
+        }
+        let mut running = Running {
+            pipelines: built.into_iter().map(Prepared::start).collect(),
+            summary: None,
+        };
+        running.publish(config, state);
+        Ok(running)
+    }
+
+    fn stop(mut self) -> Vec<Pipeline> {
+        if let Some(task) = self.summary.take() {
+            task.abort();
+        }
+        self.pipelines
+    }
+
+    /// Tells the admin endpoint (readiness, taps) and the summary what
+    /// runs now.
+    fn publish(&mut self, config: &Config, state: &AdminState) {
+        *state.components.write().unwrap_or_else(|e| e.into_inner()) = self
+            .pipelines
+            .iter()
+            .flat_map(|p| p.components.iter().cloned())
+            .collect();
+        let live: Vec<_> = (config
+            .sources
+            .iter()
+            .map(|s| (Side::Source, s.name.clone())))
+        .chain(config.sinks.iter().map(|s| (Side::Sink, s.name.clone())))
+        .collect();
+        state.taps.retain(&live);
+        if let Some(task) = self.summary.take() {
+            task.abort();
+        }
+        let metrics = &state.metrics;
+        self.summary = config.summary_interval.map(|every| {
+            let sources: Vec<_> = config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), metrics.source(&s.name)))
+                .collect();
+            let sinks: Vec<_> = config
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), metrics.sink(&s.name)))
+                .collect();
+            let channels = self
+                .pipelines
+                .iter()
+                .flat_map(|p| p.channels.iter().map(|(n, c)| (n.clone(), c.clone())))
+                .collect();
+            tokio::spawn(summarize(every, sources, sinks, channels))
+        });
+    }
+}
+
+async fn abandon(built: Vec<Prepared>) {
+    for p in built {
+        p.abandon().await;
+    }
+}
+
+/// Why a reload did not take the new config.
+enum Refused {
+    /// Nothing running was touched.
+    Kept(anyhow::Error),
+    /// The groups the new config changed were stopped, their replacements
+    /// could not start, and they run again as they were.
+    RolledBack(anyhow::Error),
+    /// Not even the old groups could start again.
+    Fatal(anyhow::Error),
+}
+
+/// Moves the running groups to `new`: groups whose definition did not
+/// change keep running (their connections stay open); new groups are built
+/// while everything runs; a changed group is stopped first, since its
+/// replacement claims its positions, spool or ports, and if the
+/// replacement cannot be built it is started again from `old`.
+async fn reload(
+    signals: &mut Signals,
+    running: &mut Running,
+    old: &Config,
+    new: &Config,
+    store: &mut Arc<Store>,
+    data_dir: &mut PathBuf,
+    state: &AdminState,
+) -> Result<(), Refused> {
+    let new_dir = absolute(&new.data_dir);
+    let new_store = if new_dir == *data_dir {
+        store.clone()
+    } else {
+        let dir = new_dir.clone();
+        match tokio::task::spawn_blocking(move || Store::open(&dir)).await {
+            Ok(Ok(s)) => Arc::new(s),
+            Ok(Err(e)) => return Err(Refused::Kept(e.into())),
+            Err(e) => return Err(Refused::Kept(e.into())),
+        }
+    };
+    let groups: Vec<(Group, Vec<(String, Value)>)> = Group::all(new)
+        .into_iter()
+        .map(|g| {
+            let fp = g.fingerprint(new, &new_dir);
+            (g, fp)
+        })
+        .collect();
+    let (kept, changed): (Vec<Pipeline>, Vec<Pipeline>) = std::mem::take(&mut running.pipelines)
+        .into_iter()
+        .partition(|p| groups.iter().any(|(_, fp)| *fp == p.fingerprint));
+    let claimed: BTreeSet<String> = changed.iter().flat_map(|p| p.group.claims(old)).collect();
+    let (replacing, fresh): (Vec<Group>, Vec<Group>) = groups
+        .into_iter()
+        .filter(|(_, fp)| !kept.iter().any(|p| p.fingerprint == *fp))
+        .map(|(g, _)| g)
+        .partition(|g| !g.claims(new).is_disjoint(&claimed));
+    info!(
+        unchanged = kept.len(),
+        changed = changed.len(),
+        new = fresh.len(),
+        "reloading groups of components"
+    );
+
+    let mut built = Vec::new();
+    for g in &fresh {
+        match Prepared::build(new, g, &new_store, state, &new_dir) {
+            Ok(p) => built.push(p),
+            Err(Unbuilt { error, prepared }) => {
+                prepared.abandon().await;
+                abandon(built).await;
+                running.pipelines = kept.into_iter().chain(changed).collect();
+                return Err(Refused::Kept(error));
+            }
+        }
+    }
+    let was: Vec<Group> = changed.iter().map(|p| p.group.clone()).collect();
+    if !changed.is_empty() {
+        let errors = signals.stop(changed).await;
+        if !errors.is_empty() {
+            warn!(errors = %errors.join("; "), "the changed components stopped with errors");
+        }
+    }
+    for g in &replacing {
+        match Prepared::build(new, g, &new_store, state, &new_dir) {
+            Ok(p) => built.push(p),
+            Err(Unbuilt { error, prepared }) => {
+                prepared.abandon().await;
+                abandon(built).await;
+                running.pipelines = kept;
+                for g in &was {
+                    match Prepared::build(old, g, store, state, data_dir) {
+                        Ok(p) => running.pipelines.push(p.start()),
+                        Err(Unbuilt {
+                            error: again,
+                            prepared,
+                        }) => {
+                            prepared.abandon().await;
+                            return Err(Refused::Fatal(error.context(format!(
+                                "and the components it changed cannot start again either: {again:#}"
+                            ))));
+                        }
+                    }
+                }
+                return Err(Refused::RolledBack(error));
+            }
+        }
+    }
+    running.pipelines = kept
+        .into_iter()
+        .chain(built.into_iter().map(Prepared::start))
+        .collect();
+    if new_dir != *data_dir {
+        let s = store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s)).await {
+            warn!(error = %e, "cannot flush the store of the old data_dir");
+        }
+        *store = new_store;
+        *data_dir = new_dir;
+    }
+    Ok(())
 }
 
 /// What ended the wait on a running pipeline.
@@ -258,20 +677,20 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self, pipeline: &Pipeline) -> Event {
+    async fn next(&mut self, pipelines: &[Pipeline]) -> Event {
         tokio::select! {
             _ = self.term.recv() => Event::Stop("SIGTERM"),
             _ = self.int.recv() => Event::Stop("SIGINT"),
             _ = self.hup.recv() => Event::Reload,
-            name = pipeline.first_to_stop() => Event::Failed(name),
+            name = first_to_stop(pipelines) => Event::Failed(name),
         }
     }
 
     /// Waits for `stop`, ending the process at once on a second SIGTERM or
     /// SIGINT: positions already saved are all acknowledged, so nothing is
     /// lost, only read again.
-    async fn stop(&mut self, pipeline: Pipeline) -> Vec<String> {
-        let stopping = pipeline.stop();
+    async fn stop(&mut self, pipelines: Vec<Pipeline>) -> Vec<String> {
+        let stopping = stop_all(pipelines);
         tokio::pin!(stopping);
         tokio::select! {
             errors = &mut stopping => errors,
@@ -305,19 +724,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .map(|listener| tokio::spawn(admin::serve(listener, state.clone(), stop_admin.clone())));
     let registry = Registry::builtin();
 
-    let mut pipeline = Pipeline::start(&config, &store, &state, &data_dir)?;
+    let mut running = Running::start(&config, &store, &state, &data_dir).await?;
     notify("READY=1");
     let outcome = loop {
-        match signals.next(&pipeline).await {
+        match signals.next(&running.pipelines).await {
             Event::Stop(by) => {
                 info!("{by} received, shutting down");
                 notify("STOPPING=1");
-                break signals.stop(pipeline).await;
+                break signals.stop(running.stop()).await;
             }
             Event::Failed(name) => {
                 error!(component = %name, "a component stopped unexpectedly, shutting down");
                 notify("STOPPING=1");
-                let mut errors = signals.stop(pipeline).await;
+                let mut errors = signals.stop(running.stop()).await;
                 errors.push(format!("{name} stopped unexpectedly"));
                 break errors;
             }
@@ -339,27 +758,40 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 if new.log.level != config.log.level || new.log.format != config.log.format {
                     warn!("log settings change on restart only");
                 }
-                let errors = signals.stop(pipeline).await;
-                if !errors.is_empty() {
-                    warn!(errors = %errors.join("; "), "the old pipeline stopped with errors");
+                match reload(
+                    &mut signals,
+                    &mut running,
+                    &config,
+                    &new,
+                    &mut store,
+                    &mut data_dir,
+                    &state,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        config = new;
+                        info!(
+                            sources = config.sources.len(),
+                            sinks = config.sinks.len(),
+                            "config reloaded"
+                        );
+                    }
+                    Err(Refused::Kept(e)) => {
+                        error!(error = %format!("{e:#}"), "the new config cannot start; the running one goes on unchanged");
+                    }
+                    Err(Refused::RolledBack(e)) => {
+                        error!(error = %format!("{e:#}"), "the new config cannot start; the components it changed run again as they were");
+                    }
+                    Err(Refused::Fatal(e)) => {
+                        error!(error = %format!("{e:#}"), "the new config cannot start, nor the old one again; shutting down");
+                        notify("STOPPING=1");
+                        let mut errors = signals.stop(running.stop()).await;
+                        errors.push(format!("{e:#}"));
+                        break errors;
+                    }
                 }
-                let new_dir = absolute(&new.data_dir);
-                if new_dir != data_dir {
-                    let s = store.clone();
-                    tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s))
-                        .await?
-                        .context("cannot flush the store")?;
-                    drop(store);
-                    store = Arc::new(Store::open(&new_dir)?);
-                    data_dir = new_dir;
-                }
-                config = new;
-                pipeline = Pipeline::start(&config, &store, &state, &data_dir)?;
-                info!(
-                    sources = config.sources.len(),
-                    sinks = config.sinks.len(),
-                    "config reloaded"
-                );
+                running.publish(&config, &state);
                 notify("READY=1");
             }
         }
@@ -384,14 +816,14 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-async fn collect(running: Running, errors: &mut Vec<String>) {
-    match running.handle.await {
+async fn collect(task: Task, errors: &mut Vec<String>) {
+    match task.handle.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            error!(component = %running.name, error = %e, "component failed");
-            errors.push(format!("{}: {e}", running.name));
+            error!(component = %task.name, error = %e, "component failed");
+            errors.push(format!("{}: {e}", task.name));
         }
-        Err(e) => errors.push(format!("{}: {e}", running.name)),
+        Err(e) => errors.push(format!("{}: {e}", task.name)),
     }
 }
 
@@ -403,8 +835,9 @@ async fn summarize(
     sinks: Vec<(String, tailrace_api::SinkMetrics)>,
     channels: BTreeMap<String, Arc<Channel>>,
 ) {
-    let mut last_sources = vec![0u64; sources.len()];
-    let mut last_sinks = vec![0u64; sinks.len()];
+    // From the totals so far: a reload starts a new summary.
+    let mut last_sources: Vec<u64> = sources.iter().map(|(_, m)| m.events.get()).collect();
+    let mut last_sinks: Vec<u64> = sinks.iter().map(|(_, m)| m.delivered.get()).collect();
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {

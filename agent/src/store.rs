@@ -281,11 +281,9 @@ mod faults {
         }
 
         pub fn spool_flush(&self) -> Result<(), StoreError> {
-            let left = self.spool_flush_failures.fetch_update(
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-                |n| n.checked_sub(1),
-            );
+            let left =
+                self.spool_flush_failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             match left {
                 Ok(_) => Err(StoreError("injected fault: spool flush failed".into())),
                 Err(_) => Ok(()),

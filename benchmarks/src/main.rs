@@ -539,8 +539,13 @@ fn scram_run(args: &Args, tls: bool) -> anyhow::Result<Row> {
     let dir = args
         .work
         .join(if tls { "run-scram-tls" } else { "run-scram" });
-    let mut agent =
-        start_tailrace_with(args, &dir, &file_source(&load.display().to_string(), ""), &bootstrap, &keys)?;
+    let mut agent = start_tailrace_with(
+        args,
+        &dir,
+        &file_source(&load.display().to_string(), ""),
+        &bootstrap,
+        &keys,
+    )?;
     let seen = watch(args, &mut agent, args.secure_lines)?;
     let counted = count_with(&bootstrap, "bench", args.secure_lines, &consumer)?;
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };

@@ -149,3 +149,236 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(agent.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// The standard config plus a tcp source on `port` into the same channel:
+/// one group, so the reload stops it and builds its replacement.
+fn with_tcp_source(dir: &std::path::Path, bootstrap: &str, port: u16) -> String {
+    let src =
+        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
+    config(dir, bootstrap, false).replacen(
+        "channels:\n  main:",
+        &format!("{src}channels:\n  main:"),
+        1,
+    )
+}
+
+/// Issue 14, bug 2: a reload that validates but cannot start (the new
+/// source's port is held by another program) stopped the old pipeline,
+/// then exited 1 without its final flush.
+#[test]
+fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let mut agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(5_000);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_count(5_000, Duration::from_secs(60));
+
+    // Another program holds the port the new source wants.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    std::fs::write(
+        agent.config_path(),
+        with_tcp_source(dir.path(), &broker.bootstrap(), port),
+    )
+    .unwrap();
+    agent.reload();
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .log()
+            .contains("the new config cannot start")),
+        "{}",
+        agent.log_tail(50)
+    );
+    assert!(
+        agent
+            .log()
+            .contains(&format!("cannot listen on tcp 127.0.0.1:{port}")),
+        "the refusal says why: {}",
+        agent.log_tail(50)
+    );
+    assert!(
+        agent.is_running(),
+        "the agent exited: {}",
+        agent.log_tail(50)
+    );
+
+    // The old pipeline goes on: every line, once.
+    lines.append(5_000);
+    consumer.read_count(10_000, Duration::from_secs(60));
+    let got: Vec<Vec<u8>> = consumer
+        .read_for(Duration::from_secs(2))
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
+    let report = Report::new(10_000, &got);
+    assert!(report.is_complete() && report.duplicates == 0, "{report}");
+    let ready = tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    drop(held);
+}
+
+/// A file group and a tcp group (own channel, sink and topic).
+fn two_groups(dir: &std::path::Path, bootstrap: &str, port: u16, extra: bool) -> String {
+    let net =
+        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [netc]\n");
+    let netc = "  netc:\n    type: memory\n";
+    let net_sink = format!(
+        "  kafka_net:\n    type: kafka\n    channel: netc\n    bootstrap_servers: {bootstrap}\n    topic: net\n    compression: lz4\n    librdkafka: {{ \"queue.buffering.max.ms\": \"5\" }}\n"
+    );
+    config(dir, bootstrap, extra)
+        .replacen(
+            "channels:\n  main:",
+            &format!("{net}channels:\n{netc}  main:"),
+            1,
+        )
+        .replacen("sinks:\n", &format!("sinks:\n{net_sink}"), 1)
+}
+
+/// A reload that changes only the file group leaves the tcp group running:
+/// the sender's connection stays open and every line it writes, before
+/// and after, arrives once.
+#[test]
+fn sighup_keeps_unchanged_components_running_with_their_connections() {
+    use std::io::Write as _;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic("net", 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+    let port = tailrace_e2e::free_port();
+    let agent = Agent::start(
+        dir.path(),
+        &two_groups(dir.path(), &broker.bootstrap(), port, false),
+    );
+    let mut sender = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        sender.is_some()
+    }));
+    let mut sender = sender.unwrap();
+    let net_line = |i: u64| format!("net-{i:06}\n");
+    for i in 0..1_000 {
+        sender.write_all(net_line(i).as_bytes()).unwrap();
+    }
+    let mut net = Consumer::new(&broker.bootstrap(), "net");
+    net.read_count(1_000, Duration::from_secs(60));
+
+    std::fs::write(
+        agent.config_path(),
+        two_groups(dir.path(), &broker.bootstrap(), port, true),
+    )
+    .unwrap();
+    agent.reload_and_wait();
+    // The extra file source is running.
+    std::fs::write(
+        dir.path().join("extra/extra.log"),
+        format!("{}\n", extra_line(0)),
+    )
+    .unwrap();
+    let mut logs = Consumer::new(&broker.bootstrap(), TOPIC);
+    let got = logs.read_count(1, Duration::from_secs(60));
+    assert_eq!(
+        got.first().map(|r| r.payload.clone()),
+        Some(extra_line(0).into_bytes())
+    );
+
+    for i in 1_000..2_000 {
+        sender
+            .write_all(net_line(i).as_bytes())
+            .unwrap_or_else(|e| panic!("the reload closed the connection at line {i}: {e}"));
+    }
+    sender.flush().unwrap();
+    net.read_count(2_000, Duration::from_secs(60));
+    let got: Vec<String> = net
+        .read_for(Duration::from_secs(2))
+        .iter()
+        .map(|r| format!("{}\n", String::from_utf8_lossy(&r.payload)))
+        .collect();
+    for i in 0..2_000 {
+        let n = got.iter().filter(|l| **l == net_line(i)).count();
+        assert_eq!(n, 1, "net line {i} arrived {n} times");
+    }
+    let log = agent.log();
+    let stopped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pipeline stopped"))
+        .collect();
+    assert!(
+        stopped.iter().all(|l| !l.contains("source net")),
+        "the tcp group was stopped by the reload: {stopped:?}"
+    );
+
+    // A new group that cannot start (its port is held) touches nothing.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let third = format!(
+        "  more:
+    type: tcp
+    address: 127.0.0.1:{held_port}
+    channels: [morec]
+"
+    );
+    let with_third = two_groups(dir.path(), &broker.bootstrap(), port, true)
+        .replacen(
+            "channels:
+",
+            &format!(
+                "{third}channels:
+  morec:
+    type: memory
+"
+            ),
+            1,
+        )
+        .replacen(
+            "sinks:
+",
+            &format!(
+                "sinks:
+  kafka_more:
+    type: kafka
+    channel: morec
+    bootstrap_servers: {}
+    topic: more
+",
+                broker.bootstrap()
+            ),
+            1,
+        );
+    std::fs::write(agent.config_path(), with_third).unwrap();
+    agent.reload();
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .log()
+            .contains("the running one goes on unchanged")),
+        "{}",
+        agent.log_tail(50)
+    );
+    for i in 2_000..3_000 {
+        sender
+            .write_all(net_line(i).as_bytes())
+            .unwrap_or_else(|e| {
+                panic!("the refused reload closed the connection at line {i}: {e}")
+            });
+    }
+    net.read_count(3_000, Duration::from_secs(60));
+    // Only what the refused config built was stopped again.
+    let log = agent.log();
+    let stopped_after: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pipeline stopped"))
+        .skip(stopped.len())
+        .collect();
+    assert!(
+        stopped_after
+            .iter()
+            .all(|l| !l.contains("source net") && !l.contains("source app")),
+        "a refused reload stopped a running group: {stopped_after:?}"
+    );
+    drop(held);
+}

@@ -234,6 +234,9 @@ fn default_capacity_bytes() -> usize {
 
 pub struct SourceSpec {
     pub name: String,
+    /// The component's YAML as written (secrets interpolated): a reload
+    /// keeps a component running when this did not change.
+    pub definition: Value,
     pub kind: String,
     pub channels: Vec<String>,
     pub interceptors: Vec<Box<dyn InterceptorConfig>>,
@@ -242,6 +245,8 @@ pub struct SourceSpec {
 
 pub struct SinkSpec {
     pub name: String,
+    /// As [`SourceSpec::definition`].
+    pub definition: Value,
     pub kind: String,
     pub channel: String,
     pub config: Box<dyn SinkConfig>,
@@ -249,6 +254,8 @@ pub struct SinkSpec {
 
 pub struct ChannelSpec {
     pub name: String,
+    /// As [`SourceSpec::definition`].
+    pub definition: Value,
     pub capacity_events: usize,
     pub capacity_bytes: usize,
 }
@@ -718,6 +725,7 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
                 }
                 channels.push(ChannelSpec {
                     name: name.clone(),
+                    definition: value.clone(),
                     capacity_events: c.capacity_events,
                     capacity_bytes: c.capacity_bytes,
                 });
@@ -811,6 +819,7 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
                 }
                 sources.push(SourceSpec {
                     name: name.clone(),
+                    definition: value.clone(),
                     kind,
                     channels: chans,
                     interceptors,
@@ -883,6 +892,7 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
                 if let Some(channel) = channel {
                     sinks.push(SinkSpec {
                         name: name.clone(),
+                        definition: value.clone(),
                         kind,
                         channel,
                         config,

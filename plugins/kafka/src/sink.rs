@@ -807,7 +807,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         deadline: Cell::new(None),
         spool,
         to_spool: Vec::new(),
-            unflushed: Vec::new(),
+        unflushed: Vec::new(),
         ids: encode::EventIds::new(),
         replay: Replay {
             in_flight: HashSet::new(),
