@@ -1009,6 +1009,104 @@ fn a_failed_spool_flush_does_not_write_its_entries_twice() {
     stop_cleanly(&mut agent);
 }
 
+/// `tailrace_file_lag_bytes` of source `app`'s file, if exported yet.
+fn file_lag(agent: &Agent) -> Option<u64> {
+    let body = tailrace_e2e::http::get(agent.admin_address(), "/metrics")
+        .ok()?
+        .body;
+    body.lines()
+        .filter(|l| l.starts_with("tailrace_file_lag_bytes{") && l.contains("source=\"app\""))
+        .find_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Issue 14, bug 5: the file source saved its acknowledged positions only
+/// between read rounds, and a source with a long backlog sat in its send
+/// on a full channel the whole time, so a kill -9 repeated everything the
+/// spool had acknowledged (111,611 of 200,000 lines, once). The positions
+/// are saved while it waits.
+#[test]
+fn positions_are_saved_while_the_source_waits_on_a_full_channel() {
+    const N: u64 = 200_000;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(N);
+    let bootstrap = format!("127.0.0.1:{port}");
+    // A small channel that the backlog keeps full, and a spool that fills
+    // and then blocks: acknowledgements come, then stop.
+    let yaml = config(
+        dir.path(),
+        &bootstrap,
+        DELIVERY_TIMEOUT_MS,
+        "{ max_bytes: 262144, when_full: block }",
+    );
+    let small = yaml.replace("capacity_events: 100000", "capacity_events: 2000");
+    assert_ne!(
+        small, yaml,
+        "file_to_kafka changed; update this test's config"
+    );
+    let mut agent = Agent::start(dir.path(), &small);
+    wait_for_log(&agent, "events spooled", Duration::from_secs(60));
+    let file_len = N * LINE_LEN as u64;
+    let spooled = || {
+        tailrace_e2e::sockets::metric(
+            agent.admin_address(),
+            "tailrace_spool_events{sink=\"kafka\"}",
+        ) as u64
+    };
+    // The lag is set where the positions are saved. Everything acknowledged
+    // went to the spool (there is no broker), and the source never leaves
+    // its read round (the backlog keeps the channel full): the saved
+    // position reaches what the spool holds only if it is saved meanwhile.
+    // (A lag of 0 is a gauge never set: with no broker and a full spool,
+    // not every line can have been acknowledged. Positions complete per
+    // batch, and the spool takes part of a batch when it fills up.)
+    const BATCH_SLACK: u64 = 5_000;
+    let saved_while_blocked = wait_until(Duration::from_secs(60), || {
+        let Some(lag) = file_lag(&agent).filter(|&l| l > 0 && l < file_len) else {
+            return false;
+        };
+        let committed_lines = (file_len - lag) / LINE_LEN as u64;
+        let n = spooled();
+        n >= 20_000 && committed_lines + BATCH_SLACK >= n
+    });
+    assert!(
+        saved_while_blocked,
+        "the saved position did not reach the spooled lines while the source waited: lag {:?} of {file_len} bytes, {} events spooled; {}",
+        file_lag(&agent),
+        spooled(),
+        agent.log_tail(20)
+    );
+    let committed = file_len - file_lag(&agent).unwrap();
+    agent.kill();
+    let saved = saved_lines(&agent);
+    assert!(
+        saved * LINE_LEN as u64 >= committed,
+        "the store holds line {saved}, the source had saved up to byte {committed}"
+    );
+    // What a restart reads again: spooled lines at or after the position.
+    let in_spool = spooled_seqs(dir.path(), "spool");
+    let repeatable = in_spool.iter().filter(|&&s| s >= saved).count() as u64;
+
+    let broker = broker_arrives(port);
+    agent.restart();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    read_all(&mut consumer, &lines, CATCH_UP);
+    consumer.read_for(Duration::from_secs(2));
+    let report = lines.count(consumer.records());
+    println!(
+        "{report}; saved at line {saved}, {} lines spooled, {repeatable} of them at or after it",
+        in_spool.len()
+    );
+    assert!(report.is_complete(), "{report}");
+    assert!(
+        report.duplicates <= repeatable,
+        "more duplicates than spooled lines past the saved position: {report}, {repeatable}"
+    );
+    stop_cleanly(&mut agent);
+}
+
 #[test]
 fn sigterm_spools_what_is_unacknowledged_within_the_grace_period() {
     let port = free_port();

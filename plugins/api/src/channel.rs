@@ -117,6 +117,37 @@ impl Channel {
         }
     }
 
+    /// [`Channel::send_blocking`], calling `meanwhile` every `every` while
+    /// the channel stays full: a source blocked here still processes its
+    /// acknowledgements and saves its positions.
+    pub fn send_waiting(
+        &self,
+        batch: Batch,
+        every: Duration,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<(), ChannelClosed> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return Err(ChannelClosed(batch));
+            }
+            if state.admits(&batch, self.capacity_events, self.capacity_bytes) {
+                self.push(&mut state, batch);
+                return Ok(());
+            }
+            let (s, waited) = self
+                .cond
+                .wait_timeout(state, every)
+                .unwrap_or_else(|e| e.into_inner());
+            state = s;
+            if waited.timed_out() {
+                drop(state);
+                meanwhile();
+                state = self.lock();
+            }
+        }
+    }
+
     /// Sends from an async task, waiting while the channel is full.
     pub async fn send(&self, batch: Batch) -> Result<(), ChannelClosed> {
         loop {

@@ -226,6 +226,25 @@ impl SourceContext {
         }
     }
 
+    /// [`SourceContext::send_blocking`], calling `meanwhile` every `every`
+    /// while an output stays full (see [`Channel::send_waiting`]).
+    pub fn send_waiting(
+        &self,
+        mut batch: Batch,
+        every: Duration,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<(), ChannelClosed> {
+        if !self.admit(&mut batch) {
+            return Ok(());
+        }
+        let outputs = self.outputs.as_slice();
+        batch.ack.add(batch.len() * (outputs.len() - 1));
+        for out in &outputs[1..] {
+            out.send_waiting(copy(&batch), every, meanwhile)?;
+        }
+        outputs[0].send_waiting(batch, every, meanwhile)
+    }
+
     /// [`SourceContext::send_blocking`] for async sources.
     pub async fn send(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
         if !self.admit(&mut batch) {

@@ -203,7 +203,8 @@ struct Start {
 struct Closed;
 
 struct Tailer {
-    cx: SourceContext,
+    /// Shared with [`Tailer::send`]'s wait, which runs the checkpointer.
+    cx: Arc<SourceContext>,
     matcher: Matcher,
     settings: Settings,
     wake: Arc<Wake>,
@@ -227,6 +228,10 @@ struct Tailer {
     open_count: usize,
     open_gauge: Gauge,
     last_warning: HashMap<&'static str, Instant>,
+    /// When the positions were last saved.
+    last_persist: Instant,
+    /// A rescan asked for while a send was waiting.
+    rescan_asked: bool,
 }
 
 pub(crate) fn spawn(
@@ -280,7 +285,7 @@ pub(crate) fn spawn(
     let name = cx.name.clone();
     let open_gauge = cx.metrics.file.open_files();
     let tailer = Tailer {
-        cx,
+        cx: Arc::new(cx),
         matcher,
         settings,
         wake,
@@ -298,6 +303,8 @@ pub(crate) fn spawn(
         open_count: 0,
         open_gauge,
         last_warning: HashMap::new(),
+        last_persist: Instant::now(),
+        rescan_asked: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -318,7 +325,7 @@ impl Tailer {
         self.startup();
         info!(source = %name, files = self.files.len(), "file source started");
         let mut last_scan = Instant::now();
-        let mut last_persist = Instant::now();
+        self.last_persist = Instant::now();
         let mut rescan = false;
         while !self.cx.shutdown.is_triggered() {
             if rescan && last_scan.elapsed() >= Duration::from_millis(20)
@@ -336,10 +343,8 @@ impl Tailer {
             if self.flush_timed_out().is_err() || self.release_finished().is_err() {
                 break;
             }
-            if last_persist.elapsed() >= self.settings.checkpoint_interval {
-                self.persist();
-                last_persist = Instant::now();
-            }
+            self.persist_if_due();
+            rescan |= std::mem::take(&mut self.rescan_asked);
             let timeout = if read > 0 {
                 Duration::ZERO
             } else {
@@ -1145,9 +1150,35 @@ impl Tailer {
             read_at: SystemTime::now(),
         });
         let ack = Ack::new(batch_id, records.len(), self.wake.clone());
-        self.cx
-            .send_blocking(Batch::new(meta, records, ack))
-            .map_err(|_| Closed)
+        // While the channel is full, acknowledgements still arrive (a
+        // sink that spools, or catches up): the positions they complete
+        // are saved on the checkpoint interval, not only once the source
+        // is unblocked, so a crash repeats at most one interval's worth.
+        let cx = self.cx.clone();
+        let every = self
+            .settings
+            .checkpoint_interval
+            .min(Duration::from_millis(200));
+        cx.send_waiting(Batch::new(meta, records, ack), every, &mut || {
+            self.while_blocked()
+        })
+        .map_err(|_| Closed)
+    }
+
+    /// What the source does while a send waits on a full channel: apply
+    /// the acknowledgements and save the positions when due.
+    fn while_blocked(&mut self) {
+        let (acks, asked) = self.wake.wait(Duration::ZERO);
+        self.rescan_asked |= asked;
+        self.apply_acks(acks);
+        self.persist_if_due();
+    }
+
+    fn persist_if_due(&mut self) {
+        if self.last_persist.elapsed() >= self.settings.checkpoint_interval {
+            self.persist();
+            self.last_persist = Instant::now();
+        }
     }
 
     /// A file named by an include glob shrank, or its bytes before the
