@@ -16,6 +16,7 @@ pub mod batcher;
 pub mod channel;
 pub mod component;
 pub mod intercept;
+pub mod ledger;
 pub mod metrics;
 pub mod readiness;
 pub mod secret;
@@ -33,6 +34,7 @@ pub use component::{
     SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
+pub use ledger::Ledger;
 pub use metrics::{FileMetrics, JournaldMetrics, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use secret::Secret;

@@ -12,7 +12,7 @@
 //! read from it was acknowledged; resume a saved position in a file whose
 //! content changed under it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use notify::{EventKind, RecursiveMode, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
 use tailrace_api::{
-    Ack, AckReceiver, Batch, BatchMeta, BuildError, ComponentTask, Record, SourceContext,
+    Ack, AckReceiver, Batch, BatchMeta, BuildError, ComponentTask, Ledger, Record, SourceContext,
 };
 use tracing::{debug, info, warn};
 
@@ -118,12 +118,12 @@ impl AckReceiver for Wake {
     }
 }
 
-struct Pending {
-    batch: u64,
-    end: u64,
-    /// The bytes before `end`, saved with it.
+/// Where a batch of a file ends: the position the ledger commits.
+#[derive(Clone, Copy)]
+struct End {
+    offset: u64,
+    /// The bytes before `offset`, saved with it.
     check: Tail,
-    done: bool,
 }
 
 /// Where a tracked file is in its life.
@@ -162,10 +162,9 @@ struct Tracked {
     /// Size and modification time when last looked at.
     size: u64,
     mtime: i128,
-    pending: VecDeque<Pending>,
-    /// Every byte before this was acknowledged.
-    committed: u64,
-    committed_check: Tail,
+    /// Batches in flight; every byte before its committed offset was
+    /// acknowledged.
+    ledger: Ledger<End>,
     /// What the store holds for this file (`None`: nothing yet).
     persisted: Option<u64>,
     last_growth: Instant,
@@ -189,6 +188,11 @@ impl Tracked {
 
     fn end(&self) -> u64 {
         self.size.max(self.read_pos)
+    }
+
+    /// Every byte before this was acknowledged.
+    fn committed(&self) -> u64 {
+        self.ledger.committed().offset
     }
 }
 
@@ -686,7 +690,7 @@ impl Tailer {
         if let Some(seq) = self.track(path, origin, Place::Live, file, &md, start) {
             if resumed {
                 let tf = self.files.get_mut(&seq).expect("just tracked");
-                tf.persisted = Some(tf.committed);
+                tf.persisted = Some(tf.committed());
             }
         }
     }
@@ -739,9 +743,10 @@ impl Tailer {
                 at_eof: false,
                 size,
                 mtime: mtime_ns(md),
-                pending: VecDeque::new(),
-                committed: start.offset,
-                committed_check: check,
+                ledger: Ledger::new(End {
+                    offset: start.offset,
+                    check,
+                }),
                 persisted: None,
                 last_growth: Instant::now(),
                 wants_read: true,
@@ -825,7 +830,7 @@ impl Tailer {
             .into_iter()
             .find(|s| s.id == id)
         {
-            Some(s) if s.size != tf.read_pos || !tf.pending.is_empty() => {
+            Some(s) if s.size != tf.read_pos || tf.ledger.in_flight() > 0 => {
                 tf.size = s.size;
                 tf.wants_read |= s.size != tf.read_pos;
                 self.rename(seq, s.path);
@@ -848,7 +853,7 @@ impl Tailer {
         } else {
             debug!(source = %self.cx.name, path = %tf.path.display(), "rotated file gone");
         }
-        if tf.persisted != Some(tf.committed) {
+        if tf.persisted != Some(tf.committed()) {
             self.persist_one_removed(&tf);
         }
         self.untracked.insert(tf.id, Instant::now());
@@ -1136,12 +1141,7 @@ impl Tailer {
         };
         let batch_id = self.next_batch;
         self.next_batch += 1;
-        tf.pending.push_back(Pending {
-            batch: batch_id,
-            end,
-            check,
-            done: false,
-        });
+        tf.ledger.sent(batch_id, End { offset: end, check });
         self.owner.insert(batch_id, tf.id);
         let meta = Arc::new(BatchMeta {
             source: self.cx.name.clone(),
@@ -1195,7 +1195,13 @@ impl Tailer {
         let mut old = Tracked {
             splitter: std::mem::replace(&mut tf.splitter, fresh),
             buf: std::mem::take(&mut tf.buf),
-            pending: std::mem::take(&mut tf.pending),
+            ledger: std::mem::replace(
+                &mut tf.ledger,
+                Ledger::new(End {
+                    offset: 0,
+                    check: Tail::default(),
+                }),
+            ),
             fingerprint: std::mem::take(&mut tf.fingerprint),
             file: None,
             lag: Gauge::default(),
@@ -1206,8 +1212,6 @@ impl Tailer {
         };
         tf.read_pos = 0;
         tf.recent.clear();
-        tf.committed = 0;
-        tf.committed_check.clear();
         tf.persisted = None;
         tf.at_eof = false;
         tf.size = size;
@@ -1233,11 +1237,11 @@ impl Tailer {
             }
             return;
         };
-        info!(source = %self.cx.name, copy = %s.path.display(), offset = old.committed, "unread bytes of the truncated file found in its copy");
+        info!(source = %self.cx.name, copy = %s.path.display(), offset = old.committed(), "unread bytes of the truncated file found in its copy");
         self.event("copy_resumed", 1);
         let start = Start {
-            offset: old.committed,
-            check: Some(old.committed_check),
+            offset: old.committed(),
+            check: Some(old.ledger.committed().check),
         };
         let origin = old.origin.clone();
         let Some(cseq) = self.track(
@@ -1255,10 +1259,10 @@ impl Tailer {
         c.buf = old.buf;
         c.read_pos = old.read_pos;
         c.recent = old.recent;
-        for p in &old.pending {
-            self.owner.insert(p.batch, c.id);
+        for batch in old.ledger.batches() {
+            self.owner.insert(batch, c.id);
         }
-        c.pending = old.pending;
+        c.ledger = old.ledger;
         self.adopt_newer_siblings(&origin, s.mtime);
     }
 
@@ -1271,9 +1275,9 @@ impl Tailer {
             return None;
         }
         let want = Saved {
-            offset: tf.committed,
+            offset: tf.committed(),
             fingerprint: tf.fingerprint.clone(),
-            check: tf.committed_check.as_slice().to_vec(),
+            check: tf.ledger.committed().check.as_slice().to_vec(),
             mtime: 0,
             origin: tf.origin.clone(),
             path: tf.path.clone(),
@@ -1327,14 +1331,7 @@ impl Tailer {
             let Some(tf) = self.by_id.get(&id).and_then(|seq| self.files.get_mut(seq)) else {
                 continue;
             };
-            if let Ok(i) = tf.pending.binary_search_by_key(&batch, |p| p.batch) {
-                tf.pending[i].done = true;
-            }
-            while tf.pending.front().is_some_and(|p| p.done) {
-                let p = tf.pending.pop_front().expect("front exists");
-                tf.committed = p.end;
-                tf.committed_check = p.check;
-            }
+            tf.ledger.acknowledged(batch);
         }
     }
 
@@ -1342,14 +1339,14 @@ impl Tailer {
     fn persist(&mut self) {
         let mut puts = Vec::new();
         for tf in self.files.values_mut() {
-            tf.lag.set(tf.end().saturating_sub(tf.committed) as i64);
-            if tf.persisted == Some(tf.committed) {
+            tf.lag.set(tf.end().saturating_sub(tf.committed()) as i64);
+            if tf.persisted == Some(tf.committed()) {
                 continue;
             }
             let saved = saved_of(tf);
             puts.push((tf.id.key(), saved.encode()));
             self.known.insert(tf.id, saved);
-            tf.persisted = Some(tf.committed);
+            tf.persisted = Some(tf.committed());
         }
         if puts.is_empty() && self.removes.is_empty() {
             return;
@@ -1397,10 +1394,10 @@ impl Tailer {
                 }
                 continue;
             }
-            if !tf.pending.is_empty() {
+            if tf.ledger.in_flight() > 0 {
                 continue;
             }
-            if tf.persisted != Some(tf.committed) {
+            if tf.persisted != Some(tf.committed()) {
                 self.persist();
             }
             let tf = self.files.get(&seq).expect("seq from files");
@@ -1415,12 +1412,12 @@ impl Tailer {
                     self.cx.metrics.file.forget_lag(&tf.path.to_string_lossy());
                     self.known.remove(&tf.id);
                     self.removes.push(tf.id.key());
-                    debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed, "deleted file read to its end and closed");
+                    debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed(), "deleted file read to its end and closed");
                 }
                 Place::Rotated if is_idle => {
                     // Watched at the name it has now (it may have moved on).
                     let now = tf.file.as_ref().and_then(identity::current_path);
-                    debug!(source = %self.cx.name, path = ?now, offset = tf.committed, "rotated file read to its end, closed");
+                    debug!(source = %self.cx.name, path = ?now, offset = tf.committed(), "rotated file read to its end, closed");
                     if let Some(now) = now.filter(|p| *p != tf.path) {
                         self.rename(seq, now);
                     }
@@ -1435,9 +1432,9 @@ impl Tailer {
 
 fn saved_of(tf: &Tracked) -> Saved {
     Saved {
-        offset: tf.committed,
+        offset: tf.committed(),
         fingerprint: tf.fingerprint.clone(),
-        check: tf.committed_check.as_slice().to_vec(),
+        check: tf.ledger.committed().check.as_slice().to_vec(),
         mtime: tf.mtime.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
         origin: tf.origin.clone(),
         path: tf.path.clone(),

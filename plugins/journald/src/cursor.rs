@@ -1,14 +1,10 @@
 //! Which journal cursor may be saved: the one of the last entry of the
 //! longest prefix of sent batches that Kafka acknowledged.
 //!
-//! [`CursorBook`] does no I/O: the reader tells it what it sent
-//! ([`CursorBook::sent`]) and what was acknowledged
-//! ([`CursorBook::acknowledged`]), and asks what to save
-//! ([`CursorBook::to_save`]). It is the journal's counterpart of the file
-//! tailer's `pending`/`committed` pair, in one type that a shared ledger can
-//! replace.
+//! [`CursorBook`] is the contract's [`Ledger`] over journal positions
+//! (`None`: nothing committed yet), with the names the reader uses.
 
-use std::collections::VecDeque;
+use tailrace_api::Ledger;
 
 /// A position in the journal: the cursor of an entry and its time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,72 +15,43 @@ pub struct Position {
 }
 
 #[derive(Debug)]
-struct Pending {
-    batch: u64,
-    last: Position,
-    done: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct CursorBook {
-    pending: VecDeque<Pending>,
-    /// Every entry up to and including this one was acknowledged.
-    committed: Option<Position>,
-    /// `committed` is in the store.
-    saved: bool,
-}
+pub struct CursorBook(Ledger<Option<Position>>);
 
 impl CursorBook {
     /// Starts from a saved position (`None`: nothing saved yet).
     pub fn new(saved: Option<Position>) -> CursorBook {
-        CursorBook {
-            pending: VecDeque::new(),
-            saved: true,
-            committed: saved,
-        }
+        CursorBook(Ledger::new(saved))
     }
 
     /// A batch whose last entry is `last` was sent. Batch ids increase.
     pub fn sent(&mut self, batch: u64, last: Position) {
-        debug_assert!(self.pending.back().is_none_or(|p| p.batch < batch));
-        self.pending.push_back(Pending {
-            batch,
-            last,
-            done: false,
-        });
+        self.0.sent(batch, Some(last));
     }
 
     /// Every record of `batch` is safe; moves the committed position over
     /// the acknowledged prefix.
     pub fn acknowledged(&mut self, batch: u64) {
-        if let Ok(i) = self.pending.binary_search_by_key(&batch, |p| p.batch) {
-            self.pending[i].done = true;
-        }
-        while self.pending.front().is_some_and(|p| p.done) {
-            let p = self.pending.pop_front().expect("front exists");
-            self.committed = Some(p.last);
-            self.saved = false;
-        }
+        self.0.acknowledged(batch);
     }
 
     /// The position to write to the store, if it changed since the last
     /// [`CursorBook::saved`].
     pub fn to_save(&self) -> Option<&Position> {
-        self.committed.as_ref().filter(|_| !self.saved)
+        self.0.to_save().and_then(Option::as_ref)
     }
 
     /// The store holds what [`CursorBook::to_save`] returned.
     pub fn saved(&mut self) {
-        self.saved = true;
+        self.0.mark_saved();
     }
 
     pub fn committed(&self) -> Option<&Position> {
-        self.committed.as_ref()
+        self.0.committed().as_ref()
     }
 
     /// Batches sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.0.in_flight()
     }
 }
 
