@@ -493,7 +493,7 @@ fn spool_command(
                     .map_err(|e| anyhow::anyhow!(e))?;
                 println!(
                     "{}",
-                    serde_json::json!({"sink": name, "tree": tree.name(), "replayed_entries": report.entries - report.failed_entries, "events": report.events, "failed_entries": report.failed_entries, "corrupt_entries": report.corrupt_entries})
+                    serde_json::json!({"sink": name, "tree": tree.name(), "replayed_entries": report.entries - report.failed_entries, "events": report.events, "failed_entries": report.failed_entries, "dead_lettered_events": report.dead_lettered_events, "corrupt_entries": report.corrupt_entries})
                 );
                 if report.failed_entries > 0 {
                     code = ExitCode::FAILURE;

@@ -1406,11 +1406,13 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
 /// records were sent again, as duplicates, every second. Now the refused
 /// record goes to the dead-letter tree, the entry is rewritten with what
 /// is left, and every other line arrives once.
-#[test]
-fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+/// Spools 2,000 lines with a 1.5 MB line among them (with a
+/// `message.max.bytes` that lets it through) while the broker on `port` is
+/// absent, and stops. Returns the agent, the line file, and the config
+/// with librdkafka's default `message.max.bytes`, which the big line is
+/// over.
+fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, String) {
+    let mut lines = SeqLines::create(dir.join("logs/app.log"));
     lines.append(1_000);
     {
         use std::io::Write as _;
@@ -1426,7 +1428,7 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
     lines.append(1_000);
     let bootstrap = format!("127.0.0.1:{port}");
     let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
-    let base = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "").replace(
+    let base = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, "").replace(
         "start_at: beginning",
         "start_at: beginning\n    max_line_bytes: 2000000",
     );
@@ -1438,7 +1440,7 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
         passed,
         r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
     );
-    let mut agent = Agent::start(dir.path(), &large);
+    let mut agent = Agent::start(dir, &large);
     let all_spooled = wait_until(Duration::from_secs(60), || {
         logged_events(&agent, "events spooled") > lines.written()
     });
@@ -1448,17 +1450,52 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
         agent.log_tail(20)
     );
     stop_cleanly(&mut agent);
-
-    // The broker arrives; the agent starts again with librdkafka's default
-    // message.max.bytes, which the big line is over.
-    let _broker = broker_arrives(port);
     let admin_line = std::fs::read_to_string(agent.config_path())
         .unwrap()
         .lines()
         .find(|l| l.starts_with("admin:"))
         .map(str::to_string)
         .unwrap();
-    std::fs::write(agent.config_path(), format!("{base}\n{admin_line}\n")).unwrap();
+    (agent, lines, format!("{base}\n{admin_line}\n"))
+}
+
+/// Issue 14's one replayer: `tailrace spool replay` (the agent stopped)
+/// replays record by record as the running sink does. It used to keep the
+/// whole entry when one record failed, so each later replay sent the
+/// entry's other records again.
+#[test]
+fn an_offline_replay_dead_letters_what_kafka_refuses_and_sends_the_rest_once() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, lines, base) = spool_a_line_too_big_for_kafka(dir.path(), port);
+    let _broker = broker_arrives(port);
+    std::fs::write(agent.config_path(), base).unwrap();
+    let first = agent.spool_json(&["replay", "--timeout-secs", "60"]);
+    println!("{first:?}");
+    assert_eq!(first[0]["dead_lettered_events"], 1, "{first:?}");
+    assert_eq!(first[0]["failed_entries"], 0, "{first:?}");
+    // Again: nothing is left to send.
+    let second = agent.spool_json(&["replay", "--timeout-secs", "60"]);
+    assert_eq!(second[0]["events"], 0, "{second:?}");
+    let mut consumer = Consumer::new(&format!("127.0.0.1:{port}"), TOPIC);
+    read_all(&mut consumer, &lines, CATCH_UP);
+    consumer.read_for(Duration::from_secs(2));
+    let report = lines.count(consumer.records());
+    assert!(report.missing.is_empty(), "lines lost: {report}");
+    assert_eq!(report.duplicates, 0, "lines sent twice: {report}");
+    assert_eq!(agent.spool_usage(SINK, "dead").events, 1);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+#[test]
+fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, lines, base) = spool_a_line_too_big_for_kafka(dir.path(), port);
+    // The broker arrives; the agent starts again with librdkafka's default
+    // message.max.bytes, which the big line is over.
+    let _broker = broker_arrives(port);
+    std::fs::write(agent.config_path(), base).unwrap();
     agent.restart();
     wait_for_log(
         &agent,

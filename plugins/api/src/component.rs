@@ -174,8 +174,11 @@ impl CheckLine {
 pub struct ReplayReport {
     pub entries: u64,
     pub events: u64,
-    /// Not acknowledged in full: left in place.
+    /// Not acknowledged in full: left in place, with just the records
+    /// that failed.
     pub failed_entries: u64,
+    /// Records Kafka refused for good: moved to the dead-letter tree.
+    pub dead_lettered_events: u64,
     /// Failed their checksum: moved to the corrupt tree.
     pub corrupt_entries: u64,
 }

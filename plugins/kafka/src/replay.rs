@@ -1,23 +1,27 @@
 //! Replaying a spool (or its dead letters) while the agent is stopped, for
 //! `tailrace spool replay`.
 
-use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer};
-use tailrace_api::spool::{decode, SpoolStore, SpoolTree};
+use tailrace_api::spool::{SpoolStore, SpoolTree};
 use tailrace_api::SinkMetrics;
 
 use crate::config::{KafkaSinkConfig, EMBEDDED};
-use crate::sink::{create_producer, settings, topic_of, Delivery, InFlight};
+use crate::sink::{
+    create_producer, settings, store_dead_letters, topic_of, Delivery, InFlight, Replayer, Taken,
+};
 
 pub use tailrace_api::ReplayReport as OfflineReplay;
 
 /// Produces every entry of `tree` to the sink's broker and topic, oldest
-/// first, removing each entry once Kafka acknowledged all its records.
-/// Gives up on what is not acknowledged within `timeout`.
+/// first, with the sink's own replayer: an entry goes once Kafka
+/// acknowledged all its records, is rewritten with just the records that
+/// failed otherwise, and what Kafka refuses for good goes to the
+/// dead-letter tree. Gives up on what is not acknowledged within `timeout`.
 pub fn replay_offline(
     config: &KafkaSinkConfig,
     name: &str,
@@ -40,91 +44,81 @@ pub fn replay_offline(
         config.bootstrap_servers.clone(),
     );
     let producer = create_producer(&settings, context)?;
-    let done: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let mut replayer = Replayer::new(tree);
     let mut report = OfflineReplay::default();
-    let mut in_flight = HashSet::new();
     let deadline = Instant::now() + timeout;
-    let mut cursor = None;
     loop {
-        let batch = spool
-            .scan(tree, name, cursor, 16)
+        let mut corrupt = 0;
+        let taken = replayer
+            .take(&*spool, name, &mut |id, e| {
+                corrupt += 1;
+                if tree == SpoolTree::Corrupt {
+                    eprintln!("entry {id}: {e}; left in the corrupt tree (tailrace spool purge --corrupt removes it)");
+                } else {
+                    eprintln!("entry {id}: {e}; moved to the corrupt tree");
+                }
+            })
             .map_err(|e| format!("cannot read the spool: {e}"))?;
-        if batch.is_empty() {
+        report.corrupt_entries += corrupt;
+        let Some(Taken {
+            inflight, records, ..
+        }) = taken
+        else {
             break;
-        }
-        for (id, entry) in batch {
-            cursor = Some(id);
-            let (header, records) = match decode(&entry) {
-                Ok(d) => d,
-                Err(e) => {
-                    if tree == SpoolTree::Corrupt {
-                        // Moving it "to" the tree it is in would delete it.
-                        eprintln!("entry {id}: {e}; left in the corrupt tree (tailrace spool purge --corrupt removes it)");
-                    } else {
-                        eprintln!("entry {id}: {e}; moved to the corrupt tree");
-                        spool
-                            .move_to(tree, SpoolTree::Corrupt, name, id)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    report.corrupt_entries += 1;
-                    continue;
-                }
-            };
-            if records.is_empty() {
-                spool.remove(tree, name, id).map_err(|e| e.to_string())?;
-                continue;
+        };
+        report.entries += 1;
+        report.events += records.len() as u64;
+        for r in &records {
+            let topic = topic_of(r, &settings.topic);
+            let mut record =
+                BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(&topic, inflight.clone())
+                    .payload(&r.payload[..]);
+            if let Some(k) = &r.key {
+                record = record.key(&k[..]);
             }
-            let inflight = InFlight::for_entry(id, done.clone(), &header, &records);
-            in_flight.insert(id);
-            report.entries += 1;
-            report.events += records.len() as u64;
-            for r in &records {
-                let topic = topic_of(r, &settings.topic);
-                let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
-                    &topic,
-                    inflight.clone(),
-                )
-                .payload(&r.payload[..]);
-                if let Some(k) = &r.key {
-                    record = record.key(&k[..]);
-                }
-                if let Some(ts) = r.timestamp_ms {
-                    record = record.timestamp(ts);
-                }
-                if !r.headers.is_empty() {
-                    record = record.headers(crate::encode::owned_headers(&r.headers));
-                }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((e, back)) => {
-                            if Instant::now() >= deadline {
-                                return Err(format!("replay timed out: {e}"));
-                            }
-                            record = back;
-                            producer.poll(Duration::from_millis(10));
+            if let Some(ts) = r.timestamp_ms {
+                record = record.timestamp(ts);
+            }
+            if !r.headers.is_empty() {
+                record = record.headers(crate::encode::owned_headers(&r.headers));
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if Instant::now() >= deadline {
+                            return Err("replay timed out: librdkafka's queue stayed full".into());
                         }
+                        record = back;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        if let Some(dead) = replayer.unsent(&inflight, r, &e, &metrics) {
+                            report.dead_lettered_events += 1;
+                            store_dead_letters(&*spool, name, &metrics, vec![dead]);
+                        }
+                        break;
                     }
                 }
             }
-            producer.poll(Duration::ZERO);
         }
+        producer.poll(Duration::ZERO);
     }
-    while !in_flight.is_empty() && Instant::now() < deadline {
+    // Each record settles once: delivered, kept in its entry for another
+    // try, or (refused for good) moved to the dead-letter tree.
+    while replayer.in_flight() > 0 && Instant::now() < deadline {
         producer.poll(Duration::from_millis(50));
-        for f in std::mem::take(&mut *failed.lock().unwrap_or_else(|e| e.into_inner())) {
-            f.fail_replay(&metrics);
-        }
-        for (id, failed) in std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner())) {
-            in_flight.remove(&id);
-            if failed {
-                report.failed_entries += 1;
-            } else {
-                spool.remove(tree, name, id).map_err(|e| e.to_string())?;
-            }
-        }
+        let failures = std::mem::take(&mut *failed.lock().unwrap_or_else(|e| e.into_inner()));
+        let dead: Vec<_> = failures
+            .into_iter()
+            .filter_map(|f| replayer.failed(f, &settings.topic, &metrics))
+            .collect();
+        report.dead_lettered_events += dead.len() as u64;
+        store_dead_letters(&*spool, name, &metrics, dead);
+        let finished = replayer.finish(&*spool, name);
+        report.failed_entries += finished.rewritten;
     }
-    report.failed_entries += in_flight.len() as u64;
+    report.failed_entries += replayer.in_flight() as u64;
     let _ = producer.flush(Duration::from_secs(1));
     spool
         .flush()

@@ -2,7 +2,7 @@
 //! spool what fails, replay the spool.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,14 +16,15 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use tailrace_api::spool::{
-    decode, encode, EntryHeader, EntryRecord, SpoolRecord, SpoolStore, SpoolTree,
-};
+use tailrace_api::spool::{encode, EntryHeader, EntryRecord, SpoolRecord, SpoolStore, SpoolTree};
 use tailrace_api::{
     next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, Record, SinkContext,
     SinkMetrics,
 };
 use tracing::{debug, error, info, warn};
+
+mod replayer;
+pub(crate) use replayer::{Replayer, Taken};
 
 use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
@@ -260,16 +261,10 @@ impl Failure {
             reason,
         }
     }
-
-    /// A replayed record failed: its entry stays for a later try.
-    pub(crate) fn fail_replay(self, metrics: &SinkMetrics) {
-        self.inflight.failed.store(true, Ordering::Release);
-        self.inflight.divert(metrics);
-    }
 }
 
 /// A record on its way to the spool or the dead-letter tree.
-struct Diverted {
+pub(crate) struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
     key: Option<Bytes>,
@@ -293,6 +288,58 @@ pub(crate) fn topic_of<'a>(
 
 /// One spool entry of diverted records; the first one's reason stands for
 /// all.
+impl Diverted {
+    /// A spooled record being replayed that was not handed to librdkafka.
+    fn unsent(
+        inflight: &Arc<InFlight>,
+        r: &tailrace_api::spool::SpoolRecord,
+        reason: &str,
+    ) -> Diverted {
+        Diverted {
+            inflight: inflight.clone(),
+            payload: r.payload.clone(),
+            key: r.key.clone(),
+            headers: r.headers.clone(),
+            topic: r
+                .topic
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+            timestamp: r.timestamp_ms,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Keeps records Kafka refused for good in the dead-letter tree, with the
+/// error, and settles them (counted as dropped: not delivered, though
+/// kept). What cannot be stored stays unsettled: its source reads it again
+/// after a restart.
+pub(crate) fn store_dead_letters(
+    spool: &dyn SpoolStore,
+    sink: &str,
+    metrics: &SinkMetrics,
+    records: Vec<Diverted>,
+) {
+    for chunk in records.chunks(ENTRY_RECORDS) {
+        let entry = entry_of(chunk);
+        let stored = spool
+            .push(SpoolTree::DeadLetter, sink, &entry)
+            .and_then(|_| spool.flush());
+        match stored {
+            Ok(()) => {
+                metrics.dropped.add("dead_letter", chunk.len() as u64);
+                error!(sink = %sink, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
+                for d in chunk {
+                    d.inflight.divert(metrics);
+                }
+            }
+            Err(e) => {
+                error!(sink = %sink, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
+            }
+        }
+    }
+}
+
 fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
     let records = chunk.iter().map(|d| EntryRecord {
         payload: &d.payload,
@@ -676,17 +723,6 @@ enum Unsent {
     OutOfTime,
 }
 
-struct Replay {
-    in_flight: HashSet<u64>,
-    /// Per entry being replayed: its records that failed and may yet
-    /// succeed (refused ones went to the dead-letter tree).
-    kept: std::collections::HashMap<u64, Vec<Diverted>>,
-    done: Arc<Mutex<Vec<(u64, bool)>>>,
-    /// The last entry handed out; the next one is after it.
-    cursor: Option<u64>,
-    not_before: Instant,
-}
-
 struct Sink {
     cx: SinkContext,
     settings: Settings,
@@ -701,7 +737,10 @@ struct Sink {
     /// Records written to the spool whose flush has not yet succeeded:
     /// settled by the next flush that does, never written again.
     unflushed: Vec<Diverted>,
-    replay: Replay,
+    /// Replays the spool, record by record.
+    replay: Replayer,
+    /// No replay before this (after a failed one).
+    replay_not_before: Instant,
     ids: encode::EventIds,
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
@@ -809,13 +848,8 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         to_spool: Vec::new(),
         unflushed: Vec::new(),
         ids: encode::EventIds::new(),
-        replay: Replay {
-            in_flight: HashSet::new(),
-            kept: Default::default(),
-            done: Arc::default(),
-            cursor: None,
-            not_before: Instant::now(),
-        },
+        replay: Replayer::new(SpoolTree::Pending),
+        replay_not_before: Instant::now(),
         last_full_warning: None,
         fenced: false,
         replacements: 0,
@@ -1054,7 +1088,7 @@ impl Sink {
                             ..diverted
                         }]);
                     } else if inflight.is_replay() {
-                        self.keep_for_replay(diverted);
+                        self.replay.keep(diverted, &self.cx.metrics);
                     } else {
                         if self.strict() {
                             self.fail_over(&diverted.reason.clone());
@@ -1065,18 +1099,6 @@ impl Sink {
                 }
             }
         }
-    }
-
-    /// A replayed record failed but may yet succeed: it stays in its
-    /// entry, which is rewritten with such records once the replay is done.
-    fn keep_for_replay(&mut self, d: Diverted) {
-        let Some(id) = d.inflight.entry() else {
-            return;
-        };
-        let inflight = d.inflight.clone();
-        inflight.failed.store(true, Ordering::Release);
-        self.replay.kept.entry(id).or_default().push(d);
-        inflight.divert(&self.cx.metrics);
     }
 
     /// The headers a record is produced with (none unless `headers` or
@@ -1205,7 +1227,7 @@ impl Sink {
                 dead.push(f.into_diverted(&self.settings.topic, reason));
             } else if f.inflight.is_replay() {
                 let d = f.into_diverted(&self.settings.topic, why);
-                self.keep_for_replay(d);
+                self.replay.keep(d, &self.cx.metrics);
             } else {
                 let d = f.into_diverted(&self.settings.topic, why);
                 self.to_spool.push(d);
@@ -1226,30 +1248,7 @@ impl Sink {
 
     /// Keeps records Kafka refused for good, with the error, and settles them.
     fn dead_letter(&mut self, records: Vec<Diverted>) {
-        for chunk in records.chunks(ENTRY_RECORDS) {
-            let entry = entry_of(chunk);
-            let stored = self
-                .spool
-                .push(SpoolTree::DeadLetter, &self.cx.name, &entry)
-                .and_then(|_| self.spool.flush());
-            match stored {
-                Ok(()) => {
-                    // Not delivered: dropped from the stream, though kept.
-                    self.cx
-                        .metrics
-                        .dropped
-                        .add("dead_letter", chunk.len() as u64);
-                    error!(sink = %self.cx.name, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
-                    for d in chunk {
-                        d.inflight.divert(&self.cx.metrics);
-                    }
-                }
-                Err(e) => {
-                    // Not settled: the source position stays before them.
-                    error!(sink = %self.cx.name, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
-                }
-            }
-        }
+        store_dead_letters(&*self.spool, &self.cx.name, &self.cx.metrics, records);
         self.update_gauges();
     }
 
@@ -1341,7 +1340,7 @@ impl Sink {
                         .unwrap_or_default();
                     let Some((id, entry)) = oldest
                         .into_iter()
-                        .find(|(id, _)| !self.replay.in_flight.contains(id))
+                        .find(|(id, _)| !self.replay.is_in_flight(*id))
                     else {
                         return false;
                     };
@@ -1373,53 +1372,39 @@ impl Sink {
     /// Hands the next spool entries to librdkafka, oldest first.
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
-        if Instant::now() < self.replay.not_before
+        if Instant::now() < self.replay_not_before
             || self.new_events_first()
             || self.spool.usage(SpoolTree::Pending, &name).entries == 0
         {
             return;
         }
-        while self.replay.in_flight.len() < self.settings.spool.replay_entries_in_flight
+        while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
             && self.producer.in_flight_count() < REPLAY_QUEUE_ROOM
         {
-            let next = match self
-                .spool
-                .scan(SpoolTree::Pending, &name, self.replay.cursor, 1)
-            {
-                Ok(mut v) => v.pop(),
+            let metrics = self.cx.metrics.clone();
+            let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
+                error!(sink = %name, entry = id, error = %e, "spool entry is damaged; set aside (see `tailrace spool stats`)");
+                metrics.spool_corrupt.inc();
+            });
+            let taken = match taken {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    if self.replay.in_flight() == 0 {
+                        self.replay.rewind();
+                    }
+                    return;
+                }
                 Err(e) => {
                     error!(sink = %name, error = %e, "cannot read the spool");
-                    self.replay.not_before = Instant::now() + REPLAY_BACKOFF;
+                    self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
                     return;
                 }
             };
-            let Some((id, entry)) = next else {
-                if self.replay.in_flight.is_empty() {
-                    self.replay.cursor = None;
-                }
-                return;
-            };
-            self.replay.cursor = Some(id);
-            if self.replay.in_flight.contains(&id) {
-                continue;
-            }
-            let (header, records) = match decode(&entry) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    error!(sink = %name, entry = id, error = %e, "spool entry is damaged; set aside (see `tailrace spool stats`)");
-                    self.cx.metrics.spool_corrupt.inc();
-                    let _ = self
-                        .spool
-                        .move_to(SpoolTree::Pending, SpoolTree::Corrupt, &name, id);
-                    continue;
-                }
-            };
-            if records.is_empty() {
-                let _ = self.spool.remove(SpoolTree::Pending, &name, id);
-                continue;
-            }
-            let inflight = InFlight::for_entry(id, self.replay.done.clone(), &header, &records);
-            self.replay.in_flight.insert(id);
+            let replayer::Taken {
+                id,
+                inflight,
+                records,
+            } = taken;
             self.cx.metrics.retries.inc_by(records.len() as u64);
             debug!(sink = %name, entry = id, events = records.len(), "replaying spool entry");
             let sink_topic = self.settings.topic.clone();
@@ -1438,18 +1423,10 @@ impl Sink {
                 {
                     // Not handed to librdkafka: kept for the rewritten entry.
                     for r in &records[i..] {
-                        self.keep_for_replay(Diverted {
-                            inflight: inflight.clone(),
-                            payload: r.payload.clone(),
-                            key: r.key.clone(),
-                            headers: r.headers.clone(),
-                            topic: r
-                                .topic
-                                .as_ref()
-                                .map(|t| String::from_utf8_lossy(t).into_owned()),
-                            timestamp: r.timestamp_ms,
-                            reason: "replay_unsent".into(),
-                        });
+                        self.replay.keep(
+                            Diverted::unsent(&inflight, r, "replay_unsent"),
+                            &self.cx.metrics,
+                        );
                     }
                     return;
                 }
@@ -1457,34 +1434,21 @@ impl Sink {
         }
     }
 
-    /// Removes replayed entries that Kafka acknowledged in full.
+    /// Removes replayed entries that Kafka acknowledged in full, and
+    /// rewrites those some of whose records failed.
     fn finish_replays(&mut self) {
-        let done = std::mem::take(&mut *self.replay.done.lock().unwrap_or_else(|e| e.into_inner()));
-        if done.is_empty() {
+        let name = self.cx.name.clone();
+        let finished = self.replay.finish(&*self.spool, &name);
+        if finished.removed == 0 && finished.rewritten == 0 {
             return;
         }
-        let name = self.cx.name.clone();
-        for (id, failed) in done {
-            self.replay.in_flight.remove(&id);
-            let kept = self.replay.kept.remove(&id).unwrap_or_default();
-            if failed && !kept.is_empty() {
-                // Only what failed and may yet succeed is replayed again:
-                // the entry is rewritten in place with those records.
-                self.replay.not_before = Instant::now() + REPLAY_BACKOFF;
-                self.replay.cursor = None;
-                let rewritten = self
-                    .spool
-                    .replace(SpoolTree::Pending, &name, id, &entry_of(&kept))
-                    .and_then(|()| self.spool.flush());
-                if let Err(e) = rewritten {
-                    error!(sink = %name, entry = id, error = %e, "cannot rewrite a partly replayed spool entry; it will be replayed whole again");
-                }
-            } else if let Err(e) = self.spool.remove(SpoolTree::Pending, &name, id) {
-                error!(sink = %name, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again");
-            }
+        if finished.rewritten > 0 {
+            // Only what failed and may yet succeed is replayed again.
+            self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
+            self.replay.rewind();
         }
         let left = self.spool.usage(SpoolTree::Pending, &name);
-        if left.entries == 0 && self.replay.in_flight.is_empty() {
+        if left.entries == 0 && self.replay.in_flight() == 0 {
             info!(sink = %name, "spool replayed in full");
         }
         self.update_gauges();

@@ -1,0 +1,193 @@
+//! Replaying a spool tree one record at a time, for the running sink and
+//! for `tailrace spool replay` alike.
+//!
+//! The replayer hands out entries oldest first ([`Replayer::take`]), keeps
+//! what of each failed and may yet succeed ([`Replayer::failed`]; what
+//! Kafka refuses for good comes back as a dead letter instead), and once
+//! every record of an entry is settled, removes the entry or rewrites it
+//! with only the kept records ([`Replayer::finish`]), so a record Kafka
+//! acknowledged is never sent again from the spool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::error::KafkaError;
+use tailrace_api::spool::{decode, EntryError, SpoolRecord, SpoolStore, SpoolTree};
+use tailrace_api::{SinkMetrics, StoreError};
+use tracing::error;
+
+use super::{entry_of, reason, refused_for_good, Diverted, Failure, InFlight};
+
+/// An entry being replayed: its records, and what settles them.
+pub(crate) struct Taken {
+    pub id: u64,
+    pub inflight: Arc<InFlight>,
+    pub records: Vec<SpoolRecord>,
+}
+
+/// What [`Replayer::finish`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    /// Entries whose every record was delivered (or dead-lettered).
+    pub removed: u64,
+    /// Entries rewritten with the records that failed and may yet succeed.
+    pub rewritten: u64,
+}
+
+pub(crate) struct Replayer {
+    tree: SpoolTree,
+    in_flight: HashSet<u64>,
+    /// Per entry in flight: its records that failed and may yet succeed.
+    kept: HashMap<u64, Vec<Diverted>>,
+    done: Arc<Mutex<Vec<(u64, bool)>>>,
+    /// The last entry handed out; the next one is after it.
+    cursor: Option<u64>,
+}
+
+impl Replayer {
+    pub fn new(tree: SpoolTree) -> Replayer {
+        Replayer {
+            tree,
+            in_flight: HashSet::new(),
+            kept: HashMap::new(),
+            done: Arc::default(),
+            cursor: None,
+        }
+    }
+
+    /// Entries handed out and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn is_in_flight(&self, id: u64) -> bool {
+        self.in_flight.contains(&id)
+    }
+
+    /// Starts again from the oldest entry (after a pass, or a rewrite).
+    pub fn rewind(&mut self) {
+        self.cursor = None;
+    }
+
+    /// The next entry after the last one handed out, or `None` at the end
+    /// of the tree. A damaged entry is reported to `damaged` and set aside
+    /// in the corrupt tree (or left where it is, when that is the tree
+    /// being replayed: moving it onto itself would delete it); an empty
+    /// one is removed.
+    pub fn take(
+        &mut self,
+        spool: &dyn SpoolStore,
+        sink: &str,
+        damaged: &mut dyn FnMut(u64, &EntryError),
+    ) -> Result<Option<Taken>, StoreError> {
+        loop {
+            let Some((id, entry)) = spool.scan(self.tree, sink, self.cursor, 1)?.pop() else {
+                return Ok(None);
+            };
+            self.cursor = Some(id);
+            if self.in_flight.contains(&id) {
+                continue;
+            }
+            let (header, records) = match decode(&entry) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    damaged(id, &e);
+                    if self.tree != SpoolTree::Corrupt {
+                        spool.move_to(self.tree, SpoolTree::Corrupt, sink, id)?;
+                    }
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                spool.remove(self.tree, sink, id)?;
+                continue;
+            }
+            let inflight = InFlight::for_entry(id, self.done.clone(), &header, &records);
+            self.in_flight.insert(id);
+            return Ok(Some(Taken {
+                id,
+                inflight,
+                records,
+            }));
+        }
+    }
+
+    /// A replayed record that may yet succeed: it stays in its entry, which
+    /// is rewritten with such records once every record is settled.
+    pub fn keep(&mut self, d: Diverted, metrics: &SinkMetrics) {
+        let Some(id) = d.inflight.entry() else {
+            return;
+        };
+        let inflight = d.inflight.clone();
+        inflight
+            .failed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.kept.entry(id).or_default().push(d);
+        inflight.divert(metrics);
+    }
+
+    /// A replayed record whose delivery failed: kept for another try, or,
+    /// when Kafka refused it for good, returned to go to the dead-letter
+    /// tree (whoever stores it settles it).
+    pub fn failed(
+        &mut self,
+        f: Failure,
+        sink_topic: &str,
+        metrics: &SinkMetrics,
+    ) -> Option<Diverted> {
+        if refused_for_good(&f.error) {
+            let why = f.error.to_string();
+            return Some(f.into_diverted(sink_topic, why));
+        }
+        let why = reason(&f.error);
+        self.keep(f.into_diverted(sink_topic, why), metrics);
+        None
+    }
+
+    /// A replayed record librdkafka would not take (for a reason other
+    /// than a full queue): as [`Replayer::failed`].
+    pub fn unsent(
+        &mut self,
+        inflight: &Arc<InFlight>,
+        r: &SpoolRecord,
+        error: &KafkaError,
+        metrics: &SinkMetrics,
+    ) -> Option<Diverted> {
+        if refused_for_good(error) {
+            return Some(Diverted::unsent(inflight, r, &error.to_string()));
+        }
+        self.keep(Diverted::unsent(inflight, r, &reason(error)), metrics);
+        None
+    }
+
+    /// Removes the entries whose every record was acknowledged, and
+    /// rewrites in place (keeping its place in the order) each one some
+    /// of whose records failed with just those.
+    pub fn finish(&mut self, spool: &dyn SpoolStore, sink: &str) -> Finished {
+        let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut finished = Finished::default();
+        for (id, failed) in done {
+            self.in_flight.remove(&id);
+            let kept = self.kept.remove(&id).unwrap_or_default();
+            if failed && !kept.is_empty() {
+                let rewritten = spool
+                    .replace(self.tree, sink, id, &entry_of(&kept))
+                    .and_then(|()| spool.flush());
+                match rewritten {
+                    Ok(()) => finished.rewritten += 1,
+                    Err(e) => {
+                        error!(sink = %sink, entry = id, error = %e, "cannot rewrite a partly replayed spool entry; it will be replayed whole again")
+                    }
+                }
+            } else {
+                match spool.remove(self.tree, sink, id) {
+                    Ok(()) => finished.removed += 1,
+                    Err(e) => {
+                        error!(sink = %sink, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again")
+                    }
+                }
+            }
+        }
+        finished
+    }
+}
