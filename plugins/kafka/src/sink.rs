@@ -723,14 +723,26 @@ enum Unsent {
     OutOfTime,
 }
 
+/// The sink's life. `Running` until shutdown is first seen; then
+/// `Draining` until the grace period ends: it takes what the sources still
+/// send and delivers what it can, and at the deadline everything not
+/// acknowledged goes to the spool; `Closed` once that is done (nothing is
+/// produced after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining { deadline: Instant },
+    Closed,
+}
+
 struct Sink {
     cx: SinkContext,
     settings: Settings,
     producer: BaseProducer<Delivery>,
     failed: Arc<Mutex<Vec<Failure>>>,
     reachable: Arc<AtomicBool>,
-    /// Set when shutdown is first seen: the end of the grace period.
-    deadline: Cell<Option<Instant>>,
+    /// Where the sink is in its life; see [`Phase`].
+    phase: Cell<Phase>,
     spool: Arc<dyn SpoolStore>,
     /// Records to be spooled, waiting for room when the spool is full.
     to_spool: Vec<Diverted>,
@@ -843,7 +855,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         producer,
         failed,
         reachable,
-        deadline: Cell::new(None),
+        phase: Cell::new(Phase::Running),
         spool,
         to_spool: Vec::new(),
         unflushed: Vec::new(),
@@ -941,15 +953,26 @@ impl Sink {
         }
     }
 
-    fn check_deadline(&self) {
-        if self.deadline.get().is_none() && self.cx.shutdown.is_triggered() {
-            self.deadline.set(Some(Instant::now() + self.cx.grace));
-        }
+    /// The phase now: shutdown, when first seen, starts the grace period.
+    fn phase(&self) -> Phase {
+        let phase = match self.phase.get() {
+            Phase::Running if self.cx.shutdown.is_triggered() => Phase::Draining {
+                deadline: Instant::now() + self.cx.grace,
+            },
+            p => p,
+        };
+        self.phase.set(phase);
+        phase
     }
 
+    /// The grace period is over: what is not acknowledged goes to the
+    /// spool now.
     fn out_of_time(&self) -> bool {
-        self.check_deadline();
-        self.deadline.get().is_some_and(|d| Instant::now() >= d)
+        match self.phase() {
+            Phase::Running => false,
+            Phase::Draining { deadline } => Instant::now() >= deadline,
+            Phase::Closed => true,
+        }
     }
 
     fn strict(&self) -> bool {
@@ -1523,11 +1546,12 @@ impl Sink {
     /// After the input is drained or the grace period is over: wait for
     /// what is in flight within the grace period, then spool the rest.
     fn finish(&mut self) {
-        self.check_deadline();
-        let deadline = self
-            .deadline
-            .get()
-            .unwrap_or_else(|| Instant::now() + self.cx.grace);
+        let deadline = match self.phase() {
+            Phase::Draining { deadline } => deadline,
+            // The input ended without a shutdown (a reload closed it).
+            Phase::Running | Phase::Closed => Instant::now() + self.cx.grace,
+        };
+        self.phase.set(Phase::Draining { deadline });
         loop {
             self.producer.poll(Duration::from_millis(20));
             self.handle_failures();
@@ -1569,6 +1593,7 @@ impl Sink {
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
         self.log_spooled(true);
+        self.phase.set(Phase::Closed);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
         info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");
     }
