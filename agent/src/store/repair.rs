@@ -33,7 +33,9 @@ use super::{open_sled, panic_text, OpenError};
 pub enum RepairError {
     #[error("there is no store in {0} (nothing to check)")]
     Missing(PathBuf),
-    #[error("the store in {0} is in use by a running tailrace (stop it first: systemctl stop tailrace)")]
+    #[error(
+        "the store in {0} is in use by a running tailrace (stop it first: systemctl stop tailrace)"
+    )]
     Locked(PathBuf),
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -253,7 +255,11 @@ fn read_trees(db: &sled::Db) -> Vec<TreeSalvage> {
             Ok(Err(e)) => (Vec::new(), Some((e, None, None))),
             Err(panic) => (
                 Vec::new(),
-                Some((format!("sled panicked: {}", panic_text(&*panic)), None, None)),
+                Some((
+                    format!("sled panicked: {}", panic_text(&*panic)),
+                    None,
+                    None,
+                )),
             ),
         };
         trees.push(TreeSalvage {
@@ -477,7 +483,9 @@ mod tests {
         for i in 0..SPOOLED {
             store.push(SpoolTree::Pending, "kafka", &entry()).unwrap();
             if i < DEAD {
-                store.push(SpoolTree::DeadLetter, "kafka", &entry()).unwrap();
+                store
+                    .push(SpoolTree::DeadLetter, "kafka", &entry())
+                    .unwrap();
             }
         }
         CheckpointStore::flush(&store).unwrap();
@@ -517,10 +525,19 @@ mod tests {
     fn assert_repaired_store_works(dir: &Path, checkpoints: usize, spooled: usize) {
         let store = Store::open(dir).unwrap();
         assert_eq!(store.load("app").unwrap().len(), checkpoints);
-        let pending = store.scan(SpoolTree::Pending, "kafka", None, usize::MAX).unwrap();
+        let pending = store
+            .scan(SpoolTree::Pending, "kafka", None, usize::MAX)
+            .unwrap();
         assert_eq!(pending.len(), spooled);
-        let dead = store.scan(SpoolTree::DeadLetter, "kafka", None, usize::MAX).unwrap();
-        let newest = pending.iter().chain(&dead).map(|(id, _)| *id).max().unwrap();
+        let dead = store
+            .scan(SpoolTree::DeadLetter, "kafka", None, usize::MAX)
+            .unwrap();
+        let newest = pending
+            .iter()
+            .chain(&dead)
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap();
         let id = store.push(SpoolTree::Pending, "kafka", b"new").unwrap();
         assert!(id > newest, "new id {id} after {newest}");
     }
@@ -530,7 +547,12 @@ mod tests {
         let dir = filled();
         for entry in std::fs::read_dir(dir.path().join("store")).unwrap() {
             let path = entry.unwrap().path();
-            if path.file_name().unwrap().to_string_lossy().starts_with("snap.") {
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+            {
                 let len = std::fs::metadata(&path).unwrap().len();
                 smash(&path, len / 2, 16);
             }
@@ -576,7 +598,9 @@ mod tests {
     #[test]
     fn a_damaged_page_loses_only_the_entries_on_it() {
         let dir = filled();
-        let len = std::fs::metadata(dir.path().join("store/db")).unwrap().len();
+        let len = std::fs::metadata(dir.path().join("store/db"))
+            .unwrap()
+            .len();
         let found = (1..len / 10_000).find_map(|i| {
             let copy = copy_of(dir.path());
             smash(&copy.path().join("store/db"), i * 10_000, 2048);
@@ -593,7 +617,10 @@ mod tests {
             "recovered {recovered} of {CHECKPOINTS}"
         );
         let damage = app.damage.as_ref().unwrap();
-        assert!(damage.after.is_some() || damage.before.is_some(), "{damage:?}");
+        assert!(
+            damage.after.is_some() || damage.before.is_some(),
+            "{damage:?}"
+        );
         let repaired = repair(copy.path()).unwrap();
         assert!(repaired.set_aside.is_some());
         let spooled = tree(&repaired.salvage, "spool/kafka").entries.len();
