@@ -174,6 +174,14 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     #[serde(default)]
     pub when_full: WhenFull,
+    /// The most the dead-letter tree may hold; its oldest entries go first
+    /// (counted as dropped, reason `dead_letter_evicted`).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+    /// The most the tree of entries that failed their checksum may hold;
+    /// its oldest entries go first (reason `corrupt_evicted`).
+    #[serde(default = "default_corrupt_max_bytes")]
+    pub corrupt_max_bytes: u64,
     #[serde(default)]
     pub ordering: SpoolOrdering,
     /// How long a send may wait for room in librdkafka's queue before its
@@ -207,12 +215,21 @@ pub enum SpoolOrdering {
 fn default_spool_max_bytes() -> u64 {
     1 << 30
 }
+/// 256 MiB: a remote sender of over-long lines must not fill the disk.
+fn default_dead_letter_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_corrupt_max_bytes() -> u64 {
+    64 << 20
+}
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             max_bytes: default_spool_max_bytes(),
             when_full: WhenFull::default(),
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
+            corrupt_max_bytes: default_corrupt_max_bytes(),
             ordering: SpoolOrdering::default(),
             queue_full_timeout_ms: default_queue_full_timeout_ms(),
             replay_entries_in_flight: default_replay_entries(),
@@ -338,11 +355,17 @@ impl SinkConfig for KafkaSinkConfig {
                 ));
             }
         }
-        if self.spool.max_bytes == 0 {
-            issues.push(ConfigIssue::new(
-                &["spool", "max_bytes"],
-                "max_bytes must be greater than 0",
-            ));
+        for (key, v) in [
+            ("max_bytes", self.spool.max_bytes),
+            ("dead_letter_max_bytes", self.spool.dead_letter_max_bytes),
+            ("corrupt_max_bytes", self.spool.corrupt_max_bytes),
+        ] {
+            if v == 0 {
+                issues.push(ConfigIssue::new(
+                    &["spool", key],
+                    format!("{key} must be greater than 0"),
+                ));
+            }
         }
         if self.spool.replay_entries_in_flight == 0 {
             issues.push(ConfigIssue::new(
@@ -383,14 +406,9 @@ impl SinkConfig for KafkaSinkConfig {
         tree: SpoolTree,
         timeout: std::time::Duration,
     ) -> Result<ReplayReport, String> {
-        crate::replay::replay_offline(
-            self,
-            name,
-            spool,
-            tree,
-            tailrace_api::Metrics::new().sink(name),
-            timeout,
-        )
+        let metrics = tailrace_api::Metrics::new().sink(name);
+        let spool = crate::bounded::Bounded::wrap(spool, &self.spool, metrics.dropped.clone());
+        crate::replay::replay_offline(self, name, spool, tree, metrics, timeout)
     }
 }
 
