@@ -97,6 +97,13 @@ pub struct FileSourceConfig {
     /// (`cri`, `docker`, `auto` to recognise either per file).
     #[serde(default)]
     pub format: Format,
+    /// Whether a symlink that matches the globs is read (its target). On by
+    /// default: /var/log/containers holds nothing but symlinks (kubelet's,
+    /// into /var/log/pods). Either way a symlink into /proc, /sys or /dev
+    /// is refused and counted, and symlinked directories are not walked;
+    /// off, files are opened with O_NOFOLLOW.
+    #[serde(default = "default_follow_symlinks")]
+    pub follow_symlinks: bool,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -130,6 +137,9 @@ fn default_expire_after_ms() -> u64 {
     24 * 60 * 60 * 1000
 }
 fn default_watch() -> bool {
+    true
+}
+fn default_follow_symlinks() -> bool {
     true
 }
 
@@ -207,7 +217,8 @@ impl SourceConfig for FileSourceConfig {
 
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
         let matcher = scan::Matcher::new(&self.include, &self.exclude)
-            .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?;
+            .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?
+            .with_symlinks(self.follow_symlinks, &cx.name, cx.metrics.file.clone());
         let multiline = match &self.multiline {
             Some(m) => Some(Arc::new(m.compile().map_err(|e| {
                 BuildError(format!("{}: {}", e.path.join("."), e.message))
