@@ -297,7 +297,10 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::runtime::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) if matches!(e.downcast_ref(), Some(OpenError::Damaged { .. })) => {
+                Err(e)
+                    if matches!(e.downcast_ref(), Some(OpenError::Damaged { .. }))
+                        || crate::store::damage_seen() =>
+                {
                     tracing::error!("{e:#}");
                     eprintln!("tailrace: {e:#}");
                     ExitCode::from(EXIT_STORE_DAMAGED)

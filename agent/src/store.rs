@@ -300,8 +300,19 @@ impl SpoolStore for Store {
     }
 }
 
+/// Set once any read or write of this process met a damaged page: a
+/// failure after that is the store's damage, and `run` exits with
+/// `EXIT_STORE_DAMAGED` instead of being restarted into it again.
+static DAMAGE_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process met damage in the store (see [`DAMAGE_SEEN`]).
+pub fn damage_seen() -> bool {
+    DAMAGE_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn err(e: sled::Error) -> StoreError {
     if matches!(e, sled::Error::Corruption { .. }) {
+        DAMAGE_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
         StoreError(format!(
             "{e}: the store is damaged (stop the agent, then run `tailrace store check --config FILE` and `tailrace store repair --config FILE`)"
         ))

@@ -197,6 +197,22 @@ impl StoreLock {
     }
 }
 
+impl StoreLock {
+    /// [`StoreLock::take`], waiting as `Store::open` does for a lock that a
+    /// process which just stopped (or a store just dropped) may still hold.
+    fn wait(store: &Path) -> Result<StoreLock, RepairError> {
+        let started = std::time::Instant::now();
+        loop {
+            match StoreLock::take(store) {
+                Err(RepairError::Locked(_)) if started.elapsed() < super::LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                taken => return taken,
+            }
+        }
+    }
+}
+
 /// Copies the files of `from` into a new directory `to`.
 fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
     std::fs::create_dir_all(to).map_err(io("create", to))?;
@@ -315,16 +331,7 @@ fn read_tree(tree: &sled::Tree) -> (Entries, Option<ReadDamage>) {
 /// Waits until sled's background threads let go of the store at `path`
 /// (they take its lock with them), so its files can be moved or removed.
 fn wait_released(path: &Path) -> Result<(), RepairError> {
-    let started = std::time::Instant::now();
-    loop {
-        match StoreLock::take(path) {
-            Err(RepairError::Locked(_)) if started.elapsed() < super::LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(RepairError::Locked(p)) => return Err(RepairError::Locked(p)),
-            _ => return Ok(()),
-        }
-    }
+    StoreLock::wait(path).map(drop)
 }
 
 /// Reads what is readable of the store in `store`, on a copy in `scratch`
@@ -370,7 +377,7 @@ fn paths(data_dir: &Path) -> (PathBuf, PathBuf) {
 /// `tailrace store check`: what is readable and what is damaged.
 pub fn check(data_dir: &Path) -> Result<Salvage, RepairError> {
     let (store, scratch) = paths(data_dir);
-    let _lock = StoreLock::take(&store)?;
+    let _lock = StoreLock::wait(&store)?;
     salvage_unlocked(&store, &scratch)
 }
 
@@ -388,7 +395,7 @@ pub struct Repaired {
 /// damaged is left as it is.
 pub fn repair(data_dir: &Path) -> Result<Repaired, RepairError> {
     let (store, scratch) = paths(data_dir);
-    let lock = StoreLock::take(&store)?;
+    let lock = StoreLock::wait(&store)?;
     let salvage = salvage_unlocked(&store, &scratch)?;
     if !salvage.is_damaged() {
         return Ok(Repaired {
@@ -610,6 +617,15 @@ mod tests {
             .then_some((copy, checked))
         });
         let (copy, checked) = found.expect("no offset damaged a page of the checkpoints");
+        // The agent's own read of the damaged page says what to do, and
+        // marks the process as having met damage (run then exits 65).
+        {
+            let store = Store::open(copy.path()).unwrap();
+            let e = store.load("app").unwrap_err();
+            assert!(e.to_string().contains("tailrace store repair"), "{e}");
+            assert!(crate::store::damage_seen());
+        }
+        wait_released(&copy.path().join("store")).unwrap();
         let app = tree(&checked, "checkpoints/app");
         let recovered = app.entries.len();
         assert!(
