@@ -1273,18 +1273,22 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
     lines.append(1_000);
     let bootstrap = format!("127.0.0.1:{port}");
     let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
-    let base = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "").replace(
-        "start_at: beginning",
-        "start_at: beginning\n    max_line_bytes: 2000000",
-    );
+    // The second run's config: librdkafka's default message.max.bytes, and
+    // the max_line_bytes that fits it (a larger one is refused, issue 16).
+    let base = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
     assert!(
         base.contains(passed),
         "file_to_kafka changed; update this test's config"
     );
-    let large = base.replace(
-        passed,
-        r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
-    );
+    let large = base
+        .replace(
+            passed,
+            r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
+        )
+        .replace(
+            "start_at: beginning",
+            "start_at: beginning\n    max_line_bytes: 2000000",
+        );
     let mut agent = Agent::start(dir.path(), &large);
     let all_spooled = wait_until(Duration::from_secs(60), || {
         logged_events(&agent, "events spooled") > lines.written()
@@ -1297,7 +1301,7 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
     stop_cleanly(&mut agent);
 
     // The broker arrives; the agent starts again with librdkafka's default
-    // message.max.bytes, which the big line is over.
+    // message.max.bytes, which the big line (spooled already) is over.
     let _broker = broker_arrives(port);
     let admin_line = std::fs::read_to_string(agent.config_path())
         .unwrap()
@@ -1499,4 +1503,72 @@ fn store_repair_recovers_a_damaged_store_and_the_agent_delivers_its_spool() {
     assert_eq!(report.duplicates, 0, "{report}");
     stop_cleanly(&mut agent);
     assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+/// Issue 16: with the defaults, a 1,000,100-byte line (over librdkafka's
+/// default message.max.bytes of 1,000,000, under the old default
+/// max_line_bytes of 1 MiB) was acknowledged and put in the dead-letter
+/// tree instead of Kafka. Now max_line_bytes defaults to what the sink can
+/// deliver: the line is split, and every byte of it arrives.
+#[test]
+fn a_line_over_message_max_bytes_is_split_and_delivered_not_dead_lettered() {
+    const BIG: usize = 1_000_100;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(500);
+    let mut big = b"big ".to_vec();
+    big.resize(BIG, b'x');
+    big.push(b'\n');
+    std::fs::write(dir.path().join("logs/big.log"), &big).unwrap();
+    lines.append(500);
+    let mut agent = Agent::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            &broker.bootstrap(),
+            PATIENT_DELIVERY_TIMEOUT_MS,
+            "",
+        ),
+    );
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let pieces_bytes = |records: &[Record]| -> usize {
+        records
+            .iter()
+            .filter(|r| seq_of(&r.payload).is_none())
+            .map(|r| r.payload.len())
+            .sum()
+    };
+    consumer.read_until(CATCH_UP, |records| {
+        pieces_bytes(records) >= BIG && lines.count(records).missing.is_empty()
+    });
+    let records = consumer.records();
+    let pieces: Vec<usize> = records
+        .iter()
+        .filter(|r| seq_of(&r.payload).is_none())
+        .map(|r| r.payload.len())
+        .collect();
+    assert_eq!(pieces.iter().sum::<usize>(), BIG, "pieces {pieces:?}");
+    assert!(pieces.len() >= 2, "the line was split: {pieces:?}");
+    let joined: Vec<u8> = records
+        .iter()
+        .filter(|r| seq_of(&r.payload).is_none())
+        .flat_map(|r| r.payload.iter().copied())
+        .collect();
+    assert_eq!(joined, big[..BIG], "the pieces make the line");
+    let report = Report::new(
+        lines.written(),
+        records
+            .iter()
+            .filter(|r| seq_of(&r.payload).is_some())
+            .map(|r| &r.payload),
+    );
+    assert!(report.is_complete(), "{report}");
+    stop_cleanly(&mut agent);
+    assert_eq!(
+        agent.spool_usage(SINK, "dead").entries,
+        0,
+        "nothing dead-lettered"
+    );
 }

@@ -165,6 +165,18 @@ impl std::fmt::Display for Scalar {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What a record adds to its payload against `message.max.bytes`:
+/// librdkafka counts 36 bytes of varints and attributes
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`) plus the key and the headers; the
+/// rest is room for a key and the headers tailrace adds (the event id, a
+/// source's fields), so a line of `max_line_bytes` is never refused for
+/// its size on its first send. Keys and headers larger than that, or JSON
+/// encoding that escapes much of a line, can still push a record over; it
+/// is then dead-lettered and counted.
+const RECORD_OVERHEAD_BYTES: usize = 36 + 988;
+
 /// Where failed sends go, and how they come back.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +390,21 @@ impl SinkConfig for KafkaSinkConfig {
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError> {
         crate::sink::spawn(self, cx)
+    }
+
+    fn max_record_bytes(&self) -> Option<(usize, String)> {
+        let (max, from) = match self.librdkafka.get("message.max.bytes") {
+            // One that does not parse is refused by librdkafka's own check.
+            Some(v) => (v.to_string().parse::<usize>().ok()?, "message.max.bytes"),
+            None => (
+                LIBRDKAFKA_MESSAGE_MAX_BYTES,
+                "librdkafka's default message.max.bytes",
+            ),
+        };
+        Some((
+            max.saturating_sub(RECORD_OVERHEAD_BYTES),
+            format!("{from} {max} less {RECORD_OVERHEAD_BYTES} bytes for the record's framing, key and headers"),
+        ))
     }
 
     fn check(&self, name: &str, timeout: std::time::Duration) -> tailrace_api::CheckReport {
