@@ -16,17 +16,24 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, Config, LogFormat};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::repair::{self, Salvage, TreeKind};
+use crate::store::{OpenError, Store};
 
 /// Bad config or usage (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
+/// The store in data_dir is damaged (EX_DATAERR): `run` refuses to start
+/// on it and `store check` found damage. Restarting does not help; `store
+/// repair` does.
+pub const EXIT_STORE_DAMAGED: u8 = 65;
 
 const EXIT_STATUS: &str = "\
 Exit status:
   0   success
   1   a failure after the config was accepted (see the message)
   2   the command line was refused
-  64  the config was refused; nothing was started";
+  64  the config was refused; nothing was started
+  65  the store in data_dir is damaged (run: tailrace store check, then
+      tailrace store repair)";
 
 const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
 .TP
@@ -41,6 +48,9 @@ the command line was refused
 .TP
 64
 the config was refused; nothing was started
+.TP
+65
+the store in data_dir is damaged (run: tailrace store check, then tailrace store repair)
 "#;
 
 /// Tails log files into Apache Kafka and loses no line.
@@ -159,6 +169,17 @@ pub enum Command {
         #[arg(long, global = true, value_name = "NAME")]
         sink: Option<String>,
     },
+    /// Check the store in data_dir for damage, or repair it.
+    ///
+    /// The store holds the checkpoints, the spool, the dead letters and the
+    /// corrupt entries. A store damaged by a power cut or a disk error makes
+    /// `run` exit 65 with a message naming these commands. Neither writes
+    /// to the damaged files: sled is opened on a copy. The agent must be
+    /// stopped (the store is locked while it runs).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     Tap(crate::ops::tap::TapArgs),
     Top(crate::ops::top::TopArgs),
     Test(crate::ops::unit::TestArgs),
@@ -215,6 +236,32 @@ pub enum SpoolAction {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum StoreAction {
+    /// Report, per tree, what is readable and what is damaged.
+    ///
+    /// Prints one JSON line per tree (checkpoints/SOURCE, spool/SINK,
+    /// dead/SINK, corrupt/SINK) with its readable entries, its spool events,
+    /// entries whose own checksum fails, and the damage, then a summary
+    /// line. Exit 0 when sled found no damage, 65 when it did.
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Copy every readable entry into a fresh store; set the damaged one aside.
+    ///
+    /// Copies the readable checkpoints, spool entries, dead letters and
+    /// corrupt entries into a fresh store, renames the damaged one to
+    /// store.damaged-<UTC time> beside it, and prints per tree what was
+    /// recovered and where entries were lost. A store without damage is
+    /// left as it is. Start the agent afterwards: it replays the recovered
+    /// spool.
+    Repair {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -250,6 +297,14 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::runtime::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e)
+                    if matches!(e.downcast_ref(), Some(OpenError::Damaged { .. }))
+                        || crate::store::damage_seen() =>
+                {
+                    tracing::error!("{e:#}");
+                    eprintln!("tailrace: {e:#}");
+                    ExitCode::from(EXIT_STORE_DAMAGED)
+                }
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("tailrace: {e:#}");
@@ -280,6 +335,20 @@ pub fn main() -> ExitCode {
                 SpoolTree::Pending
             };
             match spool_command(&config, action, tree, sink.as_deref()) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("tailrace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Store { action } => {
+            let (StoreAction::Check { config } | StoreAction::Repair { config }) = &action;
+            let config = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match store_command(&config, action) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("tailrace: {e:#}");
@@ -422,6 +491,78 @@ fn print_checkpoints(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One JSON line per tree of a salvage, then `summary` with how it opened.
+fn print_salvage(salvage: &Salvage, key: &str, mut summary: serde_json::Value) {
+    let text = |k: &Option<Vec<u8>>| k.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+    for tree in &salvage.trees {
+        let mut line = serde_json::json!({"tree": tree.name, key: tree.entries.len()});
+        if let TreeKind::Spool(_) = tree.kind {
+            line["events"] = tree.events().into();
+            line["failed_checksum"] = tree.failed_checksum().into();
+        }
+        match &tree.damage {
+            None => line["damaged"] = false.into(),
+            Some(d) => {
+                line["damaged"] = true.into();
+                line["error"] = d.error.clone().into();
+                // Spool keys are ids; checkpoint keys are paths with an
+                // identity, shown as text.
+                let key_text = |k: &Option<Vec<u8>>| match tree.kind {
+                    TreeKind::Spool(_) => k
+                        .as_ref()
+                        .and_then(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
+                        .map(|b| u64::from_be_bytes(b).to_string()),
+                    _ => text(k),
+                };
+                line["lost_after_key"] = key_text(&d.after).into();
+                line["lost_before_key"] = key_text(&d.before).into();
+            }
+        }
+        println!("{line}");
+    }
+    summary["opened"] = salvage.opened.map(|o| o.name()).into();
+    summary["open_errors"] = salvage.open_errors.clone().into();
+    summary["damaged"] = salvage.is_damaged().into();
+    if salvage.opened == Some(repair::Opened::LogOnly) {
+        summary["lost"] =
+            "what was written after the first damaged record of sled's log (sled cannot say how much)".into();
+    }
+    println!("{summary}");
+}
+
+fn store_command(config: &Config, action: StoreAction) -> anyhow::Result<ExitCode> {
+    let data_dir = &config.data_dir;
+    match action {
+        StoreAction::Check { .. } => {
+            let salvage = repair::check(data_dir)?;
+            print_salvage(
+                &salvage,
+                "readable",
+                serde_json::json!({"store": data_dir.join("store")}),
+            );
+            if salvage.is_damaged() {
+                eprintln!("tailrace: the store in {} is damaged; `tailrace store repair --config FILE` copies what is readable into a fresh store", data_dir.display());
+                Ok(ExitCode::from(EXIT_STORE_DAMAGED))
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        StoreAction::Repair { .. } => {
+            let repaired = repair::repair(data_dir)?;
+            let summary = match &repaired.set_aside {
+                Some(aside) => {
+                    serde_json::json!({"store": data_dir.join("store"), "set_aside": aside})
+                }
+                None => {
+                    serde_json::json!({"store": data_dir.join("store"), "set_aside": null, "note": "not damaged; left as it is"})
+                }
+            };
+            print_salvage(&repaired.salvage, "recovered", summary);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn spool_command(
@@ -571,6 +712,9 @@ mod tests {
             "tailrace-spool-replay.1",
             "tailrace-spool-stats.1",
             "tailrace-spool.1",
+            "tailrace-store-check.1",
+            "tailrace-store-repair.1",
+            "tailrace-store.1",
             "tailrace-tap.1",
             "tailrace-test.1",
             "tailrace-top.1",

@@ -1,6 +1,13 @@
 //! The on-disk store under `data_dir`: sled, one tree per component's
 //! checkpoints and one per sink's spool, dead letters and corrupt entries.
 //! This is the only module that knows sled.
+//!
+//! A store sled cannot open because its files are damaged is told apart
+//! from one that is locked or not writable ([`OpenError::Damaged`]); the
+//! `repair` submodule reads what is still readable out of such a store
+//! (`tailrace store check` and `tailrace store repair`).
+
+pub mod repair;
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -27,6 +34,60 @@ pub enum OpenError {
     Locked(PathBuf),
     #[error("cannot open the store in {path}: {source} (check that the directory exists and is writable)")]
     Io { path: PathBuf, source: sled::Error },
+    #[error("the store in {path} is damaged ({detail}); stop here: `tailrace store check --config FILE` reports what is readable, `tailrace store repair --config FILE` copies it into a fresh store and sets the damaged one aside")]
+    Damaged { path: PathBuf, detail: String },
+}
+
+/// Whether sled refused to open the files because of what is in them (a
+/// checksum that fails, a config file it cannot parse), as opposed to the
+/// file system refusing access.
+fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// What a panic carried, for a message.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// The sled settings of every store tailrace opens.
+fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(Some(500))
+        .cache_capacity(16 * 1024 * 1024)
+}
+
+/// Opens sled at `path` once, telling damage apart from other failures.
+/// sled can panic on files damaged in ways it does not check for; that is
+/// damage too.
+fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_config(path).open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) if is_damage(&e) => Err(OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+        Ok(Err(e)) => Err(OpenError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        Err(panic) => Err(OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("sled panicked while opening it: {}", panic_text(&*panic)),
+        }),
+    }
 }
 
 /// How long `Store::open` waits for a lock that a process which just
@@ -62,20 +123,15 @@ impl Store {
         // exited; a lock still held after LOCK_WAIT belongs to someone else.
         let started = std::time::Instant::now();
         let db = loop {
-            let opened = sled::Config::new()
-                .path(&path)
-                .flush_every_ms(Some(500))
-                .cache_capacity(16 * 1024 * 1024)
-                .open();
-            match opened {
+            match open_sled(&path) {
                 Ok(db) => break db,
-                Err(e) if is_lock_error(&e) => {
+                Err(OpenError::Io { source, .. }) if is_lock_error(&source) => {
                     if started.elapsed() >= LOCK_WAIT {
                         return Err(OpenError::Locked(data_dir.to_path_buf()));
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                Err(e) => return Err(OpenError::Io { path, source: e }),
+                Err(e) => return Err(e),
             }
         };
         Ok(Store {
@@ -292,8 +348,25 @@ mod faults {
     }
 }
 
+/// Set once any read or write of this process met a damaged page: a
+/// failure after that is the store's damage, and `run` exits with
+/// `EXIT_STORE_DAMAGED` instead of being restarted into it again.
+static DAMAGE_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process met damage in the store (see [`DAMAGE_SEEN`]).
+pub fn damage_seen() -> bool {
+    DAMAGE_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn err(e: sled::Error) -> StoreError {
-    StoreError(e.to_string())
+    if matches!(e, sled::Error::Corruption { .. }) {
+        DAMAGE_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+        StoreError(format!(
+            "{e}: the store is damaged (stop the agent, then run `tailrace store check --config FILE` and `tailrace store repair --config FILE`)"
+        ))
+    } else {
+        StoreError(e.to_string())
+    }
 }
 
 impl CheckpointStore for Store {

@@ -218,6 +218,10 @@ fn labelled_counters_are_exported_at_zero_from_the_start() {
         "tailrace_events_dropped_total{component=\"kafka\",reason=\"dead_letter\"}",
         "tailrace_events_dropped_total{component=\"kafka\",reason=\"spool_full\"}",
         "tailrace_events_dropped_total{component=\"app\",reason=\"line_truncated\"}",
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"dead_letter_evicted\"}",
+        "tailrace_events_dropped_total{component=\"kafka\",reason=\"corrupt_evicted\"}",
+        "tailrace_file_events_total{source=\"app\",event=\"symlink_not_followed\"}",
+        "tailrace_file_events_total{source=\"app\",event=\"symlink_special_target\"}",
     ];
     let mut body = String::new();
     let all_there = wait_until(Duration::from_secs(20), || {

@@ -210,3 +210,70 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
         0.0
     );
 }
+
+/// Issue 16: symlinks by policy. kubelet's /var/log/containers holds only
+/// symlinks into /var/log/pods, so they are followed by default; a symlink
+/// into /proc is refused and counted. With `follow_symlinks: false` a
+/// symlink is not read at all, and counted. What each agent read is its
+/// saved positions: one file each.
+#[test]
+fn symlinks_are_followed_by_policy_and_never_into_proc() {
+    let (broker, dir, config) = setup("", false);
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pods")).unwrap();
+    let mut lines = SeqLines::create(d.join("pods/app-0.log"));
+    lines.append(1_000);
+    std::os::unix::fs::symlink(d.join("pods/app-0.log"), d.join("logs/app.log")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/status", d.join("logs/status.log")).unwrap();
+    let mut agent = Agent::start(d, &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_count(1_000, DELIVERY_TIMEOUT);
+    let report = lines.count(consumer.records());
+    assert!(report.is_complete(), "{report}");
+    let refused = "tailrace_file_events_total{source=\"app\",event=\"symlink_special_target\"}";
+    let admin = agent.admin_address().to_string();
+    assert!(
+        tailrace_e2e::wait_until(Duration::from_secs(30), || metric(&admin, refused) == 1.0),
+        "{refused} = {}",
+        metric(&admin, refused)
+    );
+    agent.terminate();
+    agent.wait_exit(Duration::from_secs(30));
+    let read: Vec<_> = agent.checkpoints().into_iter().map(|c| c.path).collect();
+    assert_eq!(read, vec![d.join("logs/app.log")]);
+
+    // Not followed: a second agent, its own data_dir, on a directory with a
+    // regular file and a symlink beside it.
+    let off = d.join("off");
+    std::fs::create_dir_all(off.join("logs")).unwrap();
+    let mut plain = SeqLines::create(off.join("logs/plain.log"));
+    plain.append(1_000);
+    std::os::unix::fs::symlink(d.join("pods/app-0.log"), off.join("logs/app.log")).unwrap();
+    let config = with_source_keys(
+        &file_to_kafka(&off, &broker.bootstrap(), "unfollowed"),
+        "follow_symlinks: false",
+        None,
+    );
+    broker.create_topic("unfollowed", 1);
+    let mut agent = Agent::start(&off, &config);
+    let mut consumer = Consumer::new(&broker.bootstrap(), "unfollowed");
+    consumer.read_count(1_000, DELIVERY_TIMEOUT);
+    let not_followed = "tailrace_file_events_total{source=\"app\",event=\"symlink_not_followed\"}";
+    let admin = agent.admin_address().to_string();
+    assert!(
+        tailrace_e2e::wait_until(Duration::from_secs(30), || metric(&admin, not_followed)
+            == 1.0),
+        "{not_followed} = {}",
+        metric(&admin, not_followed)
+    );
+    agent.terminate();
+    agent.wait_exit(Duration::from_secs(30));
+    let read: Vec<_> = agent.checkpoints().into_iter().map(|c| c.path).collect();
+    assert_eq!(
+        read,
+        vec![off.join("logs/plain.log")],
+        "the symlink was not read"
+    );
+    let report = plain.count(consumer.records());
+    assert!(report.is_complete(), "{report}");
+}

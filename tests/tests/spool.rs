@@ -1428,18 +1428,22 @@ fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, St
     lines.append(1_000);
     let bootstrap = format!("127.0.0.1:{port}");
     let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
-    let base = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, "").replace(
-        "start_at: beginning",
-        "start_at: beginning\n    max_line_bytes: 2000000",
-    );
+    // The second run's config: librdkafka's default message.max.bytes, and
+    // the max_line_bytes that fits it (a larger one is refused, issue 16).
+    let base = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, "");
     assert!(
         base.contains(passed),
         "file_to_kafka changed; update this test's config"
     );
-    let large = base.replace(
-        passed,
-        r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
-    );
+    let large = base
+        .replace(
+            passed,
+            r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
+        )
+        .replace(
+            "start_at: beginning",
+            "start_at: beginning\n    max_line_bytes: 2000000",
+        );
     let mut agent = Agent::start(dir, &large);
     let all_spooled = wait_until(Duration::from_secs(60), || {
         logged_events(&agent, "events spooled") > lines.written()
@@ -1517,4 +1521,244 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
         "the big line is the one dead letter: {dead:?}"
     );
     assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+// ---- a damaged store (issue 16) ----
+
+/// Overwrites `len` bytes in the middle of `file`.
+fn overwrite_middle(file: &Path, len: usize) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes.len().saturating_sub(len) / 2;
+    let end = (at + len).min(bytes.len());
+    bytes[at..end].fill(0xAB);
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// The files of the agent's store whose name starts with `prefix`.
+fn store_files(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("data/store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect()
+}
+
+/// `tailrace store ACTION --config CONFIG`: its exit code and JSON lines.
+fn store_command(agent: &Agent, action: &str) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let output = tailrace_e2e::run_tailrace([
+        std::ffi::OsStr::new("store"),
+        std::ffi::OsStr::new(action),
+        std::ffi::OsStr::new("--config"),
+        agent.config_path().as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (
+        output.status.code(),
+        tailrace_e2e::json_lines(&output.stdout),
+        stderr,
+    )
+}
+
+/// The line of `tree` in the output of `tailrace store`.
+fn tree_line<'a>(lines: &'a [serde_json::Value], tree: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["tree"] == tree)
+        .unwrap_or_else(|| panic!("no line for {tree} in {lines:?}"))
+}
+
+/// Starts the agent on a damaged store: it must exit 65 at once, naming
+/// the commands that help.
+fn assert_run_refuses_damaged_store(agent: &mut Agent) {
+    agent.restart();
+    let status = agent.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(65),
+        "exit status on a damaged store: {status}\n{}",
+        agent.log_tail(20)
+    );
+    let log = agent.log_tail(5);
+    assert!(
+        log.contains("is damaged")
+            && log.contains("tailrace store check --config")
+            && log.contains("tailrace store repair --config"),
+        "the message names the way out:\n{log}"
+    );
+}
+
+#[test]
+fn a_damaged_store_at_start_exits_65_naming_store_check_and_repair() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(1_000);
+    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    // sled's `conf` file holds its storage parameters; one it cannot parse
+    // fails every open.
+    let conf = dir.path().join("data/store/conf");
+    overwrite_middle(&conf, 8);
+    assert_run_refuses_damaged_store(&mut agent);
+    // The store is left as it was for `store repair`.
+    assert!(conf.is_file());
+    let (code, lines_out, stderr) = store_command(&agent, "check");
+    assert_eq!(
+        code,
+        Some(65),
+        "store check on a damaged store: {lines_out:?} {stderr}"
+    );
+}
+
+/// Issue 16: a store damaged on purpose (bytes overwritten in sled's
+/// snapshot, so that it no longer opens) is reported by `store check`;
+/// `store repair` recovers its checkpoints and spool entries into a fresh
+/// store, and the agent delivers the recovered entries from it: every
+/// line arrives at the consumer.
+#[test]
+fn store_repair_recovers_a_damaged_store_and_the_agent_delivers_its_spool() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(30_000);
+    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let spooled = spooled_seqs(dir.path(), "spool");
+    assert_eq!(
+        spooled.len() as u64,
+        lines.written(),
+        "every line is spooled"
+    );
+    let entries = spool_entries(dir.path(), "spool").len();
+    let checkpoints = agent.checkpoints();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let snapshots = store_files(dir.path(), "snap.");
+    assert!(!snapshots.is_empty(), "sled wrote no snapshot to damage");
+    for snap in &snapshots {
+        overwrite_middle(snap, 64);
+    }
+
+    assert_run_refuses_damaged_store(&mut agent);
+    let (code, checked, stderr) = store_command(&agent, "check");
+    assert_eq!(code, Some(65), "store check: {checked:?} {stderr}");
+    let summary = checked.last().unwrap();
+    assert_eq!(summary["damaged"], true, "{summary}");
+    assert_eq!(
+        summary["open_errors"].as_array().map(Vec::len),
+        Some(2),
+        "{summary}"
+    );
+    println!("store check: {checked:?}");
+
+    let (code, repaired, stderr) = store_command(&agent, "repair");
+    assert_eq!(code, Some(0), "store repair: {repaired:?} {stderr}");
+    println!("store repair: {repaired:?}");
+    assert_eq!(tree_line(&repaired, "spool/kafka")["recovered"], entries);
+    assert_eq!(
+        tree_line(&repaired, "spool/kafka")["events"],
+        lines.written()
+    );
+    assert_eq!(tree_line(&repaired, "checkpoints/app")["recovered"], 1);
+    let aside = repaired.last().unwrap()["set_aside"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        Path::new(&aside).join("db").is_file() && aside.contains("store.damaged-"),
+        "the damaged store is set aside: {aside}"
+    );
+    let (code, rechecked, _) = store_command(&agent, "check");
+    assert_eq!(
+        code,
+        Some(0),
+        "the repaired store checks clean: {rechecked:?}"
+    );
+    assert_eq!(
+        agent.checkpoints(),
+        checkpoints,
+        "the saved position survives"
+    );
+    assert_eq!(
+        spooled_seqs(dir.path(), "spool"),
+        spooled,
+        "the spooled lines survive"
+    );
+
+    let broker = broker_arrives(port);
+    agent.restart();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    lines.append(2_000);
+    let report = read_all(&mut consumer, &lines, CATCH_UP);
+    assert!(report.missing.is_empty(), "{report}");
+    // The file is read from the saved position: only the spool brings
+    // the first 30,000 lines.
+    assert_eq!(report.duplicates, 0, "{report}");
+    stop_cleanly(&mut agent);
+    assert_eq!(agent.spool_usage(SINK, "spool").entries, 0);
+}
+
+/// Issue 16: with the defaults, a 1,000,100-byte line (over librdkafka's
+/// default message.max.bytes of 1,000,000, under the old default
+/// max_line_bytes of 1 MiB) was acknowledged and put in the dead-letter
+/// tree instead of Kafka. Now max_line_bytes defaults to what the sink can
+/// deliver: the line is split, and every byte of it arrives.
+#[test]
+fn a_line_over_message_max_bytes_is_split_and_delivered_not_dead_lettered() {
+    const BIG: usize = 1_000_100;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(500);
+    let mut big = b"big ".to_vec();
+    big.resize(BIG, b'x');
+    big.push(b'\n');
+    std::fs::write(dir.path().join("logs/big.log"), &big).unwrap();
+    lines.append(500);
+    let mut agent = Agent::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            &broker.bootstrap(),
+            PATIENT_DELIVERY_TIMEOUT_MS,
+            "",
+        ),
+    );
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let pieces_bytes = |records: &[Record]| -> usize {
+        records
+            .iter()
+            .filter(|r| seq_of(&r.payload).is_none())
+            .map(|r| r.payload.len())
+            .sum()
+    };
+    consumer.read_until(CATCH_UP, |records| {
+        pieces_bytes(records) >= BIG && lines.count(records).missing.is_empty()
+    });
+    let records = consumer.records();
+    let pieces: Vec<usize> = records
+        .iter()
+        .filter(|r| seq_of(&r.payload).is_none())
+        .map(|r| r.payload.len())
+        .collect();
+    assert_eq!(pieces.iter().sum::<usize>(), BIG, "pieces {pieces:?}");
+    assert!(pieces.len() >= 2, "the line was split: {pieces:?}");
+    let joined: Vec<u8> = records
+        .iter()
+        .filter(|r| seq_of(&r.payload).is_none())
+        .flat_map(|r| r.payload.iter().copied())
+        .collect();
+    assert_eq!(joined, big[..BIG], "the pieces make the line");
+    let report = Report::new(
+        lines.written(),
+        records
+            .iter()
+            .filter(|r| seq_of(&r.payload).is_some())
+            .map(|r| &r.payload),
+    );
+    assert!(report.is_complete(), "{report}");
+    stop_cleanly(&mut agent);
+    assert_eq!(
+        agent.spool_usage(SINK, "dead").entries,
+        0,
+        "nothing dead-lettered"
+    );
 }

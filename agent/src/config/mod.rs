@@ -931,6 +931,8 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
         }
     }
 
+    fit_line_limits(errors, &mut sources, &sinks);
+
     if !errors.list.is_empty() {
         return None;
     }
@@ -947,6 +949,43 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
         channels,
         sinks,
     })
+}
+
+/// Holds every source's `max_line_bytes` to what the sinks it feeds can
+/// deliver: a default above that is lowered to it, a value the config set
+/// above it is refused (such a line would be dead-lettered, not delivered).
+fn fit_line_limits(errors: &mut Errors, sources: &mut [SourceSpec], sinks: &[SinkSpec]) {
+    for source in sources {
+        let Some(line) = source.config.max_line_bytes() else {
+            continue;
+        };
+        let smallest = sinks
+            .iter()
+            .filter(|s| source.channels.contains(&s.channel))
+            .filter_map(|s| {
+                s.config
+                    .max_record_bytes()
+                    .map(|(b, why)| (b, why, &s.name))
+            })
+            .min_by_key(|(bytes, _, _)| *bytes);
+        let Some((deliverable, why, sink)) = smallest else {
+            continue;
+        };
+        if line.bytes <= deliverable {
+            continue;
+        }
+        if line.explicit {
+            errors.add(
+                path(&["sources", &source.name, "max_line_bytes"]),
+                format!(
+                    "max_line_bytes {} is more than sink {sink} can deliver as one record: {deliverable} ({why}); lower max_line_bytes, or raise message.max.bytes in the sink's librdkafka: (and the topic's max.message.bytes)",
+                    line.bytes
+                ),
+            );
+        } else {
+            source.config.fit_max_line_bytes(deliverable);
+        }
+    }
 }
 
 /// Parses a source's `interceptors:` list, each item by its `type`.

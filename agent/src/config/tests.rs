@@ -444,3 +444,59 @@ fn no_error_shows_a_secret() {
         assert!(!shown.contains(secret), "{secret} is shown in:\n{shown}");
     }
 }
+
+/// Issue 16: a line of the default `max_line_bytes` (1 MiB) was over
+/// librdkafka's default `message.max.bytes` (1,000,000), so a long line was
+/// dead-lettered for its size instead of delivered. The default is now what
+/// the sink can deliver; a value set above it is refused.
+#[test]
+fn max_line_bytes_fits_what_the_sink_can_deliver() {
+    let line_limit = |text: &str| {
+        let config = parse(Path::new("t.yaml"), text, &env, &Registry::builtin())
+            .unwrap_or_else(|e| panic!("{e}"));
+        config.sources[0].config.max_line_bytes().unwrap()
+    };
+    let deliverable = 1_000_000 - 1024;
+    assert_eq!(
+        line_limit(GOOD),
+        tailrace_api::MaxLineBytes {
+            bytes: deliverable,
+            explicit: false
+        }
+    );
+    let raised = with(
+        "    topic: logs\n",
+        "    topic: logs\n    librdkafka: {\"message.max.bytes\": \"4000000\"}\n",
+    );
+    assert_eq!(
+        line_limit(&raised).bytes,
+        1024 * 1024,
+        "the default, which now fits"
+    );
+    let set = |bytes: usize| {
+        with(
+            "include:",
+            &format!("max_line_bytes: {bytes}\n    include:"),
+        )
+    };
+    assert_eq!(line_limit(&set(deliverable)).bytes, deliverable);
+    check(
+        &set(1_048_576),
+        &[(
+            Some(5),
+            "max_line_bytes 1048576 is more than sink kafka can deliver as one record: 998976 (librdkafka's default message.max.bytes 1000000",
+        )],
+    );
+    // A sink without a limit leaves the default as it is.
+    let console = with("    type: kafka\n", "    type: console\n").replace(
+        "    bootstrap_servers: 127.0.0.1:9092\n    topic: logs\n",
+        "",
+    );
+    assert_eq!(line_limit(&console).bytes, 1024 * 1024);
+    // A tcp source is fitted the same way.
+    let tcp = with(
+        "    type: file\n    include: [\"/var/log/app/*.log\"]\n",
+        "    type: tcp\n    address: 127.0.0.1:5140\n",
+    );
+    assert_eq!(line_limit(&tcp).bytes, deliverable);
+}

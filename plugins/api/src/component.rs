@@ -79,6 +79,35 @@ pub trait SourceConfig: Send + Sync + Debug {
     }
 
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError>;
+
+    /// The longest record this source sends (longer lines are split or
+    /// truncated by its policy), for sources that have such a limit.
+    fn max_line_bytes(&self) -> Option<MaxLineBytes> {
+        None
+    }
+
+    /// Lowers a limit the config did not set to `bytes`, what the sinks the
+    /// source feeds can deliver; the config loader calls it.
+    fn fit_max_line_bytes(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
+}
+
+/// A source's `max_line_bytes`, and whether the config set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxLineBytes {
+    pub bytes: usize,
+    pub explicit: bool,
+}
+
+impl MaxLineBytes {
+    /// What the config gave, else what the loader fitted, else `default`.
+    pub fn of(given: Option<usize>, fitted: Option<usize>, default: usize) -> MaxLineBytes {
+        MaxLineBytes {
+            bytes: given.or(fitted).unwrap_or(default),
+            explicit: given.is_some(),
+        }
+    }
 }
 
 pub trait SinkConfig: Send + Sync + Debug {
@@ -87,6 +116,12 @@ pub trait SinkConfig: Send + Sync + Debug {
     }
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError>;
+
+    /// The largest payload the sink can deliver as one record, and why
+    /// (for messages); `None` when it has no limit.
+    fn max_record_bytes(&self) -> Option<(usize, String)> {
+        None
+    }
 
     /// What the sink would send for a record (`tailrace test`): `None` for
     /// sinks that send nothing.

@@ -247,7 +247,9 @@ impl Metrics {
         });
         failed.add("delivery_timeout", 0);
         let dropped = Dropped::new(self.dropped.clone(), name);
-        dropped.add("spool_full", 0);
+        for reason in ["spool_full", "dead_letter_evicted", "corrupt_evicted"] {
+            dropped.add(reason, 0);
+        }
         SinkMetrics {
             delivered: self.sink_delivered.get_or_create(&l).clone(),
             delivered_bytes: self.sink_delivered_bytes.get_or_create(&l).clone(),

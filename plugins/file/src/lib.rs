@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use tailrace_api::StartAt;
-use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
+use tailrace_api::{
+    BuildError, ComponentTask, ConfigIssue, MaxLineBytes, SourceConfig, SourceContext,
+};
 
 pub use checkpoint::{describe, CheckpointInfo};
 pub use format::Format;
@@ -59,8 +61,14 @@ pub struct FileSourceConfig {
     /// wrapping adds some 40 bytes a line: as many records per read).
     #[serde(default)]
     pub read_buffer_bytes: Option<usize>,
-    #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: usize,
+    /// Longer lines are split or truncated (`max_line_policy`). Default:
+    /// 1 MiB, or less when a sink this source feeds cannot deliver that
+    /// (a kafka sink: `message.max.bytes` less the record's overhead).
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
+    /// What the config loader lowered the default to.
+    #[serde(skip)]
+    pub fitted_max_line_bytes: Option<usize>,
     #[serde(default)]
     pub max_line_policy: LinePolicy,
     /// Bytes at the start of a file that identify it with its inode.
@@ -97,6 +105,13 @@ pub struct FileSourceConfig {
     /// (`cri`, `docker`, `auto` to recognise either per file).
     #[serde(default)]
     pub format: Format,
+    /// Whether a symlink that matches the globs is read (its target). On by
+    /// default: /var/log/containers holds nothing but symlinks (kubelet's,
+    /// into /var/log/pods). Either way a symlink into /proc, /sys or /dev
+    /// is refused and counted, and symlinked directories are not walked;
+    /// off, files are opened with O_NOFOLLOW.
+    #[serde(default = "default_follow_symlinks")]
+    pub follow_symlinks: bool,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -132,11 +147,22 @@ fn default_expire_after_ms() -> u64 {
 fn default_watch() -> bool {
     true
 }
+fn default_follow_symlinks() -> bool {
+    true
+}
 
 impl FileSourceConfig {
     fn read_buffer_bytes(&self) -> usize {
         self.read_buffer_bytes
             .unwrap_or_else(|| default_read_buffer_bytes(self.format))
+    }
+
+    fn max_line(&self) -> MaxLineBytes {
+        MaxLineBytes::of(
+            self.max_line_bytes,
+            self.fitted_max_line_bytes,
+            default_max_line_bytes(),
+        )
     }
 
     fn interval(ms: u64) -> Duration {
@@ -173,7 +199,7 @@ impl SourceConfig for FileSourceConfig {
         }
         let positive: [(&str, usize); 5] = [
             ("read_buffer_bytes", self.read_buffer_bytes()),
-            ("max_line_bytes", self.max_line_bytes),
+            ("max_line_bytes", self.max_line().bytes),
             ("poll_interval_ms", self.poll_interval_ms as usize),
             ("scan_interval_ms", self.scan_interval_ms as usize),
             ("max_open_files", self.max_open_files),
@@ -205,9 +231,18 @@ impl SourceConfig for FileSourceConfig {
         Vec::new()
     }
 
+    fn max_line_bytes(&self) -> Option<MaxLineBytes> {
+        Some(self.max_line())
+    }
+
+    fn fit_max_line_bytes(&mut self, bytes: usize) {
+        self.fitted_max_line_bytes = Some(bytes);
+    }
+
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
         let matcher = scan::Matcher::new(&self.include, &self.exclude)
-            .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?;
+            .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?
+            .with_symlinks(self.follow_symlinks, &cx.name, cx.metrics.file.clone());
         let multiline = match &self.multiline {
             Some(m) => Some(Arc::new(m.compile().map_err(|e| {
                 BuildError(format!("{}: {}", e.path.join("."), e.message))
@@ -219,7 +254,7 @@ impl SourceConfig for FileSourceConfig {
             poll_interval: Self::interval(self.poll_interval_ms),
             scan_interval: Self::interval(self.scan_interval_ms),
             read_buffer_bytes: self.read_buffer_bytes().max(4096),
-            max_line_bytes: self.max_line_bytes,
+            max_line_bytes: self.max_line().bytes,
             max_line_policy: self.max_line_policy,
             fingerprint_bytes: self.fingerprint_bytes,
             rotated_idle: Duration::from_millis(self.rotated_idle_ms),

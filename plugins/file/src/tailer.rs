@@ -634,7 +634,7 @@ impl Tailer {
         initial: bool,
         saved_paths: &HashSet<PathBuf>,
     ) {
-        let file = match File::open(&path) {
+        let file = match self.matcher.open(&path) {
             Ok(f) => f,
             Err(e) => {
                 self.warn_limited(
@@ -962,7 +962,7 @@ impl Tailer {
             return false;
         }
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        let file = match File::open(&tf.path) {
+        let file = match self.matcher.open(&tf.path) {
             Ok(f) => f,
             Err(_) => {
                 tf.wants_read = false; // the next scan finds where it went

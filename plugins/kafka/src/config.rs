@@ -165,6 +165,18 @@ impl std::fmt::Display for Scalar {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What a record adds to its payload against `message.max.bytes`:
+/// librdkafka counts 36 bytes of varints and attributes
+/// (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`) plus the key and the headers; the
+/// rest is room for a key and the headers tailrace adds (the event id, a
+/// source's fields), so a line of `max_line_bytes` is never refused for
+/// its size on its first send. Keys and headers larger than that, or JSON
+/// encoding that escapes much of a line, can still push a record over; it
+/// is then dead-lettered and counted.
+const RECORD_OVERHEAD_BYTES: usize = 36 + 988;
+
 /// Where failed sends go, and how they come back.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +186,14 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     #[serde(default)]
     pub when_full: WhenFull,
+    /// The most the dead-letter tree may hold; its oldest entries go first
+    /// (counted as dropped, reason `dead_letter_evicted`).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+    /// The most the tree of entries that failed their checksum may hold;
+    /// its oldest entries go first (reason `corrupt_evicted`).
+    #[serde(default = "default_corrupt_max_bytes")]
+    pub corrupt_max_bytes: u64,
     #[serde(default)]
     pub ordering: SpoolOrdering,
     /// How long a send may wait for room in librdkafka's queue before its
@@ -207,12 +227,21 @@ pub enum SpoolOrdering {
 fn default_spool_max_bytes() -> u64 {
     1 << 30
 }
+/// 256 MiB: a remote sender of over-long lines must not fill the disk.
+fn default_dead_letter_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_corrupt_max_bytes() -> u64 {
+    64 << 20
+}
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             max_bytes: default_spool_max_bytes(),
             when_full: WhenFull::default(),
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
+            corrupt_max_bytes: default_corrupt_max_bytes(),
             ordering: SpoolOrdering::default(),
             queue_full_timeout_ms: default_queue_full_timeout_ms(),
             replay_entries_in_flight: default_replay_entries(),
@@ -338,11 +367,17 @@ impl SinkConfig for KafkaSinkConfig {
                 ));
             }
         }
-        if self.spool.max_bytes == 0 {
-            issues.push(ConfigIssue::new(
-                &["spool", "max_bytes"],
-                "max_bytes must be greater than 0",
-            ));
+        for (key, v) in [
+            ("max_bytes", self.spool.max_bytes),
+            ("dead_letter_max_bytes", self.spool.dead_letter_max_bytes),
+            ("corrupt_max_bytes", self.spool.corrupt_max_bytes),
+        ] {
+            if v == 0 {
+                issues.push(ConfigIssue::new(
+                    &["spool", key],
+                    format!("{key} must be greater than 0"),
+                ));
+            }
         }
         if self.spool.replay_entries_in_flight == 0 {
             issues.push(ConfigIssue::new(
@@ -355,6 +390,21 @@ impl SinkConfig for KafkaSinkConfig {
 
     fn build(&self, cx: SinkContext) -> Result<ComponentTask, BuildError> {
         crate::sink::spawn(self, cx)
+    }
+
+    fn max_record_bytes(&self) -> Option<(usize, String)> {
+        let (max, from) = match self.librdkafka.get("message.max.bytes") {
+            // One that does not parse is refused by librdkafka's own check.
+            Some(v) => (v.to_string().parse::<usize>().ok()?, "message.max.bytes"),
+            None => (
+                LIBRDKAFKA_MESSAGE_MAX_BYTES,
+                "librdkafka's default message.max.bytes",
+            ),
+        };
+        Some((
+            max.saturating_sub(RECORD_OVERHEAD_BYTES),
+            format!("{from} {max} less {RECORD_OVERHEAD_BYTES} bytes for the record's framing, key and headers"),
+        ))
     }
 
     fn check(&self, name: &str, timeout: std::time::Duration) -> tailrace_api::CheckReport {
@@ -383,14 +433,9 @@ impl SinkConfig for KafkaSinkConfig {
         tree: SpoolTree,
         timeout: std::time::Duration,
     ) -> Result<ReplayReport, String> {
-        crate::replay::replay_offline(
-            self,
-            name,
-            spool,
-            tree,
-            tailrace_api::Metrics::new().sink(name),
-            timeout,
-        )
+        let metrics = tailrace_api::Metrics::new().sink(name);
+        let spool = crate::bounded::Bounded::wrap(spool, &self.spool, metrics.dropped.clone());
+        crate::replay::replay_offline(self, name, spool, tree, metrics, timeout)
     }
 }
 

@@ -11,6 +11,7 @@
 //! acks=all or idempotence, whatever the pass-through properties say.
 
 pub mod auth;
+mod bounded;
 pub mod check;
 mod config;
 pub mod encode;

@@ -805,7 +805,11 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
     let (producer, acks) = sink_producer(&cx, &settings, &failed, &reachable)?;
-    let spool = cx.spool.clone();
+    let spool = crate::bounded::Bounded::wrap(
+        cx.spool.clone(),
+        &settings.spool,
+        cx.metrics.dropped.clone(),
+    );
     let held = spool.usage(SpoolTree::Pending, &cx.name);
     info!(
         sink = %cx.name,

@@ -27,7 +27,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
+use tailrace_api::{
+    BuildError, ComponentTask, ConfigIssue, MaxLineBytes, SourceConfig, SourceContext,
+};
 
 pub use framing::{LinePolicy, StreamFraming};
 pub use syslog::parse as parse_syslog;
@@ -104,8 +106,14 @@ pub struct Settings {
     pub socket_type: Option<SocketType>,
     #[serde(default)]
     pub framing: Option<Framing>,
-    #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: usize,
+    /// Longer lines are split or truncated (`max_line_policy`). Default:
+    /// 1 MiB, or less when a sink this source feeds cannot deliver that
+    /// (a kafka sink: `message.max.bytes` less the record's overhead).
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
+    /// What the config loader lowered the default to.
+    #[serde(skip)]
+    pub fitted_max_line_bytes: Option<usize>,
     #[serde(default)]
     pub max_line_policy: LinePolicy,
     /// Streams: connections served at once; more wait to be accepted.
@@ -352,7 +360,7 @@ impl Settings {
             }
         };
         let positive: [(&str, Option<u64>); 4] = [
-            ("max_line_bytes", Some(self.max_line_bytes as u64)),
+            ("max_line_bytes", Some(self.max_line().bytes as u64)),
             ("max_connections", self.max_connections.map(|v| v as u64)),
             (
                 "read_buffer_bytes",
@@ -379,7 +387,7 @@ impl Settings {
             split_datagrams,
             syslog: kind == Kind::Syslog,
             limit: framing::Limit {
-                max_line_bytes: self.max_line_bytes,
+                max_line_bytes: self.max_line().bytes,
                 policy: self.max_line_policy,
             },
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
@@ -396,6 +404,14 @@ impl Settings {
 
     fn validate_as(&self, kind: Kind) -> Vec<ConfigIssue> {
         self.plan(kind).err().unwrap_or_default()
+    }
+
+    fn max_line(&self) -> MaxLineBytes {
+        MaxLineBytes::of(
+            self.max_line_bytes,
+            self.fitted_max_line_bytes,
+            default_max_line_bytes(),
+        )
     }
 
     fn resources_as(&self, kind: Kind) -> Vec<String> {
@@ -443,6 +459,14 @@ macro_rules! source_type {
 
             fn resources(&self) -> Vec<String> {
                 self.0.resources_as($kind)
+            }
+
+            fn max_line_bytes(&self) -> Option<MaxLineBytes> {
+                Some(self.0.max_line())
+            }
+
+            fn fit_max_line_bytes(&mut self, bytes: usize) {
+                self.0.fitted_max_line_bytes = Some(bytes);
             }
 
             fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
