@@ -38,6 +38,14 @@ fn sink<T: SinkConfig + DeserializeOwned + 'static>(
     serde_path_to_error::deserialize::<_, T>(v).map(|c| Box::new(c) as Box<dyn SinkConfig>)
 }
 
+/// Registers the metric families every plugin built into this binary
+/// declares, so they are exported (at 0) from the start.
+pub fn declare_metrics(metrics: &mut tailrace_api::Metrics) {
+    tailrace_file::declare_metrics(metrics);
+    tailrace_journald::declare_metrics(metrics);
+    tailrace_kafka::declare_metrics(metrics);
+}
+
 impl Registry {
     /// Every plugin built into this binary.
     pub fn builtin() -> Registry {

@@ -718,7 +718,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = Arc::new(AdminState::new(Metrics::new(), Vec::new()));
+    let mut metrics = Metrics::new();
+    crate::registry::declare_metrics(&mut metrics);
+    let state = Arc::new(AdminState::new(metrics, Vec::new()));
     let stop_admin = Shutdown::new();
     let admin_task = admin_listener
         .map(|listener| tokio::spawn(admin::serve(listener, state.clone(), stop_admin.clone())));

@@ -222,6 +222,11 @@ fn labelled_counters_are_exported_at_zero_from_the_start() {
         "tailrace_events_dropped_total{component=\"kafka\",reason=\"corrupt_evicted\"}",
         "tailrace_file_events_total{source=\"app\",event=\"symlink_not_followed\"}",
         "tailrace_file_events_total{source=\"app\",event=\"symlink_special_target\"}",
+        // Declared by the file plugin itself, every event up front.
+        "tailrace_file_events_total{source=\"app\",event=\"rotated\"}",
+        "tailrace_file_events_total{source=\"app\",event=\"truncated\"}",
+        "tailrace_file_events_total{source=\"app\",event=\"open_limit\"}",
+        "tailrace_file_events_total{source=\"app\",event=\"lost\"}",
     ];
     let mut body = String::new();
     let all_there = wait_until(Duration::from_secs(20), || {

@@ -35,7 +35,7 @@ pub use component::{
 };
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use ledger::Ledger;
-pub use metrics::{FileMetrics, JournaldMetrics, Metrics, SinkMetrics, SourceMetrics};
+pub use metrics::{Families, Labels, Metrics, SinkMetrics, SourceMetrics};
 pub use readiness::Readiness;
 pub use secret::Secret;
 pub use shutdown::Shutdown;

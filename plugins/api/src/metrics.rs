@@ -4,8 +4,15 @@
 //! encodes. Components look their labelled handles up once, when they are
 //! built, and keep them: on the hot path a metric update is one atomic add
 //! per batch, with no lookup and no lock.
+//!
+//! The families every source and sink has are here; a plugin declares its
+//! own ([`Families`], [`Metrics::declare`]) and finds them again from its
+//! context ([`SourceMetrics::families`], [`SinkMetrics::families`]), so the
+//! contract knows none of them.
 
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,7 +20,30 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+/// Label sets: the same type for the contract's families and the plugins'.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A plugin's metric families: registered once, by [`Metrics::declare`],
+/// before the registry is shared, then found by their type.
+pub trait Families: Default + Clone + Send + Sync + 'static {
+    fn register(&self, registry: &mut Registry);
+}
+
+/// Plugins' families, by type: made on first use, so that every handle of
+/// one [`Metrics`] shares them (whether or not they were declared and are
+/// exported).
+type Declared = Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>;
+
+/// The families of type `F` (made unexported if not yet declared: unit
+/// tests, tools). Components ask once, when built.
+fn declared<F: Families>(declared: &Declared) -> F {
+    let mut map = declared.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(TypeId::of::<F>())
+        .or_insert_with(|| Arc::new(F::default()))
+        .downcast_ref::<F>()
+        .expect("stored by its type")
+        .clone()
+}
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn batch_histogram() -> Histogram {
@@ -48,9 +78,9 @@ pub struct Metrics {
     channel_capacity: Family<Labels, Gauge>,
     latency: HistogramFamily,
     batch_events: HistogramFamily,
-    file: FileFamilies,
-    topics: TopicFamilies,
-    journald: JournaldFamilies,
+    declared: Declared,
+    /// The plugins' families already in the registry.
+    registered: HashSet<TypeId>,
 }
 
 impl Default for Metrics {
@@ -82,9 +112,8 @@ impl Metrics {
             channel_capacity: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
-            file: FileFamilies::default(),
-            topics: TopicFamilies::default(),
-            journald: JournaldFamilies::default(),
+            declared: Declared::default(),
+            registered: HashSet::new(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counter names.
@@ -193,19 +222,15 @@ impl Metrics {
             "Events per batch taken from the channel, per sink",
             m.batch_events.clone(),
         );
-        m.file.register(&mut registry);
-        registry.register(
-            "tailrace_sink_topic_replication_factor",
-            "Replicas of each partition of a topic a sink writes to, as the cluster reports it",
-            m.topics.replication.clone(),
-        );
-        registry.register(
-            "tailrace_sink_topic_min_insync_replicas",
-            "min.insync.replicas of a topic a sink writes to: acks=all waits for this many copies",
-            m.topics.min_insync.clone(),
-        );
-        m.journald.register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// Registers a plugin's families, once per type: call before the
+    /// registry is shared and components are built.
+    pub fn declare<F: Families>(&mut self) {
+        if self.registered.insert(TypeId::of::<F>()) {
+            declared::<F>(&self.declared).register(&mut self.registry);
+        }
     }
 
     /// The registry, for the admin endpoint to encode and to add
@@ -230,11 +255,7 @@ impl Metrics {
             filtered: self.source_filtered.get_or_create(&l).clone(),
             parse_errors: self.source_parse_errors.get_or_create(&l).clone(),
             dropped,
-            file: FileMetrics::new(&self.file, name),
-            journald: JournaldMetrics {
-                families: self.journald.clone(),
-                source: name.to_owned(),
-            },
+            declared: self.declared.clone(),
         }
     }
 
@@ -245,11 +266,8 @@ impl Metrics {
             fixed: ("sink", name.to_owned()),
             key: "reason",
         });
-        failed.add("delivery_timeout", 0);
+        // Each sink exports the reasons it knows at 0 itself.
         let dropped = Dropped::new(self.dropped.clone(), name);
-        for reason in ["spool_full", "dead_letter_evicted", "corrupt_evicted"] {
-            dropped.add(reason, 0);
-        }
         SinkMetrics {
             delivered: self.sink_delivered.get_or_create(&l).clone(),
             delivered_bytes: self.sink_delivered_bytes.get_or_create(&l).clone(),
@@ -263,10 +281,7 @@ impl Metrics {
             batch_events: self.batch_events.get_or_create(&l).clone(),
             failed,
             dropped,
-            topics: TopicDurability {
-                families: self.topics.clone(),
-                sink: name.to_owned(),
-            },
+            declared: self.declared.clone(),
         }
     }
 
@@ -333,16 +348,18 @@ pub struct SourceMetrics {
     /// Input that did not parse and was forwarded as it was.
     pub parse_errors: Counter,
     pub dropped: Dropped,
-    /// Used by file sources only; creates no series until used.
-    pub file: FileMetrics,
-    /// Used by journald sources only; creates no series until used.
-    pub journald: JournaldMetrics,
+    declared: Declared,
 }
 
 impl SourceMetrics {
     /// Handles registered nowhere, for tests and tools.
     pub fn detached(name: &str) -> SourceMetrics {
         Metrics::new().source(name)
+    }
+
+    /// The families the source's plugin declared (see [`Families`]).
+    pub fn families<F: Families>(&self) -> F {
+        declared(&self.declared)
     }
 }
 
@@ -361,156 +378,12 @@ pub struct SinkMetrics {
     /// `tailrace_sink_events_failed_total{sink, reason}`
     pub failed: Arc<Labelled>,
     pub dropped: Dropped,
-    /// How durable the sink's topics are, as the cluster reports.
-    pub topics: TopicDurability,
+    declared: Declared,
 }
 
-#[derive(Clone, Default)]
-struct TopicFamilies {
-    replication: Family<Labels, Gauge>,
-    min_insync: Family<Labels, Gauge>,
-}
-
-/// `tailrace_sink_topic_replication_factor{sink,topic}` and
-/// `tailrace_sink_topic_min_insync_replicas{sink,topic}` of one sink, set
-/// when the sink learns them (rare: a lookup per call).
-#[derive(Clone)]
-pub struct TopicDurability {
-    families: TopicFamilies,
-    sink: String,
-}
-
-impl TopicDurability {
-    pub fn set(&self, topic: &str, replication_factor: i64, min_insync_replicas: i64) {
-        let l = vec![("sink", self.sink.clone()), ("topic", topic.to_owned())];
-        self.families
-            .replication
-            .get_or_create(&l)
-            .set(replication_factor);
-        self.families
-            .min_insync
-            .get_or_create(&l)
-            .set(min_insync_replicas);
-    }
-}
-
-/// The families of file sources: `tailrace_file_events_total{source,event}`,
-/// `tailrace_file_open_files{source}`, `tailrace_file_lag_bytes{source,path}`.
-#[derive(Clone, Default)]
-struct FileFamilies {
-    events: Family<Labels, Counter>,
-    open: Family<Labels, Gauge>,
-    lag: Family<Labels, Gauge>,
-}
-
-impl FileFamilies {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "tailrace_file_events",
-            "What happened to the files of a file source, by event (rotated, truncated, open_limit, ...)",
-            self.events.clone(),
-        );
-        registry.register(
-            "tailrace_file_open_files",
-            "Descriptors a file source holds open",
-            self.open.clone(),
-        );
-        registry.register(
-            "tailrace_file_lag_bytes",
-            "Bytes between the acknowledged position of a file and its size",
-            self.lag.clone(),
-        );
-    }
-}
-
-/// The handles of one file source. Series are created on first use, so
-/// other source types export none.
-#[derive(Clone)]
-pub struct FileMetrics {
-    families: FileFamilies,
-    source: String,
-}
-
-impl FileMetrics {
-    fn new(families: &FileFamilies, source: &str) -> FileMetrics {
-        FileMetrics {
-            families: families.clone(),
-            source: source.to_owned(),
-        }
-    }
-
-    /// Adds `n` to `tailrace_file_events_total{source, event}` (rare events:
-    /// one lookup per call).
-    pub fn event(&self, event: &str, n: u64) {
-        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
-        self.families.events.get_or_create(&l).inc_by(n);
-    }
-
-    /// The count of one event so far (creates no series).
-    pub fn event_count(&self, event: &str) -> u64 {
-        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
-        self.families.events.get(&l).map_or(0, |c| c.get())
-    }
-
-    /// `tailrace_file_open_files{source}`.
-    pub fn open_files(&self) -> Gauge {
-        let l = vec![("source", self.source.clone())];
-        self.families.open.get_or_create(&l).clone()
-    }
-
-    /// `tailrace_file_lag_bytes{source, path}`: keep the handle, and
-    /// [`FileMetrics::forget_lag`] it when the file is closed.
-    pub fn lag(&self, path: &str) -> Gauge {
-        let l = vec![("source", self.source.clone()), ("path", path.to_owned())];
-        self.families.lag.get_or_create(&l).clone()
-    }
-
-    pub fn forget_lag(&self, path: &str) {
-        let l = vec![("source", self.source.clone()), ("path", path.to_owned())];
-        self.families.lag.remove(&l);
-    }
-}
-
-/// The families of journald sources: `tailrace_journald_lag_seconds{source}`
-/// and `tailrace_journald_events_total{source,event}`.
-#[derive(Clone, Default)]
-struct JournaldFamilies {
-    lag: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    events: Family<Labels, Counter>,
-}
-
-impl JournaldFamilies {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "tailrace_journald_lag_seconds",
-            "The newest journal entry's time minus the time of the last entry Kafka acknowledged",
-            self.lag.clone(),
-        );
-        registry.register(
-            "tailrace_journald_events",
-            "What happened to a journald source's position, by event (cursor_missing, ...)",
-            self.events.clone(),
-        );
-    }
-}
-
-/// The handles of one journald source.
-#[derive(Clone)]
-pub struct JournaldMetrics {
-    families: JournaldFamilies,
-    source: String,
-}
-
-impl JournaldMetrics {
-    /// `tailrace_journald_lag_seconds{source}`.
-    pub fn lag(&self) -> Gauge<f64, std::sync::atomic::AtomicU64> {
-        let l = vec![("source", self.source.clone())];
-        self.families.lag.get_or_create(&l).clone()
-    }
-
-    /// Adds `n` to `tailrace_journald_events_total{source, event}`.
-    pub fn event(&self, event: &str, n: u64) {
-        let l = vec![("source", self.source.clone()), ("event", event.to_owned())];
-        self.families.events.get_or_create(&l).inc_by(n);
+impl SinkMetrics {
+    /// The families the sink's plugin declared (see [`Families`]).
+    pub fn families<F: Families>(&self) -> F {
+        declared(&self.declared)
     }
 }

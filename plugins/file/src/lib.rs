@@ -15,6 +15,7 @@
 mod checkpoint;
 mod format;
 mod identity;
+mod metrics;
 mod multiline;
 mod scan;
 mod split;
@@ -33,6 +34,7 @@ use tailrace_api::{
 
 pub use checkpoint::{describe, CheckpointInfo};
 pub use format::Format;
+pub use metrics::{declare_metrics, FileMetrics};
 pub use multiline::MultilineConfig;
 pub use split::{LinePolicy, Splitter};
 
@@ -242,7 +244,11 @@ impl SourceConfig for FileSourceConfig {
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
         let matcher = scan::Matcher::new(&self.include, &self.exclude)
             .map_err(|(i, _, e)| BuildError(format!("invalid glob #{i}: {e}")))?
-            .with_symlinks(self.follow_symlinks, &cx.name, cx.metrics.file.clone());
+            .with_symlinks(
+                self.follow_symlinks,
+                &cx.name,
+                crate::metrics::FileMetrics::of(&cx.name, &cx.metrics),
+            );
         let multiline = match &self.multiline {
             Some(m) => Some(Arc::new(m.compile().map_err(|e| {
                 BuildError(format!("{}: {}", e.path.join("."), e.message))

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use tracing::warn;
 
-use tailrace_api::metrics::FileMetrics;
+use crate::metrics::FileMetrics;
 
 /// Kernel and device interfaces: a file under them is no log, and reading
 /// one can block or have side effects.
@@ -365,7 +365,7 @@ mod tests {
         link(&d.join("pods/0.log"), "pod.log");
         link(Path::new("/proc/self/status"), "status.log");
         link(Path::new("/proc/version"), "version.log");
-        let metrics = tailrace_api::Metrics::new().source("app").file;
+        let metrics = FileMetrics::of("app", &tailrace_api::SourceMetrics::detached("app"));
         let m = Matcher::new(&[format!("{}/logs/*.log", d.display())], &[])
             .unwrap()
             .with_symlinks(follow, "app", metrics.clone());

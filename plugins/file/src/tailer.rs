@@ -231,6 +231,7 @@ struct Tailer {
     replaced: HashSet<FileId>,
     open_count: usize,
     open_gauge: Gauge,
+    file_metrics: crate::metrics::FileMetrics,
     last_warning: HashMap<&'static str, Instant>,
     /// When the positions were last saved.
     last_persist: Instant,
@@ -287,7 +288,8 @@ pub(crate) fn spawn(
         None
     };
     let name = cx.name.clone();
-    let open_gauge = cx.metrics.file.open_files();
+    let file_metrics = crate::metrics::FileMetrics::of(&cx.name, &cx.metrics);
+    let open_gauge = file_metrics.open_files();
     let tailer = Tailer {
         cx: Arc::new(cx),
         matcher,
@@ -306,6 +308,7 @@ pub(crate) fn spawn(
         replaced: HashSet::new(),
         open_count: 0,
         open_gauge,
+        file_metrics,
         last_warning: HashMap::new(),
         last_persist: Instant::now(),
         rescan_asked: false,
@@ -396,7 +399,7 @@ impl Tailer {
     }
 
     fn event(&self, event: &str, n: u64) {
-        self.cx.metrics.file.event(event, n);
+        self.file_metrics.event(event, n);
     }
 
     fn watch_roots(&mut self) {
@@ -725,7 +728,7 @@ impl Tailer {
         self.next_seq += 1;
         self.by_id.insert(id, seq);
         self.untracked.remove(&id);
-        let lag = self.cx.metrics.file.lag(&path.to_string_lossy());
+        let lag = self.file_metrics.lag(&path.to_string_lossy());
         self.files.insert(
             seq,
             Tracked {
@@ -764,8 +767,8 @@ impl Tailer {
 
     fn rename(&mut self, seq: u64, to: PathBuf) {
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        self.cx.metrics.file.forget_lag(&tf.path.to_string_lossy());
-        tf.lag = self.cx.metrics.file.lag(&to.to_string_lossy());
+        self.file_metrics.forget_lag(&tf.path.to_string_lossy());
+        tf.lag = self.file_metrics.lag(&to.to_string_lossy());
         tf.path_arc = Arc::from(to.as_path());
         tf.path = to;
     }
@@ -845,7 +848,7 @@ impl Tailer {
     fn vanished(&mut self, seq: u64) {
         let tf = self.files.remove(&seq).expect("seq from files");
         self.by_id.remove(&tf.id);
-        self.cx.metrics.file.forget_lag(&tf.path.to_string_lossy());
+        self.file_metrics.forget_lag(&tf.path.to_string_lossy());
         if tf.size > tf.read_pos {
             let lost = tf.size - tf.read_pos;
             warn!(source = %self.cx.name, path = %tf.path.display(), bytes = lost, "file removed while parked for want of a descriptor; its unread bytes are lost (raise max_open_files)");
@@ -1409,7 +1412,7 @@ impl Tailer {
                         self.open_count -= 1;
                         self.open_gauge.set(self.open_count as i64);
                     }
-                    self.cx.metrics.file.forget_lag(&tf.path.to_string_lossy());
+                    self.file_metrics.forget_lag(&tf.path.to_string_lossy());
                     self.known.remove(&tf.id);
                     self.removes.push(tf.id.key());
                     debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed(), "deleted file read to its end and closed");

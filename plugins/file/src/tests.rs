@@ -218,7 +218,7 @@ impl Source {
     }
 
     fn event(&self, name: &str) -> u64 {
-        self.metrics.file.event_count(name)
+        crate::FileMetrics::of("app", &self.metrics).event_count(name)
     }
 }
 
@@ -259,7 +259,10 @@ fn rename_rotation_reads_the_old_file_to_its_end() {
     assert!(src.event("rotated") >= 1);
     // the rotated file is closed once idle, and read again if it grows
     src.wait("the rotated file parked", |_| {
-        src.metrics.file.open_files().get() == 1
+        crate::FileMetrics::of("app", &src.metrics)
+            .open_files()
+            .get()
+            == 1
     });
     append(&dir.path().join("a.log.1"), &lines(300..310));
     src.wait_all(0..310);
@@ -520,7 +523,10 @@ fn deleted_file_is_read_to_its_end_then_closed() {
     src.receiving.store(true, Ordering::SeqCst);
     src.wait_all(0..2000);
     src.wait("the deleted file closed", |_| {
-        src.metrics.file.open_files().get() == 0
+        crate::FileMetrics::of("app", &src.metrics)
+            .open_files()
+            .get()
+            == 0
     });
     assert!(
         !open_fds()
@@ -560,7 +566,10 @@ fn descriptors_stay_within_max_open_files() {
     let src = Source::start(&config(d, "max_open_files: 4\n"), &store, 100_000);
     let max_seen = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let watch = {
-        let (g, m) = (src.metrics.file.open_files(), max_seen.clone());
+        let (g, m) = (
+            crate::FileMetrics::of("app", &src.metrics).open_files(),
+            max_seen.clone(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         (
@@ -614,7 +623,7 @@ fn lag_is_the_bytes_not_acknowledged() {
     let store = Arc::new(MemoryStore::default());
     let src = Source::start_with(&config(dir.path(), ""), &store, 100_000, true, false);
     src.wait_all(0..10);
-    let lag = src.metrics.file.lag(&log.to_string_lossy());
+    let lag = crate::FileMetrics::of("app", &src.metrics).lag(&log.to_string_lossy());
     src.wait("lag of 200 bytes", |_| lag.get() == 200);
     src.acking.store(true, Ordering::SeqCst);
     src.wait("no lag", |_| lag.get() == 0);

@@ -13,6 +13,7 @@
 //! are stored (it sees the `CheckpointStore` trait) or where records go.
 
 pub mod cursor;
+mod metrics;
 mod reader;
 mod sd;
 
@@ -24,6 +25,7 @@ use serde::Deserialize;
 pub use tailrace_api::StartAt;
 use tailrace_api::{BuildError, ComponentTask, ConfigIssue, SourceConfig, SourceContext};
 
+pub use metrics::declare_metrics;
 pub use sd::Where;
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ use tailrace_api::{
 use tracing::{debug, info, warn};
 
 use crate::cursor::{CursorBook, Position};
+use crate::metrics::JournaldMetrics;
 use crate::sd::{Change, Journal, SdError, Where};
 use crate::StartAt;
 
@@ -92,6 +93,7 @@ struct Reader {
     /// The fields of the entry being read: name, start, end in `arena`.
     scratch: Vec<(Arc<str>, usize, usize)>,
     lag: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    metrics: JournaldMetrics,
     /// The journal is on an entry not read yet (after a missing cursor).
     on_unread: bool,
 }
@@ -113,7 +115,8 @@ pub(crate) fn spawn(cx: SourceContext, settings: Settings) -> Result<ComponentTa
     // Open once here so that a journal that cannot be opened fails the start.
     Journal::open(&settings.at).map_err(|e| BuildError(open_error(&cx.name, &settings.at, &e)))?;
     let name = cx.name.clone();
-    let lag = cx.metrics.journald.lag();
+    let journald_metrics = JournaldMetrics::of(&cx.name, &cx.metrics);
+    let lag = journald_metrics.lag();
     let reader = Reader {
         cx,
         settings,
@@ -126,6 +129,7 @@ pub(crate) fn spawn(cx: SourceContext, settings: Settings) -> Result<ComponentTa
         arena: BytesMut::new(),
         scratch: Vec::new(),
         lag,
+        metrics: journald_metrics,
         on_unread: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -218,7 +222,7 @@ impl Reader {
                     } else {
                         // It was vacuumed or rotated away: the entry we are
                         // on is the oldest after it, and is read first.
-                        self.cx.metrics.journald.event("cursor_missing", 1);
+                        self.metrics.event("cursor_missing", 1);
                         warn!(source = %self.cx.name, cursor = %saved.cursor, "the saved cursor is no longer in the journal, resuming at the oldest entry after it");
                         self.on_unread = true;
                     }

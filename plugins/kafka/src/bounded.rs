@@ -37,6 +37,10 @@ impl Bounded {
         config: &SpoolConfig,
         dropped: Dropped,
     ) -> Arc<dyn SpoolStore> {
+        // Exported at 0 from the start, so `increase()` sees the first.
+        for tree in [SpoolTree::DeadLetter, SpoolTree::Corrupt] {
+            dropped.add(evicted_reason(tree), 0);
+        }
         Arc::new(Bounded {
             inner,
             dead_letter_max_bytes: config.dead_letter_max_bytes,

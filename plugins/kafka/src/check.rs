@@ -499,7 +499,7 @@ pub(crate) fn watch(
             next = Instant::now() + interval;
             match durability(admin.inner(), &admin, &topic, Duration::from_secs(10)) {
                 Ok(d) => {
-                    metrics.topics.set(
+                    crate::metrics::TopicDurability::of(&sink, &metrics).set(
                         &topic,
                         d.replication_factor as i64,
                         d.min_insync_replicas.unwrap_or(-1),

@@ -15,10 +15,12 @@ mod bounded;
 pub mod check;
 mod config;
 pub mod encode;
+mod metrics;
 mod properties;
 mod replay;
 mod sink;
 
 pub use config::{Compression, KafkaSinkConfig, SpoolConfig, SpoolOrdering, TlsConfig, WhenFull};
 pub use encode::{Encoding, Template};
+pub use metrics::{declare_metrics, TopicDurability};
 pub use replay::{replay_offline, OfflineReplay};

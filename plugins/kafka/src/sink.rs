@@ -51,6 +51,7 @@ const FAILURE_REASONS: &[&str] = &[
     "message_size_too_large",
 ];
 /// `tailrace_events_dropped_total{component=<sink>,reason}`.
+/// (The eviction reasons are the spool wrapper's, in `bounded`.)
 const DROP_REASONS: &[&str] = &["dead_letter", "spool_full", "spool_full_at_shutdown"];
 /// Replay waits while librdkafka holds more than this many messages.
 const REPLAY_QUEUE_ROOM: i32 = 50_000;
