@@ -261,7 +261,8 @@ impl Store {
         #[cfg(debug_assertions)]
         self.faults.reopen()?;
         let data_dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
-        let reopened = open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
+        let reopened =
+            open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
         *db = Some(reopened);
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -315,7 +316,9 @@ impl Store {
         sink: &str,
         f: impl FnOnce(&sled::Tree) -> Result<T, sled::Error>,
     ) -> Result<T, StoreError> {
-        self.with_db(write, |db| f(&db.open_tree(format!("{}/{sink}", tree.name()))?))
+        self.with_db(write, |db| {
+            f(&db.open_tree(format!("{}/{sink}", tree.name()))?)
+        })
     }
 
     /// Runs `f` on the usage of a tree, counting it first if needed.
@@ -634,7 +637,9 @@ impl CheckpointStore for Store {
         for (k, v) in puts {
             batch.insert(k.as_slice(), v.as_slice());
         }
-        self.with_db(true, |db| db.open_tree(tree_name(component))?.apply_batch(batch))
+        self.with_db(true, |db| {
+            db.open_tree(tree_name(component))?.apply_batch(batch)
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -763,7 +768,12 @@ mod tests {
         assert!(until(|| store.readiness().is_ready()), "never reopened");
         assert_eq!(SpoolStore::generation(&*store), 1);
         put(b"k4").unwrap();
-        let keys: Vec<_> = store.load("app").unwrap().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = store
+            .load("app")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, vec![b"k1".to_vec(), b"k4".to_vec()]);
     }
 

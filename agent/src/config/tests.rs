@@ -504,8 +504,17 @@ fn max_line_bytes_fits_what_the_sink_can_deliver() {
 
 #[test]
 fn min_free_bytes_is_zero_or_at_least_a_mebibyte() {
-    for (value, valid) in [("0", true), ("1048576", true), ("268435456", true), ("1048575", false), ("1", false)] {
-        let text = with("data_dir: /tmp/tr\n", &format!("data_dir: /tmp/tr\nmin_free_bytes: {value}\n"));
+    for (value, valid) in [
+        ("0", true),
+        ("1048576", true),
+        ("268435456", true),
+        ("1048575", false),
+        ("1", false),
+    ] {
+        let text = with(
+            "data_dir: /tmp/tr\n",
+            &format!("data_dir: /tmp/tr\nmin_free_bytes: {value}\n"),
+        );
         if valid {
             check(&text, &[]);
         } else {
@@ -513,7 +522,10 @@ fn min_free_bytes_is_zero_or_at_least_a_mebibyte() {
         }
     }
     check(
-        &with("data_dir: /tmp/tr\n", "data_dir: /tmp/tr\nmin_free_bytes: -1\n"),
+        &with(
+            "data_dir: /tmp/tr\n",
+            "data_dir: /tmp/tr\nmin_free_bytes: -1\n",
+        ),
         &[(Some(2), "min_free_bytes")],
     );
 }

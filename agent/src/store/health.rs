@@ -23,7 +23,10 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// Free space is below `min_free_bytes`: the spool takes no new entry.
-    DiskLow { free_bytes: u64, min_free_bytes: u64 },
+    DiskLow {
+        free_bytes: u64,
+        min_free_bytes: u64,
+    },
     /// A write failed; every operation is refused until a reopen works.
     Failing { error: String, reopens: u32 },
 }
@@ -134,7 +137,9 @@ impl Health {
             });
         }
         match self.disk {
-            Some((free_bytes, min_free_bytes)) if min_free_bytes > 0 && free_bytes < min_free_bytes => {
+            Some((free_bytes, min_free_bytes))
+                if min_free_bytes > 0 && free_bytes < min_free_bytes =>
+            {
                 Some(Problem::DiskLow {
                     free_bytes,
                     min_free_bytes,
@@ -148,9 +153,8 @@ impl Health {
     /// once per [`LOG_INTERVAL`] with its count.
     pub fn log(&mut self, now: Instant) -> Option<Log> {
         let problem = self.problem();
-        let same_kind = |a: &Problem, b: &Problem| {
-            std::mem::discriminant(a) == std::mem::discriminant(b)
-        };
+        let same_kind =
+            |a: &Problem, b: &Problem| std::mem::discriminant(a) == std::mem::discriminant(b);
         let line = match (&problem, &self.logged) {
             (None, None) => return None,
             (None, Some(_)) => Log::Over {
@@ -258,10 +262,7 @@ mod tests {
         ));
         h.reopened();
         h.observe_disk(100, 10);
-        assert_eq!(
-            h.log(t0 + LOG_INTERVAL),
-            Some(Log::Over { refused: 3 })
-        );
+        assert_eq!(h.log(t0 + LOG_INTERVAL), Some(Log::Over { refused: 3 }));
         assert_eq!(h.log(t0 + LOG_INTERVAL * 3), None);
     }
 }

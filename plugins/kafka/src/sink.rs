@@ -1316,7 +1316,10 @@ impl Sink {
                 break;
             }
             if let Err(e) = self.spool.push(SpoolTree::Pending, &name, &entry) {
-                self.store_error("cannot write the spool; holding new events back and retrying", &e);
+                self.store_error(
+                    "cannot write the spool; holding new events back and retrying",
+                    &e,
+                );
                 blocked = true;
                 break;
             }
