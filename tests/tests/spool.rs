@@ -1956,7 +1956,7 @@ fn disk_below_min_free_bytes_stops_the_spool_and_everything_arrives_once_space_i
 #[test]
 fn a_failed_store_write_is_reopened_and_positions_and_spool_recover() {
     let (port, _dir, lines, mut agent) = with_store_faults(&[
-        ("TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER", "2"),
+        ("TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER", "5"),
         ("TAILRACE_FAULT_STORE_REOPEN_FAILURES", "4"),
     ]);
     wait_for_log(&agent, "a store write failed", Duration::from_secs(60));
@@ -1975,6 +1975,14 @@ fn a_failed_store_write_is_reopened_and_positions_and_spool_recover() {
         logged_events(&agent, "events spooled") >= lines.written()
     });
     assert!(all_spooled, "{}", agent.log_tail(40));
+    // The failure met the spool's flush after its entries were written
+    // (the fault counts the file source's first save and flush, then the
+    // three entries' writes).
+    assert!(
+        logged(&agent, "cannot flush the spool") >= 1,
+        "{}",
+        agent.log_tail(40)
+    );
     // At most one log line per kind of store error per 10 s.
     assert!(
         logged(&agent, "cannot write the spool") <= 2,

@@ -752,6 +752,9 @@ struct Sink {
     /// The store's generation when `unflushed` was written: a store
     /// reopened since may have lost them, so they are written again.
     unflushed_generation: u64,
+    /// The id and record count of each entry `unflushed` was written as,
+    /// in order.
+    unflushed_entries: Vec<(u64, usize)>,
     /// When a store error was last logged, and how many since.
     store_warning: Option<Instant>,
     store_errors: u64,
@@ -870,6 +873,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         to_spool: Vec::new(),
         unflushed: Vec::new(),
         unflushed_generation: 0,
+        unflushed_entries: Vec::new(),
         store_warning: None,
         store_errors: 0,
         ids: encode::EventIds::new(),
@@ -1297,13 +1301,7 @@ impl Sink {
         let name = self.cx.name.clone();
         let generation = self.spool.generation();
         if !self.unflushed.is_empty() && generation != self.unflushed_generation {
-            // The store was reopened after a failure: what was written to
-            // it but never flushed may be gone. Written again (a copy that
-            // survived is replayed twice, never lost).
-            info!(sink = %name, events = self.unflushed.len(), "the store was reopened; writing unflushed spool entries again");
-            let mut again = std::mem::take(&mut self.unflushed);
-            again.append(&mut self.to_spool);
-            self.to_spool = again;
+            self.rewrite_lost_entries();
         }
         self.unflushed_generation = generation;
         let mut pending = std::mem::take(&mut self.to_spool);
@@ -1315,13 +1313,16 @@ impl Sink {
                 blocked = true;
                 break;
             }
-            if let Err(e) = self.spool.push(SpoolTree::Pending, &name, &entry) {
-                self.store_error(
-                    "cannot write the spool; holding new events back and retrying",
-                    &e,
-                );
-                blocked = true;
-                break;
+            match self.spool.push(SpoolTree::Pending, &name, &entry) {
+                Ok(id) => self.unflushed_entries.push((id, chunk.len())),
+                Err(e) => {
+                    self.store_error(
+                        "cannot write the spool; holding new events back and retrying",
+                        &e,
+                    );
+                    blocked = true;
+                    break;
+                }
             }
             written += chunk.len();
         }
@@ -1336,6 +1337,7 @@ impl Sink {
                 self.update_gauges();
                 return false;
             }
+            self.unflushed_entries.clear();
             for d in std::mem::take(&mut self.unflushed) {
                 d.inflight.divert(&self.cx.metrics);
                 *self.spooled_unlogged.entry(d.reason).or_default() += 1;
@@ -1344,6 +1346,34 @@ impl Sink {
         }
         self.update_gauges();
         !blocked
+    }
+
+    /// The store was reopened after a failure: an entry written to it but
+    /// never flushed may be gone. Those that are go back to be written
+    /// again; those still there wait for their flush (never written
+    /// twice).
+    fn rewrite_lost_entries(&mut self) {
+        let name = self.cx.name.clone();
+        let mut records = std::mem::take(&mut self.unflushed).into_iter();
+        let mut lost = Vec::new();
+        for (id, n) in std::mem::take(&mut self.unflushed_entries) {
+            let chunk: Vec<Diverted> = records.by_ref().take(n).collect();
+            let survived = self
+                .spool
+                .scan(SpoolTree::Pending, &name, id.checked_sub(1), 1)
+                .is_ok_and(|found| found.first().is_some_and(|(at, _)| *at == id));
+            if survived {
+                self.unflushed.extend(chunk);
+                self.unflushed_entries.push((id, n));
+            } else {
+                lost.extend(chunk);
+            }
+        }
+        if !lost.is_empty() {
+            info!(sink = %name, events = lost.len(), "the store was reopened without spool entries it had not flushed; writing them again");
+            lost.append(&mut self.to_spool);
+            self.to_spool = lost;
+        }
     }
 
     /// Logs a store error at once, then at most once per 10 s with how
