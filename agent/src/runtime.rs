@@ -480,7 +480,7 @@ impl Running {
             pipelines: built.into_iter().map(Prepared::start).collect(),
             summary: None,
         };
-        running.publish(config, state);
+        running.publish(config, state, store);
         Ok(running)
     }
 
@@ -493,11 +493,12 @@ impl Running {
 
     /// Tells the admin endpoint (readiness, taps) and the summary what
     /// runs now.
-    fn publish(&mut self, config: &Config, state: &AdminState) {
+    fn publish(&mut self, config: &Config, state: &AdminState, store: &Store) {
         *state.components.write().unwrap_or_else(|e| e.into_inner()) = self
             .pipelines
             .iter()
             .flat_map(|p| p.components.iter().cloned())
+            .chain([("store".to_string(), store.readiness())])
             .collect();
         let live: Vec<_> = (config
             .sources
@@ -652,6 +653,9 @@ async fn reload(
         *store = new_store;
         *data_dir = new_dir;
     }
+    if let Err(e) = store.watch(new.min_free_bytes) {
+        warn!(error = %e, "cannot start the store's watch: free space is not checked");
+    }
     Ok(())
 }
 
@@ -712,6 +716,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let mut data_dir = absolute(&config.data_dir);
     let mut store = Arc::new(Store::open(&data_dir)?);
+    store
+        .watch(config.min_free_bytes)
+        .context("cannot start the thread that watches the store")?;
     info!(data_dir = %data_dir.display(), config = %config.describe(), version = env!("CARGO_PKG_VERSION"), "tailrace starting");
     let admin_listener = if config.admin.enabled {
         Some(admin::bind(&config.admin.address).await?)
@@ -793,7 +800,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                         break errors;
                     }
                 }
-                running.publish(&config, &state);
+                running.publish(&config, &state, &store);
                 notify("READY=1");
             }
         }

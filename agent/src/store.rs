@@ -7,22 +7,37 @@
 //! `repair` submodule reads what is still readable out of such a store
 //! (`tailrace store check` and `tailrace store repair`).
 
+pub mod health;
 pub mod repair;
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use tailrace_api::spool::{header, SpoolStore, SpoolTree, Usage};
-use tailrace_api::{CheckpointStore, StoreError};
+use tailrace_api::{CheckpointStore, Readiness, StoreError};
+use tracing::{error, info, warn};
+
+use health::{Health, Log, Problem};
 
 pub struct Store {
-    db: sled::Db,
+    /// `None` only while a failed database is being reopened.
+    db: RwLock<Option<sled::Db>>,
     path: PathBuf,
     /// What each spool tree holds, counted when first asked, then kept up
     /// to date by push and remove.
     usage: Mutex<HashMap<(SpoolTree, String), Usage>>,
+    /// Free space and write failures; see [`health`].
+    health: Mutex<Health>,
+    /// Ready unless [`Health`] names a problem.
+    readiness: Readiness,
+    min_free_bytes: AtomicU64,
+    /// Bumped by each reopen (see [`SpoolStore::generation`]).
+    generation: AtomicU64,
+    watching: AtomicBool,
     /// Faults a test asked for (debug builds only).
     #[cfg(debug_assertions)]
     faults: faults::Faults,
@@ -109,6 +124,27 @@ fn tree_name(component: &str) -> String {
     format!("checkpoints/{component}")
 }
 
+/// Opens sled at `path`, waiting for a lock that a process which just
+/// stopped (or a store just dropped) may still hold.
+fn open_waiting(path: &Path, data_dir: &Path) -> Result<sled::Db, OpenError> {
+    // sled releases its lock only when its last background thread lets
+    // go of the database, a moment after the previous holder dropped or
+    // exited; a lock still held after LOCK_WAIT belongs to someone else.
+    let started = Instant::now();
+    loop {
+        match open_sled(path) {
+            Ok(db) => return Ok(db),
+            Err(OpenError::Io { source, .. }) if is_lock_error(&source) => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(OpenError::Locked(data_dir.to_path_buf()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
         let path = data_dir.join("store");
@@ -118,26 +154,16 @@ impl Store {
                 source: sled::Error::Io(e),
             });
         }
-        // sled releases its lock only when its last background thread lets
-        // go of the database, a moment after the previous holder dropped or
-        // exited; a lock still held after LOCK_WAIT belongs to someone else.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match open_sled(&path) {
-                Ok(db) => break db,
-                Err(OpenError::Io { source, .. }) if is_lock_error(&source) => {
-                    if started.elapsed() >= LOCK_WAIT {
-                        return Err(OpenError::Locked(data_dir.to_path_buf()));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let db = open_waiting(&path, data_dir)?;
         Ok(Store {
-            db,
+            db: RwLock::new(Some(db)),
             path,
             usage: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health::default()),
+            readiness: Readiness::ready(),
+            min_free_bytes: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            watching: AtomicBool::new(false),
             #[cfg(debug_assertions)]
             faults: faults::Faults::from_env(),
         })
@@ -146,35 +172,181 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.path
     }
-}
 
-impl Store {
-    fn spool_tree(&self, tree: SpoolTree, sink: &str) -> Result<sled::Tree, StoreError> {
-        self.db
-            .open_tree(format!("{}/{sink}", tree.name()))
-            .map_err(err)
+    /// Not ready while the store refuses writes (low space, a failure),
+    /// with the reason; for `/ready`.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Starts watching the store (once; later calls only change
+    /// `min_free_bytes`): free space on `data_dir` is read every
+    /// [`health::DISK_CHECK_INTERVAL`], a failed database is reopened with
+    /// backoff, readiness follows, and a lasting problem is logged once per
+    /// [`health::LOG_INTERVAL`] with a count. The thread ends with the
+    /// store.
+    pub fn watch(self: &Arc<Self>, min_free_bytes: u64) -> std::io::Result<()> {
+        self.min_free_bytes.store(min_free_bytes, Ordering::Relaxed);
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let store = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("store-watch".into())
+            .spawn(move || {
+                while let Some(s) = store.upgrade() {
+                    s.check();
+                    drop(s);
+                    std::thread::sleep(health::DISK_CHECK_INTERVAL);
+                }
+            })
+            .map(|_| ())
+    }
+
+    /// One round of the watch: read the free space, reopen if due, then
+    /// readiness and the log.
+    fn check(&self) {
+        let min = self.min_free_bytes.load(Ordering::Relaxed);
+        if let Ok(free) = health::free_bytes(&self.path) {
+            self.health().observe_disk(free, min);
+        }
+        let now = Instant::now();
+        let due = self.health().reopen_due(now);
+        if due {
+            match self.reopen() {
+                Ok(()) => self.health().reopened(),
+                Err(e) => self.health().reopen_failed(e.0, now),
+            }
+        }
+        let (problem, log) = {
+            let mut h = self.health();
+            (h.problem(), h.log(now))
+        };
+        let data_dir = self.data_dir();
+        match &problem {
+            None => self.readiness.set_ready(),
+            Some(p) => self.readiness.set_not_ready(p.reason(&data_dir)),
+        }
+        match log {
+            None => {}
+            Some(Log::Began(Problem::DiskLow {
+                free_bytes,
+                min_free_bytes,
+            })) => warn!(data_dir, free_bytes, min_free_bytes, "data_dir is low on free space; the spool takes no new entries until space is freed"),
+            Some(Log::Began(Problem::Failing { error, .. })) => error!(data_dir, error, "a store write failed; the store refuses writes and is reopened with backoff"),
+            Some(Log::Lasts { problem, refused }) => warn!(data_dir, refused, reason = %problem.reason(&data_dir), "the store still refuses writes"),
+            Some(Log::Over { refused }) => info!(data_dir, refused, "the store takes writes again"),
+        }
+    }
+
+    fn data_dir(&self) -> String {
+        self.path
+            .parent()
+            .unwrap_or(&self.path)
+            .display()
+            .to_string()
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets go of the failed database and opens it again: sled makes a
+    /// failed write sticky, and only a fresh open resets it. What was
+    /// written but not flushed before the failure may be gone, so the
+    /// usage is counted again and the generation moves on.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(db.take());
+        #[cfg(debug_assertions)]
+        self.faults.reopen()?;
+        let data_dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
+        let reopened =
+            open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
+        *db = Some(reopened);
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        info!(data_dir = %data_dir.display(), "the store was reopened");
+        Ok(())
+    }
+
+    /// Runs `f` on the database, unless the store is failing. A failed
+    /// write (`write`) makes it fail until the watch reopens it.
+    fn with_db<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&sled::Db) -> Result<T, sled::Error>,
+    ) -> Result<T, StoreError> {
+        let refused = |h: &mut Health| {
+            h.refused();
+            StoreError(
+                h.problem()
+                    .map(|p| p.reason(&self.data_dir()))
+                    .unwrap_or_else(|| "the store is being reopened".into()),
+            )
+        };
+        if self.health().is_failing() {
+            return Err(refused(&mut self.health()));
+        }
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = db.as_ref() else {
+            return Err(refused(&mut self.health()));
+        };
+        #[cfg(debug_assertions)]
+        if write {
+            if let Err(e) = self.faults.write() {
+                self.health().write_failed(e.0.clone(), Instant::now());
+                return Err(e);
+            }
+        }
+        f(db).map_err(|e| {
+            let e = err(e);
+            if write {
+                self.health().write_failed(e.0.clone(), Instant::now());
+            }
+            e
+        })
+    }
+
+    /// Runs `f` on a spool tree (see [`Store::with_db`]).
+    fn with_tree<T>(
+        &self,
+        write: bool,
+        tree: SpoolTree,
+        sink: &str,
+        f: impl FnOnce(&sled::Tree) -> Result<T, sled::Error>,
+    ) -> Result<T, StoreError> {
+        self.with_db(write, |db| {
+            f(&db.open_tree(format!("{}/{sink}", tree.name()))?)
+        })
     }
 
     /// Runs `f` on the usage of a tree, counting it first if needed.
     fn with_usage<T>(&self, tree: SpoolTree, sink: &str, f: impl FnOnce(&mut Usage) -> T) -> T {
         let mut map = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let usage = map.entry((tree, sink.to_owned())).or_insert_with(|| {
-            let mut u = Usage::default();
-            if let Ok(t) = self.spool_tree(tree, sink) {
+        let key = (tree, sink.to_owned());
+        if !map.contains_key(&key) {
+            let counted = self.with_tree(false, tree, sink, |t| {
+                let mut u = Usage::default();
                 for (_, v) in t.iter().flatten() {
                     count(&mut u, &v, 1);
                 }
-            }
-            u
-        });
-        f(usage)
+                Ok(u)
+            });
+            // Not kept when it could not be counted: counted next time.
+            let Ok(u) = counted else {
+                return f(&mut Usage::default());
+            };
+            map.insert(key.clone(), u);
+        }
+        f(map.get_mut(&key).expect("inserted above"))
     }
 
     /// The sinks that have anything in a spool tree.
     pub fn spool_sinks(&self, tree: SpoolTree) -> Vec<String> {
         let prefix = format!("{}/", tree.name());
-        self.db
-            .tree_names()
+        self.with_db(false, |db| Ok(db.tree_names()))
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|n| String::from_utf8(n.to_vec()).ok())
             .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
@@ -183,15 +355,29 @@ impl Store {
 
     /// Removes every entry of a tree; returns what was removed.
     pub fn purge(&self, tree: SpoolTree, sink: &str) -> Result<Usage, StoreError> {
-        let t = self.spool_tree(tree, sink)?;
-        let mut removed = Usage::default();
-        for item in t.iter() {
-            let (k, v) = item.map_err(err)?;
-            t.remove(k).map_err(err)?;
-            count(&mut removed, &v, 1);
-        }
+        let removed = self.with_tree(true, tree, sink, |t| {
+            let mut removed = Usage::default();
+            for item in t.iter() {
+                let (k, v) = item?;
+                t.remove(k)?;
+                count(&mut removed, &v, 1);
+            }
+            Ok(removed)
+        })?;
         self.with_usage(tree, sink, |u| *u = Usage::default());
         Ok(removed)
+    }
+
+    /// Refuses a new entry while free space is below `min_free_bytes`.
+    fn room_for_entries(&self) -> Result<(), StoreError> {
+        let mut h = self.health();
+        match h.problem() {
+            Some(p @ Problem::DiskLow { .. }) => {
+                h.refused();
+                Err(StoreError(p.reason(&self.data_dir())))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -212,10 +398,14 @@ fn count(u: &mut Usage, entry: &[u8], sign: i64) {
 
 impl SpoolStore for Store {
     fn push(&self, tree: SpoolTree, sink: &str, entry: &[u8]) -> Result<u64, StoreError> {
-        let t = self.spool_tree(tree, sink)?;
+        self.room_for_entries()?;
         self.with_usage(tree, sink, |_| ()); // counted before it changes
-        let id = self.db.generate_id().map_err(err)?;
-        t.insert(id.to_be_bytes(), entry).map_err(err)?;
+        let id = self.with_db(true, |db| {
+            let id = db.generate_id()?;
+            db.open_tree(format!("{}/{sink}", tree.name()))?
+                .insert(id.to_be_bytes(), entry)?;
+            Ok(id)
+        })?;
         self.with_usage(tree, sink, |u| count(u, entry, 1));
         Ok(id)
     }
@@ -227,15 +417,18 @@ impl SpoolStore for Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let t = self.spool_tree(tree, sink)?;
         let start = match after {
             Some(id) => Bound::Excluded(id.to_be_bytes()),
             None => Bound::Unbounded,
         };
-        t.range::<[u8; 8], _>((start, Bound::Unbounded))
-            .take(limit)
-            .map(|item| {
-                let (k, v) = item.map_err(err)?;
+        let found = self.with_tree(false, tree, sink, |t| {
+            t.range::<[u8; 8], _>((start, Bound::Unbounded))
+                .take(limit)
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        found
+            .into_iter()
+            .map(|(k, v)| {
                 let id = u64::from_be_bytes(
                     k.as_ref()
                         .try_into()
@@ -247,9 +440,9 @@ impl SpoolStore for Store {
     }
 
     fn remove(&self, tree: SpoolTree, sink: &str, id: u64) -> Result<(), StoreError> {
-        let t = self.spool_tree(tree, sink)?;
         self.with_usage(tree, sink, |_| ());
-        if let Some(old) = t.remove(id.to_be_bytes()).map_err(err)? {
+        let old = self.with_tree(true, tree, sink, |t| t.remove(id.to_be_bytes()))?;
+        if let Some(old) = old {
             self.with_usage(tree, sink, |u| count(u, &old, -1));
         }
         Ok(())
@@ -262,9 +455,9 @@ impl SpoolStore for Store {
         id: u64,
         entry: &[u8],
     ) -> Result<(), StoreError> {
-        let t = self.spool_tree(tree, sink)?;
         self.with_usage(tree, sink, |_| ());
-        if let Some(old) = t.insert(id.to_be_bytes(), entry).map_err(err)? {
+        let old = self.with_tree(true, tree, sink, |t| t.insert(id.to_be_bytes(), entry))?;
+        if let Some(old) = old {
             self.with_usage(tree, sink, |u| count(u, &old, -1));
         }
         self.with_usage(tree, sink, |u| count(u, entry, 1));
@@ -282,16 +475,13 @@ impl SpoolStore for Store {
             // Inserting then removing from the same tree would delete it.
             return Ok(());
         }
-        let src = self.spool_tree(from, sink)?;
-        let Some(v) = src.get(id.to_be_bytes()).map_err(err)? else {
+        let Some(v) = self.with_tree(false, from, sink, |t| t.get(id.to_be_bytes()))? else {
             return Ok(());
         };
         // Into the destination first: a crash in between leaves a copy in
         // both trees, never in neither.
         self.with_usage(to, sink, |_| ());
-        self.spool_tree(to, sink)?
-            .insert(id.to_be_bytes(), v.as_ref())
-            .map_err(err)?;
+        self.with_tree(true, to, sink, |t| t.insert(id.to_be_bytes(), v.as_ref()))?;
         self.with_usage(to, sink, |u| count(u, &v, 1));
         self.remove(from, sink, id)
     }
@@ -305,6 +495,17 @@ impl SpoolStore for Store {
         self.faults.spool_flush()?;
         CheckpointStore::flush(self)
     }
+
+    fn refuses_entries(&self) -> Option<String> {
+        let mut h = self.health();
+        let problem = h.problem()?;
+        h.refused();
+        Some(problem.reason(&self.data_dir()))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 /// Store faults for the e2e tests, which cannot make a real disk fail on
@@ -317,33 +518,77 @@ mod faults {
     use tailrace_api::StoreError;
 
     /// `TAILRACE_FAULT_SPOOL_FLUSH_FAILURES=N`: the first N spool flushes
-    /// fail (after the entries were written).
+    /// fail (after the entries were written); the store itself is fine.
     pub const SPOOL_FLUSH_FAILURES: &str = "TAILRACE_FAULT_SPOOL_FLUSH_FAILURES";
+    /// `TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER=N`: the write after the
+    /// first N fails, and the store then fails as sled does after an I/O
+    /// error: every operation until a reopen.
+    pub const STORE_WRITE_FAILURE_AFTER: &str = "TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER";
+    /// `TAILRACE_FAULT_STORE_REOPEN_FAILURES=M`: the first M reopens fail
+    /// (the cause has not gone away yet).
+    pub const STORE_REOPEN_FAILURES: &str = "TAILRACE_FAULT_STORE_REOPEN_FAILURES";
 
-    #[derive(Default)]
+    /// Off: no more faults of that kind.
+    const OFF: u64 = u64::MAX;
+
     pub struct Faults {
         spool_flush_failures: AtomicU64,
+        writes_before_failure: AtomicU64,
+        reopen_failures: AtomicU64,
+    }
+
+    fn var(name: &str, unset: u64) -> AtomicU64 {
+        AtomicU64::new(
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(unset),
+        )
+    }
+
+    /// Takes one from `n` while it is above 0; whether it was.
+    fn take_one(n: &AtomicU64) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     impl Faults {
         pub fn from_env() -> Faults {
-            let n = std::env::var(SPOOL_FLUSH_FAILURES)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
             Faults {
-                spool_flush_failures: AtomicU64::new(n),
+                spool_flush_failures: var(SPOOL_FLUSH_FAILURES, 0),
+                writes_before_failure: var(STORE_WRITE_FAILURE_AFTER, OFF),
+                reopen_failures: var(STORE_REOPEN_FAILURES, 0),
             }
         }
 
         pub fn spool_flush(&self) -> Result<(), StoreError> {
-            let left =
-                self.spool_flush_failures
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            match left {
-                Ok(_) => Err(StoreError("injected fault: spool flush failed".into())),
-                Err(_) => Ok(()),
+            if take_one(&self.spool_flush_failures) {
+                return Err(StoreError("injected fault: spool flush failed".into()));
             }
+            Ok(())
+        }
+
+        /// Before each write: the one after the first N fails, once.
+        pub fn write(&self) -> Result<(), StoreError> {
+            let n = &self.writes_before_failure;
+            if n.load(Ordering::SeqCst) == OFF || take_one(n) {
+                return Ok(());
+            }
+            if n.compare_exchange(0, OFF, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Err(StoreError(
+                    "injected fault: write failed (No space left on device)".into(),
+                ));
+            }
+            Ok(())
+        }
+
+        pub fn reopen(&self) -> Result<(), StoreError> {
+            if take_one(&self.reopen_failures) {
+                return Err(StoreError("injected fault: reopen failed".into()));
+            }
+            Ok(())
         }
     }
 }
@@ -371,10 +616,12 @@ fn err(e: sled::Error) -> StoreError {
 
 impl CheckpointStore for Store {
     fn load(&self, component: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let tree = self.db.open_tree(tree_name(component)).map_err(err)?;
-        tree.iter()
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
-            .collect()
+        self.with_db(false, |db| {
+            db.open_tree(tree_name(component))?
+                .iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect()
+        })
     }
 
     fn save(
@@ -383,7 +630,6 @@ impl CheckpointStore for Store {
         puts: &[(Vec<u8>, Vec<u8>)],
         removes: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        let tree = self.db.open_tree(tree_name(component)).map_err(err)?;
         let mut batch = sled::Batch::default();
         for k in removes {
             batch.remove(k.as_slice());
@@ -391,11 +637,13 @@ impl CheckpointStore for Store {
         for (k, v) in puts {
             batch.insert(k.as_slice(), v.as_slice());
         }
-        tree.apply_batch(batch).map_err(err)
+        self.with_db(true, |db| {
+            db.open_tree(tree_name(component))?.apply_batch(batch)
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(err)
+        self.with_db(true, |db| db.flush().map(|_| ()))
     }
 }
 
@@ -497,5 +745,47 @@ mod tests {
         assert_eq!(store.purge(SpoolTree::Pending, "k").unwrap().entries, 1);
         assert_eq!(store.usage(SpoolTree::Pending, "k"), Usage::default());
         assert_eq!(store.spool_sinks(SpoolTree::Corrupt), vec!["k".to_string()]);
+    }
+
+    #[test]
+    fn a_failed_write_is_refused_until_the_watch_reopens_the_store() {
+        // One process per test (nextest): the variables are this test's.
+        std::env::set_var(faults::STORE_WRITE_FAILURE_AFTER, "2");
+        std::env::set_var(faults::STORE_REOPEN_FAILURES, "1");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let put = |k: &[u8]| store.save("app", &[(k.to_vec(), b"v".to_vec())], &[]);
+        put(b"k1").unwrap();
+        CheckpointStore::flush(&*store).unwrap();
+        let failed = put(b"k2").unwrap_err();
+        assert!(failed.0.contains("injected"), "{failed}");
+        // Sticky, as sled's is: reads and writes refused until a reopen.
+        assert!(put(b"k3").is_err());
+        assert!(store.load("app").is_err());
+        assert!(store.refuses_entries().is_some());
+        store.watch(0).unwrap();
+        assert!(until(|| !store.readiness().is_ready()));
+        assert!(until(|| store.readiness().is_ready()), "never reopened");
+        assert_eq!(SpoolStore::generation(&*store), 1);
+        put(b"k4").unwrap();
+        let keys: Vec<_> = store
+            .load("app")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"k1".to_vec(), b"k4".to_vec()]);
+    }
+
+    /// Whether `cond` became true within 10 s.
+    fn until(mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
     }
 }

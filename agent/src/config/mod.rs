@@ -94,6 +94,7 @@ pub fn display_path(path: &[String]) -> String {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     data_dir: Option<PathBuf>,
+    min_free_bytes: Option<u64>,
     admin: Option<AdminConfig>,
     log: Option<LogConfig>,
     shutdown_grace_ms: Option<u64>,
@@ -107,12 +108,14 @@ struct RawFile {
 }
 
 /// The top-level settings, which only one file of a set may carry.
-const TOP_LEVEL: &str = "data_dir, admin, log, shutdown_grace_ms, summary_interval_ms";
+const TOP_LEVEL: &str =
+    "data_dir, min_free_bytes, admin, log, shutdown_grace_ms, summary_interval_ms";
 
 /// Every file of a config, merged.
 #[derive(Debug)]
 struct RawConfig {
     data_dir: PathBuf,
+    min_free_bytes: u64,
     admin: AdminConfig,
     log: LogConfig,
     shutdown_grace_ms: u64,
@@ -126,6 +129,7 @@ impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
             data_dir: default_data_dir(),
+            min_free_bytes: default_min_free_bytes(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
@@ -140,6 +144,14 @@ impl Default for RawConfig {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
+/// 256 MiB: room for sled to finish what it has begun, and for whatever
+/// else writes to the file system the logs are on.
+fn default_min_free_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+/// Below this (except 0, which turns the check off), sled could fill the
+/// disk with one segment before the check sees it.
+const MIN_MIN_FREE_BYTES: u64 = 1024 * 1024;
 fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
@@ -267,6 +279,9 @@ pub struct Config {
     /// The files that were read, in merge order.
     pub files: Vec<PathBuf>,
     pub data_dir: PathBuf,
+    /// Below this much free space on `data_dir` the spool takes no new
+    /// entries; 0: no check.
+    pub min_free_bytes: u64,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub shutdown_grace: Duration,
@@ -608,6 +623,9 @@ fn parse_set_unmasked(
         if let Some(v) = raw.data_dir {
             merge.top("data_dir", also, v, &mut merged.data_dir);
         }
+        if let Some(v) = raw.min_free_bytes {
+            merge.top("min_free_bytes", also, v, &mut merged.min_free_bytes);
+        }
         if let Some(v) = raw.admin {
             merge.top("admin", also, v, &mut merged.admin);
         }
@@ -689,6 +707,15 @@ fn parse_set_unmasked(
 fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Config> {
     if raw.data_dir.as_os_str().is_empty() {
         errors.add(path(&["data_dir"]), "data_dir is empty");
+    }
+    if raw.min_free_bytes != 0 && raw.min_free_bytes < MIN_MIN_FREE_BYTES {
+        errors.add(
+            path(&["min_free_bytes"]),
+            format!(
+                "min_free_bytes {} is too small to keep the store from filling the disk: give at least {MIN_MIN_FREE_BYTES} (1 MiB), or 0 to turn the check off",
+                raw.min_free_bytes
+            ),
+        );
     }
     if raw.admin.address.parse::<SocketAddr>().is_err() {
         errors.add(
@@ -940,6 +967,7 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
         paths: Vec::new(),
         files: Vec::new(),
         data_dir: raw.data_dir,
+        min_free_bytes: raw.min_free_bytes,
         admin: raw.admin,
         log: raw.log,
         shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),

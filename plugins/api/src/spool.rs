@@ -308,6 +308,17 @@ pub trait SpoolStore: Send + Sync {
     ) -> Result<(), StoreError>;
     fn usage(&self, tree: SpoolTree, sink: &str) -> Usage;
     fn flush(&self) -> Result<(), StoreError>;
+    /// `Some(why)` while the store takes no new entry (free space below
+    /// `min_free_bytes`, a write that failed): a sink treats the spool as
+    /// full, whatever its `when_full`.
+    fn refuses_entries(&self) -> Option<String> {
+        None
+    }
+    /// Changes when the store was reopened after a failure: what was
+    /// written before and not flushed since may be gone, so write it again.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]

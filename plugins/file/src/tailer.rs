@@ -387,15 +387,23 @@ impl Tailer {
         what: &str,
         detail: &dyn std::fmt::Display,
     ) {
+        if self.warning_due(kind) {
+            warn!(source = %self.cx.name, path = %path.display(), error = %detail, "{what}");
+        }
+    }
+
+    /// Whether a warning of `kind` may be logged now: at most one per 10 s.
+    fn warning_due(&mut self, kind: &'static str) -> bool {
         let now = Instant::now();
         let last = self
             .last_warning
             .entry(kind)
             .or_insert(now - Duration::from_secs(3600));
-        if now.duration_since(*last) >= Duration::from_secs(10) {
+        let due = now.duration_since(*last) >= Duration::from_secs(10);
+        if due {
             *last = now;
-            warn!(source = %self.cx.name, path = %path.display(), error = %detail, "{what}");
         }
+        due
     }
 
     fn event(&self, event: &str, n: u64) {
@@ -1364,7 +1372,11 @@ impl Tailer {
             .save(&self.cx.name, &puts, &removes)
             .and_then(|()| self.cx.checkpoints.flush());
         if let Err(e) = saved {
-            warn!(source = %self.cx.name, error = %e, "cannot save file positions; they will be saved on the next try");
+            // A failing store refuses every try (every checkpoint interval)
+            // until it is reopened: logged once per 10 s.
+            if self.warning_due("persist") {
+                warn!(source = %self.cx.name, error = %e, "cannot save file positions; they will be saved on the next try");
+            }
             for tf in self.files.values_mut() {
                 tf.persisted = None;
             }

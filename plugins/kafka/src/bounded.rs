@@ -147,6 +147,14 @@ impl SpoolStore for Bounded {
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
+
+    fn refuses_entries(&self) -> Option<String> {
+        self.inner.refuses_entries()
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
 }
 
 #[cfg(test)]

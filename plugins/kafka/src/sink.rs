@@ -750,6 +750,15 @@ struct Sink {
     /// Records written to the spool whose flush has not yet succeeded:
     /// settled by the next flush that does, never written again.
     unflushed: Vec<Diverted>,
+    /// The store's generation when `unflushed` was written: a store
+    /// reopened since may have lost them, so they are written again.
+    unflushed_generation: u64,
+    /// The id and record count of each entry `unflushed` was written as,
+    /// in order.
+    unflushed_entries: Vec<(u64, usize)>,
+    /// When a store error was last logged, and how many since.
+    store_warning: Option<Instant>,
+    store_errors: u64,
     /// Replays the spool, record by record.
     replay: Replayer,
     /// No replay before this (after a failed one).
@@ -864,6 +873,10 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         spool,
         to_spool: Vec::new(),
         unflushed: Vec::new(),
+        unflushed_generation: 0,
+        unflushed_entries: Vec::new(),
+        store_warning: None,
+        store_errors: 0,
         ids: encode::EventIds::new(),
         replay: Replayer::new(SpoolTree::Pending),
         replay_not_before: Instant::now(),
@@ -1287,6 +1300,11 @@ impl Sink {
             return true;
         }
         let name = self.cx.name.clone();
+        let generation = self.spool.generation();
+        if !self.unflushed.is_empty() && generation != self.unflushed_generation {
+            self.rewrite_lost_entries();
+        }
+        self.unflushed_generation = generation;
         let mut pending = std::mem::take(&mut self.to_spool);
         let mut written = 0;
         let mut blocked = false;
@@ -1296,10 +1314,16 @@ impl Sink {
                 blocked = true;
                 break;
             }
-            if let Err(e) = self.spool.push(SpoolTree::Pending, &name, &entry) {
-                error!(sink = %name, error = %e, "cannot write the spool; retrying");
-                blocked = true;
-                break;
+            match self.spool.push(SpoolTree::Pending, &name, &entry) {
+                Ok(id) => self.unflushed_entries.push((id, chunk.len())),
+                Err(e) => {
+                    self.store_error(
+                        "cannot write the spool; holding new events back and retrying",
+                        &e,
+                    );
+                    blocked = true;
+                    break;
+                }
             }
             written += chunk.len();
         }
@@ -1310,10 +1334,11 @@ impl Sink {
                 // Written but maybe not durable: settle nothing and flush
                 // again next time (writing them again would store them
                 // twice).
-                error!(sink = %name, error = %e, "cannot flush the spool; retrying");
+                self.store_error("cannot flush the spool; retrying", &e);
                 self.update_gauges();
                 return false;
             }
+            self.unflushed_entries.clear();
             for d in std::mem::take(&mut self.unflushed) {
                 d.inflight.divert(&self.cx.metrics);
                 *self.spooled_unlogged.entry(d.reason).or_default() += 1;
@@ -1322,6 +1347,48 @@ impl Sink {
         }
         self.update_gauges();
         !blocked
+    }
+
+    /// The store was reopened after a failure: an entry written to it but
+    /// never flushed may be gone. Those that are go back to be written
+    /// again; those still there wait for their flush (never written
+    /// twice).
+    fn rewrite_lost_entries(&mut self) {
+        let name = self.cx.name.clone();
+        let mut records = std::mem::take(&mut self.unflushed).into_iter();
+        let mut lost = Vec::new();
+        for (id, n) in std::mem::take(&mut self.unflushed_entries) {
+            let chunk: Vec<Diverted> = records.by_ref().take(n).collect();
+            let survived = self
+                .spool
+                .scan(SpoolTree::Pending, &name, id.checked_sub(1), 1)
+                .is_ok_and(|found| found.first().is_some_and(|(at, _)| *at == id));
+            if survived {
+                self.unflushed.extend(chunk);
+                self.unflushed_entries.push((id, n));
+            } else {
+                lost.extend(chunk);
+            }
+        }
+        if !lost.is_empty() {
+            info!(sink = %name, events = lost.len(), "the store was reopened without spool entries it had not flushed; writing them again");
+            lost.append(&mut self.to_spool);
+            self.to_spool = lost;
+        }
+    }
+
+    /// Logs a store error at once, then at most once per 10 s with how
+    /// many there were: a failing store is retried every loop.
+    fn store_error(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        self.store_errors += 1;
+        if self
+            .store_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            error!(sink = %self.cx.name, error = %e, errors = self.store_errors, "{what}");
+            self.store_warning = Some(Instant::now());
+            self.store_errors = 0;
+        }
     }
 
     /// Logs what was spooled since the last time, at most once a second
@@ -1345,6 +1412,18 @@ impl Sink {
     /// first when so configured.
     fn make_room(&mut self, size: u64) -> bool {
         let name = self.cx.name.clone();
+        if let Some(why) = self.spool.refuses_entries() {
+            // Dropping old entries would not give sled its space back:
+            // hold the sources back whatever `when_full` says.
+            if self
+                .last_full_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                self.last_full_warning = Some(Instant::now());
+                warn!(sink = %name, reason = %why, "the store takes no new spool entries; holding the sources back until it does");
+            }
+            return false;
+        }
         loop {
             let usage = self.spool.usage(SpoolTree::Pending, &name);
             if usage.entries == 0 || usage.bytes + size <= self.settings.spool.max_bytes {
@@ -1423,7 +1502,7 @@ impl Sink {
                     return;
                 }
                 Err(e) => {
-                    error!(sink = %name, error = %e, "cannot read the spool");
+                    self.store_error("cannot read the spool", &e);
                     self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
                     return;
                 }
