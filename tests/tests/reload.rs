@@ -82,17 +82,24 @@ fn sighup_adds_a_source_while_the_old_one_loses_and_repeats_nothing() {
     assert_eq!(extras.len() as u64, E, "nothing else arrived");
 }
 
-#[test]
-fn sighup_with_an_invalid_config_keeps_the_running_one() {
+/// A broker, and the standard config's agent whose first 5,000 lines
+/// arrived at the consumer returned.
+fn running_with_5000_lines() -> (Broker, tempfile::TempDir, Agent, SeqLines, Consumer) {
     let broker = Broker::start();
     broker.create_topic(TOPIC, 1);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
+    let agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(5_000, Duration::from_secs(60));
+    (broker, dir, agent, lines, consumer)
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_the_running_one() {
+    let (_broker, _dir, mut agent, mut lines, mut consumer) = running_with_5000_lines();
     let good = std::fs::read_to_string(agent.config_path()).unwrap();
     std::fs::write(agent.config_path(), good.replace("type: file", "type: fil")).unwrap();
     agent.reload();
@@ -167,15 +174,7 @@ fn with_tcp_source(dir: &std::path::Path, bootstrap: &str, port: u16) -> String 
 /// then exited 1 without its final flush.
 #[test]
 fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
-    lines.append(5_000);
-    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    consumer.read_count(5_000, Duration::from_secs(60));
+    let (broker, dir, mut agent, mut lines, mut consumer) = running_with_5000_lines();
 
     // Another program holds the port the new source wants.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

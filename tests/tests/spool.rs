@@ -840,17 +840,22 @@ fn spool_while_broker_absent(dir: &Path, port: u16, spool: &str, lines: &SeqLine
         "the sink cannot reach its broker",
         Duration::from_secs(30),
     );
+    wait_all_spooled(&agent, lines);
+    stop_cleanly(&mut agent);
+    agent
+}
+
+/// Waits until the agent logged every line of `lines` as spooled.
+fn wait_all_spooled(agent: &Agent, lines: &SeqLines) {
     let all_spooled = wait_until(Duration::from_secs(60), || {
-        logged_events(&agent, "events spooled") >= lines.written()
+        logged_events(agent, "events spooled") >= lines.written()
     });
     assert!(
         all_spooled,
         "the agent did not spool every line: {} of {}",
-        logged_events(&agent, "events spooled"),
+        logged_events(agent, "events spooled"),
         lines.written()
     );
-    stop_cleanly(&mut agent);
-    agent
 }
 
 /// The broker arrives, on the port the agent was configured with.
@@ -962,15 +967,7 @@ fn a_failed_spool_flush_does_not_write_its_entries_twice() {
     let (port, dir, lines, mut agent) =
         with_store_faults(&[("TAILRACE_FAULT_SPOOL_FLUSH_FAILURES", "3")]);
     wait_for_log(&agent, "cannot flush the spool", Duration::from_secs(60));
-    let all_spooled = wait_until(Duration::from_secs(60), || {
-        logged_events(&agent, "events spooled") >= lines.written()
-    });
-    assert!(
-        all_spooled,
-        "the agent did not spool every line: {} of {}",
-        logged_events(&agent, "events spooled"),
-        lines.written()
-    );
+    wait_all_spooled(&agent, &lines);
     stop_cleanly(&mut agent);
 
     let spooled: Vec<u64> = spool_entries(dir.path(), "spool")
