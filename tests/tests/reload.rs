@@ -286,7 +286,8 @@ fn watchdog_pings_while_held_back_and_stops_for(who: &str, stuck: &str) {
     notes.drain();
     let heard = notes.next(5 * PING_EVERY);
     assert_eq!(
-        heard, None,
+        heard,
+        None,
         "the agent still tells systemd it is alive: {}",
         agent.log_tail(30)
     );
