@@ -89,7 +89,7 @@ impl Heartbeats {
                 })
             })
             .collect();
-        stale.sort_by(|a, b| b.silent_for.cmp(&a.silent_for));
+        stale.sort_by_key(|s| std::cmp::Reverse(s.silent_for));
         stale
     }
 }
