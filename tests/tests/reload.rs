@@ -178,6 +178,16 @@ impl Notifications {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    /// Waits for READY=1, past the pings before it.
+    fn ready(&self, agent: &Agent) {
+        while let Some(s) = self.next(Duration::from_secs(30)) {
+            if s == "READY=1" {
+                return;
+            }
+        }
+        panic!("no READY=1 within 30 s: {}", agent.log_tail(30));
+    }
+
     /// Waits for `n` more WATCHDOG=1 pings, each within three ping periods
     /// of the one before; panics naming what came instead.
     fn pings(&self, n: usize, agent: &Agent) {
@@ -306,6 +316,46 @@ fn watchdog_stops_pinging_when_the_sink_hangs() {
 #[test]
 fn watchdog_stops_pinging_when_the_file_source_hangs() {
     watchdog_pings_while_held_back_and_stops_for("source", "source app");
+}
+
+/// A client that connected, sent a line and then says nothing is waited
+/// for, not stuck: the pings go on while its connection task waits.
+#[test]
+fn watchdog_pings_while_a_tcp_client_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let absent = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let socket = dir.path().join("notify.sock");
+    let notes = Notifications::bind(&socket);
+    let agent = Agent::start_with_env(
+        dir.path(),
+        &with_tcp_source(dir.path(), &absent, port),
+        &[
+            ("NOTIFY_SOCKET", socket.to_str().unwrap()),
+            ("WATCHDOG_USEC", WATCHDOG_USEC),
+        ],
+    );
+    notes.ready(&agent);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"one line, then silence\n").unwrap();
+    let admin = agent.admin_address().to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(
+            &admin,
+            r#"tailrace_source_events_total{source="net"}"#
+        ) >= 1.0),
+        "the line did not arrive: {}",
+        agent.log_tail(30)
+    );
+    // Three ping periods: longer than a connection may stay silent.
+    notes.pings(3, &agent);
+    assert!(
+        !agent.log().contains("component stuck"),
+        "{}",
+        agent.log_tail(30)
+    );
+    drop(client);
 }
 
 /// The standard config plus a tcp source on `port` into the same channel:
