@@ -54,12 +54,14 @@ impl Heartbeats {
         Heartbeats::default()
     }
 
-    /// A new heartbeat named `name`, beaten now. It is watched until it
-    /// and its clones are dropped.
+    /// A new heartbeat named `name`, watched from its first beat until it
+    /// and its clones are dropped. Until then it is idle: a component built
+    /// but not yet started (a reload builds new groups while it stops the
+    /// changed ones) is not silent.
     pub fn register(&self, name: impl Into<Arc<str>>) -> Heartbeat {
         let beat = Arc::new(Beat {
             name: name.into(),
-            last_ms: AtomicU64::new(now_ms()),
+            last_ms: AtomicU64::new(IDLE),
         });
         let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         beats.retain(|b| b.strong_count() > 0);
@@ -209,6 +211,10 @@ mod tests {
         let hub = Heartbeats::new();
         let sink = hub.register("sink kafka");
         let conn = hub.register("source net").task("connection 127.0.0.1:1");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(hub.stale(Duration::from_millis(20)), [], "not beaten yet");
+        sink.beat();
+        conn.beat();
         std::thread::sleep(Duration::from_millis(30));
         sink.beat();
         let stale = hub.stale(Duration::from_millis(20));
