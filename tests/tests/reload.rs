@@ -154,6 +154,15 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert!(agent.wait_exit(Duration::from_secs(30)).success());
 }
 
+/// Asserts that the agent logs `text` within `timeout`.
+fn wait_for_log(agent: &Agent, text: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || agent.log().contains(text)),
+        "the agent did not log {text:?} within {timeout:?}: {}",
+        agent.log_tail(50)
+    );
+}
+
 /// systemd's watchdog interval for the watchdog tests: the agent pings every
 /// 2 s and calls a component stuck after 2 s of silence.
 const WATCHDOG_USEC: &str = "4000000";
@@ -258,12 +267,10 @@ fn watchdog_pings_while_held_back_and_stops_for(who: &str, stuck: &str) {
 
     // Held back: the spool is full, the sink takes nothing, the source
     // has read only what the channel and the spool took.
-    assert!(
-        wait_until(Duration::from_secs(60), || agent
-            .log()
-            .contains("spool full; holding the sources back")),
-        "{}",
-        agent.log_tail(30)
+    wait_for_log(
+        &agent,
+        "spool full; holding the sources back",
+        Duration::from_secs(60),
     );
     let admin = agent.admin_address().to_string();
     let read = || metric(&admin, r#"tailrace_source_events_total{source="app"}"#);
@@ -286,11 +293,7 @@ fn watchdog_pings_while_held_back_and_stops_for(who: &str, stuck: &str) {
 
     std::fs::write(&trigger, b"").unwrap();
     let named = format!("component stuck: its loop has not run; no longer telling systemd the agent is alive, so it restarts the agent component={stuck}");
-    assert!(
-        wait_until(Duration::from_secs(30), || agent.log().contains(&named)),
-        "the log does not name {stuck}: {}",
-        agent.log_tail(30)
-    );
+    wait_for_log(&agent, &named, Duration::from_secs(30));
     // What was sent before the watchdog saw the hang is in the socket
     // already; after it, five ping periods pass without one.
     notes.drain();
@@ -394,12 +397,10 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
     )
     .unwrap();
     agent.reload();
-    assert!(
-        wait_until(Duration::from_secs(30), || agent
-            .log()
-            .contains("the new config cannot start")),
-        "{}",
-        agent.log_tail(50)
+    wait_for_log(
+        &agent,
+        "the new config cannot start",
+        Duration::from_secs(30),
     );
     assert!(
         agent
