@@ -25,7 +25,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tailrace_api::{Metrics, Readiness, Shutdown, Side, TapHub, TapOptions};
+use tailrace_api::{Heartbeats, Metrics, Readiness, Shutdown, Side, TapHub, TapOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -42,6 +42,8 @@ pub struct AdminState {
     pub components: std::sync::RwLock<Vec<(String, Readiness)>>,
     /// Where `/tap` attaches; components take their taps from it.
     pub taps: TapHub,
+    /// Where components register their heartbeats, for the watchdog.
+    pub heartbeats: Heartbeats,
     /// `tailrace_component_ready{component}`, set from `components` at
     /// each scrape.
     ready: Family<Vec<(&'static str, String)>, Gauge>,
@@ -107,6 +109,7 @@ impl AdminState {
             metrics,
             components: std::sync::RwLock::new(components),
             taps,
+            heartbeats: Heartbeats::new(),
             ready,
             started: Instant::now(),
             uptime,

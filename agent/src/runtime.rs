@@ -287,6 +287,7 @@ impl Prepared {
                 spool: store.clone() as Arc<dyn SpoolStore>,
                 readiness: Readiness::not_ready("connecting to its broker"),
                 tap: state.taps.tap(Side::Sink, &spec.name),
+                heartbeat: state.heartbeats.register(format!("sink {}", spec.name)),
             };
             let name = format!("sink {}", spec.name);
             pipeline
@@ -322,6 +323,7 @@ impl Prepared {
                 metrics: metrics.source(&spec.name),
                 readiness: Readiness::ready(),
                 tap: state.taps.tap(Side::Source, &spec.name),
+                heartbeat: state.heartbeats.register(format!("source {}", spec.name)),
                 interceptors: spec
                     .interceptors
                     .iter()
@@ -732,6 +734,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let admin_task = admin_listener
         .map(|listener| tokio::spawn(admin::serve(listener, state.clone(), stop_admin.clone())));
     let registry = Registry::builtin();
+    crate::watchdog::start(&state.heartbeats);
 
     let mut running = Running::start(&config, &store, &state, &data_dir).await?;
     notify("READY=1");

@@ -1,12 +1,16 @@
 //! SIGHUP reloads the config: a source added takes effect while the old
 //! source loses and repeats nothing; an invalid config is refused and the
-//! running one goes on; systemd hears READY, RELOADING and STOPPING.
+//! running one goes on; systemd hears READY, RELOADING and STOPPING, and
+//! WATCHDOG=1 only while no component is stuck.
 
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use tailrace_e2e::{file_to_kafka, wait_until, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::sockets::metric;
+use tailrace_e2e::{
+    file_to_kafka, free_port, wait_until, Agent, Broker, Consumer, Report, SeqLines,
+};
 
 const TOPIC: &str = "logs";
 
@@ -157,6 +161,213 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert!(agent.wait_exit(Duration::from_secs(30)).success());
 }
 
+/// Asserts that the agent logs `text` within `timeout`.
+fn wait_for_log(agent: &Agent, text: &str, timeout: Duration) {
+    assert!(
+        wait_until(timeout, || agent.log().contains(text)),
+        "the agent did not log {text:?} within {timeout:?}: {}",
+        agent.log_tail(50)
+    );
+}
+
+/// systemd's watchdog interval for the watchdog tests: the agent pings every
+/// 2 s and calls a component stuck after 2 s of silence.
+const WATCHDOG_USEC: &str = "4000000";
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// What the agent tells systemd, read from the notify socket.
+struct Notifications {
+    socket: UnixDatagram,
+}
+
+impl Notifications {
+    fn bind(path: &std::path::Path) -> Notifications {
+        let socket = UnixDatagram::bind(path).unwrap();
+        Notifications { socket }
+    }
+
+    /// The next datagram within `within`, if one comes.
+    fn next(&self, within: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Waits for READY=1, past the pings before it.
+    fn ready(&self, agent: &Agent) {
+        while let Some(s) = self.next(Duration::from_secs(30)) {
+            if s == "READY=1" {
+                return;
+            }
+        }
+        panic!("no READY=1 within 30 s: {}", agent.log_tail(30));
+    }
+
+    /// Waits for `n` more WATCHDOG=1 pings, each within three ping periods
+    /// of the one before; panics naming what came instead.
+    fn pings(&self, n: usize, agent: &Agent) {
+        let mut got = 0;
+        while got < n {
+            match self.next(3 * PING_EVERY) {
+                Some(s) if s == "WATCHDOG=1" => got += 1,
+                Some(_) => {}
+                None => panic!(
+                    "ping {} of {n} did not come within {:?}: {}",
+                    got + 1,
+                    3 * PING_EVERY,
+                    agent.log_tail(30)
+                ),
+            }
+        }
+    }
+
+    /// Everything already sent, without waiting.
+    fn drain(&self) -> Vec<String> {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let mut got = Vec::new();
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        got
+    }
+}
+
+/// Issue 16: nothing noticed a hung thread. The agent runs as systemd
+/// runs it with `WatchdogSec=`; its broker is absent and its spool tiny,
+/// so the sink blocks and the file source waits on a full channel: both
+/// are held back, neither is hung, and the pings go on. Then the debug
+/// fault hook hangs `who`'s loop: the log names it and the pings stop.
+fn watchdog_pings_while_held_back_and_stops_for(who: &str, stuck: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    const LINES: u64 = 100_000;
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let absent = format!("127.0.0.1:{}", free_port());
+    let yaml = file_to_kafka(dir.path(), &absent, TOPIC)
+        .replace("capacity_events: 100000", "capacity_events: 1000")
+        .replace(
+            "    librdkafka:",
+            "    spool: { max_bytes: 65536, when_full: block, queue_full_timeout_ms: 200 }\n    librdkafka:",
+        )
+        .replace(
+            r#"{ "queue.buffering.max.ms": "5" }"#,
+            r#"{ "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "1000" }"#,
+        );
+    let socket = dir.path().join("notify.sock");
+    let notes = Notifications::bind(&socket);
+    let trigger = dir.path().join("hang-now");
+    let agent = Agent::start_with_env(
+        dir.path(),
+        &yaml,
+        &[
+            ("NOTIFY_SOCKET", socket.to_str().unwrap()),
+            ("WATCHDOG_USEC", WATCHDOG_USEC),
+            ("TAILRACE_FAULT_HANG", who),
+            ("TAILRACE_FAULT_HANG_WHEN", trigger.to_str().unwrap()),
+        ],
+    );
+    notes.pings(2, &agent);
+
+    // Held back: the spool is full, the sink takes nothing, the source
+    // has read only what the channel and the spool took.
+    wait_for_log(
+        &agent,
+        "spool full; holding the sources back",
+        Duration::from_secs(60),
+    );
+    let admin = agent.admin_address().to_string();
+    let read = || metric(&admin, r#"tailrace_source_events_total{source="app"}"#);
+    let before = read();
+    notes.drain();
+    notes.pings(3, &agent);
+    let after = read();
+    assert_eq!(
+        before, after,
+        "the source read on while the pings were counted: it was not held back"
+    );
+    assert!(
+        after < LINES as f64,
+        "the source read all {LINES} lines ({after}): it was never held back"
+    );
+    assert!(
+        metric(&admin, r#"tailrace_channel_events{channel="main"}"#) > 0.0,
+        "the channel is not full"
+    );
+
+    std::fs::write(&trigger, b"").unwrap();
+    let named = format!("component stuck: its loop has not run; no longer telling systemd the agent is alive, so it restarts the agent component={stuck}");
+    wait_for_log(&agent, &named, Duration::from_secs(30));
+    // What was sent before the watchdog saw the hang is in the socket
+    // already; after it, five ping periods pass without one.
+    notes.drain();
+    let heard = notes.next(5 * PING_EVERY);
+    assert_eq!(
+        heard,
+        None,
+        "the agent still tells systemd it is alive: {}",
+        agent.log_tail(30)
+    );
+    assert_eq!(
+        agent.log().matches(&named).count(),
+        1,
+        "the stuck component is named once"
+    );
+}
+
+#[test]
+fn watchdog_stops_pinging_when_the_sink_hangs() {
+    watchdog_pings_while_held_back_and_stops_for("sink", "sink kafka");
+}
+
+#[test]
+fn watchdog_stops_pinging_when_the_file_source_hangs() {
+    watchdog_pings_while_held_back_and_stops_for("source", "source app");
+}
+
+/// A client that connected, sent a line and then says nothing is waited
+/// for, not stuck: the pings go on while its connection task waits.
+#[test]
+fn watchdog_pings_while_a_tcp_client_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let absent = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let socket = dir.path().join("notify.sock");
+    let notes = Notifications::bind(&socket);
+    let agent = Agent::start_with_env(
+        dir.path(),
+        &with_tcp_source(dir.path(), &absent, port),
+        &[
+            ("NOTIFY_SOCKET", socket.to_str().unwrap()),
+            ("WATCHDOG_USEC", WATCHDOG_USEC),
+        ],
+    );
+    notes.ready(&agent);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(b"one line, then silence\n").unwrap();
+    let admin = agent.admin_address().to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(
+            &admin,
+            r#"tailrace_source_events_total{source="net"}"#
+        ) >= 1.0),
+        "the line did not arrive: {}",
+        agent.log_tail(30)
+    );
+    // Three ping periods: longer than a connection may stay silent.
+    notes.pings(3, &agent);
+    assert!(
+        !agent.log().contains("component stuck"),
+        "{}",
+        agent.log_tail(30)
+    );
+    drop(client);
+}
+
 /// The standard config plus a tcp source on `port` into the same channel:
 /// one group, so the reload stops it and builds its replacement.
 fn with_tcp_source(dir: &std::path::Path, bootstrap: &str, port: u16) -> String {
@@ -185,12 +396,10 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
     )
     .unwrap();
     agent.reload();
-    assert!(
-        wait_until(Duration::from_secs(30), || agent
-            .log()
-            .contains("the new config cannot start")),
-        "{}",
-        agent.log_tail(50)
+    wait_for_log(
+        &agent,
+        "the new config cannot start",
+        Duration::from_secs(30),
     );
     assert!(
         agent

@@ -119,7 +119,9 @@ impl Channel {
 
     /// [`Channel::send_blocking`], calling `meanwhile` every `every` while
     /// the channel stays full: a source blocked here still processes its
-    /// acknowledgements and saves its positions.
+    /// acknowledgements, saves its positions and beats its heartbeat. Also
+    /// while the sink trickles batches out without making enough room: it
+    /// is the time since the last call that counts, not a quiet wait.
     pub fn send_waiting(
         &self,
         batch: Batch,
@@ -127,6 +129,7 @@ impl Channel {
         meanwhile: &mut dyn FnMut(),
     ) -> Result<(), ChannelClosed> {
         let mut state = self.lock();
+        let mut last = Instant::now();
         loop {
             if state.closed {
                 return Err(ChannelClosed(batch));
@@ -135,14 +138,16 @@ impl Channel {
                 self.push(&mut state, batch);
                 return Ok(());
             }
-            let (s, waited) = self
+            let wait = every.saturating_sub(last.elapsed());
+            state = self
                 .cond
-                .wait_timeout(state, every)
-                .unwrap_or_else(|e| e.into_inner());
-            state = s;
-            if waited.timed_out() {
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if last.elapsed() >= every {
                 drop(state);
                 meanwhile();
+                last = Instant::now();
                 state = self.lock();
             }
         }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::heartbeat::{Heartbeat, WAIT_BEAT};
 use crate::intercept::Interceptors;
 use crate::spool::SpoolTree;
 use crate::Readiness;
@@ -242,30 +243,24 @@ pub struct SourceContext {
     /// Copies of what is sent, while `tailrace tap` is attached (`admit`
     /// feeds it, after the interceptors).
     pub tap: Tap,
+    /// Beaten once per loop iteration of the source's thread or main task
+    /// (and by the sends below while a channel is full); a task of its own
+    /// (a connection) takes `heartbeat.task(..)`.
+    pub heartbeat: Heartbeat,
 }
 
 impl SourceContext {
-    /// Sends a batch to every output channel, waiting while one is full.
-    /// The batch's ack must have been made for one delivery per record; for
-    /// each further channel the deliveries are added here.
-    pub fn send_blocking(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
-        if !self.admit(&mut batch) {
-            return Ok(());
-        }
-        match self.outputs.as_slice() {
-            [only] => only.send_blocking(batch),
-            outputs => {
-                batch.ack.add(batch.len() * (outputs.len() - 1));
-                for out in &outputs[1..] {
-                    out.send_blocking(copy(&batch))?;
-                }
-                outputs[0].send_blocking(batch)
-            }
-        }
+    /// Sends a batch to every output channel, waiting while one is full
+    /// (beating the heartbeat meanwhile). The batch's ack must have been
+    /// made for one delivery per record; for each further channel the
+    /// deliveries are added here.
+    pub fn send_blocking(&self, batch: Batch) -> Result<(), ChannelClosed> {
+        self.send_waiting(batch, WAIT_BEAT, &mut || {})
     }
 
     /// [`SourceContext::send_blocking`], calling `meanwhile` every `every`
-    /// while an output stays full (see [`Channel::send_waiting`]).
+    /// while an output stays full (see [`Channel::send_waiting`]), and
+    /// beating the heartbeat.
     pub fn send_waiting(
         &self,
         mut batch: Batch,
@@ -275,6 +270,10 @@ impl SourceContext {
         if !self.admit(&mut batch) {
             return Ok(());
         }
+        let meanwhile = &mut || {
+            self.heartbeat.beat();
+            meanwhile()
+        };
         let outputs = self.outputs.as_slice();
         batch.ack.add(batch.len() * (outputs.len() - 1));
         for out in &outputs[1..] {
@@ -284,20 +283,26 @@ impl SourceContext {
     }
 
     /// [`SourceContext::send_blocking`] for async sources.
-    pub async fn send(&self, mut batch: Batch) -> Result<(), ChannelClosed> {
+    pub async fn send(&self, batch: Batch) -> Result<(), ChannelClosed> {
+        self.send_beating(batch, &self.heartbeat).await
+    }
+
+    /// [`SourceContext::send`] from a task with a heartbeat of its own,
+    /// which is beaten while an output stays full.
+    pub async fn send_beating(
+        &self,
+        mut batch: Batch,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), ChannelClosed> {
         if !self.admit(&mut batch) {
             return Ok(());
         }
-        match self.outputs.as_slice() {
-            [only] => only.send(batch).await,
-            outputs => {
-                batch.ack.add(batch.len() * (outputs.len() - 1));
-                for out in &outputs[1..] {
-                    out.send(copy(&batch)).await?;
-                }
-                outputs[0].send(batch).await
-            }
+        let outputs = self.outputs.as_slice();
+        batch.ack.add(batch.len() * (outputs.len() - 1));
+        for out in &outputs[1..] {
+            send_beating(out, copy(&batch), heartbeat).await?;
         }
+        send_beating(&outputs[0], batch, heartbeat).await
     }
 }
 
@@ -349,6 +354,27 @@ impl SourceContext {
     }
 }
 
+/// Sends to `out` from a task, beating `heartbeat` every [`WAIT_BEAT`]
+/// while it is full. Where there is room (the usual case) no timer is made.
+async fn send_beating(
+    out: &Channel,
+    batch: Batch,
+    heartbeat: &Heartbeat,
+) -> Result<(), ChannelClosed> {
+    let batch = match out.try_send(batch) {
+        Ok(()) => return Ok(()),
+        Err(batch) => batch,
+    };
+    let send = out.send(batch);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            sent = &mut send => return sent,
+            _ = tokio::time::sleep(WAIT_BEAT) => heartbeat.beat(),
+        }
+    }
+}
+
 fn copy(batch: &Batch) -> Batch {
     Batch {
         meta: batch.meta.clone(),
@@ -376,6 +402,8 @@ pub struct SinkContext {
     /// Copies of what is sent, with topic and key, while `tailrace tap` is
     /// attached: `tap.begin()` once per batch, `offer` per record.
     pub tap: Tap,
+    /// Beaten once per iteration of the sink's loop.
+    pub heartbeat: Heartbeat,
 }
 
 impl SinkContext {
@@ -395,6 +423,7 @@ impl SinkContext {
             .spawn(move || {
                 self.readiness.set_ready();
                 let result = loop {
+                    self.heartbeat.beat();
                     let Some(batch) = self.input.recv_timeout(Duration::from_millis(50)) else {
                         if self.input.is_drained() {
                             break Ok(());

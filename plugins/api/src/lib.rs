@@ -15,6 +15,7 @@ pub mod batch;
 pub mod batcher;
 pub mod channel;
 pub mod component;
+pub mod heartbeat;
 pub mod intercept;
 pub mod ledger;
 pub mod metrics;
@@ -33,6 +34,7 @@ pub use component::{
     BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, MaxLineBytes, Outcome,
     ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,
 };
+pub use heartbeat::{Heartbeat, Heartbeats};
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};
 pub use ledger::Ledger;
 pub use metrics::{Families, Labels, Metrics, SinkMetrics, SourceMetrics};

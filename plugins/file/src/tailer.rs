@@ -335,6 +335,7 @@ impl Tailer {
         self.last_persist = Instant::now();
         let mut rescan = false;
         while !self.cx.shutdown.is_triggered() {
+            self.cx.heartbeat.beat();
             if rescan && last_scan.elapsed() >= Duration::from_millis(20)
                 || last_scan.elapsed() >= self.settings.scan_interval
             {
@@ -364,6 +365,7 @@ impl Tailer {
         self.cx.sent.trigger();
         debug!(source = %name, "file source stopped reading, waiting for the sinks");
         loop {
+            self.cx.heartbeat.beat();
             let drained = self.cx.drained.wait_timeout(Duration::from_millis(50));
             let (acks, _) = self.wake.wait(Duration::ZERO);
             self.apply_acks(acks);

@@ -108,6 +108,7 @@ impl Source {
             readiness: tailrace_api::Readiness::ready(),
             interceptors: Vec::new().into(),
             tap: tailrace_api::Tap::none(),
+            heartbeat: tailrace_api::Heartbeat::none(),
         };
         let task = cfg.build(cx).expect("source builds");
         let task = std::thread::spawn(move || {

@@ -164,6 +164,7 @@ impl Reader {
         let mut last_persist = Instant::now();
         let mut failure = None;
         while !self.cx.shutdown.is_triggered() {
+            self.cx.heartbeat.beat();
             let read = match self.read_batch(&mut journal) {
                 Ok(n) => n,
                 Err(ReadError::Closed) => break,
@@ -188,6 +189,7 @@ impl Reader {
         self.cx.sent.trigger();
         debug!(source = %name, "journald source stopped reading, waiting for the sinks");
         loop {
+            self.cx.heartbeat.beat();
             let drained = self.cx.drained.wait_timeout(Duration::from_millis(50));
             self.apply_acks();
             self.persist(&mut journal);

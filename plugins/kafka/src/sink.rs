@@ -928,6 +928,7 @@ fn sink_producer(
 impl Sink {
     fn run(&mut self) -> Result<(), String> {
         loop {
+            self.cx.heartbeat.beat();
             self.producer.poll(Duration::ZERO);
             self.handle_failures();
             self.finish_replays();
@@ -1098,6 +1099,7 @@ impl Sink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
+                    self.cx.heartbeat.beat();
                     let since = *full_since.get_or_insert_with(Instant::now);
                     self.producer.poll(Duration::from_millis(5));
                     if self.out_of_time() {
@@ -1637,6 +1639,7 @@ impl Sink {
         };
         self.phase.set(Phase::Draining { deadline });
         loop {
+            self.cx.heartbeat.beat();
             self.producer.poll(Duration::from_millis(20));
             self.handle_failures();
             self.finish_replays();

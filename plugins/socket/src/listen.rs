@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tailrace_api::{BuildError, ComponentTask, Record, SourceContext};
+use tailrace_api::{BuildError, ComponentTask, Heartbeat, Record, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -193,7 +193,10 @@ async fn serve(
     tokio::pin!(stopped);
     let log_full = Every::default();
     let log_error = Every::default();
+    let heartbeat = &out.cx.heartbeat;
     loop {
+        // Waiting for a free slot or a client is not a hang.
+        heartbeat.idle();
         let permit = tokio::select! {
             biased;
             _ = &mut stopped => break,
@@ -207,6 +210,7 @@ async fn serve(
             _ = &mut stopped => break,
             a = listener.accept() => a,
         };
+        heartbeat.beat();
         while tasks.try_join_next().is_some() {}
         match accepted {
             Ok((conn, peer)) => {
@@ -235,8 +239,12 @@ async fn connection(
     out: Arc<Output>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let heartbeat = out.cx.heartbeat.task(&format!("connection {peer}"));
+    // The handshake is bounded by its timeout.
+    heartbeat.idle();
+    let hb = &heartbeat;
     match conn {
-        Connection::Tcp(stream, None) => read(stream, &peer, &plan, &out).await,
+        Connection::Tcp(stream, None) => read(stream, &peer, &plan, &out, hb).await,
         Connection::Tcp(stream, Some(tls)) => {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
             let stream = tokio::select! {
@@ -256,14 +264,20 @@ async fn connection(
                     }
                 },
             };
-            read(stream, &peer, &plan, &out).await
+            read(stream, &peer, &plan, &out, hb).await
         }
-        Connection::Unix(stream) => read(stream, &peer, &plan, &out).await,
+        Connection::Unix(stream) => read(stream, &peer, &plan, &out, hb).await,
     }
 }
 
 /// Reads one connection until it closes, idles out or shutdown comes.
-async fn read<S: AsyncRead + Unpin>(mut stream: S, peer: &str, plan: &Plan, out: &Output) {
+async fn read<S: AsyncRead + Unpin>(
+    mut stream: S,
+    peer: &str,
+    plan: &Plan,
+    out: &Output,
+    heartbeat: &Heartbeat,
+) {
     let mut framer = StreamFramer::new(plan.stream_framing, plan.limit);
     let mut buf = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
@@ -277,19 +291,21 @@ async fn read<S: AsyncRead + Unpin>(mut stream: S, peer: &str, plan: &Plan, out:
         if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
             buf.reserve(plan.read_buffer_bytes);
         }
+        heartbeat.idle();
         let read = tokio::select! {
             biased;
             _ = &mut stopped => break "shutdown",
             _ = &mut idle => break "idle timeout",
             r = stream.read_buf(&mut buf) => r,
         };
+        heartbeat.beat();
         match read {
             Ok(0) => break "closed by the peer",
             Ok(_) => {
                 let mut records = Vec::new();
                 let mut cuts = Cuts::default();
                 framer.cut(&mut buf, &mut records, &mut cuts);
-                if !out.send(records, cuts).await {
+                if !out.send(records, cuts, heartbeat).await {
                     return;
                 }
                 // Time spent waiting for the channel is not idleness.
@@ -304,7 +320,7 @@ async fn read<S: AsyncRead + Unpin>(mut stream: S, peer: &str, plan: &Plan, out:
     let mut records = Vec::new();
     let mut cuts = Cuts::default();
     framer.finish(&mut buf, &mut records, &mut cuts);
-    out.send(records, cuts).await;
+    out.send(records, cuts, heartbeat).await;
     debug!(source = %out.name(), peer, reason = why, "connection closed");
 }
 
@@ -356,12 +372,15 @@ async fn receive(
     let mut buf = BytesMut::new();
     let mut ranges = Vec::new();
     let log_error = Every::default();
+    let heartbeat = &out.cx.heartbeat;
     loop {
+        heartbeat.idle();
         tokio::select! {
             biased;
             _ = &mut stopped => break,
             r = socket.readable() => r.map_err(|e| format!("cannot wait on the socket: {e}"))?,
         }
+        heartbeat.beat();
         let mut cuts = Cuts::default();
         for _ in 0..DATAGRAMS_PER_BATCH {
             if buf.capacity() - buf.len() < DATAGRAM_SPACE {
@@ -399,7 +418,7 @@ async fn receive(
             .map(|(a, b)| Record::new(chunk.slice(a..b), 0))
             .collect();
         if wait_for_room {
-            if !out.send(records, cuts).await {
+            if !out.send(records, cuts, heartbeat).await {
                 break;
             }
         } else {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tailrace_api::{Ack, Batch, BatchMeta, Record, SourceContext};
+use tailrace_api::{Ack, Batch, BatchMeta, Heartbeat, Record, SourceContext};
 use tracing::{debug, warn};
 
 use crate::framing::Cuts;
@@ -103,13 +103,19 @@ impl Output {
         Some(Batch::new(meta, records, Ack::none()))
     }
 
-    /// Sends, waiting while a channel is full. Returns false once the
-    /// channels are closed (shutdown); what could not be sent is counted.
-    pub(crate) async fn send(&self, records: Vec<Record>, cuts: Cuts) -> bool {
+    /// Sends, waiting while a channel is full (beating `heartbeat`, the
+    /// sending task's). Returns false once the channels are closed
+    /// (shutdown); what could not be sent is counted.
+    pub(crate) async fn send(
+        &self,
+        records: Vec<Record>,
+        cuts: Cuts,
+        heartbeat: &Heartbeat,
+    ) -> bool {
         let Some(batch) = self.batch(records, cuts) else {
             return true;
         };
-        match self.cx.send(batch).await {
+        match self.cx.send_beating(batch, heartbeat).await {
             Ok(()) => true,
             Err(closed) => {
                 let n = closed.0.len() as u64;

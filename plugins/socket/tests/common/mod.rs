@@ -46,6 +46,7 @@ pub fn try_start<C: SourceConfig>(config: C, capacity_events: usize) -> Result<S
         readiness: Readiness::ready(),
         interceptors: Vec::new().into(),
         tap: tailrace_api::Tap::none(),
+        heartbeat: tailrace_api::Heartbeat::none(),
     };
     let task = config.build(cx).map_err(|e| e.0)?;
     Ok(Source {
