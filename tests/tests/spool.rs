@@ -858,6 +858,17 @@ fn wait_all_spooled(agent: &Agent, lines: &SeqLines) {
     );
 }
 
+/// [`spool_while_broker_absent`] of `n` lines written first, with the
+/// default spool, in a new directory: (broker port, dir, lines, agent).
+fn spooled_while_broker_absent(n: u64) -> (u16, tempfile::TempDir, SeqLines, Agent) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(n);
+    let agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    (port, dir, lines, agent)
+}
+
 /// The broker arrives, on the port the agent was configured with.
 fn broker_arrives(port: u16) -> Broker {
     let broker = Broker::start_on(port);
@@ -867,11 +878,7 @@ fn broker_arrives(port: u16) -> Broker {
 
 #[test]
 fn corrupt_spool_entry_is_set_aside_with_a_report() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
-    lines.append(30_000);
-    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let (port, dir, mut lines, mut agent) = spooled_while_broker_absent(30_000);
     let entries = spool_entries(dir.path(), "spool");
     assert!(
         entries.len() >= 2,
@@ -1174,11 +1181,7 @@ fn sigterm_spools_what_is_unacknowledged_within_the_grace_period() {
 
 #[test]
 fn spool_replay_while_the_agent_is_stopped() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
-    lines.append(20_000);
-    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let (port, dir, mut lines, mut agent) = spooled_while_broker_absent(20_000);
 
     // A clean stop saved the position past every spooled line.
     let saved = saved_lines(&agent);
@@ -1594,11 +1597,7 @@ fn assert_run_refuses_damaged_store(agent: &mut Agent) {
 
 #[test]
 fn a_damaged_store_at_start_exits_65_naming_store_check_and_repair() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
-    lines.append(1_000);
-    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let (_port, dir, _lines, mut agent) = spooled_while_broker_absent(1_000);
     // sled's `conf` file holds its storage parameters; one it cannot parse
     // fails every open.
     let conf = dir.path().join("data/store/conf");
@@ -1621,11 +1620,7 @@ fn a_damaged_store_at_start_exits_65_naming_store_check_and_repair() {
 /// line arrives at the consumer.
 #[test]
 fn store_repair_recovers_a_damaged_store_and_the_agent_delivers_its_spool() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
-    lines.append(30_000);
-    let mut agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let (port, dir, mut lines, mut agent) = spooled_while_broker_absent(30_000);
     let spooled = spooled_seqs(dir.path(), "spool");
     assert_eq!(
         spooled.len() as u64,

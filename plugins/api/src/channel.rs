@@ -104,17 +104,8 @@ impl Channel {
 
     /// Sends from a thread, waiting while the channel is full.
     pub fn send_blocking(&self, batch: Batch) -> Result<(), ChannelClosed> {
-        let mut state = self.lock();
-        loop {
-            if state.closed {
-                return Err(ChannelClosed(batch));
-            }
-            if state.admits(&batch, self.capacity_events, self.capacity_bytes) {
-                self.push(&mut state, batch);
-                return Ok(());
-            }
-            state = self.cond.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+        // Nothing to do meanwhile: an hour is as good as for ever.
+        self.send_waiting(batch, Duration::from_secs(3600), &mut || {})
     }
 
     /// [`Channel::send_blocking`], calling `meanwhile` every `every` while
