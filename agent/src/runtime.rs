@@ -138,28 +138,35 @@ impl Group {
                 data_dir.display()
             )),
         )];
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| ("channel", &c.name, &c.definition));
+        let sources = config
+            .sources
+            .iter()
+            .map(|c| ("source", &c.name, &c.definition));
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|c| ("sink", &c.name, &c.definition));
         parts.extend(
-            config
-                .channels
-                .iter()
-                .filter(|c| self.channels.contains(&c.name))
-                .map(|c| (format!("channel {}", c.name), c.definition.clone())),
-        );
-        parts.extend(
-            config
-                .sources
-                .iter()
-                .filter(|c| self.sources.contains(&c.name))
-                .map(|c| (format!("source {}", c.name), c.definition.clone())),
-        );
-        parts.extend(
-            config
-                .sinks
-                .iter()
-                .filter(|c| self.sinks.contains(&c.name))
-                .map(|c| (format!("sink {}", c.name), c.definition.clone())),
+            channels
+                .chain(sources)
+                .chain(sinks)
+                .filter(|(kind, name, _)| self.has(kind, name))
+                .map(|(kind, name, definition)| (format!("{kind} {name}"), definition.clone())),
         );
         parts
+    }
+
+    /// Whether the group has the `kind` ("channel", "source", "sink") named.
+    fn has(&self, kind: &str, name: &str) -> bool {
+        match kind {
+            "channel" => self.channels.contains(name),
+            "source" => self.sources.contains(name),
+            _ => self.sinks.contains(name),
+        }
     }
 
     /// What the group's components hold that another group's could also
@@ -467,17 +474,7 @@ impl Running {
         state: &AdminState,
         data_dir: &Path,
     ) -> anyhow::Result<Running> {
-        let mut built = Vec::new();
-        for group in Group::all(config) {
-            match Prepared::build(config, &group, store, state, data_dir) {
-                Ok(p) => built.push(p),
-                Err(Unbuilt { error, prepared }) => {
-                    abandon(built).await;
-                    prepared.abandon().await;
-                    return Err(error);
-                }
-            }
-        }
+        let built = build_all(config, &Group::all(config), store, state, data_dir).await?;
         let mut running = Running {
             pipelines: built.into_iter().map(Prepared::start).collect(),
             summary: None,
@@ -540,6 +537,29 @@ async fn abandon(built: Vec<Prepared>) {
     }
 }
 
+/// Builds every one of `groups`, or none: when one cannot be built, what
+/// was built of it and of the others is let go of before the error returns.
+async fn build_all(
+    config: &Config,
+    groups: &[Group],
+    store: &Arc<Store>,
+    state: &AdminState,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<Prepared>> {
+    let mut built = Vec::new();
+    for group in groups {
+        match Prepared::build(config, group, store, state, data_dir) {
+            Ok(p) => built.push(p),
+            Err(Unbuilt { error, prepared }) => {
+                prepared.abandon().await;
+                abandon(built).await;
+                return Err(error);
+            }
+        }
+    }
+    Ok(built)
+}
+
 /// Why a reload did not take the new config.
 enum Refused {
     /// Nothing running was touched.
@@ -599,18 +619,13 @@ async fn reload(
         "reloading groups of components"
     );
 
-    let mut built = Vec::new();
-    for g in &fresh {
-        match Prepared::build(new, g, &new_store, state, &new_dir) {
-            Ok(p) => built.push(p),
-            Err(Unbuilt { error, prepared }) => {
-                prepared.abandon().await;
-                abandon(built).await;
-                running.pipelines = kept.into_iter().chain(changed).collect();
-                return Err(Refused::Kept(error));
-            }
+    let mut built = match build_all(new, &fresh, &new_store, state, &new_dir).await {
+        Ok(built) => built,
+        Err(error) => {
+            running.pipelines = kept.into_iter().chain(changed).collect();
+            return Err(Refused::Kept(error));
         }
-    }
+    };
     let was: Vec<Group> = changed.iter().map(|p| p.group.clone()).collect();
     if !changed.is_empty() {
         let errors = signals.stop(changed).await;
@@ -618,29 +633,23 @@ async fn reload(
             warn!(errors = %errors.join("; "), "the changed components stopped with errors");
         }
     }
-    for g in &replacing {
-        match Prepared::build(new, g, &new_store, state, &new_dir) {
-            Ok(p) => built.push(p),
-            Err(Unbuilt { error, prepared }) => {
-                prepared.abandon().await;
-                abandon(built).await;
-                running.pipelines = kept;
-                for g in &was {
-                    match Prepared::build(old, g, store, state, data_dir) {
-                        Ok(p) => running.pipelines.push(p.start()),
-                        Err(Unbuilt {
-                            error: again,
-                            prepared,
-                        }) => {
-                            prepared.abandon().await;
-                            return Err(Refused::Fatal(error.context(format!(
-                                "and the components it changed cannot start again either: {again:#}"
-                            ))));
-                        }
-                    }
+    match build_all(new, &replacing, &new_store, state, &new_dir).await {
+        Ok(more) => built.extend(more),
+        Err(error) => {
+            abandon(built).await;
+            running.pipelines = kept;
+            let again = build_all(old, &was, store, state, data_dir).await;
+            return match again {
+                Ok(restored) => {
+                    running
+                        .pipelines
+                        .extend(restored.into_iter().map(Prepared::start));
+                    Err(Refused::RolledBack(error))
                 }
-                return Err(Refused::RolledBack(error));
-            }
+                Err(again) => Err(Refused::Fatal(error.context(format!(
+                    "and the components it changed cannot start again either: {again:#}"
+                )))),
+            };
         }
     }
     running.pipelines = kept
