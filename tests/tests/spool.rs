@@ -135,6 +135,14 @@ fn read_all(consumer: &mut Consumer, lines: &SeqLines, timeout: Duration) -> Rep
     report
 }
 
+/// [`read_all`], then two seconds more: a line sent twice arrives close
+/// after its first copy.
+fn read_all_and_the_duplicates_after(consumer: &mut Consumer, lines: &SeqLines) -> Report {
+    read_all(consumer, lines, CATCH_UP);
+    consumer.read_for(Duration::from_secs(2));
+    lines.count(consumer.records())
+}
+
 /// Reads until a line numbered `from` or later has arrived (or `timeout`),
 /// and asserts that one did.
 fn arrives_from(consumer: &mut Consumer, from: u64, timeout: Duration, what: &str) {
@@ -996,10 +1004,7 @@ fn a_failed_spool_flush_does_not_write_its_entries_twice() {
     let broker = broker_arrives(port);
     agent.restart();
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    read_all(&mut consumer, &lines, CATCH_UP);
-    // Whatever was spooled twice would follow its first copy closely.
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records());
+    let report = read_all_and_the_duplicates_after(&mut consumer, &lines);
     println!("{report}");
     assert!(report.is_complete() && report.duplicates == 0, "{report}");
     stop_cleanly(&mut agent);
@@ -1104,9 +1109,7 @@ fn positions_are_saved_while_the_source_waits_on_a_full_channel() {
     let broker = broker_arrives(port);
     agent.restart();
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    read_all(&mut consumer, &lines, CATCH_UP);
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records());
+    let report = read_all_and_the_duplicates_after(&mut consumer, &lines);
     println!(
         "{report}; saved at line {saved}, {} lines spooled, {repeatable} of them at or after it",
         in_spool.len()
@@ -1490,9 +1493,7 @@ fn an_offline_replay_dead_letters_what_kafka_refuses_and_sends_the_rest_once() {
     let second = agent.spool_json(&["replay", "--timeout-secs", "60"]);
     assert_eq!(second[0]["events"], 0, "{second:?}");
     let mut consumer = Consumer::new(&format!("127.0.0.1:{port}"), TOPIC);
-    read_all(&mut consumer, &lines, CATCH_UP);
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records());
+    let report = read_all_and_the_duplicates_after(&mut consumer, &lines);
     assert!(report.missing.is_empty(), "lines lost: {report}");
     assert_eq!(report.duplicates, 0, "lines sent twice: {report}");
     assert_eq!(agent.spool_usage(SINK, "dead").events, 1);
