@@ -7,6 +7,7 @@
 //! `repair` submodule reads what is still readable out of such a store
 //! (`tailrace store check` and `tailrace store repair`).
 
+pub mod durable;
 pub mod health;
 pub mod repair;
 
@@ -37,6 +38,10 @@ pub struct Store {
     min_free_bytes: AtomicU64,
     /// Bumped by each reopen (see [`SpoolStore::generation`]).
     generation: AtomicU64,
+    /// Flushes finished so far; see [`Store::sync_flushed`].
+    flushes: AtomicU64,
+    /// What makes a flush durable, and up to which flush it did.
+    synced: Mutex<Synced>,
     watching: AtomicBool,
     /// Faults a test asked for (debug builds only).
     #[cfg(debug_assertions)]
@@ -105,6 +110,20 @@ fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
+/// The [`durable::Syncer`] of the open database, and the last of the
+/// counted flushes it made durable.
+struct Synced {
+    syncer: durable::Syncer,
+    upto: u64,
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
+    move |e| OpenError::Io {
+        path: path.to_path_buf(),
+        source: sled::Error::Io(e),
+    }
+}
+
 /// How long `Store::open` waits for a lock that a process which just
 /// stopped (or a store just dropped) may still hold.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -155,6 +174,7 @@ impl Store {
             });
         }
         let db = open_waiting(&path, data_dir)?;
+        let syncer = durable::Syncer::open(&path).map_err(io_error(&path))?;
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
@@ -163,6 +183,8 @@ impl Store {
             readiness: Readiness::ready(),
             min_free_bytes: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            synced: Mutex::new(Synced { syncer, upto: 0 }),
             watching: AtomicBool::new(false),
             #[cfg(debug_assertions)]
             faults: faults::Faults::from_env(),
@@ -263,6 +285,10 @@ impl Store {
         let data_dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
         let reopened =
             open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
+        let syncer = durable::Syncer::open(&self.path)
+            .map_err(|e| StoreError(io_error(&self.path)(e).to_string()))?;
+        *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Synced { syncer, upto: 0 };
+        self.flushes.store(0, Ordering::Release);
         *db = Some(reopened);
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -642,8 +668,32 @@ impl CheckpointStore for Store {
         })
     }
 
+    /// sled's flush, then the sync that makes it durable (see
+    /// [`durable`]): a position or spool entry counts as stored only once
+    /// this returned.
     fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(true, |db| db.flush().map(|_| ()))
+        self.with_db(true, |db| {
+            db.flush()?;
+            self.sync_flushed().map_err(sled::Error::Io)
+        })
+    }
+}
+
+impl Store {
+    /// Makes every flush that finished so far durable, with one sync for
+    /// all the flushes that finished while another thread's sync ran
+    /// (group commit): a flush is counted once it returned, and a sync
+    /// covers every flush counted before it started.
+    fn sync_flushed(&self) -> std::io::Result<()> {
+        let flush = self.flushes.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if synced.upto >= flush {
+            return Ok(());
+        }
+        let upto = self.flushes.load(Ordering::Acquire);
+        synced.syncer.sync()?;
+        synced.upto = upto;
+        Ok(())
     }
 }
 

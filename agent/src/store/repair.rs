@@ -412,6 +412,10 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, RepairError> {
     ));
     std::fs::rename(&store, &aside).map_err(io("set aside", &store))?;
     std::fs::rename(&fresh, &store).map_err(io("move into place", &fresh))?;
+    // The renames are durable only once data_dir is synced.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", data_dir))?;
     drop(lock);
     Ok(Repaired {
         salvage,
@@ -454,7 +458,10 @@ fn write_fresh(fresh: &Path, salvage: &Salvage) -> Result<(), RepairError> {
     }
     db.flush().map_err(failed)?;
     drop(db);
-    wait_released(fresh)
+    wait_released(fresh)?;
+    // On the platter before the damaged store is set aside for it.
+    super::durable::Syncer::open(fresh).map_err(io("sync", fresh))?;
+    Ok(())
 }
 
 #[cfg(test)]

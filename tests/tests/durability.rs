@@ -1,0 +1,240 @@
+//! Durability of the store (issue 16): a flush that acknowledges is on the
+//! platter (seen with strace), and a store that never recovers ends the
+//! agent with a status of its own, losing nothing.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tailrace_e2e::{file_to_kafka, free_port, run_tailrace, tailrace_bin, wait_until, SeqLines};
+
+const TOPIC: &str = "logs";
+const LINES: u64 = 20_000;
+
+/// `file_to_kafka` with a 3 s delivery timeout, so an absent broker makes
+/// the sink spool soon.
+fn config(dir: &Path, bootstrap: &str) -> String {
+    let base = file_to_kafka(dir, bootstrap, TOPIC);
+    let default_timeout = "delivery_timeout_ms: 300000";
+    assert!(
+        base.contains(default_timeout),
+        "file_to_kafka changed; update this test's config"
+    );
+    base.replace(default_timeout, "delivery_timeout_ms: 3000")
+}
+
+/// The sum of the `events=N` fields of the log lines containing `message`.
+fn logged_events(log: &str, message: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("events="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// `tailrace run` under `strace -f`, which writes the syscalls named in
+/// `trace` with the paths of their descriptors (`-y`) to `trace_log`.
+struct Traced {
+    strace: Child,
+    log: PathBuf,
+}
+
+impl Traced {
+    fn start(config: &Path, log: &Path, trace_log: &Path, trace: &str) -> Traced {
+        let out = File::create(log).unwrap();
+        let strace = Command::new("strace")
+            .args(["-f", "-qq", "-y", "-s", "200", "--seccomp-bpf", "-e"])
+            .arg(format!("trace={trace}"))
+            .arg("-o")
+            .arg(trace_log)
+            .arg(tailrace_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cannot start strace (apt-get install strace)");
+        Traced {
+            strace,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The agent: strace's only child.
+    fn agent_pid(&self) -> libc::pid_t {
+        let children = format!("/proc/{0}/task/{0}/children", self.strace.id());
+        let mut pid = None;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                pid = read(Path::new(&children))
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse().ok());
+                pid.is_some()
+            }),
+            "strace started no agent"
+        );
+        pid.unwrap()
+    }
+
+    /// SIGTERM to the agent (strace blocks it for itself); strace exits
+    /// with the agent's status.
+    fn stop(mut self) -> Option<i32> {
+        // SAFETY: a plain syscall on our grandchild, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.agent_pid(), libc::SIGTERM) }, 0);
+        let mut status = None;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                status = self.strace.try_wait().unwrap();
+                status.is_some()
+            }),
+            "the agent did not stop within 30 s of SIGTERM"
+        );
+        status.unwrap().code()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if self.strace.try_wait().ok().flatten().is_none() {
+            if let Ok(text) = std::fs::read_to_string(&self.log) {
+                eprintln!("agent log:\n{text}");
+            }
+            let _ = self.strace.kill();
+            let _ = self.strace.wait();
+        }
+    }
+}
+
+/// One syscall of an strace log: the thread, the call, its first argument
+/// (with `-y`, a descriptor's path in `<...>`).
+struct Call<'a> {
+    tid: u32,
+    name: &'a str,
+    args: &'a str,
+}
+
+fn calls(trace: &str) -> Vec<Call<'_>> {
+    trace
+        .lines()
+        .filter_map(|l| {
+            let (tid, rest) = l.split_once(' ')?;
+            let (name, args) = rest.trim_start().split_once('(')?;
+            // "<... fdatasync resumed>": counted where it began.
+            (!name.starts_with('<')).then_some(Call {
+                tid: tid.parse().ok()?,
+                name,
+                args,
+            })
+        })
+        .collect()
+}
+
+/// Thread ids by the names threads gave themselves (`prctl(PR_SET_NAME)`).
+fn threads(calls: &[Call]) -> HashMap<String, u32> {
+    calls
+        .iter()
+        .filter(|c| c.name == "prctl" && c.args.starts_with("PR_SET_NAME"))
+        .filter_map(|c| Some((c.args.split('"').nth(1)?.to_owned(), c.tid)))
+        .collect()
+}
+
+fn is_sync_in(c: &Call, store: &str) -> bool {
+    matches!(c.name, "fsync" | "fdatasync") && c.args.contains(store)
+}
+
+/// Issue 16: sled's flush is `sync_file_range`, not fsync, so a power cut
+/// could take back spool entries whose sources were acknowledged and
+/// positions saved after them. Under strace: the sink's thread syncs a
+/// file of the store before each "events spooled" it logs (the lines are
+/// counted as spooled, and acknowledged, only after their flush), and the
+/// file source's thread syncs the store when it saves its positions.
+#[test]
+fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
+    lines.append(LINES);
+    let config_path = dir.path().join("tailrace.yaml");
+    let bootstrap = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        &config_path,
+        format!(
+            "{}\nadmin: {{ address: \"{admin}\" }}\n",
+            config(dir.path(), &bootstrap)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let trace_log = dir.path().join("strace.log");
+    let agent = Traced::start(
+        &config_path,
+        &log,
+        &trace_log,
+        "fsync,fdatasync,sync_file_range,prctl,write",
+    );
+    let all_spooled = wait_until(Duration::from_secs(60), || {
+        logged_events(&read(&log), "events spooled") >= LINES
+    });
+    assert!(all_spooled, "not every line was spooled:\n{}", read(&log));
+    assert_eq!(agent.stop(), Some(0), "exit status after SIGTERM");
+
+    let saved = run_tailrace(["checkpoints", "--config", config_path.to_str().unwrap()]);
+    let saved = String::from_utf8_lossy(&saved.stdout).into_owned();
+    let offset = saved
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["offset"].as_u64());
+    assert_eq!(
+        offset,
+        Some(std::fs::metadata(lines.path()).unwrap().len()),
+        "the position moved to the end of the spooled file: {saved}"
+    );
+
+    let trace = read(&trace_log);
+    let calls = calls(&trace);
+    let threads = threads(&calls);
+    let store = format!("{}/data/store/", dir.path().display());
+    let (Some(&sink), Some(&source)) = (threads.get("kafka-kafka"), threads.get("file-app")) else {
+        panic!("no sink or file source thread among {threads:?}");
+    };
+    // In the sink's thread: each "events spooled" after a sync since the
+    // one before it.
+    let mut synced = false;
+    let mut spooled_logs = 0;
+    for c in calls.iter().filter(|c| c.tid == sink) {
+        if is_sync_in(c, &store) {
+            synced = true;
+        } else if c.name == "write" && c.args.contains("events spooled") {
+            assert!(
+                synced,
+                "the sink counted lines as spooled with no fsync or fdatasync of {store} since the last time"
+            );
+            synced = false;
+            spooled_logs += 1;
+        }
+    }
+    assert!(
+        spooled_logs > 0,
+        "no \"events spooled\" write in the strace log of the sink's thread"
+    );
+    let source_syncs = calls
+        .iter()
+        .filter(|c| c.tid == source && is_sync_in(c, &store))
+        .count();
+    assert!(
+        source_syncs > 0,
+        "the file source saved its positions without syncing {store}"
+    );
+}
