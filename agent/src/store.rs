@@ -36,6 +36,11 @@ pub struct Store {
     /// Ready unless [`Health`] names a problem.
     readiness: Readiness,
     min_free_bytes: AtomicU64,
+    /// How long a failing store is reopened before it is given up on, in
+    /// ms; 0: for ever.
+    give_up_after_ms: AtomicU64,
+    /// Set once the store was given up on (see [`Store::gave_up`]).
+    gave_up: tokio::sync::watch::Sender<Option<GaveUp>>,
     /// Bumped by each reopen (see [`SpoolStore::generation`]).
     generation: AtomicU64,
     /// Flushes finished so far; see [`Store::sync_flushed`].
@@ -56,6 +61,17 @@ pub enum OpenError {
     Io { path: PathBuf, source: sled::Error },
     #[error("the store in {path} is damaged ({detail}); stop here: `tailrace store check --config FILE` reports what is readable, `tailrace store repair --config FILE` copies it into a fresh store and sets the damaged one aside")]
     Damaged { path: PathBuf, detail: String },
+}
+
+/// A store that failed a write and every reopen for the configured
+/// `store_give_up_after_ms`: `run` stops and exits with
+/// `EXIT_STORE_FAILED`, which the unit does not restart on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the store in {data_dir} refused every write and every reopen for {failing_s} s (last error: {error}); giving up. Nothing acknowledged is lost: files are read again from their saved positions at the next start. Before starting again: look at the file system of {data_dir} (free space, a read-only remount, I/O errors in the kernel log), then run `tailrace store check --config FILE`, and `tailrace store repair --config FILE` if it reports damage")]
+pub struct GaveUp {
+    pub data_dir: String,
+    pub error: String,
+    pub failing_s: u64,
 }
 
 /// Whether sled refused to open the files because of what is in them (a
@@ -182,6 +198,8 @@ impl Store {
             health: Mutex::new(Health::default()),
             readiness: Readiness::ready(),
             min_free_bytes: AtomicU64::new(0),
+            give_up_after_ms: AtomicU64::new(0),
+            gave_up: tokio::sync::watch::Sender::new(None),
             generation: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             synced: Mutex::new(Synced { syncer, upto: 0 }),
@@ -201,14 +219,21 @@ impl Store {
         self.readiness.clone()
     }
 
-    /// Starts watching the store (once; later calls only change
-    /// `min_free_bytes`): free space on `data_dir` is read every
+    /// Starts watching the store (once; later calls only change the
+    /// settings): free space on `data_dir` is read every
     /// [`health::DISK_CHECK_INTERVAL`], a failed database is reopened with
-    /// backoff, readiness follows, and a lasting problem is logged once per
-    /// [`health::LOG_INTERVAL`] with a count. The thread ends with the
-    /// store.
-    pub fn watch(self: &Arc<Self>, min_free_bytes: u64) -> std::io::Result<()> {
+    /// backoff and given up on after `give_up_after` (`None`: never; see
+    /// [`Store::gave_up`]), readiness follows, and a lasting problem is
+    /// logged once per [`health::LOG_INTERVAL`] with a count. The thread
+    /// ends with the store.
+    pub fn watch(
+        self: &Arc<Self>,
+        min_free_bytes: u64,
+        give_up_after: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
         self.min_free_bytes.store(min_free_bytes, Ordering::Relaxed);
+        let ms = give_up_after.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.give_up_after_ms.store(ms, Ordering::Relaxed);
         if self.watching.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -245,6 +270,7 @@ impl Store {
             (h.problem(), h.log(now))
         };
         let data_dir = self.data_dir();
+        self.give_up_if_due(now, &data_dir);
         match &problem {
             None => self.readiness.set_ready(),
             Some(p) => self.readiness.set_not_ready(p.reason(&data_dir)),
@@ -259,6 +285,35 @@ impl Store {
             Some(Log::Lasts { problem, refused }) => warn!(data_dir, refused, reason = %problem.reason(&data_dir), "the store still refuses writes"),
             Some(Log::Over { refused }) => info!(data_dir, refused, "the store takes writes again"),
         }
+    }
+
+    /// Gives the store up (once) when it has failed for `give_up_after`.
+    fn give_up_if_due(&self, now: Instant, data_dir: &str) {
+        if self.gave_up.borrow().is_some() {
+            return;
+        }
+        let after = match self.give_up_after_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        };
+        let gave_up = {
+            let h = self.health();
+            h.given_up(now, after).map(|failing| GaveUp {
+                data_dir: data_dir.to_string(),
+                error: h.failing_error().unwrap_or_default().to_string(),
+                failing_s: failing.as_secs(),
+            })
+        };
+        if let Some(g) = gave_up {
+            error!(data_dir, error = %g.error, failing_s = g.failing_s, "the store cannot be reopened; giving up and stopping the agent (see `tailrace store check --config FILE`)");
+            self.gave_up.send_replace(Some(g));
+        }
+    }
+
+    /// Becomes `Some` once the store was given up on: every reopen failed
+    /// for `give_up_after` (see [`Store::watch`]).
+    pub fn gave_up(&self) -> tokio::sync::watch::Receiver<Option<GaveUp>> {
+        self.gave_up.subscribe()
     }
 
     fn data_dir(&self) -> String {
@@ -283,8 +338,12 @@ impl Store {
         #[cfg(debug_assertions)]
         self.faults.reopen()?;
         let data_dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
-        let reopened =
-            open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
+        let reopened = open_waiting(&self.path, &data_dir).map_err(|e| {
+            if matches!(e, OpenError::Damaged { .. }) {
+                DAMAGE_SEEN.store(true, Ordering::Relaxed);
+            }
+            StoreError(e.to_string())
+        })?;
         let syncer = durable::Syncer::open(&self.path)
             .map_err(|e| StoreError(io_error(&self.path)(e).to_string()))?;
         *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Synced { syncer, upto: 0 };
@@ -813,7 +872,7 @@ mod tests {
         assert!(put(b"k3").is_err());
         assert!(store.load("app").is_err());
         assert!(store.refuses_entries().is_some());
-        store.watch(0).unwrap();
+        store.watch(0, None).unwrap();
         assert!(until(|| !store.readiness().is_ready()));
         assert!(until(|| store.readiness().is_ready()), "never reopened");
         assert_eq!(SpoolStore::generation(&*store), 1);

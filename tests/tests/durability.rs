@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tailrace_e2e::{file_to_kafka, free_port, run_tailrace, tailrace_bin, wait_until, SeqLines};
+use tailrace_e2e::{
+    file_to_kafka, free_port, run_tailrace, tailrace_bin, wait_until, Agent, Broker, Consumer,
+    SeqLines, LINE_LEN,
+};
 
 const TOPIC: &str = "logs";
 const LINES: u64 = 20_000;
@@ -237,4 +240,85 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
         source_syncs > 0,
         "the file source saved its positions without syncing {store}"
     );
+}
+
+/// Issue 16: a store whose every reopen fails was reopened for ever. Given
+/// up on after `store_give_up_after_ms`, the agent stops with exit 74 and
+/// says what to do; started again on a store that works, it reads on from
+/// the positions it had saved: every line arrives, every line after the
+/// saved position is read again, and none below it twice.
+#[test]
+fn a_store_that_never_reopens_exits_74_and_the_next_start_loses_nothing() {
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}store_give_up_after_ms: 2000\n",
+        config(dir.path(), &broker.bootstrap())
+    );
+    // Lines keep coming, so positions keep being saved: the write after
+    // the first two saves (and their flushes) fails, and so does every
+    // reopen.
+    let writer = SeqLines::create(dir.path().join("logs/app.log")).spawn_writer(
+        250,
+        Duration::from_millis(50),
+        LINES,
+    );
+    let mut agent = Agent::start_with_env(
+        dir.path(),
+        &yaml,
+        &[
+            ("TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER", "4"),
+            ("TAILRACE_FAULT_STORE_REOPEN_FAILURES", "1000000"),
+        ],
+    );
+    let status = agent.wait_exit(Duration::from_secs(60));
+    let lines = writer.stop();
+    assert_eq!(status.code(), Some(74), "{}", agent.log_tail(30));
+    let log = agent.log();
+    let data_dir = dir.path().join("data").display().to_string();
+    for expected in [
+        "a store write failed",
+        "giving up",
+        "tailrace store check --config FILE",
+        "tailrace store repair --config FILE",
+        data_dir.as_str(),
+    ] {
+        assert!(
+            log.contains(expected),
+            "no {expected:?} in the log:\n{}",
+            agent.log_tail(30)
+        );
+    }
+    let saved = agent
+        .checkpoints()
+        .first()
+        .map_or(0, |c| c.offset / LINE_LEN as u64);
+    assert!(saved > 0, "the first saves worked");
+
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let before = consumer.read_for(Duration::from_secs(2)).len();
+    agent.clear_env();
+    agent.restart();
+    let read_again = |records: &[tailrace_e2e::Record]| {
+        let again = lines.count(records[before..].iter().map(|r| &r.payload));
+        (saved..lines.written()).all(|seq| !again.missing.contains(&seq))
+    };
+    consumer.read_until(Duration::from_secs(120), |r| read_again(r));
+    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
+    println!(
+        "saved position: line {saved} of {}; {report}",
+        lines.written()
+    );
+    assert!(report.is_complete(), "{report}");
+    assert!(
+        read_again(consumer.records()),
+        "the lines after the saved position {saved} were not read again: {report}"
+    );
+    assert!(
+        report.duplicated.iter().all(|&seq| seq >= saved),
+        "a line below the saved position {saved} arrived twice: {report}"
+    );
+    agent.terminate();
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }

@@ -299,8 +299,8 @@ fn top_level_settings_belong_to_one_file() {
     assert_eq!(
         e,
         "app.yaml:3:1: data_dir: data_dir is set in two files: here and in main.yaml:1:1; \
-         the top-level settings (data_dir, min_free_bytes, admin, log, shutdown_grace_ms, \
-         summary_interval_ms) \
+         the top-level settings (data_dir, min_free_bytes, store_give_up_after_ms, admin, log, \
+         shutdown_grace_ms, summary_interval_ms) \
          may be set in one file only"
     );
 }
@@ -500,6 +500,26 @@ fn max_line_bytes_fits_what_the_sink_can_deliver() {
         "    type: tcp\n    address: 127.0.0.1:5140\n",
     );
     assert_eq!(line_limit(&tcp).bytes, deliverable);
+}
+
+#[test]
+fn store_give_up_after_ms_is_zero_or_at_least_a_second() {
+    for (value, valid) in [
+        ("0", true),
+        ("1000", true),
+        ("300000", true),
+        ("999", false),
+    ] {
+        let text = with(
+            "data_dir: /tmp/tr\n",
+            &format!("data_dir: /tmp/tr\nstore_give_up_after_ms: {value}\n"),
+        );
+        if valid {
+            check(&text, &[]);
+        } else {
+            check(&text, &[(Some(2), "store_give_up_after_ms")]);
+        }
+    }
 }
 
 #[test]
