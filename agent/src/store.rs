@@ -886,6 +886,70 @@ mod tests {
         assert_eq!(keys, vec![b"k1".to_vec(), b"k4".to_vec()]);
     }
 
+    /// Why the spool and the positions share one store (ARCHITECTURE.md,
+    /// "One store"): sled recovers a prefix of its log, and a position is
+    /// written after the spool entries it depends on, so a store cut short
+    /// anywhere never keeps a position without the entries before it.
+    #[test]
+    fn a_store_cut_short_never_keeps_a_position_past_a_lost_spool_entry() {
+        const ROUNDS: u64 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..ROUNDS {
+                store.push(SpoolTree::Pending, "k", &entry(20)).unwrap();
+                SpoolStore::flush(&store).unwrap();
+                store
+                    .save("app", &[(b"pos".to_vec(), i.to_be_bytes().to_vec())], &[])
+                    .unwrap();
+                CheckpointStore::flush(&store).unwrap();
+            }
+        }
+        repair::wait_released(&dir.path().join("store")).unwrap();
+        let db = dir.path().join("store/db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        let (mut opened, mut positions) = (0, 0);
+        for cut in (1..=20).map(|n| len * n / 21) {
+            let copy = tempfile::tempdir().unwrap();
+            repair::copy_dir(&dir.path().join("store"), &copy.path().join("store")).unwrap();
+            // Without the snapshot, as after a crash before it was written:
+            // sled rebuilds from the log alone, up to where it was cut.
+            for f in std::fs::read_dir(copy.path().join("store")).unwrap() {
+                let f = f.unwrap().path();
+                if f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("snap.")
+                {
+                    std::fs::remove_file(f).unwrap();
+                }
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(copy.path().join("store/db"))
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let Ok(store) = Store::open(copy.path()) else {
+                continue;
+            };
+            opened += 1;
+            let spooled = store.usage(SpoolTree::Pending, "k").entries;
+            let kept = store.load("app").unwrap();
+            if let Some((_, v)) = kept.first() {
+                let position = u64::from_be_bytes(v.as_slice().try_into().unwrap());
+                println!("cut at {cut} of {len}: position {position}, {spooled} entries");
+                positions += 1;
+                assert!(
+                    spooled > position,
+                    "cut at {cut} of {len}: position {position} kept with {spooled} entries"
+                );
+            }
+        }
+        assert!(opened > 10, "sled opened {opened} of 20 cut stores");
+        assert!(positions > 10, "{positions} of them kept a position");
+    }
+
     /// Whether `cond` became true within 10 s.
     fn until(mut cond: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + std::time::Duration::from_secs(10);

@@ -214,7 +214,7 @@ impl StoreLock {
 }
 
 /// Copies the files of `from` into a new directory `to`.
-fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
+pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
     std::fs::create_dir_all(to).map_err(io("create", to))?;
     for entry in std::fs::read_dir(from).map_err(io("read", from))? {
         let entry = entry.map_err(io("read", from))?;
@@ -330,7 +330,7 @@ fn read_tree(tree: &sled::Tree) -> (Entries, Option<ReadDamage>) {
 
 /// Waits until sled's background threads let go of the store at `path`
 /// (they take its lock with them), so its files can be moved or removed.
-fn wait_released(path: &Path) -> Result<(), RepairError> {
+pub(super) fn wait_released(path: &Path) -> Result<(), RepairError> {
     StoreLock::wait(path).map(drop)
 }
 
