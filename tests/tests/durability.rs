@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tailrace_e2e::{
-    file_to_kafka, free_port, run_tailrace, tailrace_bin, wait_until, Agent, Broker, Consumer,
-    SeqLines, LINE_LEN,
+    file_to_kafka, free_port, logged_events, run_tailrace, tailrace_bin, wait_until, Agent, Broker,
+    Consumer, SeqLines, LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
@@ -26,18 +26,6 @@ fn config(dir: &Path, bootstrap: &str) -> String {
         "file_to_kafka changed; update this test's config"
     );
     base.replace(default_timeout, "delivery_timeout_ms: 3000")
-}
-
-/// The sum of the `events=N` fields of the log lines containing `message`.
-fn logged_events(log: &str, message: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains(message))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|field| field.strip_prefix("events="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
 }
 
 fn read(path: &Path) -> String {

@@ -731,23 +731,32 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
     if raw.data_dir.as_os_str().is_empty() {
         errors.add(path(&["data_dir"]), "data_dir is empty");
     }
-    if raw.min_free_bytes != 0 && raw.min_free_bytes < MIN_MIN_FREE_BYTES {
-        errors.add(
-            path(&["min_free_bytes"]),
-            format!(
-                "min_free_bytes {} is too small to keep the store from filling the disk: give at least {MIN_MIN_FREE_BYTES} (1 MiB), or 0 to turn the check off",
-                raw.min_free_bytes
-            ),
-        );
-    }
-    if raw.store_give_up_after_ms != 0 && raw.store_give_up_after_ms < MIN_STORE_GIVE_UP_AFTER_MS {
-        errors.add(
-            path(&["store_give_up_after_ms"]),
-            format!(
-                "store_give_up_after_ms {} leaves the store no time to be reopened: give at least {MIN_STORE_GIVE_UP_AFTER_MS}, or 0 to retry for ever",
-                raw.store_give_up_after_ms
-            ),
-        );
+    // (key, value, its minimum unless 0, why, the minimum in words, what 0 does)
+    let minimums = [
+        (
+            "min_free_bytes",
+            raw.min_free_bytes,
+            MIN_MIN_FREE_BYTES,
+            "is too small to keep the store from filling the disk",
+            " (1 MiB)",
+            "turn the check off",
+        ),
+        (
+            "store_give_up_after_ms",
+            raw.store_give_up_after_ms,
+            MIN_STORE_GIVE_UP_AFTER_MS,
+            "leaves the store no time to be reopened",
+            "",
+            "retry for ever",
+        ),
+    ];
+    for (key, value, min, why, words, zero) in minimums {
+        if value != 0 && value < min {
+            errors.add(
+                path(&[key]),
+                format!("{key} {value} {why}: give at least {min}{words}, or 0 to {zero}"),
+            );
+        }
     }
     if raw.admin.address.parse::<SocketAddr>().is_err() {
         errors.add(

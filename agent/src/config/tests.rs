@@ -503,42 +503,26 @@ fn max_line_bytes_fits_what_the_sink_can_deliver() {
 }
 
 #[test]
-fn store_give_up_after_ms_is_zero_or_at_least_a_second() {
-    for (value, valid) in [
-        ("0", true),
-        ("1000", true),
-        ("300000", true),
-        ("999", false),
+fn min_free_bytes_and_store_give_up_after_ms_are_zero_or_at_least_their_minimum() {
+    for (key, value, valid) in [
+        ("min_free_bytes", "0", true),
+        ("min_free_bytes", "1048576", true),
+        ("min_free_bytes", "268435456", true),
+        ("min_free_bytes", "1048575", false),
+        ("min_free_bytes", "1", false),
+        ("store_give_up_after_ms", "0", true),
+        ("store_give_up_after_ms", "1000", true),
+        ("store_give_up_after_ms", "300000", true),
+        ("store_give_up_after_ms", "999", false),
     ] {
         let text = with(
             "data_dir: /tmp/tr\n",
-            &format!("data_dir: /tmp/tr\nstore_give_up_after_ms: {value}\n"),
+            &format!("data_dir: /tmp/tr\n{key}: {value}\n"),
         );
         if valid {
             check(&text, &[]);
         } else {
-            check(&text, &[(Some(2), "store_give_up_after_ms")]);
-        }
-    }
-}
-
-#[test]
-fn min_free_bytes_is_zero_or_at_least_a_mebibyte() {
-    for (value, valid) in [
-        ("0", true),
-        ("1048576", true),
-        ("268435456", true),
-        ("1048575", false),
-        ("1", false),
-    ] {
-        let text = with(
-            "data_dir: /tmp/tr\n",
-            &format!("data_dir: /tmp/tr\nmin_free_bytes: {value}\n"),
-        );
-        if valid {
-            check(&text, &[]);
-        } else {
-            check(&text, &[(Some(2), "min_free_bytes")]);
+            check(&text, &[(Some(2), key)]);
         }
     }
     check(
