@@ -740,7 +740,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // First, so that an early SIGHUP does not end the process.
     let mut signals = Signals::install()?;
     let mut data_dir = absolute(&config.data_dir);
-    let mut store = Arc::new(Store::open(&data_dir)?);
+    let mut store = Arc::new(open_store(&data_dir, config.store_give_up_after).await?);
     store
         .watch(config.min_free_bytes, config.store_give_up_after)
         .context("cannot start the thread that watches the store")?;
@@ -860,6 +860,41 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("{}", outcome.join("; "))
+    }
+}
+
+/// Opens the store at start. One the file system refuses (neither damaged
+/// nor held by another agent: a read-only remount, an I/O error) is tried
+/// again with the reopen backoff for `give_up_after` (`None`: for ever),
+/// then given up on as a running store is, so that the unit is not
+/// restarted into it every `RestartSec`.
+async fn open_store(data_dir: &Path, give_up_after: Option<Duration>) -> anyhow::Result<Store> {
+    use crate::store::{health, GaveUp, OpenError};
+    let started = Instant::now();
+    let mut backoff = health::REOPEN_BACKOFF;
+    loop {
+        let e = match Store::open(data_dir) {
+            Ok(store) => return Ok(store),
+            Err(e @ OpenError::Io { .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        let failing = started.elapsed();
+        if give_up_after.is_some_and(|after| failing >= after) {
+            return Err(GaveUp {
+                data_dir: data_dir.display().to_string(),
+                error: e.to_string(),
+                failing_s: failing.as_secs(),
+            }
+            .into());
+        }
+        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the store; trying again");
+        // Type=notify: still starting, not hung.
+        notify(&format!(
+            "EXTEND_TIMEOUT_USEC={}",
+            (backoff + Duration::from_secs(30)).as_micros()
+        ));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(health::MAX_REOPEN_BACKOFF);
     }
 }
 

@@ -67,7 +67,7 @@ pub enum OpenError {
 /// `store_give_up_after_ms`: `run` stops and exits with
 /// `EXIT_STORE_FAILED`, which the unit does not restart on.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the store in {data_dir} refused every write and every reopen for {failing_s} s (last error: {error}); giving up. Nothing acknowledged is lost: files are read again from their saved positions at the next start. Before starting again: look at the file system of {data_dir} (free space, a read-only remount, I/O errors in the kernel log), then run `tailrace store check --config FILE`, and `tailrace store repair --config FILE` if it reports damage")]
+#[error("the store in {data_dir} could not be written or opened for {failing_s} s (last error: {error}); giving up. Nothing acknowledged is lost: files are read again from their saved positions at the next start. Before starting again: look at the file system of {data_dir} (free space, a read-only remount, I/O errors in the kernel log), then run `tailrace store check --config FILE`, and `tailrace store repair --config FILE` if it reports damage")]
 pub struct GaveUp {
     pub data_dir: String,
     pub error: String,

@@ -310,3 +310,54 @@ fn a_store_that_never_reopens_exits_74_and_the_next_start_loses_nothing() {
     agent.terminate();
     assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
+
+/// Issue 16: a store the file system refuses at start (here `data_dir/store`
+/// is a file, which sled cannot make its directory) exited 1, and the unit
+/// restarted it every 5 s for ever. It is tried again with backoff: once
+/// the cause is gone the agent starts; never gone, it exits 74 after
+/// `store_give_up_after_ms`.
+#[test]
+fn a_store_refused_at_start_is_tried_again_then_given_up_with_74() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("data/store");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let yaml = |give_up_ms: u64| {
+        format!(
+            "{}store_give_up_after_ms: {give_up_ms}\n",
+            config(dir.path(), &format!("127.0.0.1:{}", free_port()))
+        )
+    };
+    let mut agent = Agent::start(dir.path(), &yaml(60_000));
+    let tried_again = wait_until(Duration::from_secs(30), || {
+        agent
+            .log()
+            .matches("cannot open the store; trying again")
+            .count()
+            >= 2
+    });
+    assert!(tried_again, "{}", agent.log_tail(20));
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .log()
+            .contains("tailrace starting")),
+        "the agent did not start once the store could be opened:\n{}",
+        agent.log_tail(20)
+    );
+    agent.terminate();
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let first_run = agent.log().len();
+    let mut agent = Agent::start(dir.path(), &yaml(2_000));
+    let status = agent.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(74), "{}", agent.log_tail(20));
+    let log = agent.log()[first_run..].to_string();
+    assert!(
+        log.contains("giving up") && log.contains("tailrace store check --config FILE"),
+        "{}",
+        agent.log_tail(20)
+    );
+}
