@@ -108,6 +108,26 @@ impl Drop for Traced {
     }
 }
 
+/// Lines of hex digits that lz4 cannot shrink much, so that a spool entry
+/// of them is larger than sled's blob threshold (about 128 KiB).
+const NOISE_LINES: u64 = 20_000;
+
+fn write_noise(path: &Path, lines: u64) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut text = String::new();
+    for _ in 0..lines {
+        for _ in 0..99 {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push(char::from(b"0123456789abcdef"[(x & 15) as usize]));
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
 /// One syscall of an strace log: the thread, the call, its first argument
 /// (with `-y`, a descriptor's path in `<...>`).
 struct Call<'a> {
@@ -149,13 +169,16 @@ fn is_sync_in(c: &Call, store: &str) -> bool {
 /// could take back spool entries whose sources were acknowledged and
 /// positions saved after them. Under strace: the sink's thread syncs a
 /// file of the store before each "events spooled" it logs (the lines are
-/// counted as spooled, and acknowledged, only after their flush), and the
-/// file source's thread syncs the store when it saves its positions.
+/// counted as spooled, and acknowledged, only after their flush), every
+/// blob file sled wrote a large entry to was synced (sled never syncs
+/// them), and the file source's thread syncs the store when it saves its
+/// positions.
 #[test]
 fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
+    write_noise(&dir.path().join("logs/noise.log"), NOISE_LINES);
     let config_path = dir.path().join("tailrace.yaml");
     let bootstrap = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
@@ -176,7 +199,7 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
         "fsync,fdatasync,sync_file_range,prctl,write",
     );
     let all_spooled = wait_until(Duration::from_secs(60), || {
-        logged_events(&read(&log), "events spooled") >= LINES
+        logged_events(&read(&log), "events spooled") >= LINES + NOISE_LINES
     });
     assert!(all_spooled, "not every line was spooled:\n{}", read(&log));
     assert_eq!(agent.stop(), Some(0), "exit status after SIGTERM");
@@ -186,6 +209,7 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
     let offset = saved
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["path"].as_str() == lines.path().to_str())
         .find_map(|v| v["offset"].as_u64());
     assert_eq!(
         offset,
@@ -220,6 +244,24 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
         spooled_logs > 0,
         "no \"events spooled\" write in the strace log of the sink's thread"
     );
+    // sled writes an entry larger than a quarter of a segment to a blob
+    // file of its own and never syncs it: each one left must have been.
+    let blobs: Vec<String> = std::fs::read_dir(dir.path().join("data/store/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    assert!(
+        !blobs.is_empty(),
+        "sled wrote no blob file (the noise should make some)"
+    );
+    for blob in &blobs {
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.name == "fdatasync" && c.args.contains(&format!("<{blob}>"))),
+            "sled's blob file {blob} was never synced"
+        );
+    }
     let source_syncs = calls
         .iter()
         .filter(|c| c.tid == source && is_sync_in(c, &store))
