@@ -25,6 +25,10 @@ pub const EXIT_CONFIG: u8 = 64;
 /// on it and `store check` found damage. Restarting does not help; `store
 /// repair` does.
 pub const EXIT_STORE_DAMAGED: u8 = 65;
+/// The store failed a write and could not be reopened for
+/// `store_give_up_after_ms` (EX_IOERR): the file system under data_dir
+/// needs an operator. The unit does not restart on it.
+pub const EXIT_STORE_FAILED: u8 = 74;
 
 const EXIT_STATUS: &str = "\
 Exit status:
@@ -33,7 +37,9 @@ Exit status:
   2   the command line was refused
   64  the config was refused; nothing was started
   65  the store in data_dir is damaged (run: tailrace store check, then
-      tailrace store repair)";
+      tailrace store repair)
+  74  the store in data_dir failed and could not be reopened for
+      store_give_up_after_ms (see the message; then tailrace store check)";
 
 const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
 .TP
@@ -51,6 +57,9 @@ the config was refused; nothing was started
 .TP
 65
 the store in data_dir is damaged (run: tailrace store check, then tailrace store repair)
+.TP
+74
+the store in data_dir failed and could not be reopened for store_give_up_after_ms (see the message; then tailrace store check)
 "#;
 
 /// Tails log files into Apache Kafka and loses no line.
@@ -304,6 +313,11 @@ pub fn main() -> ExitCode {
                     tracing::error!("{e:#}");
                     eprintln!("tailrace: {e:#}");
                     ExitCode::from(EXIT_STORE_DAMAGED)
+                }
+                Err(e) if e.downcast_ref::<crate::store::GaveUp>().is_some() => {
+                    tracing::error!("{e:#}");
+                    eprintln!("tailrace: {e:#}");
+                    ExitCode::from(EXIT_STORE_FAILED)
                 }
                 Err(e) => {
                     tracing::error!("{e:#}");

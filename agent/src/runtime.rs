@@ -664,7 +664,7 @@ async fn reload(
         *store = new_store;
         *data_dir = new_dir;
     }
-    if let Err(e) = store.watch(new.min_free_bytes) {
+    if let Err(e) = store.watch(new.min_free_bytes, new.store_give_up_after) {
         warn!(error = %e, "cannot start the store's watch: free space is not checked");
     }
     Ok(())
@@ -675,6 +675,7 @@ enum Event {
     Stop(&'static str),
     Reload,
     Failed(String),
+    StoreGaveUp(crate::store::GaveUp),
 }
 
 struct Signals {
@@ -692,12 +693,14 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self, pipelines: &[Pipeline]) -> Event {
+    async fn next(&mut self, pipelines: &[Pipeline], store: &Store) -> Event {
+        let mut gave_up = store.gave_up();
         tokio::select! {
             _ = self.term.recv() => Event::Stop("SIGTERM"),
             _ = self.int.recv() => Event::Stop("SIGINT"),
             _ = self.hup.recv() => Event::Reload,
             name = first_to_stop(pipelines) => Event::Failed(name),
+            g = store_gave_up(&mut gave_up) => Event::StoreGaveUp(g),
         }
     }
 
@@ -715,6 +718,17 @@ impl Signals {
     }
 }
 
+/// Once the store was given up on (see [`Store::watch`]).
+async fn store_gave_up(
+    gave_up: &mut tokio::sync::watch::Receiver<Option<crate::store::GaveUp>>,
+) -> crate::store::GaveUp {
+    match gave_up.wait_for(Option::is_some).await {
+        Ok(g) => g.clone().expect("waited for Some"),
+        // The store is gone, and with it any giving up.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 fn second_signal() -> ! {
     warn!("second signal received, exiting without waiting for in-flight events");
     std::process::exit(130);
@@ -726,9 +740,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // First, so that an early SIGHUP does not end the process.
     let mut signals = Signals::install()?;
     let mut data_dir = absolute(&config.data_dir);
-    let mut store = Arc::new(Store::open(&data_dir)?);
+    let mut store = Arc::new(open_store(&data_dir, config.store_give_up_after).await?);
     store
-        .watch(config.min_free_bytes)
+        .watch(config.min_free_bytes, config.store_give_up_after)
         .context("cannot start the thread that watches the store")?;
     info!(data_dir = %data_dir.display(), config = %config.describe(), version = env!("CARGO_PKG_VERSION"), "tailrace starting");
     let admin_listener = if config.admin.enabled {
@@ -747,8 +761,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let mut running = Running::start(&config, &store, &state, &data_dir).await?;
     notify("READY=1");
+    let mut gave_up = None;
     let outcome = loop {
-        match signals.next(&running.pipelines).await {
+        match signals.next(&running.pipelines, &store).await {
             Event::Stop(by) => {
                 info!("{by} received, shutting down");
                 notify("STOPPING=1");
@@ -759,6 +774,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                 notify("STOPPING=1");
                 let mut errors = signals.stop(running.stop()).await;
                 errors.push(format!("{name} stopped unexpectedly"));
+                break errors;
+            }
+            Event::StoreGaveUp(g) => {
+                // What Kafka takes within the grace period is delivered;
+                // what cannot be stored is not acknowledged, so its files
+                // are read again at the next start.
+                notify("STOPPING=1");
+                let errors = signals.stop(running.stop()).await;
+                gave_up = Some(g);
                 break errors;
             }
             Event::Reload => {
@@ -822,14 +846,55 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = task.await;
     }
     let s = store.clone();
-    tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s))
-        .await?
-        .context("cannot flush the store")?;
+    let flushed = tokio::task::spawn_blocking(move || CheckpointStore::flush(&*s)).await?;
+    if let Some(g) = gave_up {
+        if let Err(e) = flushed {
+            warn!(error = %e, "the last flush of the store failed too");
+        }
+        info!(errors = %outcome.join("; "), "tailrace stopped: the store was given up on");
+        return Err(g.into());
+    }
+    flushed.context("cannot flush the store")?;
     info!("tailrace stopped");
     if outcome.is_empty() {
         Ok(())
     } else {
         anyhow::bail!("{}", outcome.join("; "))
+    }
+}
+
+/// Opens the store at start. One the file system refuses (neither damaged
+/// nor held by another agent: a read-only remount, an I/O error) is tried
+/// again with the reopen backoff for `give_up_after` (`None`: for ever),
+/// then given up on as a running store is, so that the unit is not
+/// restarted into it every `RestartSec`.
+async fn open_store(data_dir: &Path, give_up_after: Option<Duration>) -> anyhow::Result<Store> {
+    use crate::store::{health, GaveUp, OpenError};
+    let started = Instant::now();
+    let mut backoff = health::REOPEN_BACKOFF;
+    loop {
+        let e = match Store::open(data_dir) {
+            Ok(store) => return Ok(store),
+            Err(e @ OpenError::Io { .. }) => e,
+            Err(e) => return Err(e.into()),
+        };
+        let failing = started.elapsed();
+        if give_up_after.is_some_and(|after| failing >= after) {
+            return Err(GaveUp {
+                data_dir: data_dir.display().to_string(),
+                error: e.to_string(),
+                failing_s: failing.as_secs(),
+            }
+            .into());
+        }
+        warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the store; trying again");
+        // Type=notify: still starting, not hung.
+        notify(&format!(
+            "EXTEND_TIMEOUT_USEC={}",
+            (backoff + Duration::from_secs(30)).as_micros()
+        ));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(health::MAX_REOPEN_BACKOFF);
     }
 }
 

@@ -7,6 +7,7 @@
 //! `repair` submodule reads what is still readable out of such a store
 //! (`tailrace store check` and `tailrace store repair`).
 
+pub mod durable;
 pub mod health;
 pub mod repair;
 
@@ -35,8 +36,17 @@ pub struct Store {
     /// Ready unless [`Health`] names a problem.
     readiness: Readiness,
     min_free_bytes: AtomicU64,
+    /// How long a failing store is reopened before it is given up on, in
+    /// ms; 0: for ever.
+    give_up_after_ms: AtomicU64,
+    /// Set once the store was given up on (see [`Store::gave_up`]).
+    gave_up: tokio::sync::watch::Sender<Option<GaveUp>>,
     /// Bumped by each reopen (see [`SpoolStore::generation`]).
     generation: AtomicU64,
+    /// Flushes finished so far; see [`Store::sync_flushed`].
+    flushes: AtomicU64,
+    /// What makes a flush durable, and up to which flush it did.
+    synced: Mutex<Synced>,
     watching: AtomicBool,
     /// Faults a test asked for (debug builds only).
     #[cfg(debug_assertions)]
@@ -51,6 +61,17 @@ pub enum OpenError {
     Io { path: PathBuf, source: sled::Error },
     #[error("the store in {path} is damaged ({detail}); stop here: `tailrace store check --config FILE` reports what is readable, `tailrace store repair --config FILE` copies it into a fresh store and sets the damaged one aside")]
     Damaged { path: PathBuf, detail: String },
+}
+
+/// A store that failed a write and every reopen for the configured
+/// `store_give_up_after_ms`: `run` stops and exits with
+/// `EXIT_STORE_FAILED`, which the unit does not restart on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the store in {data_dir} could not be written or opened for {failing_s} s (last error: {error}); giving up. Nothing acknowledged is lost: files are read again from their saved positions at the next start. Before starting again: look at the file system of {data_dir} (free space, a read-only remount, I/O errors in the kernel log), then run `tailrace store check --config FILE`, and `tailrace store repair --config FILE` if it reports damage")]
+pub struct GaveUp {
+    pub data_dir: String,
+    pub error: String,
+    pub failing_s: u64,
 }
 
 /// Whether sled refused to open the files because of what is in them (a
@@ -105,6 +126,20 @@ fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
+/// The [`durable::Syncer`] of the open database, and the last of the
+/// counted flushes it made durable.
+struct Synced {
+    syncer: durable::Syncer,
+    upto: u64,
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OpenError + '_ {
+    move |e| OpenError::Io {
+        path: path.to_path_buf(),
+        source: sled::Error::Io(e),
+    }
+}
+
 /// How long `Store::open` waits for a lock that a process which just
 /// stopped (or a store just dropped) may still hold.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -155,6 +190,7 @@ impl Store {
             });
         }
         let db = open_waiting(&path, data_dir)?;
+        let syncer = durable::Syncer::open(&path).map_err(io_error(&path))?;
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
@@ -162,7 +198,11 @@ impl Store {
             health: Mutex::new(Health::default()),
             readiness: Readiness::ready(),
             min_free_bytes: AtomicU64::new(0),
+            give_up_after_ms: AtomicU64::new(0),
+            gave_up: tokio::sync::watch::Sender::new(None),
             generation: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            synced: Mutex::new(Synced { syncer, upto: 0 }),
             watching: AtomicBool::new(false),
             #[cfg(debug_assertions)]
             faults: faults::Faults::from_env(),
@@ -179,14 +219,21 @@ impl Store {
         self.readiness.clone()
     }
 
-    /// Starts watching the store (once; later calls only change
-    /// `min_free_bytes`): free space on `data_dir` is read every
+    /// Starts watching the store (once; later calls only change the
+    /// settings): free space on `data_dir` is read every
     /// [`health::DISK_CHECK_INTERVAL`], a failed database is reopened with
-    /// backoff, readiness follows, and a lasting problem is logged once per
-    /// [`health::LOG_INTERVAL`] with a count. The thread ends with the
-    /// store.
-    pub fn watch(self: &Arc<Self>, min_free_bytes: u64) -> std::io::Result<()> {
+    /// backoff and given up on after `give_up_after` (`None`: never; see
+    /// [`Store::gave_up`]), readiness follows, and a lasting problem is
+    /// logged once per [`health::LOG_INTERVAL`] with a count. The thread
+    /// ends with the store.
+    pub fn watch(
+        self: &Arc<Self>,
+        min_free_bytes: u64,
+        give_up_after: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
         self.min_free_bytes.store(min_free_bytes, Ordering::Relaxed);
+        let ms = give_up_after.map_or(0, |d| d.as_millis().max(1) as u64);
+        self.give_up_after_ms.store(ms, Ordering::Relaxed);
         if self.watching.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -223,6 +270,7 @@ impl Store {
             (h.problem(), h.log(now))
         };
         let data_dir = self.data_dir();
+        self.give_up_if_due(now, &data_dir);
         match &problem {
             None => self.readiness.set_ready(),
             Some(p) => self.readiness.set_not_ready(p.reason(&data_dir)),
@@ -237,6 +285,35 @@ impl Store {
             Some(Log::Lasts { problem, refused }) => warn!(data_dir, refused, reason = %problem.reason(&data_dir), "the store still refuses writes"),
             Some(Log::Over { refused }) => info!(data_dir, refused, "the store takes writes again"),
         }
+    }
+
+    /// Gives the store up (once) when it has failed for `give_up_after`.
+    fn give_up_if_due(&self, now: Instant, data_dir: &str) {
+        if self.gave_up.borrow().is_some() {
+            return;
+        }
+        let after = match self.give_up_after_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        };
+        let gave_up = {
+            let h = self.health();
+            h.given_up(now, after).map(|failing| GaveUp {
+                data_dir: data_dir.to_string(),
+                error: h.failing_error().unwrap_or_default().to_string(),
+                failing_s: failing.as_secs(),
+            })
+        };
+        if let Some(g) = gave_up {
+            error!(data_dir, error = %g.error, failing_s = g.failing_s, "the store cannot be reopened; giving up and stopping the agent (see `tailrace store check --config FILE`)");
+            self.gave_up.send_replace(Some(g));
+        }
+    }
+
+    /// Becomes `Some` once the store was given up on: every reopen failed
+    /// for `give_up_after` (see [`Store::watch`]).
+    pub fn gave_up(&self) -> tokio::sync::watch::Receiver<Option<GaveUp>> {
+        self.gave_up.subscribe()
     }
 
     fn data_dir(&self) -> String {
@@ -261,8 +338,16 @@ impl Store {
         #[cfg(debug_assertions)]
         self.faults.reopen()?;
         let data_dir = self.path.parent().unwrap_or(&self.path).to_path_buf();
-        let reopened =
-            open_waiting(&self.path, &data_dir).map_err(|e| StoreError(e.to_string()))?;
+        let reopened = open_waiting(&self.path, &data_dir).map_err(|e| {
+            if matches!(e, OpenError::Damaged { .. }) {
+                DAMAGE_SEEN.store(true, Ordering::Relaxed);
+            }
+            StoreError(e.to_string())
+        })?;
+        let syncer = durable::Syncer::open(&self.path)
+            .map_err(|e| StoreError(io_error(&self.path)(e).to_string()))?;
+        *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Synced { syncer, upto: 0 };
+        self.flushes.store(0, Ordering::Release);
         *db = Some(reopened);
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -642,8 +727,32 @@ impl CheckpointStore for Store {
         })
     }
 
+    /// sled's flush, then the sync that makes it durable (see
+    /// [`durable`]): a position or spool entry counts as stored only once
+    /// this returned.
     fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(true, |db| db.flush().map(|_| ()))
+        self.with_db(true, |db| {
+            db.flush()?;
+            self.sync_flushed().map_err(sled::Error::Io)
+        })
+    }
+}
+
+impl Store {
+    /// Makes every flush that finished so far durable, with one sync for
+    /// all the flushes that finished while another thread's sync ran
+    /// (group commit): a flush is counted once it returned, and a sync
+    /// covers every flush counted before it started.
+    fn sync_flushed(&self) -> std::io::Result<()> {
+        let flush = self.flushes.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if synced.upto >= flush {
+            return Ok(());
+        }
+        let upto = self.flushes.load(Ordering::Acquire);
+        synced.syncer.sync()?;
+        synced.upto = upto;
+        Ok(())
     }
 }
 
@@ -763,7 +872,7 @@ mod tests {
         assert!(put(b"k3").is_err());
         assert!(store.load("app").is_err());
         assert!(store.refuses_entries().is_some());
-        store.watch(0).unwrap();
+        store.watch(0, None).unwrap();
         assert!(until(|| !store.readiness().is_ready()));
         assert!(until(|| store.readiness().is_ready()), "never reopened");
         assert_eq!(SpoolStore::generation(&*store), 1);
@@ -775,6 +884,70 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![b"k1".to_vec(), b"k4".to_vec()]);
+    }
+
+    /// Why the spool and the positions share one store (ARCHITECTURE.md,
+    /// "One store"): sled recovers a prefix of its log, and a position is
+    /// written after the spool entries it depends on, so a store cut short
+    /// anywhere never keeps a position without the entries before it.
+    #[test]
+    fn a_store_cut_short_never_keeps_a_position_past_a_lost_spool_entry() {
+        const ROUNDS: u64 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..ROUNDS {
+                store.push(SpoolTree::Pending, "k", &entry(20)).unwrap();
+                SpoolStore::flush(&store).unwrap();
+                store
+                    .save("app", &[(b"pos".to_vec(), i.to_be_bytes().to_vec())], &[])
+                    .unwrap();
+                CheckpointStore::flush(&store).unwrap();
+            }
+        }
+        repair::wait_released(&dir.path().join("store")).unwrap();
+        let db = dir.path().join("store/db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        let (mut opened, mut positions) = (0, 0);
+        for cut in (1..=20).map(|n| len * n / 21) {
+            let copy = tempfile::tempdir().unwrap();
+            repair::copy_dir(&dir.path().join("store"), &copy.path().join("store")).unwrap();
+            // Without the snapshot, as after a crash before it was written:
+            // sled rebuilds from the log alone, up to where it was cut.
+            for f in std::fs::read_dir(copy.path().join("store")).unwrap() {
+                let f = f.unwrap().path();
+                if f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("snap.")
+                {
+                    std::fs::remove_file(f).unwrap();
+                }
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(copy.path().join("store/db"))
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let Ok(store) = Store::open(copy.path()) else {
+                continue;
+            };
+            opened += 1;
+            let spooled = store.usage(SpoolTree::Pending, "k").entries;
+            let kept = store.load("app").unwrap();
+            if let Some((_, v)) = kept.first() {
+                let position = u64::from_be_bytes(v.as_slice().try_into().unwrap());
+                println!("cut at {cut} of {len}: position {position}, {spooled} entries");
+                positions += 1;
+                assert!(
+                    spooled > position,
+                    "cut at {cut} of {len}: position {position} kept with {spooled} entries"
+                );
+            }
+        }
+        assert!(opened > 10, "sled opened {opened} of 20 cut stores");
+        assert!(positions > 10, "{positions} of them kept a position");
     }
 
     /// Whether `cond` became true within 10 s.

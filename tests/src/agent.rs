@@ -77,6 +77,19 @@ sinks:
     )
 }
 
+/// The sum of the `events=N` fields of the lines of `log` containing
+/// `message` (e.g. how many events the agent logged as spooled).
+pub fn logged_events(log: &str, message: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("events="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// A saved source position, as printed by `tailrace checkpoints`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {

@@ -37,7 +37,8 @@ pub mod secure;
 pub mod sockets;
 
 pub use agent::{
-    file_to_kafka, json_lines, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint, SpoolUsage,
+    file_to_kafka, json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent,
+    Checkpoint, SpoolUsage,
 };
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};

@@ -67,16 +67,7 @@ fn logged(agent: &Agent, message: &str) -> usize {
 
 /// The sum of the `events=N` fields of the log lines containing `message`.
 fn logged_events(agent: &Agent, message: &str) -> u64 {
-    agent
-        .log()
-        .lines()
-        .filter(|l| l.contains(message))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|field| field.strip_prefix("events="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
+    tailrace_e2e::logged_events(&agent.log(), message)
 }
 
 /// Asserts that the agent logged `message` within `timeout`.

@@ -95,6 +95,7 @@ pub fn display_path(path: &[String]) -> String {
 struct RawFile {
     data_dir: Option<PathBuf>,
     min_free_bytes: Option<u64>,
+    store_give_up_after_ms: Option<u64>,
     admin: Option<AdminConfig>,
     log: Option<LogConfig>,
     shutdown_grace_ms: Option<u64>,
@@ -109,13 +110,14 @@ struct RawFile {
 
 /// The top-level settings, which only one file of a set may carry.
 const TOP_LEVEL: &str =
-    "data_dir, min_free_bytes, admin, log, shutdown_grace_ms, summary_interval_ms";
+    "data_dir, min_free_bytes, store_give_up_after_ms, admin, log, shutdown_grace_ms, summary_interval_ms";
 
 /// Every file of a config, merged.
 #[derive(Debug)]
 struct RawConfig {
     data_dir: PathBuf,
     min_free_bytes: u64,
+    store_give_up_after_ms: u64,
     admin: AdminConfig,
     log: LogConfig,
     shutdown_grace_ms: u64,
@@ -130,6 +132,7 @@ impl Default for RawConfig {
         RawConfig {
             data_dir: default_data_dir(),
             min_free_bytes: default_min_free_bytes(),
+            store_give_up_after_ms: default_store_give_up_after_ms(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
@@ -152,6 +155,15 @@ fn default_min_free_bytes() -> u64 {
 /// Below this (except 0, which turns the check off), sled could fill the
 /// disk with one segment before the check sees it.
 const MIN_MIN_FREE_BYTES: u64 = 1024 * 1024;
+/// 5 minutes of failed reopens (about 30 tries with backoff): longer than a
+/// remount or an operator freeing space takes, short enough that a disk
+/// that is gone is reported instead of retried for ever.
+fn default_store_give_up_after_ms() -> u64 {
+    300_000
+}
+/// Below this (except 0, never give up), the store would be given up on
+/// after a reopen or two.
+const MIN_STORE_GIVE_UP_AFTER_MS: u64 = 1_000;
 fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
@@ -282,6 +294,9 @@ pub struct Config {
     /// Below this much free space on `data_dir` the spool takes no new
     /// entries; 0: no check.
     pub min_free_bytes: u64,
+    /// How long a store that fails every reopen is retried before the
+    /// agent exits with `EXIT_STORE_FAILED`; `None`: for ever.
+    pub store_give_up_after: Option<Duration>,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub shutdown_grace: Duration,
@@ -626,6 +641,14 @@ fn parse_set_unmasked(
         if let Some(v) = raw.min_free_bytes {
             merge.top("min_free_bytes", also, v, &mut merged.min_free_bytes);
         }
+        if let Some(v) = raw.store_give_up_after_ms {
+            merge.top(
+                "store_give_up_after_ms",
+                also,
+                v,
+                &mut merged.store_give_up_after_ms,
+            );
+        }
         if let Some(v) = raw.admin {
             merge.top("admin", also, v, &mut merged.admin);
         }
@@ -708,14 +731,32 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
     if raw.data_dir.as_os_str().is_empty() {
         errors.add(path(&["data_dir"]), "data_dir is empty");
     }
-    if raw.min_free_bytes != 0 && raw.min_free_bytes < MIN_MIN_FREE_BYTES {
-        errors.add(
-            path(&["min_free_bytes"]),
-            format!(
-                "min_free_bytes {} is too small to keep the store from filling the disk: give at least {MIN_MIN_FREE_BYTES} (1 MiB), or 0 to turn the check off",
-                raw.min_free_bytes
-            ),
-        );
+    // (key, value, its minimum unless 0, why, the minimum in words, what 0 does)
+    let minimums = [
+        (
+            "min_free_bytes",
+            raw.min_free_bytes,
+            MIN_MIN_FREE_BYTES,
+            "is too small to keep the store from filling the disk",
+            " (1 MiB)",
+            "turn the check off",
+        ),
+        (
+            "store_give_up_after_ms",
+            raw.store_give_up_after_ms,
+            MIN_STORE_GIVE_UP_AFTER_MS,
+            "leaves the store no time to be reopened",
+            "",
+            "retry for ever",
+        ),
+    ];
+    for (key, value, min, why, words, zero) in minimums {
+        if value != 0 && value < min {
+            errors.add(
+                path(&[key]),
+                format!("{key} {value} {why}: give at least {min}{words}, or 0 to {zero}"),
+            );
+        }
     }
     if raw.admin.address.parse::<SocketAddr>().is_err() {
         errors.add(
@@ -968,6 +1009,8 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
         files: Vec::new(),
         data_dir: raw.data_dir,
         min_free_bytes: raw.min_free_bytes,
+        store_give_up_after: (raw.store_give_up_after_ms > 0)
+            .then(|| Duration::from_millis(raw.store_give_up_after_ms)),
         admin: raw.admin,
         log: raw.log,
         shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),

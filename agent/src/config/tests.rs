@@ -299,8 +299,8 @@ fn top_level_settings_belong_to_one_file() {
     assert_eq!(
         e,
         "app.yaml:3:1: data_dir: data_dir is set in two files: here and in main.yaml:1:1; \
-         the top-level settings (data_dir, min_free_bytes, admin, log, shutdown_grace_ms, \
-         summary_interval_ms) \
+         the top-level settings (data_dir, min_free_bytes, store_give_up_after_ms, admin, log, \
+         shutdown_grace_ms, summary_interval_ms) \
          may be set in one file only"
     );
 }
@@ -503,22 +503,26 @@ fn max_line_bytes_fits_what_the_sink_can_deliver() {
 }
 
 #[test]
-fn min_free_bytes_is_zero_or_at_least_a_mebibyte() {
-    for (value, valid) in [
-        ("0", true),
-        ("1048576", true),
-        ("268435456", true),
-        ("1048575", false),
-        ("1", false),
+fn min_free_bytes_and_store_give_up_after_ms_are_zero_or_at_least_their_minimum() {
+    for (key, value, valid) in [
+        ("min_free_bytes", "0", true),
+        ("min_free_bytes", "1048576", true),
+        ("min_free_bytes", "268435456", true),
+        ("min_free_bytes", "1048575", false),
+        ("min_free_bytes", "1", false),
+        ("store_give_up_after_ms", "0", true),
+        ("store_give_up_after_ms", "1000", true),
+        ("store_give_up_after_ms", "300000", true),
+        ("store_give_up_after_ms", "999", false),
     ] {
         let text = with(
             "data_dir: /tmp/tr\n",
-            &format!("data_dir: /tmp/tr\nmin_free_bytes: {value}\n"),
+            &format!("data_dir: /tmp/tr\n{key}: {value}\n"),
         );
         if valid {
             check(&text, &[]);
         } else {
-            check(&text, &[(Some(2), "min_free_bytes")]);
+            check(&text, &[(Some(2), key)]);
         }
     }
     check(

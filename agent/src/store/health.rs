@@ -63,6 +63,7 @@ struct Failing {
     error: String,
     reopens: u32,
     next_reopen: Instant,
+    since: Instant,
 }
 
 /// The store's health, as decided from observations.
@@ -92,6 +93,7 @@ impl Health {
                 error,
                 reopens: 0,
                 next_reopen: now + REOPEN_BACKOFF,
+                since: now,
             });
         }
     }
@@ -115,6 +117,21 @@ impl Health {
                 .min(MAX_REOPEN_BACKOFF);
             f.next_reopen = now + backoff;
         }
+    }
+
+    /// How long the store has been failing at `now`, once that is
+    /// `give_up_after` or more (`None`: never give up) with at least one
+    /// reopen tried and failed: recovery is not coming, and the agent
+    /// should stop rather than retry for ever.
+    pub fn given_up(&self, now: Instant, give_up_after: Option<Duration>) -> Option<Duration> {
+        let f = self.failing.as_ref()?;
+        let failing = now.saturating_duration_since(f.since);
+        (f.reopens > 0 && failing >= give_up_after?).then_some(failing)
+    }
+
+    /// The error of the last failed write or reopen, while failing.
+    pub fn failing_error(&self) -> Option<&str> {
+        self.failing.as_ref().map(|f| f.error.as_str())
     }
 
     /// Whether the store is failing (every operation refused).
@@ -230,6 +247,38 @@ mod tests {
         assert!(matches!(h.problem(), Some(Problem::DiskLow { .. })));
         h.observe_disk(10, 10);
         assert_eq!(h.problem(), None);
+    }
+
+    #[test]
+    fn a_store_is_given_up_on_only_after_the_time_and_a_failed_reopen() {
+        let t0 = Instant::now();
+        let after = Some(Duration::from_secs(60));
+        let mut h = Health::default();
+        assert_eq!(h.given_up(t0, after), None, "not failing");
+        h.write_failed("eio".into(), t0);
+        assert_eq!(
+            h.given_up(t0 + Duration::from_secs(61), after),
+            None,
+            "never reopened"
+        );
+        h.reopen_failed("eio again".into(), t0 + REOPEN_BACKOFF);
+        assert_eq!(h.given_up(t0 + Duration::from_secs(59), after), None);
+        assert_eq!(
+            h.given_up(t0 + Duration::from_secs(60), after),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(h.failing_error(), Some("eio again"));
+        assert_eq!(
+            h.given_up(t0 + Duration::from_secs(3600), None),
+            None,
+            "0: for ever"
+        );
+        h.reopened();
+        assert_eq!(
+            h.given_up(t0 + Duration::from_secs(61), after),
+            None,
+            "recovered"
+        );
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl StoreLock {
 }
 
 /// Copies the files of `from` into a new directory `to`.
-fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
+pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
     std::fs::create_dir_all(to).map_err(io("create", to))?;
     for entry in std::fs::read_dir(from).map_err(io("read", from))? {
         let entry = entry.map_err(io("read", from))?;
@@ -330,7 +330,7 @@ fn read_tree(tree: &sled::Tree) -> (Entries, Option<ReadDamage>) {
 
 /// Waits until sled's background threads let go of the store at `path`
 /// (they take its lock with them), so its files can be moved or removed.
-fn wait_released(path: &Path) -> Result<(), RepairError> {
+pub(super) fn wait_released(path: &Path) -> Result<(), RepairError> {
     StoreLock::wait(path).map(drop)
 }
 
@@ -412,6 +412,10 @@ pub fn repair(data_dir: &Path) -> Result<Repaired, RepairError> {
     ));
     std::fs::rename(&store, &aside).map_err(io("set aside", &store))?;
     std::fs::rename(&fresh, &store).map_err(io("move into place", &fresh))?;
+    // The renames are durable only once data_dir is synced.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", data_dir))?;
     drop(lock);
     Ok(Repaired {
         salvage,
@@ -454,7 +458,10 @@ fn write_fresh(fresh: &Path, salvage: &Salvage) -> Result<(), RepairError> {
     }
     db.flush().map_err(failed)?;
     drop(db);
-    wait_released(fresh)
+    wait_released(fresh)?;
+    // On the platter before the damaged store is set aside for it.
+    super::durable::Syncer::open(fresh).map_err(io("sync", fresh))?;
+    Ok(())
 }
 
 #[cfg(test)]
