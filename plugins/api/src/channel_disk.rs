@@ -841,4 +841,20 @@ mod tests {
         ch.close();
         ch.finish();
     }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_written_is_refused_naming_the_channel_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where data_dir should be: root cannot write under it
+        // either.
+        let data_dir = dir.path().join("data");
+        std::fs::write(&data_dir, b"").unwrap();
+        let err = DiskChannel::open("d", &channel_dir(&data_dir, "d"), settings(10), DiskMetrics::unmetered())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.starts_with("disk channel d: cannot create disk channel directory"), "{err}");
+        assert!(err.contains(&*data_dir.to_string_lossy()), "{err}");
+        assert!(err.contains("data_dir must be a directory the agent's user can write"), "{err}");
+    }
 }
