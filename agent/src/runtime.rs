@@ -277,11 +277,22 @@ impl Prepared {
                     bytes,
                 ))),
                 Some(settings) => {
-                    let m = DiskMetrics::new(&metrics.families::<DiskFamilies>(), &c.name, events, bytes);
-                    match DiskChannel::open(&c.name, &channel_dir(data_dir, &c.name), settings.clone(), m) {
+                    let m = DiskMetrics::new(
+                        &metrics.families::<DiskFamilies>(),
+                        &c.name,
+                        events,
+                        bytes,
+                    );
+                    match DiskChannel::open(
+                        &c.name,
+                        &channel_dir(data_dir, &c.name),
+                        settings.clone(),
+                        m,
+                    ) {
                         Ok(d) => Held::Disk(d),
                         Err(e) => {
-                            opened = Err(anyhow::Error::new(e).context(format!("cannot start channel {}", c.name)));
+                            opened = Err(anyhow::Error::new(e)
+                                .context(format!("cannot start channel {}", c.name)));
                             break;
                         }
                     }
@@ -305,7 +316,8 @@ impl Prepared {
             sinks: Vec::new(),
             sources: Vec::new(),
         };
-        match opened.and_then(|()| prepared.build_components(config, group, store, state, data_dir)) {
+        match opened.and_then(|()| prepared.build_components(config, group, store, state, data_dir))
+        {
             Ok(()) => Ok(prepared),
             Err(error) => Err(Unbuilt {
                 error,

@@ -34,9 +34,11 @@ fn batch(n: u64) -> Batch {
     });
     let records = (0..RECORDS as u64)
         .map(|i| {
-            let mut line =
-                format!("seq={:010} INFO user=ann req=1234abcd latency_ms=12 ", n * 1000 + i)
-                    .into_bytes();
+            let mut line = format!(
+                "seq={:010} INFO user=ann req=1234abcd latency_ms=12 ",
+                n * 1000 + i
+            )
+            .into_bytes();
             line.resize(LINE, b'x');
             Record::new(Bytes::from(line), 0)
         })
@@ -49,7 +51,10 @@ fn scratch(name: &str) -> tempfile::TempDir {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
     std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new().prefix(name).tempdir_in(base).unwrap()
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(base)
+        .unwrap()
 }
 
 /// Bytes this process has had written to storage so far.
@@ -73,7 +78,9 @@ struct Log(SegmentLog);
 
 impl Store for Log {
     fn write_sync(&mut self, _: u64, entry: &[u8]) {
-        self.0.append(entry, RECORDS as u32, (RECORDS * LINE) as u64).unwrap();
+        self.0
+            .append(entry, RECORDS as u32, (RECORDS * LINE) as u64)
+            .unwrap();
         self.0.sync_handle().unwrap().sync_data().unwrap();
     }
     fn read(&mut self, seq: u64) -> Vec<u8> {
@@ -112,7 +119,9 @@ fn round(store: &mut dyn Store, seq: u64, b: &Batch) -> usize {
 }
 
 fn log_store(dir: &tempfile::TempDir) -> Log {
-    Log(SegmentLog::open(dir.path(), 64 << 20, Mode::Owner).unwrap().0)
+    Log(SegmentLog::open(dir.path(), 64 << 20, Mode::Owner)
+        .unwrap()
+        .0)
 }
 
 fn sled_store(dir: &tempfile::TempDir) -> Sled {

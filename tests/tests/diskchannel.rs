@@ -13,7 +13,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use tailrace_e2e::sockets::{metric, sockets_to_kafka};
-use tailrace_e2e::{free_port, run_tailrace, wait_until, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::{
+    free_port, run_tailrace, wait_until, Agent, Broker, Consumer, Report, SeqLines,
+};
 
 const TOPIC: &str = "logs";
 
@@ -71,11 +73,17 @@ fn killed_while_kafka_is_absent(channel: &str, n: u64, held: impl Fn(&str) -> bo
         agent.log_tail(20)
     );
     agent.kill();
-    let out = run_tailrace(["channel", "stats", "--config"].iter().copied().chain([agent
-        .config_path()
-        .to_str()
-        .unwrap()]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_tailrace(
+        ["channel", "stats", "--config"]
+            .iter()
+            .copied()
+            .chain([agent.config_path().to_str().unwrap()]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats = String::from_utf8_lossy(&out.stdout).into_owned();
 
     let broker = Broker::start_on(port);
@@ -117,10 +125,16 @@ fn lines_a_disk_channel_held_survive_sigkill_and_arrive_in_order_once_kafka_is_u
     assert!(stats["oldest_unacknowledged_ms"].is_u64(), "{stats}");
     let r = &scene.report;
     assert!(r.missing.is_empty(), "lines lost: {r}");
-    assert!(!r.out_of_order, "what the channel held came first, in order: {r}");
+    assert!(
+        !r.out_of_order,
+        "what the channel held came first, in order: {r}"
+    );
     // Nothing reached Kafka before the kill: no line can have arrived twice.
     assert_eq!(r.duplicates, 0, "{r}");
-    assert_eq!(r.malformed_count, 1, "only the marker is beyond the lines: {r}");
+    assert_eq!(
+        r.malformed_count, 1,
+        "only the marker is beyond the lines: {r}"
+    );
 }
 
 #[test]

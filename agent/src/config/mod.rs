@@ -816,7 +816,9 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
                                 );
                                 Fsync::Batch
                             }
-                            Some(RawFsync::IntervalMs(ms)) => Fsync::Interval(Duration::from_millis(ms)),
+                            Some(RawFsync::IntervalMs(ms)) => {
+                                Fsync::Interval(Duration::from_millis(ms))
+                            }
                         };
                         (
                             max_events.min(usize::MAX as u64) as usize,

@@ -41,7 +41,9 @@ use tracing::{error, warn};
 
 use crate::channel_log::{Damage, Held, LogError, Mode, SegmentLog};
 use crate::spool::{self, EntryError, EntryRecord};
-use crate::{Ack, AckReceiver, Batch, BatchMeta, Channel, FieldValue, Fields, Families, Labels, Record};
+use crate::{
+    Ack, AckReceiver, Batch, BatchMeta, Channel, Families, FieldValue, Fields, Labels, Record,
+};
 
 /// When the writer syncs before it acknowledges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +120,10 @@ impl DiskMetrics {
         let corrupt = |reason: &str| {
             families
                 .corrupt
-                .get_or_create(&vec![("channel", name.to_owned()), ("reason", reason.to_owned())])
+                .get_or_create(&vec![
+                    ("channel", name.to_owned()),
+                    ("reason", reason.to_owned()),
+                ])
                 .clone()
         };
         DiskMetrics {
@@ -134,7 +139,12 @@ impl DiskMetrics {
     }
 
     pub fn unmetered() -> DiskMetrics {
-        DiskMetrics::new(&DiskFamilies::default(), "", Gauge::default(), Gauge::default())
+        DiskMetrics::new(
+            &DiskFamilies::default(),
+            "",
+            Gauge::default(),
+            Gauge::default(),
+        )
     }
 }
 
@@ -314,11 +324,19 @@ const CURSOR_EVERY: Duration = Duration::from_millis(200);
 impl DiskChannel {
     /// Opens the log in `dir` (repairing a torn tail, counting damage) and
     /// starts the writer and the reader.
-    pub fn open(name: &str, dir: &Path, settings: DiskSettings, metrics: DiskMetrics) -> Result<DiskChannel, DiskError> {
-        let (log, damage) = SegmentLog::open(dir, settings.segment_bytes, Mode::Owner).map_err(|source| DiskError::Log {
-            channel: name.to_owned(),
-            source,
-        })?;
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        settings: DiskSettings,
+        metrics: DiskMetrics,
+    ) -> Result<DiskChannel, DiskError> {
+        let (log, damage) =
+            SegmentLog::open(dir, settings.segment_bytes, Mode::Owner).map_err(|source| {
+                DiskError::Log {
+                    channel: name.to_owned(),
+                    source,
+                }
+            })?;
         let Damage { torn, corrupt } = damage;
         metrics.torn.inc_by(torn);
         metrics.checksum.inc_by(corrupt);
@@ -433,7 +451,14 @@ fn sync(shared: &Shared, pending: &mut Vec<(Ack, usize)>) {
 fn wait_for_room(shared: &Shared, batch: &Batch) -> bool {
     let s = &shared.settings;
     let mut inner = shared.lock();
-    while !inner.abandon && !inner.log.admits(batch.len() as u64, batch.bytes as u64, s.max_events, s.max_bytes) {
+    while !inner.abandon
+        && !inner.log.admits(
+            batch.len() as u64,
+            batch.bytes as u64,
+            s.max_events,
+            s.max_bytes,
+        )
+    {
         inner = shared
             .cond
             .wait_timeout(inner, Duration::from_millis(100))
@@ -450,13 +475,20 @@ fn write_loop(shared: &Shared, input: &Channel) {
     let mut lost = 0usize;
     loop {
         let timeout = match shared.settings.fsync {
-            Fsync::Interval(every) if !pending.is_empty() => every.saturating_sub(last_sync.elapsed()),
+            Fsync::Interval(every) if !pending.is_empty() => {
+                every.saturating_sub(last_sync.elapsed())
+            }
             _ => CURSOR_EVERY,
         };
         let mut took = 0;
         let mut next = input.recv_timeout(timeout);
         while let Some(batch) = next.take() {
-            if !shared.lock().log.admits(batch.len() as u64, batch.bytes as u64, shared.settings.max_events, shared.settings.max_bytes) {
+            if !shared.lock().log.admits(
+                batch.len() as u64,
+                batch.bytes as u64,
+                shared.settings.max_events,
+                shared.settings.max_bytes,
+            ) {
                 // Full: what is written is acknowledged before the wait.
                 sync(shared, &mut pending);
                 last_sync = Instant::now();
@@ -468,7 +500,9 @@ fn write_loop(shared: &Shared, input: &Channel) {
             let entry = encode(&batch);
             let appended = {
                 let mut inner = shared.lock();
-                let r = inner.log.append(&entry, batch.len() as u32, batch.bytes as u64);
+                let r = inner
+                    .log
+                    .append(&entry, batch.len() as u32, batch.bytes as u64);
                 shared.changed(&inner);
                 r
             };
@@ -539,9 +573,9 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
                     .0;
             }
         };
-        let batch = read
-            .map_err(|e| e.to_string())
-            .and_then(|entry| decode(&entry, |n| Ack::new(seq, n, releaser.clone())).map_err(|e| e.to_string()));
+        let batch = read.map_err(|e| e.to_string()).and_then(|entry| {
+            decode(&entry, |n| Ack::new(seq, n, releaser.clone())).map_err(|e| e.to_string())
+        });
         match batch {
             Ok(batch) => {
                 if output.send_blocking(batch).is_err() {
@@ -608,19 +642,30 @@ mod tests {
     fn segments(dir: &Path, suffix: &str) -> usize {
         std::fs::read_dir(dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(suffix))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(suffix)
+            })
             .count()
     }
 
     #[test]
     fn a_batch_round_trips_with_its_fields_offsets_and_meta() {
         let mut b = batch(0, 3, Ack::none());
-        b.records[1].fields_mut().set("app", FieldValue::text("web"));
+        b.records[1]
+            .fields_mut()
+            .set("app", FieldValue::text("web"));
         b.records[1].fields_mut().set("pid", FieldValue::Int(-7));
         b.fields_mut().set("host", FieldValue::text("h1"));
         let back = decode(&encode(&b), |_| Ack::none()).unwrap();
         assert_eq!(lines(&back), lines(&b));
-        assert_eq!(back.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 10, 20]);
+        assert_eq!(
+            back.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![0, 10, 20]
+        );
         assert_eq!(back.records[1].fields, b.records[1].fields);
         assert!(back.records[0].fields.is_none());
         assert_eq!(back.fields, b.fields);
@@ -646,10 +691,15 @@ mod tests {
         let mut seq = 0;
         let mut seen = Vec::new();
         while let Some(s) = log.next_from(seq) {
-            seen.extend(lines(&decode(&log.read(s).unwrap(), |_| Ack::none()).unwrap()));
+            seen.extend(lines(
+                &decode(&log.read(s).unwrap(), |_| Ack::none()).unwrap(),
+            ));
             seq = s + 1;
         }
-        assert_eq!(seen, (0..50).map(|i| format!("line {i}")).collect::<Vec<_>>());
+        assert_eq!(
+            seen,
+            (0..50).map(|i| format!("line {i}")).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -668,7 +718,11 @@ mod tests {
         for seq in [1, 0, 4] {
             log.release(seq);
         }
-        assert_eq!(segments(dir.path(), ".seg"), 3, "seq 2 still holds the first segment");
+        assert_eq!(
+            segments(dir.path(), ".seg"),
+            3,
+            "seq 2 still holds the first segment"
+        );
         log.release(2);
         assert_eq!(segments(dir.path(), ".seg"), 2);
         assert!(log.held().disk_bytes < before);
@@ -700,9 +754,19 @@ mod tests {
         let file = OpenOptions::new().write(true).open(&seg).unwrap();
         file.set_len(len - 10).unwrap();
         let (mut log, damage) = open(dir.path(), 1 << 20);
-        assert_eq!(damage, Damage { torn: 1, corrupt: 0 });
+        assert_eq!(
+            damage,
+            Damage {
+                torn: 1,
+                corrupt: 0
+            }
+        );
         assert_eq!(log.held().batches, 2);
-        assert_eq!(log.append(&entry(9, 1), 1, 6).unwrap(), 2, "the torn batch's number is used again");
+        assert_eq!(
+            log.append(&entry(9, 1), 1, 6).unwrap(),
+            2,
+            "the torn batch's number is used again"
+        );
         drop(log);
         let (log, damage) = open(dir.path(), 1 << 20);
         assert_eq!(damage, Damage::default(), "the cut is clean");
@@ -755,7 +819,14 @@ mod tests {
         drop(log);
         let first = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".seg")?.parse::<u64>().ok())
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".seg")?
+                    .parse::<u64>()
+                    .ok()
+            })
             .min()
             .unwrap();
         let seg = dir.path().join(segment_name(first));
@@ -788,9 +859,12 @@ mod tests {
     fn the_source_is_acknowledged_on_the_write_and_a_restart_delivers_what_was_held_first() {
         let dir = tempfile::tempdir().unwrap();
         let acked = Arc::new(Count::default());
-        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered()).unwrap();
+        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered())
+            .unwrap();
         for i in 0..5 {
-            ch.input().send_blocking(batch(i * 2, 2, Ack::new(i, 2, acked.clone()))).unwrap();
+            ch.input()
+                .send_blocking(batch(i * 2, 2, Ack::new(i, 2, acked.clone())))
+                .unwrap();
         }
         let out = ch.output();
         let first = out.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -799,19 +873,28 @@ mod tests {
         while acked.0.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(acked.0.load(Ordering::SeqCst), 5, "every batch is acknowledged once written, before the sink's ack");
+        assert_eq!(
+            acked.0.load(Ordering::SeqCst),
+            5,
+            "every batch is acknowledged once written, before the sink's ack"
+        );
         // The sink acknowledges the first batch only at the end of its
         // grace period, after the writer stopped, and not the rest.
         ch.close();
         while out.recv_timeout(Duration::from_secs(5)).is_some() {}
         first.ack.done(first.len());
         ch.finish();
-        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered()).unwrap();
+        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered())
+            .unwrap();
         assert_eq!(ch.held().batches, 4);
-        ch.input().send_blocking(batch(100, 1, Ack::none())).unwrap();
+        ch.input()
+            .send_blocking(batch(100, 1, Ack::none()))
+            .unwrap();
         let mut got = Vec::new();
         for _ in 0..5 {
-            got.extend(lines(&ch.output().recv_timeout(Duration::from_secs(5)).unwrap()));
+            got.extend(lines(
+                &ch.output().recv_timeout(Duration::from_secs(5)).unwrap(),
+            ));
         }
         let want: Vec<String> = (2..10).chain([100]).map(|i| format!("line {i}")).collect();
         assert_eq!(got, want);
@@ -822,14 +905,21 @@ mod tests {
     #[test]
     fn a_full_disk_channel_holds_its_sender_until_the_sink_acknowledges() {
         let dir = tempfile::tempdir().unwrap();
-        let ch = DiskChannel::open("d", dir.path(), settings(10), DiskMetrics::unmetered()).unwrap();
+        let ch =
+            DiskChannel::open("d", dir.path(), settings(10), DiskMetrics::unmetered()).unwrap();
         let out = ch.output();
         let acked = Arc::new(Count::default());
         for i in 0..2 {
-            ch.input().send_blocking(batch(i * 5, 5, Ack::new(i, 5, acked.clone()))).unwrap();
+            ch.input()
+                .send_blocking(batch(i * 5, 5, Ack::new(i, 5, acked.clone())))
+                .unwrap();
         }
-        let taken: Vec<Batch> = (0..2).map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
-        ch.input().send_blocking(batch(10, 5, Ack::new(2, 5, acked.clone()))).unwrap();
+        let taken: Vec<Batch> = (0..2)
+            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        ch.input()
+            .send_blocking(batch(10, 5, Ack::new(2, 5, acked.clone())))
+            .unwrap();
         // Room for the third batch comes only with the sink's ack.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(ch.held().events, 10);
@@ -849,12 +939,23 @@ mod tests {
         // either.
         let data_dir = dir.path().join("data");
         std::fs::write(&data_dir, b"").unwrap();
-        let err = DiskChannel::open("d", &channel_dir(&data_dir, "d"), settings(10), DiskMetrics::unmetered())
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(err.starts_with("disk channel d: cannot create disk channel directory"), "{err}");
+        let err = DiskChannel::open(
+            "d",
+            &channel_dir(&data_dir, "d"),
+            settings(10),
+            DiskMetrics::unmetered(),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.starts_with("disk channel d: cannot create disk channel directory"),
+            "{err}"
+        );
         assert!(err.contains(&*data_dir.to_string_lossy()), "{err}");
-        assert!(err.contains("data_dir must be a directory the agent's user can write"), "{err}");
+        assert!(
+            err.contains("data_dir must be a directory the agent's user can write"),
+            "{err}"
+        );
     }
 }

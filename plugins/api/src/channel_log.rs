@@ -114,7 +114,12 @@ pub struct SegmentLog {
 }
 
 /// A frame's header: what reopening needs without reading the body.
-fn frame_header(len: u32, seq: u64, events: u32, payload_bytes: u32) -> [u8; FRAME_HEADER as usize] {
+fn frame_header(
+    len: u32,
+    seq: u64,
+    events: u32,
+    payload_bytes: u32,
+) -> [u8; FRAME_HEADER as usize] {
     let mut h = [0u8; FRAME_HEADER as usize];
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4..12].copy_from_slice(&seq.to_le_bytes());
@@ -137,7 +142,11 @@ impl SegmentLog {
     /// Opens (or, as [`Mode::Owner`], creates) the log in `dir`: reads the
     /// cursor, scans every segment's frame headers, and returns what is
     /// unreleased, in order, with what was found damaged.
-    pub fn open(dir: &Path, segment_bytes: u64, mode: Mode) -> Result<(SegmentLog, Damage), LogError> {
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        mode: Mode,
+    ) -> Result<(SegmentLog, Damage), LogError> {
         if mode == Mode::Owner {
             fs::create_dir_all(dir).map_err(|source| LogError::Create {
                 path: dir.to_path_buf(),
@@ -194,7 +203,13 @@ impl SegmentLog {
         Ok((log, damage))
     }
 
-    fn scan(&mut self, first: u64, last: bool, cursor: u64, damage: &mut Damage) -> Result<(), LogError> {
+    fn scan(
+        &mut self,
+        first: u64,
+        last: bool,
+        cursor: u64,
+        damage: &mut Damage,
+    ) -> Result<(), LogError> {
         let path = self.dir.join(segment_name(first));
         let file = match self.mode {
             Mode::Owner => OpenOptions::new().read(true).write(true).open(&path),
@@ -313,11 +328,18 @@ impl SegmentLog {
 
     /// Appends one entry (not synced: see [`SegmentLog::sync`]); returns
     /// its sequence number.
-    pub fn append(&mut self, entry: &[u8], events: u32, payload_bytes: u64) -> Result<u64, LogError> {
+    pub fn append(
+        &mut self,
+        entry: &[u8],
+        events: u32,
+        payload_bytes: u64,
+    ) -> Result<u64, LogError> {
         let len = entry.len() as u32;
         let first = match self.active {
-            Some(first) if self.segments[&first].len + FRAME_HEADER + u64::from(len) <= self.segment_bytes
-                || self.segments[&first].len == SEGMENT_MAGIC.len() as u64 =>
+            Some(first)
+                if self.segments[&first].len + FRAME_HEADER + u64::from(len)
+                    <= self.segment_bytes
+                    || self.segments[&first].len == SEGMENT_MAGIC.len() as u64 =>
             {
                 first
             }
@@ -386,7 +408,9 @@ impl SegmentLog {
             .map_err(write)?;
         file.write_all(SEGMENT_MAGIC).map_err(write)?;
         file.sync_all().map_err(write)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(write)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write)?;
         self.held.disk_bytes += SEGMENT_MAGIC.len() as u64;
         self.segments.insert(
             first,
@@ -448,7 +472,10 @@ impl SegmentLog {
         self.held.batches -= 1;
         self.held.events -= u64::from(frame.events);
         self.held.bytes -= frame.payload_bytes;
-        let seg = self.segments.get_mut(&frame.segment).expect("a frame's segment");
+        let seg = self
+            .segments
+            .get_mut(&frame.segment)
+            .expect("a frame's segment");
         seg.live -= 1;
         seg.damaged |= damaged;
         if seg.live == 0 && self.active != Some(frame.segment) {
