@@ -958,4 +958,29 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn with_fsync_interval_the_acks_come_after_the_timed_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = Arc::new(Count::default());
+        let settings = DiskSettings {
+            fsync: Fsync::Interval(Duration::from_millis(50)),
+            ..settings(1 << 20)
+        };
+        let ch = DiskChannel::open("d", dir.path(), settings, DiskMetrics::unmetered()).unwrap();
+        for i in 0..3 {
+            ch.input()
+                .send_blocking(batch(i, 1, Ack::new(i, 1, acked.clone())))
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while acked.0.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(acked.0.load(Ordering::SeqCst), 3);
+        ch.close();
+        ch.finish();
+        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, Mode::Inspect).unwrap();
+        assert_eq!(log.held().batches, 3);
+    }
 }
