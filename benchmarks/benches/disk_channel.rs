@@ -92,7 +92,7 @@ impl Store for Log {
         self.0.release(seq);
         // As the channel does: the cursor every 200 ms, i.e. every so many
         // batches at the rates measured here.
-        if seq % CURSOR_EVERY == 0 {
+        if seq.is_multiple_of(CURSOR_EVERY) {
             self.0.write_cursor().unwrap();
         }
     }
@@ -168,7 +168,8 @@ fn disk_channel(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCHES * RECORDS as u64));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
-    let stores: [(&str, fn(&tempfile::TempDir) -> Box<dyn Store>); 2] = [
+    type Open = fn(&tempfile::TempDir) -> Box<dyn Store>;
+    let stores: [(&str, Open); 2] = [
         ("segment_log", |d| Box::new(log_store(d))),
         ("sled", |d| Box::new(sled_store(d))),
     ];
