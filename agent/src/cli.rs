@@ -218,6 +218,13 @@ pub enum Command {
 pub enum ChannelAction {
     /// Batches, events, bytes and the oldest unacknowledged batch of each
     /// disk channel, one JSON line each.
+    ///
+    /// Per disk channel of the config: "channel", "dir" (data_dir/channels/NAME),
+    /// "batches", "events" and "bytes" (payload) not yet acknowledged by
+    /// Kafka, "disk_bytes" (its segment files), "oldest_unacknowledged_ms"
+    /// (when that batch was read, ms since the epoch; null when empty),
+    /// "torn" and "corrupt" (what the next start would cut off or set
+    /// aside). Reads only; safe while the agent runs.
     Stats {
         #[command(flatten)]
         config: ConfigArgs,
@@ -770,6 +777,8 @@ mod tests {
             .collect();
         pages.sort();
         let expected = [
+            "tailrace-channel-stats.1",
+            "tailrace-channel.1",
             "tailrace-check.1",
             "tailrace-checkpoints.1",
             "tailrace-run.1",
