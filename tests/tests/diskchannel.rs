@@ -10,6 +10,7 @@
 
 use std::io::Write as _;
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use tailrace_e2e::sockets::{metric, sockets_to_kafka};
@@ -42,13 +43,22 @@ fn send(port: u16, seqs: std::ops::Range<u64>) {
 struct Scene {
     report: Report,
     stats: String,
+    /// `tailrace_channel_corrupt_batches_total{reason="checksum"}` after
+    /// the restart.
+    checksum_errors: f64,
 }
 
 /// `n` lines over tcp into channel `main` (`channel` is its YAML body)
 /// while Kafka is absent; once the channel holds them (`held` reads
 /// /metrics), SIGKILL; then the broker, the agent again, and a marker line
 /// sent after the restart: the consumer reads until the marker arrived.
-fn killed_while_kafka_is_absent(channel: &str, n: u64, held: impl Fn(&str) -> bool) -> Scene {
+/// `between` gets the data_dir while the agent is down.
+fn killed_while_kafka_is_absent(
+    channel: &str,
+    n: u64,
+    held: impl Fn(&str) -> bool,
+    between: impl FnOnce(&Path),
+) -> Scene {
     let port = free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
@@ -85,6 +95,7 @@ fn killed_while_kafka_is_absent(channel: &str, n: u64, held: impl Fn(&str) -> bo
         String::from_utf8_lossy(&out.stderr)
     );
     let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    between(&dir.path().join("data"));
 
     let broker = Broker::start_on(port);
     broker.create_topic(TOPIC, 1);
@@ -105,18 +116,29 @@ fn killed_while_kafka_is_absent(channel: &str, n: u64, held: impl Fn(&str) -> bo
         agent.log_tail(30)
     );
     let report = Report::new(n, records.iter().map(|r| &r.payload));
+    let checksum_errors = metric(
+        &admin,
+        "tailrace_channel_corrupt_batches_total{channel=\"main\",reason=\"checksum\"}",
+    );
     agent.terminate();
     agent.wait_exit(Duration::from_secs(30));
-    Scene { report, stats }
+    Scene {
+        report,
+        stats,
+        checksum_errors,
+    }
 }
 
 #[test]
 fn lines_a_disk_channel_held_survive_sigkill_and_arrive_in_order_once_kafka_is_up() {
     let n = lines();
     let channel = "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n";
-    let scene = killed_while_kafka_is_absent(channel, n, |admin| {
-        metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64
-    });
+    let scene = killed_while_kafka_is_absent(
+        channel,
+        n,
+        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
+        |_| {},
+    );
     let stats: serde_json::Value = serde_json::from_str(scene.stats.trim())
         .unwrap_or_else(|e| panic!("channel stats printed {:?}: {e}", scene.stats));
     assert_eq!(stats["channel"], "main");
@@ -135,15 +157,65 @@ fn lines_a_disk_channel_held_survive_sigkill_and_arrive_in_order_once_kafka_is_u
         r.malformed_count, 1,
         "only the marker is beyond the lines: {r}"
     );
+    assert_eq!(scene.checksum_errors, 0.0);
+}
+
+/// Flips one byte in the body of the middle frame of the channel's first
+/// segment (frames: len u32, seq u64, events u32, bytes u32, crc u32,
+/// then the entry), as a bad sector would.
+fn damage_one_batch(data_dir: &Path) {
+    let dir = data_dir.join("channels/main");
+    let seg = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .min()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 8;
+    while at + 24 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        frames.push((at + 24, len));
+        at += 24 + len;
+    }
+    assert!(frames.len() >= 3, "{} frames", frames.len());
+    let (body, len) = frames[frames.len() / 2];
+    bytes[body + len / 2] ^= 0x5a;
+    std::fs::write(&seg, &bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_batch_in_a_disk_channel_is_counted_and_skipped_and_every_other_line_arrives() {
+    let n = lines();
+    let channel = "  main:\n    type: disk\n    max_bytes: 67108864\n";
+    let scene = killed_while_kafka_is_absent(
+        channel,
+        n,
+        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
+        damage_one_batch,
+    );
+    let r = &scene.report;
+    assert_eq!(scene.checksum_errors, 1.0, "{r}");
+    // Exactly one batch is lost: a run of consecutive lines.
+    assert!(!r.missing.is_empty(), "{r}");
+    let (first, last) = (r.missing[0], *r.missing.last().unwrap());
+    assert_eq!(last - first + 1, r.missing.len() as u64, "one run: {r}");
+    assert!(r.missing.len() < n as usize / 2, "{r}");
+    assert_eq!(r.duplicates, 0, "{r}");
+    assert!(!r.out_of_order, "{r}");
 }
 
 #[test]
 fn the_same_scene_with_the_memory_channel_loses_the_lines() {
     let n = lines();
     let channel = "  main:\n    type: memory\n";
-    let scene = killed_while_kafka_is_absent(channel, n, |admin| {
-        metric(admin, "tailrace_source_events_total{source=\"net\"}") >= n as f64
-    });
+    let scene = killed_while_kafka_is_absent(
+        channel,
+        n,
+        |admin| metric(admin, "tailrace_source_events_total{source=\"net\"}") >= n as f64,
+        |_| {},
+    );
     assert_eq!(scene.stats.trim(), "", "a memory channel has no stats");
     let r = &scene.report;
     assert_eq!(
