@@ -62,13 +62,18 @@ enum Break<'a> {
     Reload,
 }
 
-fn killed_while_kafka_is_absent(
-    channel: &str,
-    n: u64,
-    held: impl Fn(&str) -> bool,
-    between: &dyn Fn(&Path),
-) -> Scene {
-    interrupted_while_kafka_is_absent(channel, n, held, Break::Kill(between))
+/// The disk channel the tests use, `fsync: batch` (the default).
+const DISK: &str = "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n";
+
+/// The scene with [`DISK`], interrupted once the channel holds all `n`
+/// lines.
+fn disk_scene(n: u64, interruption: Break) -> Scene {
+    interrupted_while_kafka_is_absent(
+        DISK,
+        n,
+        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
+        interruption,
+    )
 }
 
 fn interrupted_while_kafka_is_absent(
@@ -172,13 +177,7 @@ fn interrupted_while_kafka_is_absent(
 #[test]
 fn lines_a_disk_channel_held_survive_sigkill_and_arrive_in_order_once_kafka_is_up() {
     let n = lines();
-    let channel = "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n";
-    let scene = killed_while_kafka_is_absent(
-        channel,
-        n,
-        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
-        &|_| {},
-    );
+    let scene = disk_scene(n, Break::Kill(&|_| {}));
     let stats: serde_json::Value = serde_json::from_str(scene.stats.trim())
         .unwrap_or_else(|e| panic!("channel stats printed {:?}: {e}", scene.stats));
     assert_eq!(stats["channel"], "main");
@@ -228,13 +227,7 @@ fn damage_one_batch(data_dir: &Path) {
 #[test]
 fn a_damaged_batch_in_a_disk_channel_is_counted_and_skipped_and_every_other_line_arrives() {
     let n = lines();
-    let channel = "  main:\n    type: disk\n    max_bytes: 67108864\n";
-    let scene = killed_while_kafka_is_absent(
-        channel,
-        n,
-        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
-        &damage_one_batch,
-    );
+    let scene = disk_scene(n, Break::Kill(&damage_one_batch));
     let r = &scene.report;
     assert_eq!(scene.checksum_errors, 1.0, "{r}");
     // Exactly one batch is lost: a run of consecutive lines.
@@ -250,11 +243,11 @@ fn a_damaged_batch_in_a_disk_channel_is_counted_and_skipped_and_every_other_line
 fn the_same_scene_with_the_memory_channel_loses_the_lines() {
     let n = lines();
     let channel = "  main:\n    type: memory\n";
-    let scene = killed_while_kafka_is_absent(
+    let scene = interrupted_while_kafka_is_absent(
         channel,
         n,
         |admin| metric(admin, "tailrace_source_events_total{source=\"net\"}") >= n as f64,
-        &|_| {},
+        Break::Kill(&|_| {}),
     );
     assert_eq!(scene.stats.trim(), "", "a memory channel has no stats");
     let r = &scene.report;
@@ -268,13 +261,7 @@ fn the_same_scene_with_the_memory_channel_loses_the_lines() {
 #[test]
 fn a_reload_that_rebuilds_the_disk_channel_loses_and_repeats_nothing() {
     let n = lines();
-    let channel = "  main:\n    type: disk\n    max_bytes: 67108864\n";
-    let scene = interrupted_while_kafka_is_absent(
-        channel,
-        n,
-        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
-        Break::Reload,
-    );
+    let scene = disk_scene(n, Break::Reload);
     let r = &scene.report;
     // The old sink spooled what it held at the end of its grace period
     // (released from the channel); the channel kept the rest: each line
