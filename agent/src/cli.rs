@@ -178,6 +178,19 @@ pub enum Command {
         #[arg(long, global = true, value_name = "NAME")]
         sink: Option<String>,
     },
+    /// Show what each disk channel holds.
+    ///
+    /// Prints one JSON line per disk channel of the config: the batches,
+    /// events and payload bytes it holds unacknowledged, the bytes its
+    /// segments take on disk, when its oldest unacknowledged batch was read,
+    /// and the damage a start would find (torn tails, corrupt frames). It
+    /// reads the channel's files and changes nothing, so it works while the
+    /// agent is stopped and while it runs (a batch being written at that
+    /// moment may show as a torn tail).
+    Channel {
+        #[command(subcommand)]
+        action: ChannelAction,
+    },
     /// Check the store in data_dir for damage, or repair it.
     ///
     /// The store holds the checkpoints, the spool, the dead letters and the
@@ -207,6 +220,23 @@ pub enum Command {
         /// The directory to write tailrace.1 and one page per command into.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelAction {
+    /// Batches, events, bytes and the oldest unacknowledged batch of each
+    /// disk channel, one JSON line each.
+    ///
+    /// Per disk channel of the config: "channel", "dir" (data_dir/channels/NAME),
+    /// "batches", "events" and "bytes" (payload) not yet acknowledged by
+    /// Kafka, "disk_bytes" (its segment files), "oldest_unacknowledged_ms"
+    /// (when that batch was read, ms since the epoch; null when empty),
+    /// "torn" and "corrupt" (what the next start would cut off or set
+    /// aside). Reads only; safe while the agent runs.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -402,6 +432,21 @@ pub fn main() -> ExitCode {
             };
             crate::check::run(&config, std::time::Duration::from_secs(timeout_s))
         }
+        Command::Channel {
+            action: ChannelAction::Stats { config },
+        } => {
+            let config = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match channel_stats(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tailrace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Checkpoints { config } => {
             let config = match load(&config.config) {
                 Ok(c) => c,
@@ -579,6 +624,34 @@ fn store_command(config: &Config, action: StoreAction) -> anyhow::Result<ExitCod
     }
 }
 
+/// `tailrace channel stats`: reads each disk channel's log without
+/// changing it.
+fn channel_stats(config: &Config) -> anyhow::Result<()> {
+    use tailrace_api::channel_disk::{channel_dir, stats};
+    for c in config.channels.iter().filter(|c| c.disk.is_some()) {
+        let dir = channel_dir(&config.data_dir, &c.name);
+        let (held, oldest, damage) = stats(&dir)?;
+        let oldest_ms = oldest
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+        println!(
+            "{}",
+            serde_json::json!({
+                "channel": c.name,
+                "dir": dir.display().to_string(),
+                "batches": held.batches,
+                "events": held.events,
+                "bytes": held.bytes,
+                "disk_bytes": held.disk_bytes,
+                "oldest_unacknowledged_ms": oldest_ms,
+                "torn": damage.torn,
+                "corrupt": damage.corrupt,
+            })
+        );
+    }
+    Ok(())
+}
+
 fn spool_command(
     config: &Config,
     action: SpoolAction,
@@ -718,6 +791,8 @@ mod tests {
             .collect();
         pages.sort();
         let expected = [
+            "tailrace-channel-stats.1",
+            "tailrace-channel.1",
             "tailrace-check.1",
             "tailrace-checkpoints.1",
             "tailrace-run.1",

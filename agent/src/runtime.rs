@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tailrace_api::channel_disk::{channel_dir, DiskChannel, DiskFamilies, DiskMetrics};
 use tailrace_api::{
     Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, Side, SinkContext,
     SourceContext, SpoolStore,
@@ -36,6 +37,37 @@ use crate::notify::notify;
 use crate::registry::Registry;
 use crate::store::Store;
 use serde_yaml::Value;
+
+/// A running channel. Sources send into [`Held::input`], the sink takes
+/// from [`Held::output`]: for a memory channel the same channel; for a disk
+/// channel the two memory channels on each side of its log.
+enum Held {
+    Memory(Arc<Channel>),
+    Disk(DiskChannel),
+}
+
+impl Held {
+    fn input(&self) -> Arc<Channel> {
+        match self {
+            Held::Memory(c) => c.clone(),
+            Held::Disk(d) => d.input(),
+        }
+    }
+
+    fn output(&self) -> Arc<Channel> {
+        match self {
+            Held::Memory(c) => c.clone(),
+            Held::Disk(d) => d.output(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Held::Memory(c) => c.close(),
+            Held::Disk(d) => d.close(),
+        }
+    }
+}
 
 /// A component's running task.
 struct Task {
@@ -170,13 +202,15 @@ impl Group {
     }
 
     /// What the group's components hold that another group's could also
-    /// claim: source and sink names (positions and spools are kept by
-    /// name) and the sources' resources (ports, socket paths).
+    /// claim: channel, source and sink names (disk channels, positions and
+    /// spools are kept by name) and the sources' resources (ports, socket
+    /// paths).
     fn claims(&self, config: &Config) -> BTreeSet<String> {
         let mut claims: BTreeSet<String> = self
             .sources
             .iter()
             .map(|n| format!("source {n}"))
+            .chain(self.channels.iter().map(|n| format!("channel {n}")))
             .chain(self.sinks.iter().map(|n| format!("sink {n}")))
             .collect();
         for s in config
@@ -194,7 +228,7 @@ impl Group {
 struct Pipeline {
     group: Group,
     fingerprint: Vec<(String, Value)>,
-    channels: BTreeMap<String, Arc<Channel>>,
+    channels: BTreeMap<String, Held>,
     sources: Vec<Task>,
     sinks: Vec<Task>,
     /// Each component's readiness, for `/ready`.
@@ -223,27 +257,49 @@ impl Prepared {
         data_dir: &Path,
     ) -> Result<Prepared, Unbuilt> {
         let metrics = &state.metrics;
-        let channels: BTreeMap<String, Arc<Channel>> = config
+        let mut channels: BTreeMap<String, Held> = BTreeMap::new();
+        let mut opened = Ok(());
+        for c in config
             .channels
             .iter()
             .filter(|c| group.channels.contains(&c.name))
-            .map(|c| {
-                let (events, bytes) = metrics.channel(&c.name);
-                metrics
-                    .channel_capacity(&c.name)
-                    .set(c.capacity_events as i64);
-                (
-                    c.name.clone(),
-                    Arc::new(Channel::new(
+        {
+            let (events, bytes) = metrics.channel(&c.name);
+            metrics
+                .channel_capacity(&c.name)
+                .set(c.capacity_events.min(i64::MAX as usize) as i64);
+            let held = match &c.disk {
+                None => Held::Memory(Arc::new(Channel::new(
+                    &c.name,
+                    c.capacity_events,
+                    c.capacity_bytes,
+                    events,
+                    bytes,
+                ))),
+                Some(settings) => {
+                    let m = DiskMetrics::new(
+                        &metrics.families::<DiskFamilies>(),
                         &c.name,
-                        c.capacity_events,
-                        c.capacity_bytes,
                         events,
                         bytes,
-                    )),
-                )
-            })
-            .collect();
+                    );
+                    match DiskChannel::open(
+                        &c.name,
+                        &channel_dir(data_dir, &c.name),
+                        settings.clone(),
+                        m,
+                    ) {
+                        Ok(d) => Held::Disk(d),
+                        Err(e) => {
+                            opened = Err(anyhow::Error::new(e)
+                                .context(format!("cannot start channel {}", c.name)));
+                            break;
+                        }
+                    }
+                }
+            };
+            channels.insert(c.name.clone(), held);
+        }
         let mut prepared = Prepared {
             pipeline: Pipeline {
                 group: group.clone(),
@@ -260,7 +316,8 @@ impl Prepared {
             sinks: Vec::new(),
             sources: Vec::new(),
         };
-        match prepared.build_components(config, group, store, state, data_dir) {
+        match opened.and_then(|()| prepared.build_components(config, group, store, state, data_dir))
+        {
             Ok(()) => Ok(prepared),
             Err(error) => Err(Unbuilt {
                 error,
@@ -286,7 +343,7 @@ impl Prepared {
         {
             let cx = SinkContext {
                 name: spec.name.as_str().into(),
-                input: pipeline.channels[&spec.channel].clone(),
+                input: pipeline.channels[&spec.channel].output(),
                 shutdown: pipeline.stop_sinks.clone(),
                 grace: config.shutdown_grace,
                 metrics: metrics.sink(&spec.name),
@@ -321,7 +378,7 @@ impl Prepared {
                 outputs: spec
                     .channels
                     .iter()
-                    .map(|c| pipeline.channels[c].clone())
+                    .map(|c| pipeline.channels[c].input())
                     .collect(),
                 checkpoints: store.clone() as Arc<dyn CheckpointStore>,
                 shutdown: pipeline.stop_sources.clone(),
@@ -446,6 +503,11 @@ impl Pipeline {
         for s in self.sinks {
             collect(s, &mut errors).await;
         }
+        for (_, ch) in self.channels {
+            if let Held::Disk(d) = ch {
+                let _ = tokio::task::spawn_blocking(move || d.finish()).await;
+            }
+        }
         self.drained.trigger();
         for s in self.sources {
             collect(s, &mut errors).await;
@@ -524,7 +586,7 @@ impl Running {
             let channels = self
                 .pipelines
                 .iter()
-                .flat_map(|p| p.channels.iter().map(|(n, c)| (n.clone(), c.clone())))
+                .flat_map(|p| p.channels.iter().map(|(n, c)| (n.clone(), c.output())))
                 .collect();
             tokio::spawn(summarize(every, sources, sinks, channels))
         });

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value;
+use tailrace_api::channel_disk::{DiskSettings, Fsync, MIN_MAX_BYTES};
 use tailrace_api::{ConfigIssue, InterceptorConfig, SinkConfig, SourceConfig};
 
 use crate::registry::Registry;
@@ -237,16 +238,36 @@ pub enum LogFormat {
 struct RawChannel {
     #[serde(rename = "type")]
     kind: ChannelKind,
-    #[serde(default = "default_capacity_events")]
-    capacity_events: usize,
-    #[serde(default = "default_capacity_bytes")]
-    capacity_bytes: usize,
+    // memory
+    capacity_events: Option<usize>,
+    capacity_bytes: Option<usize>,
+    // disk
+    max_bytes: Option<u64>,
+    max_events: Option<u64>,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    fsync: Option<RawFsync>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum ChannelKind {
     Memory,
+    Disk,
+}
+
+/// `fsync: batch` or `fsync: {interval_ms: N}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawFsync {
+    Batch,
+    IntervalMs(u64),
+}
+
+fn default_disk_max_bytes() -> u64 {
+    10 << 30
+}
+fn default_disk_max_events() -> u64 {
+    u64::MAX
 }
 
 fn default_capacity_events() -> usize {
@@ -280,8 +301,11 @@ pub struct ChannelSpec {
     pub name: String,
     /// As [`SourceSpec::definition`].
     pub definition: Value,
+    /// The bounds (for a disk channel: `max_events`, `max_bytes`).
     pub capacity_events: usize,
     pub capacity_bytes: usize,
+    /// `Some` for `type: disk`.
+    pub disk: Option<DiskSettings>,
 }
 
 /// A config that parsed and validated.
@@ -779,26 +803,85 @@ fn build(raw: RawConfig, registry: &Registry, errors: &mut Errors) -> Option<Con
         let base = path(&["channels", name]);
         match serde_path_to_error::deserialize::<_, RawChannel>(value.clone()) {
             Ok(c) => {
-                let ChannelKind::Memory = c.kind;
-                for (key, v) in [
-                    ("capacity_events", c.capacity_events),
-                    ("capacity_bytes", c.capacity_bytes),
-                ] {
-                    if v == 0 {
-                        errors.add(
-                            joined(&base, &path(&[key])),
-                            format!("{key} must be greater than 0"),
-                        );
-                    }
+                let at = |key: &str| joined(&base, &path(&[key]));
+                let (memory_keys, disk_keys) = (
+                    [
+                        ("capacity_events", c.capacity_events.is_some()),
+                        ("capacity_bytes", c.capacity_bytes.is_some()),
+                    ],
+                    [
+                        ("max_bytes", c.max_bytes.is_some()),
+                        ("max_events", c.max_events.is_some()),
+                        ("fsync", c.fsync.is_some()),
+                    ],
+                );
+                let (misplaced, kind, other): (&[(&str, bool)], _, _) = match c.kind {
+                    ChannelKind::Memory => (&disk_keys, "memory", "disk"),
+                    ChannelKind::Disk => (&memory_keys, "disk", "memory"),
+                };
+                for (key, _) in misplaced.iter().filter(|(_, set)| *set) {
+                    errors.add(
+                        at(key),
+                        format!("{key} applies to type {other} channels only, not to type {kind}"),
+                    );
                 }
+                let spec = match c.kind {
+                    ChannelKind::Memory => {
+                        let events = c.capacity_events.unwrap_or_else(default_capacity_events);
+                        let bytes = c.capacity_bytes.unwrap_or_else(default_capacity_bytes);
+                        for (key, v) in [("capacity_events", events), ("capacity_bytes", bytes)] {
+                            if v == 0 {
+                                errors.add(at(key), format!("{key} must be greater than 0"));
+                            }
+                        }
+                        (events, bytes, None)
+                    }
+                    ChannelKind::Disk => {
+                        let max_bytes = c.max_bytes.unwrap_or_else(default_disk_max_bytes);
+                        let max_events = c.max_events.unwrap_or_else(default_disk_max_events);
+                        if max_bytes < MIN_MAX_BYTES {
+                            errors.add(
+                                at("max_bytes"),
+                                format!("max_bytes {max_bytes} is too small for a disk channel: give it at least {MIN_MAX_BYTES} (1 MiB)"),
+                            );
+                        }
+                        if max_events == 0 {
+                            errors.add(at("max_events"), "max_events must be greater than 0");
+                        }
+                        let fsync = match c.fsync {
+                            None | Some(RawFsync::Batch) => Fsync::Batch,
+                            Some(RawFsync::IntervalMs(0)) => {
+                                errors.add(
+                                    at("fsync"),
+                                    "fsync interval_ms must be greater than 0 (or write fsync: batch)",
+                                );
+                                Fsync::Batch
+                            }
+                            Some(RawFsync::IntervalMs(ms)) => {
+                                Fsync::Interval(Duration::from_millis(ms))
+                            }
+                        };
+                        (
+                            max_events.min(usize::MAX as u64) as usize,
+                            max_bytes.min(usize::MAX as u64) as usize,
+                            Some(DiskSettings {
+                                max_bytes,
+                                max_events,
+                                fsync,
+                                segment_bytes: DiskSettings::segment_for(max_bytes),
+                            }),
+                        )
+                    }
+                };
                 channels.push(ChannelSpec {
                     name: name.clone(),
                     definition: value.clone(),
-                    capacity_events: c.capacity_events,
-                    capacity_bytes: c.capacity_bytes,
+                    capacity_events: spec.0,
+                    capacity_bytes: spec.1,
+                    disk: spec.2,
                 });
             }
-            Err(e) => serde_error(errors, &base, e, "channel", &["memory"]),
+            Err(e) => serde_error(errors, &base, e, "channel", &["memory", "disk"]),
         }
     }
     let channel_names: BTreeSet<&str> = raw.channels.keys().map(String::as_str).collect();

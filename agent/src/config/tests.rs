@@ -533,3 +533,51 @@ fn min_free_bytes_and_store_give_up_after_ms_are_zero_or_at_least_their_minimum(
         &[(Some(2), "min_free_bytes")],
     );
 }
+
+#[test]
+fn disk_channels_are_checked_key_by_key() {
+    let disk = |keys: &str| with("    type: memory\n", &format!("    type: disk\n{keys}"));
+    check(&disk(""), &[]);
+    check(&disk("    max_bytes: 10737418240\n    fsync: batch\n"), &[]);
+    check(
+        &disk("    fsync: {interval_ms: 100}\n    max_events: 5000000\n"),
+        &[],
+    );
+    check(
+        &disk("    max_bytes: 1000\n"),
+        &[(
+            Some(10),
+            "max_bytes 1000 is too small for a disk channel: give it at least 1048576",
+        )],
+    );
+    check(
+        &disk("    fsync: {interval_ms: 0}\n"),
+        &[(Some(10), "fsync interval_ms must be greater than 0")],
+    );
+    check(
+        &disk("    fsync: often\n"),
+        &[(Some(10), "unknown variant `often`")],
+    );
+    check(
+        &disk("    max_byte: 5\n"),
+        &[(Some(10), "unknown field `max_byte`")],
+    );
+    check(
+        &disk("    capacity_events: 5\n"),
+        &[(
+            Some(10),
+            "capacity_events applies to type memory channels only, not to type disk",
+        )],
+    );
+    check(
+        &with(
+            "    type: memory\n",
+            "    type: memory\n    max_bytes: 10485760\n",
+        ),
+        &[(Some(10), "max_bytes applies to type disk channels only")],
+    );
+    check(
+        &with("    type: memory\n", "    type: tape\n"),
+        &[(Some(9), "expected `memory` or `disk`")],
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Both the daemon (`agent/`) and every plugin (`plugins/*`) depend on this
 //! crate, and on nothing of each other: it holds the record and batch types,
-//! the per-batch acknowledgement, the bounded memory channel, the source and
+//! the per-batch acknowledgement, the bounded memory channel and the disk
+//! channel (a segment log between two memory channels), the source and
 //! sink traits with the context structs they are built from, the checkpoint
 //! store trait and the metrics handles.
 //!
@@ -14,6 +15,8 @@ pub mod ack;
 pub mod batch;
 pub mod batcher;
 pub mod channel;
+pub mod channel_disk;
+pub mod channel_log;
 pub mod component;
 pub mod heartbeat;
 pub mod intercept;

@@ -291,6 +291,12 @@ impl Metrics {
         self.channel_capacity.get_or_create(&l).clone()
     }
 
+    /// The families of type `F`, for components the agent builds itself
+    /// (the disk channel).
+    pub fn families<F: Families>(&self) -> F {
+        declared(&self.declared)
+    }
+
     /// The (events, bytes) fill gauges of a channel.
     pub fn channel(&self, name: &str) -> (Gauge, Gauge) {
         let l = vec![("channel", name.to_owned())];
