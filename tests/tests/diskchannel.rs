@@ -5,8 +5,8 @@
 //! channel loses the lines, which shows that the channel is what keeps
 //! them.
 //!
-//! `TAILRACE_DISKCHAN_LINES` sets the number of lines (20,000 by default,
-//! for CI; the scene is 50,000).
+//! `TAILRACE_DISKCHAN_LINES` sets the number of lines (50,000 by default,
+//! the scene).
 
 use std::io::Write as _;
 use std::net::TcpStream;
@@ -24,7 +24,7 @@ fn lines() -> u64 {
     std::env::var("TAILRACE_DISKCHAN_LINES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+        .unwrap_or(50_000)
 }
 
 fn send(port: u16, seqs: std::ops::Range<u64>) {
