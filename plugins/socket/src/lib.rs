@@ -18,6 +18,8 @@
 mod framing;
 mod listen;
 mod output;
+mod relp;
+mod relp_conn;
 mod syslog;
 mod tls;
 mod unix;
@@ -41,6 +43,7 @@ enum Kind {
     Udp,
     Unix,
     Syslog,
+    Relp,
 }
 
 /// For `syslog` sources: the transport.
@@ -114,8 +117,9 @@ pub struct Settings {
     /// What the config loader lowered the default to.
     #[serde(skip)]
     pub fitted_max_line_bytes: Option<usize>,
+    /// split (the default) | truncate; a relp source always truncates.
     #[serde(default)]
-    pub max_line_policy: LinePolicy,
+    pub max_line_policy: Option<LinePolicy>,
     /// Streams: connections served at once; more wait to be accepted.
     #[serde(default)]
     pub max_connections: Option<usize>,
@@ -184,6 +188,8 @@ struct Plan {
     /// Datagrams only: one record per line rather than per datagram.
     split_datagrams: bool,
     syslog: bool,
+    /// A relp source: RELP frames, answered once their records are safe.
+    relp: bool,
     limit: framing::Limit,
     max_connections: usize,
     idle_timeout: Option<Duration>,
@@ -204,6 +210,7 @@ impl Settings {
             Kind::Udp => "udp",
             Kind::Unix => "unix",
             Kind::Syslog => "syslog",
+            Kind::Relp => "relp",
         };
 
         let mode = match (kind, self.mode) {
@@ -222,7 +229,7 @@ impl Settings {
                 );
                 SyslogMode::Udp
             }
-            (Kind::Tcp, None) => SyslogMode::Tcp,
+            (Kind::Tcp | Kind::Relp, None) => SyslogMode::Tcp,
             (Kind::Udp, None) => SyslogMode::Udp,
             (Kind::Unix, None) => SyslogMode::Unix,
         };
@@ -281,7 +288,20 @@ impl Settings {
         };
         let stream = transport.is_stream();
 
-        let (stream_framing, split_datagrams) = match (stream, self.framing) {
+        if kind == Kind::Relp && self.framing.is_some() {
+            refuse(
+                "framing",
+                "framing does not apply to relp, which frames its own messages".into(),
+            );
+        }
+        if kind == Kind::Relp && self.max_line_policy == Some(LinePolicy::Split) {
+            refuse(
+                "max_line_policy",
+                "a relp source truncates a message longer than max_line_bytes (one answer per message); remove max_line_policy or set truncate".into(),
+            );
+        }
+        let framing = self.framing.filter(|_| kind != Kind::Relp);
+        let (stream_framing, split_datagrams) = match (stream, framing) {
             (true, None) if kind == Kind::Syslog => (StreamFraming::Detect, false),
             (true, None | Some(Framing::Newline)) => (StreamFraming::Newline, false),
             (true, Some(Framing::OctetCounting)) => (StreamFraming::OctetCounting, false),
@@ -385,10 +405,14 @@ impl Settings {
             transport,
             stream_framing,
             split_datagrams,
-            syslog: kind == Kind::Syslog,
+            syslog: matches!(kind, Kind::Syslog | Kind::Relp),
+            relp: kind == Kind::Relp,
             limit: framing::Limit {
                 max_line_bytes: self.max_line().bytes,
-                policy: self.max_line_policy,
+                policy: match kind {
+                    Kind::Relp => LinePolicy::Truncate,
+                    _ => self.max_line_policy.unwrap_or_default(),
+                },
             },
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
@@ -495,6 +519,12 @@ source_type!(
     /// `type: syslog`: RFC 5424 and RFC 3164 over tcp, udp or a unix socket.
     SyslogSourceConfig,
     Kind::Syslog
+);
+source_type!(
+    /// `type: relp`: RELP (rsyslog's omrelp) over TCP, optionally TLS; each
+    /// message is answered once it is safe.
+    RelpSourceConfig,
+    Kind::Relp
 );
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tailrace_api::{BuildError, ComponentTask, Heartbeat, Record, SourceContext};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -40,6 +40,36 @@ const DATAGRAM_REGION: usize = 1024 * 1024;
 /// At most this many datagrams go into one batch.
 const DATAGRAMS_PER_BATCH: usize = 4096;
 const LISTEN_BACKLOG: i32 = 1024;
+/// After shutdown a connection is read until a read waits this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
+/// ...or this long has passed since shutdown.
+const DRAIN_TOTAL: Duration = Duration::from_secs(2);
+/// An idle timeout of 0: never.
+pub(crate) const NEVER: Duration = Duration::from_secs(365 * 86_400);
+
+/// When a connection stops draining, counted from now (shutdown).
+pub(crate) fn drain_deadline() -> Instant {
+    Instant::now() + DRAIN_TOTAL
+}
+
+/// After shutdown: the next read of what the peer has already sent (the
+/// kernel's receive buffer), so it goes into the pipeline rather than
+/// being dropped with the socket. `None` once a read would wait
+/// (`DRAIN_QUIET`), the peer closed, or `deadline` passed.
+pub(crate) async fn drain_read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Option<usize> {
+    if buf.capacity() - buf.len() < DATAGRAM_SPACE / 2 {
+        buf.reserve(DATAGRAM_SPACE);
+    }
+    let until = deadline.min(Instant::now() + DRAIN_QUIET);
+    match tokio::time::timeout_at(until, stream.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(n),
+        _ => None,
+    }
+}
 
 /// Binds as `plan` says and returns the task that serves the socket.
 pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, BuildError> {
@@ -179,8 +209,12 @@ impl Listener {
     }
 }
 
-/// Accepts until shutdown, then waits for every connection task to send
-/// what it holds. `_file` (a unix socket file) is removed on the way out.
+/// Accepts until shutdown, then accepts what waits in the backlog, lets
+/// every connection drain what the kernel holds, says the source sent
+/// everything once every connection stopped reading (`cx.sent`), and
+/// waits for the connection tasks (a relp connection answers until the
+/// sinks are done). `file` (a unix socket file) is removed once the
+/// listener is closed.
 async fn serve(
     listener: Listener,
     plan: Arc<Plan>,
@@ -194,6 +228,8 @@ async fn serve(
     let log_full = Every::default();
     let log_error = Every::default();
     let heartbeat = &out.cx.heartbeat;
+    // Each connection holds a clone until it reads no more.
+    let (reading, mut all_stopped_reading) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         // Waiting for a free slot or a client is not a hang.
         heartbeat.idle();
@@ -215,7 +251,14 @@ async fn serve(
         match accepted {
             Ok((conn, peer)) => {
                 debug!(source = %out.name(), peer, "connection accepted");
-                tasks.spawn(connection(conn, peer, plan.clone(), out.clone(), permit));
+                tasks.spawn(connection(
+                    conn,
+                    peer,
+                    plan.clone(),
+                    out.clone(),
+                    permit,
+                    reading.clone(),
+                ));
             }
             Err(e) => {
                 // Out of descriptors, usually: wait a little, keep going.
@@ -226,8 +269,27 @@ async fn serve(
             }
         }
     }
+    // Connections the kernel accepted for us are served too: they see the
+    // shutdown and drain what they sent.
+    while let Ok(Ok((conn, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            break;
+        };
+        tasks.spawn(connection(
+            conn,
+            peer,
+            plan.clone(),
+            out.clone(),
+            permit,
+            reading.clone(),
+        ));
+    }
     drop(listener);
     drop(file);
+    drop(reading);
+    heartbeat.idle();
+    let _ = all_stopped_reading.recv().await;
+    out.cx.sent.trigger();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -238,13 +300,16 @@ async fn connection(
     plan: Arc<Plan>,
     out: Arc<Output>,
     _permit: OwnedSemaphorePermit,
+    reading: tokio::sync::mpsc::Sender<()>,
 ) {
     let heartbeat = out.cx.heartbeat.task(&format!("connection {peer}"));
     // The handshake is bounded by its timeout.
     heartbeat.idle();
     let hb = &heartbeat;
     match conn {
-        Connection::Tcp(stream, None) => read(stream, &peer, &plan, &out, hb).await,
+        Connection::Tcp(stream, None) => {
+            serve_stream(stream, &peer, &plan, &out, hb, reading).await
+        }
         Connection::Tcp(stream, Some(tls)) => {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
             let stream = tokio::select! {
@@ -264,13 +329,29 @@ async fn connection(
                     }
                 },
             };
-            read(stream, &peer, &plan, &out, hb).await
+            serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
-        Connection::Unix(stream) => read(stream, &peer, &plan, &out, hb).await,
+        Connection::Unix(stream) => serve_stream(stream, &peer, &plan, &out, hb, reading).await,
     }
 }
 
-/// Reads one connection until it closes, idles out or shutdown comes.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: &str,
+    plan: &Plan,
+    out: &Output,
+    heartbeat: &Heartbeat,
+    reading: tokio::sync::mpsc::Sender<()>,
+) {
+    if plan.relp {
+        crate::relp_conn::serve(stream, peer, plan, out, heartbeat, reading).await
+    } else {
+        read(stream, peer, plan, out, heartbeat).await
+    }
+}
+
+/// Reads one connection until it closes, idles out or shutdown comes (then
+/// drains what the peer already sent).
 async fn read<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: &str,
@@ -282,9 +363,7 @@ async fn read<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let idle_for = plan
-        .idle_timeout
-        .unwrap_or(Duration::from_secs(365 * 86_400));
+    let idle_for = plan.idle_timeout.unwrap_or(NEVER);
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     let why = loop {
@@ -317,6 +396,17 @@ async fn read<S: AsyncRead + Unpin>(
             }
         }
     };
+    if why == "shutdown" {
+        let deadline = drain_deadline();
+        while drain_read(&mut stream, &mut buf, deadline).await.is_some() {
+            let mut records = Vec::new();
+            let mut cuts = Cuts::default();
+            framer.cut(&mut buf, &mut records, &mut cuts);
+            if !out.send(records, cuts, heartbeat).await {
+                return;
+            }
+        }
+    }
     let mut records = Vec::new();
     let mut cuts = Cuts::default();
     framer.finish(&mut buf, &mut records, &mut cuts);

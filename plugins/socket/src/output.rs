@@ -40,6 +40,7 @@ pub(crate) struct Output {
     log_truncated: Every,
     log_dropped: Every,
     pub(crate) log_tls: Every,
+    pub(crate) log_protocol: Every,
 }
 
 impl Output {
@@ -52,6 +53,7 @@ impl Output {
             log_truncated: Every::default(),
             log_dropped: Every::default(),
             log_tls: Every::default(),
+            log_protocol: Every::default(),
         }
     }
 
@@ -60,7 +62,7 @@ impl Output {
     }
 
     /// Parses and counts; `None` when there is nothing to send.
-    fn batch(&self, mut records: Vec<Record>, cuts: Cuts) -> Option<Batch> {
+    fn batch(&self, mut records: Vec<Record>, cuts: Cuts, ack: Ack) -> Option<Batch> {
         let mut malformed = cuts.malformed;
         if self.syslog {
             for record in &mut records {
@@ -100,7 +102,7 @@ impl Output {
             stream: None,
             read_at: SystemTime::now(),
         });
-        Some(Batch::new(meta, records, Ack::none()))
+        Some(Batch::new(meta, records, ack))
     }
 
     /// Sends, waiting while a channel is full (beating `heartbeat`, the
@@ -112,7 +114,19 @@ impl Output {
         cuts: Cuts,
         heartbeat: &Heartbeat,
     ) -> bool {
-        let Some(batch) = self.batch(records, cuts) else {
+        self.send_acked(records, cuts, Ack::none(), heartbeat).await
+    }
+
+    /// [`Output::send`] with the batch's acknowledgement (made for one
+    /// delivery per record).
+    pub(crate) async fn send_acked(
+        &self,
+        records: Vec<Record>,
+        cuts: Cuts,
+        ack: Ack,
+        heartbeat: &Heartbeat,
+    ) -> bool {
+        let Some(batch) = self.batch(records, cuts, ack) else {
             return true;
         };
         match self.cx.send_beating(batch, heartbeat).await {
@@ -129,7 +143,7 @@ impl Output {
     /// Sends only where there is room now (UDP cannot wait); counts what
     /// did not fit as dropped with reason `channel_full`.
     pub(crate) fn offer(&self, records: Vec<Record>, cuts: Cuts) {
-        let Some(batch) = self.batch(records, cuts) else {
+        let Some(batch) = self.batch(records, cuts, Ack::none()) else {
             return;
         };
         let m = &self.cx.metrics;
