@@ -633,6 +633,55 @@ fn sigterm_delivers_what_every_listener_read() {
     assert_eq!(payloads.len(), 3 * N + 1, "{payloads:#?}");
 }
 
+/// A sender writes its lines over TCP and stops; SIGTERM comes at once,
+/// while much of what it wrote still sits in the kernel's buffers (a
+/// small channel keeps the agent behind): the connection is read until it
+/// would block before it is closed, so every line arrives.
+#[test]
+fn sigterm_right_after_a_tcp_sender_stops_delivers_every_line_it_wrote() {
+    const N: u64 = 50_000;
+    let (broker, dir) = setup();
+    let tcp = free_port();
+    let sources =
+        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
+    let channel = "    capacity_events: 1000\n";
+    let config = sockets_to_kafka(
+        dir.path(),
+        &broker.bootstrap(),
+        TOPIC,
+        &sources,
+        channel,
+        "",
+    );
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+        ("127.0.0.1", tcp)
+    )
+    .is_ok()));
+    let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut all = Vec::with_capacity(N as usize * LINE_LEN);
+    for seq in 0..N {
+        all.extend_from_slice(&SeqLines::line(seq));
+        all.push(b'\n');
+    }
+    t.write_all(&all).unwrap();
+    let read_at_sigterm = metric(&admin, "tailrace_source_events_total{source=\"tcp\"}");
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    eprintln!("read when SIGTERM came: {read_at_sigterm} of {N}");
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_count(N as usize, Duration::from_secs(60));
+    consumer.read_for(Duration::from_secs(1));
+    let report = Report::new(N, consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.is_complete() && report.duplicates == 0,
+        "{report} (read when SIGTERM came: {read_at_sigterm})\n{}",
+        agent.log_tail(30)
+    );
+}
+
 #[test]
 fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
