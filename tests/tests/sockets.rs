@@ -682,6 +682,111 @@ fn sigterm_right_after_a_tcp_sender_stops_delivers_every_line_it_wrote() {
     );
 }
 
+/// A reload moves a tcp source to another port while a sender writes
+/// throughout: the new port is bound before the old listener is released
+/// (the log says so, in that order), every line written before the reload
+/// arrives, and after its connection is closed the sender goes on on the
+/// new port and every line it writes there arrives too.
+#[test]
+fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_written_before() {
+    const CHUNK: u64 = 100;
+    /// Lines the sender writes on the new port before it stops.
+    const AFTER_MOVE: u64 = 5_000;
+    let (broker, dir) = setup();
+    let (old_port, new_port) = (free_port(), free_port());
+    let sources = |port: u16| {
+        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n")
+    };
+    let config = |port| {
+        sockets_to_kafka(
+            dir.path(),
+            &broker.bootstrap(),
+            TOPIC,
+            &sources(port),
+            "",
+            "",
+        )
+    };
+    let agent = Agent::start(dir.path(), &config(old_port));
+    let admin = agent.admin_address().to_string();
+    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
+        ("127.0.0.1", old_port)
+    )
+    .is_ok()));
+    // Lines written (write_all returned) so far, and the first line sent
+    // on the new port.
+    let written = Arc::new(AtomicU64::new(0));
+    let moved_at = Arc::new(AtomicU64::new(u64::MAX));
+    let sender = {
+        let (written, moved_at) = (written.clone(), moved_at.clone());
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(("127.0.0.1", old_port)).unwrap();
+            let mut seq = 0;
+            while seq < moved_at.load(Ordering::SeqCst).saturating_add(AFTER_MOVE) {
+                let mut chunk = Vec::with_capacity(CHUNK as usize * LINE_LEN);
+                for s in seq..seq + CHUNK {
+                    chunk.extend_from_slice(&SeqLines::line(s));
+                    chunk.push(b'\n');
+                }
+                match stream.write_all(&chunk) {
+                    Ok(()) => {
+                        seq += CHUNK;
+                        written.store(seq, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5)); // pacing
+                    }
+                    Err(_) if moved_at.load(Ordering::SeqCst) == u64::MAX => {
+                        // Closed by the reload: go on on the new port, from
+                        // the chunk that failed.
+                        moved_at.store(seq, Ordering::SeqCst);
+                        stream = TcpStream::connect(("127.0.0.1", new_port))
+                            .expect("the new port is open");
+                    }
+                    Err(e) => panic!("write to the new port failed: {e}"),
+                }
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || metric(
+        &admin,
+        "tailrace_source_events_total{source=\"tcp\"}"
+    ) >= 3_000.0));
+    let before = written.load(Ordering::SeqCst);
+    std::fs::write(agent.config_path(), {
+        let mut c = config(new_port);
+        c.push_str(&format!("\nadmin: {{ address: \"{admin}\" }}\n"));
+        c
+    })
+    .unwrap();
+    let log_before = agent.log().len();
+    agent.reload_and_wait();
+    sender.join().expect("the sender finished");
+    let moved = moved_at.load(Ordering::SeqCst);
+    let total = written.load(Ordering::SeqCst);
+    let log = agent.log()[log_before..].to_string();
+    let bound = log
+        .find("bound ahead of the reload")
+        .unwrap_or_else(|| panic!("no early bind in\n{log}"));
+    let stopped = log
+        .find("pipeline stopped")
+        .unwrap_or_else(|| panic!("old group not stopped in\n{log}"));
+    assert!(
+        bound < stopped,
+        "the new port is bound before the old listener is released:\n{log}"
+    );
+
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(Duration::from_secs(60), |r| {
+        let report = Report::new(total, r.iter().map(|r| &r.payload));
+        report.missing.iter().all(|&s| s >= before && s < moved)
+    });
+    let report = Report::new(total, consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.missing.iter().all(|&s| s >= before && s < moved),
+        "nothing written before the reload ({before} lines) nor on the new port (from {moved}) is lost: {report}"
+    );
+    eprintln!("moved a port under a sender: {before} written before the reload, new port from {moved}: {report}");
+}
+
 #[test]
 fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();

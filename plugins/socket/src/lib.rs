@@ -15,6 +15,7 @@
 //! This crate must never depend on another plugin, and never holds more
 //! than one read chunk and one frame of `max_line_bytes` per connection.
 
+mod early;
 mod framing;
 mod listen;
 mod output;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tailrace_api::{
-    BuildError, ComponentTask, ConfigIssue, MaxLineBytes, SourceConfig, SourceContext,
+    BuildError, ComponentTask, ConfigIssue, EarlyBinding, MaxLineBytes, SourceConfig, SourceContext,
 };
 
 pub use framing::{LinePolicy, StreamFraming};
@@ -495,6 +496,10 @@ macro_rules! source_type {
 
             fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
                 self.0.build_as($kind, cx)
+            }
+
+            fn bind_early(&self) -> Option<EarlyBinding> {
+                listen::bind_early(&self.0.plan($kind).ok()?)
             }
         }
     };

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tailrace_api::{BuildError, ComponentTask, Heartbeat, Record, SourceContext};
+use tailrace_api::{BuildError, ComponentTask, EarlyBinding, Heartbeat, Record, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::early::{self, Parked};
 use crate::framing::{self, Cuts, StreamFramer};
 use crate::output::{Every, Output};
 use crate::unix::{self, SocketFile};
@@ -76,8 +77,12 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
     let name = cx.name.clone();
     match plan.transport.clone() {
         Transport::Tcp(addr) => {
-            let listener = bind_tcp(addr, plan.receive_buffer_bytes)
-                .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
+            let listener = match early::take(&plan.transport) {
+                Some(Parked::Tcp(l)) => Ok(l),
+                _ => bind_tcp(addr, plan.receive_buffer_bytes),
+            }
+            .and_then(TcpListener::from_std)
+            .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
             let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
             let out = Arc::new(Output::new(cx, None, plan.syslog));
             Ok(Box::pin(serve(
@@ -111,8 +116,12 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             )))
         }
         Transport::Udp(addr) => {
-            let socket = bind_udp(addr, plan.receive_buffer_bytes)
-                .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
+            let socket = match early::take(&plan.transport) {
+                Some(Parked::Udp(s)) => Ok(s),
+                _ => bind_udp(addr, plan.receive_buffer_bytes),
+            }
+            .and_then(UdpSocket::from_std)
+            .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
             let out = Arc::new(Output::new(cx, None, plan.syslog));
             Ok(Box::pin(receive(Datagrams::Udp(socket), plan, out, None)))
         }
@@ -161,7 +170,23 @@ fn set_receive_buffer(socket: &impl AsFd, bytes: Option<usize>) -> Result<(), Bu
     Ok(())
 }
 
-fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<TcpListener> {
+/// Binds a TCP or UDP socket now, for [`tailrace_api::SourceConfig::bind_early`];
+/// `None` for unix sockets, port 0, or when binding fails (the old group
+/// may hold the same address: `build` binds after it let go).
+pub(crate) fn bind_early(plan: &Plan) -> Option<EarlyBinding> {
+    let parked = match plan.transport {
+        Transport::Tcp(a) if a.port() != 0 => {
+            Parked::Tcp(bind_tcp(a, plan.receive_buffer_bytes).ok()?)
+        }
+        Transport::Udp(a) if a.port() != 0 => {
+            Parked::Udp(bind_udp(a, plan.receive_buffer_bytes).ok()?)
+        }
+        _ => return None,
+    };
+    Some(early::park(&plan.transport, parked))
+}
+
+fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if let Some(n) = receive_buffer {
@@ -171,17 +196,17 @@ fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<TcpLi
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Some(n) = receive_buffer {
         socket.set_recv_buffer_size(n)?;
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 enum Listener {
