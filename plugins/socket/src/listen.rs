@@ -10,7 +10,7 @@
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::early::{self, Parked};
 use crate::framing::{self, Cuts, StreamFramer};
-use crate::output::{Every, Output};
+use crate::output::{Every, Output, KERNEL_DROPS};
 use crate::unix::{self, SocketFile};
 use crate::{Plan, Transport};
 
@@ -163,9 +163,25 @@ fn bind_error(what: &str, e: io::Error) -> BuildError {
 
 fn set_receive_buffer(socket: &impl AsFd, bytes: Option<usize>) -> Result<(), BuildError> {
     if let Some(n) = bytes {
-        SockRef::from(socket)
-            .set_recv_buffer_size(n)
+        set_recv_buffer(SockRef::from(socket), n)
             .map_err(|e| BuildError(format!("cannot set receive_buffer_bytes to {n}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// SO_RCVBUF, logging the effective size when the kernel capped it at
+/// net.core.rmem_max (Linux reports twice what it grants, for its own
+/// bookkeeping; less than twice the request means capped).
+fn set_recv_buffer(socket: SockRef<'_>, bytes: usize) -> io::Result<()> {
+    socket.set_recv_buffer_size(bytes)?;
+    let effective = socket.recv_buffer_size()?;
+    if effective < bytes.saturating_mul(2) {
+        warn!(
+            requested_bytes = bytes,
+            effective_bytes = effective / 2,
+            address = ?socket.local_addr().ok().and_then(|a| a.as_socket()),
+            "the kernel capped receive_buffer_bytes at net.core.rmem_max; raise it (sysctl -w net.core.rmem_max=BYTES) to get what was asked"
+        );
     }
     Ok(())
 }
@@ -191,7 +207,7 @@ fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::
     socket.set_reuse_address(true)?;
     if let Some(n) = receive_buffer {
         // Inherited by accepted connections.
-        socket.set_recv_buffer_size(n)?;
+        set_recv_buffer(SockRef::from(&socket), n)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -202,7 +218,23 @@ fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::
 fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Some(n) = receive_buffer {
-        socket.set_recv_buffer_size(n)?;
+        set_recv_buffer(SockRef::from(&socket), n)?;
+    }
+    // Each datagram then carries the socket's count of datagrams the
+    // kernel dropped for want of room (see `recv_into`).
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
@@ -453,8 +485,9 @@ impl Datagrams {
     }
 
     /// Receives one datagram at the end of `buf`: (bytes stored, length
-    /// the datagram had), which differ when the kernel cut it.
-    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+    /// the datagram had), which differ when the kernel cut it, and the
+    /// kernel's drop count if it came with it.
+    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<(usize, usize, Option<u32>)> {
         match self {
             Datagrams::Udp(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
             Datagrams::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
@@ -462,14 +495,49 @@ impl Datagrams {
     }
 }
 
-fn recv_into(socket: &impl AsFd, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+/// Receives one datagram at the end of `buf` (recvmsg): (bytes stored,
+/// length the datagram had, the socket's count of datagrams the kernel
+/// dropped so far when it attached it: SO_RXQ_OVFL, set on UDP sockets).
+fn recv_into(socket: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<(usize, usize, Option<u32>)> {
     let space = &mut buf.spare_capacity_mut()[..DATAGRAM_SPACE];
+    let mut iov = libc::iovec {
+        iov_base: space.as_mut_ptr().cast(),
+        iov_len: space.len(),
+    };
+    // Room for one control message of a u32, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // MSG_TRUNC: the datagram's real length is returned even when longer.
-    let len = SockRef::from(socket).recv_with_flags(space, libc::MSG_TRUNC)?;
+    // SAFETY: the iovec points at DATAGRAM_SPACE writable bytes and the
+    // control buffer at `msg_controllen` bytes, both alive for the call.
+    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = len as usize;
     let stored = len.min(DATAGRAM_SPACE);
-    // SAFETY: recv initialized the first `stored` bytes of the spare capacity.
+    // SAFETY: recvmsg initialized the first `stored` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + stored) };
-    Ok((stored, len))
+    let mut dropped = None;
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within
+    // the `msg_controllen` it set.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                dropped = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((stored, len, dropped))
 }
 
 /// Receives until shutdown. UDP (`file` is None) never waits for the
@@ -488,6 +556,11 @@ async fn receive(
     let mut ranges = Vec::new();
     let log_error = Every::default();
     let heartbeat = &out.cx.heartbeat;
+    // The kernel's count of datagrams it dropped, as last seen.
+    let mut kernel_dropped: u32 = 0;
+    if !wait_for_room {
+        out.cx.metrics.dropped.add(KERNEL_DROPS, 0);
+    }
     loop {
         heartbeat.idle();
         tokio::select! {
@@ -503,7 +576,11 @@ async fn receive(
             }
             let start = buf.len();
             match socket.try_recv(&mut buf) {
-                Ok((stored, len)) => {
+                Ok((stored, len, dropped)) => {
+                    if let Some(now) = dropped {
+                        cuts.kernel_dropped += u64::from(now.wrapping_sub(kernel_dropped));
+                        kernel_dropped = now;
+                    }
                     let before = cuts.truncated;
                     framing::datagram(
                         &buf,

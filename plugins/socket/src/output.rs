@@ -11,6 +11,10 @@ use tracing::{debug, warn};
 
 use crate::framing::Cuts;
 
+/// The reason a datagram the kernel dropped (its receive buffer was full)
+/// is counted with.
+pub(crate) const KERNEL_DROPS: &str = "kernel_receive_buffer";
+
 /// Logs at most once per `PERIOD_SECS` per kind of event, across tasks.
 #[derive(Default)]
 pub(crate) struct Every(AtomicU64);
@@ -41,6 +45,7 @@ pub(crate) struct Output {
     log_dropped: Every,
     pub(crate) log_tls: Every,
     pub(crate) log_protocol: Every,
+    log_kernel_drops: Every,
 }
 
 impl Output {
@@ -54,6 +59,7 @@ impl Output {
             log_dropped: Every::default(),
             log_tls: Every::default(),
             log_protocol: Every::default(),
+            log_kernel_drops: Every::default(),
         }
     }
 
@@ -88,6 +94,15 @@ impl Output {
                 .add("line_truncated", cuts.truncated);
             if self.log_truncated.due() {
                 warn!(source = %self.cx.name, lines = cuts.truncated, "over-long lines truncated");
+            }
+        }
+        if cuts.kernel_dropped > 0 {
+            self.cx
+                .metrics
+                .dropped
+                .add(KERNEL_DROPS, cuts.kernel_dropped);
+            if self.log_kernel_drops.due() {
+                warn!(source = %self.cx.name, datagrams = cuts.kernel_dropped, "the kernel dropped datagrams: the receive buffer was full (raise receive_buffer_bytes and net.core.rmem_max)");
             }
         }
         if cuts.split > 0 {

@@ -131,12 +131,18 @@ impl Source {
 
     /// A sample of the metrics exposition, `name{labels}`.
     pub fn metric(&self, name: &str) -> f64 {
-        let mut text = String::new();
-        encode(&mut text, self.metrics.registry()).unwrap();
-        text.lines()
+        export(self)
+            .lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
+}
+
+/// The metrics exposition of the source's registry.
+pub fn export(s: &Source) -> String {
+    let mut text = String::new();
+    encode(&mut text, s.metrics.registry()).unwrap();
+    text
 }
 
 /// A port that was free a moment ago.
