@@ -17,6 +17,7 @@
 
 mod early;
 mod framing;
+mod limits;
 mod listen;
 mod output;
 mod relp;
@@ -124,6 +125,28 @@ pub struct Settings {
     /// Streams: connections served at once; more wait to be accepted.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// TCP streams: connections one peer address may hold at once; more
+    /// from it are closed as they come. Default: max_connections (no
+    /// limit of its own: local senders all come from 127.0.0.1); set it on
+    /// a listener that faces the network.
+    #[serde(default)]
+    pub max_connections_per_address: Option<usize>,
+    /// Streams: bytes of partial frames (a line not yet ended) all the
+    /// connections of the source may hold together; the connection that
+    /// goes over is closed and its partial frame counted as dropped.
+    #[serde(default)]
+    pub max_partial_bytes: Option<usize>,
+    /// Streams: a connection holding a partial frame at the end of a
+    /// `min_rate_window_ms` window in which it sent less than this is
+    /// closed (slowloris); 0 turns the rule off.
+    #[serde(default)]
+    pub min_rate_bytes_per_second: Option<u64>,
+    #[serde(default)]
+    pub min_rate_window_ms: Option<u64>,
+    /// TLS: how long a client may take to finish its handshake. Handshakes
+    /// do not hold a connection slot.
+    #[serde(default)]
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Streams: a connection that sends nothing for this long is closed;
     /// 0 never closes one.
     #[serde(default)]
@@ -147,6 +170,10 @@ fn default_max_line_bytes() -> usize {
     1024 * 1024
 }
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_MAX_PARTIAL_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_MIN_RATE_BYTES_PER_SECOND: u64 = 16;
+const DEFAULT_MIN_RATE_WINDOW_MS: u64 = 10_000;
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
 const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The longest unix socket path (sun_path less its NUL).
@@ -193,6 +220,10 @@ struct Plan {
     relp: bool,
     limit: framing::Limit,
     max_connections: usize,
+    max_connections_per_address: usize,
+    max_partial_bytes: usize,
+    min_rate: Option<limits::MinRate>,
+    tls_handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     read_buffer_bytes: usize,
     receive_buffer_bytes: Option<usize>,
@@ -332,8 +363,14 @@ impl Settings {
             }
         };
 
-        let stream_only: [(&str, bool); 4] = [
+        let stream_only: [(&str, bool); 7] = [
             ("max_connections", self.max_connections.is_some()),
+            ("max_partial_bytes", self.max_partial_bytes.is_some()),
+            (
+                "min_rate_bytes_per_second",
+                self.min_rate_bytes_per_second.is_some(),
+            ),
+            ("min_rate_window_ms", self.min_rate_window_ms.is_some()),
             ("idle_timeout_ms", self.idle_timeout_ms.is_some()),
             ("read_buffer_bytes", self.read_buffer_bytes.is_some()),
             ("tls", self.tls.is_some()),
@@ -347,6 +384,18 @@ impl Settings {
         }
         if self.tls.is_some() && matches!(transport, Transport::UnixStream(_)) {
             refuse("tls", "tls applies to TCP only".into());
+        }
+        if self.max_connections_per_address.is_some() && !matches!(transport, Transport::Tcp(_)) {
+            refuse(
+                "max_connections_per_address",
+                "max_connections_per_address applies to TCP only".into(),
+            );
+        }
+        if self.tls_handshake_timeout_ms.is_some() && self.tls.is_none() {
+            refuse(
+                "tls_handshake_timeout_ms",
+                "tls_handshake_timeout_ms applies with tls only".into(),
+            );
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
@@ -380,9 +429,19 @@ impl Settings {
                 }
             }
         };
-        let positive: [(&str, Option<u64>); 4] = [
+        let positive: [(&str, Option<u64>); 8] = [
             ("max_line_bytes", Some(self.max_line().bytes as u64)),
             ("max_connections", self.max_connections.map(|v| v as u64)),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address.map(|v| v as u64),
+            ),
+            (
+                "max_partial_bytes",
+                self.max_partial_bytes.map(|v| v as u64),
+            ),
+            ("min_rate_window_ms", self.min_rate_window_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
             (
                 "read_buffer_bytes",
                 self.read_buffer_bytes.map(|v| v as u64),
@@ -402,6 +461,10 @@ impl Settings {
             return Err(issues);
         }
         let idle_ms = self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let min_rate = self
+            .min_rate_bytes_per_second
+            .unwrap_or(DEFAULT_MIN_RATE_BYTES_PER_SECOND);
         Ok(Plan {
             transport,
             stream_framing,
@@ -415,7 +478,22 @@ impl Settings {
                     _ => self.max_line_policy.unwrap_or_default(),
                 },
             },
-            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections,
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(max_connections),
+            max_partial_bytes: self.max_partial_bytes.unwrap_or(DEFAULT_MAX_PARTIAL_BYTES),
+            min_rate: (min_rate > 0).then(|| limits::MinRate {
+                bytes_per_second: min_rate,
+                window: Duration::from_millis(
+                    self.min_rate_window_ms
+                        .unwrap_or(DEFAULT_MIN_RATE_WINDOW_MS),
+                ),
+            }),
+            tls_handshake_timeout: Duration::from_millis(
+                self.tls_handshake_timeout_ms
+                    .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS),
+            ),
             idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
             read_buffer_bytes: self
                 .read_buffer_bytes

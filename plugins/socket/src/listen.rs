@@ -9,7 +9,7 @@
 //! and sends what it holds.
 
 use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +27,11 @@ use tracing::{debug, warn};
 
 use crate::early::{self, Parked};
 use crate::framing::{self, Cuts, StreamFramer};
-use crate::output::{Every, Output, KERNEL_DROPS};
+use crate::limits::{AddressSlot, Addresses, Rate};
+use crate::output::{Every, Output, KERNEL_DROPS, OVER_BUDGET, SLOW};
 use crate::unix::{self, SocketFile};
 use crate::{Plan, Transport};
 
-/// How long a TLS client may take to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the largest datagram (UDP's is 65,507 bytes); a longer unix
 /// datagram is cut by the kernel, and counted as truncated.
 const DATAGRAM_SPACE: usize = 64 * 1024;
@@ -84,7 +83,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             .and_then(TcpListener::from_std)
             .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
             let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            let out = Arc::new(Output::new(cx, None, &plan));
             Ok(Box::pin(serve(
                 Listener::Tcp(listener, tls),
                 Arc::new(plan),
@@ -103,11 +102,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .map_err(|e| BuildError(e.to_string()))?;
             let listener =
                 UnixListener::from_std(listener).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(
-                cx,
-                Some(Arc::from(path.as_path())),
-                plan.syslog,
-            ));
+            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), &plan));
             Ok(Box::pin(serve(
                 Listener::Unix(listener),
                 Arc::new(plan),
@@ -122,7 +117,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             }
             .and_then(UdpSocket::from_std)
             .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
-            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            let out = Arc::new(Output::new(cx, None, &plan));
             Ok(Box::pin(receive(Datagrams::Udp(socket), plan, out, None)))
         }
         Transport::UnixDatagram(path) => {
@@ -135,11 +130,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .set_nonblocking(true)
                 .map_err(|e| BuildError(e.to_string()))?;
             let socket = UnixDatagram::from_std(socket).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(
-                cx,
-                Some(Arc::from(path.as_path())),
-                plan.syslog,
-            ));
+            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), &plan));
             Ok(Box::pin(receive(
                 Datagrams::Unix(socket),
                 plan,
@@ -252,18 +243,34 @@ enum Connection {
 }
 
 impl Listener {
-    async fn accept(&self) -> io::Result<(Connection, String)> {
+    /// A connection, its peer as text, and its IP address (TCP).
+    async fn accept(&self) -> io::Result<(Connection, String, Option<IpAddr>)> {
         match self {
             Listener::Tcp(l, tls) => {
                 let (s, peer) = l.accept().await?;
-                Ok((Connection::Tcp(s, tls.clone()), peer.to_string()))
+                Ok((
+                    Connection::Tcp(s, tls.clone()),
+                    peer.to_string(),
+                    Some(peer.ip()),
+                ))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
-                Ok((Connection::Unix(s), "unix".into()))
+                Ok((Connection::Unix(s), "unix".into(), None))
             }
         }
     }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Listener::Tcp(_, Some(_)))
+    }
+}
+
+/// What a connection holds while it is served: its slot (or, during a TLS
+/// handshake, its handshake permit) and its claim on its address.
+struct Claims {
+    permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
 }
 
 /// Accepts until shutdown, then accepts what waits in the backlog, lets
@@ -272,6 +279,12 @@ impl Listener {
 /// waits for the connection tasks (a relp connection answers until the
 /// sinks are done). `file` (a unix socket file) is removed once the
 /// listener is closed.
+///
+/// A plain connection takes a slot (`max_connections`) before it is
+/// accepted; a TLS connection takes a handshake permit instead (as many),
+/// and a slot only once its handshake is done, so clients that never
+/// finish one hold no slot. A TCP peer address holds at most
+/// `max_connections_per_address` connections; more are closed at once.
 async fn serve(
     listener: Listener,
     plan: Arc<Plan>,
@@ -279,23 +292,57 @@ async fn serve(
     file: Option<SocketFile>,
 ) -> Result<(), String> {
     let slots = Arc::new(Semaphore::new(plan.max_connections));
+    let gate = if listener.is_tls() {
+        Arc::new(Semaphore::new(plan.max_connections))
+    } else {
+        slots.clone()
+    };
+    let addresses = Addresses::new(plan.max_connections_per_address);
     let mut tasks = JoinSet::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let log_full = Every::default();
-    let log_error = Every::default();
+    let (log_full, log_error, log_address) = (Every::default(), Every::default(), Every::default());
     let heartbeat = &out.cx.heartbeat;
     // Each connection holds a clone until it reads no more.
     let (reading, mut all_stopped_reading) = tokio::sync::mpsc::channel::<()>(1);
+    let admit = |accepted: (Connection, String, Option<IpAddr>), permit| {
+        let (conn, peer, ip) = accepted;
+        let address = match ip {
+            None => None,
+            Some(ip) => match addresses.claim(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    if log_address.due() {
+                        warn!(source = %out.name(), peer, max_connections_per_address = plan.max_connections_per_address, "too many connections from one address; closing the new one");
+                    }
+                    return None;
+                }
+            },
+        };
+        debug!(source = %out.name(), peer, "connection accepted");
+        let claims = Claims {
+            permit,
+            _address: address,
+        };
+        Some(connection(
+            conn,
+            peer,
+            plan.clone(),
+            out.clone(),
+            slots.clone(),
+            claims,
+            reading.clone(),
+        ))
+    };
     loop {
         // Waiting for a free slot or a client is not a hang.
         heartbeat.idle();
         let permit = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = gate.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        if slots.available_permits() == 0 && log_full.due() {
+        if gate.available_permits() == 0 && log_full.due() {
             warn!(source = %out.name(), max_connections = plan.max_connections, "connection limit reached; further connections wait to be accepted");
         }
         let accepted = tokio::select! {
@@ -306,16 +353,10 @@ async fn serve(
         heartbeat.beat();
         while tasks.try_join_next().is_some() {}
         match accepted {
-            Ok((conn, peer)) => {
-                debug!(source = %out.name(), peer, "connection accepted");
-                tasks.spawn(connection(
-                    conn,
-                    peer,
-                    plan.clone(),
-                    out.clone(),
-                    permit,
-                    reading.clone(),
-                ));
+            Ok(accepted) => {
+                if let Some(task) = admit(accepted, permit) {
+                    tasks.spawn(task);
+                }
             }
             Err(e) => {
                 // Out of descriptors, usually: wait a little, keep going.
@@ -328,18 +369,13 @@ async fn serve(
     }
     // Connections the kernel accepted for us are served too: they see the
     // shutdown and drain what they sent.
-    while let Ok(Ok((conn, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+    while let Ok(Ok(accepted)) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        let Ok(permit) = gate.clone().try_acquire_owned() else {
             break;
         };
-        tasks.spawn(connection(
-            conn,
-            peer,
-            plan.clone(),
-            out.clone(),
-            permit,
-            reading.clone(),
-        ));
+        if let Some(task) = admit(accepted, permit) {
+            tasks.spawn(task);
+        }
     }
     drop(listener);
     drop(file);
@@ -356,7 +392,8 @@ async fn connection(
     peer: String,
     plan: Arc<Plan>,
     out: Arc<Output>,
-    _permit: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+    mut claims: Claims,
     reading: tokio::sync::mpsc::Sender<()>,
 ) {
     let heartbeat = out.cx.heartbeat.task(&format!("connection {peer}"));
@@ -368,7 +405,7 @@ async fn connection(
             serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
         Connection::Tcp(stream, Some(tls)) => {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+            let handshake = tokio::time::timeout(plan.tls_handshake_timeout, tls.accept(stream));
             let stream = tokio::select! {
                 biased;
                 _ = out.cx.shutdown.wait() => return,
@@ -381,15 +418,24 @@ async fn connection(
                         return;
                     }
                     Err(_) => {
-                        debug!(source = %out.name(), peer, "TLS handshake timed out");
+                        if out.log_tls.due() {
+                            warn!(source = %out.name(), peer, timeout_ms = plan.tls_handshake_timeout.as_millis() as u64, "TLS handshake timed out; closing the connection");
+                        }
                         return;
                     }
                 },
+            };
+            // The handshake permit goes back; a connection slot is taken.
+            claims.permit = tokio::select! {
+                biased;
+                _ = out.cx.shutdown.wait() => return,
+                p = slots.acquire_owned() => p.expect("the semaphore is never closed"),
             };
             serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
         Connection::Unix(stream) => serve_stream(stream, &peer, &plan, &out, hb, reading).await,
     }
+    drop(claims);
 }
 
 async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
@@ -423,6 +469,13 @@ async fn read<S: AsyncRead + Unpin>(
     let idle_for = plan.idle_timeout.unwrap_or(NEVER);
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
+    let mut held = out.partial.share();
+    let mut rate = plan.min_rate.map(Rate::new);
+    let rate_check = tokio::time::sleep_until(
+        rate.as_ref()
+            .map_or(Instant::now() + NEVER, |r| r.window_end),
+    );
+    tokio::pin!(rate_check);
     let why = loop {
         if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
             buf.reserve(plan.read_buffer_bytes);
@@ -432,17 +485,31 @@ async fn read<S: AsyncRead + Unpin>(
             biased;
             _ = &mut stopped => break "shutdown",
             _ = &mut idle => break "idle timeout",
+            _ = &mut rate_check => {
+                let r = rate.as_mut().expect("armed only with a rule");
+                if r.trickles(!buf.is_empty()) {
+                    break out.discard_partial(peer, SLOW, &mut buf);
+                }
+                rate_check.as_mut().reset(r.window_end);
+                continue;
+            }
             r = stream.read_buf(&mut buf) => r,
         };
         heartbeat.beat();
         match read {
             Ok(0) => break "closed by the peer",
-            Ok(_) => {
+            Ok(n) => {
+                if let Some(r) = rate.as_mut() {
+                    r.add(n);
+                }
                 let mut records = Vec::new();
                 let mut cuts = Cuts::default();
                 framer.cut(&mut buf, &mut records, &mut cuts);
                 if !out.send(records, cuts, heartbeat).await {
                     return;
+                }
+                if !held.set(buf.len()) {
+                    break out.discard_partial(peer, OVER_BUDGET, &mut buf);
                 }
                 // Time spent waiting for the channel is not idleness.
                 idle.as_mut().reset(Instant::now() + idle_for);

@@ -6,14 +6,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use tailrace_api::{Ack, Batch, BatchMeta, Heartbeat, Record, SourceContext};
 use tracing::{debug, warn};
 
 use crate::framing::Cuts;
+use crate::limits::Budget;
+use crate::Plan;
 
 /// The reason a datagram the kernel dropped (its receive buffer was full)
 /// is counted with.
 pub(crate) const KERNEL_DROPS: &str = "kernel_receive_buffer";
+
+/// Why a connection's partial frame was dropped with it: the source's
+/// partial frames were over `max_partial_bytes`...
+pub(crate) const OVER_BUDGET: &str = "partial_frame_budget";
+/// ...or it sent slower than `min_rate_bytes_per_second` (slowloris).
+pub(crate) const SLOW: &str = "slow_connection";
 
 /// Logs at most once per `PERIOD_SECS` per kind of event, across tasks.
 #[derive(Default)]
@@ -38,6 +47,8 @@ impl Every {
 /// Shared by every task of one source.
 pub(crate) struct Output {
     pub(crate) cx: SourceContext,
+    /// Partial frames held by all the source's connections.
+    pub(crate) partial: Budget,
     path: Option<Arc<Path>>,
     syslog: bool,
     log_malformed: Every,
@@ -46,25 +57,46 @@ pub(crate) struct Output {
     pub(crate) log_tls: Every,
     pub(crate) log_protocol: Every,
     log_kernel_drops: Every,
+    log_hostile: Every,
 }
 
 impl Output {
-    pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, syslog: bool) -> Output {
+    pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, plan: &Plan) -> Output {
         Output {
             cx,
+            partial: Budget::new(plan.max_partial_bytes),
             path,
-            syslog,
+            syslog: plan.syslog,
             log_malformed: Every::default(),
             log_truncated: Every::default(),
             log_dropped: Every::default(),
             log_tls: Every::default(),
             log_protocol: Every::default(),
             log_kernel_drops: Every::default(),
+            log_hostile: Every::default(),
         }
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.cx.name
+    }
+
+    /// Closing a connection for `reason` ([`OVER_BUDGET`], [`SLOW`]):
+    /// drops the partial frame it held, counted as one event, and logs;
+    /// returns the reason for the connection's close.
+    pub(crate) fn discard_partial(
+        &self,
+        peer: &str,
+        reason: &'static str,
+        partial: &mut BytesMut,
+    ) -> &'static str {
+        let bytes = partial.len();
+        partial.clear();
+        self.cx.metrics.dropped.add(reason, 1);
+        if self.log_hostile.due() {
+            warn!(source = %self.cx.name, peer, reason, partial_bytes = bytes, "closing a connection and dropping its partial frame (counted in tailrace_events_dropped_total)");
+        }
+        reason
     }
 
     /// Parses and counts; `None` when there is nothing to send.

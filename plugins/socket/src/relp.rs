@@ -183,6 +183,15 @@ impl Parser {
             truncated,
         })
     }
+
+    /// Bytes of a frame begun and kept outside the read buffer (the
+    /// source's partial-frame budget counts them).
+    pub(crate) fn holding(&self) -> usize {
+        match &self.state {
+            State::Header => 0,
+            State::Data { kept, .. } => kept.len(),
+        }
+    }
 }
 
 /// A header at the front of `buf`: (txnr, command, data length, bytes

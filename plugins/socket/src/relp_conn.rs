@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::framing::Cuts;
+use crate::limits::Held;
 use crate::listen::{drain_deadline, drain_read};
-use crate::output::Output;
+use crate::output::{Output, OVER_BUDGET};
 use crate::relp::{self, Parser, Session, Step};
 use crate::Plan;
 
@@ -83,6 +84,7 @@ struct Conn<'a> {
     answers: Answers,
     receiver: Arc<dyn AckReceiver>,
     next_batch: u64,
+    held: Held<'a>,
 }
 
 impl Conn<'_> {
@@ -138,6 +140,10 @@ impl Conn<'_> {
         } else if !pending.answers.is_empty() {
             self.answers.0.push_back(pending);
         }
+        if failed.is_none() && !self.held.set(buf.len() + self.parser.holding()) {
+            self.out.discard_partial(self.peer, OVER_BUDGET, buf);
+            return Err(());
+        }
         if let Some(error) = failed {
             self.out.cx.metrics.parse_errors.inc();
             if self.out.log_protocol.due() {
@@ -169,6 +175,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         answers: Answers::default(),
         receiver: Arc::new(Acks(ack_tx)),
         next_batch: 0,
+        held: out.partial.share(),
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::new();

@@ -158,3 +158,42 @@ async fn unreadable_certificates_fail_the_build_with_the_path() {
     let err = common::try_start(config, 10).err().expect("refused");
     assert!(err.contains("server.pem"), "{err}");
 }
+
+/// A client that never finishes its handshake is closed after
+/// `tls_handshake_timeout_ms`, although the only connection slot is held by
+/// a served client: a handshake holds no slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_handshake_times_out_without_a_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(
+        &tls_yaml(
+            "max_connections: 1, tls_handshake_timeout_ms: 300, ",
+            port,
+            dir.path(),
+            false,
+        ),
+        1000,
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut served = connector(&pki, false)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    served.write_all(b"holds the slot\n").await.unwrap();
+    served.flush().await.unwrap();
+    s.wait_records(1).await;
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 8];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent client is closed by its handshake timeout: {closed:?}"
+    );
+    served.write_all(b"still served\n").await.unwrap();
+    served.flush().await.unwrap();
+    s.wait_records(2).await;
+    s.stop().await;
+    assert_eq!(s.payloads(), ["holds the slot", "still served"]);
+}
