@@ -30,6 +30,19 @@ fn setup() -> (Broker, tempfile::TempDir) {
     )
 }
 
+/// A connection to `127.0.0.1:port`, once the agent listens there (20 s).
+fn connect_when_listening(port: u16) -> TcpStream {
+    let mut connected = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            connected = TcpStream::connect(("127.0.0.1", port)).ok();
+            connected.is_some()
+        }),
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    connected.expect("connected")
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -221,10 +234,7 @@ fn rsyslog_forwards_to_tailrace_over_tcp() {
     );
     let agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", plain)
-    )
-    .is_ok()));
+    drop(connect_when_listening(plain));
     let rsyslog = Rsyslog::start(&[
         format!("action(type=\"omfwd\" Target=\"127.0.0.1\" Port=\"{octet}\" Protocol=\"tcp\" TCP_Framing=\"octet-counted\" Template=\"RSYSLOG_SyslogProtocol23Format\")"),
         format!("action(type=\"omfwd\" Target=\"127.0.0.1\" Port=\"{plain}\" Protocol=\"tcp\" Template=\"RSYSLOG_ForwardFormat\")"),
@@ -465,10 +475,7 @@ fn tcp_backpressure_keeps_memory_bounded_while_the_broker_is_down() {
                  r#"librdkafka: { "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "2000", "queue.buffering.max.kbytes": "1024" }"#);
     let agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", tcp)
-    )
-    .is_ok()));
+    drop(connect_when_listening(tcp));
 
     // A client keeps writing numbered lines until told to stop.
     let written = Arc::new(AtomicU64::new(0));
@@ -655,11 +662,7 @@ fn sigterm_right_after_a_tcp_sender_stops_delivers_every_line_it_wrote() {
     );
     let mut agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", tcp)
-    )
-    .is_ok()));
-    let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut t = connect_when_listening(tcp);
     let mut all = Vec::with_capacity(N as usize * LINE_LEN);
     for seq in 0..N {
         all.extend_from_slice(&SeqLines::line(seq));
@@ -709,10 +712,7 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
     };
     let agent = Agent::start(dir.path(), &config(old_port));
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", old_port)
-    )
-    .is_ok()));
+    drop(connect_when_listening(old_port));
     // Lines written (write_all returned) so far, and the first line sent
     // on the new port.
     let written = Arc::new(AtomicU64::new(0));
@@ -853,11 +853,7 @@ fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
         .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
     let mut agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", tcp)
-    )
-    .is_ok()));
-    let mut c = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut c = connect_when_listening(tcp);
     let mut text = Vec::new();
     for seq in 0..N {
         text.extend_from_slice(&SeqLines::line(seq));

@@ -47,6 +47,13 @@ const DRAIN_TOTAL: Duration = Duration::from_secs(2);
 /// An idle timeout of 0: never.
 pub(crate) const NEVER: Duration = Duration::from_secs(365 * 86_400);
 
+/// Room for a read of about `read_buffer_bytes` at the end of `buf`.
+pub(crate) fn room_to_read(buf: &mut BytesMut, plan: &Plan) {
+    if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
+        buf.reserve(plan.read_buffer_bytes);
+    }
+}
+
 /// When a connection stops draining, counted from now (shutdown).
 pub(crate) fn drain_deadline() -> Instant {
     Instant::now() + DRAIN_TOTAL
@@ -477,9 +484,7 @@ async fn read<S: AsyncRead + Unpin>(
     );
     tokio::pin!(rate_check);
     let why = loop {
-        if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
-            buf.reserve(plan.read_buffer_bytes);
-        }
+        room_to_read(&mut buf, plan);
         heartbeat.idle();
         let read = tokio::select! {
             biased;

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::framing::Cuts;
 use crate::limits::Held;
-use crate::listen::{drain_deadline, drain_read};
+use crate::listen::{drain_deadline, drain_read, room_to_read, NEVER};
 use crate::output::{Output, OVER_BUDGET};
 use crate::relp::{self, Parser, Session, Step};
 use crate::Plan;
@@ -182,13 +182,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut written = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let idle_for = plan.idle_timeout.unwrap_or(crate::listen::NEVER);
+    let idle_for = plan.idle_timeout.unwrap_or(NEVER);
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     let why = loop {
-        if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
-            buf.reserve(plan.read_buffer_bytes);
-        }
+        room_to_read(&mut buf, plan);
         heartbeat.idle();
         let read = tokio::select! {
             biased;

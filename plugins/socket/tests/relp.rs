@@ -81,14 +81,7 @@ impl Client {
 
     /// The source closed the connection (10 s at most).
     async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 4096];
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(n)) => self.read.extend_from_slice(&buf[..n]),
-                Err(_) => return false,
-            }
-        }
+        common::closed_by_the_source(&mut self.stream, Duration::from_secs(10)).await
     }
 }
 
