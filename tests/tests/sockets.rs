@@ -787,6 +787,65 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
     eprintln!("moved a port under a sender: {before} written before the reload, new port from {moved}: {report}");
 }
 
+/// Hostile load: 1,000 connections each send one byte of a line and then
+/// nothing (slowloris) to a source with 200 slots. The minimum-rate rule
+/// closes them window by window and counts them, a sender that comes after
+/// all of them is served, resident memory stays bounded, the agent stays up.
+#[test]
+fn a_thousand_trickling_connections_do_not_stop_a_new_sender() {
+    const TRICKLERS: usize = 1_000;
+    const SLOTS: usize = 200;
+    let (broker, dir) = setup();
+    let tcp = free_port();
+    let sources = format!(
+        "  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n    max_connections: {SLOTS}\n    min_rate_window_ms: 1000\n"
+    );
+    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    drop(connect_when_listening(tcp));
+    let rss_before = metric(&admin, "process_resident_memory_bytes");
+    let tricklers: Vec<TcpStream> = (0..TRICKLERS)
+        .map(|_| {
+            let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+            t.write_all(b"x").unwrap();
+            t
+        })
+        .collect();
+    let mut sender = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    sender.write_all(b"the new sender\n").unwrap();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let served = |r: &[tailrace_e2e::Record]| texts(r).iter().any(|t| t == "the new sender");
+    assert!(
+        served(consumer.read_until(Duration::from_secs(60), served)),
+        "the new sender is served; log:\n{}",
+        agent.log_tail(20)
+    );
+    let slow = "tailrace_events_dropped_total{component=\"tcp\",reason=\"slow_connection\"}";
+    // It was accepted after every trickler, with at most SLOTS - 1 of
+    // them still holding a slot.
+    assert!(
+        metric(&admin, slow) >= (TRICKLERS - SLOTS + 1) as f64,
+        "{}",
+        metric(&admin, slow)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(&admin, slow)
+            == TRICKLERS as f64),
+        "every trickler is closed and counted: {}",
+        metric(&admin, slow)
+    );
+    let rss_after = metric(&admin, "process_resident_memory_bytes");
+    assert!(
+        rss_after < rss_before + 64e6,
+        "resident memory {} MB before, {} MB after",
+        rss_before / 1e6,
+        rss_after / 1e6
+    );
+    assert!(agent.is_running());
+    drop(tricklers);
+}
+
 #[test]
 fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
