@@ -43,6 +43,12 @@ fn connect_when_listening(port: u16) -> TcpStream {
     connected.expect("connected")
 }
 
+/// Whether `/metrics` has a sample named exactly `name` (with labels).
+fn http_has(admin: &str, name: &str) -> bool {
+    tailrace_e2e::http::get(admin, "/metrics")
+        .is_ok_and(|r| tailrace_e2e::http::sample(&r.body, name).is_some())
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -844,6 +850,59 @@ fn a_thousand_trickling_connections_do_not_stop_a_new_sender() {
     );
     assert!(agent.is_running());
     drop(tricklers);
+}
+
+/// UDP loss in the kernel made visible: while the agent is stopped
+/// (SIGSTOP) a flood overflows a small receive buffer; after SIGCONT every
+/// datagram sent is either read or counted as
+/// `reason="kernel_receive_buffer"`. A receive buffer above
+/// net.core.rmem_max is logged with what the kernel granted.
+#[test]
+fn udp_datagrams_the_kernel_dropped_are_counted() {
+    const FLOOD: usize = 3_000;
+    let (broker, dir) = setup();
+    let (small, big) = (free_udp_port(), free_udp_port());
+    let sources = format!(
+        "  small:\n    type: udp\n    address: 127.0.0.1:{small}\n    channels: [main]\n    receive_buffer_bytes: 8192\n\
+         \x20 big:\n    type: udp\n    address: 127.0.0.1:{big}\n    channels: [main]\n    receive_buffer_bytes: 1073741824\n"
+    );
+    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
+    let agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    let kernel =
+        "tailrace_events_dropped_total{component=\"small\",reason=\"kernel_receive_buffer\"}";
+    let read = "tailrace_source_events_total{source=\"small\"}";
+    assert!(
+        wait_until(Duration::from_secs(20), || http_has(&admin, kernel)),
+        "declared at 0 from the start"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("the kernel capped receive_buffer_bytes"),
+        "{}",
+        agent.log_tail(20)
+    );
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    agent.pause();
+    for i in 0..FLOOD {
+        u.send_to(format!("flood {i:0200}").as_bytes(), ("127.0.0.1", small))
+            .unwrap();
+    }
+    agent.resume();
+    assert!(wait_until(Duration::from_secs(20), || metric(&admin, read) > 0.0));
+    // The next datagram carries the kernel's count.
+    u.send_to(b"after the flood", ("127.0.0.1", small)).unwrap();
+    let sent = (FLOOD + 1) as f64;
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(&admin, read)
+            + metric(&admin, kernel)
+            == sent),
+        "read {} + dropped by the kernel {} = sent {sent}",
+        metric(&admin, read),
+        metric(&admin, kernel)
+    );
+    assert!(metric(&admin, kernel) > 0.0, "an 8 KiB buffer overflows");
 }
 
 #[test]

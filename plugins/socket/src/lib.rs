@@ -176,6 +176,7 @@ const DEFAULT_MIN_RATE_WINDOW_MS: u64 = 10_000;
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
 const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+const MAX_RECEIVE_BUFFER_BYTES: usize = 1 << 30;
 /// The longest unix socket path (sun_path less its NUL).
 const MAX_UNIX_PATH: usize = 107;
 
@@ -455,6 +456,15 @@ impl Settings {
             if value == Some(0) {
                 refuse(key, format!("{key} must be greater than 0"));
             }
+        }
+        if self
+            .receive_buffer_bytes
+            .is_some_and(|n| n > MAX_RECEIVE_BUFFER_BYTES)
+        {
+            refuse(
+                "receive_buffer_bytes",
+                format!("receive_buffer_bytes is at most {MAX_RECEIVE_BUFFER_BYTES} (the kernel takes an int and doubles it)"),
+            );
         }
 
         if !issues.is_empty() {

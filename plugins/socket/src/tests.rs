@@ -264,6 +264,11 @@ fn relp_and_hostile_load_keys() {
             ("min_rate_window_ms", "greater than 0"),
         ],
     );
+    check(
+        Udp,
+        "{address: 127.0.0.1:1, receive_buffer_bytes: 1073741825}",
+        &[("receive_buffer_bytes", "at most 1073741824")],
+    );
     let p = settings("address: 127.0.0.1:1").plan(Relp).unwrap();
     assert!(p.relp && p.syslog);
     assert_eq!(p.limit.policy, LinePolicy::Truncate);
