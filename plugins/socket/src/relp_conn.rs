@@ -214,8 +214,12 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let close = conn.answers.ready(&mut written);
-        if !written.is_empty() && wr.write_all(&written.split()).await.is_err() {
-            break "write error";
+        if !written.is_empty() {
+            if wr.write_all(&written.split()).await.is_err() {
+                break "write error";
+            }
+            // Waiting for acknowledgements is not idleness.
+            idle.as_mut().reset(Instant::now() + idle_for);
         }
         if close {
             break "closed by the client's close";

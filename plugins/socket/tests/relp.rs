@@ -264,3 +264,24 @@ async fn shutdown_reads_what_was_sent_and_answers_what_the_sinks_deliver() {
     s.drained.trigger();
     assert!(c.closed().await);
 }
+
+/// The idle timeout counts from the last answer, not from the last read:
+/// a client that waited long for its answers is not closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_for_answers_is_not_idleness() {
+    let port = free_port();
+    let s = start::<RelpSourceConfig>(
+        &format!("{{address: 127.0.0.1:{port}, idle_timeout_ms: 300}}"),
+        1000,
+    );
+    let mut c = Client::open(port).await;
+    c.send(2, "syslog", "waits").await;
+    let batch = next_batch(&s).await;
+    // Longer than the idle timeout: nothing to answer yet, so not idle.
+    assert!(c.silent_for(Duration::from_millis(600)).await);
+    batch.ack.done(1);
+    assert_eq!(c.answers(1).await, "2 rsp 6 200 OK\n");
+    c.send(3, "syslog", "right after").await;
+    let batch = next_batch(&s).await;
+    assert_eq!(&batch.records[0].payload[..], b"right after");
+}
