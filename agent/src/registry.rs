@@ -57,6 +57,7 @@ impl Registry {
         sources.insert("udp", source::<tailrace_socket::UdpSourceConfig>);
         sources.insert("unix", source::<tailrace_socket::UnixSourceConfig>);
         sources.insert("syslog", source::<tailrace_socket::SyslogSourceConfig>);
+        sources.insert("relp", source::<tailrace_socket::RelpSourceConfig>);
         sources.insert(
             "journald",
             source::<tailrace_journald::JournaldSourceConfig>,

@@ -622,6 +622,17 @@ async fn build_all(
     Ok(built)
 }
 
+/// The sources of `groups` in `config`.
+fn config_sources<'a>(
+    config: &'a Config,
+    groups: &'a [Group],
+) -> impl Iterator<Item = &'a crate::config::SourceSpec> + 'a {
+    config
+        .sources
+        .iter()
+        .filter(|s| groups.iter().any(|g| g.sources.contains(&s.name)))
+}
+
 /// Why a reload did not take the new config.
 enum Refused {
     /// Nothing running was touched.
@@ -689,13 +700,20 @@ async fn reload(
         }
     };
     let was: Vec<Group> = changed.iter().map(|p| p.group.clone()).collect();
+    // The replacements' sockets are bound before the old groups let go of
+    // theirs: a moved port refuses no connection meanwhile.
+    let early: Vec<_> = config_sources(new, &replacing)
+        .filter_map(|s| s.config.bind_early())
+        .collect();
     if !changed.is_empty() {
         let errors = signals.stop(changed).await;
         if !errors.is_empty() {
             warn!(errors = %errors.join("; "), "the changed components stopped with errors");
         }
     }
-    match build_all(new, &replacing, &new_store, state, &new_dir).await {
+    let replaced = build_all(new, &replacing, &new_store, state, &new_dir).await;
+    drop(early);
+    match replaced {
         Ok(more) => built.extend(more),
         Err(error) => {
             abandon(built).await;

@@ -248,6 +248,18 @@ impl Agent {
         );
     }
 
+    /// SIGSTOP: the agent runs no more (reads nothing) until [`Agent::resume`].
+    pub fn pause(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        process::signal(child, libc::SIGSTOP);
+    }
+
+    /// SIGCONT, after [`Agent::pause`].
+    pub fn resume(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        process::signal(child, libc::SIGCONT);
+    }
+
     /// SIGTERM: asks for a clean shutdown; pair with [`Agent::wait_exit`].
     pub fn terminate(&mut self) {
         let child = self.child.as_ref().expect("the agent is not running");

@@ -75,16 +75,26 @@ pub struct Rsyslog {
 impl Rsyslog {
     /// `actions` are rsyslog `action(...)` statements.
     pub fn start(actions: &[String]) -> Rsyslog {
+        Rsyslog::with_config(&format!(
+            "module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"$DIR/in.sock\")\n{}\n",
+            actions.join("\n")
+        ))
+    }
+
+    /// An rsyslogd with `config` (modules, inputs, actions; `$DIR` stands
+    /// for its own directory) after its `global(workDirectory=...)`. It
+    /// creates `$DIR/in.sock` when `config` has that input; otherwise
+    /// it is waited for by its pid file.
+    pub fn with_config(config: &str) -> Rsyslog {
         let dir = tempfile::Builder::new()
             .prefix("rsyslog-")
             .tempdir()
             .expect("cannot create a temp dir");
-        let d = dir.path().display();
+        let d = dir.path().display().to_string();
         let conf = format!(
-            "global(workDirectory=\"{d}\")\n\
-             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
-             input(type=\"imuxsock\" Socket=\"{d}/in.sock\")\n{}\n",
-            actions.join("\n")
+            "global(workDirectory=\"{d}\")\n{}\n",
+            config.replace("$DIR", &d)
         );
         let conf_path = dir.path().join("rsyslog.conf");
         std::fs::write(&conf_path, conf).expect("cannot write rsyslog.conf");
@@ -99,14 +109,23 @@ impl Rsyslog {
             dir,
             child: Some(child),
         };
-        let socket = rsyslog.input_socket();
+        let ready = if config.contains("$DIR/in.sock") {
+            rsyslog.input_socket()
+        } else {
+            rsyslog.dir.path().join("rsyslog.pid")
+        };
         assert!(
-            crate::wait_until(Duration::from_secs(10), || socket.exists()),
+            crate::wait_until(Duration::from_secs(10), || ready.exists()),
             "rsyslogd did not create {}: {}",
-            socket.display(),
+            ready.display(),
             crate::process::tail(&rsyslog.dir.path().join("rsyslog.log"), 20)
         );
         rsyslog
+    }
+
+    /// Its log (rsyslogd's own stderr and stdout).
+    pub fn log(&self) -> String {
+        crate::process::tail(&self.dir.path().join("rsyslog.log"), 50)
     }
 
     pub fn input_socket(&self) -> PathBuf {

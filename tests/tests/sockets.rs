@@ -30,6 +30,25 @@ fn setup() -> (Broker, tempfile::TempDir) {
     )
 }
 
+/// A connection to `127.0.0.1:port`, once the agent listens there (20 s).
+fn connect_when_listening(port: u16) -> TcpStream {
+    let mut connected = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            connected = TcpStream::connect(("127.0.0.1", port)).ok();
+            connected.is_some()
+        }),
+        "nothing listens on 127.0.0.1:{port}"
+    );
+    connected.expect("connected")
+}
+
+/// Whether `/metrics` has a sample named exactly `name` (with labels).
+fn http_has(admin: &str, name: &str) -> bool {
+    tailrace_e2e::http::get(admin, "/metrics")
+        .is_ok_and(|r| tailrace_e2e::http::sample(&r.body, name).is_some())
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -221,10 +240,7 @@ fn rsyslog_forwards_to_tailrace_over_tcp() {
     );
     let agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", plain)
-    )
-    .is_ok()));
+    drop(connect_when_listening(plain));
     let rsyslog = Rsyslog::start(&[
         format!("action(type=\"omfwd\" Target=\"127.0.0.1\" Port=\"{octet}\" Protocol=\"tcp\" TCP_Framing=\"octet-counted\" Template=\"RSYSLOG_SyslogProtocol23Format\")"),
         format!("action(type=\"omfwd\" Target=\"127.0.0.1\" Port=\"{plain}\" Protocol=\"tcp\" Template=\"RSYSLOG_ForwardFormat\")"),
@@ -465,10 +481,7 @@ fn tcp_backpressure_keeps_memory_bounded_while_the_broker_is_down() {
                  r#"librdkafka: { "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "2000", "queue.buffering.max.kbytes": "1024" }"#);
     let agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", tcp)
-    )
-    .is_ok()));
+    drop(connect_when_listening(tcp));
 
     // A client keeps writing numbered lines until told to stop.
     let written = Arc::new(AtomicU64::new(0));
@@ -633,6 +646,265 @@ fn sigterm_delivers_what_every_listener_read() {
     assert_eq!(payloads.len(), 3 * N + 1, "{payloads:#?}");
 }
 
+/// A sender writes its lines over TCP and stops; SIGTERM comes at once,
+/// while much of what it wrote still sits in the kernel's buffers (a
+/// small channel keeps the agent behind): the connection is read until it
+/// would block before it is closed, so every line arrives.
+#[test]
+fn sigterm_right_after_a_tcp_sender_stops_delivers_every_line_it_wrote() {
+    const N: u64 = 50_000;
+    let (broker, dir) = setup();
+    let tcp = free_port();
+    let sources =
+        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
+    let channel = "    capacity_events: 1000\n";
+    let config = sockets_to_kafka(
+        dir.path(),
+        &broker.bootstrap(),
+        TOPIC,
+        &sources,
+        channel,
+        "",
+    );
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    let mut t = connect_when_listening(tcp);
+    let mut all = Vec::with_capacity(N as usize * LINE_LEN);
+    for seq in 0..N {
+        all.extend_from_slice(&SeqLines::line(seq));
+        all.push(b'\n');
+    }
+    t.write_all(&all).unwrap();
+    let read_at_sigterm = metric(&admin, "tailrace_source_events_total{source=\"tcp\"}");
+    agent.terminate();
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    eprintln!("read when SIGTERM came: {read_at_sigterm} of {N}");
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_count(N as usize, Duration::from_secs(60));
+    consumer.read_for(Duration::from_secs(1));
+    let report = Report::new(N, consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.is_complete() && report.duplicates == 0,
+        "{report} (read when SIGTERM came: {read_at_sigterm})\n{}",
+        agent.log_tail(30)
+    );
+}
+
+/// A reload moves a tcp source to another port while a sender writes
+/// throughout: the new port is bound before the old listener is released
+/// (the log says so, in that order), every line written before the reload
+/// arrives, and after its connection is closed the sender goes on on the
+/// new port and every line it writes there arrives too.
+#[test]
+fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_written_before() {
+    const CHUNK: u64 = 100;
+    /// Lines the sender writes on the new port before it stops.
+    const AFTER_MOVE: u64 = 5_000;
+    let (broker, dir) = setup();
+    let (old_port, new_port) = (free_port(), free_port());
+    let sources = |port: u16| {
+        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n")
+    };
+    let config = |port| {
+        sockets_to_kafka(
+            dir.path(),
+            &broker.bootstrap(),
+            TOPIC,
+            &sources(port),
+            "",
+            "",
+        )
+    };
+    let agent = Agent::start(dir.path(), &config(old_port));
+    let admin = agent.admin_address().to_string();
+    drop(connect_when_listening(old_port));
+    // Lines written (write_all returned) so far, and the first line sent
+    // on the new port.
+    let written = Arc::new(AtomicU64::new(0));
+    let moved_at = Arc::new(AtomicU64::new(u64::MAX));
+    let sender = {
+        let (written, moved_at) = (written.clone(), moved_at.clone());
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(("127.0.0.1", old_port)).unwrap();
+            let mut seq = 0;
+            while seq < moved_at.load(Ordering::SeqCst).saturating_add(AFTER_MOVE) {
+                let mut chunk = Vec::with_capacity(CHUNK as usize * LINE_LEN);
+                for s in seq..seq + CHUNK {
+                    chunk.extend_from_slice(&SeqLines::line(s));
+                    chunk.push(b'\n');
+                }
+                match stream.write_all(&chunk) {
+                    Ok(()) => {
+                        seq += CHUNK;
+                        written.store(seq, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5)); // pacing
+                    }
+                    Err(_) if moved_at.load(Ordering::SeqCst) == u64::MAX => {
+                        // Closed by the reload: go on on the new port, from
+                        // the chunk that failed.
+                        moved_at.store(seq, Ordering::SeqCst);
+                        stream = TcpStream::connect(("127.0.0.1", new_port))
+                            .expect("the new port is open");
+                    }
+                    Err(e) => panic!("write to the new port failed: {e}"),
+                }
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || metric(
+        &admin,
+        "tailrace_source_events_total{source=\"tcp\"}"
+    ) >= 3_000.0));
+    let before = written.load(Ordering::SeqCst);
+    std::fs::write(agent.config_path(), {
+        let mut c = config(new_port);
+        c.push_str(&format!("\nadmin: {{ address: \"{admin}\" }}\n"));
+        c
+    })
+    .unwrap();
+    let log_before = agent.log().len();
+    agent.reload_and_wait();
+    sender.join().expect("the sender finished");
+    let moved = moved_at.load(Ordering::SeqCst);
+    let total = written.load(Ordering::SeqCst);
+    let log = agent.log()[log_before..].to_string();
+    let bound = log
+        .find("bound ahead of the reload")
+        .unwrap_or_else(|| panic!("no early bind in\n{log}"));
+    let stopped = log
+        .find("pipeline stopped")
+        .unwrap_or_else(|| panic!("old group not stopped in\n{log}"));
+    assert!(
+        bound < stopped,
+        "the new port is bound before the old listener is released:\n{log}"
+    );
+
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(Duration::from_secs(60), |r| {
+        let report = Report::new(total, r.iter().map(|r| &r.payload));
+        report.missing.iter().all(|&s| s >= before && s < moved)
+    });
+    let report = Report::new(total, consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.missing.iter().all(|&s| s >= before && s < moved),
+        "nothing written before the reload ({before} lines) nor on the new port (from {moved}) is lost: {report}"
+    );
+    eprintln!("moved a port under a sender: {before} written before the reload, new port from {moved}: {report}");
+}
+
+/// Hostile load: 1,000 connections each send one byte of a line and then
+/// nothing (slowloris) to a source with 200 slots. The minimum-rate rule
+/// closes them window by window and counts them, a sender that comes after
+/// all of them is served, resident memory stays bounded, the agent stays up.
+#[test]
+fn a_thousand_trickling_connections_do_not_stop_a_new_sender() {
+    const TRICKLERS: usize = 1_000;
+    const SLOTS: usize = 200;
+    let (broker, dir) = setup();
+    let tcp = free_port();
+    let sources = format!(
+        "  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n    max_connections: {SLOTS}\n    min_rate_window_ms: 1000\n"
+    );
+    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    drop(connect_when_listening(tcp));
+    let rss_before = metric(&admin, "process_resident_memory_bytes");
+    let tricklers: Vec<TcpStream> = (0..TRICKLERS)
+        .map(|_| {
+            let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+            t.write_all(b"x").unwrap();
+            t
+        })
+        .collect();
+    let mut sender = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    sender.write_all(b"the new sender\n").unwrap();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    let served = |r: &[tailrace_e2e::Record]| texts(r).iter().any(|t| t == "the new sender");
+    assert!(
+        served(consumer.read_until(Duration::from_secs(60), served)),
+        "the new sender is served; log:\n{}",
+        agent.log_tail(20)
+    );
+    let slow = "tailrace_events_dropped_total{component=\"tcp\",reason=\"slow_connection\"}";
+    // It was accepted after every trickler, with at most SLOTS - 1 of
+    // them still holding a slot.
+    assert!(
+        metric(&admin, slow) >= (TRICKLERS - SLOTS + 1) as f64,
+        "{}",
+        metric(&admin, slow)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || metric(&admin, slow)
+            == TRICKLERS as f64),
+        "every trickler is closed and counted: {}",
+        metric(&admin, slow)
+    );
+    let rss_after = metric(&admin, "process_resident_memory_bytes");
+    assert!(
+        rss_after < rss_before + 64e6,
+        "resident memory {} MB before, {} MB after",
+        rss_before / 1e6,
+        rss_after / 1e6
+    );
+    assert!(agent.is_running());
+    drop(tricklers);
+}
+
+/// UDP loss in the kernel made visible: while the agent is stopped
+/// (SIGSTOP) a flood overflows a small receive buffer; after SIGCONT every
+/// datagram sent is either read or counted as
+/// `reason="kernel_receive_buffer"`. A receive buffer above
+/// net.core.rmem_max is logged with what the kernel granted.
+#[test]
+fn udp_datagrams_the_kernel_dropped_are_counted() {
+    const FLOOD: usize = 3_000;
+    let (broker, dir) = setup();
+    let (small, big) = (free_udp_port(), free_udp_port());
+    let sources = format!(
+        "  small:\n    type: udp\n    address: 127.0.0.1:{small}\n    channels: [main]\n    receive_buffer_bytes: 8192\n\
+         \x20 big:\n    type: udp\n    address: 127.0.0.1:{big}\n    channels: [main]\n    receive_buffer_bytes: 1073741824\n"
+    );
+    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
+    let agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    let kernel =
+        "tailrace_events_dropped_total{component=\"small\",reason=\"kernel_receive_buffer\"}";
+    let read = "tailrace_source_events_total{source=\"small\"}";
+    assert!(
+        wait_until(Duration::from_secs(20), || http_has(&admin, kernel)),
+        "declared at 0 from the start"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("the kernel capped receive_buffer_bytes"),
+        "{}",
+        agent.log_tail(20)
+    );
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    agent.pause();
+    for i in 0..FLOOD {
+        u.send_to(format!("flood {i:0200}").as_bytes(), ("127.0.0.1", small))
+            .unwrap();
+    }
+    agent.resume();
+    assert!(wait_until(Duration::from_secs(20), || metric(&admin, read) > 0.0));
+    // The next datagram carries the kernel's count.
+    u.send_to(b"after the flood", ("127.0.0.1", small)).unwrap();
+    let sent = (FLOOD + 1) as f64;
+    assert!(
+        wait_until(Duration::from_secs(20), || metric(&admin, read)
+            + metric(&admin, kernel)
+            == sent),
+        "read {} + dropped by the kernel {} = sent {sent}",
+        metric(&admin, read),
+        metric(&admin, kernel)
+    );
+    assert!(metric(&admin, kernel) > 0.0, "an 8 KiB buffer overflows");
+}
+
 #[test]
 fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -699,11 +971,7 @@ fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
         .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
     let mut agent = Agent::start(dir.path(), &config);
     let admin = agent.admin_address().to_string();
-    assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
-        ("127.0.0.1", tcp)
-    )
-    .is_ok()));
-    let mut c = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut c = connect_when_listening(tcp);
     let mut text = Vec::new();
     for seq in 0..N {
         text.extend_from_slice(&SeqLines::line(seq));

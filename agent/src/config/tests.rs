@@ -71,7 +71,7 @@ fn invalid_configs() {
         &with("type: file", "type: fil"),
         &[(
             Some(4),
-            "unknown source type \"fil\"; known types: file, journald, syslog, tcp, udp, unix",
+            "unknown source type \"fil\"; known types: file, journald, relp, syslog, tcp, udp, unix",
         )],
     );
     check(
@@ -232,7 +232,7 @@ fn errors_print_as_file_line_column() {
     .unwrap();
     assert_eq!(
         e.to_string(),
-        "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file, journald, syslog, tcp, udp, unix"
+        "conf.yaml:4:5: sources.app.type: unknown source type \"fil\"; known types: file, journald, relp, syslog, tcp, udp, unix"
     );
 }
 

@@ -81,6 +81,16 @@ pub trait SourceConfig: Send + Sync + Debug {
 
     fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError>;
 
+    /// Binds what the source will listen on now, ahead of `build`, so a
+    /// reload opens a moved port before the old group lets go of its own
+    /// (no connection is refused meanwhile). `build` takes what this
+    /// bound while the returned guard lives; dropping the guard releases
+    /// what `build` did not take. `None` for sources that listen on
+    /// nothing, or when binding fails now (`build` reports the error).
+    fn bind_early(&self) -> Option<EarlyBinding> {
+        None
+    }
+
     /// The longest record this source sends (longer lines are split or
     /// truncated by its policy), for sources that have such a limit.
     fn max_line_bytes(&self) -> Option<MaxLineBytes> {
@@ -93,6 +103,9 @@ pub trait SourceConfig: Send + Sync + Debug {
         let _ = bytes;
     }
 }
+
+/// What [`SourceConfig::bind_early`] holds until `build` takes it.
+pub struct EarlyBinding(pub Box<dyn Send + Sync>);
 
 /// A source's `max_line_bytes`, and whether the config set it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,8 +34,8 @@ pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
 pub use channel::{Channel, ChannelClosed};
 pub use component::{
-    BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, MaxLineBytes, Outcome,
-    ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,
+    BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, EarlyBinding, MaxLineBytes,
+    Outcome, ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,
 };
 pub use heartbeat::{Heartbeat, Heartbeats};
 pub use intercept::{Interceptor, InterceptorConfig, Interceptors};

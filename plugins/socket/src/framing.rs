@@ -53,6 +53,9 @@ pub struct Cuts {
     pub truncated: u64,
     /// Frames with invalid framing (forwarded as they were).
     pub malformed: u64,
+    /// Datagrams the kernel dropped since the last batch (its receive
+    /// buffer was full).
+    pub kernel_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,6 +434,7 @@ mod tests {
         split: 0,
         truncated: 0,
         malformed: 0,
+        kernel_dropped: 0,
     };
     const SPLIT: Cuts = Cuts { split: 1, ..NONE };
     const TRUNC: Cuts = Cuts {

@@ -15,9 +15,13 @@
 //! This crate must never depend on another plugin, and never holds more
 //! than one read chunk and one frame of `max_line_bytes` per connection.
 
+mod early;
 mod framing;
+mod limits;
 mod listen;
 mod output;
+mod relp;
+mod relp_conn;
 mod syslog;
 mod tls;
 mod unix;
@@ -28,7 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tailrace_api::{
-    BuildError, ComponentTask, ConfigIssue, MaxLineBytes, SourceConfig, SourceContext,
+    BuildError, ComponentTask, ConfigIssue, EarlyBinding, MaxLineBytes, SourceConfig, SourceContext,
 };
 
 pub use framing::{LinePolicy, StreamFraming};
@@ -41,6 +45,7 @@ enum Kind {
     Udp,
     Unix,
     Syslog,
+    Relp,
 }
 
 /// For `syslog` sources: the transport.
@@ -114,11 +119,34 @@ pub struct Settings {
     /// What the config loader lowered the default to.
     #[serde(skip)]
     pub fitted_max_line_bytes: Option<usize>,
+    /// split (the default) | truncate; a relp source always truncates.
     #[serde(default)]
-    pub max_line_policy: LinePolicy,
+    pub max_line_policy: Option<LinePolicy>,
     /// Streams: connections served at once; more wait to be accepted.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// TCP streams: connections one peer address may hold at once; more
+    /// from it are closed as they come. Default: max_connections (no
+    /// limit of its own: local senders all come from 127.0.0.1); set it on
+    /// a listener that faces the network.
+    #[serde(default)]
+    pub max_connections_per_address: Option<usize>,
+    /// Streams: bytes of partial frames (a line not yet ended) all the
+    /// connections of the source may hold together; the connection that
+    /// goes over is closed and its partial frame counted as dropped.
+    #[serde(default)]
+    pub max_partial_bytes: Option<usize>,
+    /// Streams: a connection holding a partial frame at the end of a
+    /// `min_rate_window_ms` window in which it sent less than this is
+    /// closed (slowloris); 0 turns the rule off.
+    #[serde(default)]
+    pub min_rate_bytes_per_second: Option<u64>,
+    #[serde(default)]
+    pub min_rate_window_ms: Option<u64>,
+    /// TLS: how long a client may take to finish its handshake. Handshakes
+    /// do not hold a connection slot.
+    #[serde(default)]
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Streams: a connection that sends nothing for this long is closed;
     /// 0 never closes one.
     #[serde(default)]
@@ -142,8 +170,13 @@ fn default_max_line_bytes() -> usize {
     1024 * 1024
 }
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_MAX_PARTIAL_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_MIN_RATE_BYTES_PER_SECOND: u64 = 16;
+const DEFAULT_MIN_RATE_WINDOW_MS: u64 = 10_000;
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
 const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+const MAX_RECEIVE_BUFFER_BYTES: usize = 1 << 30;
 /// The longest unix socket path (sun_path less its NUL).
 const MAX_UNIX_PATH: usize = 107;
 
@@ -184,8 +217,14 @@ struct Plan {
     /// Datagrams only: one record per line rather than per datagram.
     split_datagrams: bool,
     syslog: bool,
+    /// A relp source: RELP frames, answered once their records are safe.
+    relp: bool,
     limit: framing::Limit,
     max_connections: usize,
+    max_connections_per_address: usize,
+    max_partial_bytes: usize,
+    min_rate: Option<limits::MinRate>,
+    tls_handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     read_buffer_bytes: usize,
     receive_buffer_bytes: Option<usize>,
@@ -204,6 +243,7 @@ impl Settings {
             Kind::Udp => "udp",
             Kind::Unix => "unix",
             Kind::Syslog => "syslog",
+            Kind::Relp => "relp",
         };
 
         let mode = match (kind, self.mode) {
@@ -222,7 +262,7 @@ impl Settings {
                 );
                 SyslogMode::Udp
             }
-            (Kind::Tcp, None) => SyslogMode::Tcp,
+            (Kind::Tcp | Kind::Relp, None) => SyslogMode::Tcp,
             (Kind::Udp, None) => SyslogMode::Udp,
             (Kind::Unix, None) => SyslogMode::Unix,
         };
@@ -281,7 +321,20 @@ impl Settings {
         };
         let stream = transport.is_stream();
 
-        let (stream_framing, split_datagrams) = match (stream, self.framing) {
+        if kind == Kind::Relp && self.framing.is_some() {
+            refuse(
+                "framing",
+                "framing does not apply to relp, which frames its own messages".into(),
+            );
+        }
+        if kind == Kind::Relp && self.max_line_policy == Some(LinePolicy::Split) {
+            refuse(
+                "max_line_policy",
+                "a relp source truncates a message longer than max_line_bytes (one answer per message); remove max_line_policy or set truncate".into(),
+            );
+        }
+        let framing = self.framing.filter(|_| kind != Kind::Relp);
+        let (stream_framing, split_datagrams) = match (stream, framing) {
             (true, None) if kind == Kind::Syslog => (StreamFraming::Detect, false),
             (true, None | Some(Framing::Newline)) => (StreamFraming::Newline, false),
             (true, Some(Framing::OctetCounting)) => (StreamFraming::OctetCounting, false),
@@ -311,8 +364,14 @@ impl Settings {
             }
         };
 
-        let stream_only: [(&str, bool); 4] = [
+        let stream_only: [(&str, bool); 7] = [
             ("max_connections", self.max_connections.is_some()),
+            ("max_partial_bytes", self.max_partial_bytes.is_some()),
+            (
+                "min_rate_bytes_per_second",
+                self.min_rate_bytes_per_second.is_some(),
+            ),
+            ("min_rate_window_ms", self.min_rate_window_ms.is_some()),
             ("idle_timeout_ms", self.idle_timeout_ms.is_some()),
             ("read_buffer_bytes", self.read_buffer_bytes.is_some()),
             ("tls", self.tls.is_some()),
@@ -326,6 +385,18 @@ impl Settings {
         }
         if self.tls.is_some() && matches!(transport, Transport::UnixStream(_)) {
             refuse("tls", "tls applies to TCP only".into());
+        }
+        if self.max_connections_per_address.is_some() && !matches!(transport, Transport::Tcp(_)) {
+            refuse(
+                "max_connections_per_address",
+                "max_connections_per_address applies to TCP only".into(),
+            );
+        }
+        if self.tls_handshake_timeout_ms.is_some() && self.tls.is_none() {
+            refuse(
+                "tls_handshake_timeout_ms",
+                "tls_handshake_timeout_ms applies with tls only".into(),
+            );
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
@@ -359,9 +430,19 @@ impl Settings {
                 }
             }
         };
-        let positive: [(&str, Option<u64>); 4] = [
+        let positive: [(&str, Option<u64>); 8] = [
             ("max_line_bytes", Some(self.max_line().bytes as u64)),
             ("max_connections", self.max_connections.map(|v| v as u64)),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address.map(|v| v as u64),
+            ),
+            (
+                "max_partial_bytes",
+                self.max_partial_bytes.map(|v| v as u64),
+            ),
+            ("min_rate_window_ms", self.min_rate_window_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
             (
                 "read_buffer_bytes",
                 self.read_buffer_bytes.map(|v| v as u64),
@@ -376,21 +457,53 @@ impl Settings {
                 refuse(key, format!("{key} must be greater than 0"));
             }
         }
+        if self
+            .receive_buffer_bytes
+            .is_some_and(|n| n > MAX_RECEIVE_BUFFER_BYTES)
+        {
+            refuse(
+                "receive_buffer_bytes",
+                format!("receive_buffer_bytes is at most {MAX_RECEIVE_BUFFER_BYTES} (the kernel takes an int and doubles it)"),
+            );
+        }
 
         if !issues.is_empty() {
             return Err(issues);
         }
         let idle_ms = self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let min_rate = self
+            .min_rate_bytes_per_second
+            .unwrap_or(DEFAULT_MIN_RATE_BYTES_PER_SECOND);
         Ok(Plan {
             transport,
             stream_framing,
             split_datagrams,
-            syslog: kind == Kind::Syslog,
+            syslog: matches!(kind, Kind::Syslog | Kind::Relp),
+            relp: kind == Kind::Relp,
             limit: framing::Limit {
                 max_line_bytes: self.max_line().bytes,
-                policy: self.max_line_policy,
+                policy: match kind {
+                    Kind::Relp => LinePolicy::Truncate,
+                    _ => self.max_line_policy.unwrap_or_default(),
+                },
             },
-            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections,
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(max_connections),
+            max_partial_bytes: self.max_partial_bytes.unwrap_or(DEFAULT_MAX_PARTIAL_BYTES),
+            min_rate: (min_rate > 0).then(|| limits::MinRate {
+                bytes_per_second: min_rate,
+                window: Duration::from_millis(
+                    self.min_rate_window_ms
+                        .unwrap_or(DEFAULT_MIN_RATE_WINDOW_MS),
+                ),
+            }),
+            tls_handshake_timeout: Duration::from_millis(
+                self.tls_handshake_timeout_ms
+                    .unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS),
+            ),
             idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
             read_buffer_bytes: self
                 .read_buffer_bytes
@@ -472,6 +585,10 @@ macro_rules! source_type {
             fn build(&self, cx: SourceContext) -> Result<ComponentTask, BuildError> {
                 self.0.build_as($kind, cx)
             }
+
+            fn bind_early(&self) -> Option<EarlyBinding> {
+                listen::bind_early(&self.0.plan($kind).ok()?)
+            }
         }
     };
 }
@@ -495,6 +612,12 @@ source_type!(
     /// `type: syslog`: RFC 5424 and RFC 3164 over tcp, udp or a unix socket.
     SyslogSourceConfig,
     Kind::Syslog
+);
+source_type!(
+    /// `type: relp`: RELP (rsyslog's omrelp) over TCP, optionally TLS; each
+    /// message is answered once it is safe.
+    RelpSourceConfig,
+    Kind::Relp
 );
 
 #[cfg(test)]

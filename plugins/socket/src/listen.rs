@@ -9,15 +9,15 @@
 //! and sends what it holds.
 
 use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tailrace_api::{BuildError, ComponentTask, Heartbeat, Record, SourceContext};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tailrace_api::{BuildError, ComponentTask, EarlyBinding, Heartbeat, Record, SourceContext};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -25,13 +25,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::early::{self, Parked};
 use crate::framing::{self, Cuts, StreamFramer};
-use crate::output::{Every, Output};
+use crate::limits::{AddressSlot, Addresses, Rate};
+use crate::output::{Every, Output, KERNEL_DROPS, OVER_BUDGET, SLOW};
 use crate::unix::{self, SocketFile};
 use crate::{Plan, Transport};
 
-/// How long a TLS client may take to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the largest datagram (UDP's is 65,507 bytes); a longer unix
 /// datagram is cut by the kernel, and counted as truncated.
 const DATAGRAM_SPACE: usize = 64 * 1024;
@@ -40,16 +40,57 @@ const DATAGRAM_REGION: usize = 1024 * 1024;
 /// At most this many datagrams go into one batch.
 const DATAGRAMS_PER_BATCH: usize = 4096;
 const LISTEN_BACKLOG: i32 = 1024;
+/// After shutdown a connection is read until a read waits this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(20);
+/// ...or this long has passed since shutdown.
+const DRAIN_TOTAL: Duration = Duration::from_secs(2);
+/// An idle timeout of 0: never.
+pub(crate) const NEVER: Duration = Duration::from_secs(365 * 86_400);
+
+/// Room for a read of about `read_buffer_bytes` at the end of `buf`.
+pub(crate) fn room_to_read(buf: &mut BytesMut, plan: &Plan) {
+    if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
+        buf.reserve(plan.read_buffer_bytes);
+    }
+}
+
+/// When a connection stops draining, counted from now (shutdown).
+pub(crate) fn drain_deadline() -> Instant {
+    Instant::now() + DRAIN_TOTAL
+}
+
+/// After shutdown: the next read of what the peer has already sent (the
+/// kernel's receive buffer), so it goes into the pipeline rather than
+/// being dropped with the socket. `None` once a read would wait
+/// (`DRAIN_QUIET`), the peer closed, or `deadline` passed.
+pub(crate) async fn drain_read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Option<usize> {
+    if buf.capacity() - buf.len() < DATAGRAM_SPACE / 2 {
+        buf.reserve(DATAGRAM_SPACE);
+    }
+    let until = deadline.min(Instant::now() + DRAIN_QUIET);
+    match tokio::time::timeout_at(until, stream.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(n),
+        _ => None,
+    }
+}
 
 /// Binds as `plan` says and returns the task that serves the socket.
 pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, BuildError> {
     let name = cx.name.clone();
     match plan.transport.clone() {
         Transport::Tcp(addr) => {
-            let listener = bind_tcp(addr, plan.receive_buffer_bytes)
-                .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
+            let listener = match early::take(&plan.transport) {
+                Some(Parked::Tcp(l)) => Ok(l),
+                _ => bind_tcp(addr, plan.receive_buffer_bytes),
+            }
+            .and_then(TcpListener::from_std)
+            .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
             let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            let out = Arc::new(Output::new(cx, None, &plan));
             Ok(Box::pin(serve(
                 Listener::Tcp(listener, tls),
                 Arc::new(plan),
@@ -68,11 +109,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .map_err(|e| BuildError(e.to_string()))?;
             let listener =
                 UnixListener::from_std(listener).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(
-                cx,
-                Some(Arc::from(path.as_path())),
-                plan.syslog,
-            ));
+            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), &plan));
             Ok(Box::pin(serve(
                 Listener::Unix(listener),
                 Arc::new(plan),
@@ -81,9 +118,13 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             )))
         }
         Transport::Udp(addr) => {
-            let socket = bind_udp(addr, plan.receive_buffer_bytes)
-                .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
-            let out = Arc::new(Output::new(cx, None, plan.syslog));
+            let socket = match early::take(&plan.transport) {
+                Some(Parked::Udp(s)) => Ok(s),
+                _ => bind_udp(addr, plan.receive_buffer_bytes),
+            }
+            .and_then(UdpSocket::from_std)
+            .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
+            let out = Arc::new(Output::new(cx, None, &plan));
             Ok(Box::pin(receive(Datagrams::Udp(socket), plan, out, None)))
         }
         Transport::UnixDatagram(path) => {
@@ -96,11 +137,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
                 .set_nonblocking(true)
                 .map_err(|e| BuildError(e.to_string()))?;
             let socket = UnixDatagram::from_std(socket).map_err(|e| BuildError(e.to_string()))?;
-            let out = Arc::new(Output::new(
-                cx,
-                Some(Arc::from(path.as_path())),
-                plan.syslog,
-            ));
+            let out = Arc::new(Output::new(cx, Some(Arc::from(path.as_path())), &plan));
             Ok(Box::pin(receive(
                 Datagrams::Unix(socket),
                 plan,
@@ -124,34 +161,82 @@ fn bind_error(what: &str, e: io::Error) -> BuildError {
 
 fn set_receive_buffer(socket: &impl AsFd, bytes: Option<usize>) -> Result<(), BuildError> {
     if let Some(n) = bytes {
-        SockRef::from(socket)
-            .set_recv_buffer_size(n)
+        set_recv_buffer(SockRef::from(socket), n)
             .map_err(|e| BuildError(format!("cannot set receive_buffer_bytes to {n}: {e}")))?;
     }
     Ok(())
 }
 
-fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<TcpListener> {
+/// SO_RCVBUF, logging the effective size when the kernel capped it at
+/// net.core.rmem_max (Linux reports twice what it grants, for its own
+/// bookkeeping; less than twice the request means capped).
+fn set_recv_buffer(socket: SockRef<'_>, bytes: usize) -> io::Result<()> {
+    socket.set_recv_buffer_size(bytes)?;
+    let effective = socket.recv_buffer_size()?;
+    if effective < bytes.saturating_mul(2) {
+        warn!(
+            requested_bytes = bytes,
+            effective_bytes = effective / 2,
+            address = ?socket.local_addr().ok().and_then(|a| a.as_socket()),
+            "the kernel capped receive_buffer_bytes at net.core.rmem_max; raise it (sysctl -w net.core.rmem_max=BYTES) to get what was asked"
+        );
+    }
+    Ok(())
+}
+
+/// Binds a TCP or UDP socket now, for [`tailrace_api::SourceConfig::bind_early`];
+/// `None` for unix sockets, port 0, or when binding fails (the old group
+/// may hold the same address: `build` binds after it let go).
+pub(crate) fn bind_early(plan: &Plan) -> Option<EarlyBinding> {
+    let parked = match plan.transport {
+        Transport::Tcp(a) if a.port() != 0 => {
+            Parked::Tcp(bind_tcp(a, plan.receive_buffer_bytes).ok()?)
+        }
+        Transport::Udp(a) if a.port() != 0 => {
+            Parked::Udp(bind_udp(a, plan.receive_buffer_bytes).ok()?)
+        }
+        _ => return None,
+    };
+    Some(early::park(&plan.transport, parked))
+}
+
+fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if let Some(n) = receive_buffer {
         // Inherited by accepted connections.
-        socket.set_recv_buffer_size(n)?;
+        set_recv_buffer(SockRef::from(&socket), n)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Some(n) = receive_buffer {
-        socket.set_recv_buffer_size(n)?;
+        set_recv_buffer(SockRef::from(&socket), n)?;
+    }
+    // Each datagram then carries the socket's count of datagrams the
+    // kernel dropped for want of room (see `recv_into`).
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 enum Listener {
@@ -165,22 +250,48 @@ enum Connection {
 }
 
 impl Listener {
-    async fn accept(&self) -> io::Result<(Connection, String)> {
+    /// A connection, its peer as text, and its IP address (TCP).
+    async fn accept(&self) -> io::Result<(Connection, String, Option<IpAddr>)> {
         match self {
             Listener::Tcp(l, tls) => {
                 let (s, peer) = l.accept().await?;
-                Ok((Connection::Tcp(s, tls.clone()), peer.to_string()))
+                Ok((
+                    Connection::Tcp(s, tls.clone()),
+                    peer.to_string(),
+                    Some(peer.ip()),
+                ))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
-                Ok((Connection::Unix(s), "unix".into()))
+                Ok((Connection::Unix(s), "unix".into(), None))
             }
         }
     }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Listener::Tcp(_, Some(_)))
+    }
 }
 
-/// Accepts until shutdown, then waits for every connection task to send
-/// what it holds. `_file` (a unix socket file) is removed on the way out.
+/// What a connection holds while it is served: its slot (or, during a TLS
+/// handshake, its handshake permit) and its claim on its address.
+struct Claims {
+    permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+}
+
+/// Accepts until shutdown, then accepts what waits in the backlog, lets
+/// every connection drain what the kernel holds, says the source sent
+/// everything once every connection stopped reading (`cx.sent`), and
+/// waits for the connection tasks (a relp connection answers until the
+/// sinks are done). `file` (a unix socket file) is removed once the
+/// listener is closed.
+///
+/// A plain connection takes a slot (`max_connections`) before it is
+/// accepted; a TLS connection takes a handshake permit instead (as many),
+/// and a slot only once its handshake is done, so clients that never
+/// finish one hold no slot. A TCP peer address holds at most
+/// `max_connections_per_address` connections; more are closed at once.
 async fn serve(
     listener: Listener,
     plan: Arc<Plan>,
@@ -188,21 +299,57 @@ async fn serve(
     file: Option<SocketFile>,
 ) -> Result<(), String> {
     let slots = Arc::new(Semaphore::new(plan.max_connections));
+    let gate = if listener.is_tls() {
+        Arc::new(Semaphore::new(plan.max_connections))
+    } else {
+        slots.clone()
+    };
+    let addresses = Addresses::new(plan.max_connections_per_address);
     let mut tasks = JoinSet::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let log_full = Every::default();
-    let log_error = Every::default();
+    let (log_full, log_error, log_address) = (Every::default(), Every::default(), Every::default());
     let heartbeat = &out.cx.heartbeat;
+    // Each connection holds a clone until it reads no more.
+    let (reading, mut all_stopped_reading) = tokio::sync::mpsc::channel::<()>(1);
+    let admit = |accepted: (Connection, String, Option<IpAddr>), permit| {
+        let (conn, peer, ip) = accepted;
+        let address = match ip {
+            None => None,
+            Some(ip) => match addresses.claim(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    if log_address.due() {
+                        warn!(source = %out.name(), peer, max_connections_per_address = plan.max_connections_per_address, "too many connections from one address; closing the new one");
+                    }
+                    return None;
+                }
+            },
+        };
+        debug!(source = %out.name(), peer, "connection accepted");
+        let claims = Claims {
+            permit,
+            _address: address,
+        };
+        Some(connection(
+            conn,
+            peer,
+            plan.clone(),
+            out.clone(),
+            slots.clone(),
+            claims,
+            reading.clone(),
+        ))
+    };
     loop {
         // Waiting for a free slot or a client is not a hang.
         heartbeat.idle();
         let permit = tokio::select! {
             biased;
             _ = &mut stopped => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = gate.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        if slots.available_permits() == 0 && log_full.due() {
+        if gate.available_permits() == 0 && log_full.due() {
             warn!(source = %out.name(), max_connections = plan.max_connections, "connection limit reached; further connections wait to be accepted");
         }
         let accepted = tokio::select! {
@@ -213,9 +360,10 @@ async fn serve(
         heartbeat.beat();
         while tasks.try_join_next().is_some() {}
         match accepted {
-            Ok((conn, peer)) => {
-                debug!(source = %out.name(), peer, "connection accepted");
-                tasks.spawn(connection(conn, peer, plan.clone(), out.clone(), permit));
+            Ok(accepted) => {
+                if let Some(task) = admit(accepted, permit) {
+                    tasks.spawn(task);
+                }
             }
             Err(e) => {
                 // Out of descriptors, usually: wait a little, keep going.
@@ -226,8 +374,22 @@ async fn serve(
             }
         }
     }
+    // Connections the kernel accepted for us are served too: they see the
+    // shutdown and drain what they sent.
+    while let Ok(Ok(accepted)) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        let Ok(permit) = gate.clone().try_acquire_owned() else {
+            break;
+        };
+        if let Some(task) = admit(accepted, permit) {
+            tasks.spawn(task);
+        }
+    }
     drop(listener);
     drop(file);
+    drop(reading);
+    heartbeat.idle();
+    let _ = all_stopped_reading.recv().await;
+    out.cx.sent.trigger();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -237,16 +399,20 @@ async fn connection(
     peer: String,
     plan: Arc<Plan>,
     out: Arc<Output>,
-    _permit: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+    mut claims: Claims,
+    reading: tokio::sync::mpsc::Sender<()>,
 ) {
     let heartbeat = out.cx.heartbeat.task(&format!("connection {peer}"));
     // The handshake is bounded by its timeout.
     heartbeat.idle();
     let hb = &heartbeat;
     match conn {
-        Connection::Tcp(stream, None) => read(stream, &peer, &plan, &out, hb).await,
+        Connection::Tcp(stream, None) => {
+            serve_stream(stream, &peer, &plan, &out, hb, reading).await
+        }
         Connection::Tcp(stream, Some(tls)) => {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream));
+            let handshake = tokio::time::timeout(plan.tls_handshake_timeout, tls.accept(stream));
             let stream = tokio::select! {
                 biased;
                 _ = out.cx.shutdown.wait() => return,
@@ -259,18 +425,43 @@ async fn connection(
                         return;
                     }
                     Err(_) => {
-                        debug!(source = %out.name(), peer, "TLS handshake timed out");
+                        if out.log_tls.due() {
+                            warn!(source = %out.name(), peer, timeout_ms = plan.tls_handshake_timeout.as_millis() as u64, "TLS handshake timed out; closing the connection");
+                        }
                         return;
                     }
                 },
             };
-            read(stream, &peer, &plan, &out, hb).await
+            // The handshake permit goes back; a connection slot is taken.
+            claims.permit = tokio::select! {
+                biased;
+                _ = out.cx.shutdown.wait() => return,
+                p = slots.acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
-        Connection::Unix(stream) => read(stream, &peer, &plan, &out, hb).await,
+        Connection::Unix(stream) => serve_stream(stream, &peer, &plan, &out, hb, reading).await,
+    }
+    drop(claims);
+}
+
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: &str,
+    plan: &Plan,
+    out: &Output,
+    heartbeat: &Heartbeat,
+    reading: tokio::sync::mpsc::Sender<()>,
+) {
+    if plan.relp {
+        crate::relp_conn::serve(stream, peer, plan, out, heartbeat, reading).await
+    } else {
+        read(stream, peer, plan, out, heartbeat).await
     }
 }
 
-/// Reads one connection until it closes, idles out or shutdown comes.
+/// Reads one connection until it closes, idles out or shutdown comes (then
+/// drains what the peer already sent).
 async fn read<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: &str,
@@ -282,31 +473,48 @@ async fn read<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
-    let idle_for = plan
-        .idle_timeout
-        .unwrap_or(Duration::from_secs(365 * 86_400));
+    let idle_for = plan.idle_timeout.unwrap_or(NEVER);
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
+    let mut held = out.partial.share();
+    let mut rate = plan.min_rate.map(Rate::new);
+    let rate_check = tokio::time::sleep_until(
+        rate.as_ref()
+            .map_or(Instant::now() + NEVER, |r| r.window_end),
+    );
+    tokio::pin!(rate_check);
     let why = loop {
-        if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
-            buf.reserve(plan.read_buffer_bytes);
-        }
+        room_to_read(&mut buf, plan);
         heartbeat.idle();
         let read = tokio::select! {
             biased;
             _ = &mut stopped => break "shutdown",
             _ = &mut idle => break "idle timeout",
+            _ = &mut rate_check => {
+                let r = rate.as_mut().expect("armed only with a rule");
+                if r.trickles(!buf.is_empty()) {
+                    break out.discard_partial(peer, SLOW, &mut buf);
+                }
+                rate_check.as_mut().reset(r.window_end);
+                continue;
+            }
             r = stream.read_buf(&mut buf) => r,
         };
         heartbeat.beat();
         match read {
             Ok(0) => break "closed by the peer",
-            Ok(_) => {
+            Ok(n) => {
+                if let Some(r) = rate.as_mut() {
+                    r.add(n);
+                }
                 let mut records = Vec::new();
                 let mut cuts = Cuts::default();
                 framer.cut(&mut buf, &mut records, &mut cuts);
                 if !out.send(records, cuts, heartbeat).await {
                     return;
+                }
+                if !held.set(buf.len()) {
+                    break out.discard_partial(peer, OVER_BUDGET, &mut buf);
                 }
                 // Time spent waiting for the channel is not idleness.
                 idle.as_mut().reset(Instant::now() + idle_for);
@@ -317,6 +525,17 @@ async fn read<S: AsyncRead + Unpin>(
             }
         }
     };
+    if why == "shutdown" {
+        let deadline = drain_deadline();
+        while drain_read(&mut stream, &mut buf, deadline).await.is_some() {
+            let mut records = Vec::new();
+            let mut cuts = Cuts::default();
+            framer.cut(&mut buf, &mut records, &mut cuts);
+            if !out.send(records, cuts, heartbeat).await {
+                return;
+            }
+        }
+    }
     let mut records = Vec::new();
     let mut cuts = Cuts::default();
     framer.finish(&mut buf, &mut records, &mut cuts);
@@ -338,8 +557,9 @@ impl Datagrams {
     }
 
     /// Receives one datagram at the end of `buf`: (bytes stored, length
-    /// the datagram had), which differ when the kernel cut it.
-    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+    /// the datagram had), which differ when the kernel cut it, and the
+    /// kernel's drop count if it came with it.
+    fn try_recv(&self, buf: &mut BytesMut) -> io::Result<(usize, usize, Option<u32>)> {
         match self {
             Datagrams::Udp(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
             Datagrams::Unix(s) => s.try_io(tokio::io::Interest::READABLE, || recv_into(s, buf)),
@@ -347,14 +567,49 @@ impl Datagrams {
     }
 }
 
-fn recv_into(socket: &impl AsFd, buf: &mut BytesMut) -> io::Result<(usize, usize)> {
+/// Receives one datagram at the end of `buf` (recvmsg): (bytes stored,
+/// length the datagram had, the socket's count of datagrams the kernel
+/// dropped so far when it attached it: SO_RXQ_OVFL, set on UDP sockets).
+fn recv_into(socket: &impl AsRawFd, buf: &mut BytesMut) -> io::Result<(usize, usize, Option<u32>)> {
     let space = &mut buf.spare_capacity_mut()[..DATAGRAM_SPACE];
+    let mut iov = libc::iovec {
+        iov_base: space.as_mut_ptr().cast(),
+        iov_len: space.len(),
+    };
+    // Room for one control message of a u32, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // MSG_TRUNC: the datagram's real length is returned even when longer.
-    let len = SockRef::from(socket).recv_with_flags(space, libc::MSG_TRUNC)?;
+    // SAFETY: the iovec points at DATAGRAM_SPACE writable bytes and the
+    // control buffer at `msg_controllen` bytes, both alive for the call.
+    let len = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = len as usize;
     let stored = len.min(DATAGRAM_SPACE);
-    // SAFETY: recv initialized the first `stored` bytes of the spare capacity.
+    // SAFETY: recvmsg initialized the first `stored` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + stored) };
-    Ok((stored, len))
+    let mut dropped = None;
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within
+    // the `msg_controllen` it set.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                dropped = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((stored, len, dropped))
 }
 
 /// Receives until shutdown. UDP (`file` is None) never waits for the
@@ -373,6 +628,11 @@ async fn receive(
     let mut ranges = Vec::new();
     let log_error = Every::default();
     let heartbeat = &out.cx.heartbeat;
+    // The kernel's count of datagrams it dropped, as last seen.
+    let mut kernel_dropped: u32 = 0;
+    if !wait_for_room {
+        out.cx.metrics.dropped.add(KERNEL_DROPS, 0);
+    }
     loop {
         heartbeat.idle();
         tokio::select! {
@@ -388,7 +648,11 @@ async fn receive(
             }
             let start = buf.len();
             match socket.try_recv(&mut buf) {
-                Ok((stored, len)) => {
+                Ok((stored, len, dropped)) => {
+                    if let Some(now) = dropped {
+                        cuts.kernel_dropped += u64::from(now.wrapping_sub(kernel_dropped));
+                        kernel_dropped = now;
+                    }
                     let before = cuts.truncated;
                     framing::datagram(
                         &buf,

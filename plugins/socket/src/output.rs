@@ -6,10 +6,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use tailrace_api::{Ack, Batch, BatchMeta, Heartbeat, Record, SourceContext};
 use tracing::{debug, warn};
 
 use crate::framing::Cuts;
+use crate::limits::Budget;
+use crate::Plan;
+
+/// The reason a datagram the kernel dropped (its receive buffer was full)
+/// is counted with.
+pub(crate) const KERNEL_DROPS: &str = "kernel_receive_buffer";
+
+/// Why a connection's partial frame was dropped with it: the source's
+/// partial frames were over `max_partial_bytes`...
+pub(crate) const OVER_BUDGET: &str = "partial_frame_budget";
+/// ...or it sent slower than `min_rate_bytes_per_second` (slowloris).
+pub(crate) const SLOW: &str = "slow_connection";
 
 /// Logs at most once per `PERIOD_SECS` per kind of event, across tasks.
 #[derive(Default)]
@@ -34,24 +47,33 @@ impl Every {
 /// Shared by every task of one source.
 pub(crate) struct Output {
     pub(crate) cx: SourceContext,
+    /// Partial frames held by all the source's connections.
+    pub(crate) partial: Budget,
     path: Option<Arc<Path>>,
     syslog: bool,
     log_malformed: Every,
     log_truncated: Every,
     log_dropped: Every,
     pub(crate) log_tls: Every,
+    pub(crate) log_protocol: Every,
+    log_kernel_drops: Every,
+    log_hostile: Every,
 }
 
 impl Output {
-    pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, syslog: bool) -> Output {
+    pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, plan: &Plan) -> Output {
         Output {
             cx,
+            partial: Budget::new(plan.max_partial_bytes),
             path,
-            syslog,
+            syslog: plan.syslog,
             log_malformed: Every::default(),
             log_truncated: Every::default(),
             log_dropped: Every::default(),
             log_tls: Every::default(),
+            log_protocol: Every::default(),
+            log_kernel_drops: Every::default(),
+            log_hostile: Every::default(),
         }
     }
 
@@ -59,8 +81,26 @@ impl Output {
         &self.cx.name
     }
 
+    /// Closing a connection for `reason` ([`OVER_BUDGET`], [`SLOW`]):
+    /// drops the partial frame it held, counted as one event, and logs;
+    /// returns the reason for the connection's close.
+    pub(crate) fn discard_partial(
+        &self,
+        peer: &str,
+        reason: &'static str,
+        partial: &mut BytesMut,
+    ) -> &'static str {
+        let bytes = partial.len();
+        partial.clear();
+        self.cx.metrics.dropped.add(reason, 1);
+        if self.log_hostile.due() {
+            warn!(source = %self.cx.name, peer, reason, partial_bytes = bytes, "closing a connection and dropping its partial frame (counted in tailrace_events_dropped_total)");
+        }
+        reason
+    }
+
     /// Parses and counts; `None` when there is nothing to send.
-    fn batch(&self, mut records: Vec<Record>, cuts: Cuts) -> Option<Batch> {
+    fn batch(&self, mut records: Vec<Record>, cuts: Cuts, ack: Ack) -> Option<Batch> {
         let mut malformed = cuts.malformed;
         if self.syslog {
             for record in &mut records {
@@ -88,6 +128,15 @@ impl Output {
                 warn!(source = %self.cx.name, lines = cuts.truncated, "over-long lines truncated");
             }
         }
+        if cuts.kernel_dropped > 0 {
+            self.cx
+                .metrics
+                .dropped
+                .add(KERNEL_DROPS, cuts.kernel_dropped);
+            if self.log_kernel_drops.due() {
+                warn!(source = %self.cx.name, datagrams = cuts.kernel_dropped, "the kernel dropped datagrams: the receive buffer was full (raise receive_buffer_bytes and net.core.rmem_max)");
+            }
+        }
         if cuts.split > 0 {
             debug!(source = %self.cx.name, lines = cuts.split, "over-long lines split");
         }
@@ -100,7 +149,7 @@ impl Output {
             stream: None,
             read_at: SystemTime::now(),
         });
-        Some(Batch::new(meta, records, Ack::none()))
+        Some(Batch::new(meta, records, ack))
     }
 
     /// Sends, waiting while a channel is full (beating `heartbeat`, the
@@ -112,7 +161,19 @@ impl Output {
         cuts: Cuts,
         heartbeat: &Heartbeat,
     ) -> bool {
-        let Some(batch) = self.batch(records, cuts) else {
+        self.send_acked(records, cuts, Ack::none(), heartbeat).await
+    }
+
+    /// [`Output::send`] with the batch's acknowledgement (made for one
+    /// delivery per record).
+    pub(crate) async fn send_acked(
+        &self,
+        records: Vec<Record>,
+        cuts: Cuts,
+        ack: Ack,
+        heartbeat: &Heartbeat,
+    ) -> bool {
+        let Some(batch) = self.batch(records, cuts, ack) else {
             return true;
         };
         match self.cx.send_beating(batch, heartbeat).await {
@@ -129,7 +190,7 @@ impl Output {
     /// Sends only where there is room now (UDP cannot wait); counts what
     /// did not fit as dropped with reason `channel_full`.
     pub(crate) fn offer(&self, records: Vec<Record>, cuts: Cuts) {
-        let Some(batch) = self.batch(records, cuts) else {
+        let Some(batch) = self.batch(records, cuts, Ack::none()) else {
             return;
         };
         let m = &self.cx.metrics;

@@ -209,3 +209,84 @@ fn defaults_per_type() {
         .unwrap();
     assert_eq!(p.socket_mode, Some(0o640));
 }
+
+#[test]
+fn relp_and_hostile_load_keys() {
+    use Kind::*;
+    check(Relp, "address: 127.0.0.1:2514", &[]);
+    check(
+        Relp,
+        "{address: 127.0.0.1:2514, max_connections: 8, max_line_policy: truncate, tls: {cert_path: /c.pem, key_path: /k.pem}, tls_handshake_timeout_ms: 2000}",
+        &[],
+    );
+    check(
+        Relp,
+        "{address: 127.0.0.1:2514, framing: newline, max_line_policy: split}",
+        &[
+            ("framing", "relp, which frames its own"),
+            ("max_line_policy", "truncates"),
+        ],
+    );
+    check(
+        Relp,
+        "{address: /r.sock}",
+        &[("address", "expected ip:port")],
+    );
+    check(
+        Tcp,
+        "{address: 127.0.0.1:1, max_connections_per_address: 4, max_partial_bytes: 1048576, min_rate_bytes_per_second: 0, min_rate_window_ms: 5000}",
+        &[],
+    );
+    check(
+        Unix,
+        "{address: /a.sock, max_connections_per_address: 4}",
+        &[("max_connections_per_address", "TCP only")],
+    );
+    check(
+        Udp,
+        "{address: 127.0.0.1:1, max_partial_bytes: 1, min_rate_bytes_per_second: 1}",
+        &[
+            ("max_partial_bytes", "stream sockets only"),
+            ("min_rate_bytes_per_second", "stream sockets only"),
+        ],
+    );
+    check(
+        Tcp,
+        "{address: 127.0.0.1:1, tls_handshake_timeout_ms: 100}",
+        &[("tls_handshake_timeout_ms", "with tls only")],
+    );
+    check(
+        Tcp,
+        "{address: 127.0.0.1:1, max_partial_bytes: 0, max_connections_per_address: 0, min_rate_window_ms: 0}",
+        &[
+            ("max_partial_bytes", "greater than 0"),
+            ("max_connections_per_address", "greater than 0"),
+            ("min_rate_window_ms", "greater than 0"),
+        ],
+    );
+    check(
+        Udp,
+        "{address: 127.0.0.1:1, receive_buffer_bytes: 1073741825}",
+        &[("receive_buffer_bytes", "at most 1073741824")],
+    );
+    let p = settings("address: 127.0.0.1:1").plan(Relp).unwrap();
+    assert!(p.relp && p.syslog);
+    assert_eq!(p.limit.policy, LinePolicy::Truncate);
+    assert_eq!(p.max_connections_per_address, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(p.max_partial_bytes, DEFAULT_MAX_PARTIAL_BYTES);
+    assert_eq!(
+        p.min_rate,
+        Some(limits::MinRate {
+            bytes_per_second: DEFAULT_MIN_RATE_BYTES_PER_SECOND,
+            window: Duration::from_millis(DEFAULT_MIN_RATE_WINDOW_MS)
+        })
+    );
+    assert_eq!(
+        p.tls_handshake_timeout,
+        Duration::from_millis(DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS)
+    );
+    let p = settings("{address: 127.0.0.1:1, min_rate_bytes_per_second: 0}")
+        .plan(Tcp)
+        .unwrap();
+    assert_eq!(p.min_rate, None, "0 turns the rule off");
+}

@@ -30,6 +30,51 @@ async fn one_record_per_datagram_or_per_line() {
     s.stop().await;
 }
 
+/// The source is kept from reading (the test holds the only runtime
+/// thread) while a flood overflows its small receive buffer: the kernel's
+/// drops are counted, declared at 0 before, and every datagram sent is
+/// either read or counted.
+#[tokio::test(flavor = "current_thread")]
+async fn kernel_receive_buffer_drops_are_counted() {
+    const FLOOD: usize = 2_000;
+    let port = free_udp_port();
+    let mut s = start::<UdpSourceConfig>(
+        &format!("{{address: 127.0.0.1:{port}, receive_buffer_bytes: 4096}}"),
+        100_000,
+    );
+    let kernel =
+        "tailrace_events_dropped_total{component=\"sock\",reason=\"kernel_receive_buffer\"}";
+    let read = "tailrace_source_events_total{source=\"sock\"}";
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.send_to(b"first", ("127.0.0.1", port)).unwrap();
+    s.wait_records(1).await;
+    assert!(
+        common::export(&s).contains(kernel),
+        "declared at 0 before any drop"
+    );
+    assert_eq!(s.metric(kernel), 0.0);
+    // No await: the source cannot run while the flood is sent.
+    let datagram = [b'x'; 512];
+    for _ in 0..FLOOD {
+        c.send_to(&datagram, ("127.0.0.1", port)).unwrap();
+    }
+    // What the buffer held is read; the next datagram tells the count.
+    assert!(common::poll(Duration::from_secs(10), || s.metric(read) > 1.0).await);
+    c.send_to(b"after", ("127.0.0.1", port)).unwrap();
+    let sent = (FLOOD + 2) as f64;
+    assert!(
+        common::poll(Duration::from_secs(10), || s.metric(read)
+            + s.metric(kernel)
+            == sent)
+        .await,
+        "read {} + dropped by the kernel {} = sent {sent}",
+        s.metric(read),
+        s.metric(kernel)
+    );
+    assert!(s.metric(kernel) > 0.0, "a 4 KiB buffer overflows");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_channel_drops_datagrams_and_counts_them() {
     const SENT: usize = 200;

@@ -271,3 +271,93 @@ async fn a_port_in_use_fails_the_build() {
     );
     assert!(err.contains("in use"), "{err}");
 }
+
+/// Two connections each hold a partial line; together they go over the
+/// source's `max_partial_bytes`: the one that went over is closed and its
+/// partial line counted, the other goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_over_the_source_budget_close_the_connection_that_went_over() {
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(
+        &format!("{{address: 127.0.0.1:{port}, max_partial_bytes: 1000}}"),
+        1000,
+    );
+    let over = "tailrace_events_dropped_total{component=\"sock\",reason=\"partial_frame_budget\"}";
+    let mut a = connect(port).await;
+    let mut b = connect(port).await;
+    a.write_all(&[b'a'; 600]).await.unwrap();
+    b.write_all(&[b'b'; 600]).await.unwrap();
+    assert!(common::poll(Duration::from_secs(10), || s.metric(over) == 1.0).await);
+    // The one closed reads end-of-file; the other completes its line.
+    let a_closed = common::closed_by_the_source(&mut a, Duration::from_millis(500)).await;
+    let (mut open, letter) = if a_closed { (b, b'b') } else { (a, b'a') };
+    open.write_all(b"\n").await.unwrap();
+    s.wait_records(1).await;
+    assert_eq!(s.records[0].payload.len(), 600);
+    assert_eq!(s.records[0].payload[0], letter);
+    s.stop().await;
+}
+
+/// Connections that trickle a partial line slower than
+/// `min_rate_bytes_per_second` are closed at the end of a window and
+/// counted, so a new sender gets their slot; a connection that sends whole
+/// lines, however rarely, is not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_connections_are_closed_and_a_new_sender_is_served() {
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(
+        &format!("{{address: 127.0.0.1:{port}, max_connections: 4, min_rate_bytes_per_second: 100, min_rate_window_ms: 300}}"),
+        1000,
+    );
+    let slow = "tailrace_events_dropped_total{component=\"sock\",reason=\"slow_connection\"}";
+    let mut rare = connect(port).await;
+    rare.write_all(b"rare 1\n").await.unwrap();
+    s.wait_records(1).await;
+    let mut tricklers = Vec::new();
+    for _ in 0..3 {
+        let mut t = connect(port).await;
+        t.write_all(b"x").await.unwrap();
+        tricklers.push(t);
+    }
+    // Every slot is taken; this one waits to be accepted.
+    let mut new = connect(port).await;
+    new.write_all(b"new sender\n").await.unwrap();
+    s.wait_records(2).await;
+    assert_eq!(s.payloads()[1], "new sender");
+    assert_eq!(s.metric(slow), 3.0, "the three tricklers were closed");
+    for t in &mut tricklers {
+        assert!(common::closed_by_the_source(t, Duration::from_secs(5)).await);
+    }
+    rare.write_all(b"rare 2\n").await.unwrap();
+    s.wait_records(3).await;
+    assert_eq!(s.payloads()[2], "rare 2", "whole lines are never too slow");
+    s.stop().await;
+}
+
+/// `max_connections_per_address`: one more connection from an address is
+/// closed at once; another address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_limit_are_closed() {
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(
+        &format!("{{address: 0.0.0.0:{port}, max_connections_per_address: 2}}"),
+        1000,
+    );
+    let _one = connect(port).await;
+    let _two = connect(port).await;
+    let mut three = connect(port).await;
+    assert!(
+        common::closed_by_the_source(&mut three, Duration::from_secs(5)).await,
+        "the third from 127.0.0.1 is closed"
+    );
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other
+        .connect(format!("127.0.0.2:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    other.write_all(b"from another address\n").await.unwrap();
+    s.wait_records(1).await;
+    assert_eq!(s.payloads(), ["from another address"]);
+    s.stop().await;
+}

@@ -158,3 +158,86 @@ async fn unreadable_certificates_fail_the_build_with_the_path() {
     let err = common::try_start(config, 10).err().expect("refused");
     assert!(err.contains("server.pem"), "{err}");
 }
+
+/// A client that never finishes its handshake is closed after
+/// `tls_handshake_timeout_ms`, although the only connection slot is held by
+/// a served client: a handshake holds no slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_handshake_times_out_without_a_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(
+        &tls_yaml(
+            "max_connections: 1, tls_handshake_timeout_ms: 300, ",
+            port,
+            dir.path(),
+            false,
+        ),
+        1000,
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut served = connector(&pki, false)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    served.write_all(b"holds the slot\n").await.unwrap();
+    served.flush().await.unwrap();
+    s.wait_records(1).await;
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(
+        common::closed_by_the_source(&mut silent, Duration::from_secs(10)).await,
+        "the silent client is closed by its handshake timeout"
+    );
+    served.write_all(b"still served\n").await.unwrap();
+    served.flush().await.unwrap();
+    s.wait_records(2).await;
+    s.stop().await;
+    assert_eq!(s.payloads(), ["holds the slot", "still served"]);
+}
+
+/// RELP over TLS: the same acceptor as tcp; answers after the batch is
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relp_over_tls_is_answered_once_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let s =
+        start::<tailrace_socket::RelpSourceConfig>(&tls_yaml("", port, dir.path(), false), 1000);
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = connector(&pki, false)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    c.write_all(b"1 open 15 commands=syslog\n2 syslog 6 secret\n")
+        .await
+        .unwrap();
+    c.flush().await.unwrap();
+    let mut batch = None;
+    assert!(
+        common::poll(Duration::from_secs(10), || {
+            batch = s.channel.recv_timeout(Duration::ZERO);
+            batch.is_some()
+        })
+        .await
+    );
+    let batch = batch.unwrap();
+    assert_eq!(&batch.records[0].payload[..], b"secret");
+    batch.ack.done(1);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains("2 rsp 6 200 OK\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("answers within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("1 rsp "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}

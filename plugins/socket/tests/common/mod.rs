@@ -15,6 +15,11 @@ use tokio::task::JoinHandle;
 pub struct Source {
     pub channel: Arc<Channel>,
     pub shutdown: Shutdown,
+    /// Triggered by the source when it sends nothing more.
+    pub sent: Shutdown,
+    /// Triggered by `stop` once the source said it sent everything, as the
+    /// runtime does once the sinks are done.
+    pub drained: Shutdown,
     pub task: Option<JoinHandle<Result<(), String>>>,
     pub metrics: Arc<Metrics>,
     /// Every record taken from the channel so far.
@@ -35,13 +40,14 @@ pub fn try_start<C: SourceConfig>(config: C, capacity_events: usize) -> Result<S
     let metrics = Arc::new(Metrics::new());
     let channel = Arc::new(Channel::unmetered("main", capacity_events, 64 << 20));
     let shutdown = Shutdown::new();
+    let (sent, drained) = (Shutdown::new(), Shutdown::new());
     let cx = SourceContext {
         name: "sock".into(),
         outputs: vec![channel.clone()],
         checkpoints: Arc::new(MemoryStore::default()),
         shutdown: shutdown.clone(),
-        drained: Shutdown::new(),
-        sent: Shutdown::new(),
+        drained: drained.clone(),
+        sent: sent.clone(),
         metrics: metrics.source("sock"),
         readiness: Readiness::ready(),
         interceptors: Vec::new().into(),
@@ -52,6 +58,8 @@ pub fn try_start<C: SourceConfig>(config: C, capacity_events: usize) -> Result<S
     Ok(Source {
         channel,
         shutdown,
+        sent,
+        drained,
         task: Some(tokio::spawn(task)),
         metrics,
         records: Vec::new(),
@@ -96,9 +104,22 @@ impl Source {
             .collect()
     }
 
-    /// Signals shutdown and waits for the task to end (5 s at most).
+    /// Signals shutdown, waits until the source says it sent everything
+    /// (or its task ends), says the sinks are done, and waits for the task
+    /// to end (5 s at most).
     pub async fn stop(&mut self) {
         self.shutdown.trigger();
+        // Taking meanwhile, as the sinks drain the channel.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(self.sent.is_triggered() || self.task.as_ref().expect("running").is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "the source says it sent everything within 5 s of shutdown"
+            );
+            self.take();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.drained.trigger();
         let task = self.task.take().expect("running");
         let result = tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -110,12 +131,18 @@ impl Source {
 
     /// A sample of the metrics exposition, `name{labels}`.
     pub fn metric(&self, name: &str) -> f64 {
-        let mut text = String::new();
-        encode(&mut text, self.metrics.registry()).unwrap();
-        text.lines()
+        export(self)
+            .lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
+}
+
+/// The metrics exposition of the source's registry.
+pub fn export(s: &Source) -> String {
+    let mut text = String::new();
+    encode(&mut text, s.metrics.registry()).unwrap();
+    text
 }
 
 /// A port that was free a moment ago.
@@ -146,5 +173,19 @@ pub async fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether the source closed `stream` (end of file or an error) within
+/// `timeout`; what it sent meanwhile is discarded.
+pub async fn closed_by_the_source(stream: &mut tokio::net::TcpStream, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
     }
 }
