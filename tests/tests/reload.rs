@@ -590,3 +590,81 @@ fn sighup_keeps_unchanged_components_running_with_their_connections() {
     );
     drop(held);
 }
+
+/// The scene: one TCP connection stays open while its sender writes
+/// 200,000 sequence-numbered lines at a steady pace, through two SIGHUPs
+/// that change the file group (the first adds a source, the second takes
+/// it away again): no write fails, and every line arrives once.
+#[test]
+fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error() {
+    const LINES: u64 = 200_000;
+    let broker = Broker::start();
+    broker.create_topic(TOPIC, 1);
+    broker.create_topic("net", 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+    let port = tailrace_e2e::free_port();
+    let agent = Agent::start(
+        dir.path(),
+        &two_groups(dir.path(), &broker.bootstrap(), port, false),
+    );
+    let mut sender = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        sender.is_some()
+    }));
+    let mut sender = sender.unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            // 1,000 lines every 40 ms (about 8 s in all): the two reloads
+            // happen mid-stream.
+            for chunk in 0..LINES / 1_000 {
+                let mut buf = Vec::with_capacity(1_000 * 101);
+                for seq in chunk * 1_000..(chunk + 1) * 1_000 {
+                    buf.extend_from_slice(&SeqLines::line(seq));
+                    buf.push(b'\n');
+                }
+                if let Err(e) = sender.write_all(&buf) {
+                    return Err(format!("write of lines from {} failed: {e}", chunk * 1_000));
+                }
+                written.fetch_add(1_000, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            Ok(sender)
+        })
+    };
+    let mut net = Consumer::new(&broker.bootstrap(), "net");
+    for (round, extra) in [(1, true), (2, false)] {
+        // Each reload comes once a fresh part of the stream is on its way.
+        let at = written.load(std::sync::atomic::Ordering::Relaxed) + 30_000;
+        assert!(
+            wait_until(Duration::from_secs(60), || written
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= at),
+            "the sender stalled before reload {round}"
+        );
+        std::fs::write(
+            agent.config_path(),
+            two_groups(dir.path(), &broker.bootstrap(), port, extra),
+        )
+        .unwrap();
+        agent.reload_and_wait();
+        assert!(
+            written.load(std::sync::atomic::Ordering::Relaxed) < LINES,
+            "reload {round} came after the sender finished: the scene proves nothing"
+        );
+    }
+    let sender = writer.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    drop(sender);
+    net.read_count(LINES as usize, Duration::from_secs(120));
+    let got: Vec<Vec<u8>> = net
+        .read_for(Duration::from_secs(2))
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
+    let report = Report::new(LINES, &got);
+    assert!(report.is_complete() && report.duplicates == 0, "{report}");
+}
