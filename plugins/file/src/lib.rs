@@ -15,6 +15,7 @@
 mod checkpoint;
 mod format;
 mod identity;
+mod life;
 mod metrics;
 mod multiline;
 mod scan;

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::{FileId, Saved};
 use crate::format::{Decoder, Format, Names};
 use crate::identity::{self, mtime_ns, Sibling, Tail};
+use crate::life::{Budget, Life, Open, Place};
 use crate::multiline::Multiline;
 use crate::scan::Matcher;
 use crate::split::{LinePolicy, Split, Splitter};
@@ -126,18 +127,6 @@ struct End {
     check: Tail,
 }
 
-/// Where a tracked file is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Named by an include glob.
-    Live,
-    /// Renamed away by a rotation, or the copy `copytruncate` made; still
-    /// has a name, found again by inode among the rotations of `origin`.
-    Rotated,
-    /// Unlinked: read to its end through the descriptor, then closed.
-    Deleted,
-}
-
 /// A file being read.
 struct Tracked {
     id: FileId,
@@ -145,9 +134,7 @@ struct Tracked {
     path_arc: Arc<Path>,
     /// The name it was read under; its rotations are named after it.
     origin: PathBuf,
-    place: Place,
-    /// `None`: parked.
-    file: Option<File>,
+    life: Life<File>,
     buf: BytesMut,
     splitter: Splitter,
     /// Next byte to read.
@@ -157,8 +144,6 @@ struct Tracked {
     recent: Tail,
     /// The first bytes of the file, up to `fingerprint_bytes`.
     fingerprint: Vec<u8>,
-    /// The last read found nothing more.
-    at_eof: bool,
     /// Size and modification time when last looked at.
     size: u64,
     mtime: i128,
@@ -168,10 +153,6 @@ struct Tracked {
     /// What the store holds for this file (`None`: nothing yet).
     persisted: Option<u64>,
     last_growth: Instant,
-    /// Parked with more to read.
-    wants_read: bool,
-    /// Waiting for a free descriptor (counted once per wait).
-    waiting: bool,
     lag: Gauge,
 }
 
@@ -179,9 +160,8 @@ impl Tracked {
     /// Whether its descriptor can be closed now and the file opened again
     /// later without losing anything held in memory.
     fn parkable(&self) -> bool {
-        self.file.is_some()
-            && self.at_eof
-            && self.place != Place::Deleted
+        self.life.at_eof()
+            && self.life.place() != Place::Deleted
             && self.buf.is_empty()
             && self.splitter.held_since().is_none()
     }
@@ -229,8 +209,8 @@ struct Tailer {
     removes: Vec<Vec<u8>>,
     /// Files at startup whose saved position belongs to other content.
     replaced: HashSet<FileId>,
-    open_count: usize,
-    open_gauge: Gauge,
+    /// `max_open_files`: every open file holds one of its permits.
+    budget: Budget,
     file_metrics: crate::metrics::FileMetrics,
     last_warning: HashMap<&'static str, Instant>,
     /// When the positions were last saved.
@@ -289,7 +269,7 @@ pub(crate) fn spawn(
     };
     let name = cx.name.clone();
     let file_metrics = crate::metrics::FileMetrics::of(&cx.name, &cx.metrics);
-    let open_gauge = file_metrics.open_files();
+    let budget = Budget::new(settings.max_open_files, file_metrics.open_files());
     let tailer = Tailer {
         cx: Arc::new(cx),
         matcher,
@@ -306,8 +286,7 @@ pub(crate) fn spawn(
         untracked: HashMap::new(),
         removes: Vec::new(),
         replaced: HashSet::new(),
-        open_count: 0,
-        open_gauge,
+        budget,
         file_metrics,
         last_warning: HashMap::new(),
         last_persist: Instant::now(),
@@ -609,12 +588,12 @@ impl Tailer {
                     self.rename(seq, path.clone());
                 }
                 let tf = self.files.get_mut(&seq).expect("by_id and files agree");
-                tf.place = Place::Live;
+                tf.life.named();
                 tf.origin = path;
                 tf.size = md.len();
                 tf.mtime = mtime_ns(&md);
-                if tf.file.is_none() && md.len() != tf.read_pos {
-                    tf.wants_read = true;
+                if md.len() != tf.read_pos {
+                    tf.life.set_wants_read(true);
                 }
                 continue;
             }
@@ -623,7 +602,7 @@ impl Tailer {
         let moved: Vec<u64> = self
             .files
             .iter()
-            .filter(|(_, tf)| tf.place == Place::Live && !seen.contains(&tf.id))
+            .filter(|(_, tf)| tf.life.place() == Place::Live && !seen.contains(&tf.id))
             .map(|(seq, _)| *seq)
             .collect();
         for seq in moved {
@@ -632,7 +611,7 @@ impl Tailer {
         let parked: Vec<u64> = self
             .files
             .iter()
-            .filter(|(_, tf)| tf.place == Place::Rotated && tf.file.is_none())
+            .filter(|(_, tf)| tf.life.place() == Place::Rotated && !tf.life.is_open())
             .map(|(seq, _)| *seq)
             .collect();
         for seq in parked {
@@ -746,14 +725,12 @@ impl Tailer {
                 path_arc: Arc::from(path.as_path()),
                 path,
                 origin,
-                place,
-                file: None,
+                life: Life::found(place),
                 buf: BytesMut::new(),
                 splitter: self.settings.splitter(start.offset),
                 read_pos: start.offset,
                 recent: check,
                 fingerprint,
-                at_eof: false,
                 size,
                 mtime: mtime_ns(md),
                 ledger: Ledger::new(End {
@@ -762,15 +739,12 @@ impl Tailer {
                 }),
                 persisted: None,
                 last_growth: Instant::now(),
-                wants_read: true,
-                waiting: false,
                 lag,
             },
         );
-        if self.free_slot(seq) {
-            self.attach(seq, file);
-        } else {
-            self.note_waiting(seq);
+        match self.free_slot(seq) {
+            Some(permit) => self.attach(seq, Open::new(file, permit)),
+            None => self.note_waiting(seq),
         }
         Some(seq)
     }
@@ -789,19 +763,19 @@ impl Tailer {
         let tf = self.files.get_mut(&seq).expect("seq from files");
         let origin = tf.origin.clone();
         let anchor;
-        if let Some(file) = &tf.file {
+        if let Some(file) = tf.life.file() {
             let Ok(md) = file.metadata() else { return };
+            let now = identity::current_path(file);
             anchor = mtime_ns(&md);
             tf.mtime = anchor;
             tf.size = md.len();
             if md.nlink() == 0 {
                 debug!(source = %self.cx.name, path = %tf.path.display(), "file deleted, reading it to its end");
-                tf.place = Place::Deleted;
+                tf.life.deleted();
                 self.event("deleted", 1);
                 return;
             }
-            tf.place = Place::Rotated;
-            let now = identity::current_path(file);
+            tf.life.rotated();
             info!(source = %self.cx.name, from = %tf.path.display(), to = ?now, "file rotated, reading it to its end");
             if let Some(now) = now {
                 self.rename(seq, now);
@@ -812,8 +786,10 @@ impl Tailer {
             match identity::siblings(&origin).into_iter().find(|s| s.id == id) {
                 Some(s) => {
                     info!(source = %self.cx.name, from = %tf.path.display(), to = %s.path.display(), "file rotated, reading it to its end");
-                    tf.place = Place::Rotated;
-                    tf.wants_read |= s.size != tf.read_pos;
+                    tf.life.rotated();
+                    if s.size != tf.read_pos {
+                        tf.life.set_wants_read(true);
+                    }
                     tf.size = s.size;
                     self.rename(seq, s.path);
                 }
@@ -834,7 +810,9 @@ impl Tailer {
         if let Ok(md) = std::fs::metadata(&tf.path) {
             if FileId::of(&md) == tf.id {
                 tf.size = md.len();
-                tf.wants_read |= md.len() != tf.read_pos;
+                if md.len() != tf.read_pos {
+                    tf.life.set_wants_read(true);
+                }
                 return;
             }
         }
@@ -845,7 +823,9 @@ impl Tailer {
         {
             Some(s) if s.size != tf.read_pos || tf.ledger.in_flight() > 0 => {
                 tf.size = s.size;
-                tf.wants_read |= s.size != tf.read_pos;
+                if s.size != tf.read_pos {
+                    tf.life.set_wants_read(true);
+                }
                 self.rename(seq, s.path);
             }
             // Read to its end and moved on: nothing more will come.
@@ -910,54 +890,38 @@ impl Tailer {
 
     // ---- descriptors ---------------------------------------------------
 
-    fn attach(&mut self, seq: u64, file: File) {
+    fn attach(&mut self, seq: u64, open: Open<File>) {
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        if tf.file.is_none() {
-            self.open_count += 1;
-        }
-        tf.file = Some(file);
-        tf.waiting = false;
-        tf.wants_read = false;
-        self.open_gauge.set(self.open_count as i64);
+        tf.life.attach(open);
     }
 
     fn park(&mut self, seq: u64) {
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        if tf.file.take().is_some() {
-            self.open_count -= 1;
-            self.open_gauge.set(self.open_count as i64);
-        }
+        tf.life.park();
     }
 
-    /// Makes room for one more descriptor, parking the idle file that grew
-    /// least recently; false if every open file is busy.
-    fn free_slot(&mut self, except: u64) -> bool {
-        if self.open_count < self.settings.max_open_files {
-            return true;
+    /// A permit for one more descriptor, parking the idle file that grew
+    /// least recently if none is free; `None` if every open file is busy.
+    fn free_slot(&mut self, except: u64) -> Option<crate::life::Permit> {
+        if let Some(permit) = self.budget.try_acquire() {
+            return Some(permit);
         }
         let victim = self
             .files
             .iter()
             .filter(|(seq, tf)| **seq != except && tf.parkable())
             .min_by_key(|(_, tf)| tf.last_growth)
-            .map(|(seq, _)| *seq);
-        match victim {
-            Some(seq) => {
-                self.park(seq);
-                true
-            }
-            None => false,
-        }
+            .map(|(seq, _)| *seq)?;
+        self.park(victim);
+        self.budget.try_acquire()
     }
 
     fn note_waiting(&mut self, seq: u64) {
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        tf.wants_read = true;
-        if !tf.waiting {
-            tf.waiting = true;
+        if tf.life.start_waiting() {
             let path = tf.path.clone();
             self.event("open_limit", 1);
-            let max = self.settings.max_open_files;
+            let max = self.budget.max();
             self.warn_limited(
                 "open_limit",
                 &path,
@@ -970,26 +934,27 @@ impl Tailer {
     /// Opens a parked file again, if a descriptor is free and it is still
     /// the same file.
     fn reopen(&mut self, seq: u64) -> bool {
-        if !self.free_slot(seq) {
+        let Some(permit) = self.free_slot(seq) else {
             self.note_waiting(seq);
             return false;
-        }
+        };
         let tf = self.files.get_mut(&seq).expect("seq from files");
         let file = match self.matcher.open(&tf.path) {
             Ok(f) => f,
             Err(_) => {
-                tf.wants_read = false; // the next scan finds where it went
+                tf.life.set_wants_read(false); // the next scan finds where it went
                 return false;
             }
         };
         if file.metadata().map(|md| FileId::of(&md)).ok() != Some(tf.id) {
-            tf.wants_read = false;
+            tf.life.set_wants_read(false);
             return false;
         }
         // Reading resumes as after the end of the file: size and the bytes
         // before the position are checked first.
-        tf.at_eof = true;
-        self.attach(seq, file);
+        let mut open = Open::new(file, permit);
+        open.at_eof = true;
+        self.attach(seq, open);
         true
     }
 
@@ -1005,8 +970,8 @@ impl Tailer {
             let Some(tf) = self.files.get(&seq) else {
                 continue;
             };
-            if tf.file.is_none() {
-                if !tf.wants_read {
+            if !tf.life.is_open() {
+                if !tf.life.wants_read() {
                     continue;
                 }
                 if !slots {
@@ -1014,7 +979,7 @@ impl Tailer {
                     continue;
                 }
                 if !self.reopen(seq) {
-                    slots = self.open_count < self.settings.max_open_files;
+                    slots = !self.budget.exhausted();
                     continue;
                 }
             }
@@ -1033,20 +998,22 @@ impl Tailer {
     /// whether there may be more to read.
     fn grew(&mut self, seq: u64) -> bool {
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        let Some(file) = &tf.file else { return false };
+        let Some(file) = tf.life.file() else {
+            return false;
+        };
         let Ok(md) = file.metadata() else {
             return false;
         };
         tf.size = md.len();
         tf.mtime = mtime_ns(&md);
-        if md.nlink() == 0 && tf.place != Place::Deleted {
+        if md.nlink() == 0 && tf.life.place() != Place::Deleted {
             debug!(source = %self.cx.name, path = %tf.path.display(), "file deleted, reading it to its end");
-            tf.place = Place::Deleted;
+            tf.life.deleted();
             self.event("deleted", 1);
         }
         let tf = &self.files[&seq];
         // A rotated file that shrank is not followed: its writer moved on.
-        md.len() > tf.read_pos || md.len() < tf.read_pos && tf.place == Place::Live
+        md.len() > tf.read_pos || md.len() < tf.read_pos && tf.life.place() == Place::Live
     }
 
     /// Before reading on at the position of a file named by an include
@@ -1055,10 +1022,12 @@ impl Tailer {
     /// its size alone would not show). One small read per chunk.
     fn still_same(&mut self, seq: u64) -> bool {
         let tf = &self.files[&seq];
-        if tf.place != Place::Live || tf.read_pos == 0 {
+        if tf.life.place() != Place::Live || tf.read_pos == 0 {
             return true;
         }
-        let Some(file) = &tf.file else { return true };
+        let Some(file) = tf.life.file() else {
+            return true;
+        };
         let same = match identity::check_before(file, tf.read_pos) {
             Ok(t) => t.as_slice() == tf.recent.as_slice(),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
@@ -1077,7 +1046,7 @@ impl Tailer {
     }
 
     fn read_chunk(&mut self, seq: u64) -> Result<usize, Closed> {
-        if self.files[&seq].at_eof && !self.grew(seq) {
+        if self.files[&seq].life.at_eof() && !self.grew(seq) {
             return Ok(0);
         }
         if !self.still_same(seq) {
@@ -1086,7 +1055,10 @@ impl Tailer {
         let chunk = self.settings.read_buffer_bytes;
         let fp_max = self.settings.fingerprint_bytes;
         let tf = self.files.get_mut(&seq).expect("seq from files");
-        let Some(file) = &tf.file else { return Ok(0) };
+        let Some(open) = tf.life.open_mut() else {
+            return Ok(0);
+        };
+        let file = &open.file;
         let old = tf.buf.len();
         tf.buf.reserve(chunk);
         tf.buf.resize(old + chunk, 0);
@@ -1098,11 +1070,10 @@ impl Tailer {
             self.warn_limited("read", &path, "cannot read file", &e);
             return Ok(0);
         }
+        open.at_eof = n == 0;
         if n == 0 {
-            tf.at_eof = true;
             return Ok(0);
         }
-        tf.at_eof = false;
         // Extend the fingerprint while reading the file's first bytes.
         let have = tf.fingerprint.len() as u64;
         if have < fp_max as u64 && tf.read_pos <= have && have < tf.read_pos + n as u64 {
@@ -1147,8 +1118,8 @@ impl Tailer {
         let check = if end == tf.read_pos {
             tf.recent
         } else {
-            tf.file
-                .as_ref()
+            tf.life
+                .file()
                 .and_then(|f| identity::check_before(f, end).ok())
                 .unwrap_or_default()
         };
@@ -1216,7 +1187,7 @@ impl Tailer {
                 }),
             ),
             fingerprint: std::mem::take(&mut tf.fingerprint),
-            file: None,
+            life: Life::found(Place::Live),
             lag: Gauge::default(),
             path: tf.path.clone(),
             path_arc: tf.path_arc.clone(),
@@ -1226,7 +1197,9 @@ impl Tailer {
         tf.read_pos = 0;
         tf.recent.clear();
         tf.persisted = None;
-        tf.at_eof = false;
+        if let Some(open) = tf.life.open_mut() {
+            open.at_eof = false;
+        }
         tf.size = size;
         let Some((s, file, md)) = copy else {
             // No copy: what is held back are complete lines of the old
@@ -1396,7 +1369,7 @@ impl Tailer {
         let done: Vec<u64> = self
             .files
             .iter()
-            .filter(|(_, tf)| tf.place != Place::Live && tf.file.is_some() && tf.at_eof)
+            .filter(|(_, tf)| tf.life.place() != Place::Live && tf.life.at_eof())
             .map(|(seq, _)| *seq)
             .collect();
         for seq in done {
@@ -1418,14 +1391,11 @@ impl Tailer {
                 self.persist();
             }
             let tf = self.files.get(&seq).expect("seq from files");
-            match tf.place {
+            match tf.life.place() {
                 Place::Deleted => {
+                    // Dropping it closes the descriptor and returns its permit.
                     let tf = self.files.remove(&seq).expect("seq from files");
                     self.by_id.remove(&tf.id);
-                    if tf.file.is_some() {
-                        self.open_count -= 1;
-                        self.open_gauge.set(self.open_count as i64);
-                    }
                     self.file_metrics.forget_lag(&tf.path.to_string_lossy());
                     self.known.remove(&tf.id);
                     self.removes.push(tf.id.key());
@@ -1433,7 +1403,7 @@ impl Tailer {
                 }
                 Place::Rotated if is_idle => {
                     // Watched at the name it has now (it may have moved on).
-                    let now = tf.file.as_ref().and_then(identity::current_path);
+                    let now = tf.life.file().and_then(identity::current_path);
                     debug!(source = %self.cx.name, path = ?now, offset = tf.committed(), "rotated file read to its end, closed");
                     if let Some(now) = now.filter(|p| *p != tf.path) {
                         self.rename(seq, now);
