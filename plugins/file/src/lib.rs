@@ -18,6 +18,7 @@ mod identity;
 mod life;
 mod metrics;
 mod multiline;
+mod recovery;
 mod scan;
 mod split;
 mod tailer;

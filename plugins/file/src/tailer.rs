@@ -32,6 +32,7 @@ use crate::format::{Decoder, Format, Names};
 use crate::identity::{self, mtime_ns, Sibling, Tail};
 use crate::life::{Budget, Life, Open, Place};
 use crate::multiline::Multiline;
+use crate::recovery::{self, Found};
 use crate::scan::Matcher;
 use crate::split::{LinePolicy, Split, Splitter};
 use crate::StartAt;
@@ -423,74 +424,36 @@ impl Tailer {
     fn startup(&mut self) {
         let saved_paths: HashSet<PathBuf> = self.known.values().map(|s| s.origin.clone()).collect();
         self.scan(true, &saved_paths);
-        let mut lost: Vec<(FileId, Saved)> = self
-            .known
-            .iter()
-            .filter(|(id, _)| !self.by_id.contains_key(id) || self.replaced.contains(id))
-            .map(|(id, saved)| (*id, saved.clone()))
-            .collect();
-        lost.sort_by_key(|(_, s)| s.mtime);
-        let mut listings: HashMap<PathBuf, Vec<Sibling>> = HashMap::new();
-        let mut anchors: Vec<(PathBuf, i128)> = Vec::new();
-        let mut unresolved = Vec::new();
-        // By inode first: the file was renamed.
-        for (id, saved) in lost {
-            let sibs = listings
-                .entry(saved.origin.clone())
-                .or_insert_with(|| identity::siblings(&saved.origin));
-            let found = sibs
-                .iter()
-                .find(|s| s.id == id && !self.by_id.contains_key(&id))
-                .cloned();
-            match found.and_then(|s| Self::open_holding(&s, &saved)) {
-                Some((s, file, md)) => {
+        let tracked: HashSet<FileId> = self.by_id.keys().copied().collect();
+        let lost = recovery::lost(&self.known, &tracked, &self.replaced);
+        let plan = recovery::plan(lost, &tracked, identity::siblings, Self::open_holding);
+        for r in plan.resume {
+            let (s, saved) = (&r.sibling, &r.saved);
+            match r.how {
+                Found::Renamed => {
                     info!(source = %self.cx.name, origin = %saved.origin.display(), path = %s.path.display(), offset = saved.offset, "file rotated while stopped, reading the rest of it");
                     self.event("rotated", 1);
-                    anchors.push((saved.origin.clone(), s.mtime));
-                    self.track_rotated(&s, file, md, &saved);
                 }
-                None => unresolved.push((id, saved)),
-            }
-        }
-        // Then by content: copytruncate copied it.
-        for (id, saved) in unresolved {
-            let sibs = listings
-                .entry(saved.origin.clone())
-                .or_insert_with(|| identity::siblings(&saved.origin))
-                .clone();
-            let found = sibs
-                .iter()
-                .filter(|s| saved.offset > 0 && !self.by_id.contains_key(&s.id))
-                .find_map(|s| Self::open_holding(s, &saved));
-            match found {
-                Some((s, file, md)) => {
+                Found::Copied => {
                     info!(source = %self.cx.name, origin = %saved.origin.display(), copy = %s.path.display(), offset = saved.offset, "file copied and truncated while stopped, reading the rest of the copy");
                     self.event("copy_resumed", 1);
-                    anchors.push((saved.origin.clone(), s.mtime));
-                    self.track_rotated(&s, file, md, &saved);
-                }
-                None => {
-                    if !self.by_id.contains_key(&id) {
-                        info!(source = %self.cx.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
-                        self.untracked.insert(id, Instant::now());
-                    }
-                    // The file being written is gone (compressed, deleted):
-                    // what was written after it may still be there, in
-                    // rotations newer than its last save.
-                    if saved.path == saved.origin {
-                        anchors.push((saved.origin.clone(), saved.mtime as i128));
-                    }
                 }
             }
+            let (file, md) = r.handle;
+            self.track_rotated(s, file, md, saved);
         }
-        for (origin, mtime) in anchors {
+        for (id, saved) in plan.missing {
+            info!(source = %self.cx.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
+            self.untracked.insert(id, Instant::now());
+        }
+        for (origin, mtime) in plan.anchors {
             self.adopt_newer_siblings(&origin, mtime);
         }
         self.replaced.clear();
     }
 
     /// Opens `s` if it holds the content `saved` was saved for.
-    fn open_holding(s: &Sibling, saved: &Saved) -> Option<(Sibling, File, Metadata)> {
+    fn open_holding(s: &Sibling, saved: &Saved) -> Option<(File, Metadata)> {
         let file = File::open(&s.path).ok()?;
         let md = file.metadata().ok()?;
         if FileId::of(&md) != s.id
@@ -504,7 +467,7 @@ impl Tailer {
         {
             return None;
         }
-        Some((s.clone(), file, md))
+        Some((file, md))
     }
 
     fn track_rotated(&mut self, s: &Sibling, file: File, md: Metadata, saved: &Saved) {
@@ -1273,11 +1236,12 @@ impl Tailer {
             if self.by_id.contains_key(&s.id) {
                 continue;
             }
-            if let Some(hit) = Self::open_holding(&s, &want) {
-                // Several copies of one content: the newest has the most.
-                if best.as_ref().is_none_or(|b| b.0.mtime < hit.0.mtime) {
-                    best = Some(hit);
-                }
+            // Several copies of one content: the newest has the most.
+            if best.as_ref().is_some_and(|b| b.0.mtime >= s.mtime) {
+                continue;
+            }
+            if let Some((file, md)) = Self::open_holding(&s, &want) {
+                best = Some((s, file, md));
             }
         }
         best
