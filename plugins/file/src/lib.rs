@@ -21,6 +21,7 @@ mod multiline;
 mod recovery;
 mod scan;
 mod split;
+mod table;
 mod tailer;
 #[cfg(test)]
 mod tests;
