@@ -198,11 +198,11 @@ pub struct FileTable<W: World> {
     outbox: Vec<Outgoing>,
 }
 
-/// What one turn of reading a file did.
-pub struct Turn {
-    pub bytes: usize,
+/// What reading one chunk of a file did.
+struct Turn {
+    bytes: usize,
     /// A full chunk was read: the file may have more right away.
-    pub more: bool,
+    more: bool,
 }
 
 /// Where reading a newly tracked file starts.
@@ -798,8 +798,29 @@ impl<W: World> FileTable<W> {
 
     // ---- reading -------------------------------------------------------
 
-    /// A round gives every file a turn, oldest first.
-    pub fn round(&self) -> Round {
+    /// Gives every file a turn, oldest first, reading up to
+    /// [`CHUNKS_PER_TURN`] chunks of each; `after_chunk` is called after
+    /// every chunk (the shell sends what it cut). Returns the bytes read.
+    pub fn read_round<E>(
+        &mut self,
+        after_chunk: &mut dyn FnMut(&mut Self) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut total = 0;
+        let mut round = self.round();
+        while let Some(seq) = self.next_in(&mut round) {
+            for _ in 0..CHUNKS_PER_TURN {
+                let turn = self.read_chunk(seq);
+                after_chunk(self)?;
+                total += turn.bytes;
+                if !turn.more {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn round(&self) -> Round {
         Round {
             seqs: self.files.keys().copied().collect::<Vec<_>>().into_iter(),
             slots: true,
@@ -808,7 +829,7 @@ impl<W: World> FileTable<W> {
 
     /// The next file of `round` to read, opened again first if it is parked
     /// and has more to read.
-    pub fn next_in(&mut self, round: &mut Round) -> Option<u64> {
+    fn next_in(&mut self, round: &mut Round) -> Option<u64> {
         for seq in round.seqs.by_ref() {
             let Some(tf) = self.files.get(&seq) else {
                 continue;
@@ -886,7 +907,7 @@ impl<W: World> FileTable<W> {
 
     /// Reads one chunk of a file the round gave its turn to (see
     /// [`CHUNKS_PER_TURN`]), and cuts it into a batch.
-    pub fn read_chunk(&mut self, seq: u64) -> Turn {
+    fn read_chunk(&mut self, seq: u64) -> Turn {
         let none = Turn {
             bytes: 0,
             more: false,
@@ -1258,6 +1279,21 @@ fn saved_of<F>(tf: &Tracked<F>) -> Saved {
     }
 }
 
+/// The positions a source's store holds, by file; an entry that does not
+/// decode is skipped (and logged).
+pub fn known_of(source: &str, entries: Vec<(Vec<u8>, Vec<u8>)>) -> HashMap<FileId, Saved> {
+    let mut known = HashMap::new();
+    for (k, v) in entries {
+        match (FileId::from_key(&k), Saved::decode(&v)) {
+            (Some(id), Some(saved)) => {
+                known.insert(id, saved);
+            }
+            _ => warn!(source, "ignoring an unreadable saved position"),
+        }
+    }
+    known
+}
+
 /// Opens `s` if it holds the content `saved` was saved for.
 fn open_holding<W: World>(world: &W, s: &Sibling, saved: &Saved) -> Option<(W::File, Meta)> {
     let file = world.open_rotation(&s.path).ok()?;
@@ -1270,12 +1306,12 @@ fn open_holding<W: World>(world: &W, s: &Sibling, saved: &Saved) -> Option<(W::F
     Some((file, md))
 }
 
-/// A round of reading (see [`FileTable::round`]).
-pub struct Round {
+/// A round of reading (see [`FileTable::read_round`]).
+struct Round {
     seqs: std::vec::IntoIter<u64>,
     /// A descriptor may still be freed this round.
     slots: bool,
 }
 
 /// Chunks read from one file before the others get their turn.
-pub const CHUNKS_PER_TURN: usize = 4;
+const CHUNKS_PER_TURN: usize = 4;

@@ -8,7 +8,7 @@
 //! while a send waits on a full channel, keeps applying acknowledgements and
 //! saving positions on the checkpoint interval.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -20,11 +20,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tailrace_api::{Ack, AckReceiver, Batch, BuildError, ComponentTask, SourceContext};
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{FileId, Saved};
+use crate::checkpoint::FileId;
 use crate::identity::{self, mtime_ns, Sibling};
 use crate::scan::Matcher;
 pub(crate) use crate::table::Settings;
-use crate::table::{FileTable, Meta, World, CHUNKS_PER_TURN};
+use crate::table::{known_of, FileTable, Meta, World};
 
 /// The real file system and clock, as the core sees them.
 struct Disk {
@@ -148,21 +148,13 @@ pub(crate) fn spawn(
     matcher: Matcher,
     settings: Settings,
 ) -> Result<ComponentTask, BuildError> {
-    let mut known = HashMap::new();
     let entries = cx.checkpoints.load(&cx.name).map_err(|e| {
         BuildError(format!(
             "cannot load the positions of source {}: {e}",
             cx.name
         ))
     })?;
-    for (k, v) in entries {
-        match (FileId::from_key(&k), Saved::decode(&v)) {
-            (Some(id), Some(saved)) => {
-                known.insert(id, saved);
-            }
-            _ => warn!(source = %cx.name, "ignoring an unreadable saved position"),
-        }
-    }
+    let known = known_of(&cx.name, entries);
     let wake = Arc::new(Wake::default());
     let watcher = if settings.watch {
         let wake = wake.clone();
@@ -284,55 +276,26 @@ impl Tailer {
         Ok(())
     }
 
-    /// Gives every file a turn; returns the bytes read.
+    /// Gives every file a turn, sending what each chunk cut; returns the
+    /// bytes read.
     fn read_round(&mut self) -> Result<usize, Closed> {
-        let mut total = 0;
-        let mut round = self.table.round();
-        while let Some(seq) = self.table.next_in(&mut round) {
-            for _ in 0..CHUNKS_PER_TURN {
-                let turn = self.table.read_chunk(seq);
-                self.send_outgoing()?;
-                total += turn.bytes;
-                if !turn.more {
-                    break;
-                }
-            }
-        }
-        Ok(total)
+        let Tailer {
+            cx,
+            table,
+            wake,
+            rescan_asked,
+            ..
+        } = self;
+        table.read_round(&mut |table| send_outgoing(table, cx, wake, rescan_asked))
     }
 
-    /// Sends the batches the core cut. While the channel is full,
-    /// acknowledgements still arrive (a sink that spools, or catches up):
-    /// the positions they complete are saved on the checkpoint interval,
-    /// not only once the source is unblocked, so a crash repeats at most
-    /// one interval's worth.
     fn send_outgoing(&mut self) -> Result<(), Closed> {
-        let every = self
-            .table
-            .settings()
-            .checkpoint_interval
-            .min(Duration::from_millis(200));
-        for out in self.table.take_outgoing() {
-            let ack = match out.batch {
-                Some(id) => Ack::new(id, out.records.len(), self.wake.clone()),
-                None => Ack::none(),
-            };
-            let cx = self.cx.clone();
-            cx.send_waiting(Batch::new(out.meta, out.records, ack), every, &mut || {
-                self.while_blocked()
-            })
-            .map_err(|_| Closed)?;
-        }
-        Ok(())
-    }
-
-    /// What the source does while a send waits on a full channel: apply
-    /// the acknowledgements and save the positions when due.
-    fn while_blocked(&mut self) {
-        let (acks, asked) = self.wake.wait(Duration::ZERO);
-        self.rescan_asked |= asked;
-        self.table.apply_acks(acks);
-        self.table.persist_if_due();
+        send_outgoing(
+            &mut self.table,
+            &self.cx,
+            &self.wake,
+            &mut self.rescan_asked,
+        )
     }
 
     fn watch_roots(&mut self) {
@@ -358,4 +321,38 @@ impl Tailer {
             }
         }
     }
+}
+
+/// Sends the batches the core cut. While the channel is full,
+/// acknowledgements still arrive (a sink that spools, or catches up): the
+/// positions they complete are saved on the checkpoint interval, not only
+/// once the source is unblocked, so a crash repeats at most one interval's
+/// worth.
+fn send_outgoing(
+    table: &mut FileTable<Disk>,
+    cx: &Arc<SourceContext>,
+    wake: &Arc<Wake>,
+    rescan_asked: &mut bool,
+) -> Result<(), Closed> {
+    let every = table
+        .settings()
+        .checkpoint_interval
+        .min(Duration::from_millis(200));
+    for out in table.take_outgoing() {
+        let ack = match out.batch {
+            Some(id) => Ack::new(id, out.records.len(), wake.clone()),
+            None => Ack::none(),
+        };
+        let batch = Batch::new(out.meta, out.records, ack);
+        // What the source does while the send waits: apply the
+        // acknowledgements and save the positions when due.
+        cx.send_waiting(batch, every, &mut || {
+            let (acks, asked) = wake.wait(Duration::ZERO);
+            *rescan_asked |= asked;
+            table.apply_acks(acks);
+            table.persist_if_due();
+        })
+        .map_err(|_| Closed)?;
+    }
+    Ok(())
 }
