@@ -17,6 +17,8 @@ mod format;
 mod identity;
 mod life;
 mod metrics;
+#[cfg(test)]
+mod model_tests;
 mod multiline;
 mod recovery;
 mod scan;

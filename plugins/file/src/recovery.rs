@@ -42,6 +42,10 @@ pub struct Plan<H> {
     pub resume: Vec<Resume<H>>,
     /// Saved positions whose file was not found: they wait to expire.
     pub missing: Vec<(FileId, Saved)>,
+    /// Saved positions whose inode is among the rotations with other
+    /// content (written again, or the inode reused) and whose content was
+    /// found nowhere: forgotten, and the sibling read as the new file it is.
+    pub replaced: Vec<(FileId, Saved, Sibling)>,
     /// Read the unread rotations of this origin modified at or after this
     /// time (ns).
     pub anchors: Vec<(PathBuf, i128)>,
@@ -76,6 +80,7 @@ pub fn plan<H>(
     let mut plan = Plan {
         resume: Vec::new(),
         missing: Vec::new(),
+        replaced: Vec::new(),
         anchors: Vec::new(),
     };
     let mut unresolved = Vec::new();
@@ -84,10 +89,9 @@ pub fn plan<H>(
         let sibs = listings
             .entry(saved.origin.clone())
             .or_insert_with(|| siblings(&saved.origin));
-        let found = sibs
-            .iter()
-            .find(|s| s.id == id && !taken.contains(&id))
-            .and_then(|s| Some((s.clone(), holds(s, &saved)?)));
+        let same = sibs.iter().find(|s| s.id == id && !taken.contains(&id));
+        let found = same.and_then(|s| Some((s.clone(), holds(s, &saved)?)));
+        let same = same.cloned();
         match found {
             Some((sibling, handle)) => {
                 taken.insert(sibling.id);
@@ -99,11 +103,11 @@ pub fn plan<H>(
                     saved,
                 });
             }
-            None => unresolved.push((id, saved)),
+            None => unresolved.push((id, saved, same)),
         }
     }
     // Then by content: copytruncate copied it.
-    for (id, saved) in unresolved {
+    for (id, saved, other_content) in unresolved {
         let sibs = listings
             .entry(saved.origin.clone())
             .or_insert_with(|| siblings(&saved.origin));
@@ -130,7 +134,10 @@ pub fn plan<H>(
                     plan.anchors
                         .push((saved.origin.clone(), saved.mtime as i128));
                 }
-                if !taken.contains(&id) {
+                if let Some(sibling) = other_content.filter(|s| !taken.contains(&s.id)) {
+                    taken.insert(sibling.id);
+                    plan.replaced.push((id, saved, sibling));
+                } else if !taken.contains(&id) {
                     plan.missing.push((id, saved));
                 }
             }
@@ -216,6 +223,17 @@ mod tests {
         // Last seen as a rotation: no anchor (its origin's writer moved on).
         let p = run(vec![(a, saved("/l/app.log.1", 50, "aaaa", 7))], &[]);
         assert!(p.anchors.is_empty());
+    }
+
+    #[test]
+    fn an_inode_among_the_rotations_with_other_content_is_replaced() {
+        let a = FileId { dev: 1, ino: 10 };
+        let p = run(
+            vec![(a, saved("/l/app.log", 50, "aaaa", 1))],
+            &[(sib("/l/app.log.1", 10, 5), "zzzz")],
+        );
+        assert!(p.resume.is_empty() && p.missing.is_empty());
+        assert_eq!(p.replaced.len(), 1);
     }
 
     #[test]

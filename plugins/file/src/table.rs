@@ -138,6 +138,8 @@ struct Tracked<F> {
     /// Size and modification time when last looked at.
     size: u64,
     mtime: i128,
+    /// The modification time when the last read found its end.
+    looked: i128,
     /// Batches in flight; every byte before its committed offset was
     /// acknowledged.
     ledger: Ledger<End>,
@@ -194,6 +196,11 @@ pub struct FileTable<W: World> {
     last_warning: HashMap<&'static str, Instant>,
     /// When the positions were last saved.
     last_persist: Instant,
+    /// Files tracked since the last save. Saved at the end of the turn: a
+    /// file whose position was never saved is not looked for among its
+    /// rotations after a crash, so one rotated while the agent was down
+    /// would be lost.
+    new_files: bool,
     /// Batches cut and not yet taken by the shell.
     outbox: Vec<Outgoing>,
 }
@@ -244,6 +251,7 @@ impl<W: World> FileTable<W> {
             file_metrics,
             last_warning: HashMap::new(),
             last_persist,
+            new_files: false,
             outbox: Vec::new(),
         }
     }
@@ -336,11 +344,29 @@ impl<W: World> FileTable<W> {
             let (file, md) = r.handle;
             self.track_rotated(s, file, md, saved);
         }
+        for (id, saved, sibling) in plan.replaced {
+            info!(source = %self.name, path = %sibling.path.display(), "saved position belongs to other content (inode reused, or file truncated and written again), reading it from its start");
+            self.event("content_replaced", 1);
+            self.known.remove(&id);
+            self.removes.push(id.key());
+            if !self.world.excludes(&sibling.path) {
+                self.adopt(&sibling, &saved.origin);
+            }
+        }
         for (id, saved) in plan.missing {
             info!(source = %self.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
             self.untracked.insert(id, self.world.now());
         }
-        for (origin, mtime) in plan.anchors {
+        // A file saved while it was empty holds that position whatever
+        // happened to it since: if it was copied and truncated while the
+        // agent was down, the copy is a newer rotation nobody read.
+        let empty_saves: Vec<(PathBuf, i128)> = self
+            .known
+            .iter()
+            .filter(|(id, s)| s.fingerprint.is_empty() && self.by_id.contains_key(id))
+            .map(|(_, s)| (s.origin.clone(), s.mtime as i128))
+            .collect();
+        for (origin, mtime) in plan.anchors.into_iter().chain(empty_saves) {
             self.adopt_newer_siblings(&origin, mtime);
         }
         self.replaced.clear();
@@ -382,30 +408,35 @@ impl<W: World> FileTable<W> {
             {
                 continue;
             }
-            let Ok(file) = self.world.open_rotation(&s.path) else {
-                continue;
-            };
-            let Ok(md) = self.world.fstat(&file) else {
-                continue;
-            };
-            if md.id != s.id {
-                continue;
-            }
-            info!(source = %self.name, path = %s.path.display(), "rotated file never read, reading it from its start");
-            self.event("adopted", 1);
-            let start = Start {
-                offset: 0,
-                check: None,
-            };
-            self.track(
-                s.path.clone(),
-                origin.to_path_buf(),
-                Place::Rotated,
-                file,
-                &md,
-                start,
-            );
+            self.adopt(&s, origin);
         }
+    }
+
+    /// Reads a rotation of `origin` no one read from its start.
+    fn adopt(&mut self, s: &Sibling, origin: &Path) {
+        let Ok(file) = self.world.open_rotation(&s.path) else {
+            return;
+        };
+        let Ok(md) = self.world.fstat(&file) else {
+            return;
+        };
+        if md.id != s.id {
+            return;
+        }
+        info!(source = %self.name, path = %s.path.display(), "rotated file never read, reading it from its start");
+        self.event("adopted", 1);
+        let start = Start {
+            offset: 0,
+            check: None,
+        };
+        self.track(
+            s.path.clone(),
+            origin.to_path_buf(),
+            Place::Rotated,
+            file,
+            &md,
+            start,
+        );
     }
 
     /// Matches the globs again: tracks new files, notices renamed, rotated,
@@ -420,6 +451,14 @@ impl<W: World> FileTable<W> {
             let id = md.id;
             seen.insert(id);
             if let Some(&seq) = self.by_id.get(&id) {
+                let tf = &self.files[&seq];
+                // A parked file that changed may have been truncated (and
+                // copied first) or, holding no descriptor, had its inode
+                // freed and reused by a new file: either way it is read
+                // again from its start, and a copy takes over the rest.
+                if !tf.life.is_open() && md.mtime != tf.mtime && !self.still_holds(&path, seq) {
+                    self.truncated(seq, md.size, "changed while parked");
+                }
                 let tf = self.files.get_mut(&seq).expect("by_id and files agree");
                 if tf.path != path {
                     debug!(source = %self.name, from = %tf.path.display(), to = %path.display(), "file renamed");
@@ -454,6 +493,26 @@ impl<W: World> FileTable<W> {
             .collect();
         for seq in parked {
             self.check_parked_rotated(seq);
+        }
+    }
+
+    /// Whether the file at `path` still starts with the fingerprint of the
+    /// tracked file `seq` and holds the bytes it read before its position
+    /// (true when it cannot be opened: the next look decides).
+    fn still_holds(&self, path: &Path, seq: u64) -> bool {
+        let tf = &self.files[&seq];
+        let Ok(file) = self.world.open(path) else {
+            return true;
+        };
+        match self.world.fstat(&file) {
+            Ok(md) if md.id == tf.id => identity::holds(
+                &file,
+                md.size,
+                &tf.fingerprint,
+                tf.recent.as_slice(),
+                tf.read_pos,
+            ),
+            _ => true,
         }
     }
 
@@ -555,6 +614,7 @@ impl<W: World> FileTable<W> {
         self.next_seq += 1;
         self.by_id.insert(id, seq);
         self.untracked.remove(&id);
+        self.new_files = true;
         let lag = self.file_metrics.lag(&path.to_string_lossy());
         self.files.insert(
             seq,
@@ -571,6 +631,7 @@ impl<W: World> FileTable<W> {
                 fingerprint,
                 size,
                 mtime: md.mtime,
+                looked: md.mtime,
                 ledger: Ledger::new(End {
                     offset: start.offset,
                     check,
@@ -602,7 +663,9 @@ impl<W: World> FileTable<W> {
         let origin = tf.origin.clone();
         let anchor;
         if let Some(file) = tf.life.file() {
-            let Ok(md) = self.world.fstat(file) else { return };
+            let Ok(md) = self.world.fstat(file) else {
+                return;
+            };
             let now = self.world.current_path(file);
             anchor = md.mtime;
             tf.mtime = anchor;
@@ -621,7 +684,12 @@ impl<W: World> FileTable<W> {
         } else {
             anchor = tf.mtime;
             let id = tf.id;
-            match self.world.siblings(&origin).into_iter().find(|s| s.id == id) {
+            match self
+                .world
+                .siblings(&origin)
+                .into_iter()
+                .find(|s| s.id == id)
+            {
                 Some(s) => {
                     info!(source = %self.name, from = %tf.path.display(), to = %s.path.display(), "file rotated, reading it to its end");
                     tf.life.rotated();
@@ -632,6 +700,11 @@ impl<W: World> FileTable<W> {
                     self.rename(seq, s.path);
                 }
                 None => {
+                    // Copied and emptied, then deleted, while parked: the
+                    // copy holds what was not read or not acknowledged.
+                    if self.find_copy(seq).is_some() {
+                        self.truncated(seq, 0, "copied, then deleted while parked");
+                    }
                     self.vanished(seq);
                     return;
                 }
@@ -655,7 +728,9 @@ impl<W: World> FileTable<W> {
             }
         }
         let id = tf.id;
-        match self.world.siblings(&tf.origin)
+        match self
+            .world
+            .siblings(&tf.origin)
             .into_iter()
             .find(|s| s.id == id)
         {
@@ -744,14 +819,32 @@ impl<W: World> FileTable<W> {
         if let Some(permit) = self.budget.try_acquire() {
             return Some(permit);
         }
-        let victim = self
+        let mut idle: Vec<(Instant, u64)> = self
             .files
             .iter()
             .filter(|(seq, tf)| **seq != except && tf.parkable())
-            .min_by_key(|(_, tf)| tf.last_growth)
-            .map(|(seq, _)| *seq)?;
-        self.park(victim);
-        self.budget.try_acquire()
+            .map(|(seq, tf)| (tf.last_growth, *seq))
+            .collect();
+        idle.sort();
+        for (_, victim) in idle {
+            // Unlinked since it was last looked at: its descriptor is all
+            // that is left of it, so it is not parked but read to its end.
+            let tf = self.files.get_mut(&victim).expect("seq from files");
+            let unlinked = tf
+                .life
+                .file()
+                .and_then(|f| self.world.fstat(f).ok())
+                .is_some_and(|md| md.nlink == 0);
+            if unlinked {
+                debug!(source = %self.name, path = %tf.path.display(), "file deleted, reading it to its end");
+                tf.life.deleted();
+                self.event("deleted", 1);
+                continue;
+            }
+            self.park(victim);
+            return self.budget.try_acquire();
+        }
+        None
     }
 
     fn note_waiting(&mut self, seq: u64) {
@@ -866,6 +959,7 @@ impl<W: World> FileTable<W> {
         };
         tf.size = md.size;
         tf.mtime = md.mtime;
+        let touched = std::mem::replace(&mut tf.looked, md.mtime) != md.mtime;
         if md.nlink == 0 && tf.life.place() != Place::Deleted {
             debug!(source = %self.name, path = %tf.path.display(), "file deleted, reading it to its end");
             tf.life.deleted();
@@ -873,16 +967,22 @@ impl<W: World> FileTable<W> {
         }
         let tf = &self.files[&seq];
         // A rotated file that shrank is not followed: its writer moved on.
-        md.size > tf.read_pos || md.size < tf.read_pos && tf.life.place() == Place::Live
+        // A deleted one that shrank was truncated first (copytruncate, then
+        // deleted): its copy holds what was not read.
+        // One written since at the same size may have been truncated and
+        // written again: the bytes before the position tell (`still_same`).
+        md.size > tf.read_pos
+            || (md.size < tf.read_pos || touched && tf.read_pos > 0)
+                && tf.life.place() != Place::Rotated
     }
 
     /// Before reading on at the position of a file named by an include
-    /// glob: are the bytes before it still the ones read? If not, the file
+    /// glob, or deleted: are the bytes before it still the ones read? If not, the file
     /// was truncated (and perhaps written again past the position, which
     /// its size alone would not show). One small read per chunk.
     fn still_same(&mut self, seq: u64) -> bool {
         let tf = &self.files[&seq];
-        if tf.life.place() != Place::Live || tf.read_pos == 0 {
+        if tf.life.place() == Place::Rotated || tf.read_pos == 0 {
             return true;
         }
         let Some(file) = tf.life.file() else {
@@ -939,6 +1039,12 @@ impl<W: World> FileTable<W> {
         open.at_eof = n == 0;
         if n == 0 {
             return none;
+        }
+        // The first bytes taken when the file was found may have been
+        // replaced since (truncated and written again before any of them
+        // was read): what is read now is the file's start.
+        if tf.read_pos < tf.fingerprint.len() as u64 {
+            tf.fingerprint.truncate(tf.read_pos as usize);
         }
         // Extend the fingerprint while reading the file's first bytes.
         let have = tf.fingerprint.len() as u64;
@@ -1010,7 +1116,12 @@ impl<W: World> FileTable<W> {
 
     /// Saves the positions when the checkpoint interval has passed.
     pub fn persist_if_due(&mut self) {
-        if self.world.now().saturating_duration_since(self.last_persist) >= self.settings.checkpoint_interval {
+        let elapsed = self
+            .world
+            .now()
+            .saturating_duration_since(self.last_persist);
+        if self.new_files || elapsed >= self.settings.checkpoint_interval {
+            self.new_files = false;
             self.persist();
             self.last_persist = self.world.now();
         }
@@ -1299,7 +1410,13 @@ fn open_holding<W: World>(world: &W, s: &Sibling, saved: &Saved) -> Option<(W::F
     let file = world.open_rotation(&s.path).ok()?;
     let md = world.fstat(&file).ok()?;
     if md.id != s.id
-        || !identity::holds(&file, md.size, &saved.fingerprint, &saved.check, saved.offset)
+        || !identity::holds(
+            &file,
+            md.size,
+            &saved.fingerprint,
+            &saved.check,
+            saved.offset,
+        )
     {
         return None;
     }
