@@ -776,193 +776,111 @@ proptest! {
 }
 
 // The cases the model test found (shrunk by proptest), each a loss the core
-// had before the fix named in its commit; kept as plain tests.
+// had before the fix named in its commit, kept as plain tests. A case is a
+// script: `aN` appends N lines, `uN` appends N to a new file on a reused
+// inode, `R` rotates, `T` truncates, `D` deletes, `S` is a turn with a scan,
+// `t` one without, `A` acknowledges everything, `+N` lets N ms pass, `r`
+// restarts, `K` kills.
 
-use Op::{AckAll, Advance, Append, Delete, Kill, Restart, Rotate, Run, Truncate};
-
-const fn add(lines: u64) -> Op {
-    Append {
-        lines,
-        reuse: false,
-    }
+fn script(text: &str) -> Vec<Op> {
+    text.split_whitespace()
+        .map(|w| {
+            let n = || w[1..].parse().expect("a number");
+            match w.as_bytes()[0] {
+                b'a' => Op::Append {
+                    lines: n(),
+                    reuse: false,
+                },
+                b'u' => Op::Append {
+                    lines: n(),
+                    reuse: true,
+                },
+                b'+' => Op::Advance { ms: n() },
+                b'R' => Op::Rotate,
+                b'T' => Op::Truncate,
+                b'D' => Op::Delete,
+                b'S' => Op::Run { scan: true },
+                b't' => Op::Run { scan: false },
+                b'A' => Op::AckAll,
+                b'r' => Op::Restart,
+                b'K' => Op::Kill,
+                _ => panic!("unknown step {w}"),
+            }
+        })
+        .collect()
 }
-
-const SCAN: Op = Run { scan: true };
-const TURN: Op = Run { scan: false };
 
 #[test]
 fn a_file_rotated_while_down_before_its_first_checkpoint_is_found() {
-    replay(Style::Rename, 1, &[add(1), SCAN, Kill, Rotate]).unwrap();
+    replay(Style::Rename, 1, &script("a1 S K R")).unwrap();
 }
 
 #[test]
 fn a_deleted_file_is_not_parked_to_free_a_descriptor() {
-    let ops = [
-        Restart,
-        add(1),
-        TURN,
-        add(1),
-        add(1),
-        Rotate,
-        add(1),
-        add(1),
-        Rotate,
-        TURN,
-        add(1),
-        Rotate,
-        add(1),
-        SCAN,
-    ];
-    replay(Style::Rename, 1, &ops).unwrap();
+    replay(
+        Style::Rename,
+        1,
+        &script("r a1 t a1 a1 R a1 a1 R t a1 R a1 S"),
+    )
+    .unwrap();
 }
 
 #[test]
 fn a_saved_inode_among_the_rotations_with_new_content_is_read_again() {
-    let ops = [
-        add(1),
-        Restart,
-        TURN,
-        Delete,
-        add(1),
-        SCAN,
-        Truncate,
-        SCAN,
-        Restart,
-        add(1),
-        Rotate,
-    ];
-    replay(Style::Rename, 1, &ops).unwrap();
-}
-
-#[test]
-fn a_file_saved_empty_and_copied_while_down_is_read_in_its_copy() {
-    let ops = [add(1), Rotate, SCAN, add(1), TURN, Rotate, Kill, TURN];
-    replay(Style::CopyTruncate, 1, &ops).unwrap();
-}
-
-#[test]
-fn a_file_copied_then_deleted_is_finished_in_its_copy() {
-    replay(
-        Style::CopyTruncate,
-        1,
-        &[add(1), SCAN, add(1), Rotate, Delete],
-    )
-    .unwrap();
-}
-
-#[test]
-fn a_parked_file_copied_then_deleted_is_finished_in_its_copy() {
-    let ops = [
-        add(1),
-        SCAN,
-        add(1),
-        Rotate,
-        TURN,
-        add(2),
-        SCAN,
-        add(1),
-        add(1),
-        Rotate,
-        Delete,
-        Rotate,
-    ];
-    replay(Style::CopyTruncate, 1, &ops).unwrap();
-}
-
-#[test]
-fn a_parked_files_inode_reused_by_a_new_file_is_read_as_new() {
-    let ops = [
-        add(1),
-        Restart,
-        Rotate,
-        add(2),
-        TURN,
-        Restart,
-        Rotate,
-        add(2),
-        TURN,
-        Advance { ms: 300 },
-        AckAll,
-        Rotate,
-        TURN,
-        Append {
-            lines: 1,
-            reuse: true,
-        },
-    ];
-    replay(Style::Rename, 1, &ops).unwrap();
-}
-
-#[test]
-fn a_parked_file_copied_and_emptied_hands_the_rest_to_its_copy() {
-    let ops = [
-        add(1),
-        SCAN,
-        Rotate,
-        TURN,
-        add(2),
-        SCAN,
-        add(1),
-        Advance { ms: 1 },
-        Rotate,
-        TURN,
-    ];
-    replay(Style::CopyTruncate, 1, &ops).unwrap();
-}
-
-#[test]
-fn a_file_copied_and_written_again_to_the_same_size_is_seen_truncated() {
-    replay(
-        Style::CopyTruncate,
-        1,
-        &[add(2), SCAN, add(1), Rotate, add(2)],
-    )
-    .unwrap();
+    replay(Style::Rename, 1, &script("a1 r t D a1 S T S r a1 R")).unwrap();
 }
 
 #[test]
 fn a_reused_inode_rotated_while_down_is_read_as_new() {
-    let ops = [
-        add(1),
-        SCAN,
-        Rotate,
-        add(1),
-        Rotate,
-        SCAN,
-        AckAll,
-        add(1),
-        Rotate,
-        Append {
-            lines: 1,
-            reuse: true,
-        },
-        TURN,
-        SCAN,
-        Kill,
-        Rotate,
-    ];
-    replay(Style::Rename, 1, &ops).unwrap();
+    replay(Style::Rename, 1, &script("a1 S R a1 R S A a1 R u1 t S K R")).unwrap();
+}
+
+#[test]
+fn a_file_saved_empty_and_copied_while_down_is_read_in_its_copy() {
+    replay(Style::CopyTruncate, 1, &script("a1 R S a1 t R K t")).unwrap();
+}
+
+#[test]
+fn a_file_copied_then_deleted_is_finished_in_its_copy() {
+    replay(Style::CopyTruncate, 1, &script("a1 S a1 R D")).unwrap();
+}
+
+#[test]
+fn a_parked_file_copied_then_deleted_is_finished_in_its_copy() {
+    replay(
+        Style::CopyTruncate,
+        1,
+        &script("a1 S a1 R t a2 S a1 a1 R D R"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_parked_files_inode_reused_by_a_new_file_is_read_as_new() {
+    replay(
+        Style::Rename,
+        1,
+        &script("a1 r R a2 t r R a2 t +300 A R t u1"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_parked_file_copied_and_emptied_hands_the_rest_to_its_copy() {
+    replay(Style::CopyTruncate, 1, &script("a1 S R t a2 S a1 +1 R t")).unwrap();
+}
+
+#[test]
+fn a_file_copied_and_written_again_to_the_same_size_is_seen_truncated() {
+    replay(Style::CopyTruncate, 1, &script("a2 S a1 R a2")).unwrap();
 }
 
 #[test]
 fn a_file_emptied_before_it_was_read_takes_its_fingerprint_from_what_is_read() {
-    let ops = [
-        Restart,
-        add(1),
-        TURN,
-        add(1),
-        Delete,
-        TURN,
-        add(1),
-        AckAll,
-        SCAN,
-        Rotate,
-        TURN,
-        add(2),
-        SCAN,
-        add(1),
-        Rotate,
-        add(1),
-    ];
-    replay(Style::CopyTruncate, 1, &ops).unwrap();
+    replay(
+        Style::CopyTruncate,
+        1,
+        &script("r a1 t a1 D t a1 A S R t a2 S a1 R a1"),
+    )
+    .unwrap();
 }

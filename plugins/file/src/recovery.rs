@@ -51,6 +51,28 @@ pub struct Plan<H> {
     pub anchors: Vec<(PathBuf, i128)>,
 }
 
+impl<H> Plan<H> {
+    /// Reads `sibling` on from `saved`; rotations newer than it that no one
+    /// read follow.
+    fn resume(
+        &mut self,
+        how: Found,
+        sibling: Sibling,
+        handle: H,
+        saved: Saved,
+        taken: &mut HashSet<FileId>,
+    ) {
+        taken.insert(sibling.id);
+        self.anchors.push((saved.origin.clone(), sibling.mtime));
+        self.resume.push(Resume {
+            how,
+            sibling,
+            handle,
+            saved,
+        });
+    }
+}
+
 /// The saved positions startup has to look for: no tracked file holds them,
 /// or the file at their inode now holds other content. Oldest save first.
 pub fn lost(
@@ -94,14 +116,7 @@ pub fn plan<H>(
         let same = same.cloned();
         match found {
             Some((sibling, handle)) => {
-                taken.insert(sibling.id);
-                plan.anchors.push((saved.origin.clone(), sibling.mtime));
-                plan.resume.push(Resume {
-                    how: Found::Renamed,
-                    sibling,
-                    handle,
-                    saved,
-                });
+                plan.resume(Found::Renamed, sibling, handle, saved, &mut taken)
             }
             None => unresolved.push((id, saved, same)),
         }
@@ -117,14 +132,7 @@ pub fn plan<H>(
             .find_map(|s| Some((s.clone(), holds(s, &saved)?)));
         match found {
             Some((sibling, handle)) => {
-                taken.insert(sibling.id);
-                plan.anchors.push((saved.origin.clone(), sibling.mtime));
-                plan.resume.push(Resume {
-                    how: Found::Copied,
-                    sibling,
-                    handle,
-                    saved,
-                });
+                plan.resume(Found::Copied, sibling, handle, saved, &mut taken)
             }
             None => {
                 // The file being written is gone (compressed, deleted):

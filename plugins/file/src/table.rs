@@ -167,6 +167,16 @@ impl<F> Tracked<F> {
     fn committed(&self) -> u64 {
         self.ledger.committed().offset
     }
+
+    /// What a batch read from it now carries.
+    fn meta(&self, source: &Arc<str>) -> Arc<BatchMeta> {
+        Arc::new(BatchMeta {
+            source: source.clone(),
+            path: Some(self.path_arc.clone()),
+            stream: Some(identity::stream_id(self.id, &self.fingerprint)),
+            read_at: SystemTime::now(),
+        })
+    }
 }
 
 pub struct FileTable<W: World> {
@@ -1101,14 +1111,8 @@ impl<W: World> FileTable<W> {
         self.next_batch += 1;
         tf.ledger.sent(batch_id, End { offset: end, check });
         self.owner.insert(batch_id, tf.id);
-        let meta = Arc::new(BatchMeta {
-            source: self.name.clone(),
-            path: Some(tf.path_arc.clone()),
-            stream: Some(identity::stream_id(tf.id, &tf.fingerprint)),
-            read_at: SystemTime::now(),
-        });
         self.outbox.push(Outgoing {
-            meta,
+            meta: tf.meta(&self.name),
             records,
             batch: Some(batch_id),
         });
@@ -1171,14 +1175,8 @@ impl<W: World> FileTable<W> {
             let split = old.splitter.flush(&mut old.buf, &mut records);
             self.count_split(&split);
             if !records.is_empty() {
-                let meta = Arc::new(BatchMeta {
-                    source: self.name.clone(),
-                    path: Some(old.path_arc.clone()),
-                    stream: Some(identity::stream_id(old.id, &old.fingerprint)),
-                    read_at: SystemTime::now(),
-                });
                 self.outbox.push(Outgoing {
-                    meta,
+                    meta: old.meta(&self.name),
                     records,
                     batch: None,
                 });
