@@ -856,18 +856,14 @@ fn a_parked_file_copied_then_deleted_is_finished_in_its_copy() {
 }
 
 #[test]
-fn a_parked_files_inode_reused_by_a_new_file_is_read_as_new() {
-    replay(
-        Style::Rename,
-        1,
-        &script("a1 r R a2 t r R a2 t +300 A R t u1"),
-    )
-    .unwrap();
+fn a_parked_file_truncated_and_written_again_is_read_again() {
+    let ops = script("a1 S a1 a1 a1 a1 a1 a2 R a2 K t T S a1 R");
+    replay(Style::Rename, 1, &ops).unwrap();
 }
 
 #[test]
 fn a_parked_file_copied_and_emptied_hands_the_rest_to_its_copy() {
-    replay(Style::CopyTruncate, 1, &script("a1 S R t a2 S a1 +1 R t")).unwrap();
+    replay(Style::CopyTruncate, 1, &script("a1 r t R R K a2 S a1 R")).unwrap();
 }
 
 #[test]
