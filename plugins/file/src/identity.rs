@@ -100,12 +100,42 @@ impl Tail {
     }
 }
 
+/// A descriptor read at offsets: a real file, or the model test's fake.
+pub trait ReadAt {
+    /// Reads into `buf` at `offset`; 0 at the end of the file.
+    fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Fills `buf` from `offset`; `UnexpectedEof` if the file is shorter.
+    fn pread_exact(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.pread(&mut buf[got..], offset + got as u64) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadAt for File {
+    fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+
+    fn pread_exact(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
 /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
-pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub fn read_at(file: &impl ReadAt, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; len];
     let mut got = 0;
     while got < len {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
+        match file.pread(&mut buf[got..], offset + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -118,10 +148,10 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 
 /// The bytes just before `end` (up to [`CHECK_BYTES`]); read once per
 /// chunk, so without allocating. `UnexpectedEof` if the file is shorter.
-pub fn check_before(file: &File, end: u64) -> io::Result<Tail> {
+pub fn check_before(file: &impl ReadAt, end: u64) -> io::Result<Tail> {
     let len = (CHECK_BYTES as u64).min(end) as usize;
     let mut tail = Tail::default();
-    file.read_exact_at(&mut tail.bytes[..len], end - len as u64)?;
+    file.pread_exact(&mut tail.bytes[..len], end - len as u64)?;
     tail.len = len;
     Ok(tail)
 }
@@ -129,7 +159,7 @@ pub fn check_before(file: &File, end: u64) -> io::Result<Tail> {
 /// Whether `file` (of `size` bytes) still starts with `fingerprint` and
 /// still holds `check` just before `offset`: the content a position was
 /// saved for.
-pub fn holds(file: &File, size: u64, fingerprint: &[u8], check: &[u8], offset: u64) -> bool {
+pub fn holds(file: &impl ReadAt, size: u64, fingerprint: &[u8], check: &[u8], offset: u64) -> bool {
     if size < offset || size < fingerprint.len() as u64 || (check.len() as u64) > offset {
         return false;
     }

@@ -5,8 +5,8 @@
 //! lines without copying them, and sends one batch per chunk. A file's
 //! position is saved only when every batch before it was acknowledged. A
 //! file is followed through rename and copytruncate rotation, truncation
-//! and deletion, while the agent runs and across its restarts (`tailer`,
-//! `identity`).
+//! and deletion, while the agent runs and across its restarts (`table`,
+//! the core; `tailer`, the thread around it; `identity`, `recovery`).
 //!
 //! This crate must never depend on another plugin, nor know how positions
 //! are stored (it sees the `CheckpointStore` trait) or where lines go (it
@@ -15,10 +15,15 @@
 mod checkpoint;
 mod format;
 mod identity;
+mod life;
 mod metrics;
+#[cfg(test)]
+mod model_tests;
 mod multiline;
+mod recovery;
 mod scan;
 mod split;
+mod table;
 mod tailer;
 #[cfg(test)]
 mod tests;

@@ -1,74 +1,84 @@
-//! The thread that tails the files of one source.
+//! The thread that tails the files of one source: the shell around the
+//! core ([`crate::table::FileTable`]).
 //!
-//! Each file is a [`Tracked`]: its identity (device, inode, first bytes),
-//! how far it was read, which of its batches are unacknowledged, and where
-//! it is in its life ([`Place`]): named by an include glob, renamed away or
-//! copied by a rotation, or unlinked. A tracked file may be *parked*: its
-//! descriptor closed to stay within `max_open_files`, its state kept; it is
-//! opened again when it has more to read.
-//!
-//! What this never does: save a position beyond acknowledged batches; close
-//! a rotated or deleted file before it was read to its end and everything
-//! read from it was acknowledged; resume a saved position in a file whose
-//! content changed under it.
+//! It performs what the core decides with real files ([`Disk`], the
+//! [`World`] of the real file system, through the source's [`Matcher`]),
+//! wakes on file change notifications (notify) and acknowledgements
+//! ([`Wake`]), sends the batches the core cut on the source's channel and,
+//! while a send waits on a full channel, keeps applying acknowledgements and
+//! saving positions on the checkpoint interval.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use notify::{EventKind, RecursiveMode, Watcher};
-use prometheus_client::metrics::gauge::Gauge;
-use tailrace_api::{
-    Ack, AckReceiver, Batch, BatchMeta, BuildError, ComponentTask, Ledger, Record, SourceContext,
-};
+use tailrace_api::{Ack, AckReceiver, Batch, BuildError, ComponentTask, SourceContext};
 use tracing::{debug, info, warn};
 
-use crate::checkpoint::{FileId, Saved};
-use crate::format::{Decoder, Format, Names};
-use crate::identity::{self, mtime_ns, Sibling, Tail};
-use crate::multiline::Multiline;
+use crate::checkpoint::FileId;
+use crate::identity::{self, mtime_ns, Sibling};
 use crate::scan::Matcher;
-use crate::split::{LinePolicy, Split, Splitter};
-use crate::StartAt;
+pub(crate) use crate::table::Settings;
+use crate::table::{known_of, FileTable, Meta, World};
 
-pub(crate) struct Settings {
-    pub start_at: StartAt,
-    pub poll_interval: Duration,
-    pub scan_interval: Duration,
-    pub read_buffer_bytes: usize,
-    pub max_line_bytes: usize,
-    pub max_line_policy: LinePolicy,
-    pub fingerprint_bytes: usize,
-    pub rotated_idle: Duration,
-    pub checkpoint_interval: Duration,
-    pub max_open_files: usize,
-    pub expire_after: Duration,
-    pub watch: bool,
-    pub multiline: Option<Arc<Multiline>>,
-    pub format: Format,
-    pub field_names: Arc<Names>,
+/// The real file system and clock, as the core sees them.
+struct Disk {
+    matcher: Matcher,
 }
 
-impl Settings {
-    /// The splitter of a file read from `offset`.
-    fn splitter(&self, offset: u64) -> Splitter {
-        Splitter::new(self.max_line_bytes, self.max_line_policy, offset)
-            .with_multiline(self.multiline.clone())
-            .with_decoder(Decoder::new(
-                self.format,
-                self.max_line_bytes,
-                self.max_line_policy,
-                self.field_names.clone(),
-            ))
+fn meta(md: &std::fs::Metadata) -> Meta {
+    Meta {
+        id: FileId::of(md),
+        size: md.len(),
+        mtime: mtime_ns(md),
+        nlink: md.nlink(),
     }
 }
 
-/// Chunks read from one file before the others get their turn.
-const CHUNKS_PER_TURN: usize = 4;
+impl World for Disk {
+    type File = File;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn scan(&mut self) -> Vec<PathBuf> {
+        self.matcher.scan()
+    }
+
+    fn stat(&self, path: &Path) -> io::Result<Meta> {
+        std::fs::metadata(path).map(|md| meta(&md))
+    }
+
+    fn fstat(&self, file: &File) -> io::Result<Meta> {
+        file.metadata().map(|md| meta(&md))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.matcher.open(path)
+    }
+
+    fn open_rotation(&self, path: &Path) -> io::Result<File> {
+        File::open(path)
+    }
+
+    fn siblings(&self, origin: &Path) -> Vec<Sibling> {
+        identity::siblings(origin)
+    }
+
+    fn current_path(&self, file: &File) -> Option<PathBuf> {
+        identity::current_path(file)
+    }
+
+    fn excludes(&self, path: &Path) -> bool {
+        self.matcher.excludes(path)
+    }
+}
 
 /// Wakes the tailer: acknowledgements arrived, or the file system changed.
 #[derive(Default)]
@@ -118,123 +128,17 @@ impl AckReceiver for Wake {
     }
 }
 
-/// Where a batch of a file ends: the position the ledger commits.
-#[derive(Clone, Copy)]
-struct End {
-    offset: u64,
-    /// The bytes before `offset`, saved with it.
-    check: Tail,
-}
-
-/// Where a tracked file is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Named by an include glob.
-    Live,
-    /// Renamed away by a rotation, or the copy `copytruncate` made; still
-    /// has a name, found again by inode among the rotations of `origin`.
-    Rotated,
-    /// Unlinked: read to its end through the descriptor, then closed.
-    Deleted,
-}
-
-/// A file being read.
-struct Tracked {
-    id: FileId,
-    path: PathBuf,
-    path_arc: Arc<Path>,
-    /// The name it was read under; its rotations are named after it.
-    origin: PathBuf,
-    place: Place,
-    /// `None`: parked.
-    file: Option<File>,
-    buf: BytesMut,
-    splitter: Splitter,
-    /// Next byte to read.
-    read_pos: u64,
-    /// The bytes before `read_pos`, to notice a file written again from
-    /// its start when it grows.
-    recent: Tail,
-    /// The first bytes of the file, up to `fingerprint_bytes`.
-    fingerprint: Vec<u8>,
-    /// The last read found nothing more.
-    at_eof: bool,
-    /// Size and modification time when last looked at.
-    size: u64,
-    mtime: i128,
-    /// Batches in flight; every byte before its committed offset was
-    /// acknowledged.
-    ledger: Ledger<End>,
-    /// What the store holds for this file (`None`: nothing yet).
-    persisted: Option<u64>,
-    last_growth: Instant,
-    /// Parked with more to read.
-    wants_read: bool,
-    /// Waiting for a free descriptor (counted once per wait).
-    waiting: bool,
-    lag: Gauge,
-}
-
-impl Tracked {
-    /// Whether its descriptor can be closed now and the file opened again
-    /// later without losing anything held in memory.
-    fn parkable(&self) -> bool {
-        self.file.is_some()
-            && self.at_eof
-            && self.place != Place::Deleted
-            && self.buf.is_empty()
-            && self.splitter.held_since().is_none()
-    }
-
-    fn end(&self) -> u64 {
-        self.size.max(self.read_pos)
-    }
-
-    /// Every byte before this was acknowledged.
-    fn committed(&self) -> u64 {
-        self.ledger.committed().offset
-    }
-}
-
-/// Where reading a newly tracked file starts.
-struct Start {
-    offset: u64,
-    /// The bytes before `offset`, when known.
-    check: Option<Tail>,
-}
-
 /// The source was told to stop: its channel is closed.
 struct Closed;
 
 struct Tailer {
-    /// Shared with [`Tailer::send`]'s wait, which runs the checkpointer.
+    /// Shared with [`Tailer::send_outgoing`]'s wait, which runs the
+    /// checkpointer.
     cx: Arc<SourceContext>,
-    matcher: Matcher,
-    settings: Settings,
+    table: FileTable<Disk>,
     wake: Arc<Wake>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
-    /// Files in the order they were found, so older files are read first.
-    files: BTreeMap<u64, Tracked>,
-    by_id: HashMap<FileId, u64>,
-    next_seq: u64,
-    /// Which file each unacknowledged batch came from.
-    owner: HashMap<u64, FileId>,
-    next_batch: u64,
-    /// The positions in the store, by file.
-    known: HashMap<FileId, Saved>,
-    /// Saved positions no tracked file holds, and since when.
-    untracked: HashMap<FileId, Instant>,
-    /// Store keys to remove with the next save.
-    removes: Vec<Vec<u8>>,
-    /// Files at startup whose saved position belongs to other content.
-    replaced: HashSet<FileId>,
-    open_count: usize,
-    open_gauge: Gauge,
-    file_metrics: crate::metrics::FileMetrics,
-    last_warning: HashMap<&'static str, Instant>,
-    /// When the positions were last saved.
-    last_persist: Instant,
     /// A rescan asked for while a send was waiting.
     rescan_asked: bool,
 }
@@ -244,21 +148,13 @@ pub(crate) fn spawn(
     matcher: Matcher,
     settings: Settings,
 ) -> Result<ComponentTask, BuildError> {
-    let mut known = HashMap::new();
     let entries = cx.checkpoints.load(&cx.name).map_err(|e| {
         BuildError(format!(
             "cannot load the positions of source {}: {e}",
             cx.name
         ))
     })?;
-    for (k, v) in entries {
-        match (FileId::from_key(&k), Saved::decode(&v)) {
-            (Some(id), Some(saved)) => {
-                known.insert(id, saved);
-            }
-            _ => warn!(source = %cx.name, "ignoring an unreadable saved position"),
-        }
-    }
+    let known = known_of(&cx.name, entries);
     let wake = Arc::new(Wake::default());
     let watcher = if settings.watch {
         let wake = wake.clone();
@@ -288,29 +184,20 @@ pub(crate) fn spawn(
         None
     };
     let name = cx.name.clone();
-    let file_metrics = crate::metrics::FileMetrics::of(&cx.name, &cx.metrics);
-    let open_gauge = file_metrics.open_files();
+    let table = FileTable::new(
+        Disk { matcher },
+        cx.name.clone(),
+        cx.checkpoints.clone(),
+        cx.metrics.clone(),
+        settings,
+        known,
+    );
     let tailer = Tailer {
         cx: Arc::new(cx),
-        matcher,
-        settings,
+        table,
         wake,
         watcher,
         watched: HashSet::new(),
-        files: BTreeMap::new(),
-        by_id: HashMap::new(),
-        next_seq: 0,
-        owner: HashMap::new(),
-        next_batch: 0,
-        known,
-        untracked: HashMap::new(),
-        removes: Vec::new(),
-        replaced: HashSet::new(),
-        open_count: 0,
-        open_gauge,
-        file_metrics,
-        last_warning: HashMap::new(),
-        last_persist: Instant::now(),
         rescan_asked: false,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -329,18 +216,20 @@ pub(crate) fn spawn(
 impl Tailer {
     fn run(mut self) -> Result<(), String> {
         let name = self.cx.name.clone();
-        self.startup();
-        info!(source = %name, files = self.files.len(), "file source started");
+        self.watch_roots();
+        self.table.startup();
+        info!(source = %name, files = self.table.files(), "file source started");
         let mut last_scan = Instant::now();
-        self.last_persist = Instant::now();
+        self.table.reset_persist_clock();
         let mut rescan = false;
         while !self.cx.shutdown.is_triggered() {
             self.cx.heartbeat.beat();
             if rescan && last_scan.elapsed() >= Duration::from_millis(20)
-                || last_scan.elapsed() >= self.settings.scan_interval
+                || last_scan.elapsed() >= self.table.settings().scan_interval
             {
-                self.scan(false, &HashSet::new());
-                self.expire();
+                self.watch_roots();
+                self.table.scan();
+                self.table.expire();
                 last_scan = Instant::now();
                 rescan = false;
             }
@@ -348,18 +237,23 @@ impl Tailer {
                 Ok(n) => n,
                 Err(Closed) => break,
             };
-            if self.flush_timed_out().is_err() || self.release_finished().is_err() {
+            self.table.flush_timed_out();
+            if self.send_outgoing().is_err() {
                 break;
             }
-            self.persist_if_due();
+            self.table.release_finished();
+            if self.send_outgoing().is_err() {
+                break;
+            }
+            self.table.persist_if_due();
             rescan |= std::mem::take(&mut self.rescan_asked);
             let timeout = if read > 0 {
                 Duration::ZERO
             } else {
-                self.settings.poll_interval
+                self.table.settings().poll_interval
             };
             let (acks, asked) = self.wake.wait(timeout);
-            self.apply_acks(acks);
+            self.table.apply_acks(acks);
             rescan |= asked;
         }
         self.cx.sent.trigger();
@@ -368,8 +262,8 @@ impl Tailer {
             self.cx.heartbeat.beat();
             let drained = self.cx.drained.wait_timeout(Duration::from_millis(50));
             let (acks, _) = self.wake.wait(Duration::ZERO);
-            self.apply_acks(acks);
-            self.persist();
+            self.table.apply_acks(acks);
+            self.table.persist();
             if drained {
                 break;
             }
@@ -382,41 +276,33 @@ impl Tailer {
         Ok(())
     }
 
-    fn warn_limited(
-        &mut self,
-        kind: &'static str,
-        path: &Path,
-        what: &str,
-        detail: &dyn std::fmt::Display,
-    ) {
-        if self.warning_due(kind) {
-            warn!(source = %self.cx.name, path = %path.display(), error = %detail, "{what}");
-        }
+    /// Gives every file a turn, sending what each chunk cut; returns the
+    /// bytes read.
+    fn read_round(&mut self) -> Result<usize, Closed> {
+        let Tailer {
+            cx,
+            table,
+            wake,
+            rescan_asked,
+            ..
+        } = self;
+        table.read_round(&mut |table| send_outgoing(table, cx, wake, rescan_asked))
     }
 
-    /// Whether a warning of `kind` may be logged now: at most one per 10 s.
-    fn warning_due(&mut self, kind: &'static str) -> bool {
-        let now = Instant::now();
-        let last = self
-            .last_warning
-            .entry(kind)
-            .or_insert(now - Duration::from_secs(3600));
-        let due = now.duration_since(*last) >= Duration::from_secs(10);
-        if due {
-            *last = now;
-        }
-        due
-    }
-
-    fn event(&self, event: &str, n: u64) {
-        self.file_metrics.event(event, n);
+    fn send_outgoing(&mut self) -> Result<(), Closed> {
+        send_outgoing(
+            &mut self.table,
+            &self.cx,
+            &self.wake,
+            &mut self.rescan_asked,
+        )
     }
 
     fn watch_roots(&mut self) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        for root in self.matcher.roots() {
+        for root in self.table.world().matcher.roots() {
             if self.watched.contains(&root.dir) || !root.dir.is_dir() {
                 continue;
             }
@@ -435,1025 +321,38 @@ impl Tailer {
             }
         }
     }
-
-    // ---- finding files -------------------------------------------------
-
-    /// The first scan, then the saved positions no file at an include path
-    /// holds: their files were rotated (renamed or copied) while the agent
-    /// was stopped, and are looked for among their rotations.
-    fn startup(&mut self) {
-        let saved_paths: HashSet<PathBuf> = self.known.values().map(|s| s.origin.clone()).collect();
-        self.scan(true, &saved_paths);
-        let mut lost: Vec<(FileId, Saved)> = self
-            .known
-            .iter()
-            .filter(|(id, _)| !self.by_id.contains_key(id) || self.replaced.contains(id))
-            .map(|(id, saved)| (*id, saved.clone()))
-            .collect();
-        lost.sort_by_key(|(_, s)| s.mtime);
-        let mut listings: HashMap<PathBuf, Vec<Sibling>> = HashMap::new();
-        let mut anchors: Vec<(PathBuf, i128)> = Vec::new();
-        let mut unresolved = Vec::new();
-        // By inode first: the file was renamed.
-        for (id, saved) in lost {
-            let sibs = listings
-                .entry(saved.origin.clone())
-                .or_insert_with(|| identity::siblings(&saved.origin));
-            let found = sibs
-                .iter()
-                .find(|s| s.id == id && !self.by_id.contains_key(&id))
-                .cloned();
-            match found.and_then(|s| Self::open_holding(&s, &saved)) {
-                Some((s, file, md)) => {
-                    info!(source = %self.cx.name, origin = %saved.origin.display(), path = %s.path.display(), offset = saved.offset, "file rotated while stopped, reading the rest of it");
-                    self.event("rotated", 1);
-                    anchors.push((saved.origin.clone(), s.mtime));
-                    self.track_rotated(&s, file, md, &saved);
-                }
-                None => unresolved.push((id, saved)),
-            }
-        }
-        // Then by content: copytruncate copied it.
-        for (id, saved) in unresolved {
-            let sibs = listings
-                .entry(saved.origin.clone())
-                .or_insert_with(|| identity::siblings(&saved.origin))
-                .clone();
-            let found = sibs
-                .iter()
-                .filter(|s| saved.offset > 0 && !self.by_id.contains_key(&s.id))
-                .find_map(|s| Self::open_holding(s, &saved));
-            match found {
-                Some((s, file, md)) => {
-                    info!(source = %self.cx.name, origin = %saved.origin.display(), copy = %s.path.display(), offset = saved.offset, "file copied and truncated while stopped, reading the rest of the copy");
-                    self.event("copy_resumed", 1);
-                    anchors.push((saved.origin.clone(), s.mtime));
-                    self.track_rotated(&s, file, md, &saved);
-                }
-                None => {
-                    if !self.by_id.contains_key(&id) {
-                        info!(source = %self.cx.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
-                        self.untracked.insert(id, Instant::now());
-                    }
-                    // The file being written is gone (compressed, deleted):
-                    // what was written after it may still be there, in
-                    // rotations newer than its last save.
-                    if saved.path == saved.origin {
-                        anchors.push((saved.origin.clone(), saved.mtime as i128));
-                    }
-                }
-            }
-        }
-        for (origin, mtime) in anchors {
-            self.adopt_newer_siblings(&origin, mtime);
-        }
-        self.replaced.clear();
-    }
-
-    /// Opens `s` if it holds the content `saved` was saved for.
-    fn open_holding(s: &Sibling, saved: &Saved) -> Option<(Sibling, File, Metadata)> {
-        let file = File::open(&s.path).ok()?;
-        let md = file.metadata().ok()?;
-        if FileId::of(&md) != s.id
-            || !identity::holds(
-                &file,
-                md.len(),
-                &saved.fingerprint,
-                &saved.check,
-                saved.offset,
-            )
-        {
-            return None;
-        }
-        Some((s.clone(), file, md))
-    }
-
-    fn track_rotated(&mut self, s: &Sibling, file: File, md: Metadata, saved: &Saved) {
-        let start = Start {
-            offset: saved.offset,
-            check: Some(Tail::from_slice(&saved.check)),
-        };
-        let persisted = self
-            .known
-            .get(&s.id)
-            .filter(|k| *k == saved)
-            .map(|k| k.offset);
-        let seq = self.track(
-            s.path.clone(),
-            saved.origin.clone(),
-            Place::Rotated,
-            file,
-            &md,
-            start,
-        );
-        if let Some(tf) = seq.and_then(|seq| self.files.get_mut(&seq)) {
-            tf.persisted = persisted;
-        }
-    }
-
-    /// Reads rotations of `origin` modified after `mtime` that no one read:
-    /// files rotated away before they were ever seen (several rotations
-    /// while stopped, or while the source waited on a full channel).
-    fn adopt_newer_siblings(&mut self, origin: &Path, mtime: i128) {
-        for s in identity::siblings(origin) {
-            // Equal is newer: file systems stamp times in ticks of a few ms.
-            if s.mtime < mtime
-                || self.by_id.contains_key(&s.id)
-                || self.known.contains_key(&s.id)
-                || self.matcher.excludes(&s.path)
-            {
-                continue;
-            }
-            let Ok(file) = File::open(&s.path) else {
-                continue;
-            };
-            let Ok(md) = file.metadata() else {
-                continue;
-            };
-            if FileId::of(&md) != s.id {
-                continue;
-            }
-            info!(source = %self.cx.name, path = %s.path.display(), "rotated file never read, reading it from its start");
-            self.event("adopted", 1);
-            let start = Start {
-                offset: 0,
-                check: None,
-            };
-            self.track(
-                s.path.clone(),
-                origin.to_path_buf(),
-                Place::Rotated,
-                file,
-                &md,
-                start,
-            );
-        }
-    }
-
-    /// Matches the globs again: tracks new files, notices renamed, rotated,
-    /// deleted and grown ones.
-    fn scan(&mut self, initial: bool, saved_paths: &HashSet<PathBuf>) {
-        self.watch_roots();
-        let mut seen = HashSet::new();
-        for path in self.matcher.scan() {
-            let md = match std::fs::metadata(&path) {
-                Ok(md) => md,
-                Err(_) => continue,
-            };
-            let id = FileId::of(&md);
-            seen.insert(id);
-            if let Some(&seq) = self.by_id.get(&id) {
-                let tf = self.files.get_mut(&seq).expect("by_id and files agree");
-                if tf.path != path {
-                    debug!(source = %self.cx.name, from = %tf.path.display(), to = %path.display(), "file renamed");
-                    self.rename(seq, path.clone());
-                }
-                let tf = self.files.get_mut(&seq).expect("by_id and files agree");
-                tf.place = Place::Live;
-                tf.origin = path;
-                tf.size = md.len();
-                tf.mtime = mtime_ns(&md);
-                if tf.file.is_none() && md.len() != tf.read_pos {
-                    tf.wants_read = true;
-                }
-                continue;
-            }
-            self.discover(path, id, initial, saved_paths);
-        }
-        let moved: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|(_, tf)| tf.place == Place::Live && !seen.contains(&tf.id))
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in moved {
-            self.moved_away(seq);
-        }
-        let parked: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|(_, tf)| tf.place == Place::Rotated && tf.file.is_none())
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in parked {
-            self.check_parked_rotated(seq);
-        }
-    }
-
-    fn discover(
-        &mut self,
-        path: PathBuf,
-        id: FileId,
-        initial: bool,
-        saved_paths: &HashSet<PathBuf>,
-    ) {
-        let file = match self.matcher.open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.warn_limited(
-                    "open",
-                    &path,
-                    "cannot open file (check its permissions)",
-                    &e,
-                );
-                return;
-            }
-        };
-        let md = match file.metadata() {
-            Ok(now) if FileId::of(&now) == id => now,
-            _ => return, // replaced between the scan and the open: next scan
-        };
-        let size = md.len();
-        let mut resumed = false;
-        let start = match self.known.get(&id) {
-            Some(saved)
-                if identity::holds(&file, size, &saved.fingerprint, &saved.check, saved.offset) =>
-            {
-                resumed = true;
-                Start {
-                    offset: saved.offset,
-                    check: Some(Tail::from_slice(&saved.check)),
-                }
-            }
-            Some(_) => {
-                info!(source = %self.cx.name, path = %path.display(), "saved position belongs to other content (inode reused, or file truncated and written again), reading it from its start");
-                self.event("content_replaced", 1);
-                self.replaced.insert(id);
-                Start {
-                    offset: 0,
-                    check: None,
-                }
-            }
-            // A file that took the name of a saved one continues its log.
-            None if initial
-                && self.settings.start_at == StartAt::End
-                && !saved_paths.contains(&path) =>
-            {
-                Start {
-                    offset: size,
-                    check: identity::check_before(&file, size).ok(),
-                }
-            }
-            None => Start {
-                offset: 0,
-                check: None,
-            },
-        };
-        let origin = path.clone();
-        if let Some(seq) = self.track(path, origin, Place::Live, file, &md, start) {
-            if resumed {
-                let tf = self.files.get_mut(&seq).expect("just tracked");
-                tf.persisted = Some(tf.committed());
-            }
-        }
-    }
-
-    /// Starts tracking an opened file; parks it at once when no descriptor
-    /// is free.
-    fn track(
-        &mut self,
-        path: PathBuf,
-        origin: PathBuf,
-        place: Place,
-        file: File,
-        md: &Metadata,
-        start: Start,
-    ) -> Option<u64> {
-        let id = FileId::of(md);
-        let size = md.len();
-        let fp_len = (self.settings.fingerprint_bytes as u64).min(size) as usize;
-        let fingerprint = match identity::read_at(&file, 0, fp_len) {
-            Ok(fp) => fp,
-            Err(e) => {
-                self.warn_limited("read", &path, "cannot read file", &e);
-                return None;
-            }
-        };
-        let check = match start.check {
-            Some(c) => c,
-            None => identity::check_before(&file, start.offset).unwrap_or_default(),
-        };
-        debug!(source = %self.cx.name, path = %path.display(), offset = start.offset, ?place, "file tracked");
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.by_id.insert(id, seq);
-        self.untracked.remove(&id);
-        let lag = self.file_metrics.lag(&path.to_string_lossy());
-        self.files.insert(
-            seq,
-            Tracked {
-                id,
-                path_arc: Arc::from(path.as_path()),
-                path,
-                origin,
-                place,
-                file: None,
-                buf: BytesMut::new(),
-                splitter: self.settings.splitter(start.offset),
-                read_pos: start.offset,
-                recent: check,
-                fingerprint,
-                at_eof: false,
-                size,
-                mtime: mtime_ns(md),
-                ledger: Ledger::new(End {
-                    offset: start.offset,
-                    check,
-                }),
-                persisted: None,
-                last_growth: Instant::now(),
-                wants_read: true,
-                waiting: false,
-                lag,
-            },
-        );
-        if self.free_slot(seq) {
-            self.attach(seq, file);
-        } else {
-            self.note_waiting(seq);
-        }
-        Some(seq)
-    }
-
-    fn rename(&mut self, seq: u64, to: PathBuf) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        self.file_metrics.forget_lag(&tf.path.to_string_lossy());
-        tf.lag = self.file_metrics.lag(&to.to_string_lossy());
-        tf.path_arc = Arc::from(to.as_path());
-        tf.path = to;
-    }
-
-    /// A file no include glob names any more: renamed by a rotation, or
-    /// deleted. Either way it is read to its end.
-    fn moved_away(&mut self, seq: u64) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let origin = tf.origin.clone();
-        let anchor;
-        if let Some(file) = &tf.file {
-            let Ok(md) = file.metadata() else { return };
-            anchor = mtime_ns(&md);
-            tf.mtime = anchor;
-            tf.size = md.len();
-            if md.nlink() == 0 {
-                debug!(source = %self.cx.name, path = %tf.path.display(), "file deleted, reading it to its end");
-                tf.place = Place::Deleted;
-                self.event("deleted", 1);
-                return;
-            }
-            tf.place = Place::Rotated;
-            let now = identity::current_path(file);
-            info!(source = %self.cx.name, from = %tf.path.display(), to = ?now, "file rotated, reading it to its end");
-            if let Some(now) = now {
-                self.rename(seq, now);
-            }
-        } else {
-            anchor = tf.mtime;
-            let id = tf.id;
-            match identity::siblings(&origin).into_iter().find(|s| s.id == id) {
-                Some(s) => {
-                    info!(source = %self.cx.name, from = %tf.path.display(), to = %s.path.display(), "file rotated, reading it to its end");
-                    tf.place = Place::Rotated;
-                    tf.wants_read |= s.size != tf.read_pos;
-                    tf.size = s.size;
-                    self.rename(seq, s.path);
-                }
-                None => {
-                    self.vanished(seq);
-                    return;
-                }
-            }
-        }
-        self.event("rotated", 1);
-        self.adopt_newer_siblings(&origin, anchor);
-    }
-
-    /// A parked rotated file: still where it was parked, grown, moved on by
-    /// the next rotation, or gone.
-    fn check_parked_rotated(&mut self, seq: u64) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        if let Ok(md) = std::fs::metadata(&tf.path) {
-            if FileId::of(&md) == tf.id {
-                tf.size = md.len();
-                tf.wants_read |= md.len() != tf.read_pos;
-                return;
-            }
-        }
-        let id = tf.id;
-        match identity::siblings(&tf.origin)
-            .into_iter()
-            .find(|s| s.id == id)
-        {
-            Some(s) if s.size != tf.read_pos || tf.ledger.in_flight() > 0 => {
-                tf.size = s.size;
-                tf.wants_read |= s.size != tf.read_pos;
-                self.rename(seq, s.path);
-            }
-            // Read to its end and moved on: nothing more will come.
-            _ => self.vanished(seq),
-        }
-    }
-
-    /// Stops tracking a parked file that cannot be found any more. Its
-    /// saved position stays until it expires.
-    fn vanished(&mut self, seq: u64) {
-        let tf = self.files.remove(&seq).expect("seq from files");
-        self.by_id.remove(&tf.id);
-        self.file_metrics.forget_lag(&tf.path.to_string_lossy());
-        if tf.size > tf.read_pos {
-            let lost = tf.size - tf.read_pos;
-            warn!(source = %self.cx.name, path = %tf.path.display(), bytes = lost, "file removed while parked for want of a descriptor; its unread bytes are lost (raise max_open_files)");
-            self.event("lost", 1);
-        } else {
-            debug!(source = %self.cx.name, path = %tf.path.display(), "rotated file gone");
-        }
-        if tf.persisted != Some(tf.committed()) {
-            self.persist_one_removed(&tf);
-        }
-        self.untracked.insert(tf.id, Instant::now());
-    }
-
-    fn persist_one_removed(&mut self, tf: &Tracked) {
-        let saved = saved_of(tf);
-        if self
-            .cx
-            .checkpoints
-            .save(&self.cx.name, &[(tf.id.key(), saved.encode())], &[])
-            .is_ok()
-        {
-            self.known.insert(tf.id, saved);
-        }
-    }
-
-    /// Forgets saved positions of files not seen for `expire_after`.
-    fn expire(&mut self) {
-        for id in self.known.keys() {
-            if !self.by_id.contains_key(id) {
-                self.untracked.entry(*id).or_insert_with(Instant::now);
-            }
-        }
-        let after = self.settings.expire_after;
-        let expired: Vec<FileId> = self
-            .untracked
-            .iter()
-            .filter(|(_, since)| since.elapsed() >= after)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            self.untracked.remove(&id);
-            if let Some(saved) = self.known.remove(&id) {
-                debug!(source = %self.cx.name, path = %saved.path.display(), "saved position of a vanished file expired");
-                self.event("expired", 1);
-                self.removes.push(id.key());
-            }
-        }
-    }
-
-    // ---- descriptors ---------------------------------------------------
-
-    fn attach(&mut self, seq: u64, file: File) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        if tf.file.is_none() {
-            self.open_count += 1;
-        }
-        tf.file = Some(file);
-        tf.waiting = false;
-        tf.wants_read = false;
-        self.open_gauge.set(self.open_count as i64);
-    }
-
-    fn park(&mut self, seq: u64) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        if tf.file.take().is_some() {
-            self.open_count -= 1;
-            self.open_gauge.set(self.open_count as i64);
-        }
-    }
-
-    /// Makes room for one more descriptor, parking the idle file that grew
-    /// least recently; false if every open file is busy.
-    fn free_slot(&mut self, except: u64) -> bool {
-        if self.open_count < self.settings.max_open_files {
-            return true;
-        }
-        let victim = self
-            .files
-            .iter()
-            .filter(|(seq, tf)| **seq != except && tf.parkable())
-            .min_by_key(|(_, tf)| tf.last_growth)
-            .map(|(seq, _)| *seq);
-        match victim {
-            Some(seq) => {
-                self.park(seq);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn note_waiting(&mut self, seq: u64) {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        tf.wants_read = true;
-        if !tf.waiting {
-            tf.waiting = true;
-            let path = tf.path.clone();
-            self.event("open_limit", 1);
-            let max = self.settings.max_open_files;
-            self.warn_limited(
-                "open_limit",
-                &path,
-                "every descriptor the source may hold is busy; the file waits (raise max_open_files)",
-                &format_args!("max_open_files {max} reached"),
-            );
-        }
-    }
-
-    /// Opens a parked file again, if a descriptor is free and it is still
-    /// the same file.
-    fn reopen(&mut self, seq: u64) -> bool {
-        if !self.free_slot(seq) {
-            self.note_waiting(seq);
-            return false;
-        }
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let file = match self.matcher.open(&tf.path) {
-            Ok(f) => f,
-            Err(_) => {
-                tf.wants_read = false; // the next scan finds where it went
-                return false;
-            }
-        };
-        if file.metadata().map(|md| FileId::of(&md)).ok() != Some(tf.id) {
-            tf.wants_read = false;
-            return false;
-        }
-        // Reading resumes as after the end of the file: size and the bytes
-        // before the position are checked first.
-        tf.at_eof = true;
-        self.attach(seq, file);
-        true
-    }
-
-    // ---- reading -------------------------------------------------------
-
-    /// Gives every file a turn; returns the bytes read.
-    fn read_round(&mut self) -> Result<usize, Closed> {
-        let seqs: Vec<u64> = self.files.keys().copied().collect();
-        let mut total = 0;
-        // Once no descriptor could be freed, none will be this round.
-        let mut slots = true;
-        for seq in seqs {
-            let Some(tf) = self.files.get(&seq) else {
-                continue;
-            };
-            if tf.file.is_none() {
-                if !tf.wants_read {
-                    continue;
-                }
-                if !slots {
-                    self.note_waiting(seq);
-                    continue;
-                }
-                if !self.reopen(seq) {
-                    slots = self.open_count < self.settings.max_open_files;
-                    continue;
-                }
-            }
-            for _ in 0..CHUNKS_PER_TURN {
-                let n = self.read_chunk(seq)?;
-                total += n;
-                if n < self.settings.read_buffer_bytes / 2 {
-                    break;
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    /// Looks at a file that had no more to read: deleted? grown? Returns
-    /// whether there may be more to read.
-    fn grew(&mut self, seq: u64) -> bool {
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let Some(file) = &tf.file else { return false };
-        let Ok(md) = file.metadata() else {
-            return false;
-        };
-        tf.size = md.len();
-        tf.mtime = mtime_ns(&md);
-        if md.nlink() == 0 && tf.place != Place::Deleted {
-            debug!(source = %self.cx.name, path = %tf.path.display(), "file deleted, reading it to its end");
-            tf.place = Place::Deleted;
-            self.event("deleted", 1);
-        }
-        let tf = &self.files[&seq];
-        // A rotated file that shrank is not followed: its writer moved on.
-        md.len() > tf.read_pos || md.len() < tf.read_pos && tf.place == Place::Live
-    }
-
-    /// Before reading on at the position of a file named by an include
-    /// glob: are the bytes before it still the ones read? If not, the file
-    /// was truncated (and perhaps written again past the position, which
-    /// its size alone would not show). One small read per chunk.
-    fn still_same(&mut self, seq: u64) -> bool {
-        let tf = &self.files[&seq];
-        if tf.place != Place::Live || tf.read_pos == 0 {
-            return true;
-        }
-        let Some(file) = &tf.file else { return true };
-        let same = match identity::check_before(file, tf.read_pos) {
-            Ok(t) => t.as_slice() == tf.recent.as_slice(),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-            Err(_) => return true, // a read error shows on the read itself
-        };
-        if !same {
-            let size = file.metadata().map_or(0, |md| md.len());
-            let why = if size < tf.read_pos {
-                "size shrank"
-            } else {
-                "the bytes before the position changed"
-            };
-            self.truncated(seq, size, why);
-        }
-        same
-    }
-
-    fn read_chunk(&mut self, seq: u64) -> Result<usize, Closed> {
-        if self.files[&seq].at_eof && !self.grew(seq) {
-            return Ok(0);
-        }
-        if !self.still_same(seq) {
-            return Ok(0);
-        }
-        let chunk = self.settings.read_buffer_bytes;
-        let fp_max = self.settings.fingerprint_bytes;
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let Some(file) = &tf.file else { return Ok(0) };
-        let old = tf.buf.len();
-        tf.buf.reserve(chunk);
-        tf.buf.resize(old + chunk, 0);
-        let res = file.read_at(&mut tf.buf[old..], tf.read_pos);
-        let n = *res.as_ref().unwrap_or(&0);
-        tf.buf.truncate(old + n);
-        if let Err(e) = res {
-            let path = tf.path.clone();
-            self.warn_limited("read", &path, "cannot read file", &e);
-            return Ok(0);
-        }
-        if n == 0 {
-            tf.at_eof = true;
-            return Ok(0);
-        }
-        tf.at_eof = false;
-        // Extend the fingerprint while reading the file's first bytes.
-        let have = tf.fingerprint.len() as u64;
-        if have < fp_max as u64 && tf.read_pos <= have && have < tf.read_pos + n as u64 {
-            let from = old + (have - tf.read_pos) as usize;
-            let to = old + n.min(fp_max - tf.read_pos as usize);
-            if from < to {
-                tf.fingerprint.extend_from_slice(&tf.buf[from..to]);
-            }
-        }
-        tf.recent.push(&tf.buf[old..old + n]);
-        tf.read_pos += n as u64;
-        tf.size = tf.size.max(tf.read_pos);
-        tf.last_growth = Instant::now();
-        let mut records = Vec::with_capacity(n / 64 + 8);
-        let split = tf.splitter.split(&mut tf.buf, &mut records);
-        self.count_split(&split);
-        self.send(seq, records, split.end_offset)?;
-        Ok(n)
-    }
-
-    fn count_split(&self, split: &Split) {
-        if split.truncated_lines > 0 {
-            self.cx
-                .metrics
-                .dropped
-                .add("line_truncated", split.truncated_lines);
-        }
-        if split.split_lines > 0 {
-            self.event("line_split", split.split_lines);
-        }
-        if split.parse_errors > 0 {
-            self.cx.metrics.parse_errors.inc_by(split.parse_errors);
-            debug!(source = %self.cx.name, lines = split.parse_errors, format = self.settings.format.name(), "lines that do not parse forwarded as they were");
-        }
-    }
-
-    fn send(&mut self, seq: u64, records: Vec<Record>, end: u64) -> Result<(), Closed> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let check = if end == tf.read_pos {
-            tf.recent
-        } else {
-            tf.file
-                .as_ref()
-                .and_then(|f| identity::check_before(f, end).ok())
-                .unwrap_or_default()
-        };
-        let batch_id = self.next_batch;
-        self.next_batch += 1;
-        tf.ledger.sent(batch_id, End { offset: end, check });
-        self.owner.insert(batch_id, tf.id);
-        let meta = Arc::new(BatchMeta {
-            source: self.cx.name.clone(),
-            path: Some(tf.path_arc.clone()),
-            stream: Some(identity::stream_id(tf.id, &tf.fingerprint)),
-            read_at: SystemTime::now(),
-        });
-        let ack = Ack::new(batch_id, records.len(), self.wake.clone());
-        // While the channel is full, acknowledgements still arrive (a
-        // sink that spools, or catches up): the positions they complete
-        // are saved on the checkpoint interval, not only once the source
-        // is unblocked, so a crash repeats at most one interval's worth.
-        let cx = self.cx.clone();
-        let every = self
-            .settings
-            .checkpoint_interval
-            .min(Duration::from_millis(200));
-        cx.send_waiting(Batch::new(meta, records, ack), every, &mut || {
-            self.while_blocked()
-        })
-        .map_err(|_| Closed)
-    }
-
-    /// What the source does while a send waits on a full channel: apply
-    /// the acknowledgements and save the positions when due.
-    fn while_blocked(&mut self) {
-        let (acks, asked) = self.wake.wait(Duration::ZERO);
-        self.rescan_asked |= asked;
-        self.apply_acks(acks);
-        self.persist_if_due();
-    }
-
-    fn persist_if_due(&mut self) {
-        if self.last_persist.elapsed() >= self.settings.checkpoint_interval {
-            self.persist();
-            self.last_persist = Instant::now();
-        }
-    }
-
-    /// A file named by an include glob shrank, or its bytes before the
-    /// position changed. If `copytruncate` made a copy first, the copy takes
-    /// over what was unread or unacknowledged; the file is read again from
-    /// its start.
-    fn truncated(&mut self, seq: u64, size: u64, why: &str) {
-        let tf = &self.files[&seq];
-        warn!(source = %self.cx.name, path = %tf.path.display(), size, position = tf.read_pos, reason = why, "file truncated, reading it again from its start");
-        self.event("truncated", 1);
-        let copy = self.find_copy(seq);
-        let fresh = self.settings.splitter(0);
-        let tf = self.files.get_mut(&seq).expect("seq from files");
-        let mut old = Tracked {
-            splitter: std::mem::replace(&mut tf.splitter, fresh),
-            buf: std::mem::take(&mut tf.buf),
-            ledger: std::mem::replace(
-                &mut tf.ledger,
-                Ledger::new(End {
-                    offset: 0,
-                    check: Tail::default(),
-                }),
-            ),
-            fingerprint: std::mem::take(&mut tf.fingerprint),
-            file: None,
-            lag: Gauge::default(),
-            path: tf.path.clone(),
-            path_arc: tf.path_arc.clone(),
-            origin: tf.origin.clone(),
-            ..*tf
-        };
-        tf.read_pos = 0;
-        tf.recent.clear();
-        tf.persisted = None;
-        tf.at_eof = false;
-        tf.size = size;
-        let Some((s, file, md)) = copy else {
-            // No copy: what is held back are complete lines of the old
-            // content; they are sent, and their acknowledgement no longer
-            // moves this file's position.
-            let mut records = Vec::new();
-            let split = old.splitter.flush(&mut old.buf, &mut records);
-            self.count_split(&split);
-            if !records.is_empty() {
-                let meta = Arc::new(BatchMeta {
-                    source: self.cx.name.clone(),
-                    path: Some(old.path_arc.clone()),
-                    stream: Some(identity::stream_id(old.id, &old.fingerprint)),
-                    read_at: SystemTime::now(),
-                });
-                // A closed channel means shutdown; the lines are gone with
-                // the content anyway.
-                let _ = self
-                    .cx
-                    .send_blocking(Batch::new(meta, records, Ack::none()));
-            }
-            return;
-        };
-        info!(source = %self.cx.name, copy = %s.path.display(), offset = old.committed(), "unread bytes of the truncated file found in its copy");
-        self.event("copy_resumed", 1);
-        let start = Start {
-            offset: old.committed(),
-            check: Some(old.ledger.committed().check),
-        };
-        let origin = old.origin.clone();
-        let Some(cseq) = self.track(
-            s.path.clone(),
-            origin.clone(),
-            Place::Rotated,
-            file,
-            &md,
-            start,
-        ) else {
-            return;
-        };
-        let c = self.files.get_mut(&cseq).expect("just tracked");
-        c.splitter = old.splitter;
-        c.buf = old.buf;
-        c.read_pos = old.read_pos;
-        c.recent = old.recent;
-        for batch in old.ledger.batches() {
-            self.owner.insert(batch, c.id);
-        }
-        c.ledger = old.ledger;
-        self.adopt_newer_siblings(&origin, s.mtime);
-    }
-
-    /// The copy `copytruncate` made of a tracked file: a rotation of it not
-    /// tracked yet that starts with its fingerprint and holds the bytes
-    /// before its acknowledged position.
-    fn find_copy(&mut self, seq: u64) -> Option<(Sibling, File, Metadata)> {
-        let tf = &self.files[&seq];
-        if tf.fingerprint.is_empty() {
-            return None;
-        }
-        let want = Saved {
-            offset: tf.committed(),
-            fingerprint: tf.fingerprint.clone(),
-            check: tf.ledger.committed().check.as_slice().to_vec(),
-            mtime: 0,
-            origin: tf.origin.clone(),
-            path: tf.path.clone(),
-        };
-        let mut best: Option<(Sibling, File, Metadata)> = None;
-        for s in identity::siblings(&tf.origin) {
-            if self.by_id.contains_key(&s.id) {
-                continue;
-            }
-            if let Some(hit) = Self::open_holding(&s, &want) {
-                // Several copies of one content: the newest has the most.
-                if best.as_ref().is_none_or(|b| b.0.mtime < hit.0.mtime) {
-                    best = Some(hit);
-                }
-            }
-        }
-        best
-    }
-
-    /// Sends multiline events that waited longer than their flush timeout.
-    fn flush_timed_out(&mut self) -> Result<(), Closed> {
-        let Some(rule) = self.settings.multiline.clone() else {
-            return Ok(());
-        };
-        let due: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|(_, tf)| {
-                tf.splitter
-                    .multiline_since()
-                    .is_some_and(|t| t.elapsed() >= rule.flush_timeout)
-            })
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in due {
-            let tf = self.files.get_mut(&seq).expect("seq from files");
-            let mut records = Vec::with_capacity(1);
-            let split = tf.splitter.flush_held(&mut records);
-            self.send(seq, records, split.end_offset)?;
-        }
-        Ok(())
-    }
-
-    // ---- acknowledgements and positions ----------------------------------
-
-    fn apply_acks(&mut self, acks: Vec<u64>) {
-        for batch in acks {
-            let Some(id) = self.owner.remove(&batch) else {
-                continue;
-            };
-            let Some(tf) = self.by_id.get(&id).and_then(|seq| self.files.get_mut(seq)) else {
-                continue;
-            };
-            tf.ledger.acknowledged(batch);
-        }
-    }
-
-    /// Writes the acknowledged positions that changed, and the lag gauges.
-    fn persist(&mut self) {
-        let mut puts = Vec::new();
-        for tf in self.files.values_mut() {
-            tf.lag.set(tf.end().saturating_sub(tf.committed()) as i64);
-            if tf.persisted == Some(tf.committed()) {
-                continue;
-            }
-            let saved = saved_of(tf);
-            puts.push((tf.id.key(), saved.encode()));
-            self.known.insert(tf.id, saved);
-            tf.persisted = Some(tf.committed());
-        }
-        if puts.is_empty() && self.removes.is_empty() {
-            return;
-        }
-        let removes = std::mem::take(&mut self.removes);
-        // Flushed at once: a position that is only in the store's memory is
-        // lost with the process, and everything after the one before it
-        // is sent again.
-        let saved = self
-            .cx
-            .checkpoints
-            .save(&self.cx.name, &puts, &removes)
-            .and_then(|()| self.cx.checkpoints.flush());
-        if let Err(e) = saved {
-            // A failing store refuses every try (every checkpoint interval)
-            // until it is reopened: logged once per 10 s.
-            if self.warning_due("persist") {
-                warn!(source = %self.cx.name, error = %e, "cannot save file positions; they will be saved on the next try");
-            }
-            for tf in self.files.values_mut() {
-                tf.persisted = None;
-            }
-            self.removes = removes;
-        }
-    }
-
-    /// Closes what rotated and deleted files no longer need: a deleted file
-    /// read to its end and acknowledged is closed and forgotten (its disk
-    /// space is freed); a rotated one is parked once idle, and read again
-    /// if it grows. An unterminated last line is sent once the file has
-    /// been idle for `rotated_idle`: its writer moved on.
-    fn release_finished(&mut self) -> Result<(), Closed> {
-        let idle = self.settings.rotated_idle;
-        let done: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|(_, tf)| tf.place != Place::Live && tf.file.is_some() && tf.at_eof)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in done {
-            let tf = self.files.get_mut(&seq).expect("seq from files");
-            let is_idle = tf.last_growth.elapsed() >= idle;
-            if !tf.buf.is_empty() || tf.splitter.held_since().is_some() {
-                if is_idle {
-                    let mut records = Vec::with_capacity(2);
-                    let split = tf.splitter.flush(&mut tf.buf, &mut records);
-                    self.count_split(&split);
-                    self.send(seq, records, split.end_offset)?;
-                }
-                continue;
-            }
-            if tf.ledger.in_flight() > 0 {
-                continue;
-            }
-            if tf.persisted != Some(tf.committed()) {
-                self.persist();
-            }
-            let tf = self.files.get(&seq).expect("seq from files");
-            match tf.place {
-                Place::Deleted => {
-                    let tf = self.files.remove(&seq).expect("seq from files");
-                    self.by_id.remove(&tf.id);
-                    if tf.file.is_some() {
-                        self.open_count -= 1;
-                        self.open_gauge.set(self.open_count as i64);
-                    }
-                    self.file_metrics.forget_lag(&tf.path.to_string_lossy());
-                    self.known.remove(&tf.id);
-                    self.removes.push(tf.id.key());
-                    debug!(source = %self.cx.name, path = %tf.path.display(), offset = tf.committed(), "deleted file read to its end and closed");
-                }
-                Place::Rotated if is_idle => {
-                    // Watched at the name it has now (it may have moved on).
-                    let now = tf.file.as_ref().and_then(identity::current_path);
-                    debug!(source = %self.cx.name, path = ?now, offset = tf.committed(), "rotated file read to its end, closed");
-                    if let Some(now) = now.filter(|p| *p != tf.path) {
-                        self.rename(seq, now);
-                    }
-                    self.park(seq);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
 }
 
-fn saved_of(tf: &Tracked) -> Saved {
-    Saved {
-        offset: tf.committed(),
-        fingerprint: tf.fingerprint.clone(),
-        check: tf.ledger.committed().check.as_slice().to_vec(),
-        mtime: tf.mtime.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
-        origin: tf.origin.clone(),
-        path: tf.path.clone(),
+/// Sends the batches the core cut. While the channel is full,
+/// acknowledgements still arrive (a sink that spools, or catches up): the
+/// positions they complete are saved on the checkpoint interval, not only
+/// once the source is unblocked, so a crash repeats at most one interval's
+/// worth.
+fn send_outgoing(
+    table: &mut FileTable<Disk>,
+    cx: &Arc<SourceContext>,
+    wake: &Arc<Wake>,
+    rescan_asked: &mut bool,
+) -> Result<(), Closed> {
+    let every = table
+        .settings()
+        .checkpoint_interval
+        .min(Duration::from_millis(200));
+    for out in table.take_outgoing() {
+        let ack = match out.batch {
+            Some(id) => Ack::new(id, out.records.len(), wake.clone()),
+            None => Ack::none(),
+        };
+        let batch = Batch::new(out.meta, out.records, ack);
+        // What the source does while the send waits: apply the
+        // acknowledgements and save the positions when due.
+        cx.send_waiting(batch, every, &mut || {
+            let (acks, asked) = wake.wait(Duration::ZERO);
+            *rescan_asked |= asked;
+            table.apply_acks(acks);
+            table.persist_if_due();
+        })
+        .map_err(|_| Closed)?;
     }
+    Ok(())
 }
