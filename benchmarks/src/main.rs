@@ -826,6 +826,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_gib()
     );
+    if rows.is_empty() {
+        return Ok(());
+    }
     print_table(&rows);
     if rows.iter().any(|r| r.target.contains("lines/s written")) {
         println!("\nIn the sustained run the load generator (on the same two cores) appends to the file at a fixed rate while the agent tails it; \"slowest 5 s\" is the lowest delivery rate over any 5-second window, so it must stay near the written rate for the agent to have kept up the whole time.");

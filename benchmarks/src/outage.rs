@@ -19,6 +19,8 @@ use crate::{count, http_get, sample, start_tailrace_with, usage, Args};
 /// What the outage run measured.
 pub struct Outage {
     pub lines: u64,
+    /// VmHWM when the broker came back, and at the end.
+    pub rss_at_return_mib: f64,
     pub peak_rss_mib: f64,
     /// At the end of the outage: events in the spool, the spool's own
     /// count of its bytes, data_dir's blocks on disk, and the same number
@@ -127,6 +129,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     let (mut cut, mut restored) = (false, None);
     let (mut spooled_events, mut spool_bytes, mut disk_bytes) = (0, 0, 0);
     let mut delivered_at_restore = 0;
+    let mut rss_at_return_kib = 0;
     let mut drained = None;
     let mut writing = true;
     loop {
@@ -152,6 +155,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
             spool_bytes = metric(&m, spool_bytes_name);
             disk_bytes = disk_usage(&data_dir);
             delivered_at_restore = delivered;
+            rss_at_return_kib = usage(pid).map_or(0, |u| u.1);
             eprintln!(
                 "outage: broker back at {t:.1} s; spool {spooled_events} events, {spool_bytes} bytes, data_dir {disk_bytes} bytes on disk"
             );
@@ -182,6 +186,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     drop((broker, proxy));
     Ok(Outage {
         lines,
+        rss_at_return_mib: rss_at_return_kib as f64 / 1024.0,
         peak_rss_mib: peak_kib as f64 / 1024.0,
         spooled_events,
         spool_bytes,
@@ -198,14 +203,15 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
 pub fn print(args: &Args, o: &Outage) {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "| outage | lines/s | lines | peak RSS | spooled events | spool bytes | data_dir on disk | lz4 payload | disk / lz4 | drain s | delivered/s while draining | × ingest | lost | duplicated |"
+        "| outage | lines/s | lines | peak RSS at return | peak RSS | spooled events | spool bytes | data_dir on disk | lz4 payload | disk / lz4 | drain s | delivered/s while draining | × ingest | lost | duplicated |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} s | {} | {} | {:.0} MiB | {} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.2} | {:.1} | {:.0} | {:.2}{} | {} | {} |",
+        "| {} s | {} | {} | {:.0} MiB | {:.0} MiB | {} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.2} | {:.1} | {:.0} | {:.2}{} | {} | {} |",
         args.outage_secs,
         args.outage_rate,
         o.lines,
+        o.rss_at_return_mib,
         o.peak_rss_mib,
         o.spooled_events,
         mib(o.spool_bytes),
