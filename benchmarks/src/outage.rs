@@ -134,7 +134,10 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     let mut writing = true;
     loop {
         if Instant::now() > deadline {
-            bail!("the outage run did not deliver {lines} lines in time; see {}", agent.log.display());
+            bail!(
+                "the outage run did not deliver {lines} lines in time; see {}",
+                agent.log.display()
+            );
         }
         if let Ok(Some(status)) = agent.child.try_wait() {
             bail!("tailrace exited ({status}); see {}", agent.log.display());
@@ -166,7 +169,11 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
             let written = (rate as f64 * t).min(lines as f64);
             if metric(&m, spool_events_name) == 0 && delivered as f64 >= written - rate as f64 {
                 let secs = back.elapsed().as_secs_f64();
-                drained = Some((secs, (delivered - delivered_at_restore) as f64 / secs, writing));
+                drained = Some((
+                    secs,
+                    (delivered - delivered_at_restore) as f64 / secs,
+                    writing,
+                ));
                 eprintln!("outage: backlog gone {secs:.1} s after the broker's return");
             }
         }
