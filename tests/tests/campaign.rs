@@ -632,7 +632,9 @@ fn random_fault_campaign_loses_nothing_and_bounds_duplicates() {
 
     // The summary, one row per round: lines written in the round, of them
     // arrived, arrivals beyond the first, tcp lines lost to a kill, lines
-    // not on disk (dropped by copytruncate).
+    // not on disk (dropped by copytruncate). Lines count in the round they
+    // were written in, so a fault's repeats and losses can show in the
+    // rounds before it (lines still unacknowledged when it struck).
     println!(
         "{:>5} | {:<20} | {:<40} | {:>7} | {:>7} | {:>5} | {:>8} | {:>7}",
         "round", "fault", "detail", "written", "arrived", "dups", "tcp lost", "no disk"
