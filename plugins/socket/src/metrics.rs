@@ -1,6 +1,8 @@
-//! The socket sources' metric family, declared by this plugin:
+//! The socket sources' metric families, declared by this plugin:
 //! `tailrace_source_connections_refused_total{source,reason}`, the
-//! connections a stream source closed without reading them.
+//! connections a stream source closed without reading them, and
+//! `tailrace_relp_messages_answered_total{source}`, the messages a relp
+//! source answered `200 OK` (the record was safe).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +29,7 @@ pub fn declare_metrics(metrics: &mut Metrics) {
 #[derive(Clone, Default)]
 pub struct SocketFamilies {
     refused: Family<Labels, Counter>,
+    answered: Family<Labels, Counter>,
 }
 
 impl Families for SocketFamilies {
@@ -36,7 +39,22 @@ impl Families for SocketFamilies {
             "Connections a stream source closed without reading them, by reason (per_address, tls_handshake_timeout, tls_handshake_failed, max_connections)",
             self.refused.clone(),
         );
+        registry.register(
+            "tailrace_relp_messages_answered",
+            "Messages a relp source answered 200 OK (written to the client once the record was safe)",
+            self.answered.clone(),
+        );
     }
+}
+
+/// `tailrace_relp_messages_answered_total{source}` (at 0 from the start).
+pub(crate) fn relp_answered(source: &str, metrics: &SourceMetrics) -> Counter {
+    let l = vec![("source", source.to_owned())];
+    metrics
+        .families::<SocketFamilies>()
+        .answered
+        .get_or_create(&l)
+        .clone()
 }
 
 /// One stream source's refusal counts.

@@ -52,6 +52,8 @@ pub(crate) struct Output {
     pub(crate) partial: Budget,
     /// Connections closed unread, by reason (stream sources).
     pub(crate) refused: Refused,
+    /// Messages a relp source answered (relp sources only).
+    pub(crate) answered: Option<prometheus_client::metrics::counter::Counter>,
     path: Option<Arc<Path>>,
     syslog: bool,
     log_malformed: Every,
@@ -80,6 +82,9 @@ impl Output {
         }
         Output {
             refused: Refused::of(&cx.name, &cx.metrics, &reasons),
+            answered: plan
+                .relp
+                .then(|| metrics::relp_answered(&cx.name, &cx.metrics)),
             cx,
             partial: Budget::new(plan.max_partial_bytes),
             path,
