@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tailrace_e2e::sockets::{sockets_to_kafka, Rsyslog};
-use tailrace_e2e::{free_port, wait_until, Agent, Broker, Consumer, Proxy, SeqLines};
+use tailrace_e2e::{free_port, wait_until, Agent, Broker, Consumer, Proxy, Report, SeqLines};
 
 const TOPIC: &str = "logs";
 /// librelp's window: at most this many frames are unanswered at once, so
@@ -45,6 +45,30 @@ fn metric(admin: &str, name: &str) -> f64 {
         .ok()
         .and_then(|r| tailrace_e2e::http::sample(&r.body, name))
         .unwrap_or(0.0)
+}
+
+/// Reads the topic until every line of `lines` arrived (3 minutes at
+/// most), then 2 s more for late repeats; asserts that none is missing.
+fn every_line_arrives(
+    broker: &Broker,
+    lines: &SeqLines,
+    agent: &Agent,
+    rsyslog: &Rsyslog,
+) -> Report {
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(Duration::from_secs(180), |r| {
+        lines.count(r.iter().map(|r| &r.payload)).is_complete()
+    });
+    consumer.read_for(Duration::from_secs(2));
+    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.is_complete(),
+        "every one of {} lines arrives: {report}\nagent:\n{}\nrsyslog:\n{}",
+        lines.written(),
+        agent.log_tail(40),
+        rsyslog.log()
+    );
+    report
 }
 
 #[test]
@@ -99,20 +123,7 @@ fn rsyslog_omrelp_loses_nothing_when_the_agent_is_killed_while_kafka_is_cut() {
         "the writer finishes"
     );
     let lines = writer.stop();
-    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let expected = lines.written();
-    consumer.read_until(Duration::from_secs(180), |r| {
-        lines.count(r.iter().map(|r| &r.payload)).is_complete()
-    });
-    // Late repeats, if any, arrive within the same second.
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
-    assert!(
-        report.is_complete(),
-        "every one of {expected} lines arrives: {report}\nagent:\n{}\nrsyslog:\n{}",
-        agent.log_tail(40),
-        rsyslog.log()
-    );
+    let report = every_line_arrives(&broker, &lines, &agent, &rsyslog);
     assert!(
         report.duplicates <= kills * OMRELP_WINDOW,
         "repeats are bounded by omrelp's window ({OMRELP_WINDOW}) per kill: {report}"
@@ -229,19 +240,7 @@ fn rsyslog_omrelp_into_a_disk_channel_loses_and_repeats_nothing_through_sigkill(
     let broker = Broker::start_on(broker_port);
     broker.create_topic(TOPIC, 1);
     agent.restart();
-    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    consumer.read_until(Duration::from_secs(120), |r| {
-        lines.count(r.iter().map(|r| &r.payload)).is_complete()
-    });
-    // A repeat, if rsyslog sent any after reconnecting, comes within it.
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
-    assert!(
-        report.is_complete(),
-        "every one of {n} lines arrives: {report}\nagent:\n{}\nrsyslog:\n{}",
-        agent.log_tail(40),
-        rsyslog.log()
-    );
+    let report = every_line_arrives(&broker, &lines, &agent, &rsyslog);
     assert_eq!(
         report.duplicates, 0,
         "rsyslog had every answer: it sent nothing again: {report}"
