@@ -277,8 +277,11 @@ impl Listener {
 /// What a connection holds while it is served: its slot (or, during a TLS
 /// handshake, its handshake permit) and its claim on its address.
 struct Claims {
-    permit: OwnedSemaphorePermit,
+    // Fields drop in order: the address is released before the slot, so
+    // the connection accepted into the freed slot never finds its address
+    // still claimed by the one that left (it was refused as `per_address`).
     _address: Option<AddressSlot>,
+    permit: OwnedSemaphorePermit,
 }
 
 /// Accepts until shutdown, then accepts what waits in the backlog, lets

@@ -350,7 +350,13 @@ async fn trickling_connections_are_closed_and_a_new_sender_is_served() {
     new.write_all(b"new sender\n").await.unwrap();
     s.wait_records(2).await;
     assert_eq!(s.payloads()[1], "new sender");
-    assert_eq!(s.metric(slow), 3.0, "the three tricklers were closed");
+    // Each is closed at the end of its own window: the first makes room
+    // for the new sender, the other two may come a moment later.
+    assert!(
+        common::poll(Duration::from_secs(5), || s.metric(slow) == 3.0).await,
+        "the three tricklers were closed: {}",
+        s.metric(slow)
+    );
     for t in &mut tricklers {
         assert!(common::closed_by_the_source(t, Duration::from_secs(5)).await);
     }
