@@ -1030,6 +1030,47 @@ mod tests {
         assert_eq!(log.held().events, 10, "only what had room was written");
     }
 
+    /// After the stop began (input closed) the writer still waits for room
+    /// while the sink drains: a batch that waited is written once the sink
+    /// releases one, not dropped.
+    #[test]
+    fn a_batch_waiting_for_room_at_the_stop_is_written_when_the_sink_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = DiskMetrics::unmetered();
+        let dropped = metrics.dropped.clone();
+        let ch = DiskChannel::open("d", dir.path(), settings(10), metrics).unwrap();
+        let out = ch.output();
+        for i in 0..2 {
+            ch.input()
+                .send_blocking(batch(i * 5, 5, Ack::none()))
+                .unwrap();
+        }
+        let taken: Vec<Batch> = (0..2)
+            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        let acked = Arc::new(Count::default());
+        ch.input()
+            .send_blocking(batch(10, 5, Ack::new(2, 5, acked.clone())))
+            .unwrap();
+        ch.close();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(acked.0.load(Ordering::SeqCst), 0, "no room yet");
+        taken[0].ack.done(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while acked.0.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            acked.0.load(Ordering::SeqCst),
+            1,
+            "written and acknowledged"
+        );
+        ch.finish();
+        assert_eq!(dropped.get(DROPPED_AT_SHUTDOWN), 0);
+        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, Mode::Inspect).unwrap();
+        assert_eq!(log.held().events, 10, "the second batch and the third");
+    }
+
     /// Set-aside segments are kept up to MAX_CORRUPT_SEGMENTS; the oldest
     /// go first, counted.
     #[test]
