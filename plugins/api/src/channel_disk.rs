@@ -996,25 +996,32 @@ mod tests {
         ch.finish();
     }
 
+    /// A channel of at most 10 events holding two batches of 5 (from a
+    /// source that keeps no position) that the sink took and has not
+    /// acknowledged: full. Its drop counter and the taken batches.
+    fn full_channel(dir: &Path) -> (DiskChannel, Dropped, Vec<Batch>) {
+        let metrics = DiskMetrics::unmetered();
+        let dropped = metrics.dropped.clone();
+        let ch = DiskChannel::open("d", dir, settings(10), metrics).unwrap();
+        for i in 0..2 {
+            ch.input()
+                .send_blocking(batch(i * 5, 5, Ack::none()))
+                .unwrap();
+        }
+        let out = ch.output();
+        let taken = (0..2)
+            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        (ch, dropped, taken)
+    }
+
     /// At shutdown the sink is gone and the log is full: a batch from a
     /// source that keeps no position is counted as dropped; one whose
     /// source waits for its ack is left unacknowledged (sent again).
     #[test]
     fn batches_without_room_at_shutdown_are_counted_or_left_to_their_source() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = DiskMetrics::unmetered();
-        let dropped = metrics.dropped.clone();
-        let ch = DiskChannel::open("d", dir.path(), settings(10), metrics).unwrap();
-        let out = ch.output();
-        for i in 0..2 {
-            ch.input()
-                .send_blocking(batch(i * 5, 5, Ack::none()))
-                .unwrap();
-        }
-        // The sink takes both and never acknowledges them: the log is full.
-        let _taken: Vec<Batch> = (0..2)
-            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
-            .collect();
+        let (ch, dropped, _taken) = full_channel(dir.path());
         let acked = Arc::new(Count::default());
         let tracked = Ack::new(7, 3, acked.clone());
         ch.input().send_blocking(batch(10, 4, Ack::none())).unwrap();
@@ -1036,18 +1043,7 @@ mod tests {
     #[test]
     fn a_batch_waiting_for_room_at_the_stop_is_written_when_the_sink_makes_room() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = DiskMetrics::unmetered();
-        let dropped = metrics.dropped.clone();
-        let ch = DiskChannel::open("d", dir.path(), settings(10), metrics).unwrap();
-        let out = ch.output();
-        for i in 0..2 {
-            ch.input()
-                .send_blocking(batch(i * 5, 5, Ack::none()))
-                .unwrap();
-        }
-        let taken: Vec<Batch> = (0..2)
-            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
-            .collect();
+        let (ch, dropped, taken) = full_channel(dir.path());
         let acked = Arc::new(Count::default());
         ch.input()
             .send_blocking(batch(10, 5, Ack::new(2, 5, acked.clone())))
