@@ -841,6 +841,16 @@ fn a_thousand_trickling_connections_do_not_stop_a_new_sender() {
         "every trickler is closed and counted: {}",
         metric(&admin, slow)
     );
+    // All come from 127.0.0.1 with max_connections_per_address at its
+    // default (max_connections): a connection accepted into a freed slot
+    // never finds the address still claimed by the one that left.
+    assert_eq!(
+        metric(
+            &admin,
+            "tailrace_source_connections_refused_total{source=\"tcp\",reason=\"per_address\"}"
+        ),
+        0.0
+    );
     let rss_after = metric(&admin, "process_resident_memory_bytes");
     assert!(
         rss_after < rss_before + 64e6,
