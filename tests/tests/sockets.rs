@@ -781,7 +781,7 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
     );
 
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    consumer.read_until(Duration::from_secs(60), |r| {
+    consumer.read_until(Duration::from_secs(120), |r| {
         let report = Report::new(total, r.iter().map(|r| &r.payload));
         report.missing.iter().all(|&s| s >= before && s < moved)
     });
