@@ -43,7 +43,7 @@ use crate::report::{self, Measure, Report, Scenario};
 use crate::{count_with, free_port, start_agent, wait_for, watch, Args, Tansu};
 
 pub const SCENARIOS: [&str; 8] = [
-    "raw", "fields", "files", "syslog", "tcp", "drain", "disk", "tls",
+    "raw", "fields", "files", "syslog", "tcp", "drain", "tls", "disk",
 ];
 
 /// Splits `--targets` into matrix scenarios (`matrix` is all of them) and
@@ -601,8 +601,8 @@ fn title(name: &str) -> &'static str {
         "syslog" => "4. syslog over TCP (RFC 5424)",
         "tcp" => "5. tcp, 1,000 connections",
         "drain" => "6. spool drain",
-        "disk" => "7b. disk channel",
-        "tls" => "7a. TLS + SASL",
+        "disk" => "8. disk channel",
+        "tls" => "7. TLS + SASL",
         _ => "?",
     }
 }
@@ -632,6 +632,14 @@ pub fn run(args: &Args, scenarios: &[String]) -> anyhow::Result<()> {
         done.push(m.scenario(name));
     }
     let _ = std::fs::remove_dir_all(m.load.parent().expect("in a directory"));
+    // The brokers' directories (their logs; the data was in memory).
+    for entry in std::fs::read_dir(&args.work)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tansu-matrix-") || name.starts_with("tansu-kcat-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         date,
