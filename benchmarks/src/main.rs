@@ -45,11 +45,7 @@ struct Args {
     /// lines as the MESSAGEs of a journal written by systemd-journal-remote),
     /// outage (the broker out of reach for --outage-secs at --outage-rate;
     /// its own table).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "matrix"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "matrix")]
     targets: Vec<String>,
     /// The matrix at a small size (--events 100000), to show the harness
     /// works end to end in a few minutes; not figures to quote.

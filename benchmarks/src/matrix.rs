@@ -191,7 +191,11 @@ fn kcat_best<G>(
 /// kcat's best on a fresh in-memory tansu per run.
 fn kcat_on_tansu(args: &Args, load: &KcatLoad, what: &str) -> anyhow::Result<(Measure, String)> {
     kcat_best(args, load, what, |linger| {
-        let broker = Tansu::start(&args.tansu, &args.work.join(format!("tansu-kcat-{linger}")), "bench")?;
+        let broker = Tansu::start(
+            &args.tansu,
+            &args.work.join(format!("tansu-kcat-{linger}")),
+            "bench",
+        )?;
         Ok((broker.bootstrap(), "bench".into(), broker))
     })
 }
@@ -215,12 +219,24 @@ struct AgentRun<'a> {
 impl AgentRun<'_> {
     fn run(self, args: &Args) -> anyhow::Result<Measure> {
         let dir = args.work.join(format!("matrix-run-{}", self.name));
-        let mut agent = start_agent(args, &dir, &self.source, &self.bootstrap, &self.sink_keys, self.channel)?;
+        let mut agent = start_agent(
+            args,
+            &dir,
+            &self.source,
+            &self.bootstrap,
+            &self.sink_keys,
+            self.channel,
+        )?;
         if let Some(port) = self.wait_port {
             wait_for(Duration::from_secs(30), || {
                 TcpStream::connect(("127.0.0.1", port)).ok()
             })
-            .with_context(|| format!("the agent did not listen on {port}; see {}", agent.log.display()))?;
+            .with_context(|| {
+                format!(
+                    "the agent did not listen on {port}; see {}",
+                    agent.log.display()
+                )
+            })?;
         }
         let mut generator = None;
         let began = if let Some(feed) = &self.feed {
@@ -306,7 +322,8 @@ const SHAPING: &str = r#"    interceptors:
 fn shaped_json(seq: u64, line: &[u8], path: &str, offset: u64, out: &mut Vec<u8>) {
     let mut stamped = Vec::with_capacity(line.len() + 32);
     shapes::timestamped(seq, line, &mut stamped);
-    let text = String::from_utf8_lossy(stamped.strip_suffix(b"\n").unwrap_or(&stamped)).into_owned();
+    let text =
+        String::from_utf8_lossy(stamped.strip_suffix(b"\n").unwrap_or(&stamped)).into_owned();
     let ts = text.split(' ').next().unwrap_or_default().to_string();
     let field = |name: &str| {
         text.split(' ')
@@ -349,8 +366,14 @@ struct Matrix<'a> {
 impl Matrix<'_> {
     fn raw_file(&self) -> anyhow::Result<()> {
         if !self.load.exists() {
-            eprintln!("generating {} lines into {}", self.events, self.load.display());
-            write_lines(self.args, &self.load, self.events, |_, l, out| out.extend_from_slice(l))?;
+            eprintln!(
+                "generating {} lines into {}",
+                self.events,
+                self.load.display()
+            );
+            write_lines(self.args, &self.load, self.events, |_, l, out| {
+                out.extend_from_slice(l)
+            })?;
         }
         Ok(())
     }
@@ -381,7 +404,13 @@ impl Matrix<'_> {
         let args = self.args;
         let n = self.events;
         let raw_source = crate::file_source(&self.load.display().to_string(), "");
-        let tansu = |what: &str| Tansu::start(&args.tansu, &args.work.join(format!("tansu-matrix-{what}")), "bench");
+        let tansu = |what: &str| {
+            Tansu::start(
+                &args.tansu,
+                &args.work.join(format!("tansu-matrix-{what}")),
+                "bench",
+            )
+        };
         let run = |name, label: &str, bootstrap: &str| AgentRun {
             name,
             label: label.into(),
@@ -399,17 +428,26 @@ impl Matrix<'_> {
                 self.raw_file()?;
                 let (kcat, note) = self.raw_kcat()?;
                 let broker = tansu(name)?;
-                let m = AgentRun { source: raw_source, ..run(name, "tailrace, file source, memory channel", &broker.bootstrap()) }.run(args)?;
+                let m = AgentRun {
+                    source: raw_source,
+                    ..run(
+                        name,
+                        "tailrace, file source, memory channel",
+                        &broker.bootstrap(),
+                    )
+                }
+                .run(args)?;
                 self.raw_tailrace = Some(m.clone());
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
+                s.measured(m, kcat);
                 s.notes.push(note);
-                s.notes.push("Goal (issue 19): ≥ 1.0 × kcat at ≤ 0.9 CPU-s per million events.".into());
+                s.notes.push(
+                    "Goal (issue 19): ≥ 1.0 × kcat at ≤ 0.9 CPU-s per million events.".into(),
+                );
             }
             "fields" => {
                 let dir = args.work.join("matrix-fields");
                 let file = dir.join("app.log");
-                write_lines(args, &file, n, |seq, l, out| shapes::timestamped(seq, l, out))?;
+                write_lines(args, &file, n, shapes::timestamped)?;
                 let shaped = dir.join("shaped.json");
                 let (mut offset, path) = (0u64, file.display().to_string());
                 write_lines(args, &shaped, n, |seq, l, out| {
@@ -420,19 +458,30 @@ impl Matrix<'_> {
                 let m = AgentRun {
                     source: crate::file_source(&path, SHAPING),
                     sink_keys: "encoding: json\nkey: \"{user}\"\nheaders: true".into(),
-                    ..run(name, "tailrace, host + regex_extract + timestamp, JSON, key {user}, headers", &broker.bootstrap())
+                    ..run(
+                        name,
+                        "tailrace, host + regex_extract + timestamp, JSON, key {user}, headers",
+                        &broker.bootstrap(),
+                    )
                 }
                 .run(args)?;
                 drop(broker);
                 let load = KcatLoad {
                     keyed: true,
-                    headers: vec!["source=app".into(), "host=bench-host".into(), format!("path={path}")],
+                    headers: vec![
+                        "source=app".into(),
+                        "host=bench-host".into(),
+                        format!("path={path}"),
+                    ],
                     ..KcatLoad::plain(&shaped, n)
                 };
-                let (kcat, note) = kcat_on_tansu(args, &load, "the same JSON pre-rendered, keyed by user, three fixed headers")?;
+                let (kcat, note) = kcat_on_tansu(
+                    args,
+                    &load,
+                    "the same JSON pre-rendered, keyed by user, three fixed headers",
+                )?;
                 let _ = std::fs::remove_dir_all(&dir);
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
+                s.measured(m, kcat);
                 s.notes.push(note);
                 s.notes.push("kcat shapes nothing: it sends the JSON the agent would write, so the ratio is what shaping costs. Goal (issue 19): ≥ 1,000,000 events/s at ≤ 1.3 CPU-s per million.".into());
             }
@@ -444,36 +493,64 @@ impl Matrix<'_> {
                 let broker = tansu(name)?;
                 let m = AgentRun {
                     source: crate::file_source(&format!("{}/*.log", dir.display()), ""),
-                    feed: Some(vec!["--out".into(), dir.display().to_string(), "--files".into(), "1000".into()]),
-                    ..run(name, "tailrace, 1,000 files appended in turn", &broker.bootstrap())
+                    feed: Some(vec![
+                        "--out".into(),
+                        dir.display().to_string(),
+                        "--files".into(),
+                        "1000".into(),
+                    ]),
+                    ..run(
+                        name,
+                        "tailrace, 1,000 files appended in turn",
+                        &broker.bootstrap(),
+                    )
                 }
                 .run(args)?;
                 let _ = std::fs::remove_dir_all(&dir);
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
-                s.notes.push(format!("The baseline is kcat on one file of as many lines (no tailing). {note}"));
-                s.notes.push("Goal (issue 19): ≥ 1,300,000 events/s with peak RSS ≤ 96 MiB.".into());
+                s.measured(m, kcat);
+                s.notes.push(format!(
+                    "The baseline is kcat on one file of as many lines (no tailing). {note}"
+                ));
+                s.notes
+                    .push("Goal (issue 19): ≥ 1,300,000 events/s with peak RSS ≤ 96 MiB.".into());
             }
             "syslog" => {
                 let port = free_port()?;
                 let broker = tansu(name)?;
                 let m = AgentRun {
-                    source: format!("    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{port}\n"),
+                    source: format!(
+                        "    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{port}\n"
+                    ),
                     sink_keys: "encoding: json".into(),
-                    feed: Some(vec!["--tcp".into(), format!("127.0.0.1:{port}"), "--connections".into(), "4".into(), "--syslog".into()]),
+                    feed: Some(vec![
+                        "--tcp".into(),
+                        format!("127.0.0.1:{port}"),
+                        "--connections".into(),
+                        "4".into(),
+                        "--syslog".into(),
+                    ]),
                     wait_port: Some(port),
-                    ..run(name, "tailrace, syslog source (tcp), 4 connections, JSON", &broker.bootstrap())
+                    ..run(
+                        name,
+                        "tailrace, syslog source (tcp), 4 connections, JSON",
+                        &broker.bootstrap(),
+                    )
                 }
                 .run(args)?;
                 drop(broker);
                 let dir = args.work.join("matrix-syslog");
                 let file = dir.join("messages.log");
-                write_lines(args, &file, n, |seq, l, out| shapes::syslog5424(seq, l, false, out))?;
-                let (kcat, note) = kcat_on_tansu(args, &KcatLoad::plain(&file, n), "the same messages from a file")?;
+                write_lines(args, &file, n, |seq, l, out| {
+                    shapes::syslog5424(seq, l, false, out)
+                })?;
+                let (kcat, note) = kcat_on_tansu(
+                    args,
+                    &KcatLoad::plain(&file, n),
+                    "the same messages from a file",
+                )?;
                 let _ = std::fs::remove_dir_all(&dir);
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
-                s.notes.push(format!("kcat sends the messages unparsed from a file; rsyslog (imtcp → omkafka) is not run: Debian's rsyslog-kafka links Debian's librdkafka 2.0.2, which cannot talk to tansu 0.6.0. {note}"));
+                s.measured(m, kcat);
+                s.notes.push(format!("kcat sends the messages unparsed from a file; rsyslog (imtcp → omkafka) is not run: Debian's rsyslog-kafka depends on Debian's librdkafka1 2.0.2, the one this harness replaces for kcat because it cannot talk to tansu 0.6.0; rsyslogd with the newer librdkafka was not tried. {note}"));
                 s.notes.push("Goal (issue 19): ≥ 800,000 events/s.".into());
             }
             "tcp" => {
@@ -487,10 +564,12 @@ impl Matrix<'_> {
                     ..run(name, "tailrace, tcp source, 1,000 connections", &broker.bootstrap())
                 }
                 .run(args)?;
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
-                s.notes.push(format!("The baseline is kcat on a file of the same lines. {note}"));
-                s.notes.push("Goal (issue 19): ≥ 1,000,000 events/s with peak RSS ≤ 128 MiB.".into());
+                s.measured(m, kcat);
+                s.notes.push(format!(
+                    "The baseline is kcat on a file of the same lines. {note}"
+                ));
+                s.notes
+                    .push("Goal (issue 19): ≥ 1,000,000 events/s with peak RSS ≤ 128 MiB.".into());
             }
             "drain" => {
                 let (kcat, note) = self.raw_kcat()?;
@@ -511,16 +590,18 @@ impl Matrix<'_> {
                 let _ = std::fs::remove_dir_all(args.work.join("run-outage"));
                 let _ = std::fs::remove_dir_all(args.work.join("load-outage"));
                 let o = o?;
-                s.tailrace = Some(Measure {
-                    label: format!("tailrace, spool drain, {rate} lines/s still written"),
-                    events: o.drain_events,
-                    seconds: o.drain_seconds,
-                    cpu_seconds: Some(o.drain_cpu_seconds),
-                    peak_rss_mib: Some(o.peak_rss_mib),
-                    lost: Some(o.lost),
-                    duplicated: Some(o.duplicated),
-                });
-                s.baseline = Some(kcat);
+                s.measured(
+                    Measure {
+                        label: format!("tailrace, spool drain, {rate} lines/s still written"),
+                        events: o.drain_events,
+                        seconds: o.drain_seconds,
+                        cpu_seconds: Some(o.drain_cpu_seconds),
+                        peak_rss_mib: Some(o.peak_rss_mib),
+                        lost: Some(o.lost),
+                        duplicated: Some(o.duplicated),
+                    },
+                    kcat,
+                );
                 s.notes.push(format!(
                     "{} events were spooled during a {outage_secs} s outage (a cut proxy; delivery_timeout_ms {timeout_ms}); the row is from the broker's return until the spool was empty and delivery had caught up with the writer, over which {} events were delivered. lost and dup are over all {} lines written. {}",
                     report::thousands(o.spooled_events),
@@ -528,8 +609,11 @@ impl Matrix<'_> {
                     report::thousands(o.lines),
                     if o.drained_while_writing { "The writer was still writing when the backlog was gone." } else { "**The writer had stopped before the backlog was gone**, which flatters the rate." }
                 ));
-                s.notes.push(format!("The baseline is kcat on the raw file: the librdkafka limit. {note}"));
-                s.notes.push("Goal (issue 19): drains ≥ 1,500,000 events/s.".into());
+                s.notes.push(format!(
+                    "The baseline is kcat on the raw file: the librdkafka limit. {note}"
+                ));
+                s.notes
+                    .push("Goal (issue 19): drains ≥ 1,500,000 events/s.".into());
             }
             "disk" => {
                 self.raw_file()?;
@@ -537,18 +621,29 @@ impl Matrix<'_> {
                     Some(m) => m,
                     None => {
                         let broker = tansu("disk-memory")?;
-                        AgentRun { source: raw_source.clone(), ..run("disk-memory", "tailrace, file source, memory channel", &broker.bootstrap()) }.run(args)?
+                        AgentRun {
+                            source: raw_source.clone(),
+                            ..run(
+                                "disk-memory",
+                                "tailrace, file source, memory channel",
+                                &broker.bootstrap(),
+                            )
+                        }
+                        .run(args)?
                     }
                 };
                 let broker = tansu(name)?;
                 let m = AgentRun {
                     source: raw_source,
                     channel: "{ type: disk }",
-                    ..run(name, "tailrace, file source, disk channel", &broker.bootstrap())
+                    ..run(
+                        name,
+                        "tailrace, file source, disk channel",
+                        &broker.bootstrap(),
+                    )
                 }
                 .run(args)?;
-                s.tailrace = Some(m);
-                s.baseline = Some(baseline);
+                s.measured(m, baseline);
                 s.notes.push("The baseline is the same agent through the memory channel. Goal (issue 15): ≥ 0.7 × the memory channel's rate.".into());
             }
             "tls" => {
@@ -561,12 +656,14 @@ impl Matrix<'_> {
                 write_lines(args, &file, tls_n, |_, l, out| out.extend_from_slice(l))?;
                 std::env::set_var("TANSU_BIN", &args.tansu);
                 let users = [("bench", "bench-password", "scram512")];
-                let topics: Vec<String> = args.lingers.iter().map(|l| format!("kcat-{l}")).collect();
+                let topics: Vec<String> =
+                    args.lingers.iter().map(|l| format!("kcat-{l}")).collect();
                 let mut all: Vec<(&str, i32)> = vec![("bench", 1)];
                 all.extend(topics.iter().map(|t| (t.as_str(), 1)));
                 let cluster = SecureCluster::scram(&users, &all);
                 let bootstrap = cluster.tls.bootstrap();
-                let consumer = cluster.consumer_properties("SCRAM-SHA-512", "bench", "bench-password");
+                let consumer =
+                    cluster.consumer_properties("SCRAM-SHA-512", "bench", "bench-password");
                 let m = AgentRun {
                     source: crate::file_source(&file.display().to_string(), ""),
                     sink_keys: format!(
@@ -578,13 +675,18 @@ impl Matrix<'_> {
                     ..run(name, "tailrace → stunnel → tansu, SASL_SSL SCRAM-SHA-512", &bootstrap)
                 }
                 .run(args)?;
-                let load = KcatLoad { properties: consumer, ..KcatLoad::plain(&file, tls_n) };
-                let (kcat, note) = kcat_best(args, &load, "SASL_SSL, the same stunnel and tansu", |linger| {
-                    Ok((bootstrap.clone(), format!("kcat-{linger}"), ()))
-                })?;
+                let load = KcatLoad {
+                    properties: consumer,
+                    ..KcatLoad::plain(&file, tls_n)
+                };
+                let (kcat, note) = kcat_best(
+                    args,
+                    &load,
+                    "SASL_SSL, the same stunnel and tansu",
+                    |linger| Ok((bootstrap.clone(), format!("kcat-{linger}"), ())),
+                )?;
                 let _ = std::fs::remove_dir_all(args.work.join("matrix-tls"));
-                s.tailrace = Some(m);
-                s.baseline = Some(kcat);
+                s.measured(m, kcat);
                 s.notes.push(format!("{} events (a tenth of --events): tansu's sqlite storage, which SCRAM users need, bounds both rows; stunnel's TLS runs on the same cores. {note}", report::thousands(tls_n)));
             }
             other => bail!("unknown scenario {other}"),
@@ -628,7 +730,10 @@ pub fn run(args: &Args, scenarios: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut done = Vec::new();
     for name in scenarios {
-        eprintln!("scenario {name} ({:.0} s in)", started.elapsed().as_secs_f64());
+        eprintln!(
+            "scenario {name} ({:.0} s in)",
+            started.elapsed().as_secs_f64()
+        );
         done.push(m.scenario(name));
     }
     let _ = std::fs::remove_dir_all(m.load.parent().expect("in a directory"));
@@ -667,7 +772,9 @@ mod tests {
 
     #[test]
     fn matrix_expands_and_other_targets_stay() {
-        let t = |v: &[&str]| split_targets(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let t = |v: &[&str]| {
+            split_targets(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
         let (s, o) = t(&["matrix"]);
         assert_eq!(s, SCENARIOS);
         assert!(o.is_empty());

@@ -50,6 +50,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    pub fn measured(&mut self, tailrace: Measure, baseline: Measure) {
+        self.tailrace = Some(tailrace);
+        self.baseline = Some(baseline);
+    }
+
     pub fn ratio(&self) -> Option<f64> {
         let (t, b) = (self.tailrace.as_ref()?, self.baseline.as_ref()?);
         (b.rate() > 0.0).then(|| t.rate() / b.rate())
@@ -122,7 +127,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -174,7 +179,8 @@ impl Report {
         let _ = writeln!(out, "| scenario | tailrace events/s | baseline | baseline events/s | × baseline | lost | dup |");
         let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|");
         for s in &self.scenarios {
-            let rate = |m: &Option<Measure>| opt(m.as_ref(), |m| thousands(m.rate().round() as u64));
+            let rate =
+                |m: &Option<Measure>| opt(m.as_ref(), |m| thousands(m.rate().round() as u64));
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} |",
@@ -229,7 +235,10 @@ impl Report {
             out,
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"##
         );
-        let _ = writeln!(out, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
+        let _ = writeln!(
+            out,
+            r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+        );
         let _ = writeln!(
             out,
             r##"<text x="10" y="20" font-size="15" font-weight="bold">events/s per scenario: tailrace (blue) beside its baseline (grey){}</text>"##,
@@ -283,7 +292,11 @@ impl Report {
                     r##"<text x="{:.1}" y="{:.0}">{}</text>"##,
                     LABEL_W + w + 6.0,
                     by + BAR_H - 4.0,
-                    escape(&format!("{} ev/s  {}", thousands(m.rate().round() as u64), names[j]))
+                    escape(&format!(
+                        "{} ev/s  {}",
+                        thousands(m.rate().round() as u64),
+                        names[j]
+                    ))
                 );
             }
         }
@@ -382,13 +395,24 @@ mod tests {
     #[test]
     fn the_markdown_has_a_table_per_scenario_with_the_ratio() {
         let md = report().markdown();
-        assert!(md.contains("## 1. raw file → Kafka (`--targets raw`)"), "{md}");
+        assert!(
+            md.contains("## 1. raw file → Kafka (`--targets raw`)"),
+            "{md}"
+        );
         assert!(md.contains("## 7. TLS + SASL (`--targets tls`)"), "{md}");
         // Tailrace at 1,000,000/s against kcat's 500,000/s.
-        assert!(md.contains("| tailrace, file | 2,000,000 | 2.0 | 1,000,000 | 1.50 | 64 MiB | 0 | 0 | 2.00 |"), "{md}");
+        assert!(
+            md.contains(
+                "| tailrace, file | 2,000,000 | 2.0 | 1,000,000 | 1.50 | 64 MiB | 0 | 0 | 2.00 |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| 1. raw file → Kafka | 1,000,000 | kcat -P -l, linger.ms=5 | 500,000 | 2.00 | 0 | 0 |"), "{md}");
         // A scenario that failed says so and has no ratio.
-        assert!(md.contains("| 7. TLS + SASL | - | kcat | 100 | - | - | - |"), "{md}");
+        assert!(
+            md.contains("| 7. TLS + SASL | - | kcat | 100 | - | - | - |"),
+            "{md}"
+        );
         assert!(md.contains("tls: stunnel did not start"));
         assert!(md.contains("6.51 6.67 5.42") && md.contains("2 × AMD EPYC"));
         assert!(md.contains("--quick"));
@@ -401,7 +425,16 @@ mod tests {
         let widths: Vec<f64> = svg
             .lines()
             .filter(|l| l.starts_with("<rect x="))
-            .map(|l| l.split("width=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap())
+            .map(|l| {
+                l.split("width=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         // The fastest bar is full length, kcat's half of it, the tiny one
         // still visible.
@@ -410,7 +443,9 @@ mod tests {
         assert!(svg.contains("AMD EPYC &lt;test&gt; &amp; co"));
         assert!(!svg.contains("<test>"));
         assert!(svg.contains("2.00 × baseline"));
-        assert!(svg.contains("1,000,000 ev/s  tailrace<") && svg.contains("500,000 ev/s  kcat -P -l<"));
+        assert!(
+            svg.contains("1,000,000 ev/s  tailrace<") && svg.contains("500,000 ev/s  kcat -P -l<")
+        );
         let mut disk = report().scenarios[0].clone();
         disk.tailrace.as_mut().unwrap().label = "tailrace, file, disk channel".into();
         disk.baseline.as_mut().unwrap().label = "tailrace, file, memory channel".into();
@@ -425,6 +460,8 @@ mod tests {
         report().write(&dir.path().join("r")).unwrap();
         let md = std::fs::read_to_string(dir.path().join("r/REPORT.md")).unwrap();
         assert!(md.contains("![events/s per scenario](matrix.svg)"));
-        assert!(std::fs::read_to_string(dir.path().join("r/matrix.svg")).unwrap().contains("<svg"));
+        assert!(std::fs::read_to_string(dir.path().join("r/matrix.svg"))
+            .unwrap()
+            .contains("<svg"));
     }
 }

@@ -80,7 +80,9 @@ mod tests {
         let text = std::str::from_utf8(&framed).unwrap();
         let (len, msg) = text.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());
-        assert!(msg.starts_with("<134>1 2026-12-01T00:00:00.000Z bench-host app 4242 ID47 - seq=0000000007 "));
+        assert!(msg.starts_with(
+            "<134>1 2026-12-01T00:00:00.000Z bench-host app 4242 ID47 - seq=0000000007 "
+        ));
         assert!(!msg.ends_with('\n'));
         assert_eq!(seq_in(msg.as_bytes()), Some(7));
         let mut lined = Vec::new();
