@@ -3,3 +3,4 @@
 //! generator (`loadgen`) and the criterion benches build on it.
 
 pub mod lines;
+pub mod shapes;

@@ -18,10 +18,12 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use tailrace_benchmarks::lines;
+use tailrace_benchmarks::{lines, shapes};
 
 mod containers;
+mod matrix;
 mod outage;
+mod report;
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end throughput of tailrace against kcat, on this machine")]
@@ -34,18 +36,33 @@ struct Args {
     size: lines::Sizes,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Which runs, in order: kcat, tansu, embedded (the pre-written file,
-    /// as fast as it goes), sustained (a fixed rate, see --rate), cri (the
+    /// Which runs, in order. `matrix` (the default) is the scenarios raw,
+    /// fields, files, syslog, tcp, drain, disk and tls, each beside its
+    /// baseline, written to the report (see --report); each also runs
+    /// alone. The older runs print their own table: kcat, tansu, embedded
+    /// (the pre-written file of --lines, as fast as it goes), sustained (a fixed rate, see --rate), cri (the
     /// same lines as a containerd log, `format: cri`), journald (the same
     /// lines as the MESSAGEs of a journal written by systemd-journal-remote),
     /// outage (the broker out of reach for --outage-secs at --outage-rate;
     /// its own table).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "kcat,tansu,embedded,sustained"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "matrix")]
     targets: Vec<String>,
+    /// The matrix at a small size (--events 100000), to show the harness
+    /// works end to end in a few minutes; not figures to quote.
+    #[arg(long)]
+    quick: bool,
+    /// The matrix: events per scenario (the TLS scenario, bounded by
+    /// tansu's sqlite storage, sends a tenth). Default 2,000,000, or
+    /// 100,000 with --quick.
+    #[arg(long)]
+    events: Option<u64>,
+    /// The matrix: kcat's linger.ms values, each measured in the run; the
+    /// baseline is the fastest.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,20,100")]
+    lingers: Vec<u64>,
+    /// The matrix: where REPORT.md and matrix.svg go.
+    #[arg(long, default_value = "benchmarks/report")]
+    report: PathBuf,
     #[arg(long, default_value = "target/release/tailrace", env = "TAILRACE_BIN")]
     tailrace: PathBuf,
     #[arg(long, env = "TANSU_BIN")]
@@ -303,7 +320,7 @@ fn count_with(
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 idle_since = Instant::now();
-                let Some(seq) = m.payload().and_then(lines::seq_of).filter(|&s| s < n) else {
+                let Some(seq) = m.payload().and_then(shapes::seq_in).filter(|&s| s < n) else {
                     continue;
                 };
                 let (w, b) = ((seq / 64) as usize, seq % 64);
@@ -320,7 +337,7 @@ fn count_with(
     }
     // Drain what is left, to count late duplicates.
     while let Some(Ok(m)) = consumer.poll(Duration::from_secs(2)) {
-        if let Some(seq) = m.payload().and_then(lines::seq_of).filter(|&s| s < n) {
+        if let Some(seq) = m.payload().and_then(shapes::seq_in).filter(|&s| s < n) {
             if seen[(seq / 64) as usize] & (1 << (seq % 64)) != 0 {
                 dups += 1;
             }
@@ -396,6 +413,18 @@ fn start_tailrace_with(
     bootstrap: &str,
     sink_keys: &str,
 ) -> anyhow::Result<Agent> {
+    start_agent(args, dir, source, bootstrap, sink_keys, "{ type: memory }")
+}
+
+/// [`start_tailrace_with`] with the channel `main` given as YAML.
+fn start_agent(
+    args: &Args,
+    dir: &Path,
+    source: &str,
+    bootstrap: &str,
+    sink_keys: &str,
+    channel: &str,
+) -> anyhow::Result<Agent> {
     let sink_keys: String = sink_keys.lines().map(|l| format!("    {l}\n")).collect();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -404,7 +433,7 @@ fn start_tailrace_with(
     std::fs::write(
         &config,
         format!(
-            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n{source}    channels: [main]\nchannels:\n  main: {{ type: memory }}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n{sink_keys}",
+            "data_dir: {dir}/data\nsummary_interval_ms: 5000\nadmin: {{ address: \"{admin}\" }}\nsources:\n  app:\n{source}    channels: [main]\nchannels:\n  main: {channel}\nsinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: bench\n    compression: lz4\n{sink_keys}",
             dir = dir.display(),
         ),
     )?;
@@ -659,65 +688,19 @@ fn slowest_window(samples: &[(f64, f64)], window: f64) -> Option<f64> {
 }
 
 fn kcat_run(args: &Args, load: &Path, bootstrap: &str) -> anyhow::Result<Row> {
-    let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "%e %U %S %M"])
-        .arg(&args.kcat)
-        .args(["-P", "-b", bootstrap, "-t", "bench", "-l"])
-        .arg(load)
-        .args([
-            "-X",
-            "acks=all",
-            "-X",
-            "enable.idempotence=true",
-            "-X",
-            "compression.codec=lz4",
-        ])
-        // kcat at its fastest: with linger.ms=20 (tailrace's default) it
-        // ran at 689k events/s in a run here, against 1.27M-1.89M with 5,
-        // which would flatter tailrace.
-        .args([
-            "-X",
-            "linger.ms=5",
-            "-X",
-            "batch.num.messages=10000",
-            "-X",
-            "batch.size=1000000",
-        ])
-        .args([
-            "-X",
-            "queue.buffering.max.messages=100000",
-            "-X",
-            "queue.buffering.max.kbytes=32768",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(dir) = &args.librdkafka_dir {
-        cmd.env("LD_LIBRARY_PATH", dir);
-    }
-    let out = cmd
-        .output()
-        .context("cannot run kcat under /usr/bin/time")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("kcat failed: {err}");
-    }
-    let last = err.lines().last().unwrap_or_default();
-    let f: Vec<f64> = last
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if f.len() != 4 {
-        bail!("cannot read kcat's timing from {last:?}");
-    }
-    let (lost, duplicated) = count(bootstrap, "bench", args.lines)?;
+    // kcat at its fastest: with linger.ms=20 (tailrace's default) it ran
+    // at 689k events/s in a run here, against 1.27M-1.89M with 5, which
+    // would flatter tailrace. The matrix measures several instead.
+    let load = matrix::KcatLoad::plain(load, args.lines);
+    let m = matrix::kcat_once(args, &load, bootstrap, "bench", 5)?;
     Ok(Row {
         target: "kcat -P -l → tansu".into(),
-        events: args.lines,
-        seconds: f[0],
-        cpu_seconds: f[1] + f[2],
-        peak_rss_mib: f[3] / 1024.0,
-        lost: Some(lost),
-        duplicated: Some(duplicated),
+        events: m.events,
+        seconds: m.seconds,
+        cpu_seconds: m.cpu_seconds.unwrap_or_default(),
+        peak_rss_mib: m.peak_rss_mib.unwrap_or_default(),
+        lost: m.lost,
+        duplicated: m.duplicated,
         ..Row::default()
     })
 }
@@ -751,8 +734,14 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let load = if args
-        .targets
+    let (scenarios, targets) = matrix::split_targets(&args.targets)?;
+    if !scenarios.is_empty() {
+        matrix::run(&args, &scenarios)?;
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let load = if targets
         .iter()
         .any(|t| !matches!(t.as_str(), "sustained" | "scram" | "scram-tls" | "outage"))
     {
@@ -761,10 +750,10 @@ fn main() -> anyhow::Result<()> {
         PathBuf::new()
     };
     let mut rows = Vec::new();
-    for target in &args.targets {
+    for target in &targets {
         eprintln!("running {target}");
         if target == "outage" {
-            match outage::outage_run(&args) {
+            match outage::outage_run(&args, &outage::Plan::of(&args)) {
                 Ok(o) => outage::print(&args, &o),
                 Err(e) => eprintln!("outage: {e:#}"),
             }

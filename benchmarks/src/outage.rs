@@ -33,6 +33,9 @@ pub struct Outage {
     /// written (within a second's worth) and the spool was empty.
     pub drain_seconds: f64,
     pub drain_rate: f64,
+    /// Delivered, and the agent's CPU seconds, over the drain.
+    pub drain_events: u64,
+    pub drain_cpu_seconds: f64,
     /// Whether the writer still wrote when the backlog was gone.
     pub drained_while_writing: bool,
     pub lost: u64,
@@ -79,7 +82,32 @@ fn lz4_of_lines(file: &Path, n: u64, per_entry: u64) -> anyhow::Result<u64> {
 /// Records per spool entry: the sink's batch (10,000 events by default).
 const ENTRY_RECORDS: u64 = 10_000;
 
-pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
+/// When and how hard the outage run writes: `rate` lines a second for
+/// `warm_secs`, through `outage_secs` without the broker and `after_secs`
+/// with it back.
+pub struct Plan {
+    pub rate: u64,
+    pub warm_secs: u64,
+    pub outage_secs: u64,
+    pub after_secs: u64,
+    pub delivery_timeout_ms: u64,
+}
+
+impl Plan {
+    /// The `outage` target's: 10 s, the outage, as long again (60 s at
+    /// least).
+    pub fn of(args: &Args) -> Plan {
+        Plan {
+            rate: args.outage_rate,
+            warm_secs: 10,
+            outage_secs: args.outage_secs,
+            after_secs: args.outage_secs.max(60),
+            delivery_timeout_ms: args.outage_delivery_timeout_ms,
+        }
+    }
+}
+
+pub fn outage_run(args: &Args, plan: &Plan) -> anyhow::Result<Outage> {
     // The e2e harness finds tansu through TANSU_BIN.
     std::env::set_var("TANSU_BIN", &args.tansu);
     let broker_port = tailrace_e2e::free_port();
@@ -93,14 +121,14 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     let _ = std::fs::remove_dir_all(&load_dir);
     std::fs::create_dir_all(&load_dir)?;
     let file = load_dir.join("app.log");
-    let rate = args.outage_rate;
-    let (warm, outage, after) = (10, args.outage_secs, args.outage_secs.max(60));
+    let rate = plan.rate;
+    let (warm, outage, after) = (plan.warm_secs, plan.outage_secs, plan.after_secs);
     let lines = rate * (warm + outage + after);
     // The delivery timeout short, so that the spool, not librdkafka's
     // queue, holds the outage; the spool large enough to hold all of it.
     let sink_keys = format!(
         "delivery_timeout_ms: {}\nspool: {{ max_bytes: {} }}",
-        args.outage_delivery_timeout_ms,
+        plan.delivery_timeout_ms,
         16u64 << 30
     );
     let source = crate::file_source(&file.display().to_string(), "");
@@ -130,6 +158,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     let (mut spooled_events, mut spool_bytes, mut disk_bytes) = (0, 0, 0);
     let mut delivered_at_restore = 0;
     let mut rss_at_return_kib = 0;
+    let mut cpu_at_return = 0.0;
     let mut drained = None;
     let mut writing = true;
     loop {
@@ -158,7 +187,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
             spool_bytes = metric(&m, spool_bytes_name);
             disk_bytes = disk_usage(&data_dir);
             delivered_at_restore = delivered;
-            rss_at_return_kib = usage(pid).map_or(0, |u| u.1);
+            (cpu_at_return, rss_at_return_kib) = usage(pid).unwrap_or((0.0, 0));
             eprintln!(
                 "outage: broker back at {t:.1} s; spool {spooled_events} events, {spool_bytes} bytes, data_dir {disk_bytes} bytes on disk"
             );
@@ -171,7 +200,8 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
                 let secs = back.elapsed().as_secs_f64();
                 drained = Some((
                     secs,
-                    (delivered - delivered_at_restore) as f64 / secs,
+                    delivered - delivered_at_restore,
+                    usage(pid).map_or(0.0, |u| u.0) - cpu_at_return,
                     writing,
                 ));
                 eprintln!("outage: backlog gone {secs:.1} s after the broker's return");
@@ -184,7 +214,7 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
     }
     let (_cpu, peak_kib) = usage(pid).unwrap_or((0.0, 0));
     generator.wait()?;
-    let (drain_seconds, drain_rate, drained_while_writing) =
+    let (drain_seconds, drain_events, drain_cpu_seconds, drained_while_writing) =
         drained.context("the backlog never drained")?;
     let (lost, duplicated) = count(&bootstrap, "bench", lines)?;
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -200,7 +230,9 @@ pub fn outage_run(args: &Args) -> anyhow::Result<Outage> {
         disk_bytes,
         lz4_bytes,
         drain_seconds,
-        drain_rate,
+        drain_rate: drain_events as f64 / drain_seconds,
+        drain_events,
+        drain_cpu_seconds,
         drained_while_writing,
         lost,
         duplicated,
