@@ -33,10 +33,20 @@ struct Lease {
     bytes: usize,
 }
 
+impl Lease {
+    fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            let back = self.bytes - bytes;
+            self.bytes = bytes;
+            let left = self.pool.held.fetch_sub(back, Ordering::AcqRel) - back;
+            self.pool.gauge.set(left as i64);
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        let left = self.pool.held.fetch_sub(self.bytes, Ordering::AcqRel) - self.bytes;
-        self.pool.gauge.set(left as i64);
+        self.shrink_to(0);
     }
 }
 
@@ -81,7 +91,7 @@ impl BufferPool {
         read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Option<Result<Bytes, E>> {
         let want = carry.len() + room;
-        let lease = self.lease(want)?;
+        let mut lease = self.lease(want)?;
         let mut data = Vec::with_capacity(want);
         data.extend_from_slice(carry);
         data.resize(want, 0);
@@ -90,6 +100,12 @@ impl BufferPool {
             Err(e) => return Some(Err(e)),
         };
         data.truncate(carry.len() + n);
+        if n < room / 2 {
+            // A short read (a small or slow file): keep what was read
+            // only, and give the rest of the lease back.
+            data.shrink_to_fit();
+            lease.shrink_to(data.capacity());
+        }
         Some(Ok(Bytes::from_owner(Owned {
             data,
             _lease: lease,
@@ -158,8 +174,8 @@ mod tests {
     fn a_slice_keeps_its_lease_until_the_last_one_is_dropped() {
         let gauge = Gauge::default();
         let pool = BufferPool::new(8_000, gauge.clone());
-        let whole = pool.read(b"", 4_000, fill(100)).unwrap().unwrap();
-        assert_eq!(whole.len(), 100);
+        let whole = pool.read(b"", 4_000, fill(4_000)).unwrap().unwrap();
+        assert_eq!(whole.len(), 4_000);
         let line = whole.slice(10..20);
         drop(whole);
         assert_eq!(pool.held(), 4_000);
@@ -167,6 +183,16 @@ mod tests {
         drop(line);
         assert_eq!(pool.held(), 0);
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_short_read_gives_the_rest_of_its_lease_back() {
+        let pool = BufferPool::new(8_000, Gauge::default());
+        let small = pool.read(b"ab", 4_000, fill(10)).unwrap().unwrap();
+        assert_eq!(&small[..], b"abxxxxxxxxxx");
+        assert!(pool.held() >= 12 && pool.held() < 2_000, "{}", pool.held());
+        drop(small);
+        assert_eq!(pool.held(), 0);
     }
 
     #[test]
