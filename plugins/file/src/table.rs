@@ -1046,10 +1046,7 @@ impl<W: World> FileTable<W> {
         let file = &open.file;
         let old = tf.buf.len();
         let read_pos = tf.read_pos;
-        let Some(res) = self
-            .pool
-            .read(&tf.buf, chunk, |b| file.pread(b, read_pos))
-        else {
+        let Some(res) = self.pool.read(&tf.buf, chunk, |b| file.pread(b, read_pos)) else {
             // Every buffer is out with batches in flight: read when
             // deliveries have given some back.
             return none;

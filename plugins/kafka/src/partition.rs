@@ -72,7 +72,13 @@ impl Partitions {
     /// Ours to pick when the effective `partitioner` is murmur2_random
     /// (the default); refreshed as often as librdkafka refreshes metadata.
     pub(crate) fn for_properties(props: &[(String, String)]) -> Partitions {
-        let get = |key: &str| props.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let get = |key: &str| {
+            props
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         let refresh = get("topic.metadata.refresh.interval.ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(300_000u64);

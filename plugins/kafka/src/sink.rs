@@ -1089,7 +1089,10 @@ impl Sink {
                 .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
-            if let Some(p) = self.partitions.pick(self.producer.client(), topic, Some(key)) {
+            if let Some(p) = self
+                .partitions
+                .pick(self.producer.client(), topic, Some(key))
+            {
                 record = record.partition(p);
             }
         }
