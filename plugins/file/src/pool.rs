@@ -74,8 +74,9 @@ impl BufferPool {
         }
     }
 
-    /// Bytes held now by buffers not yet dropped.
-    pub fn held(&self) -> usize {
+    /// Bytes held now by buffers not yet dropped (the gauge shows it).
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.inner.held.load(Ordering::Acquire)
     }
 
