@@ -20,6 +20,7 @@ mod metrics;
 #[cfg(test)]
 mod model_tests;
 mod multiline;
+mod pool;
 mod recovery;
 mod scan;
 mod split;
@@ -68,6 +69,12 @@ pub struct FileSourceConfig {
     /// wrapping adds some 40 bytes a line: as many records per read).
     #[serde(default)]
     pub read_buffer_bytes: Option<usize>,
+    /// The most bytes all of the source's read buffers hold at once, in
+    /// files being read and in batches not yet delivered; a file between
+    /// reads holds none, so memory does not grow with the number of
+    /// files. Reads wait when it is spent. Default: 32 MiB.
+    #[serde(default = "default_read_pool_bytes")]
+    pub read_pool_bytes: usize,
     /// Longer lines are split or truncated (`max_line_policy`). Default:
     /// 1 MiB, or less when a sink this source feeds cannot deliver that
     /// (a kafka sink: `message.max.bytes` less the record's overhead).
@@ -127,6 +134,10 @@ fn default_poll_interval_ms() -> u64 {
 fn default_scan_interval_ms() -> u64 {
     1000
 }
+fn default_read_pool_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
 fn default_read_buffer_bytes(format: Format) -> usize {
     match format {
         Format::Raw => 256 * 1024,
@@ -204,8 +215,9 @@ impl SourceConfig for FileSourceConfig {
                 ));
             }
         }
-        let positive: [(&str, usize); 5] = [
+        let positive: [(&str, usize); 6] = [
             ("read_buffer_bytes", self.read_buffer_bytes()),
+            ("read_pool_bytes", self.read_pool_bytes),
             ("max_line_bytes", self.max_line().bytes),
             ("poll_interval_ms", self.poll_interval_ms as usize),
             ("scan_interval_ms", self.scan_interval_ms as usize),
@@ -265,6 +277,7 @@ impl SourceConfig for FileSourceConfig {
             poll_interval: Self::interval(self.poll_interval_ms),
             scan_interval: Self::interval(self.scan_interval_ms),
             read_buffer_bytes: self.read_buffer_bytes().max(4096),
+            read_pool_bytes: self.read_pool_bytes,
             max_line_bytes: self.max_line().bytes,
             max_line_policy: self.max_line_policy,
             fingerprint_bytes: self.fingerprint_bytes,

@@ -35,6 +35,7 @@ pub struct FileFamilies {
     events: Family<Labels, Counter>,
     open: Family<Labels, Gauge>,
     lag: Family<Labels, Gauge>,
+    buffers: Family<Labels, Gauge>,
 }
 
 impl Families for FileFamilies {
@@ -53,6 +54,11 @@ impl Families for FileFamilies {
             "tailrace_file_lag_bytes",
             "Bytes between the acknowledged position of a file and its size",
             self.lag.clone(),
+        );
+        registry.register(
+            "tailrace_file_buffer_bytes",
+            "Bytes the read buffers of a file source hold (bounded by read_pool_bytes)",
+            self.buffers.clone(),
         );
     }
 }
@@ -97,6 +103,12 @@ impl FileMetrics {
     pub fn open_files(&self) -> Gauge {
         let l = vec![("source", self.source.clone())];
         self.families.open.get_or_create(&l).clone()
+    }
+
+    /// `tailrace_file_buffer_bytes{source}`.
+    pub fn buffer_bytes(&self) -> Gauge {
+        let l = vec![("source", self.source.clone())];
+        self.families.buffers.get_or_create(&l).clone()
     }
 
     /// `tailrace_file_lag_bytes{source, path}`: keep the handle, and

@@ -425,6 +425,7 @@ impl Harness {
             scan_interval: Duration::from_millis(100),
             // Small chunks: lines are cut across reads.
             read_buffer_bytes: 20,
+            read_pool_bytes: 1 << 20,
             max_line_bytes: 1000,
             max_line_policy: Default::default(),
             fingerprint_bytes: 16,

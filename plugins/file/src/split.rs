@@ -117,6 +117,39 @@ impl Group {
     }
 }
 
+/// What lines are cut from: a file's read buffer (`Bytes` from the
+/// source's pool) or a `BytesMut`. Every cut is a slice of it, no copy.
+pub trait Buffer: AsRef<[u8]> {
+    fn len(&self) -> usize;
+    /// The first `at` bytes, taken off the front.
+    fn cut(&mut self, at: usize) -> Bytes;
+    fn clear(&mut self);
+}
+
+impl Buffer for Bytes {
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+    fn cut(&mut self, at: usize) -> Bytes {
+        self.split_to(at)
+    }
+    fn clear(&mut self) {
+        Bytes::clear(self)
+    }
+}
+
+impl Buffer for BytesMut {
+    fn len(&self) -> usize {
+        BytesMut::len(self)
+    }
+    fn cut(&mut self, at: usize) -> Bytes {
+        self.split_to(at).freeze()
+    }
+    fn clear(&mut self) {
+        BytesMut::clear(self)
+    }
+}
+
 impl Splitter {
     pub fn new(max_line_bytes: usize, policy: LinePolicy, line_start: u64) -> Splitter {
         Splitter {
@@ -170,11 +203,11 @@ impl Splitter {
 
     /// Moves every complete line out of `buf` into `out`; the unterminated
     /// rest stays in `buf`, unless it is already longer than the limit.
-    pub fn split(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>) -> Split {
+    pub fn split(&mut self, buf: &mut impl Buffer, out: &mut Vec<Record>) -> Split {
         let mut report = Split::default();
         let from = out.len();
-        if let Some(last_nl) = memchr::memrchr(b'\n', buf) {
-            let chunk = buf.split_to(last_nl + 1).freeze();
+        if let Some(last_nl) = memchr::memrchr(b'\n', buf.as_ref()) {
+            let chunk = buf.cut(last_nl + 1);
             let base = self.line_start;
             let mut start = 0;
             for nl in memchr::memchr_iter(b'\n', &chunk) {
@@ -199,7 +232,7 @@ impl Splitter {
                 LinePolicy::Split => {
                     report.split_lines += 1;
                     let whole = buf.len() / max * max;
-                    let chunk = buf.split_to(whole).freeze();
+                    let chunk = buf.cut(whole);
                     for at in (0..whole).step_by(max) {
                         out.push(Record::new(chunk.slice(at..at + max), base + at as u64));
                     }
@@ -208,7 +241,7 @@ impl Splitter {
                 LinePolicy::Truncate => {
                     report.truncated_lines += 1;
                     let len = buf.len();
-                    let chunk = buf.split_to(len).freeze();
+                    let chunk = buf.cut(len);
                     out.push(Record::new(chunk.slice(..max), base));
                     self.line_start += len as u64;
                     self.skipping = true;
@@ -230,12 +263,12 @@ impl Splitter {
     /// Emits whatever is held as a last line, and the multiline event it
     /// may belong to (a rotated or deleted file whose writer will not
     /// finish the line).
-    pub fn flush(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>) -> Split {
+    pub fn flush(&mut self, buf: &mut impl Buffer, out: &mut Vec<Record>) -> Split {
         let mut report = Split::default();
         let from = out.len();
-        if !buf.is_empty() {
+        if buf.len() > 0 {
             let len = buf.len();
-            let chunk = buf.split_to(len).freeze();
+            let chunk = buf.cut(len);
             let base = self.line_start;
             if !self.skipping {
                 self.accept(&chunk, 0, len, base, out, &mut report);

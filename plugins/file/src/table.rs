@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use tailrace_api::{BatchMeta, CheckpointStore, Ledger, Record, SourceMetrics};
 use tracing::{debug, info, warn};
@@ -35,6 +35,7 @@ use crate::identity::{self, ReadAt, Sibling, Tail};
 use crate::life::{Budget, Life, Open, Place};
 use crate::metrics::FileMetrics;
 use crate::multiline::Multiline;
+use crate::pool::BufferPool;
 use crate::recovery::{self, Found};
 use crate::split::{LinePolicy, Split, Splitter};
 use crate::StartAt;
@@ -83,6 +84,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub scan_interval: Duration,
     pub read_buffer_bytes: usize,
+    /// The most bytes the source's read buffers hold at once (see pool.rs).
+    pub read_pool_bytes: usize,
     pub max_line_bytes: usize,
     pub max_line_policy: LinePolicy,
     pub fingerprint_bytes: usize,
@@ -126,7 +129,9 @@ struct Tracked<F> {
     /// The name it was read under; its rotations are named after it.
     origin: PathBuf,
     life: Life<F>,
-    buf: BytesMut,
+    /// The unfinished line after the last read: a copy of its own, so a
+    /// file between reads holds no read buffer.
+    buf: Bytes,
     splitter: Splitter,
     /// Next byte to read.
     read_pos: u64,
@@ -202,6 +207,8 @@ pub struct FileTable<W: World> {
     replaced: HashSet<FileId>,
     /// `max_open_files`: every open file holds one of its permits.
     budget: Budget,
+    /// Read buffers, shared by every file of the source.
+    pool: BufferPool,
     file_metrics: FileMetrics,
     last_warning: HashMap<&'static str, Instant>,
     /// When the positions were last saved.
@@ -241,6 +248,7 @@ impl<W: World> FileTable<W> {
     ) -> FileTable<W> {
         let file_metrics = FileMetrics::of(&name, &metrics);
         let budget = Budget::new(settings.max_open_files, file_metrics.open_files());
+        let pool = BufferPool::new(settings.read_pool_bytes, file_metrics.buffer_bytes());
         let last_persist = world.now();
         FileTable {
             world,
@@ -258,6 +266,7 @@ impl<W: World> FileTable<W> {
             removes: Vec::new(),
             replaced: HashSet::new(),
             budget,
+            pool,
             file_metrics,
             last_warning: HashMap::new(),
             last_persist,
@@ -634,7 +643,7 @@ impl<W: World> FileTable<W> {
                 path,
                 origin,
                 life: Life::found(place),
-                buf: BytesMut::new(),
+                buf: Bytes::new(),
                 splitter: self.settings.splitter(start.offset),
                 read_pos: start.offset,
                 recent: check,
@@ -1036,20 +1045,26 @@ impl<W: World> FileTable<W> {
         };
         let file = &open.file;
         let old = tf.buf.len();
-        tf.buf.reserve(chunk);
-        tf.buf.resize(old + chunk, 0);
-        let res = file.pread(&mut tf.buf[old..], tf.read_pos);
-        let n = *res.as_ref().unwrap_or(&0);
-        tf.buf.truncate(old + n);
-        if let Err(e) = res {
-            let path = tf.path.clone();
-            self.warn_limited("read", &path, "cannot read file", &e);
+        let read_pos = tf.read_pos;
+        let Some(res) = self.pool.read(&tf.buf, chunk, |b| file.pread(b, read_pos)) else {
+            // Every buffer is out with batches in flight: read when
+            // deliveries have given some back.
             return none;
-        }
+        };
+        let buf = match res {
+            Ok(buf) => buf,
+            Err(e) => {
+                let path = tf.path.clone();
+                self.warn_limited("read", &path, "cannot read file", &e);
+                return none;
+            }
+        };
+        let n = buf.len() - old;
         open.at_eof = n == 0;
         if n == 0 {
             return none;
         }
+        tf.buf = buf;
         // The first bytes taken when the file was found may have been
         // replaced since (truncated and written again before any of them
         // was read): what is read now is the file's start.
@@ -1071,6 +1086,8 @@ impl<W: World> FileTable<W> {
         tf.last_growth = self.world.now();
         let mut records = Vec::with_capacity(n / 64 + 8);
         let split = tf.splitter.split(&mut tf.buf, &mut records);
+        // The unfinished line must not keep the whole buffer.
+        tf.buf = Bytes::copy_from_slice(&tf.buf);
         self.count_split(&split);
         self.send(seq, records, split.end_offset);
         Turn {

@@ -199,6 +199,14 @@ fn json_value(out: &mut Vec<u8>, v: &FieldValue) {
     }
 }
 
+thread_local! {
+    /// The last millisecond formatted, as its quoted JSON string: records
+    /// of a batch mostly share their millisecond, so most records copy it
+    /// instead of formatting a date (which also allocated).
+    static LAST_TIME: std::cell::RefCell<(Option<i64>, Vec<u8>)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
 /// Appends the JSON object of a record to `out`.
 pub fn json(batch: &Batch, record: &Record, host: &str, out: &mut Vec<u8>) {
     out.push(b'{');
@@ -226,10 +234,24 @@ pub fn json(batch: &Batch, record: &Record, host: &str, out: &mut Vec<u8>) {
         let _ = write!(out, ",\"offset\":{}", record.offset);
     }
     if let Some(ms) = timestamp_ms(batch, record) {
-        if let Some(t) = DateTime::from_timestamp_millis(ms) {
-            out.extend_from_slice(b",\"timestamp\":");
-            json_str(out, &t.to_rfc3339_opts(SecondsFormat::Millis, true));
-        }
+        LAST_TIME.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.0 != Some(ms) {
+                last.1.clear();
+                if let Some(t) = DateTime::from_timestamp_millis(ms) {
+                    let _ = write!(
+                        last.1,
+                        "\"{}\"",
+                        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+                    );
+                }
+                last.0 = Some(ms);
+            }
+            if !last.1.is_empty() {
+                out.extend_from_slice(b",\"timestamp\":");
+                out.extend_from_slice(&last.1);
+            }
+        });
     }
     let own = record.fields.as_deref();
     let shared = batch.fields.as_deref();
@@ -450,6 +472,34 @@ mod tests {
                 "offset": 42, "timestamp": "2026-11-21T10:00:00.000Z", "env": "prod", "user": "ann"
             })
         );
+    }
+
+    #[test]
+    fn the_timestamp_cache_formats_each_millisecond_as_chrono_does() {
+        let check = |ms: i64| {
+            let b = batch(b"x", &[("timestamp", FieldValue::Int(ms))], &[]);
+            let want = DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(
+                to_json(&b).get("timestamp").and_then(|v| v.as_str()),
+                want.as_deref(),
+                "{ms}"
+            );
+        };
+        // Repeats hit the cache; a change, one out of chrono's range (no
+        // timestamp at all) and the one before it again must not be stale.
+        for ms in [
+            1_795_255_200_000,
+            1_795_255_200_000,
+            1_795_255_200_001,
+            0,
+            -1,
+            i64::MAX,
+            i64::MAX,
+            1_795_255_200_001,
+        ] {
+            check(ms);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod check;
 mod config;
 pub mod encode;
 mod metrics;
+mod partition;
 mod properties;
 mod replay;
 mod sink;

@@ -168,6 +168,10 @@ pub(crate) fn assemble(config: &KafkaSinkConfig, name: &str) -> Vec<Property> {
         Property::new("batch.size", "1000000", Default),
         Property::new("queue.buffering.max.messages", "100000", Default),
         Property::new("queue.buffering.max.kbytes", "32768", Default),
+        // The Java client's default: keys land where a Java producer puts
+        // them; the sink picks keyed partitions itself with the same hash
+        // (partition.rs).
+        Property::new("partitioner", "murmur2_random", Default),
     ];
     props.extend(derived(config));
     for (k, v) in &config.librdkafka {

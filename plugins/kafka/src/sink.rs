@@ -764,6 +764,7 @@ struct Sink {
     /// No replay before this (after a failed one).
     replay_not_before: Instant,
     ids: encode::EventIds,
+    partitions: crate::partition::Partitions,
     last_full_warning: Option<Instant>,
     /// The broker fenced the producer's epoch: replace the producer.
     fenced: bool,
@@ -863,6 +864,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
         }
     }
+    let partitions = crate::partition::Partitions::for_properties(&settings.properties);
     let mut sink = Sink {
         cx,
         settings,
@@ -878,6 +880,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
         store_warning: None,
         store_errors: 0,
         ids: encode::EventIds::new(),
+        partitions,
         replay: Replayer::new(SpoolTree::Pending),
         replay_not_before: Instant::now(),
         last_full_warning: None,
@@ -1086,6 +1089,12 @@ impl Sink {
                 .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
+            if let Some(p) = self
+                .partitions
+                .pick(self.producer.client(), topic, Some(key))
+            {
+                record = record.partition(p);
+            }
         }
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
