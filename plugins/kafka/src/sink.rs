@@ -8,23 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::client::{ClientContext, OAuthToken};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers as _, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
 use tailrace_api::spool::{encode, EntryHeader, EntryRecord, SpoolRecord, SpoolStore, SpoolTree};
 use tailrace_api::{
-    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, Record, SinkContext,
+    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Record, SinkContext,
     SinkMetrics,
 };
 use tracing::{debug, error, info, warn};
 
 mod replayer;
+pub(crate) mod session;
 pub(crate) use replayer::{Replayer, Taken};
+pub(crate) use session::{create_producer, Delivery};
+use session::{Fatal, Outgoing, ProducerPort, Session};
 
 use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
@@ -35,12 +32,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
 /// Records per spool entry at most.
 const ENTRY_RECORDS: usize = 10_000;
-/// How far repeated fail-overs stretch the delivery timeout.
-const MAX_STALL_BACKOFF: u32 = 8;
-/// The first wait before a fatally failed producer is replaced again; it
-/// doubles with each replacement that delivers nothing.
-const REPLACE_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_REPLACE_BACKOFF: Duration = Duration::from_secs(60);
 /// `tailrace_sink_events_failed_total{reason}` of the sink's own decisions
 /// (librdkafka's error codes add their own names as they occur).
 const FAILURE_REASONS: &[&str] = &[
@@ -54,7 +45,7 @@ const FAILURE_REASONS: &[&str] = &[
 /// (The eviction reasons are the spool wrapper's, in `bounded`.)
 const DROP_REASONS: &[&str] = &["dead_letter", "spool_full", "spool_full_at_shutdown"];
 /// Replay waits while librdkafka holds more than this many messages.
-const REPLAY_QUEUE_ROOM: i32 = 50_000;
+const REPLAY_QUEUE_ROOM: usize = 50_000;
 
 pub(crate) struct Settings {
     pub bootstrap_servers: String,
@@ -352,226 +343,6 @@ fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
     encode(records, &chunk[0].reason, now_ms())
 }
 
-/// The producer's context: receives delivery reports and client errors.
-pub(crate) struct Delivery {
-    sink: Arc<str>,
-    metrics: SinkMetrics,
-    failed: Arc<Mutex<Vec<Failure>>>,
-    /// Messages acknowledged so far: the sink watches it for progress.
-    acks: Arc<AtomicU64>,
-    reachable: Arc<AtomicBool>,
-    readiness: Readiness,
-    bootstrap: String,
-    last_warning: Mutex<Option<Instant>>,
-    /// Where OAUTHBEARER tokens come from, when librdkafka does not fetch them.
-    token: Option<Arc<crate::auth::TokenSource>>,
-    /// The last authentication, authorization or TLS failure, until a
-    /// broker is reached: readiness names it.
-    refused: Mutex<Option<String>>,
-}
-
-/// Why a client error means the cluster refuses this client (rather than
-/// being unreachable), as said in /ready and the log.
-fn refusal(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
-    match code? {
-        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
-            Some("authentication failed")
-        }
-        RDKafkaErrorCode::SSL => Some("TLS failed"),
-        RDKafkaErrorCode::TopicAuthorizationFailed
-        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some("not authorized"),
-        _ => None,
-    }
-}
-
-/// The part of librdkafka's statistics that says which brokers are up.
-#[derive(serde::Deserialize)]
-struct Stats {
-    #[serde(default)]
-    brokers: std::collections::HashMap<String, BrokerStats>,
-}
-
-#[derive(serde::Deserialize)]
-struct BrokerStats {
-    state: String,
-    nodeid: i32,
-}
-
-impl Delivery {
-    pub(crate) fn new(
-        sink: Arc<str>,
-        metrics: SinkMetrics,
-        failed: Arc<Mutex<Vec<Failure>>>,
-        reachable: Arc<AtomicBool>,
-        readiness: Readiness,
-        bootstrap: String,
-    ) -> Delivery {
-        Delivery {
-            sink,
-            metrics,
-            failed,
-            acks: Arc::default(),
-            reachable,
-            readiness,
-            bootstrap,
-            last_warning: Mutex::new(None),
-            token: None,
-            refused: Mutex::new(None),
-        }
-    }
-
-    fn unreachable(&self, why: &str) {
-        let refused = self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let why = match refused {
-            Some(refused) => format!("{refused} ({why})"),
-            None => why.to_string(),
-        };
-        let why = why.as_str();
-        self.readiness.set_not_ready(format!(
-            "cannot reach a broker of {}: {why}",
-            self.bootstrap
-        ));
-        if self.reachable.swap(false, Ordering::AcqRel) {
-            warn!(sink = %self.sink, reason = why, "the sink cannot reach its broker; failed sends go to the spool");
-        }
-    }
-
-    fn reached(&self) {
-        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.readiness.set_ready();
-        if !self.reachable.swap(true, Ordering::AcqRel) {
-            info!(sink = %self.sink, "the sink reached its broker");
-        }
-    }
-
-    fn warn_limited(&self, what: &str, detail: &str) {
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            warn!(sink = %self.sink, detail, "{what}");
-        }
-    }
-}
-
-impl ClientContext for Delivery {
-    // librdkafka's builtin OIDC method still fetches its own tokens: it
-    // forces its refresh op to its own callback (rdkafka.c, rd_kafka_new).
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        crate::auth::oauth_token(self.token.as_deref()).map_err(|e| {
-            self.warn_limited("cannot get an oauthbearer token", &e.to_string());
-            e.into()
-        })
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                self.warn_limited("librdkafka error", &format!("{fac}: {message}"))
-            }
-            _ => debug!(sink = %self.sink, facility = fac, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.unreachable(reason);
-            return;
-        }
-        if let Some(what) = refusal(error.rdkafka_error_code()) {
-            // librdkafka's reason names the broker and the cause
-            // ("SASL authentication error: ...", "certificate verify
-            // failed"), never a credential.
-            let refused = format!("{what}: {reason}");
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused.clone());
-            self.unreachable("the cluster refuses this client");
-            self.warn_limited("the cluster refuses the sink; what is read is held or spooled until a reload fixes the config", &refused);
-            return;
-        }
-        self.warn_limited("kafka client error", &format!("{error}: {reason}"));
-    }
-
-    fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else {
-            return;
-        };
-        // Bootstrap entries have negative node ids; a known broker that is
-        // UP means the cluster is reachable.
-        if stats
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP")
-        {
-            self.reached();
-        } else {
-            let mut states: Vec<String> = stats
-                .brokers
-                .iter()
-                .map(|(name, b)| format!("{name} {}", b.state))
-                .collect();
-            states.sort();
-            self.unreachable(&format!("no broker is up ({})", states.join(", ")));
-        }
-    }
-}
-
-impl ProducerContext for Delivery {
-    type DeliveryOpaque = Arc<InFlight>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
-        match result {
-            Ok(_) => {
-                self.acks.fetch_add(1, Ordering::Relaxed);
-                if !self.reachable.load(Ordering::Relaxed) {
-                    self.reached();
-                }
-                inflight.settle(&self.metrics);
-            }
-            Err((error, message)) => {
-                let failure = Failure {
-                    inflight,
-                    payload: message
-                        .payload()
-                        .map(Bytes::copy_from_slice)
-                        .unwrap_or_default(),
-                    key: message.key().map(Bytes::copy_from_slice),
-                    headers: message
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    topic: message.topic().to_string(),
-                    timestamp: message.timestamp().to_millis(),
-                    error: error.clone(),
-                };
-                self.failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(failure);
-            }
-        }
-    }
-}
-
 /// Errors that producing again cannot fix: the records go to the
 /// dead-letter tree. (`KafkaError::Nul`, a NUL byte in the topic, is one
 /// too: see `refused_for_good`.)
@@ -619,31 +390,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// The sink's brokers and producer properties, as librdkafka takes them.
-fn client_config(settings: &Settings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.bootstrap_servers);
-    for (k, v) in &settings.properties {
-        config.set(k, v);
-    }
-    config
-}
-
-pub(crate) fn create_producer(
-    settings: &Settings,
-    mut context: Delivery,
-) -> Result<BaseProducer<Delivery>, String> {
-    context.token = settings.token.clone();
-    let config = client_config(settings);
-    let sink = context.sink.clone();
-    let producer: BaseProducer<Delivery> = config.create_with_context(context).map_err(|e| {
-        let e = crate::properties::mask(&e.to_string(), &settings.properties);
-        format!("cannot create the kafka producer of sink {sink}: {e}")
-    })?;
-    crate::properties::verify_promises(&producer).map_err(|e| format!("sink {sink}: {e}"))?;
-    Ok(producer)
 }
 
 /// How records become Kafka messages; shared, read-only.
@@ -736,12 +482,11 @@ enum Phase {
     Closed,
 }
 
-struct Sink {
+pub(crate) struct Sink<P> {
     cx: SinkContext,
     settings: Settings,
-    producer: BaseProducer<Delivery>,
-    failed: Arc<Mutex<Vec<Failure>>>,
-    reachable: Arc<AtomicBool>,
+    /// The producer, its progress and its replacement.
+    session: Session<P>,
     /// Where the sink is in its life; see [`Phase`].
     phase: Cell<Phase>,
     spool: Arc<dyn SpoolStore>,
@@ -765,29 +510,21 @@ struct Sink {
     replay_not_before: Instant,
     ids: encode::EventIds,
     last_full_warning: Option<Instant>,
-    /// The broker fenced the producer's epoch: replace the producer.
-    fenced: bool,
-    /// Fatal replacements since Kafka last acknowledged anything, and when
-    /// the next one may happen: a producer that keeps failing fatally (an
-    /// idempotent producer not allowed, say) is recreated with exponential
-    /// backoff, never in a tight loop.
-    replacements: u32,
-    replace_not_before: Option<Instant>,
-    /// The producer's count of acknowledged messages.
-    acks: Arc<AtomicU64>,
-    /// The count last seen, and since when it has not moved.
-    progress: (u64, Instant),
-    /// The delivery timeout is multiplied by this: it doubles (up to
-    /// `MAX_STALL_BACKOFF`) with each fail-over until something is
-    /// acknowledged, so a broker slower to answer a new producer than the
-    /// timeout is still reached.
-    stall_backoff: u32,
-    /// When the sink last took back what librdkafka held.
-    failed_over_at: Option<Instant>,
     /// Events spooled but not logged yet, by reason, and when the last
     /// "events spooled" line was written: at most one a second.
     spooled_unlogged: BTreeMap<String, u64>,
     spool_logged_at: Option<Instant>,
+    /// How long a turn waits for a batch before polling again.
+    pub(crate) idle_wait: Duration,
+}
+
+/// What one turn of the sink's loop ([`Sink::step`]) leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Call `step` again.
+    More,
+    /// The input is drained or the grace period is over: call `finish`.
+    Done,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -812,9 +549,11 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     } else {
         None
     };
-    let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
-    let (producer, acks) = sink_producer(&cx, &settings, &failed, &reachable)?;
+    let session = Session::new(
+        session::connect(&cx, &settings, reachable),
+        Arc::new(Instant::now),
+    )?;
     let spool = crate::bounded::Bounded::wrap(
         cx.spool.clone(),
         &settings.spool,
@@ -831,7 +570,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     let watch_stop = Arc::new(AtomicBool::new(false));
     if _cluster.is_none() {
         // The watch's admin client reads no statistics.
-        let mut config = client_config(&settings);
+        let mut config = session::client_config(&settings);
         config.remove("statistics.interval.ms");
         let interval = settings
             .properties
@@ -863,120 +602,117 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
         }
     }
-    let mut sink = Sink {
-        cx,
-        settings,
-        producer,
-        failed,
-        reachable,
-        phase: Cell::new(Phase::Running),
-        spool,
-        to_spool: Vec::new(),
-        unflushed: Vec::new(),
-        unflushed_generation: 0,
-        unflushed_entries: Vec::new(),
-        store_warning: None,
-        store_errors: 0,
-        ids: encode::EventIds::new(),
-        replay: Replayer::new(SpoolTree::Pending),
-        replay_not_before: Instant::now(),
-        last_full_warning: None,
-        fenced: false,
-        replacements: 0,
-        replace_not_before: None,
-        acks,
-        progress: (0, Instant::now()),
-        stall_backoff: 1,
-        failed_over_at: None,
-        spooled_unlogged: BTreeMap::new(),
-        spool_logged_at: None,
-    };
-    sink.update_gauges();
-    // The reasons this sink counts under, exported at 0 from the start so
-    // that an alert on increase() sees the first failure or drop.
-    for reason in FAILURE_REASONS {
-        sink.cx.metrics.failed.add(reason, 0);
-    }
-    for reason in DROP_REASONS {
-        sink.cx.metrics.dropped.add(reason, 0);
-    }
+    let mut sink = Sink::new(cx, settings, session, spool);
     let result = sink.run();
     sink.finish();
     watch_stop.store(true, Ordering::Release);
     result
 }
 
-/// A producer for the sink, and its count of acknowledged messages.
-fn sink_producer(
-    cx: &SinkContext,
-    settings: &Settings,
-    failed: &Arc<Mutex<Vec<Failure>>>,
-    reachable: &Arc<AtomicBool>,
-) -> Result<(BaseProducer<Delivery>, Arc<AtomicU64>), String> {
-    let context = Delivery::new(
-        cx.name.clone(),
-        cx.metrics.clone(),
-        failed.clone(),
-        reachable.clone(),
-        cx.readiness.clone(),
-        settings.bootstrap_servers.clone(),
-    );
-    let acks = context.acks.clone();
-    Ok((create_producer(settings, context)?, acks))
-}
-
-impl Sink {
-    fn run(&mut self) -> Result<(), String> {
-        loop {
-            self.cx.heartbeat.beat();
-            self.producer.poll(Duration::ZERO);
-            self.handle_failures();
-            self.finish_replays();
-            self.recover_if_fatal()?;
-            if self.stalled() {
-                self.fail_over("delivery_timeout");
-            }
-            if !self.flush_to_spool() {
-                // The spool is full and blocks: take nothing new until
-                // replay makes room.
-                self.replay_more();
-                self.producer.poll(Duration::from_millis(50));
-                if self.out_of_time() {
-                    return Ok(());
-                }
-                continue;
-            }
-            self.replay_more();
-            self.log_spooled(false);
-            let batch = next_batch(&self.cx.input, &self.settings.limits, IDLE_WAIT);
-            if batch.is_empty() {
-                if self.cx.input.is_drained() {
-                    return Ok(());
-                }
-                continue;
-            }
-            self.cx.metrics.batches.inc();
-            self.cx.metrics.batch_events.observe(batch.events as f64);
-            let mut batches = batch.batches.into_iter();
-            while let Some(b) = batches.next() {
-                if self.send_batch(b).is_err() {
-                    // The grace period is over: what was taken from the
-                    // channel goes to the spool, never nowhere.
-                    for rest in batches {
-                        self.divert_batch(rest, "shutdown");
-                    }
-                    return Ok(());
-                }
-            }
-            self.flush_to_spool();
+impl<P: ProducerPort> Sink<P> {
+    /// A sink over `session` and `spool` (already bounded), in `Running`.
+    pub(crate) fn new(
+        cx: SinkContext,
+        settings: Settings,
+        session: Session<P>,
+        spool: Arc<dyn SpoolStore>,
+    ) -> Sink<P> {
+        let now = session.now();
+        let sink = Sink {
+            cx,
+            settings,
+            session,
+            phase: Cell::new(Phase::Running),
+            spool,
+            to_spool: Vec::new(),
+            unflushed: Vec::new(),
+            unflushed_generation: 0,
+            unflushed_entries: Vec::new(),
+            store_warning: None,
+            store_errors: 0,
+            ids: encode::EventIds::new(),
+            replay: Replayer::new(SpoolTree::Pending),
+            replay_not_before: now,
+            last_full_warning: None,
+            spooled_unlogged: BTreeMap::new(),
+            spool_logged_at: None,
+            idle_wait: IDLE_WAIT,
+        };
+        sink.update_gauges();
+        // The reasons this sink counts under, exported at 0 from the start so
+        // that an alert on increase() sees the first failure or drop.
+        for reason in FAILURE_REASONS {
+            sink.cx.metrics.failed.add(reason, 0);
         }
+        for reason in DROP_REASONS {
+            sink.cx.metrics.dropped.add(reason, 0);
+        }
+        sink
+    }
+
+    fn now(&self) -> Instant {
+        self.session.now()
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        while self.step()? == Step::More {}
+        Ok(())
+    }
+
+    /// One turn of the loop: delivery reports, replay, fail-over when
+    /// stalled, the spool written, and the next batch taken and sent.
+    pub(crate) fn step(&mut self) -> Result<Step, String> {
+        self.cx.heartbeat.beat();
+        self.session.poll(Duration::ZERO);
+        self.handle_failures();
+        self.finish_replays();
+        self.recover_if_fatal()?;
+        if self.stalled() {
+            self.fail_over("delivery_timeout");
+        }
+        if !self.flush_to_spool() {
+            // The spool is full and blocks: take nothing new until
+            // replay makes room.
+            self.replay_more();
+            self.session.poll(Duration::from_millis(50));
+            return Ok(if self.out_of_time() {
+                Step::Done
+            } else {
+                Step::More
+            });
+        }
+        self.replay_more();
+        self.log_spooled(false);
+        let batch = next_batch(&self.cx.input, &self.settings.limits, self.idle_wait);
+        if batch.is_empty() {
+            return Ok(if self.cx.input.is_drained() {
+                Step::Done
+            } else {
+                Step::More
+            });
+        }
+        self.cx.metrics.batches.inc();
+        self.cx.metrics.batch_events.observe(batch.events as f64);
+        let mut batches = batch.batches.into_iter();
+        while let Some(b) = batches.next() {
+            if self.send_batch(b).is_err() {
+                // The grace period is over: what was taken from the
+                // channel goes to the spool, never nowhere.
+                for rest in batches {
+                    self.divert_batch(rest, "shutdown");
+                }
+                return Ok(Step::Done);
+            }
+        }
+        self.flush_to_spool();
+        Ok(Step::More)
     }
 
     /// The phase now: shutdown, when first seen, starts the grace period.
     fn phase(&self) -> Phase {
         let phase = match self.phase.get() {
             Phase::Running if self.cx.shutdown.is_triggered() => Phase::Draining {
-                deadline: Instant::now() + self.cx.grace,
+                deadline: self.now() + self.cx.grace,
             },
             p => p,
         };
@@ -989,7 +725,7 @@ impl Sink {
     fn out_of_time(&self) -> bool {
         match self.phase() {
             Phase::Running => false,
-            Phase::Draining { deadline } => Instant::now() >= deadline,
+            Phase::Draining { deadline } => self.now() >= deadline,
             Phase::Closed => true,
         }
     }
@@ -1081,38 +817,31 @@ impl Sink {
         timestamp: Option<i64>,
         headers: &[(String, Bytes)],
     ) -> Result<(), Unsent> {
-        let mut record =
-            BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(topic, inflight.clone())
-                .payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
-        }
-        if !headers.is_empty() {
-            record = record.headers(encode::owned_headers(headers));
-        }
+        let message = Outgoing {
+            topic,
+            payload,
+            key,
+            timestamp,
+            headers,
+        };
         let mut full_since = None;
         loop {
-            match self.producer.send(record) {
+            match self.session.send(&message, inflight) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     self.cx.heartbeat.beat();
-                    let since = *full_since.get_or_insert_with(Instant::now);
-                    self.producer.poll(Duration::from_millis(5));
+                    let since = *full_since.get_or_insert_with(|| self.now());
+                    self.session.poll(Duration::from_millis(5));
                     if self.out_of_time() {
                         return Err(Unsent::OutOfTime);
                     }
-                    if since.elapsed()
+                    if self.now().saturating_duration_since(since)
                         >= Duration::from_millis(self.settings.spool.queue_full_timeout_ms)
                     {
                         return Err(Unsent::QueueFull);
                     }
                 }
-                Err((error, back)) => {
-                    drop(back);
+                Err(error) => {
                     let why = reason(&error);
                     self.cx.metrics.failed.add(&why, 1);
                     let topic = (topic != self.settings.topic).then(|| topic.to_string());
@@ -1178,7 +907,7 @@ impl Sink {
     /// Sorts failed deliveries: replays are retried later from the spool,
     /// permanent failures go to the dead-letter tree, the rest to the spool.
     fn handle_failures(&mut self) {
-        let failures = self.take_failures();
+        let failures = self.session.take_failures();
         if failures.is_empty() {
             return;
         }
@@ -1190,10 +919,7 @@ impl Sink {
             // entries) was produced after the failed records: once the
             // broker is back it would overtake them. It goes to the spool
             // behind them instead, before any new batch is spooled.
-            self.failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(failures);
+            self.session.put_back(failures);
             self.fail_over("failed");
             return;
         }
@@ -1206,15 +932,14 @@ impl Sink {
         let Some(timeout) = self.settings.delivery_timeout else {
             return false;
         };
-        let acks = self.acks.load(Ordering::Relaxed);
-        if acks != self.progress.0 {
-            self.stall_backoff = 1;
+        match self.session.stalled(timeout) {
+            Some(waited) => {
+                warn!(sink = %self.cx.name, waited_ms = waited.as_millis() as u64, events = self.session.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
+                self.session.stretch_timeout();
+                true
+            }
+            None => false,
         }
-        if acks != self.progress.0 || self.producer.in_flight_count() == 0 {
-            self.progress = (acks, Instant::now());
-            return false;
-        }
-        self.progress.1.elapsed() >= timeout * self.stall_backoff
     }
 
     /// Takes back everything librdkafka holds, in the order it was
@@ -1222,12 +947,7 @@ impl Sink {
     /// for good), and starts a new producer: nothing the old one held can
     /// be delivered later and overtake what is spooled now.
     fn fail_over(&mut self, why: &str) {
-        if why == "delivery_timeout" {
-            let waited = self.progress.1.elapsed().as_millis() as u64;
-            warn!(sink = %self.cx.name, waited_ms = waited, events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
-            self.stall_backoff = (self.stall_backoff * 2).min(MAX_STALL_BACKOFF);
-        }
-        self.failed_over_at = Some(Instant::now());
+        self.session.note_fail_over();
         if let Err(e) = self.hand_over(why) {
             error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
         }
@@ -1236,9 +956,9 @@ impl Sink {
     /// Spools (or dead-letters) everything the producer holds, counted as
     /// failed for `why`, and starts a new producer.
     fn hand_over(&mut self, why: &str) -> Result<(), String> {
-        let failures = self.take_back_all();
+        let failures = self.session.take_back_all();
         self.settle_failures(failures, Some(why));
-        self.replace_producer()
+        self.session.replace()
     }
 
     /// Settles failed deliveries in the order their records were produced.
@@ -1253,10 +973,7 @@ impl Sink {
         let mut dead = Vec::new();
         for f in failures {
             let code = f.error.rdkafka_error_code();
-            self.fenced |= matches!(
-                code,
-                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-            );
+            self.session.note_fenced(code);
             let why = match (code, purged) {
                 (
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight),
@@ -1283,10 +1000,6 @@ impl Sink {
         if !dead.is_empty() {
             self.dead_letter(dead);
         }
-    }
-
-    fn take_failures(&self) -> Vec<Failure> {
-        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Keeps records Kafka refused for good, with the error, and settles them.
@@ -1470,25 +1183,25 @@ impl Sink {
     /// replay waits until Kafka acknowledges one of them, or, when none
     /// come, for one delivery timeout.
     fn new_events_first(&self) -> bool {
-        let Some(at) = self.failed_over_at else {
+        let Some(at) = self.session.failed_over_and_silent() else {
             return false;
         };
         !self.strict()
-            && self.acks.load(Ordering::Relaxed) == 0
-            && at.elapsed() < self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF)
+            && self.now().saturating_duration_since(at)
+                < self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF)
     }
 
     /// Hands the next spool entries to librdkafka, oldest first.
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
-        if Instant::now() < self.replay_not_before
+        if self.now() < self.replay_not_before
             || self.new_events_first()
             || self.spool.usage(SpoolTree::Pending, &name).entries == 0
         {
             return;
         }
         while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
-            && self.producer.in_flight_count() < REPLAY_QUEUE_ROOM
+            && self.session.in_flight_count() < REPLAY_QUEUE_ROOM
         {
             let metrics = self.cx.metrics.clone();
             let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
@@ -1505,7 +1218,7 @@ impl Sink {
                 }
                 Err(e) => {
                     self.store_error("cannot read the spool", &e);
-                    self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
+                    self.replay_not_before = self.now() + REPLAY_BACKOFF;
                     return;
                 }
             };
@@ -1553,7 +1266,7 @@ impl Sink {
         }
         if finished.rewritten > 0 {
             // Only what failed and may yet succeed is replayed again.
-            self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
+            self.replay_not_before = self.now() + REPLAY_BACKOFF;
             self.replay.rewind();
         }
         let left = self.spool.usage(SpoolTree::Pending, &name);
@@ -1577,56 +1290,21 @@ impl Sink {
     /// PRODUCER_FENCED. Then what it holds is spooled and a new producer,
     /// with a new producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        let fatal = self.producer.client().fatal_error();
-        if fatal.is_none() && !self.fenced {
+        let Some((fatal, replacements)) = self.session.fatal_due() else {
             return Ok(());
-        }
-        if self.acks.load(Ordering::Relaxed) > 0 {
-            // The producer being replaced delivered: not a failing loop.
-            self.replacements = 0;
-        }
-        if self.replace_not_before.is_some_and(|t| Instant::now() < t) {
-            return Ok(());
-        }
-        let backoff = REPLACE_BACKOFF
-            .saturating_mul(1 << self.replacements.min(6))
-            .min(MAX_REPLACE_BACKOFF);
+        };
         match fatal {
-            Some((code, reason)) => {
-                error!(sink = %self.cx.name, code = ?code, reason, replacements = self.replacements, "the kafka producer failed fatally, replacing it");
+            Fatal::Error(code, reason) => {
+                error!(sink = %self.cx.name, code = ?code, reason, replacements, "the kafka producer failed fatally, replacing it");
                 self.cx.readiness.set_not_ready(format!(
                     "the kafka producer failed fatally ({code:?}: {reason}); recreated with backoff"
                 ));
             }
-            None => {
+            Fatal::Fenced => {
                 warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it")
             }
         }
-        self.replacements += 1;
-        self.replace_not_before = Some(Instant::now() + backoff);
         self.hand_over("producer_replaced")
-    }
-
-    fn replace_producer(&mut self) -> Result<(), String> {
-        let (producer, acks) =
-            sink_producer(&self.cx, &self.settings, &self.failed, &self.reachable)?;
-        self.producer = producer;
-        self.acks = acks;
-        self.progress = (0, Instant::now());
-        self.fenced = false;
-        Ok(())
-    }
-
-    /// Takes back everything librdkafka holds, with the failures already
-    /// reported: each comes back as a failed delivery.
-    fn take_back_all(&mut self) -> Vec<Failure> {
-        self.producer
-            .purge(PurgeConfig::default().queue().inflight());
-        let until = Instant::now() + Duration::from_secs(2);
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
-            self.producer.poll(Duration::from_millis(20));
-        }
-        self.take_failures()
     }
 
     /// After the input is drained or the grace period is over: wait for
@@ -1635,37 +1313,33 @@ impl Sink {
         let deadline = match self.phase() {
             Phase::Draining { deadline } => deadline,
             // The input ended without a shutdown (a reload closed it).
-            Phase::Running | Phase::Closed => Instant::now() + self.cx.grace,
+            Phase::Running | Phase::Closed => self.now() + self.cx.grace,
         };
         self.phase.set(Phase::Draining { deadline });
         loop {
             self.cx.heartbeat.beat();
-            self.producer.poll(Duration::from_millis(20));
+            self.session.poll(Duration::from_millis(20));
             self.handle_failures();
             self.finish_replays();
             self.flush_to_spool();
-            let failed = !self
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-            if self.producer.in_flight_count() == 0
+            let failed = self.session.has_failures();
+            if self.session.in_flight_count() == 0
                 && !failed
                 && self.to_spool.is_empty()
                 && self.unflushed.is_empty()
             {
                 break;
             }
-            if Instant::now() >= deadline {
+            if self.now() >= deadline {
                 break;
             }
         }
-        let unacknowledged = self.producer.in_flight_count();
+        let unacknowledged = self.session.in_flight_count();
         if unacknowledged > 0 {
             warn!(sink = %self.cx.name, events = unacknowledged, "grace period over with events unacknowledged; spooling them");
             // Settled here, not by handle_failures: in strict mode that
             // would start a new producer on the way out.
-            let failures = self.take_back_all();
+            let failures = self.session.take_back_all();
             self.settle_failures(failures, Some("shutdown"));
         }
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
