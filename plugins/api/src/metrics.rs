@@ -343,6 +343,11 @@ impl Dropped {
     pub fn add(&self, reason: &str, n: u64) {
         self.0.add(reason, n)
     }
+
+    /// The count for `reason` so far.
+    pub fn get(&self, reason: &str) -> u64 {
+        self.0.get(reason)
+    }
 }
 
 #[derive(Clone)]

@@ -182,7 +182,7 @@ impl InFlight {
     }
 
     /// One record delivered.
-    fn settle(&self, metrics: &SinkMetrics) {
+    pub(crate) fn settle(&self, metrics: &SinkMetrics) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.complete(metrics);
         }
@@ -230,13 +230,13 @@ impl InFlight {
 
 /// A record whose delivery failed.
 pub(crate) struct Failure {
-    inflight: Arc<InFlight>,
-    payload: Bytes,
-    key: Option<Bytes>,
-    headers: encode::HeaderList,
-    topic: String,
-    timestamp: Option<i64>,
-    error: KafkaError,
+    pub(crate) inflight: Arc<InFlight>,
+    pub(crate) payload: Bytes,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) headers: encode::HeaderList,
+    pub(crate) topic: String,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) error: KafkaError,
 }
 
 impl Failure {
@@ -1202,6 +1202,7 @@ impl<P: ProducerPort> Sink<P> {
         }
         while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
             && self.session.in_flight_count() < REPLAY_QUEUE_ROOM
+            && !(self.strict() && self.replay.holds_failed())
         {
             let metrics = self.cx.metrics.clone();
             let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
@@ -1232,26 +1233,30 @@ impl<P: ProducerPort> Sink<P> {
             let sink_topic = self.settings.topic.clone();
             for (i, r) in records.iter().enumerate() {
                 let topic = topic_of(r, &sink_topic);
-                if self
-                    .produce(
-                        &inflight,
-                        &topic,
-                        &r.payload,
-                        r.key.as_deref(),
-                        r.timestamp_ms,
-                        &r.headers,
-                    )
-                    .is_err()
-                {
-                    // Not handed to librdkafka: kept for the rewritten entry.
-                    for r in &records[i..] {
-                        self.replay.keep(
-                            Diverted::unsent(&inflight, r, "replay_unsent"),
-                            &self.cx.metrics,
-                        );
-                    }
-                    return;
+                let sent = self.produce(
+                    &inflight,
+                    &topic,
+                    &r.payload,
+                    r.key.as_deref(),
+                    r.timestamp_ms,
+                    &r.headers,
+                );
+                // A record refused at the send is kept for the rewritten
+                // entry: in strict order the rest of the entry waits with
+                // it rather than overtake it.
+                let rest = match sent {
+                    Err(_) => i,
+                    Ok(()) if self.strict() && inflight.failed.load(Ordering::Acquire) => i + 1,
+                    Ok(()) => continue,
+                };
+                // Not handed to librdkafka: kept for the rewritten entry.
+                for r in &records[rest..] {
+                    self.replay.keep(
+                        Diverted::unsent(&inflight, r, "replay_unsent"),
+                        &self.cx.metrics,
+                    );
                 }
+                return;
             }
         }
     }
@@ -1309,7 +1314,7 @@ impl<P: ProducerPort> Sink<P> {
 
     /// After the input is drained or the grace period is over: wait for
     /// what is in flight within the grace period, then spool the rest.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let deadline = match self.phase() {
             Phase::Draining { deadline } => deadline,
             // The input ended without a shutdown (a reload closed it).

@@ -150,7 +150,11 @@ impl<P: ProducerPort> Session<P> {
     }
 
     pub fn has_failures(&self) -> bool {
-        !self.failed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Failures handed back, to be settled with the take-back that follows.
@@ -260,11 +264,9 @@ pub(crate) struct Librdkafka {
 
 impl ProducerPort for Librdkafka {
     fn send(&self, m: &Outgoing<'_>, opaque: &Arc<InFlight>) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(
-            m.topic,
-            opaque.clone(),
-        )
-        .payload(m.payload);
+        let mut record =
+            BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(m.topic, opaque.clone())
+                .payload(m.payload);
         if let Some(key) = m.key {
             record = record.key(key);
         }
@@ -545,7 +547,6 @@ impl ProducerContext for Delivery {
         }
     }
 }
-
 
 /// The sink's brokers and producer properties, as librdkafka takes them.
 pub(crate) fn client_config(settings: &Settings) -> ClientConfig {
