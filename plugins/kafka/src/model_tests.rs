@@ -26,7 +26,8 @@
 //! - no record reaches the broker twice (the fake never loses an
 //!   acknowledgement, so nothing excuses a duplicate).
 //!
-//! After every shutdown, nothing is unaccounted: each record received is
+//! During a shutdown no producer is started (fail-over only while
+//! running). After every shutdown, nothing is unaccounted: each record received is
 //! delivered, spooled, dead-lettered, or counted in
 //! `tailrace_events_dropped_total`.
 
@@ -447,6 +448,7 @@ impl Harness {
         self.shutdown.trigger();
         self.input.close();
         self.world.borrow_mut().auto = true;
+        let producers = self.world.borrow().producers;
         let mut turns = 0;
         while self.turn()? == Step::More {
             turns += 1;
@@ -458,6 +460,12 @@ impl Harness {
         sink.finish();
         drop(sink);
         self.world.borrow_mut().auto = false;
+        let started = self.world.borrow().producers - producers;
+        if started > 0 {
+            return Err(format!(
+                "{started} producers were started after shutdown (fail-over only while running)"
+            ));
+        }
         self.check()?;
         self.accounted()?;
         self.start();
@@ -618,13 +626,13 @@ fn style() -> impl Strategy<Value = Style> {
     })
 }
 
-/// Cases per run: 1,000 (seconds); `TAILRACE_MODEL_CASES` for a longer
+/// Cases per run: 2,000 (seconds); `TAILRACE_MODEL_CASES` for a longer
 /// hunt.
 fn cases() -> u32 {
     std::env::var("TAILRACE_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(2000)
 }
 
 proptest! {

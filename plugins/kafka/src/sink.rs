@@ -474,7 +474,8 @@ enum Unsent {
 /// `Draining` until the grace period ends: it takes what the sources still
 /// send and delivers what it can, and at the deadline everything not
 /// acknowledged goes to the spool; `Closed` once that is done (nothing is
-/// produced after it).
+/// produced after it). Fail-over (a new producer) happens only while
+/// `Running`: a reason for one while draining ends the drain at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -669,6 +670,10 @@ impl<P: ProducerPort> Sink<P> {
         self.recover_if_fatal()?;
         if self.stalled() {
             self.fail_over("delivery_timeout");
+        }
+        if self.out_of_time() {
+            // What is still in the channel goes to the spool in `finish`.
+            return Ok(Step::Done);
         }
         if !self.flush_to_spool() {
             // The spool is full and blocks: take nothing new until
@@ -945,12 +950,31 @@ impl<P: ProducerPort> Sink<P> {
     /// Takes back everything librdkafka holds, in the order it was
     /// produced, into the spool (or the dead-letter tree, for what failed
     /// for good), and starts a new producer: nothing the old one held can
-    /// be delivered later and overtake what is spooled now.
+    /// be delivered later and overtake what is spooled now. Only while
+    /// running: when draining, the drain ends here instead.
     fn fail_over(&mut self, why: &str) {
-        self.session.note_fail_over();
-        if let Err(e) = self.hand_over(why) {
-            error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
+        match self.phase() {
+            Phase::Running => {
+                self.session.note_fail_over();
+                if let Err(e) = self.hand_over(why) {
+                    error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
+                }
+            }
+            Phase::Draining { .. } => self.end_drain(why),
+            Phase::Closed => {}
         }
+    }
+
+    /// A fail-over while draining would start a producer only to stop it:
+    /// the grace period ends now, and what the producer holds goes to the
+    /// spool (nothing more is handed to it).
+    fn end_drain(&mut self, why: &str) {
+        warn!(sink = %self.cx.name, reason = why, events = self.session.in_flight_count(), "kafka is failing during shutdown; spooling what is unacknowledged now");
+        let failures = self.session.take_back_all();
+        self.settle_failures(failures, Some(why));
+        self.phase.set(Phase::Draining {
+            deadline: self.now(),
+        });
     }
 
     /// Spools (or dead-letters) everything the producer holds, counted as
@@ -1298,6 +1322,10 @@ impl<P: ProducerPort> Sink<P> {
         let Some((fatal, replacements)) = self.session.fatal_due() else {
             return Ok(());
         };
+        if self.phase() != Phase::Running {
+            self.end_drain("producer_replaced");
+            return Ok(());
+        }
         match fatal {
             Fatal::Error(code, reason) => {
                 error!(sink = %self.cx.name, code = ?code, reason, replacements, "the kafka producer failed fatally, replacing it");
@@ -1340,7 +1368,7 @@ impl<P: ProducerPort> Sink<P> {
             }
         }
         let unacknowledged = self.session.in_flight_count();
-        if unacknowledged > 0 {
+        if unacknowledged > 0 || self.session.has_failures() {
             warn!(sink = %self.cx.name, events = unacknowledged, "grace period over with events unacknowledged; spooling them");
             // Settled here, not by handle_failures: in strict mode that
             // would start a new producer on the way out.
