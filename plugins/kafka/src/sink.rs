@@ -19,11 +19,13 @@ use tracing::{debug, error, info, warn};
 
 mod replayer;
 pub(crate) mod session;
+mod spool_writer;
 pub(crate) use replayer::{Replayer, Taken};
 pub(crate) use session::{create_producer, Delivery};
 use session::{Fatal, Outgoing, ProducerPort, Session};
+use spool_writer::SpoolWriter;
 
-use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
+use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
 
 /// How long the sink waits for a batch before polling the producer again.
@@ -491,30 +493,13 @@ pub(crate) struct Sink<P> {
     /// Where the sink is in its life; see [`Phase`].
     phase: Cell<Phase>,
     spool: Arc<dyn SpoolStore>,
-    /// Records to be spooled, waiting for room when the spool is full.
-    to_spool: Vec<Diverted>,
-    /// Records written to the spool whose flush has not yet succeeded:
-    /// settled by the next flush that does, never written again.
-    unflushed: Vec<Diverted>,
-    /// The store's generation when `unflushed` was written: a store
-    /// reopened since may have lost them, so they are written again.
-    unflushed_generation: u64,
-    /// The id and record count of each entry `unflushed` was written as,
-    /// in order.
-    unflushed_entries: Vec<(u64, usize)>,
-    /// When a store error was last logged, and how many since.
-    store_warning: Option<Instant>,
-    store_errors: u64,
+    /// Records on their way to the spool.
+    writer: SpoolWriter,
     /// Replays the spool, record by record.
     replay: Replayer,
     /// No replay before this (after a failed one).
     replay_not_before: Instant,
     ids: encode::EventIds,
-    last_full_warning: Option<Instant>,
-    /// Events spooled but not logged yet, by reason, and when the last
-    /// "events spooled" line was written: at most one a second.
-    spooled_unlogged: BTreeMap<String, u64>,
-    spool_logged_at: Option<Instant>,
     /// How long a turn waits for a batch before polling again.
     pub(crate) idle_wait: Duration,
 }
@@ -619,24 +604,17 @@ impl<P: ProducerPort> Sink<P> {
         spool: Arc<dyn SpoolStore>,
     ) -> Sink<P> {
         let now = session.now();
+        let writer = SpoolWriter::new(cx.name.clone(), cx.metrics.clone(), &settings.spool);
         let sink = Sink {
             cx,
             settings,
             session,
             phase: Cell::new(Phase::Running),
             spool,
-            to_spool: Vec::new(),
-            unflushed: Vec::new(),
-            unflushed_generation: 0,
-            unflushed_entries: Vec::new(),
-            store_warning: None,
-            store_errors: 0,
+            writer,
             ids: encode::EventIds::new(),
             replay: Replayer::new(SpoolTree::Pending),
             replay_not_before: now,
-            last_full_warning: None,
-            spooled_unlogged: BTreeMap::new(),
-            spool_logged_at: None,
             idle_wait: IDLE_WAIT,
         };
         sink.update_gauges();
@@ -687,7 +665,7 @@ impl<P: ProducerPort> Sink<P> {
             });
         }
         self.replay_more();
-        self.log_spooled(false);
+        self.writer.log_spooled(false);
         let batch = next_batch(&self.cx.input, &self.settings.limits, self.idle_wait);
         if batch.is_empty() {
             return Ok(if self.cx.input.is_drained() {
@@ -742,8 +720,7 @@ impl<P: ProducerPort> Sink<P> {
     /// New events wait behind the spool in strict ordering.
     fn behind_spool(&self) -> bool {
         self.strict()
-            && (!self.to_spool.is_empty()
-                || !self.unflushed.is_empty()
+            && (self.writer.unstored() > 0
                 || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
     }
 
@@ -756,7 +733,7 @@ impl<P: ProducerPort> Sink<P> {
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
         for record in &batch.records {
-            if diverting.is_none() && strict && !self.to_spool.is_empty() {
+            if diverting.is_none() && strict && self.writer.has_waiting() {
                 // A record of this batch failed at once: the rest go
                 // behind it.
                 diverting = Some("behind_spool");
@@ -870,7 +847,7 @@ impl<P: ProducerPort> Sink<P> {
                         if self.strict() {
                             self.fail_over(&diverted.reason.clone());
                         }
-                        self.to_spool.push(diverted);
+                        self.writer.push(diverted);
                     }
                     return Ok(());
                 }
@@ -898,7 +875,7 @@ impl<P: ProducerPort> Sink<P> {
         headers: encode::HeaderList,
         reason: String,
     ) {
-        self.to_spool.push(Diverted {
+        self.writer.push(Diverted {
             inflight: inflight.clone(),
             payload: Bytes::copy_from_slice(p.value),
             key: p.key.map(Bytes::copy_from_slice),
@@ -1014,7 +991,7 @@ impl<P: ProducerPort> Sink<P> {
                 self.replay.keep(d, &self.cx.metrics);
             } else {
                 let d = f.into_diverted(&self.settings.topic, why);
-                self.to_spool.push(d);
+                self.writer.push(d);
             }
         }
         for (why, n) in &reasons {
@@ -1035,172 +1012,12 @@ impl<P: ProducerPort> Sink<P> {
     /// Writes what waits for the spool, flushes, and settles it. Returns
     /// false when the spool is full and blocks.
     fn flush_to_spool(&mut self) -> bool {
-        if self.to_spool.is_empty() && self.unflushed.is_empty() {
-            return true;
-        }
-        let name = self.cx.name.clone();
-        let generation = self.spool.generation();
-        if !self.unflushed.is_empty() && generation != self.unflushed_generation {
-            self.rewrite_lost_entries();
-        }
-        self.unflushed_generation = generation;
-        let mut pending = std::mem::take(&mut self.to_spool);
-        let mut written = 0;
-        let mut blocked = false;
-        for chunk in pending.chunks(ENTRY_RECORDS) {
-            let entry = entry_of(chunk);
-            if !self.make_room(entry.len() as u64) {
-                blocked = true;
-                break;
-            }
-            match self.spool.push(SpoolTree::Pending, &name, &entry) {
-                Ok(id) => self.unflushed_entries.push((id, chunk.len())),
-                Err(e) => {
-                    self.store_error(
-                        "cannot write the spool; holding new events back and retrying",
-                        &e,
-                    );
-                    blocked = true;
-                    break;
-                }
-            }
-            written += chunk.len();
-        }
-        self.to_spool = pending.split_off(written);
-        self.unflushed.append(&mut pending);
-        if !self.unflushed.is_empty() {
-            if let Err(e) = self.spool.flush() {
-                // Written but maybe not durable: settle nothing and flush
-                // again next time (writing them again would store them
-                // twice).
-                self.store_error("cannot flush the spool; retrying", &e);
-                self.update_gauges();
-                return false;
-            }
-            self.unflushed_entries.clear();
-            for d in std::mem::take(&mut self.unflushed) {
-                d.inflight.divert(&self.cx.metrics);
-                *self.spooled_unlogged.entry(d.reason).or_default() += 1;
-            }
-            self.log_spooled(false);
-        }
+        let replay = &self.replay;
+        let flushed = self
+            .writer
+            .flush(&*self.spool, &|id| replay.is_in_flight(id));
         self.update_gauges();
-        !blocked
-    }
-
-    /// The store was reopened after a failure: an entry written to it but
-    /// never flushed may be gone. Those that are go back to be written
-    /// again; those still there wait for their flush (never written
-    /// twice).
-    fn rewrite_lost_entries(&mut self) {
-        let name = self.cx.name.clone();
-        let mut records = std::mem::take(&mut self.unflushed).into_iter();
-        let mut lost = Vec::new();
-        for (id, n) in std::mem::take(&mut self.unflushed_entries) {
-            let chunk: Vec<Diverted> = records.by_ref().take(n).collect();
-            let survived = self
-                .spool
-                .scan(SpoolTree::Pending, &name, id.checked_sub(1), 1)
-                .is_ok_and(|found| found.first().is_some_and(|(at, _)| *at == id));
-            if survived {
-                self.unflushed.extend(chunk);
-                self.unflushed_entries.push((id, n));
-            } else {
-                lost.extend(chunk);
-            }
-        }
-        if !lost.is_empty() {
-            info!(sink = %name, events = lost.len(), "the store was reopened without spool entries it had not flushed; writing them again");
-            lost.append(&mut self.to_spool);
-            self.to_spool = lost;
-        }
-    }
-
-    /// Logs a store error at once, then at most once per 10 s with how
-    /// many there were: a failing store is retried every loop.
-    fn store_error(&mut self, what: &str, e: &dyn std::fmt::Display) {
-        self.store_errors += 1;
-        if self
-            .store_warning
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            error!(sink = %self.cx.name, error = %e, errors = self.store_errors, "{what}");
-            self.store_warning = Some(Instant::now());
-            self.store_errors = 0;
-        }
-    }
-
-    /// Logs what was spooled since the last time, at most once a second
-    /// unless `now`.
-    fn log_spooled(&mut self, now: bool) {
-        if self.spooled_unlogged.is_empty()
-            || !(now
-                || self
-                    .spool_logged_at
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
-        {
-            return;
-        }
-        for (reason, events) in std::mem::take(&mut self.spooled_unlogged) {
-            info!(sink = %self.cx.name, events, reason = %reason, "events spooled");
-        }
-        self.spool_logged_at = Some(Instant::now());
-    }
-
-    /// Whether an entry of `size` bytes fits, dropping the oldest entries
-    /// first when so configured.
-    fn make_room(&mut self, size: u64) -> bool {
-        let name = self.cx.name.clone();
-        if let Some(why) = self.spool.refuses_entries() {
-            // Dropping old entries would not give sled its space back:
-            // hold the sources back whatever `when_full` says.
-            if self
-                .last_full_warning
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-            {
-                self.last_full_warning = Some(Instant::now());
-                warn!(sink = %name, reason = %why, "the store takes no new spool entries; holding the sources back until it does");
-            }
-            return false;
-        }
-        loop {
-            let usage = self.spool.usage(SpoolTree::Pending, &name);
-            if usage.entries == 0 || usage.bytes + size <= self.settings.spool.max_bytes {
-                return true;
-            }
-            match self.settings.spool.when_full {
-                WhenFull::Block => {
-                    if self
-                        .last_full_warning
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                    {
-                        self.last_full_warning = Some(Instant::now());
-                        warn!(sink = %name, bytes = usage.bytes, max_bytes = self.settings.spool.max_bytes, "spool full; holding the sources back until replay makes room");
-                    }
-                    return false;
-                }
-                WhenFull::DropOldest => {
-                    let oldest = self
-                        .spool
-                        .scan(SpoolTree::Pending, &name, None, 16)
-                        .unwrap_or_default();
-                    let Some((id, entry)) = oldest
-                        .into_iter()
-                        .find(|(id, _)| !self.replay.is_in_flight(*id))
-                    else {
-                        return false;
-                    };
-                    let events = tailrace_api::spool::header(&entry)
-                        .map(|h| h.events as u64)
-                        .unwrap_or(0);
-                    if self.spool.remove(SpoolTree::Pending, &name, id).is_err() {
-                        return false;
-                    }
-                    self.cx.metrics.dropped.add("spool_full", events);
-                    warn!(sink = %name, events, "spool full; dropped its oldest entry (when_full: drop_oldest)");
-                }
-            }
-        }
+        flushed
     }
 
     /// In relaxed ordering, new events go first after a fail-over: the
@@ -1242,7 +1059,7 @@ impl<P: ProducerPort> Sink<P> {
                     return;
                 }
                 Err(e) => {
-                    self.store_error("cannot read the spool", &e);
+                    self.writer.store_error("cannot read the spool", &e);
                     self.replay_not_before = self.now() + REPLAY_BACKOFF;
                     return;
                 }
@@ -1356,11 +1173,7 @@ impl<P: ProducerPort> Sink<P> {
             self.finish_replays();
             self.flush_to_spool();
             let failed = self.session.has_failures();
-            if self.session.in_flight_count() == 0
-                && !failed
-                && self.to_spool.is_empty()
-                && self.unflushed.is_empty()
-            {
+            if self.session.in_flight_count() == 0 && !failed && self.writer.unstored() == 0 {
                 break;
             }
             if self.now() >= deadline {
@@ -1382,11 +1195,11 @@ impl<P: ProducerPort> Sink<P> {
         if !self.flush_to_spool() {
             // Not acknowledged: a file source reads them again after the
             // restart, but a socket's records are gone, so they count.
-            let n = (self.to_spool.len() + self.unflushed.len()) as u64;
+            let n = self.writer.unstored() as u64;
             self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
-        self.log_spooled(true);
+        self.writer.log_spooled(true);
         self.phase.set(Phase::Closed);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
         info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");
