@@ -17,6 +17,7 @@ use tailrace_api::{
 };
 use tracing::{debug, error, info, warn};
 
+mod order;
 mod replayer;
 pub(crate) mod session;
 mod spool_writer;
@@ -713,27 +714,29 @@ impl<P: ProducerPort> Sink<P> {
         }
     }
 
-    fn strict(&self) -> bool {
-        self.settings.spool.ordering == SpoolOrdering::Strict
+    /// The ordering policy; see [`order`].
+    fn order(&self) -> SpoolOrdering {
+        self.settings.spool.ordering
     }
 
-    /// New events wait behind the spool in strict ordering.
+    /// New events wait behind the spool (strict order).
     fn behind_spool(&self) -> bool {
-        self.strict()
-            && (self.writer.unstored() > 0
-                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
+        self.order().behind_spool(|| {
+            self.writer.unstored() > 0
+                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
+        })
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
         let enc = self.settings.encoder.clone();
         let inflight = InFlight::for_batch(&batch);
         let mut bufs = Buffers::default();
-        let strict = self.strict();
+        let order = self.order();
         let mut diverting = self.behind_spool().then_some("behind_spool");
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
         for record in &batch.records {
-            if diverting.is_none() && strict && self.writer.has_waiting() {
+            if diverting.is_none() && order.rest_follows_to_spool() && self.writer.has_waiting() {
                 // A record of this batch failed at once: the rest go
                 // behind it.
                 diverting = Some("behind_spool");
@@ -753,7 +756,7 @@ impl<P: ProducerPort> Sink<P> {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
-                    if strict {
+                    if order.fail_over_behind_failure() {
                         // What librdkafka holds goes to the spool first.
                         self.fail_over("queue_full");
                     }
@@ -844,7 +847,7 @@ impl<P: ProducerPort> Sink<P> {
                     } else if inflight.is_replay() {
                         self.replay.keep(diverted, &self.cx.metrics);
                     } else {
-                        if self.strict() {
+                        if self.order().fail_over_behind_failure() {
                             self.fail_over(&diverted.reason.clone());
                         }
                         self.writer.push(diverted);
@@ -896,7 +899,7 @@ impl<P: ProducerPort> Sink<P> {
         let retry_later = failures
             .iter()
             .any(|f| !is_permanent(f.error.rdkafka_error_code()));
-        if retry_later && self.strict() {
+        if retry_later && self.order().fail_over_behind_failure() {
             // What librdkafka still holds (new events, later spool
             // entries) was produced after the failed records: once the
             // broker is back it would overtake them. It goes to the spool
@@ -1024,12 +1027,12 @@ impl<P: ProducerPort> Sink<P> {
     /// replay waits until Kafka acknowledges one of them, or, when none
     /// come, for one delivery timeout.
     fn new_events_first(&self) -> bool {
-        let Some(at) = self.session.failed_over_and_silent() else {
-            return false;
-        };
-        !self.strict()
-            && self.now().saturating_duration_since(at)
-                < self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF)
+        let since = self
+            .session
+            .failed_over_and_silent()
+            .map(|at| self.now().saturating_duration_since(at));
+        let wait = self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF);
+        self.order().new_events_first(since, wait)
     }
 
     /// Hands the next spool entries to librdkafka, oldest first.
@@ -1043,7 +1046,7 @@ impl<P: ProducerPort> Sink<P> {
         }
         while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
             && self.session.in_flight_count() < REPLAY_QUEUE_ROOM
-            && !(self.strict() && self.replay.holds_failed())
+            && !(self.order().replay_waits_for_failed() && self.replay.holds_failed())
         {
             let metrics = self.cx.metrics.clone();
             let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
@@ -1087,7 +1090,12 @@ impl<P: ProducerPort> Sink<P> {
                 // it rather than overtake it.
                 let rest = match sent {
                     Err(_) => i,
-                    Ok(()) if self.strict() && inflight.failed.load(Ordering::Acquire) => i + 1,
+                    Ok(())
+                        if self.order().replay_waits_for_failed()
+                            && inflight.failed.load(Ordering::Acquire) =>
+                    {
+                        i + 1
+                    }
                     Ok(()) => continue,
                 };
                 // Not handed to librdkafka: kept for the rewritten entry.
