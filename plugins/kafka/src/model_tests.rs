@@ -626,17 +626,8 @@ fn style() -> impl Strategy<Value = Style> {
     })
 }
 
-/// Cases per run: 2,000 (seconds); `TAILRACE_MODEL_CASES` for a longer
-/// hunt.
-fn cases() -> u32 {
-    std::env::var("TAILRACE_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(tailrace_api::model_test_cases()))]
 
     #[test]
     fn spool_entries_leave_only_when_acknowledged_and_nothing_is_unaccounted(
