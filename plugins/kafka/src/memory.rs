@@ -1,7 +1,9 @@
 //! An in-memory [`SpoolStore`] for the crate's tests (the bounded trees'
-//! tests and the sink's model test): ids in push order, one map of trees.
+//! tests and the sink's model test): ids in push order, one map of trees,
+//! the entries not yet flushed (lost by [`Memory::crash`]), and faults the
+//! model test turns on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use tailrace_api::spool::{header, SpoolStore, SpoolTree, Usage};
@@ -10,16 +12,69 @@ use tailrace_api::StoreError;
 /// Entries by tree name and id.
 type Trees = BTreeMap<(&'static str, u64), Vec<u8>>;
 
+/// What the store does wrong, when told to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Fault {
+    #[default]
+    None,
+    /// Takes no new entry (`refuses_entries`, as below `min_free_bytes`).
+    RefusesEntries,
+    /// Every push fails.
+    WritesFail,
+    /// Every flush fails.
+    FlushesFail,
+}
+
 /// An in-memory spool: the last id given, and the trees.
 #[derive(Default)]
-pub(crate) struct Memory(Mutex<(u64, Trees)>);
+pub(crate) struct Memory(
+    Mutex<(u64, Trees)>,
+    Mutex<(BTreeSet<(&'static str, u64)>, Fault)>,
+);
+
+impl Memory {
+    pub fn set_fault(&self, fault: Fault) {
+        self.1.lock().unwrap().1 = fault;
+    }
+
+    /// The process dies: what was written and not flushed is gone.
+    pub fn crash(&self) {
+        let lost = std::mem::take(&mut self.1.lock().unwrap().0);
+        let mut m = self.0.lock().unwrap();
+        for key in lost {
+            m.1.remove(&key);
+        }
+    }
+
+    /// The entries of `tree` that are flushed.
+    pub fn durable(&self, tree: SpoolTree) -> Vec<Vec<u8>> {
+        let unflushed = &self.1.lock().unwrap().0;
+        let m = self.0.lock().unwrap();
+        m.1.range((tree.name(), 0)..=(tree.name(), u64::MAX))
+            .filter(|(key, _)| !unflushed.contains(key))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn fault(&self) -> Fault {
+        self.1.lock().unwrap().1
+    }
+}
+
+fn failed(what: &str) -> StoreError {
+    StoreError(format!("the model store fails every {what}"))
+}
 
 impl SpoolStore for Memory {
     fn push(&self, tree: SpoolTree, _: &str, entry: &[u8]) -> Result<u64, StoreError> {
+        if self.fault() == Fault::WritesFail {
+            return Err(failed("write"));
+        }
         let mut m = self.0.lock().unwrap();
         m.0 += 1;
         let id = m.0;
         m.1.insert((tree.name(), id), entry.to_vec());
+        self.1.lock().unwrap().0.insert((tree.name(), id));
         Ok(id)
     }
     fn scan(
@@ -63,6 +118,15 @@ impl SpoolStore for Memory {
         u
     }
     fn flush(&self) -> Result<(), StoreError> {
+        let mut state = self.1.lock().unwrap();
+        if state.1 == Fault::FlushesFail {
+            return Err(failed("flush"));
+        }
+        state.0.clear();
         Ok(())
+    }
+
+    fn refuses_entries(&self) -> Option<String> {
+        (self.fault() == Fault::RefusesEntries).then(|| "the model store is full".into())
     }
 }

@@ -259,6 +259,7 @@ impl Failure {
 }
 
 /// A record on its way to the spool or the dead-letter tree.
+#[derive(Clone)]
 pub(crate) struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
@@ -305,33 +306,50 @@ impl Diverted {
     }
 }
 
+/// Dead letters the store did not take.
+#[derive(Default)]
+pub(crate) struct NotStored {
+    /// Not written: write them again.
+    pub unwritten: Vec<Diverted>,
+    /// Written, but the flush failed: durable once a later flush succeeds
+    /// (writing them again would keep them twice).
+    pub unflushed: Vec<Diverted>,
+}
+
 /// Keeps records Kafka refused for good in the dead-letter tree, with the
 /// error, and settles them (counted as dropped: not delivered, though
-/// kept). What cannot be stored stays unsettled: its source reads it again
-/// after a restart.
+/// kept). What cannot be stored stays unsettled and is returned: its
+/// source reads it again after a restart.
 pub(crate) fn store_dead_letters(
     spool: &dyn SpoolStore,
     sink: &str,
     metrics: &SinkMetrics,
     records: Vec<Diverted>,
-) {
+) -> NotStored {
+    let mut not_stored = NotStored::default();
     for chunk in records.chunks(ENTRY_RECORDS) {
         let entry = entry_of(chunk);
-        let stored = spool
-            .push(SpoolTree::DeadLetter, sink, &entry)
-            .and_then(|_| spool.flush());
-        match stored {
-            Ok(()) => {
-                metrics.dropped.add("dead_letter", chunk.len() as u64);
-                error!(sink = %sink, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
-                for d in chunk {
-                    d.inflight.divert(metrics);
-                }
-            }
-            Err(e) => {
-                error!(sink = %sink, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
-            }
+        if let Err(e) = spool.push(SpoolTree::DeadLetter, sink, &entry) {
+            error!(sink = %sink, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
+            not_stored.unwritten.extend(chunk.iter().cloned());
+            continue;
         }
+        if let Err(e) = spool.flush() {
+            error!(sink = %sink, error = %e, "cannot flush the dead-letter tree; the events will be read again after a restart unless a later flush succeeds");
+            not_stored.unflushed.extend(chunk.iter().cloned());
+            continue;
+        }
+        settle_dead_letters(sink, metrics, chunk);
+    }
+    not_stored
+}
+
+/// Dead letters now durable: settled, counted as dropped.
+fn settle_dead_letters(sink: &str, metrics: &SinkMetrics, chunk: &[Diverted]) {
+    metrics.dropped.add("dead_letter", chunk.len() as u64);
+    error!(sink = %sink, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
+    for d in chunk {
+        d.inflight.divert(metrics);
     }
 }
 
@@ -496,6 +514,12 @@ pub(crate) struct Sink<P> {
     spool: Arc<dyn SpoolStore>,
     /// Records on their way to the spool.
     writer: SpoolWriter,
+    /// Dead letters the store would not take, unsettled: tried again at
+    /// shutdown, then counted as dropped.
+    dead_unstored: Vec<Diverted>,
+    /// Dead letters written whose flush failed: settled by the next flush
+    /// that succeeds, counted as dropped at shutdown if none does.
+    dead_unflushed: Vec<Diverted>,
     /// Replays the spool, record by record.
     replay: Replayer,
     /// No replay before this (after a failed one).
@@ -613,6 +637,8 @@ impl<P: ProducerPort> Sink<P> {
             phase: Cell::new(Phase::Running),
             spool,
             writer,
+            dead_unstored: Vec::new(),
+            dead_unflushed: Vec::new(),
             ids: encode::EventIds::new(),
             replay: Replayer::new(SpoolTree::Pending),
             replay_not_before: now,
@@ -1008,13 +1034,19 @@ impl<P: ProducerPort> Sink<P> {
 
     /// Keeps records Kafka refused for good, with the error, and settles them.
     fn dead_letter(&mut self, records: Vec<Diverted>) {
-        store_dead_letters(&*self.spool, &self.cx.name, &self.cx.metrics, records);
+        let not_stored = store_dead_letters(&*self.spool, &self.cx.name, &self.cx.metrics, records);
+        self.dead_unstored.extend(not_stored.unwritten);
+        self.dead_unflushed.extend(not_stored.unflushed);
         self.update_gauges();
     }
 
     /// Writes what waits for the spool, flushes, and settles it. Returns
     /// false when the spool is full and blocks.
     fn flush_to_spool(&mut self) -> bool {
+        if !self.dead_unflushed.is_empty() && self.spool.flush().is_ok() {
+            let dead = std::mem::take(&mut self.dead_unflushed);
+            settle_dead_letters(&self.cx.name, &self.cx.metrics, &dead);
+        }
         let replay = &self.replay;
         let flushed = self
             .writer
@@ -1039,6 +1071,7 @@ impl<P: ProducerPort> Sink<P> {
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
         if self.now() < self.replay_not_before
+            || self.writer.has_unflushed()
             || self.new_events_first()
             || self.spool.usage(SpoolTree::Pending, &name).entries == 0
         {
@@ -1115,11 +1148,13 @@ impl<P: ProducerPort> Sink<P> {
     fn finish_replays(&mut self) {
         let name = self.cx.name.clone();
         let finished = self.replay.finish(&*self.spool, &name);
-        if finished.removed == 0 && finished.rewritten == 0 {
+        if finished.removed == 0 && finished.rewritten == 0 && finished.kept_whole == 0 {
             return;
         }
-        if finished.rewritten > 0 {
-            // Only what failed and may yet succeed is replayed again.
+        if finished.rewritten > 0 || finished.kept_whole > 0 {
+            // Only what failed and may yet succeed is replayed again (or
+            // the whole entry, when it could not be rewritten), from the
+            // oldest entry: no later entry goes first.
             self.replay_not_before = self.now() + REPLAY_BACKOFF;
             self.replay.rewind();
         }
@@ -1200,10 +1235,24 @@ impl<P: ProducerPort> Sink<P> {
             self.divert_batch(batch, "shutdown");
         }
         self.finish_replays();
-        if !self.flush_to_spool() {
+        // Dead letters the store would not take: a last try. (A replayed
+        // one is still in its spool entry, which stays.)
+        let dead: Vec<Diverted> = std::mem::take(&mut self.dead_unstored)
+            .into_iter()
+            .filter(|d| !d.inflight.is_replay())
+            .collect();
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+            self.dead_unstored.retain(|d| !d.inflight.is_replay());
+        }
+        let flushed = self.flush_to_spool();
+        // A replayed record is still in its spool entry, which stays.
+        self.dead_unflushed.retain(|d| !d.inflight.is_replay());
+        let dead = self.dead_unstored.len() + self.dead_unflushed.len();
+        if !flushed || dead > 0 {
             // Not acknowledged: a file source reads them again after the
             // restart, but a socket's records are gone, so they count.
-            let n = self.writer.unstored() as u64;
+            let n = (self.writer.unstored() + dead) as u64;
             self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }

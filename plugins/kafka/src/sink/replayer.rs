@@ -34,6 +34,9 @@ pub(crate) struct Finished {
     pub removed: u64,
     /// Entries rewritten with the records that failed and may yet succeed.
     pub rewritten: u64,
+    /// Entries that could not be rewritten or removed: replayed whole
+    /// again.
+    pub kept_whole: u64,
 }
 
 pub(crate) struct Replayer {
@@ -185,6 +188,7 @@ impl Replayer {
                 match rewritten {
                     Ok(()) => finished.rewritten += 1,
                     Err(e) => {
+                        finished.kept_whole += 1;
                         error!(sink = %sink, entry = id, error = %e, "cannot rewrite a partly replayed spool entry; it will be replayed whole again")
                     }
                 }
@@ -192,6 +196,7 @@ impl Replayer {
                 match spool.remove(self.tree, sink, id) {
                     Ok(()) => finished.removed += 1,
                     Err(e) => {
+                        finished.kept_whole += 1;
                         error!(sink = %sink, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again")
                     }
                 }

@@ -74,6 +74,20 @@ impl SpoolWriter {
         !self.to_spool.is_empty()
     }
 
+    /// Entries written whose flush has not yet succeeded: the replay
+    /// leaves the spool alone until they are durable (a record delivered
+    /// from such an entry would still be counted as unstored).
+    pub fn has_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
+    /// Entry `id` was written and its flush has not yet succeeded: its
+    /// records are not settled, so `drop_oldest` may not evict it (they
+    /// would be counted twice, as evicted and as unstored).
+    fn is_unflushed(&self, id: u64) -> bool {
+        self.unflushed_entries.iter().any(|(at, _)| *at == id)
+    }
+
     /// Records not yet stored for good (waiting, or written and not
     /// flushed).
     pub fn unstored(&self) -> usize {
@@ -233,7 +247,9 @@ impl SpoolWriter {
                     let oldest = spool
                         .scan(SpoolTree::Pending, &name, None, 16)
                         .unwrap_or_default();
-                    let Some((id, entry)) = oldest.into_iter().find(|(id, _)| !in_flight(*id))
+                    let Some((id, entry)) = oldest
+                        .into_iter()
+                        .find(|(id, _)| !in_flight(*id) && !self.is_unflushed(*id))
                     else {
                         return false;
                     };
