@@ -457,7 +457,7 @@ mod tests {
         let _ = tailrace_file::FileMetrics::of("app", &metrics.source("app"));
         tailrace_kafka::TopicDurability::of("kafka", &metrics.sink("kafka")).set("logs", 3, 2);
         let _ = metrics.channel("main");
-        metrics.channel_capacity("main").set(100);
+        metrics.channel_capacity("main", Some(100), 1000);
         let state = AdminState::new(metrics, vec![("sink kafka".into(), Readiness::ready())]);
         let out = state.render_metrics();
         for name in [
@@ -472,6 +472,7 @@ mod tests {
             "tailrace_sink_topic_replication_factor{sink=\"kafka\",topic=\"logs\"} 3",
             "tailrace_sink_topic_min_insync_replicas{sink=\"kafka\",topic=\"logs\"} 2",
             "tailrace_channel_capacity_events{channel=\"main\"} 100",
+            "tailrace_channel_capacity_bytes{channel=\"main\"} 1000",
             "tailrace_component_ready{component=\"sink kafka\"} 1",
             "tailrace_uptime_seconds",
             "process_resident_memory_bytes",

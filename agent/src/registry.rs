@@ -44,6 +44,7 @@ pub fn declare_metrics(metrics: &mut tailrace_api::Metrics) {
     tailrace_file::declare_metrics(metrics);
     tailrace_journald::declare_metrics(metrics);
     tailrace_kafka::declare_metrics(metrics);
+    tailrace_socket::declare_metrics(metrics);
     // The disk channel is the agent's own, built from the contract.
     metrics.declare::<tailrace_api::channel_disk::DiskFamilies>();
 }

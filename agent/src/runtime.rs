@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tailrace_api::channel_disk::{channel_dir, DiskChannel, DiskFamilies, DiskMetrics};
+use tailrace_api::channel_disk::{
+    channel_dir, declare_corrupt, DiskChannel, DiskFamilies, DiskMetrics,
+};
 use tailrace_api::{
     Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, Side, SinkContext,
     SourceContext, SpoolStore,
@@ -265,9 +267,15 @@ impl Prepared {
             .filter(|c| group.channels.contains(&c.name))
         {
             let (events, bytes) = metrics.channel(&c.name);
-            metrics
-                .channel_capacity(&c.name)
-                .set(c.capacity_events.min(i64::MAX as usize) as i64);
+            // A disk channel without max_events has no event bound: no
+            // events capacity series (its fill is by bytes).
+            let bounded_events = match &c.disk {
+                Some(d) if d.max_events == u64::MAX => None,
+                _ => Some(c.capacity_events as u64),
+            };
+            metrics.channel_capacity(&c.name, bounded_events, c.capacity_bytes as u64);
+            // Exported at 0 for every channel, so alerts need not know its type.
+            declare_corrupt(&metrics.families::<DiskFamilies>(), &c.name);
             let held = match &c.disk {
                 None => Held::Memory(Arc::new(Channel::new(
                     &c.name,
@@ -282,6 +290,7 @@ impl Prepared {
                         &c.name,
                         events,
                         bytes,
+                        metrics.dropped(&c.name),
                     );
                     match DiskChannel::open(
                         &c.name,
@@ -583,10 +592,11 @@ impl Running {
                 .iter()
                 .map(|s| (s.name.clone(), metrics.sink(&s.name)))
                 .collect();
-            let channels = self
-                .pipelines
+            // The fill gauges: for a disk channel, what its log holds.
+            let channels = config
+                .channels
                 .iter()
-                .flat_map(|p| p.channels.iter().map(|(n, c)| (n.clone(), c.output())))
+                .map(|c| (c.name.clone(), metrics.channel(&c.name)))
                 .collect();
             tokio::spawn(summarize(every, sources, sinks, channels))
         });
@@ -999,7 +1009,13 @@ async fn summarize(
     every: Duration,
     sources: Vec<(String, tailrace_api::SourceMetrics)>,
     sinks: Vec<(String, tailrace_api::SinkMetrics)>,
-    channels: BTreeMap<String, Arc<Channel>>,
+    channels: BTreeMap<
+        String,
+        (
+            prometheus_client::metrics::gauge::Gauge,
+            prometheus_client::metrics::gauge::Gauge,
+        ),
+    >,
 ) {
     // From the totals so far: a reload starts a new summary.
     let mut last_sources: Vec<u64> = sources.iter().map(|(_, m)| m.events.get()).collect();
@@ -1021,8 +1037,8 @@ async fn summarize(
             last_sinks[i] = total;
             info!(sink = %name, events = delta, total, per_second = (delta as f64 / secs) as u64, "sink delivered");
         }
-        for (name, ch) in &channels {
-            let (events, bytes) = ch.fill();
+        for (name, (events, bytes)) in &channels {
+            let (events, bytes) = (events.get(), bytes.get());
             if events > 0 {
                 info!(channel = %name, events, bytes, "channel holds");
             }

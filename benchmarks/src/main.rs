@@ -21,6 +21,7 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tailrace_benchmarks::lines;
 
 mod containers;
+mod outage;
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end throughput of tailrace against kcat, on this machine")]
@@ -36,7 +37,9 @@ struct Args {
     /// Which runs, in order: kcat, tansu, embedded (the pre-written file,
     /// as fast as it goes), sustained (a fixed rate, see --rate), cri (the
     /// same lines as a containerd log, `format: cri`), journald (the same
-    /// lines as the MESSAGEs of a journal written by systemd-journal-remote).
+    /// lines as the MESSAGEs of a journal written by systemd-journal-remote),
+    /// outage (the broker out of reach for --outage-secs at --outage-rate;
+    /// its own table).
     #[arg(
         long,
         value_delimiter = ',',
@@ -74,6 +77,16 @@ struct Args {
     /// it holds this many bytes (0: never).
     #[arg(long, default_value_t = 0)]
     rotate_bytes: u64,
+    /// The `outage` run: how long the broker is out of reach.
+    #[arg(long, default_value_t = 600)]
+    outage_secs: u64,
+    /// The `outage` run: lines per second written throughout.
+    #[arg(long, default_value_t = 50_000)]
+    outage_rate: u64,
+    /// The `outage` run: the sink's delivery_timeout_ms, after which what
+    /// it holds goes to the spool.
+    #[arg(long, default_value_t = 10_000)]
+    outage_delivery_timeout_ms: u64,
 }
 
 /// One row of the table.
@@ -741,7 +754,7 @@ fn main() -> anyhow::Result<()> {
     let load = if args
         .targets
         .iter()
-        .any(|t| !matches!(t.as_str(), "sustained" | "scram" | "scram-tls"))
+        .any(|t| !matches!(t.as_str(), "sustained" | "scram" | "scram-tls" | "outage"))
     {
         generate(&args)?
     } else {
@@ -750,6 +763,13 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for target in &args.targets {
         eprintln!("running {target}");
+        if target == "outage" {
+            match outage::outage_run(&args) {
+                Ok(o) => outage::print(&args, &o),
+                Err(e) => eprintln!("outage: {e:#}"),
+            }
+            continue;
+        }
         let raw = file_source(&load.display().to_string(), "");
         let row = match target.as_str() {
             "embedded" => tailrace_run(&args, &raw, "embedded", "embedded"),
@@ -781,7 +801,7 @@ fn main() -> anyhow::Result<()> {
             "scram" => scram_run(&args, false),
             "scram-tls" => scram_run(&args, true),
             other => bail!(
-                "unknown target {other}: embedded, tansu, kcat, sustained, cri, journald, scram or scram-tls"
+                "unknown target {other}: embedded, tansu, kcat, sustained, cri, journald, scram, scram-tls or outage"
             ),
         };
         match row {
@@ -806,6 +826,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_gib()
     );
+    if rows.is_empty() {
+        return Ok(());
+    }
     print_table(&rows);
     if rows.iter().any(|r| r.target.contains("lines/s written")) {
         println!("\nIn the sustained run the load generator (on the same two cores) appends to the file at a fixed rate while the agent tails it; \"slowest 5 s\" is the lowest delivery rate over any 5-second window, so it must stay near the written rate for the agent to have kept up the whole time.");

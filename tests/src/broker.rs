@@ -98,6 +98,12 @@ impl Broker {
         Broker::launch_advertising(port, advertised_port, Storage::Memory)
     }
 
+    /// [`Broker::start_behind`] with sqlite storage: a broker behind a
+    /// [`crate::Proxy`] that can also be killed and started again.
+    pub fn start_persistent_behind(port: u16, advertised_port: u16) -> Broker {
+        Broker::launch_advertising(port, advertised_port, Storage::Sqlite)
+    }
+
     fn launch(port: u16, storage: Storage) -> Broker {
         Broker::launch_advertising(port, port, storage)
     }

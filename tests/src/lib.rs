@@ -31,10 +31,12 @@ mod lines;
 pub mod paced;
 mod process;
 mod proxy;
+pub mod rng;
 pub mod rotation;
 pub mod sasl_proxy;
 pub mod secure;
 pub mod sockets;
+pub mod tmpfs;
 
 pub use agent::{
     file_to_kafka, json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent,

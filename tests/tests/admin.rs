@@ -227,6 +227,9 @@ fn labelled_counters_are_exported_at_zero_from_the_start() {
         "tailrace_file_events_total{source=\"app\",event=\"truncated\"}",
         "tailrace_file_events_total{source=\"app\",event=\"open_limit\"}",
         "tailrace_file_events_total{source=\"app\",event=\"lost\"}",
+        // The disk channel's damage counters exist for a memory channel too.
+        "tailrace_channel_corrupt_batches_total{channel=\"main\",reason=\"checksum\"}",
+        "tailrace_channel_corrupt_batches_total{channel=\"main\",reason=\"torn_tail\"}",
     ];
     let mut body = String::new();
     let all_there = wait_until(Duration::from_secs(20), || {

@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use tailrace_e2e::http::sample;
 use tailrace_e2e::sockets::{metric, sockets_to_kafka};
 use tailrace_e2e::{
     free_port, run_tailrace, wait_until, Agent, Broker, Consumer, Report, SeqLines,
@@ -46,6 +47,11 @@ struct Scene {
     /// `tailrace_channel_corrupt_batches_total{reason="checksum"}` after
     /// the restart.
     checksum_errors: f64,
+    /// `tailrace_channel_capacity_events` and `_bytes` of `main` while it
+    /// held the lines (None: no such series).
+    capacity: (Option<f64>, Option<f64>),
+    /// A disk channel: the summary log said the channel holds all `n`.
+    summary_held: bool,
 }
 
 /// `n` lines over tcp into channel `main` (`channel` is its YAML body)
@@ -107,6 +113,19 @@ fn interrupted_while_kafka_is_absent(
         "the channel did not take the {n} lines:\n{}",
         agent.log_tail(20)
     );
+    let body = tailrace_e2e::http::get(&admin, "/metrics").unwrap().body;
+    let capacity = (
+        sample(&body, "tailrace_channel_capacity_events{channel=\"main\"}"),
+        sample(&body, "tailrace_channel_capacity_bytes{channel=\"main\"}"),
+    );
+    let summary_held = channel.contains("type: disk")
+        && wait_until(Duration::from_secs(20), || {
+            agent.log().lines().any(|l| {
+                l.contains("channel holds")
+                    && l.contains("channel=main")
+                    && l.contains(&format!("events={n} "))
+            })
+        });
     let mut stats = String::new();
     let mut tcp = tcp;
     let broker = match interruption {
@@ -171,6 +190,8 @@ fn interrupted_while_kafka_is_absent(
         report,
         stats,
         checksum_errors,
+        capacity,
+        summary_held,
     }
 }
 
@@ -197,6 +218,15 @@ fn lines_a_disk_channel_held_survive_sigkill_and_arrive_in_order_once_kafka_is_u
         "only the marker is beyond the lines: {r}"
     );
     assert_eq!(scene.checksum_errors, 0.0);
+    assert_eq!(
+        scene.capacity,
+        (None, Some(67_108_864.0)),
+        "no max_events: no events capacity; max_bytes is the bytes capacity"
+    );
+    assert!(
+        scene.summary_held,
+        "the summary log shows what the log holds ({n} events)"
+    );
 }
 
 /// Flips one byte in the body of the middle frame of the channel's first

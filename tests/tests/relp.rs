@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tailrace_e2e::sockets::{sockets_to_kafka, Rsyslog};
-use tailrace_e2e::{free_port, wait_until, Agent, Broker, Consumer, Proxy, SeqLines};
+use tailrace_e2e::{free_port, wait_until, Agent, Broker, Consumer, Proxy, Report, SeqLines};
 
 const TOPIC: &str = "logs";
 /// librelp's window: at most this many frames are unanswered at once, so
@@ -45,6 +45,30 @@ fn metric(admin: &str, name: &str) -> f64 {
         .ok()
         .and_then(|r| tailrace_e2e::http::sample(&r.body, name))
         .unwrap_or(0.0)
+}
+
+/// Reads the topic until every line of `lines` arrived (3 minutes at
+/// most), then 2 s more for late repeats; asserts that none is missing.
+fn every_line_arrives(
+    broker: &Broker,
+    lines: &SeqLines,
+    agent: &Agent,
+    rsyslog: &Rsyslog,
+) -> Report {
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(Duration::from_secs(180), |r| {
+        lines.count(r.iter().map(|r| &r.payload)).is_complete()
+    });
+    consumer.read_for(Duration::from_secs(2));
+    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
+    assert!(
+        report.is_complete(),
+        "every one of {} lines arrives: {report}\nagent:\n{}\nrsyslog:\n{}",
+        lines.written(),
+        agent.log_tail(40),
+        rsyslog.log()
+    );
+    report
 }
 
 #[test]
@@ -99,20 +123,7 @@ fn rsyslog_omrelp_loses_nothing_when_the_agent_is_killed_while_kafka_is_cut() {
         "the writer finishes"
     );
     let lines = writer.stop();
-    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
-    let expected = lines.written();
-    consumer.read_until(Duration::from_secs(180), |r| {
-        lines.count(r.iter().map(|r| &r.payload)).is_complete()
-    });
-    // Late repeats, if any, arrive within the same second.
-    consumer.read_for(Duration::from_secs(2));
-    let report = lines.count(consumer.records().iter().map(|r| &r.payload));
-    assert!(
-        report.is_complete(),
-        "every one of {expected} lines arrives: {report}\nagent:\n{}\nrsyslog:\n{}",
-        agent.log_tail(40),
-        rsyslog.log()
-    );
+    let report = every_line_arrives(&broker, &lines, &agent, &rsyslog);
     assert!(
         report.duplicates <= kills * OMRELP_WINDOW,
         "repeats are bounded by omrelp's window ({OMRELP_WINDOW}) per kill: {report}"
@@ -158,5 +169,86 @@ fn rsyslog_omrelp_over_tls_delivers_every_line() {
         "{report}\nagent:\n{}\nrsyslog:\n{}",
         agent.log_tail(20),
         rsyslog.log()
+    );
+}
+
+/// Lines of the disk channel scene; `TAILRACE_RELP_DISK_LINES` for a
+/// longer run.
+fn disk_lines() -> u64 {
+    std::env::var("TAILRACE_RELP_DISK_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// omrelp into a disk channel while Kafka is absent: each message is
+/// answered once the channel wrote (and synced) it, so once rsyslog has
+/// every answer the agent can be killed -9 and rsyslog has nothing to send
+/// again; when the broker and the agent start, every line arrives, once.
+#[test]
+fn rsyslog_omrelp_into_a_disk_channel_loses_and_repeats_nothing_through_sigkill() {
+    let n = disk_lines();
+    let broker_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sources =
+        format!("  relp:\n    type: relp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
+    // Nothing is given up on or spooled while the broker is absent.
+    let sink = "    delivery_timeout_ms: 600000\n    spool: { queue_full_timeout_ms: 600000 }";
+    let config = sockets_to_kafka(
+        dir.path(),
+        &format!("127.0.0.1:{broker_port}"),
+        TOPIC,
+        &sources,
+        "",
+        sink,
+    )
+    .replace(
+        "  main:\n    type: memory\n",
+        "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n",
+    );
+    let mut agent = Agent::start(dir.path(), &config);
+    let admin = agent.admin_address().to_string();
+    let mut lines = SeqLines::create(dir.path().join("app.log"));
+    lines.append(n);
+    let rsyslog = rsyslog_imfile_to_omrelp(lines.path(), port, "");
+    let answered = || {
+        metric(
+            &admin,
+            "tailrace_relp_messages_answered_total{source=\"relp\"}",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || answered() >= n as f64),
+        "the agent answers all {n} messages ({} answered)\nagent:\n{}\nrsyslog:\n{}",
+        answered(),
+        agent.log_tail(30),
+        rsyslog.log()
+    );
+    assert_eq!(answered(), n as f64, "one answer per message");
+    let held = metric(&admin, "tailrace_channel_events{channel=\"main\"}");
+    assert_eq!(held, n as f64, "the disk channel holds every answered line");
+    assert_eq!(
+        metric(
+            &admin,
+            "tailrace_sink_events_delivered_total{sink=\"kafka\"}"
+        ),
+        0.0,
+        "Kafka is absent"
+    );
+    agent.kill();
+    let broker = Broker::start_on(broker_port);
+    broker.create_topic(TOPIC, 1);
+    agent.restart();
+    let report = every_line_arrives(&broker, &lines, &agent, &rsyslog);
+    assert_eq!(
+        report.duplicates, 0,
+        "rsyslog had every answer: it sent nothing again: {report}"
+    );
+    assert!(!report.out_of_order, "{report}");
+    assert_eq!(
+        tailrace_e2e::sockets::metric(&admin, "tailrace_source_events_total{source=\"relp\"}"),
+        0.0,
+        "the restarted agent read nothing from rsyslog"
     );
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tailrace_e2e::rng::Rng;
+use tailrace_e2e::tmpfs::Tmpfs;
 use tailrace_e2e::{
     file_to_kafka, free_port, seq_of, wait_until, Agent, Broker, Consumer, Proxy, Record, Report,
     SeqLines, LINE_LEN,
@@ -407,43 +409,6 @@ fn broker_down_beyond_delivery_timeout_then_sigkill_with_spool_loses_nothing() {
     assert_eq!(agent.spool_usage(SINK, "dead").entries, 0);
 }
 
-/// A small xorshift generator: the test prints its seed, and
-/// `TAILRACE_SEED=N` replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env_or_clock() -> Rng {
-        let seed = std::env::var("TAILRACE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        println!("TAILRACE_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A duration in `min..max` milliseconds.
-    fn millis(&mut self, min: u64, max: u64) -> Duration {
-        Duration::from_millis(min + self.next() % (max - min))
-    }
-
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
 #[test]
 fn twenty_network_cuts_and_random_sigkills_lose_nothing() {
     const CUTS: usize = 20;
@@ -464,7 +429,7 @@ fn twenty_network_cuts_and_random_sigkills_lose_nothing() {
         "too few lines arrived before the first cut"
     );
 
-    let mut rng = Rng::from_env_or_clock();
+    let mut rng = Rng::from_env_or_clock("TAILRACE_SEED");
     let mut kills = 0;
     for cut in 0..CUTS {
         // Connected for a while, at a random instant cut off; every fourth
@@ -1753,50 +1718,6 @@ fn a_line_over_message_max_bytes_is_split_and_delivered_not_dead_lettered() {
         0,
         "nothing dead-lettered"
     );
-}
-
-/// A tmpfs of `size` mounted on a directory for one test (the tests run as
-/// root), unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs on {} (root needed)",
-            dir.display()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Bytes free on it.
-    fn free(&self) -> u64 {
-        let out = std::process::Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.0)
-            .output()
-            .expect("df runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df's avail")
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// A metric of the running agent, 0 when not exported yet.

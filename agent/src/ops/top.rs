@@ -243,6 +243,15 @@ fn bytes(v: f64) -> String {
     }
 }
 
+/// How full a channel is: the larger of its events and bytes fill (a
+/// channel is full when either bound is reached; a disk channel without
+/// `max_events` has an events bound of usize::MAX, so its bytes count).
+fn fill(events: f64, bytes: f64, capacity_events: usize, capacity_bytes: usize) -> String {
+    let part = |held: f64, capacity: usize| held / capacity.max(1) as f64;
+    let f = part(events, capacity_events).max(part(bytes, capacity_bytes));
+    format!("{:.0}%", 100.0 * f)
+}
+
 /// The `q` quantile of a histogram's bucket counts over the window.
 fn quantile(now: &Scrape, before: Option<&Scrape>, sink: &str, q: f64) -> String {
     let name = "tailrace_delivery_latency_seconds_bucket";
@@ -332,13 +341,14 @@ impl View {
                 .sum();
             let l = [("channel", c.name.as_str())];
             let held = now.get("tailrace_channel_events", &l);
+            let held_bytes = now.get("tailrace_channel_bytes", &l);
             v.channels.push(vec![
                 c.name.clone(),
                 rate(into.max(0.0)),
                 rate(out),
                 rate(held),
-                format!("{:.0}%", 100.0 * held / c.capacity_events as f64),
-                bytes(now.get("tailrace_channel_bytes", &l)),
+                fill(held, held_bytes, c.capacity_events, c.capacity_bytes),
+                bytes(held_bytes),
             ]);
         }
         for s in &config.sinks {
@@ -466,6 +476,18 @@ fn draw(f: &mut Frame, v: &View) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_is_the_fuller_of_events_and_bytes() {
+        let check = |events, bytes, cap_events, cap_bytes, want: &str| {
+            assert_eq!(fill(events, bytes, cap_events, cap_bytes), want);
+        };
+        check(50.0, 10.0, 100, 1000, "50%");
+        check(10.0, 750.0, 100, 1000, "75%");
+        // A disk channel bounded by bytes only.
+        check(1e9, 5e9, usize::MAX, 10 << 30, "47%");
+        check(0.0, 0.0, 0, 0, "0%");
+    }
 
     #[test]
     fn parses_the_exposition() {

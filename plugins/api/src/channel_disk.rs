@@ -39,7 +39,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::{error, warn};
 
-use crate::channel_log::{Damage, Held, LogError, Mode, SegmentLog};
+use crate::channel_log::{Damage, Held, LogError, Mode, SegmentLog, MAX_CORRUPT_SEGMENTS};
+use crate::metrics::Dropped;
 use crate::spool::{self, EntryError, EntryRecord};
 use crate::{
     Ack, AckReceiver, Batch, BatchMeta, Channel, Families, FieldValue, Fields, Labels, Record,
@@ -81,13 +82,36 @@ pub fn channel_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("channels").join(name)
 }
 
-/// The disk channel's metric families: `tailrace_channel_disk_bytes`
-/// and `tailrace_channel_corrupt_batches_total{channel,reason}`
-/// (`torn_tail`, `checksum`, each exported at 0).
+/// The disk channel's metric families: `tailrace_channel_disk_bytes`,
+/// `tailrace_channel_corrupt_batches_total{channel,reason}` (`torn_tail`,
+/// `checksum`, each exported at 0 for every channel, memory ones too, see
+/// [`declare_corrupt`]) and
+/// `tailrace_channel_corrupt_segments_deleted_total{channel}`.
 #[derive(Clone, Default)]
 pub struct DiskFamilies {
     disk_bytes: Family<Labels, Gauge>,
     corrupt: Family<Labels, Counter>,
+    corrupt_deleted: Family<Labels, Counter>,
+}
+
+/// The reason a batch the writer never found room for, and that no source
+/// will send again, is counted with in `tailrace_events_dropped_total`.
+pub const DROPPED_AT_SHUTDOWN: &str = "shutdown_channel_full";
+
+/// `tailrace_channel_corrupt_batches_total{channel, reason}` of channel
+/// `name`, (torn_tail, checksum), made (at 0) if new: the agent declares
+/// them for every channel so that alerts need not know its type.
+pub fn declare_corrupt(families: &DiskFamilies, name: &str) -> (Counter, Counter) {
+    let corrupt = |reason: &str| {
+        families
+            .corrupt
+            .get_or_create(&vec![
+                ("channel", name.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .clone()
+    };
+    (corrupt("torn_tail"), corrupt("checksum"))
 }
 
 impl Families for DiskFamilies {
@@ -102,6 +126,11 @@ impl Families for DiskFamilies {
             "Batches a disk channel found damaged and set aside, by reason (torn_tail, checksum)",
             self.corrupt.clone(),
         );
+        registry.register(
+            "tailrace_channel_corrupt_segments_deleted",
+            "Set-aside (*.seg.corrupt) segments a disk channel deleted, oldest first, to keep at most 4",
+            self.corrupt_deleted.clone(),
+        );
     }
 }
 
@@ -113,28 +142,33 @@ pub struct DiskMetrics {
     pub disk_bytes: Gauge,
     pub torn: Counter,
     pub checksum: Counter,
+    pub corrupt_deleted: Counter,
+    /// `tailrace_events_dropped_total{component=<channel>}`.
+    pub dropped: Dropped,
 }
 
 impl DiskMetrics {
-    pub fn new(families: &DiskFamilies, name: &str, events: Gauge, bytes: Gauge) -> DiskMetrics {
-        let corrupt = |reason: &str| {
-            families
-                .corrupt
-                .get_or_create(&vec![
-                    ("channel", name.to_owned()),
-                    ("reason", reason.to_owned()),
-                ])
-                .clone()
-        };
+    /// The handles of channel `name`; `events` and `bytes` are its
+    /// `tailrace_channel_events` and `_bytes` gauges, `dropped` its drop
+    /// counter ([`DROPPED_AT_SHUTDOWN`] is exported at 0).
+    pub fn new(
+        families: &DiskFamilies,
+        name: &str,
+        events: Gauge,
+        bytes: Gauge,
+        dropped: Dropped,
+    ) -> DiskMetrics {
+        let (torn, checksum) = declare_corrupt(families, name);
+        let l = vec![("channel", name.to_owned())];
+        dropped.add(DROPPED_AT_SHUTDOWN, 0);
         DiskMetrics {
             events,
             bytes,
-            disk_bytes: families
-                .disk_bytes
-                .get_or_create(&vec![("channel", name.to_owned())])
-                .clone(),
-            torn: corrupt("torn_tail"),
-            checksum: corrupt("checksum"),
+            disk_bytes: families.disk_bytes.get_or_create(&l).clone(),
+            torn,
+            checksum,
+            corrupt_deleted: families.corrupt_deleted.get_or_create(&l).clone(),
+            dropped,
         }
     }
 
@@ -144,6 +178,7 @@ impl DiskMetrics {
             "",
             Gauge::default(),
             Gauge::default(),
+            crate::Metrics::new().dropped(""),
         )
     }
 }
@@ -282,7 +317,12 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn changed(&self, inner: &Inner) {
+    fn changed(&self, inner: &mut Inner) {
+        let (files, bytes) = inner.log.take_corrupt_deleted();
+        if files > 0 {
+            self.metrics.corrupt_deleted.inc_by(files);
+            warn!(channel = %self.name, files, bytes, kept = MAX_CORRUPT_SEGMENTS, "disk channel deleted its oldest set-aside segments (*.seg.corrupt) to keep at most {MAX_CORRUPT_SEGMENTS}");
+        }
         let held = inner.log.held();
         self.metrics.events.set(held.events as i64);
         self.metrics.bytes.set(held.bytes as i64);
@@ -298,7 +338,7 @@ impl AckReceiver for Releaser {
     fn acknowledged(&self, seq: u64) {
         let mut inner = self.0.lock();
         inner.log.release(seq);
-        self.0.changed(&inner);
+        self.0.changed(&mut inner);
     }
 }
 
@@ -356,7 +396,7 @@ impl DiskChannel {
             cond: Condvar::new(),
             metrics,
         });
-        shared.changed(&shared.lock());
+        shared.changed(&mut shared.lock());
         if held.batches > 0 {
             tracing::info!(channel = %name, batches = held.batches, events = held.events, "disk channel delivers what it holds first");
         }
@@ -408,15 +448,17 @@ impl DiskChannel {
         self.input.close();
     }
 
-    /// Stops both threads (after the sink is gone) and waits for them; a
-    /// batch the writer still waited to find room for is not acknowledged
-    /// (its source sends it again, or, for a socket, it is counted lost in
-    /// the log).
+    /// Stops both threads (after the sink is gone) and waits for them. Until
+    /// then (the grace period) the writer waits for room as the sink
+    /// releases batches; a batch it still had no room for, and what `input`
+    /// still holds, is not written: not acknowledged (its source sends it
+    /// again) or, from a source that keeps no position, counted as dropped
+    /// ([`DROPPED_AT_SHUTDOWN`]).
     pub fn finish(self) {
         {
             let mut inner = self.shared.lock();
             inner.abandon = true;
-            self.shared.changed(&inner);
+            self.shared.changed(&mut inner);
         }
         self.input.close();
         self.output.close();
@@ -472,7 +514,7 @@ fn write_loop(shared: &Shared, input: &Channel) {
     let mut pending: Vec<(Ack, usize)> = Vec::new();
     let mut last_sync = Instant::now();
     let mut last_cursor = Instant::now();
-    let mut lost = 0usize;
+    let mut not_written = Vec::new();
     loop {
         let timeout = match shared.settings.fsync {
             Fsync::Interval(every) if !pending.is_empty() => {
@@ -493,7 +535,7 @@ fn write_loop(shared: &Shared, input: &Channel) {
                 sync(shared, &mut pending);
                 last_sync = Instant::now();
                 if !wait_for_room(shared, &batch) {
-                    lost += batch.len();
+                    not_written.push(batch);
                     continue;
                 }
             }
@@ -503,7 +545,7 @@ fn write_loop(shared: &Shared, input: &Channel) {
                 let r = inner
                     .log
                     .append(&entry, batch.len() as u32, batch.bytes as u64);
-                shared.changed(&inner);
+                shared.changed(&mut inner);
                 r
             };
             match appended {
@@ -537,12 +579,34 @@ fn write_loop(shared: &Shared, input: &Channel) {
     }
     sync(shared, &mut pending);
     write_cursor(shared);
-    if lost > 0 {
-        warn!(channel = %shared.name, events = lost, "disk channel stopped with batches it had no room for; they were not acknowledged");
+    // Abandoned (the sink is gone): what `input` still holds is not
+    // written either. A source that waits for its ack sends it again (a
+    // file is read again, a relp client re-sends); from one that does not,
+    // it is lost, and counted.
+    while let Some(batch) = input.recv_timeout(Duration::ZERO) {
+        not_written.push(batch);
+    }
+    let (mut unacknowledged, mut dropped) = (0usize, 0usize);
+    for batch in &not_written {
+        if batch.ack.remaining() > 0 {
+            unacknowledged += batch.len();
+        } else {
+            dropped += batch.len();
+        }
+    }
+    if unacknowledged > 0 {
+        warn!(channel = %shared.name, events = unacknowledged, "disk channel stopped with batches it had no room for; they were not acknowledged and their sources send them again");
+    }
+    if dropped > 0 {
+        shared
+            .metrics
+            .dropped
+            .add(DROPPED_AT_SHUTDOWN, dropped as u64);
+        warn!(channel = %shared.name, events = dropped, reason = DROPPED_AT_SHUTDOWN, "disk channel stopped with batches it had no room for, from sources that cannot send them again; dropped (counted in tailrace_events_dropped_total)");
     }
     let mut inner = shared.lock();
     inner.writer_done = true;
-    shared.changed(&inner);
+    shared.changed(&mut inner);
 }
 
 fn write_cursor(shared: &Shared) {
@@ -587,7 +651,7 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
                 warn!(channel = %shared.name, batch = seq, %reason, "disk channel batch is damaged; it is skipped and its segment set aside");
                 let mut inner = shared.lock();
                 inner.log.release_corrupt(seq);
-                shared.changed(&inner);
+                shared.changed(&mut inner);
             }
         }
     }
@@ -928,6 +992,111 @@ mod tests {
         taken[0].ack.done(5);
         let third = out.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(lines(&third)[0], "line 10");
+        ch.close();
+        ch.finish();
+    }
+
+    /// A channel of at most 10 events holding two batches of 5 (from a
+    /// source that keeps no position) that the sink took and has not
+    /// acknowledged: full. Its drop counter and the taken batches.
+    fn full_channel(dir: &Path) -> (DiskChannel, Dropped, Vec<Batch>) {
+        let metrics = DiskMetrics::unmetered();
+        let dropped = metrics.dropped.clone();
+        let ch = DiskChannel::open("d", dir, settings(10), metrics).unwrap();
+        for i in 0..2 {
+            ch.input()
+                .send_blocking(batch(i * 5, 5, Ack::none()))
+                .unwrap();
+        }
+        let out = ch.output();
+        let taken = (0..2)
+            .map(|_| out.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        (ch, dropped, taken)
+    }
+
+    /// At shutdown the sink is gone and the log is full: a batch from a
+    /// source that keeps no position is counted as dropped; one whose
+    /// source waits for its ack is left unacknowledged (sent again).
+    #[test]
+    fn batches_without_room_at_shutdown_are_counted_or_left_to_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ch, dropped, _taken) = full_channel(dir.path());
+        let acked = Arc::new(Count::default());
+        let tracked = Ack::new(7, 3, acked.clone());
+        ch.input().send_blocking(batch(10, 4, Ack::none())).unwrap();
+        ch.input()
+            .send_blocking(batch(14, 3, tracked.clone()))
+            .unwrap();
+        ch.close();
+        ch.finish();
+        assert_eq!(dropped.get(DROPPED_AT_SHUTDOWN), 4);
+        assert_eq!(acked.0.load(Ordering::SeqCst), 0);
+        assert_eq!(tracked.remaining(), 3, "left to its source");
+        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, Mode::Inspect).unwrap();
+        assert_eq!(log.held().events, 10, "only what had room was written");
+    }
+
+    /// After the stop began (input closed) the writer still waits for room
+    /// while the sink drains: a batch that waited is written once the sink
+    /// releases one, not dropped.
+    #[test]
+    fn a_batch_waiting_for_room_at_the_stop_is_written_when_the_sink_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ch, dropped, taken) = full_channel(dir.path());
+        let acked = Arc::new(Count::default());
+        ch.input()
+            .send_blocking(batch(10, 5, Ack::new(2, 5, acked.clone())))
+            .unwrap();
+        ch.close();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(acked.0.load(Ordering::SeqCst), 0, "no room yet");
+        taken[0].ack.done(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while acked.0.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            acked.0.load(Ordering::SeqCst),
+            1,
+            "written and acknowledged"
+        );
+        ch.finish();
+        assert_eq!(dropped.get(DROPPED_AT_SHUTDOWN), 0);
+        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, Mode::Inspect).unwrap();
+        assert_eq!(log.held().events, 10, "the second batch and the third");
+    }
+
+    /// Set-aside segments are kept up to MAX_CORRUPT_SEGMENTS; the oldest
+    /// go first, counted.
+    #[test]
+    fn set_aside_segments_are_bounded_oldest_deleted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let aside = |first: u64| dir.path().join(format!("{}.corrupt", segment_name(first)));
+        for first in 1..=MAX_CORRUPT_SEGMENTS as u64 {
+            std::fs::write(aside(first), b"damaged earlier").unwrap();
+        }
+        // A segment whose magic is damaged: set aside at open.
+        let bad = dir.path().join(segment_name(100));
+        std::fs::write(&bad, b"NOTASEGMENT-----").unwrap();
+        let families = DiskFamilies::default();
+        let metrics = DiskMetrics::new(
+            &families,
+            "d",
+            Gauge::default(),
+            Gauge::default(),
+            crate::Metrics::new().dropped("d"),
+        );
+        let deleted = metrics.corrupt_deleted.clone();
+        let checksum = metrics.checksum.clone();
+        let ch = DiskChannel::open("d", dir.path(), settings(10), metrics).unwrap();
+        assert_eq!(checksum.get(), 1);
+        assert_eq!(deleted.get(), 1, "one over the bound");
+        assert!(!aside(1).exists(), "the oldest went first");
+        for first in (2..=MAX_CORRUPT_SEGMENTS as u64).chain([100]) {
+            assert!(aside(first).exists(), "{first} is kept");
+        }
+        assert_eq!(segments(dir.path(), ".seg.corrupt"), MAX_CORRUPT_SEGMENTS);
         ch.close();
         ch.finish();
     }

@@ -22,6 +22,9 @@
 //! unreadable, counted, and the segment is set aside (renamed
 //! `*.seg.corrupt`) once the rest of it is released; a body whose checksum
 //! fails is counted, skipped, and sets its segment aside the same way.
+//! At most [`MAX_CORRUPT_SEGMENTS`] set-aside segments are kept (the
+//! oldest, by sequence, are deleted first, and counted), so damage that
+//! repeats cannot fill the disk.
 //!
 //! The log does I/O but holds no thread and no lock: the disk channel
 //! ([`crate::channel_disk`]) drives it.
@@ -37,6 +40,10 @@ const FRAME_HEADER: u64 = 24;
 /// No batch is this large; a length above it is damage.
 const MAX_FRAME: u32 = 1 << 30;
 const CURSOR: &str = "cursor";
+/// Set-aside (`*.seg.corrupt`) segments kept for a look; each is at most
+/// one segment (64 MiB) and a frame.
+pub const MAX_CORRUPT_SEGMENTS: usize = 4;
+const CORRUPT_SUFFIX: &str = ".seg.corrupt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -111,6 +118,9 @@ pub struct SegmentLog {
     held: Held,
     cursor_written: u64,
     buf: Vec<u8>,
+    /// Set-aside segments deleted to stay within [`MAX_CORRUPT_SEGMENTS`]
+    /// and not yet taken: (files, bytes).
+    corrupt_deleted: (u64, u64),
 }
 
 /// A frame's header: what reopening needs without reading the body.
@@ -183,6 +193,7 @@ impl SegmentLog {
             held: Held::default(),
             cursor_written: cursor,
             buf: Vec::new(),
+            corrupt_deleted: (0, 0),
         };
         let mut damage = Damage::default();
         let last = firsts.last().copied();
@@ -297,12 +308,46 @@ impl SegmentLog {
         Ok(())
     }
 
-    fn set_aside(&self, path: &Path) {
+    fn set_aside(&mut self, path: &Path) {
         if self.mode == Mode::Owner {
             let mut aside = path.as_os_str().to_owned();
             aside.push(".corrupt");
             let _ = fs::rename(path, aside);
+            self.prune_corrupt();
         }
+    }
+
+    /// Deletes the oldest set-aside segments beyond [`MAX_CORRUPT_SEGMENTS`].
+    fn prune_corrupt(&mut self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut aside: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let first = e
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(CORRUPT_SUFFIX)?
+                    .parse()
+                    .ok()?;
+                Some((first, e.path()))
+            })
+            .collect();
+        aside.sort_unstable();
+        let over = aside.len().saturating_sub(MAX_CORRUPT_SEGMENTS);
+        for (_, path) in aside.into_iter().take(over) {
+            let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            if fs::remove_file(&path).is_ok() {
+                self.corrupt_deleted.0 += 1;
+                self.corrupt_deleted.1 += bytes;
+            }
+        }
+    }
+
+    /// The set-aside segments deleted since the last call: (files, bytes).
+    pub fn take_corrupt_deleted(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.corrupt_deleted)
     }
 
     /// Deletes (or, if damaged, sets aside) a segment nothing needs.

@@ -76,6 +76,7 @@ pub struct Metrics {
     channel_events: Family<Labels, Gauge>,
     channel_bytes: Family<Labels, Gauge>,
     channel_capacity: Family<Labels, Gauge>,
+    channel_capacity_bytes: Family<Labels, Gauge>,
     latency: HistogramFamily,
     batch_events: HistogramFamily,
     declared: Declared,
@@ -110,6 +111,7 @@ impl Metrics {
             channel_events: Family::default(),
             channel_bytes: Family::default(),
             channel_capacity: Family::default(),
+            channel_capacity_bytes: Family::default(),
             latency: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             declared: Declared::default(),
@@ -177,11 +179,16 @@ impl Metrics {
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
         }
-        let gauges: [(&str, &str, &Family<Labels, Gauge>); 6] = [
+        let gauges: [(&str, &str, &Family<Labels, Gauge>); 7] = [
             (
                 "tailrace_channel_capacity_events",
-                "Events each channel holds at most (capacity_events)",
+                "Events each channel holds at most (capacity_events; max_events of a disk channel, absent when it has none)",
                 &m.channel_capacity,
+            ),
+            (
+                "tailrace_channel_capacity_bytes",
+                "Payload bytes each channel holds at most (capacity_bytes; max_bytes of a disk channel)",
+                &m.channel_capacity_bytes,
             ),
             (
                 "tailrace_dead_letter_events",
@@ -285,10 +292,29 @@ impl Metrics {
         }
     }
 
-    /// `tailrace_channel_capacity_events{channel}`.
-    pub fn channel_capacity(&self, name: &str) -> Gauge {
+    /// Sets `tailrace_channel_capacity_events{channel}` (left out when
+    /// `events` is None: a disk channel bounded by bytes only) and
+    /// `tailrace_channel_capacity_bytes{channel}`.
+    pub fn channel_capacity(&self, name: &str, events: Option<u64>, bytes: u64) {
         let l = vec![("channel", name.to_owned())];
-        self.channel_capacity.get_or_create(&l).clone()
+        let gauge = |n: u64| n.min(i64::MAX as u64) as i64;
+        match events {
+            Some(n) => {
+                self.channel_capacity.get_or_create(&l).set(gauge(n));
+            }
+            None => {
+                self.channel_capacity.remove(&l);
+            }
+        }
+        self.channel_capacity_bytes
+            .get_or_create(&l)
+            .set(gauge(bytes));
+    }
+
+    /// `tailrace_events_dropped_total{component}` for a component the
+    /// agent builds itself (a disk channel).
+    pub fn dropped(&self, component: &str) -> Dropped {
+        Dropped::new(self.dropped.clone(), component)
     }
 
     /// The families of type `F`, for components the agent builds itself
@@ -344,7 +370,7 @@ impl Dropped {
         self.0.add(reason, n)
     }
 
-    /// The count for `reason` so far.
+    /// The count of `reason` so far.
     pub fn get(&self, reason: &str) -> u64 {
         self.0.get(reason)
     }

@@ -19,6 +19,7 @@ mod early;
 mod framing;
 mod limits;
 mod listen;
+mod metrics;
 mod output;
 mod relp;
 mod relp_conn;
@@ -36,6 +37,7 @@ use tailrace_api::{
 };
 
 pub use framing::{LinePolicy, StreamFraming};
+pub use metrics::{declare_metrics, SocketFamilies};
 pub use syslog::parse as parse_syslog;
 
 /// Which source type a config is for.

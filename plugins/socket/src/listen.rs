@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 use crate::early::{self, Parked};
 use crate::framing::{self, Cuts, StreamFramer};
 use crate::limits::{AddressSlot, Addresses, Rate};
+use crate::metrics;
 use crate::output::{Every, Output, KERNEL_DROPS, OVER_BUDGET, SLOW};
 use crate::unix::{self, SocketFile};
 use crate::{Plan, Transport};
@@ -276,8 +277,11 @@ impl Listener {
 /// What a connection holds while it is served: its slot (or, during a TLS
 /// handshake, its handshake permit) and its claim on its address.
 struct Claims {
-    permit: OwnedSemaphorePermit,
+    // Fields drop in order: the address is released before the slot, so
+    // the connection accepted into the freed slot never finds its address
+    // still claimed by the one that left (it was refused as `per_address`).
     _address: Option<AddressSlot>,
+    permit: OwnedSemaphorePermit,
 }
 
 /// Accepts until shutdown, then accepts what waits in the backlog, lets
@@ -319,6 +323,7 @@ async fn serve(
             Some(ip) => match addresses.claim(ip) {
                 Some(slot) => Some(slot),
                 None => {
+                    out.refused.add(metrics::PER_ADDRESS, 1);
                     if log_address.due() {
                         warn!(source = %out.name(), peer, max_connections_per_address = plan.max_connections_per_address, "too many connections from one address; closing the new one");
                     }
@@ -375,13 +380,22 @@ async fn serve(
         }
     }
     // Connections the kernel accepted for us are served too: they see the
-    // shutdown and drain what they sent.
+    // shutdown and drain what they sent (a TLS one finishes its handshake
+    // first, within the drain deadline). One for which no slot is free
+    // (or, with TLS, no handshake permit) is closed unread, and counted.
     while let Ok(Ok(accepted)) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        let Ok(permit) = gate.clone().try_acquire_owned() else {
-            break;
-        };
-        if let Some(task) = admit(accepted, permit) {
-            tasks.spawn(task);
+        match gate.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if let Some(task) = admit(accepted, permit) {
+                    tasks.spawn(task);
+                }
+            }
+            Err(_) => {
+                out.refused.add(metrics::MAX_CONNECTIONS, 1);
+                if log_full.due() {
+                    warn!(source = %out.name(), peer = accepted.1, max_connections = plan.max_connections, "shutdown: a connection in the accept backlog found no free slot; closing it unread");
+                }
+            }
         }
     }
     drop(listener);
@@ -412,32 +426,47 @@ async fn connection(
             serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
         Connection::Tcp(stream, Some(tls)) => {
-            let handshake = tokio::time::timeout(plan.tls_handshake_timeout, tls.accept(stream));
-            let stream = tokio::select! {
+            // Bounded by its timeout and, once shutdown comes, by the drain
+            // deadline too: a client that sent its records before the
+            // shutdown finishes its handshake and is drained like the others.
+            let timeout = Instant::now() + plan.tls_handshake_timeout;
+            let handshake = tls.accept(stream);
+            tokio::pin!(handshake);
+            let r = tokio::select! {
                 biased;
-                _ = out.cx.shutdown.wait() => return,
-                r = handshake => match r {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        if out.log_tls.due() {
-                            warn!(source = %out.name(), peer, error = %e, "TLS handshake failed");
-                        }
-                        return;
+                r = tokio::time::timeout_at(timeout, &mut handshake) => r,
+                _ = out.cx.shutdown.wait() => {
+                    tokio::time::timeout_at(timeout.min(drain_deadline()), &mut handshake).await
+                }
+            };
+            let stream = match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    out.refused.add(metrics::TLS_HANDSHAKE_FAILED, 1);
+                    if out.log_tls.due() {
+                        warn!(source = %out.name(), peer, error = %e, "TLS handshake failed");
                     }
-                    Err(_) => {
-                        if out.log_tls.due() {
-                            warn!(source = %out.name(), peer, timeout_ms = plan.tls_handshake_timeout.as_millis() as u64, "TLS handshake timed out; closing the connection");
-                        }
-                        return;
+                    return;
+                }
+                Err(_) => {
+                    out.refused.add(metrics::TLS_HANDSHAKE_TIMEOUT, 1);
+                    if out.log_tls.due() {
+                        warn!(source = %out.name(), peer, timeout_ms = plan.tls_handshake_timeout.as_millis() as u64, shutdown = out.cx.shutdown.is_triggered(), "TLS handshake timed out (or outlasted the shutdown drain); closing the connection");
                     }
-                },
+                    return;
+                }
             };
             // The handshake permit goes back; a connection slot is taken.
-            claims.permit = tokio::select! {
+            // At shutdown the connection keeps its handshake permit instead
+            // and drains at once: waiting for a slot would outlast the drain.
+            let slot = tokio::select! {
                 biased;
-                _ = out.cx.shutdown.wait() => return,
-                p = slots.acquire_owned() => p.expect("the semaphore is never closed"),
+                p = slots.acquire_owned() => Some(p.expect("the semaphore is never closed")),
+                _ = out.cx.shutdown.wait() => None,
             };
+            if let Some(slot) = slot {
+                claims.permit = slot;
+            }
             serve_stream(stream, &peer, &plan, &out, hb, reading).await
         }
         Connection::Unix(stream) => serve_stream(stream, &peer, &plan, &out, hb, reading).await,

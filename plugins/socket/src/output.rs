@@ -12,7 +12,8 @@ use tracing::{debug, warn};
 
 use crate::framing::Cuts;
 use crate::limits::Budget;
-use crate::Plan;
+use crate::metrics::{self, Refused};
+use crate::{Plan, Transport};
 
 /// The reason a datagram the kernel dropped (its receive buffer was full)
 /// is counted with.
@@ -49,6 +50,10 @@ pub(crate) struct Output {
     pub(crate) cx: SourceContext,
     /// Partial frames held by all the source's connections.
     pub(crate) partial: Budget,
+    /// Connections closed unread, by reason (stream sources).
+    pub(crate) refused: Refused,
+    /// Messages a relp source answered (relp sources only).
+    pub(crate) answered: Option<prometheus_client::metrics::counter::Counter>,
     path: Option<Arc<Path>>,
     syslog: bool,
     log_malformed: Every,
@@ -62,7 +67,24 @@ pub(crate) struct Output {
 
 impl Output {
     pub(crate) fn new(cx: SourceContext, path: Option<Arc<Path>>, plan: &Plan) -> Output {
+        let mut reasons = Vec::new();
+        if plan.transport.is_stream() {
+            reasons.push(metrics::MAX_CONNECTIONS);
+        }
+        if matches!(plan.transport, Transport::Tcp(_)) {
+            reasons.push(metrics::PER_ADDRESS);
+        }
+        if plan.tls.is_some() {
+            reasons.extend([
+                metrics::TLS_HANDSHAKE_TIMEOUT,
+                metrics::TLS_HANDSHAKE_FAILED,
+            ]);
+        }
         Output {
+            refused: Refused::of(&cx.name, &cx.metrics, &reasons),
+            answered: plan
+                .relp
+                .then(|| metrics::relp_answered(&cx.name, &cx.metrics)),
             cx,
             partial: Budget::new(plan.max_partial_bytes),
             path,

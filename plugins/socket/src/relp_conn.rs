@@ -44,11 +44,14 @@ struct Pending {
     answers: BytesMut,
     /// A `close` is among them: close the connection after writing.
     close: bool,
+    /// `syslog` frames answered `200 OK` among them.
+    messages: u64,
 }
 
-/// Answers waiting for their acknowledgements, in order.
+/// Answers waiting for their acknowledgements, in order, and the count
+/// of messages among those moved out to be written.
 #[derive(Default)]
-struct Answers(VecDeque<Pending>);
+struct Answers(VecDeque<Pending>, u64);
 
 impl Answers {
     fn acknowledged(&mut self, id: u64) {
@@ -63,6 +66,7 @@ impl Answers {
         while self.0.front().is_some_and(|p| p.batch.is_none()) {
             let p = self.0.pop_front().expect("front exists");
             out.extend_from_slice(&p.answers);
+            self.1 += p.messages;
             if p.close {
                 return true;
             }
@@ -72,6 +76,11 @@ impl Answers {
 
     fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The messages among the answers moved out since the last call.
+    fn take_messages(&mut self) -> u64 {
+        std::mem::take(&mut self.1)
     }
 }
 
@@ -98,6 +107,7 @@ impl Conn<'_> {
             batch: None,
             answers: BytesMut::new(),
             close: false,
+            messages: 0,
         };
         let mut failed = None;
         loop {
@@ -116,6 +126,7 @@ impl Conn<'_> {
                     cuts.truncated += u64::from(truncated);
                     records.push(Record::new(data, 0));
                     relp::answer(&mut pending.answers, txnr, "200 OK");
+                    pending.messages += 1;
                 }
                 Ok(Step::AnswerAndClose(text)) => {
                     relp::answer(&mut pending.answers, txnr, &text);
@@ -153,6 +164,27 @@ impl Conn<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes the answers in `written`, counting the messages among them in
+/// `tailrace_relp_messages_answered_total` once written; false when the
+/// write failed.
+async fn write_answers<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    written: &mut BytesMut,
+    conn: &mut Conn<'_>,
+) -> bool {
+    let messages = conn.answers.take_messages();
+    if written.is_empty() {
+        return true;
+    }
+    if wr.write_all(&written.split()).await.is_err() {
+        return false;
+    }
+    if let Some(answered) = &conn.out.answered {
+        answered.inc_by(messages);
+    }
+    true
 }
 
 /// Serves one RELP connection until it closes, fails or shutdown comes
@@ -215,7 +247,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let close = conn.answers.ready(&mut written);
         if !written.is_empty() {
-            if wr.write_all(&written.split()).await.is_err() {
+            if !write_answers(&mut wr, &mut written, &mut conn).await {
                 break "write error";
             }
             // Waiting for acknowledgements is not idleness.
@@ -249,11 +281,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             conn.answers.ready(&mut written);
-            if !written.is_empty() && wr.write_all(&written.split()).await.is_err() {
+            if !written.is_empty() && !write_answers(&mut wr, &mut written, &mut conn).await {
                 break;
             }
         }
-        let _ = wr.write_all(&written).await;
+        write_answers(&mut wr, &mut written, &mut conn).await;
         let _ = wr.flush().await;
     }
     debug!(source = %out.name(), peer, reason = why, unanswered = conn.answers.0.len(), "relp connection closed");

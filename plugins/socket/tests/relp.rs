@@ -157,8 +157,14 @@ async fn answers_wait_for_the_acknowledgement_and_keep_txnr_order() {
         c.silent_for(Duration::from_millis(200)).await,
         "answers go in txnr order"
     );
+    let answered = "tailrace_relp_messages_answered_total{source=\"sock\"}";
+    assert_eq!(s.metric(answered), 0.0, "nothing answered yet");
     first.ack.done(first.len());
     assert_eq!(c.answers(2).await, "2 rsp 6 200 OK\n3 rsp 6 200 OK\n");
+    assert!(
+        common::poll(Duration::from_secs(10), || s.metric(answered) == 2.0).await,
+        "the two messages are counted as answered (the open is not a message)"
+    );
     c.send(4, "close", "").await;
     assert_eq!(c.answers(1).await, "4 rsp 0\n");
     assert!(c.closed().await, "closed after close");

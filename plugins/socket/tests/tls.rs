@@ -101,6 +101,13 @@ async fn tls_lines_arrive() {
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
     s.stop().await;
     assert_eq!(s.payloads(), ["secret one", "secret two"]);
+    assert_eq!(s.metric(&refused("tls_handshake_failed")), 1.0);
+    assert_eq!(s.metric(&refused("tls_handshake_timeout")), 0.0);
+}
+
+/// `tailrace_source_connections_refused_total{source="sock",reason}`.
+fn refused(reason: &str) -> String {
+    format!("tailrace_source_connections_refused_total{{source=\"sock\",reason=\"{reason}\"}}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +176,10 @@ async fn a_silent_handshake_times_out_without_a_connection_slot() {
     let port = free_port();
     let mut s = start::<TcpSourceConfig>(
         &tls_yaml(
-            "max_connections: 1, tls_handshake_timeout_ms: 300, ",
+            // Two per address: both clients come from 127.0.0.1 (with the
+            // default, max_connections, the silent one was refused as the
+            // second from its address, not timed out).
+            "max_connections: 1, max_connections_per_address: 2, tls_handshake_timeout_ms: 300, ",
             port,
             dir.path(),
             false,
@@ -194,6 +204,38 @@ async fn a_silent_handshake_times_out_without_a_connection_slot() {
     s.wait_records(2).await;
     s.stop().await;
     assert_eq!(s.payloads(), ["holds the slot", "still served"]);
+    assert_eq!(s.metric(&refused("tls_handshake_timeout")), 1.0);
+    assert_eq!(s.metric(&refused("tls_handshake_failed")), 0.0);
+    assert_eq!(s.metric(&refused("per_address")), 0.0);
+}
+
+/// A TLS client whose connection waits in the accept backlog or in its
+/// handshake when shutdown comes finishes the handshake within the drain
+/// deadline and its lines are read, as a plain connection's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_caught_in_its_handshake_by_shutdown_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let port = free_port();
+    let mut s = start::<TcpSourceConfig>(&tls_yaml("", port, dir.path(), false), 1000);
+    // Connected (the kernel accepted it), not one TLS byte sent yet.
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.shutdown.trigger();
+    let connector = connector(&pki, false);
+    let client = tokio::spawn(async move {
+        let mut c = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        c.write_all(b"caught by shutdown\nstill read\n").await?;
+        c.shutdown().await
+    });
+    s.stop().await;
+    client
+        .await
+        .unwrap()
+        .expect("the handshake is finished during the drain");
+    assert_eq!(s.payloads(), ["caught by shutdown", "still read"]);
+    assert_eq!(s.metric(&refused("tls_handshake_timeout")), 0.0);
 }
 
 /// RELP over TLS: the same acceptor as tcp; answers after the batch is

@@ -37,7 +37,9 @@ pub fn start<C: SourceConfig + DeserializeOwned>(yaml: &str, capacity_events: us
 }
 
 pub fn try_start<C: SourceConfig>(config: C, capacity_events: usize) -> Result<Source, String> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    tailrace_socket::declare_metrics(&mut metrics);
+    let metrics = Arc::new(metrics);
     let channel = Arc::new(Channel::unmetered("main", capacity_events, 64 << 20));
     let shutdown = Shutdown::new();
     let (sent, drained) = (Shutdown::new(), Shutdown::new());
