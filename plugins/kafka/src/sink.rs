@@ -1046,6 +1046,12 @@ impl<P: ProducerPort> Sink<P> {
         if !self.dead_unflushed.is_empty() && self.spool.flush().is_ok() {
             let dead = std::mem::take(&mut self.dead_unflushed);
             settle_dead_letters(&self.cx.name, &self.cx.metrics, &dead);
+            self.update_gauges();
+        }
+        if self.writer.unstored() == 0 {
+            // Nothing to write (the common case, every turn): no gauges
+            // to read from the store either.
+            return true;
         }
         let replay = &self.replay;
         let flushed = self
