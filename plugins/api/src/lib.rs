@@ -48,6 +48,15 @@ pub use spool::{SpoolStore, SpoolTree, Usage};
 pub use store::{CheckpointStore, StoreError};
 pub use tap::{Rendered, Side, Tap, TapHub, TapOptions};
 
+/// Cases per run of the plugins' model tests (proptest): 2,000 (seconds),
+/// or `TAILRACE_MODEL_CASES` for a longer hunt.
+pub fn model_test_cases() -> u32 {
+    std::env::var("TAILRACE_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 /// This machine's host name (what `hostname` prints), or "unknown".
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

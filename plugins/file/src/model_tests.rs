@@ -754,17 +754,8 @@ fn replay(style: Style, max_open_files: usize, ops: &[Op]) -> Result<(), String>
     h.settle().map_err(|e| format!("at the end: {e}"))
 }
 
-/// Cases per run: 2,000 (a few seconds); `TAILRACE_MODEL_CASES` for a
-/// longer hunt.
-fn cases() -> u32 {
-    std::env::var("TAILRACE_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(tailrace_api::model_test_cases()))]
 
     #[test]
     fn positions_never_pass_an_unacknowledged_line_and_nothing_is_lost(

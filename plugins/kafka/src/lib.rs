@@ -15,7 +15,11 @@ mod bounded;
 pub mod check;
 mod config;
 pub mod encode;
+#[cfg(test)]
+mod memory;
 mod metrics;
+#[cfg(test)]
+mod model_tests;
 mod partition;
 mod properties;
 mod replay;

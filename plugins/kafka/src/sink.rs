@@ -8,25 +8,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::client::{ClientContext, OAuthToken};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers as _, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
 use tailrace_api::spool::{encode, EntryHeader, EntryRecord, SpoolRecord, SpoolStore, SpoolTree};
 use tailrace_api::{
-    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Readiness, Record, SinkContext,
+    next_batch, Ack, Batch, BatchLimits, BuildError, ComponentTask, Record, SinkContext,
     SinkMetrics,
 };
 use tracing::{debug, error, info, warn};
 
+mod order;
 mod replayer;
+pub(crate) mod session;
+mod spool_writer;
 pub(crate) use replayer::{Replayer, Taken};
+pub(crate) use session::{create_producer, Delivery};
+use session::{Fatal, Outgoing, ProducerPort, Session};
+use spool_writer::SpoolWriter;
 
-use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, WhenFull, EMBEDDED};
+use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
 
 /// How long the sink waits for a batch before polling the producer again.
@@ -35,12 +35,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 const REPLAY_BACKOFF: Duration = Duration::from_secs(1);
 /// Records per spool entry at most.
 const ENTRY_RECORDS: usize = 10_000;
-/// How far repeated fail-overs stretch the delivery timeout.
-const MAX_STALL_BACKOFF: u32 = 8;
-/// The first wait before a fatally failed producer is replaced again; it
-/// doubles with each replacement that delivers nothing.
-const REPLACE_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_REPLACE_BACKOFF: Duration = Duration::from_secs(60);
 /// `tailrace_sink_events_failed_total{reason}` of the sink's own decisions
 /// (librdkafka's error codes add their own names as they occur).
 const FAILURE_REASONS: &[&str] = &[
@@ -54,7 +48,7 @@ const FAILURE_REASONS: &[&str] = &[
 /// (The eviction reasons are the spool wrapper's, in `bounded`.)
 const DROP_REASONS: &[&str] = &["dead_letter", "spool_full", "spool_full_at_shutdown"];
 /// Replay waits while librdkafka holds more than this many messages.
-const REPLAY_QUEUE_ROOM: i32 = 50_000;
+const REPLAY_QUEUE_ROOM: usize = 50_000;
 
 pub(crate) struct Settings {
     pub bootstrap_servers: String,
@@ -191,7 +185,7 @@ impl InFlight {
     }
 
     /// One record delivered.
-    fn settle(&self, metrics: &SinkMetrics) {
+    pub(crate) fn settle(&self, metrics: &SinkMetrics) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.complete(metrics);
         }
@@ -239,13 +233,13 @@ impl InFlight {
 
 /// A record whose delivery failed.
 pub(crate) struct Failure {
-    inflight: Arc<InFlight>,
-    payload: Bytes,
-    key: Option<Bytes>,
-    headers: encode::HeaderList,
-    topic: String,
-    timestamp: Option<i64>,
-    error: KafkaError,
+    pub(crate) inflight: Arc<InFlight>,
+    pub(crate) payload: Bytes,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) headers: encode::HeaderList,
+    pub(crate) topic: String,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) error: KafkaError,
 }
 
 impl Failure {
@@ -265,6 +259,7 @@ impl Failure {
 }
 
 /// A record on its way to the spool or the dead-letter tree.
+#[derive(Clone)]
 pub(crate) struct Diverted {
     inflight: Arc<InFlight>,
     payload: Bytes,
@@ -311,33 +306,50 @@ impl Diverted {
     }
 }
 
+/// Dead letters the store did not take.
+#[derive(Default)]
+pub(crate) struct NotStored {
+    /// Not written: write them again.
+    pub unwritten: Vec<Diverted>,
+    /// Written, but the flush failed: durable once a later flush succeeds
+    /// (writing them again would keep them twice).
+    pub unflushed: Vec<Diverted>,
+}
+
 /// Keeps records Kafka refused for good in the dead-letter tree, with the
 /// error, and settles them (counted as dropped: not delivered, though
-/// kept). What cannot be stored stays unsettled: its source reads it again
-/// after a restart.
+/// kept). What cannot be stored stays unsettled and is returned: its
+/// source reads it again after a restart.
 pub(crate) fn store_dead_letters(
     spool: &dyn SpoolStore,
     sink: &str,
     metrics: &SinkMetrics,
     records: Vec<Diverted>,
-) {
+) -> NotStored {
+    let mut not_stored = NotStored::default();
     for chunk in records.chunks(ENTRY_RECORDS) {
         let entry = entry_of(chunk);
-        let stored = spool
-            .push(SpoolTree::DeadLetter, sink, &entry)
-            .and_then(|_| spool.flush());
-        match stored {
-            Ok(()) => {
-                metrics.dropped.add("dead_letter", chunk.len() as u64);
-                error!(sink = %sink, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
-                for d in chunk {
-                    d.inflight.divert(metrics);
-                }
-            }
-            Err(e) => {
-                error!(sink = %sink, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
-            }
+        if let Err(e) = spool.push(SpoolTree::DeadLetter, sink, &entry) {
+            error!(sink = %sink, error = %e, "cannot write the dead-letter tree; the events will be read again after a restart");
+            not_stored.unwritten.extend(chunk.iter().cloned());
+            continue;
         }
+        if let Err(e) = spool.flush() {
+            error!(sink = %sink, error = %e, "cannot flush the dead-letter tree; the events will be read again after a restart unless a later flush succeeds");
+            not_stored.unflushed.extend(chunk.iter().cloned());
+            continue;
+        }
+        settle_dead_letters(sink, metrics, chunk);
+    }
+    not_stored
+}
+
+/// Dead letters now durable: settled, counted as dropped.
+fn settle_dead_letters(sink: &str, metrics: &SinkMetrics, chunk: &[Diverted]) {
+    metrics.dropped.add("dead_letter", chunk.len() as u64);
+    error!(sink = %sink, events = chunk.len(), error = %chunk[0].reason, "kafka refused events for good; kept in the dead-letter tree (see `tailrace spool list --dead-letter`)");
+    for d in chunk {
+        d.inflight.divert(metrics);
     }
 }
 
@@ -350,226 +362,6 @@ fn entry_of(chunk: &[Diverted]) -> Vec<u8> {
         headers: &d.headers,
     });
     encode(records, &chunk[0].reason, now_ms())
-}
-
-/// The producer's context: receives delivery reports and client errors.
-pub(crate) struct Delivery {
-    sink: Arc<str>,
-    metrics: SinkMetrics,
-    failed: Arc<Mutex<Vec<Failure>>>,
-    /// Messages acknowledged so far: the sink watches it for progress.
-    acks: Arc<AtomicU64>,
-    reachable: Arc<AtomicBool>,
-    readiness: Readiness,
-    bootstrap: String,
-    last_warning: Mutex<Option<Instant>>,
-    /// Where OAUTHBEARER tokens come from, when librdkafka does not fetch them.
-    token: Option<Arc<crate::auth::TokenSource>>,
-    /// The last authentication, authorization or TLS failure, until a
-    /// broker is reached: readiness names it.
-    refused: Mutex<Option<String>>,
-}
-
-/// Why a client error means the cluster refuses this client (rather than
-/// being unreachable), as said in /ready and the log.
-fn refusal(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
-    match code? {
-        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
-            Some("authentication failed")
-        }
-        RDKafkaErrorCode::SSL => Some("TLS failed"),
-        RDKafkaErrorCode::TopicAuthorizationFailed
-        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some("not authorized"),
-        _ => None,
-    }
-}
-
-/// The part of librdkafka's statistics that says which brokers are up.
-#[derive(serde::Deserialize)]
-struct Stats {
-    #[serde(default)]
-    brokers: std::collections::HashMap<String, BrokerStats>,
-}
-
-#[derive(serde::Deserialize)]
-struct BrokerStats {
-    state: String,
-    nodeid: i32,
-}
-
-impl Delivery {
-    pub(crate) fn new(
-        sink: Arc<str>,
-        metrics: SinkMetrics,
-        failed: Arc<Mutex<Vec<Failure>>>,
-        reachable: Arc<AtomicBool>,
-        readiness: Readiness,
-        bootstrap: String,
-    ) -> Delivery {
-        Delivery {
-            sink,
-            metrics,
-            failed,
-            acks: Arc::default(),
-            reachable,
-            readiness,
-            bootstrap,
-            last_warning: Mutex::new(None),
-            token: None,
-            refused: Mutex::new(None),
-        }
-    }
-
-    fn unreachable(&self, why: &str) {
-        let refused = self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let why = match refused {
-            Some(refused) => format!("{refused} ({why})"),
-            None => why.to_string(),
-        };
-        let why = why.as_str();
-        self.readiness.set_not_ready(format!(
-            "cannot reach a broker of {}: {why}",
-            self.bootstrap
-        ));
-        if self.reachable.swap(false, Ordering::AcqRel) {
-            warn!(sink = %self.sink, reason = why, "the sink cannot reach its broker; failed sends go to the spool");
-        }
-    }
-
-    fn reached(&self) {
-        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.readiness.set_ready();
-        if !self.reachable.swap(true, Ordering::AcqRel) {
-            info!(sink = %self.sink, "the sink reached its broker");
-        }
-    }
-
-    fn warn_limited(&self, what: &str, detail: &str) {
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            warn!(sink = %self.sink, detail, "{what}");
-        }
-    }
-}
-
-impl ClientContext for Delivery {
-    // librdkafka's builtin OIDC method still fetches its own tokens: it
-    // forces its refresh op to its own callback (rdkafka.c, rd_kafka_new).
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        crate::auth::oauth_token(self.token.as_deref()).map_err(|e| {
-            self.warn_limited("cannot get an oauthbearer token", &e.to_string());
-            e.into()
-        })
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                self.warn_limited("librdkafka error", &format!("{fac}: {message}"))
-            }
-            _ => debug!(sink = %self.sink, facility = fac, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.unreachable(reason);
-            return;
-        }
-        if let Some(what) = refusal(error.rdkafka_error_code()) {
-            // librdkafka's reason names the broker and the cause
-            // ("SASL authentication error: ...", "certificate verify
-            // failed"), never a credential.
-            let refused = format!("{what}: {reason}");
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refused.clone());
-            self.unreachable("the cluster refuses this client");
-            self.warn_limited("the cluster refuses the sink; what is read is held or spooled until a reload fixes the config", &refused);
-            return;
-        }
-        self.warn_limited("kafka client error", &format!("{error}: {reason}"));
-    }
-
-    fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(stats) = serde_json::from_slice::<Stats>(statistics) else {
-            return;
-        };
-        // Bootstrap entries have negative node ids; a known broker that is
-        // UP means the cluster is reachable.
-        if stats
-            .brokers
-            .values()
-            .any(|b| b.nodeid >= 0 && b.state == "UP")
-        {
-            self.reached();
-        } else {
-            let mut states: Vec<String> = stats
-                .brokers
-                .iter()
-                .map(|(name, b)| format!("{name} {}", b.state))
-                .collect();
-            states.sort();
-            self.unreachable(&format!("no broker is up ({})", states.join(", ")));
-        }
-    }
-}
-
-impl ProducerContext for Delivery {
-    type DeliveryOpaque = Arc<InFlight>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, inflight: Arc<InFlight>) {
-        match result {
-            Ok(_) => {
-                self.acks.fetch_add(1, Ordering::Relaxed);
-                if !self.reachable.load(Ordering::Relaxed) {
-                    self.reached();
-                }
-                inflight.settle(&self.metrics);
-            }
-            Err((error, message)) => {
-                let failure = Failure {
-                    inflight,
-                    payload: message
-                        .payload()
-                        .map(Bytes::copy_from_slice)
-                        .unwrap_or_default(),
-                    key: message.key().map(Bytes::copy_from_slice),
-                    headers: message
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    topic: message.topic().to_string(),
-                    timestamp: message.timestamp().to_millis(),
-                    error: error.clone(),
-                };
-                self.failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(failure);
-            }
-        }
-    }
 }
 
 /// Errors that producing again cannot fix: the records go to the
@@ -619,31 +411,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// The sink's brokers and producer properties, as librdkafka takes them.
-fn client_config(settings: &Settings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.bootstrap_servers);
-    for (k, v) in &settings.properties {
-        config.set(k, v);
-    }
-    config
-}
-
-pub(crate) fn create_producer(
-    settings: &Settings,
-    mut context: Delivery,
-) -> Result<BaseProducer<Delivery>, String> {
-    context.token = settings.token.clone();
-    let config = client_config(settings);
-    let sink = context.sink.clone();
-    let producer: BaseProducer<Delivery> = config.create_with_context(context).map_err(|e| {
-        let e = crate::properties::mask(&e.to_string(), &settings.properties);
-        format!("cannot create the kafka producer of sink {sink}: {e}")
-    })?;
-    crate::properties::verify_promises(&producer).map_err(|e| format!("sink {sink}: {e}"))?;
-    Ok(producer)
 }
 
 /// How records become Kafka messages; shared, read-only.
@@ -728,7 +495,8 @@ enum Unsent {
 /// `Draining` until the grace period ends: it takes what the sources still
 /// send and delivers what it can, and at the deadline everything not
 /// acknowledged goes to the spool; `Closed` once that is done (nothing is
-/// produced after it).
+/// produced after it). Fail-over (a new producer) happens only while
+/// `Running`: a reason for one while draining ends the drain at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
@@ -736,59 +504,38 @@ enum Phase {
     Closed,
 }
 
-struct Sink {
+pub(crate) struct Sink<P> {
     cx: SinkContext,
     settings: Settings,
-    producer: BaseProducer<Delivery>,
-    failed: Arc<Mutex<Vec<Failure>>>,
-    reachable: Arc<AtomicBool>,
+    /// The producer, its progress and its replacement.
+    session: Session<P>,
     /// Where the sink is in its life; see [`Phase`].
     phase: Cell<Phase>,
     spool: Arc<dyn SpoolStore>,
-    /// Records to be spooled, waiting for room when the spool is full.
-    to_spool: Vec<Diverted>,
-    /// Records written to the spool whose flush has not yet succeeded:
-    /// settled by the next flush that does, never written again.
-    unflushed: Vec<Diverted>,
-    /// The store's generation when `unflushed` was written: a store
-    /// reopened since may have lost them, so they are written again.
-    unflushed_generation: u64,
-    /// The id and record count of each entry `unflushed` was written as,
-    /// in order.
-    unflushed_entries: Vec<(u64, usize)>,
-    /// When a store error was last logged, and how many since.
-    store_warning: Option<Instant>,
-    store_errors: u64,
+    /// Records on their way to the spool.
+    writer: SpoolWriter,
+    /// Dead letters the store would not take, unsettled: tried again at
+    /// shutdown, then counted as dropped.
+    dead_unstored: Vec<Diverted>,
+    /// Dead letters written whose flush failed: settled by the next flush
+    /// that succeeds, counted as dropped at shutdown if none does.
+    dead_unflushed: Vec<Diverted>,
     /// Replays the spool, record by record.
     replay: Replayer,
     /// No replay before this (after a failed one).
     replay_not_before: Instant,
     ids: encode::EventIds,
-    partitions: crate::partition::Partitions,
-    last_full_warning: Option<Instant>,
-    /// The broker fenced the producer's epoch: replace the producer.
-    fenced: bool,
-    /// Fatal replacements since Kafka last acknowledged anything, and when
-    /// the next one may happen: a producer that keeps failing fatally (an
-    /// idempotent producer not allowed, say) is recreated with exponential
-    /// backoff, never in a tight loop.
-    replacements: u32,
-    replace_not_before: Option<Instant>,
-    /// The producer's count of acknowledged messages.
-    acks: Arc<AtomicU64>,
-    /// The count last seen, and since when it has not moved.
-    progress: (u64, Instant),
-    /// The delivery timeout is multiplied by this: it doubles (up to
-    /// `MAX_STALL_BACKOFF`) with each fail-over until something is
-    /// acknowledged, so a broker slower to answer a new producer than the
-    /// timeout is still reached.
-    stall_backoff: u32,
-    /// When the sink last took back what librdkafka held.
-    failed_over_at: Option<Instant>,
-    /// Events spooled but not logged yet, by reason, and when the last
-    /// "events spooled" line was written: at most one a second.
-    spooled_unlogged: BTreeMap<String, u64>,
-    spool_logged_at: Option<Instant>,
+    /// How long a turn waits for a batch before polling again.
+    pub(crate) idle_wait: Duration,
+}
+
+/// What one turn of the sink's loop ([`Sink::step`]) leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Call `step` again.
+    More,
+    /// The input is drained or the grace period is over: call `finish`.
+    Done,
 }
 
 fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
@@ -813,9 +560,11 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     } else {
         None
     };
-    let failed = Arc::new(Mutex::new(Vec::new()));
     let reachable = Arc::new(AtomicBool::new(true));
-    let (producer, acks) = sink_producer(&cx, &settings, &failed, &reachable)?;
+    let session = Session::new(
+        session::connect(&cx, &settings, reachable),
+        Arc::new(Instant::now),
+    )?;
     let spool = crate::bounded::Bounded::wrap(
         cx.spool.clone(),
         &settings.spool,
@@ -832,7 +581,7 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
     let watch_stop = Arc::new(AtomicBool::new(false));
     if _cluster.is_none() {
         // The watch's admin client reads no statistics.
-        let mut config = client_config(&settings);
+        let mut config = session::client_config(&settings);
         config.remove("statistics.interval.ms");
         let interval = settings
             .properties
@@ -864,122 +613,116 @@ fn run(cx: SinkContext, mut settings: Settings) -> Result<(), String> {
             warn!(sink = %cx.name, error = %e, "cannot start the topic durability check");
         }
     }
-    let partitions = crate::partition::Partitions::for_properties(&settings.properties);
-    let mut sink = Sink {
-        cx,
-        settings,
-        producer,
-        failed,
-        reachable,
-        phase: Cell::new(Phase::Running),
-        spool,
-        to_spool: Vec::new(),
-        unflushed: Vec::new(),
-        unflushed_generation: 0,
-        unflushed_entries: Vec::new(),
-        store_warning: None,
-        store_errors: 0,
-        ids: encode::EventIds::new(),
-        partitions,
-        replay: Replayer::new(SpoolTree::Pending),
-        replay_not_before: Instant::now(),
-        last_full_warning: None,
-        fenced: false,
-        replacements: 0,
-        replace_not_before: None,
-        acks,
-        progress: (0, Instant::now()),
-        stall_backoff: 1,
-        failed_over_at: None,
-        spooled_unlogged: BTreeMap::new(),
-        spool_logged_at: None,
-    };
-    sink.update_gauges();
-    // The reasons this sink counts under, exported at 0 from the start so
-    // that an alert on increase() sees the first failure or drop.
-    for reason in FAILURE_REASONS {
-        sink.cx.metrics.failed.add(reason, 0);
-    }
-    for reason in DROP_REASONS {
-        sink.cx.metrics.dropped.add(reason, 0);
-    }
+    let mut sink = Sink::new(cx, settings, session, spool);
     let result = sink.run();
     sink.finish();
     watch_stop.store(true, Ordering::Release);
     result
 }
 
-/// A producer for the sink, and its count of acknowledged messages.
-fn sink_producer(
-    cx: &SinkContext,
-    settings: &Settings,
-    failed: &Arc<Mutex<Vec<Failure>>>,
-    reachable: &Arc<AtomicBool>,
-) -> Result<(BaseProducer<Delivery>, Arc<AtomicU64>), String> {
-    let context = Delivery::new(
-        cx.name.clone(),
-        cx.metrics.clone(),
-        failed.clone(),
-        reachable.clone(),
-        cx.readiness.clone(),
-        settings.bootstrap_servers.clone(),
-    );
-    let acks = context.acks.clone();
-    Ok((create_producer(settings, context)?, acks))
-}
-
-impl Sink {
-    fn run(&mut self) -> Result<(), String> {
-        loop {
-            self.cx.heartbeat.beat();
-            self.producer.poll(Duration::ZERO);
-            self.handle_failures();
-            self.finish_replays();
-            self.recover_if_fatal()?;
-            if self.stalled() {
-                self.fail_over("delivery_timeout");
-            }
-            if !self.flush_to_spool() {
-                // The spool is full and blocks: take nothing new until
-                // replay makes room.
-                self.replay_more();
-                self.producer.poll(Duration::from_millis(50));
-                if self.out_of_time() {
-                    return Ok(());
-                }
-                continue;
-            }
-            self.replay_more();
-            self.log_spooled(false);
-            let batch = next_batch(&self.cx.input, &self.settings.limits, IDLE_WAIT);
-            if batch.is_empty() {
-                if self.cx.input.is_drained() {
-                    return Ok(());
-                }
-                continue;
-            }
-            self.cx.metrics.batches.inc();
-            self.cx.metrics.batch_events.observe(batch.events as f64);
-            let mut batches = batch.batches.into_iter();
-            while let Some(b) = batches.next() {
-                if self.send_batch(b).is_err() {
-                    // The grace period is over: what was taken from the
-                    // channel goes to the spool, never nowhere.
-                    for rest in batches {
-                        self.divert_batch(rest, "shutdown");
-                    }
-                    return Ok(());
-                }
-            }
-            self.flush_to_spool();
+impl<P: ProducerPort> Sink<P> {
+    /// A sink over `session` and `spool` (already bounded), in `Running`.
+    pub(crate) fn new(
+        cx: SinkContext,
+        settings: Settings,
+        session: Session<P>,
+        spool: Arc<dyn SpoolStore>,
+    ) -> Sink<P> {
+        let now = session.now();
+        let writer = SpoolWriter::new(cx.name.clone(), cx.metrics.clone(), &settings.spool);
+        let sink = Sink {
+            cx,
+            settings,
+            session,
+            phase: Cell::new(Phase::Running),
+            spool,
+            writer,
+            dead_unstored: Vec::new(),
+            dead_unflushed: Vec::new(),
+            ids: encode::EventIds::new(),
+            replay: Replayer::new(SpoolTree::Pending),
+            replay_not_before: now,
+            idle_wait: IDLE_WAIT,
+        };
+        sink.update_gauges();
+        // The reasons this sink counts under, exported at 0 from the start so
+        // that an alert on increase() sees the first failure or drop.
+        for reason in FAILURE_REASONS {
+            sink.cx.metrics.failed.add(reason, 0);
         }
+        for reason in DROP_REASONS {
+            sink.cx.metrics.dropped.add(reason, 0);
+        }
+        sink
+    }
+
+    fn now(&self) -> Instant {
+        self.session.now()
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        while self.step()? == Step::More {}
+        Ok(())
+    }
+
+    /// One turn of the loop: delivery reports, replay, fail-over when
+    /// stalled, the spool written, and the next batch taken and sent.
+    pub(crate) fn step(&mut self) -> Result<Step, String> {
+        self.cx.heartbeat.beat();
+        self.session.poll(Duration::ZERO);
+        self.handle_failures();
+        self.finish_replays();
+        self.recover_if_fatal()?;
+        if self.stalled() {
+            self.fail_over("delivery_timeout");
+        }
+        if self.out_of_time() {
+            // What is still in the channel goes to the spool in `finish`.
+            return Ok(Step::Done);
+        }
+        if !self.flush_to_spool() {
+            // The spool is full and blocks: take nothing new until
+            // replay makes room.
+            self.replay_more();
+            self.session.poll(Duration::from_millis(50));
+            return Ok(if self.out_of_time() {
+                Step::Done
+            } else {
+                Step::More
+            });
+        }
+        self.replay_more();
+        self.writer.log_spooled(false);
+        let batch = next_batch(&self.cx.input, &self.settings.limits, self.idle_wait);
+        if batch.is_empty() {
+            return Ok(if self.cx.input.is_drained() {
+                Step::Done
+            } else {
+                Step::More
+            });
+        }
+        self.cx.metrics.batches.inc();
+        self.cx.metrics.batch_events.observe(batch.events as f64);
+        let mut batches = batch.batches.into_iter();
+        while let Some(b) = batches.next() {
+            if self.send_batch(b).is_err() {
+                // The grace period is over: what was taken from the
+                // channel goes to the spool, never nowhere.
+                for rest in batches {
+                    self.divert_batch(rest, "shutdown");
+                }
+                return Ok(Step::Done);
+            }
+        }
+        self.flush_to_spool();
+        Ok(Step::More)
     }
 
     /// The phase now: shutdown, when first seen, starts the grace period.
     fn phase(&self) -> Phase {
         let phase = match self.phase.get() {
             Phase::Running if self.cx.shutdown.is_triggered() => Phase::Draining {
-                deadline: Instant::now() + self.cx.grace,
+                deadline: self.now() + self.cx.grace,
             },
             p => p,
         };
@@ -992,33 +735,34 @@ impl Sink {
     fn out_of_time(&self) -> bool {
         match self.phase() {
             Phase::Running => false,
-            Phase::Draining { deadline } => Instant::now() >= deadline,
+            Phase::Draining { deadline } => self.now() >= deadline,
             Phase::Closed => true,
         }
     }
 
-    fn strict(&self) -> bool {
-        self.settings.spool.ordering == SpoolOrdering::Strict
+    /// The ordering policy; see [`order`].
+    fn order(&self) -> SpoolOrdering {
+        self.settings.spool.ordering
     }
 
-    /// New events wait behind the spool in strict ordering.
+    /// New events wait behind the spool (strict order).
     fn behind_spool(&self) -> bool {
-        self.strict()
-            && (!self.to_spool.is_empty()
-                || !self.unflushed.is_empty()
-                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0)
+        self.order().behind_spool(|| {
+            self.writer.unstored() > 0
+                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
+        })
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
         let enc = self.settings.encoder.clone();
         let inflight = InFlight::for_batch(&batch);
         let mut bufs = Buffers::default();
-        let strict = self.strict();
+        let order = self.order();
         let mut diverting = self.behind_spool().then_some("behind_spool");
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
         for record in &batch.records {
-            if diverting.is_none() && strict && !self.to_spool.is_empty() {
+            if diverting.is_none() && order.rest_follows_to_spool() && self.writer.has_waiting() {
                 // A record of this batch failed at once: the rest go
                 // behind it.
                 diverting = Some("behind_spool");
@@ -1038,7 +782,7 @@ impl Sink {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
-                    if strict {
+                    if order.fail_over_behind_failure() {
                         // What librdkafka holds goes to the spool first.
                         self.fail_over("queue_full");
                     }
@@ -1084,44 +828,31 @@ impl Sink {
         timestamp: Option<i64>,
         headers: &[(String, Bytes)],
     ) -> Result<(), Unsent> {
-        let mut record =
-            BaseRecord::<[u8], [u8], Arc<InFlight>>::with_opaque_to(topic, inflight.clone())
-                .payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-            if let Some(p) = self
-                .partitions
-                .pick(self.producer.client(), topic, Some(key))
-            {
-                record = record.partition(p);
-            }
-        }
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
-        }
-        if !headers.is_empty() {
-            record = record.headers(encode::owned_headers(headers));
-        }
+        let message = Outgoing {
+            topic,
+            payload,
+            key,
+            timestamp,
+            headers,
+        };
         let mut full_since = None;
         loop {
-            match self.producer.send(record) {
+            match self.session.send(&message, inflight) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     self.cx.heartbeat.beat();
-                    let since = *full_since.get_or_insert_with(Instant::now);
-                    self.producer.poll(Duration::from_millis(5));
+                    let since = *full_since.get_or_insert_with(|| self.now());
+                    self.session.poll(Duration::from_millis(5));
                     if self.out_of_time() {
                         return Err(Unsent::OutOfTime);
                     }
-                    if since.elapsed()
+                    if self.now().saturating_duration_since(since)
                         >= Duration::from_millis(self.settings.spool.queue_full_timeout_ms)
                     {
                         return Err(Unsent::QueueFull);
                     }
                 }
-                Err((error, back)) => {
-                    drop(back);
+                Err(error) => {
                     let why = reason(&error);
                     self.cx.metrics.failed.add(&why, 1);
                     let topic = (topic != self.settings.topic).then(|| topic.to_string());
@@ -1142,10 +873,10 @@ impl Sink {
                     } else if inflight.is_replay() {
                         self.replay.keep(diverted, &self.cx.metrics);
                     } else {
-                        if self.strict() {
+                        if self.order().fail_over_behind_failure() {
                             self.fail_over(&diverted.reason.clone());
                         }
-                        self.to_spool.push(diverted);
+                        self.writer.push(diverted);
                     }
                     return Ok(());
                 }
@@ -1173,7 +904,7 @@ impl Sink {
         headers: encode::HeaderList,
         reason: String,
     ) {
-        self.to_spool.push(Diverted {
+        self.writer.push(Diverted {
             inflight: inflight.clone(),
             payload: Bytes::copy_from_slice(p.value),
             key: p.key.map(Bytes::copy_from_slice),
@@ -1187,22 +918,19 @@ impl Sink {
     /// Sorts failed deliveries: replays are retried later from the spool,
     /// permanent failures go to the dead-letter tree, the rest to the spool.
     fn handle_failures(&mut self) {
-        let failures = self.take_failures();
+        let failures = self.session.take_failures();
         if failures.is_empty() {
             return;
         }
         let retry_later = failures
             .iter()
             .any(|f| !is_permanent(f.error.rdkafka_error_code()));
-        if retry_later && self.strict() {
+        if retry_later && self.order().fail_over_behind_failure() {
             // What librdkafka still holds (new events, later spool
             // entries) was produced after the failed records: once the
             // broker is back it would overtake them. It goes to the spool
             // behind them instead, before any new batch is spooled.
-            self.failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(failures);
+            self.session.put_back(failures);
             self.fail_over("failed");
             return;
         }
@@ -1215,39 +943,52 @@ impl Sink {
         let Some(timeout) = self.settings.delivery_timeout else {
             return false;
         };
-        let acks = self.acks.load(Ordering::Relaxed);
-        if acks != self.progress.0 {
-            self.stall_backoff = 1;
+        match self.session.stalled(timeout) {
+            Some(waited) => {
+                warn!(sink = %self.cx.name, waited_ms = waited.as_millis() as u64, events = self.session.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
+                self.session.stretch_timeout();
+                true
+            }
+            None => false,
         }
-        if acks != self.progress.0 || self.producer.in_flight_count() == 0 {
-            self.progress = (acks, Instant::now());
-            return false;
-        }
-        self.progress.1.elapsed() >= timeout * self.stall_backoff
     }
 
     /// Takes back everything librdkafka holds, in the order it was
     /// produced, into the spool (or the dead-letter tree, for what failed
     /// for good), and starts a new producer: nothing the old one held can
-    /// be delivered later and overtake what is spooled now.
+    /// be delivered later and overtake what is spooled now. Only while
+    /// running: when draining, the drain ends here instead.
     fn fail_over(&mut self, why: &str) {
-        if why == "delivery_timeout" {
-            let waited = self.progress.1.elapsed().as_millis() as u64;
-            warn!(sink = %self.cx.name, waited_ms = waited, events = self.producer.in_flight_count(), "kafka acknowledged nothing within the delivery timeout; spooling what is unacknowledged");
-            self.stall_backoff = (self.stall_backoff * 2).min(MAX_STALL_BACKOFF);
+        match self.phase() {
+            Phase::Running => {
+                self.session.note_fail_over();
+                if let Err(e) = self.hand_over(why) {
+                    error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
+                }
+            }
+            Phase::Draining { .. } => self.end_drain(why),
+            Phase::Closed => {}
         }
-        self.failed_over_at = Some(Instant::now());
-        if let Err(e) = self.hand_over(why) {
-            error!(sink = %self.cx.name, error = %e, "cannot start a new kafka producer; keeping the old one");
-        }
+    }
+
+    /// A fail-over while draining would start a producer only to stop it:
+    /// the grace period ends now, and what the producer holds goes to the
+    /// spool (nothing more is handed to it).
+    fn end_drain(&mut self, why: &str) {
+        warn!(sink = %self.cx.name, reason = why, events = self.session.in_flight_count(), "kafka is failing during shutdown; spooling what is unacknowledged now");
+        let failures = self.session.take_back_all();
+        self.settle_failures(failures, Some(why));
+        self.phase.set(Phase::Draining {
+            deadline: self.now(),
+        });
     }
 
     /// Spools (or dead-letters) everything the producer holds, counted as
     /// failed for `why`, and starts a new producer.
     fn hand_over(&mut self, why: &str) -> Result<(), String> {
-        let failures = self.take_back_all();
+        let failures = self.session.take_back_all();
         self.settle_failures(failures, Some(why));
-        self.replace_producer()
+        self.session.replace()
     }
 
     /// Settles failed deliveries in the order their records were produced.
@@ -1262,10 +1003,7 @@ impl Sink {
         let mut dead = Vec::new();
         for f in failures {
             let code = f.error.rdkafka_error_code();
-            self.fenced |= matches!(
-                code,
-                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-            );
+            self.session.note_fenced(code);
             let why = match (code, purged) {
                 (
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight),
@@ -1282,7 +1020,7 @@ impl Sink {
                 self.replay.keep(d, &self.cx.metrics);
             } else {
                 let d = f.into_diverted(&self.settings.topic, why);
-                self.to_spool.push(d);
+                self.writer.push(d);
             }
         }
         for (why, n) in &reasons {
@@ -1294,210 +1032,60 @@ impl Sink {
         }
     }
 
-    fn take_failures(&self) -> Vec<Failure> {
-        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
     /// Keeps records Kafka refused for good, with the error, and settles them.
     fn dead_letter(&mut self, records: Vec<Diverted>) {
-        store_dead_letters(&*self.spool, &self.cx.name, &self.cx.metrics, records);
+        let not_stored = store_dead_letters(&*self.spool, &self.cx.name, &self.cx.metrics, records);
+        self.dead_unstored.extend(not_stored.unwritten);
+        self.dead_unflushed.extend(not_stored.unflushed);
         self.update_gauges();
     }
 
     /// Writes what waits for the spool, flushes, and settles it. Returns
     /// false when the spool is full and blocks.
     fn flush_to_spool(&mut self) -> bool {
-        if self.to_spool.is_empty() && self.unflushed.is_empty() {
+        if !self.dead_unflushed.is_empty() && self.spool.flush().is_ok() {
+            let dead = std::mem::take(&mut self.dead_unflushed);
+            settle_dead_letters(&self.cx.name, &self.cx.metrics, &dead);
+            self.update_gauges();
+        }
+        if self.writer.unstored() == 0 {
+            // Nothing to write (the common case, every turn): no gauges
+            // to read from the store either.
             return true;
         }
-        let name = self.cx.name.clone();
-        let generation = self.spool.generation();
-        if !self.unflushed.is_empty() && generation != self.unflushed_generation {
-            self.rewrite_lost_entries();
-        }
-        self.unflushed_generation = generation;
-        let mut pending = std::mem::take(&mut self.to_spool);
-        let mut written = 0;
-        let mut blocked = false;
-        for chunk in pending.chunks(ENTRY_RECORDS) {
-            let entry = entry_of(chunk);
-            if !self.make_room(entry.len() as u64) {
-                blocked = true;
-                break;
-            }
-            match self.spool.push(SpoolTree::Pending, &name, &entry) {
-                Ok(id) => self.unflushed_entries.push((id, chunk.len())),
-                Err(e) => {
-                    self.store_error(
-                        "cannot write the spool; holding new events back and retrying",
-                        &e,
-                    );
-                    blocked = true;
-                    break;
-                }
-            }
-            written += chunk.len();
-        }
-        self.to_spool = pending.split_off(written);
-        self.unflushed.append(&mut pending);
-        if !self.unflushed.is_empty() {
-            if let Err(e) = self.spool.flush() {
-                // Written but maybe not durable: settle nothing and flush
-                // again next time (writing them again would store them
-                // twice).
-                self.store_error("cannot flush the spool; retrying", &e);
-                self.update_gauges();
-                return false;
-            }
-            self.unflushed_entries.clear();
-            for d in std::mem::take(&mut self.unflushed) {
-                d.inflight.divert(&self.cx.metrics);
-                *self.spooled_unlogged.entry(d.reason).or_default() += 1;
-            }
-            self.log_spooled(false);
-        }
+        let replay = &self.replay;
+        let flushed = self
+            .writer
+            .flush(&*self.spool, &|id| replay.is_in_flight(id));
         self.update_gauges();
-        !blocked
-    }
-
-    /// The store was reopened after a failure: an entry written to it but
-    /// never flushed may be gone. Those that are go back to be written
-    /// again; those still there wait for their flush (never written
-    /// twice).
-    fn rewrite_lost_entries(&mut self) {
-        let name = self.cx.name.clone();
-        let mut records = std::mem::take(&mut self.unflushed).into_iter();
-        let mut lost = Vec::new();
-        for (id, n) in std::mem::take(&mut self.unflushed_entries) {
-            let chunk: Vec<Diverted> = records.by_ref().take(n).collect();
-            let survived = self
-                .spool
-                .scan(SpoolTree::Pending, &name, id.checked_sub(1), 1)
-                .is_ok_and(|found| found.first().is_some_and(|(at, _)| *at == id));
-            if survived {
-                self.unflushed.extend(chunk);
-                self.unflushed_entries.push((id, n));
-            } else {
-                lost.extend(chunk);
-            }
-        }
-        if !lost.is_empty() {
-            info!(sink = %name, events = lost.len(), "the store was reopened without spool entries it had not flushed; writing them again");
-            lost.append(&mut self.to_spool);
-            self.to_spool = lost;
-        }
-    }
-
-    /// Logs a store error at once, then at most once per 10 s with how
-    /// many there were: a failing store is retried every loop.
-    fn store_error(&mut self, what: &str, e: &dyn std::fmt::Display) {
-        self.store_errors += 1;
-        if self
-            .store_warning
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            error!(sink = %self.cx.name, error = %e, errors = self.store_errors, "{what}");
-            self.store_warning = Some(Instant::now());
-            self.store_errors = 0;
-        }
-    }
-
-    /// Logs what was spooled since the last time, at most once a second
-    /// unless `now`.
-    fn log_spooled(&mut self, now: bool) {
-        if self.spooled_unlogged.is_empty()
-            || !(now
-                || self
-                    .spool_logged_at
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
-        {
-            return;
-        }
-        for (reason, events) in std::mem::take(&mut self.spooled_unlogged) {
-            info!(sink = %self.cx.name, events, reason = %reason, "events spooled");
-        }
-        self.spool_logged_at = Some(Instant::now());
-    }
-
-    /// Whether an entry of `size` bytes fits, dropping the oldest entries
-    /// first when so configured.
-    fn make_room(&mut self, size: u64) -> bool {
-        let name = self.cx.name.clone();
-        if let Some(why) = self.spool.refuses_entries() {
-            // Dropping old entries would not give sled its space back:
-            // hold the sources back whatever `when_full` says.
-            if self
-                .last_full_warning
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-            {
-                self.last_full_warning = Some(Instant::now());
-                warn!(sink = %name, reason = %why, "the store takes no new spool entries; holding the sources back until it does");
-            }
-            return false;
-        }
-        loop {
-            let usage = self.spool.usage(SpoolTree::Pending, &name);
-            if usage.entries == 0 || usage.bytes + size <= self.settings.spool.max_bytes {
-                return true;
-            }
-            match self.settings.spool.when_full {
-                WhenFull::Block => {
-                    if self
-                        .last_full_warning
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                    {
-                        self.last_full_warning = Some(Instant::now());
-                        warn!(sink = %name, bytes = usage.bytes, max_bytes = self.settings.spool.max_bytes, "spool full; holding the sources back until replay makes room");
-                    }
-                    return false;
-                }
-                WhenFull::DropOldest => {
-                    let oldest = self
-                        .spool
-                        .scan(SpoolTree::Pending, &name, None, 16)
-                        .unwrap_or_default();
-                    let Some((id, entry)) = oldest
-                        .into_iter()
-                        .find(|(id, _)| !self.replay.is_in_flight(*id))
-                    else {
-                        return false;
-                    };
-                    let events = tailrace_api::spool::header(&entry)
-                        .map(|h| h.events as u64)
-                        .unwrap_or(0);
-                    if self.spool.remove(SpoolTree::Pending, &name, id).is_err() {
-                        return false;
-                    }
-                    self.cx.metrics.dropped.add("spool_full", events);
-                    warn!(sink = %name, events, "spool full; dropped its oldest entry (when_full: drop_oldest)");
-                }
-            }
-        }
+        flushed
     }
 
     /// In relaxed ordering, new events go first after a fail-over: the
     /// replay waits until Kafka acknowledges one of them, or, when none
     /// come, for one delivery timeout.
     fn new_events_first(&self) -> bool {
-        let Some(at) = self.failed_over_at else {
-            return false;
-        };
-        !self.strict()
-            && self.acks.load(Ordering::Relaxed) == 0
-            && at.elapsed() < self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF)
+        let since = self
+            .session
+            .failed_over_and_silent()
+            .map(|at| self.now().saturating_duration_since(at));
+        let wait = self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF);
+        self.order().new_events_first(since, wait)
     }
 
     /// Hands the next spool entries to librdkafka, oldest first.
     fn replay_more(&mut self) {
         let name = self.cx.name.clone();
-        if Instant::now() < self.replay_not_before
+        if self.now() < self.replay_not_before
+            || self.writer.has_unflushed()
             || self.new_events_first()
             || self.spool.usage(SpoolTree::Pending, &name).entries == 0
         {
             return;
         }
         while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
-            && self.producer.in_flight_count() < REPLAY_QUEUE_ROOM
+            && self.session.in_flight_count() < REPLAY_QUEUE_ROOM
+            && !(self.order().replay_waits_for_failed() && self.replay.holds_failed())
         {
             let metrics = self.cx.metrics.clone();
             let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
@@ -1513,8 +1101,8 @@ impl Sink {
                     return;
                 }
                 Err(e) => {
-                    self.store_error("cannot read the spool", &e);
-                    self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
+                    self.writer.store_error("cannot read the spool", &e);
+                    self.replay_not_before = self.now() + REPLAY_BACKOFF;
                     return;
                 }
             };
@@ -1528,26 +1116,35 @@ impl Sink {
             let sink_topic = self.settings.topic.clone();
             for (i, r) in records.iter().enumerate() {
                 let topic = topic_of(r, &sink_topic);
-                if self
-                    .produce(
-                        &inflight,
-                        &topic,
-                        &r.payload,
-                        r.key.as_deref(),
-                        r.timestamp_ms,
-                        &r.headers,
-                    )
-                    .is_err()
-                {
-                    // Not handed to librdkafka: kept for the rewritten entry.
-                    for r in &records[i..] {
-                        self.replay.keep(
-                            Diverted::unsent(&inflight, r, "replay_unsent"),
-                            &self.cx.metrics,
-                        );
+                let sent = self.produce(
+                    &inflight,
+                    &topic,
+                    &r.payload,
+                    r.key.as_deref(),
+                    r.timestamp_ms,
+                    &r.headers,
+                );
+                // A record refused at the send is kept for the rewritten
+                // entry: in strict order the rest of the entry waits with
+                // it rather than overtake it.
+                let rest = match sent {
+                    Err(_) => i,
+                    Ok(())
+                        if self.order().replay_waits_for_failed()
+                            && inflight.failed.load(Ordering::Acquire) =>
+                    {
+                        i + 1
                     }
-                    return;
+                    Ok(()) => continue,
+                };
+                // Not handed to librdkafka: kept for the rewritten entry.
+                for r in &records[rest..] {
+                    self.replay.keep(
+                        Diverted::unsent(&inflight, r, "replay_unsent"),
+                        &self.cx.metrics,
+                    );
                 }
+                return;
             }
         }
     }
@@ -1557,12 +1154,14 @@ impl Sink {
     fn finish_replays(&mut self) {
         let name = self.cx.name.clone();
         let finished = self.replay.finish(&*self.spool, &name);
-        if finished.removed == 0 && finished.rewritten == 0 {
+        if finished.removed == 0 && finished.rewritten == 0 && finished.kept_whole == 0 {
             return;
         }
-        if finished.rewritten > 0 {
-            // Only what failed and may yet succeed is replayed again.
-            self.replay_not_before = Instant::now() + REPLAY_BACKOFF;
+        if finished.rewritten > 0 || finished.kept_whole > 0 {
+            // Only what failed and may yet succeed is replayed again (or
+            // the whole entry, when it could not be rewritten), from the
+            // oldest entry: no later entry goes first.
+            self.replay_not_before = self.now() + REPLAY_BACKOFF;
             self.replay.rewind();
         }
         let left = self.spool.usage(SpoolTree::Pending, &name);
@@ -1586,109 +1185,84 @@ impl Sink {
     /// PRODUCER_FENCED. Then what it holds is spooled and a new producer,
     /// with a new producer id, takes over.
     fn recover_if_fatal(&mut self) -> Result<(), String> {
-        let fatal = self.producer.client().fatal_error();
-        if fatal.is_none() && !self.fenced {
+        let Some((fatal, replacements)) = self.session.fatal_due() else {
+            return Ok(());
+        };
+        if self.phase() != Phase::Running {
+            self.end_drain("producer_replaced");
             return Ok(());
         }
-        if self.acks.load(Ordering::Relaxed) > 0 {
-            // The producer being replaced delivered: not a failing loop.
-            self.replacements = 0;
-        }
-        if self.replace_not_before.is_some_and(|t| Instant::now() < t) {
-            return Ok(());
-        }
-        let backoff = REPLACE_BACKOFF
-            .saturating_mul(1 << self.replacements.min(6))
-            .min(MAX_REPLACE_BACKOFF);
         match fatal {
-            Some((code, reason)) => {
-                error!(sink = %self.cx.name, code = ?code, reason, replacements = self.replacements, "the kafka producer failed fatally, replacing it");
+            Fatal::Error(code, reason) => {
+                error!(sink = %self.cx.name, code = ?code, reason, replacements, "the kafka producer failed fatally, replacing it");
                 self.cx.readiness.set_not_ready(format!(
                     "the kafka producer failed fatally ({code:?}: {reason}); recreated with backoff"
                 ));
             }
-            None => {
+            Fatal::Fenced => {
                 warn!(sink = %self.cx.name, "the broker fenced the kafka producer, replacing it")
             }
         }
-        self.replacements += 1;
-        self.replace_not_before = Some(Instant::now() + backoff);
         self.hand_over("producer_replaced")
-    }
-
-    fn replace_producer(&mut self) -> Result<(), String> {
-        let (producer, acks) =
-            sink_producer(&self.cx, &self.settings, &self.failed, &self.reachable)?;
-        self.producer = producer;
-        self.acks = acks;
-        self.progress = (0, Instant::now());
-        self.fenced = false;
-        Ok(())
-    }
-
-    /// Takes back everything librdkafka holds, with the failures already
-    /// reported: each comes back as a failed delivery.
-    fn take_back_all(&mut self) -> Vec<Failure> {
-        self.producer
-            .purge(PurgeConfig::default().queue().inflight());
-        let until = Instant::now() + Duration::from_secs(2);
-        while self.producer.in_flight_count() > 0 && Instant::now() < until {
-            self.producer.poll(Duration::from_millis(20));
-        }
-        self.take_failures()
     }
 
     /// After the input is drained or the grace period is over: wait for
     /// what is in flight within the grace period, then spool the rest.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let deadline = match self.phase() {
             Phase::Draining { deadline } => deadline,
             // The input ended without a shutdown (a reload closed it).
-            Phase::Running | Phase::Closed => Instant::now() + self.cx.grace,
+            Phase::Running | Phase::Closed => self.now() + self.cx.grace,
         };
         self.phase.set(Phase::Draining { deadline });
         loop {
             self.cx.heartbeat.beat();
-            self.producer.poll(Duration::from_millis(20));
+            self.session.poll(Duration::from_millis(20));
             self.handle_failures();
             self.finish_replays();
             self.flush_to_spool();
-            let failed = !self
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-            if self.producer.in_flight_count() == 0
-                && !failed
-                && self.to_spool.is_empty()
-                && self.unflushed.is_empty()
-            {
+            let failed = self.session.has_failures();
+            if self.session.in_flight_count() == 0 && !failed && self.writer.unstored() == 0 {
                 break;
             }
-            if Instant::now() >= deadline {
+            if self.now() >= deadline {
                 break;
             }
         }
-        let unacknowledged = self.producer.in_flight_count();
-        if unacknowledged > 0 {
+        let unacknowledged = self.session.in_flight_count();
+        if unacknowledged > 0 || self.session.has_failures() {
             warn!(sink = %self.cx.name, events = unacknowledged, "grace period over with events unacknowledged; spooling them");
             // Settled here, not by handle_failures: in strict mode that
             // would start a new producer on the way out.
-            let failures = self.take_back_all();
+            let failures = self.session.take_back_all();
             self.settle_failures(failures, Some("shutdown"));
         }
         while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
             self.divert_batch(batch, "shutdown");
         }
         self.finish_replays();
-        if !self.flush_to_spool() {
+        // Dead letters the store would not take: a last try. (A replayed
+        // one is still in its spool entry, which stays.)
+        let dead: Vec<Diverted> = std::mem::take(&mut self.dead_unstored)
+            .into_iter()
+            .filter(|d| !d.inflight.is_replay())
+            .collect();
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+            self.dead_unstored.retain(|d| !d.inflight.is_replay());
+        }
+        let flushed = self.flush_to_spool();
+        // A replayed record is still in its spool entry, which stays.
+        self.dead_unflushed.retain(|d| !d.inflight.is_replay());
+        let dead = self.dead_unstored.len() + self.dead_unflushed.len();
+        if !flushed || dead > 0 {
             // Not acknowledged: a file source reads them again after the
             // restart, but a socket's records are gone, so they count.
-            let n = (self.to_spool.len() + self.unflushed.len()) as u64;
+            let n = (self.writer.unstored() + dead) as u64;
             self.cx.metrics.dropped.add("spool_full_at_shutdown", n);
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
-        self.log_spooled(true);
+        self.writer.log_spooled(true);
         self.phase.set(Phase::Closed);
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
         info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");

@@ -8,8 +8,10 @@
 //! with only the kept records ([`Replayer::finish`]), so a record Kafka
 //! acknowledged is never sent again from the spool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use rdkafka::error::KafkaError;
 use tailrace_api::spool::{decode, EntryError, SpoolRecord, SpoolStore, SpoolTree};
@@ -32,6 +34,9 @@ pub(crate) struct Finished {
     pub removed: u64,
     /// Entries rewritten with the records that failed and may yet succeed.
     pub rewritten: u64,
+    /// Entries that could not be rewritten or removed: replayed whole
+    /// again.
+    pub kept_whole: u64,
 }
 
 pub(crate) struct Replayer {
@@ -62,6 +67,12 @@ impl Replayer {
 
     pub fn is_in_flight(&self, id: u64) -> bool {
         self.in_flight.contains(&id)
+    }
+
+    /// Some entry in flight holds records to be tried again: in strict
+    /// order no later entry may go before them.
+    pub fn holds_failed(&self) -> bool {
+        !self.kept.is_empty()
     }
 
     /// Starts again from the oldest entry (after a pass, or a rewrite).
@@ -170,12 +181,14 @@ impl Replayer {
             self.in_flight.remove(&id);
             let kept = self.kept.remove(&id).unwrap_or_default();
             if failed && !kept.is_empty() {
+                let kept = in_entry_order(spool, self.tree, sink, id, kept);
                 let rewritten = spool
                     .replace(self.tree, sink, id, &entry_of(&kept))
                     .and_then(|()| spool.flush());
                 match rewritten {
                     Ok(()) => finished.rewritten += 1,
                     Err(e) => {
+                        finished.kept_whole += 1;
                         error!(sink = %sink, entry = id, error = %e, "cannot rewrite a partly replayed spool entry; it will be replayed whole again")
                     }
                 }
@@ -183,6 +196,7 @@ impl Replayer {
                 match spool.remove(self.tree, sink, id) {
                     Ok(()) => finished.removed += 1,
                     Err(e) => {
+                        finished.kept_whole += 1;
                         error!(sink = %sink, entry = id, error = %e, "cannot remove a replayed spool entry; it will be replayed again")
                     }
                 }
@@ -190,4 +204,39 @@ impl Replayer {
         }
         finished
     }
+}
+
+/// `kept` in the order its records have in entry `id`: records come back
+/// in the order they failed (an unsent tail may be kept before the head
+/// that was sent and taken back later), and the rewritten entry must keep
+/// the order they were read in. Records are matched by payload and key;
+/// equal records are interchangeable. When the entry cannot be read, the
+/// order is left as it is.
+fn in_entry_order(
+    spool: &dyn SpoolStore,
+    tree: SpoolTree,
+    sink: &str,
+    id: u64,
+    kept: Vec<Diverted>,
+) -> Vec<Diverted> {
+    let original = match spool.scan(tree, sink, id.checked_sub(1), 1) {
+        Ok(found) => found.into_iter().find(|(at, _)| *at == id),
+        Err(_) => None,
+    };
+    let Some(Ok((_, records))) = original.map(|(_, entry)| decode(&entry)) else {
+        return kept;
+    };
+    let mut at: HashMap<(Bytes, Option<Bytes>), VecDeque<usize>> = HashMap::new();
+    for (i, r) in records.into_iter().enumerate() {
+        at.entry((r.payload, r.key)).or_default().push_back(i);
+    }
+    let mut keyed: Vec<(usize, Diverted)> = kept
+        .into_iter()
+        .map(|d| {
+            let p = at.get_mut(&(d.payload.clone(), d.key.clone()));
+            (p.and_then(|p| p.pop_front()).unwrap_or(usize::MAX), d)
+        })
+        .collect();
+    keyed.sort_by_key(|(p, _)| *p);
+    keyed.into_iter().map(|(_, d)| d).collect()
 }
