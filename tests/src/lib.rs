@@ -12,7 +12,9 @@
 //!   accumulates what it reads.
 //! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
 //!   checks what arrived against what was written ([`Report`]); a
-//!   [`Writer`] keeps appending them from a thread.
+//!   [`Writer`] keeps appending them from a thread. They and the typed
+//!   config builder ([`config::Config`]) live in `tailrace-testkit`, which
+//!   the plugin tests share, and are re-exported here.
 //!
 //! The harness never assumes a running broker and never sleeps in place of a
 //! condition it can poll ([`wait_until`]). Every child process it starts is
@@ -27,7 +29,6 @@ mod broker;
 mod consumer;
 pub mod http;
 pub mod journal;
-mod lines;
 pub mod paced;
 mod process;
 mod proxy;
@@ -44,8 +45,8 @@ pub use agent::{
 };
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
-pub use lines::{seq_of, Report, SeqLines, Writer, LINE_LEN};
 pub use proxy::Proxy;
+pub use tailrace_testkit::{config, seq_of, Config, Report, SeqLines, Writer, LINE_LEN};
 
 use std::time::{Duration, Instant};
 
