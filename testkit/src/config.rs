@@ -87,6 +87,8 @@ keys!(Config {
 keys!(Source {
     start_at: &str,
     max_open_files: u64,
+    fingerprint_bytes: u64,
+    expire_after_ms: u64,
     max_line_bytes: u64,
     poll_interval_ms: u64,
     scan_interval_ms: u64,
@@ -220,6 +222,13 @@ impl Source {
     /// The channels the source sends to.
     pub fn channels(self, names: &[&str]) -> Source {
         self.set("channels", names)
+    }
+
+    /// The keys the source's own plugin reads: all but `type` and
+    /// `channels`, which the agent takes (for a plugin's tests, which
+    /// deserialise its config type from them).
+    pub fn plugin_keys(&self) -> Value {
+        self.clone().unset("type").unset("channels").to_value()
     }
 
     /// The globs a file source tails.
@@ -401,6 +410,13 @@ mod tests {
             tree["sinks"]["kafka"]["librdkafka"]["queue.buffering.max.ms"],
             "5"
         );
+    }
+
+    #[test]
+    fn plugin_keys_leave_out_what_the_agent_takes() {
+        let keys = Source::file("/x/*.log").max_open_files(4).plugin_keys();
+        let want = "{ include: [/x/*.log], start_at: beginning, max_open_files: 4 }";
+        assert_eq!(keys, serde_yaml::from_str::<Value>(want).unwrap());
     }
 
     #[test]
