@@ -8,6 +8,8 @@
 //!   and restore the connection.
 //! - [`sasl_proxy::SaslProxy`] terminates SASL/OAUTHBEARER in front of a
 //!   plaintext tansu; [`sasl_proxy::TokenEndpoint`] is a fake OIDC endpoint.
+//! - [`scene`] starts a broker with a topic and makes a temp dir, and
+//!   gives the config over both, for a test to change.
 //! - [`Consumer`] assigns every partition of a topic from the beginning and
 //!   accumulates what it reads.
 //! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
@@ -35,6 +37,7 @@ mod proxy;
 pub mod rng;
 pub mod rotation;
 pub mod sasl_proxy;
+mod scene;
 pub mod secure;
 pub mod sockets;
 pub mod tmpfs;
@@ -46,6 +49,7 @@ pub use agent::{
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
 pub use proxy::Proxy;
+pub use scene::scene;
 pub use tailrace_testkit::{config, seq_of, Config, Report, SeqLines, Writer, LINE_LEN};
 
 use std::time::{Duration, Instant};
