@@ -15,4 +15,4 @@ pub mod config;
 mod lines;
 
 pub use config::{Channel, Config, Sink, Source};
-pub use lines::{seq_of, Report, SeqLines, Writer, LINE_LEN};
+pub use lines::{seq_of, Arrivals, Report, SeqLines, Writer, LINE_LEN};

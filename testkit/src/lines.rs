@@ -247,6 +247,42 @@ impl Report {
     }
 }
 
+/// Which of lines `0..expected` have arrived, fed payloads as a consumer
+/// reads them: how many are missing, at the cost of one look per payload,
+/// for waiting on a million lines without a [`Report`] per poll.
+#[derive(Debug)]
+pub struct Arrivals {
+    seen: Vec<bool>,
+    missing: u64,
+}
+
+impl Arrivals {
+    pub fn new(expected: u64) -> Arrivals {
+        let len = usize::try_from(expected).expect("expected fits in usize");
+        Arrivals {
+            seen: vec![false; len],
+            missing: expected,
+        }
+    }
+
+    /// Counts `payload` if it is the first arrival of an expected line.
+    pub fn see(&mut self, payload: &[u8]) {
+        let Some(seq) = seq_of(payload) else { return };
+        let Some(seen) = usize::try_from(seq).ok().and_then(|i| self.seen.get_mut(i)) else {
+            return;
+        };
+        if !*seen {
+            *seen = true;
+            self.missing -= 1;
+        }
+    }
+
+    /// Expected lines that have not arrived yet.
+    pub fn missing(&self) -> u64 {
+        self.missing
+    }
+}
+
 /// The line numbers a [`Report`] expects: `0..n` without a set of them in
 /// memory (the e2e tests count up to millions), or any set.
 enum Expected {
@@ -332,6 +368,18 @@ mod tests {
         check(&[3, 4, 5], &[3, 4, 3, 5], (&[], &[3], false, 0));
         check(&[3, 4], &[2, 3, 4], (&[], &[], false, 1));
         check(&[1, 2, 7], &[], (&[1, 2, 7], &[], false, 0));
+    }
+
+    #[test]
+    fn arrivals_count_each_expected_line_once() {
+        let mut arrivals = Arrivals::new(3);
+        for seq in [0, 0, 2, 7] {
+            arrivals.see(&SeqLines::line(seq));
+        }
+        arrivals.see(b"not a numbered line");
+        assert_eq!(arrivals.missing(), 1);
+        arrivals.see(&SeqLines::line(1));
+        assert_eq!(arrivals.missing(), 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tailrace_e2e::config::{Sink, MAIN};
 use tailrace_e2e::rng::Rng;
 use tailrace_e2e::tmpfs::Tmpfs;
 use tailrace_e2e::{
-    free_port, seq_of, wait_until, Agent, Broker, Config, Consumer, Proxy, Record, Report,
+    free_port, seq_of, wait_until, Agent, Arrivals, Broker, Config, Consumer, Proxy, Record, Report,
     SeqLines, LINE_LEN,
 };
 
@@ -84,22 +84,14 @@ fn read_until_missing_at_most(
     allowed: u64,
     timeout: Duration,
 ) {
-    let expected = lines.written();
-    let mut seen = vec![false; usize::try_from(expected).unwrap()];
-    let mut missing = expected;
+    let mut arrivals = Arrivals::new(lines.written());
     let mut checked = 0;
     consumer.read_until(timeout, |records| {
         for record in &records[checked..] {
-            if let Some(seq) = seq_of(&record.payload).filter(|&s| s < expected) {
-                let seen = &mut seen[usize::try_from(seq).unwrap()];
-                if !*seen {
-                    *seen = true;
-                    missing -= 1;
-                }
-            }
+            arrivals.see(&record.payload);
         }
         checked = records.len();
-        missing <= allowed
+        arrivals.missing() <= allowed
     });
 }
 
