@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::time::Duration;
 
-use crate::process;
+use crate::{process, Config};
 
 /// The tailrace binary: `$TAILRACE_BIN`, else the one cargo built next to
 /// this test executable (`target/<profile>/deps/<test>` ->
@@ -44,37 +44,11 @@ where
     tailrace().args(args).output().expect("cannot run tailrace")
 }
 
-/// The config most tests use: one file source over `DIR/logs/*.log`, one
-/// memory channel, one kafka sink; checkpoints in `DIR/data`.
+/// [`Config::file_to_kafka`] as text, for the tests that still append
+/// sink keys to it (secure, oauth, kerberos: the sink is the last block,
+/// its keys indented by four).
 pub fn file_to_kafka(dir: &Path, bootstrap: &str, topic: &str) -> String {
-    let dir = dir.display();
-    format!(
-        r#"data_dir: {dir}/data
-shutdown_grace_ms: 10000
-summary_interval_ms: 1000
-log: {{ level: info, format: text }}
-sources:
-  app:
-    type: file
-    include: ["{dir}/logs/*.log"]
-    start_at: beginning
-    channels: [main]
-channels:
-  main:
-    type: memory
-    capacity_events: 100000
-    capacity_bytes: 67108864
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: {topic}
-    compression: lz4
-    delivery_timeout_ms: 300000
-    librdkafka: {{ "queue.buffering.max.ms": "5" }}
-"#
-    )
+    Config::file_to_kafka(dir, bootstrap, topic).to_yaml()
 }
 
 /// The sum of the `events=N` fields of the lines of `log` containing
