@@ -17,8 +17,8 @@ use tailrace_e2e::config::{Sink, MAIN};
 use tailrace_e2e::rng::Rng;
 use tailrace_e2e::tmpfs::Tmpfs;
 use tailrace_e2e::{
-    free_port, seq_of, wait_until, Agent, Arrivals, Broker, Config, Consumer, Proxy, Record, Report,
-    SeqLines, LINE_LEN,
+    free_port, seq_of, wait_until, Agent, Arrivals, Broker, Config, Consumer, Proxy, Record,
+    Report, SeqLines, LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
