@@ -280,6 +280,11 @@ impl Sink {
     pub fn spool(self, key: &str, value: impl Serialize) -> Sink {
         self.set(&format!("spool.{key}"), value)
     }
+
+    /// One key of the sink's `sasl` block.
+    pub fn sasl(self, key: &str, value: impl Serialize) -> Sink {
+        self.set(&format!("sasl.{key}"), value)
+    }
 }
 
 fn to_value(value: impl Serialize) -> Value {
@@ -375,6 +380,11 @@ mod tests {
                     .spool("max_bytes", 262_144)
                     .spool("when_full", "block")
                     .spool("ordering", "strict")
+            }),
+            scene().edit_sink("kafka", |k| {
+                k.sasl("mechanism", "SCRAM-SHA-512")
+                    .sasl("username", "agent")
+                    .sasl("password", "s3cret")
             }),
             scene()
                 .source("net", Source::tcp("127.0.0.1:5140").channels(&["net"]))
