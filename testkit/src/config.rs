@@ -112,10 +112,15 @@ keys!(Sink {
 });
 
 impl Config {
+    /// No key at all, for a test that states every key itself.
+    pub fn empty() -> Config {
+        Config(Mapping::new())
+    }
+
     /// An agent with no component yet: data in `data_dir`, a 10 s grace
     /// period, a summary line every second, text logs at info.
     pub fn new(data_dir: impl AsRef<Path>) -> Config {
-        Config(Mapping::new())
+        Config::empty()
             .set("data_dir", data_dir.as_ref())
             .shutdown_grace_ms(10_000)
             .summary_interval_ms(1_000)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::time::Duration;
 
-use crate::{process, Config};
+use crate::process;
 
 /// The tailrace binary: `$TAILRACE_BIN`, else the one cargo built next to
 /// this test executable (`target/<profile>/deps/<test>` ->
@@ -42,13 +42,6 @@ where
     S: AsRef<OsStr>,
 {
     tailrace().args(args).output().expect("cannot run tailrace")
-}
-
-/// [`Config::file_to_kafka`] as text, for the tests that still append
-/// sink keys to it (secure, oauth, kerberos: the sink is the last block,
-/// its keys indented by four).
-pub fn file_to_kafka(dir: &Path, bootstrap: &str, topic: &str) -> String {
-    Config::file_to_kafka(dir, bootstrap, topic).to_yaml()
 }
 
 /// The sum of the `events=N` fields of the lines of `log` containing

@@ -43,8 +43,7 @@ pub mod sockets;
 pub mod tmpfs;
 
 pub use agent::{
-    file_to_kafka, json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent,
-    Checkpoint, SpoolUsage,
+    json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint, SpoolUsage,
 };
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
