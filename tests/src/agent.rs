@@ -44,39 +44,6 @@ where
     tailrace().args(args).output().expect("cannot run tailrace")
 }
 
-/// The config most tests use: one file source over `DIR/logs/*.log`, one
-/// memory channel, one kafka sink; checkpoints in `DIR/data`.
-pub fn file_to_kafka(dir: &Path, bootstrap: &str, topic: &str) -> String {
-    let dir = dir.display();
-    format!(
-        r#"data_dir: {dir}/data
-shutdown_grace_ms: 10000
-summary_interval_ms: 1000
-log: {{ level: info, format: text }}
-sources:
-  app:
-    type: file
-    include: ["{dir}/logs/*.log"]
-    start_at: beginning
-    channels: [main]
-channels:
-  main:
-    type: memory
-    capacity_events: 100000
-    capacity_bytes: 67108864
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: {topic}
-    compression: lz4
-    delivery_timeout_ms: 300000
-    librdkafka: {{ "queue.buffering.max.ms": "5" }}
-"#
-    )
-}
-
 /// The sum of the `events=N` fields of the lines of `log` containing
 /// `message` (e.g. how many events the agent logged as spooled).
 pub fn logged_events(log: &str, message: &str) -> u64 {

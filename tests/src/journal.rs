@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::config::Source;
 use crate::paced::Paced;
-use crate::SeqLines;
+use crate::{Config, SeqLines};
 
 /// systemd-journal-remote, as Debian installs it.
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
@@ -178,31 +179,13 @@ impl std::ops::Deref for JournalWriter {
     }
 }
 
-/// The config of [`crate::file_to_kafka`] with its file source replaced by
-/// the journald source `journal` over `journal_dir` (`source_keys` added,
-/// YAML indented by four) and `sink_keys` added to the kafka sink.
-pub fn journald_to_kafka(
-    dir: &Path,
-    journal_dir: &Path,
-    bootstrap: &str,
-    topic: &str,
-    source_keys: &str,
-    sink_keys: &str,
-) -> String {
-    let config = crate::file_to_kafka(dir, bootstrap, topic);
-    let file_source = format!(
-        "  app:\n    type: file\n    include: [\"{}/logs/*.log\"]\n    start_at: beginning\n",
-        dir.display()
-    );
-    assert!(
-        config.contains(&file_source),
-        "file_to_kafka changed its source"
-    );
-    let journal_source = format!(
-        "  journal:\n    type: journald\n    directory: {}\n{source_keys}",
-        journal_dir.display()
-    );
-    config.replace(&file_source, &journal_source) + sink_keys
+/// [`Config::file_to_kafka`] with its file source replaced by the journald
+/// source `journal` over `journal_dir`.
+pub fn journald_to_kafka(dir: &Path, journal_dir: &Path, bootstrap: &str, topic: &str) -> Config {
+    let journal = Source::of_type("journald").set("directory", journal_dir);
+    Config::file_to_kafka(dir, bootstrap, topic)
+        .unset("sources.app")
+        .source("journal", journal)
 }
 
 /// The journal files in `dir`, oldest first by name.

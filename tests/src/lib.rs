@@ -8,11 +8,15 @@
 //!   and restore the connection.
 //! - [`sasl_proxy::SaslProxy`] terminates SASL/OAUTHBEARER in front of a
 //!   plaintext tansu; [`sasl_proxy::TokenEndpoint`] is a fake OIDC endpoint.
+//! - [`scene`] starts a broker with a topic and makes a temp dir, and
+//!   gives the config over both, for a test to change.
 //! - [`Consumer`] assigns every partition of a topic from the beginning and
 //!   accumulates what it reads.
 //! - [`SeqLines`] writes fixed-length lines carrying sequence numbers and
 //!   checks what arrived against what was written ([`Report`]); a
-//!   [`Writer`] keeps appending them from a thread.
+//!   [`Writer`] keeps appending them from a thread. They and the typed
+//!   config builder ([`config::Config`]) live in `tailrace-testkit`, which
+//!   the plugin tests share, and are re-exported here.
 //!
 //! The harness never assumes a running broker and never sleeps in place of a
 //! condition it can poll ([`wait_until`]). Every child process it starts is
@@ -27,25 +31,25 @@ mod broker;
 mod consumer;
 pub mod http;
 pub mod journal;
-mod lines;
 pub mod paced;
 mod process;
 mod proxy;
 pub mod rng;
 pub mod rotation;
 pub mod sasl_proxy;
+mod scene;
 pub mod secure;
 pub mod sockets;
 pub mod tmpfs;
 
 pub use agent::{
-    file_to_kafka, json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent,
-    Checkpoint, SpoolUsage,
+    json_lines, logged_events, run_tailrace, tailrace, tailrace_bin, Agent, Checkpoint, SpoolUsage,
 };
 pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
-pub use lines::{seq_of, Report, SeqLines, Writer, LINE_LEN};
 pub use proxy::Proxy;
+pub use scene::scene;
+pub use tailrace_testkit::{config, seq_of, Arrivals, Config, Report, SeqLines, Writer, LINE_LEN};
 
 use std::time::{Duration, Instant};
 

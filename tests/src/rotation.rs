@@ -378,26 +378,3 @@ pub fn seq_lines(range: std::ops::Range<u64>) -> Vec<u8> {
     }
     buf
 }
-
-/// Adds `keys` (YAML lines, indented as at the top level) to the file source of a
-/// config made by [`crate::file_to_kafka`], and replaces its include globs
-/// when `include` is given.
-pub fn with_source_keys(config: &str, keys: &str, include: Option<&str>) -> String {
-    let mut out = String::new();
-    for line in config.lines() {
-        if let (Some(glob), true) = (include, line.trim_start().starts_with("include:")) {
-            out.push_str(&format!("    include: [\"{glob}\"]\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-        if line.trim() == "type: file" {
-            for key in keys.lines().filter(|k| !k.trim().is_empty()) {
-                out.push_str("    ");
-                out.push_str(key);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}

@@ -8,19 +8,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tailrace_e2e::http::{get, raw, sample};
-use tailrace_e2e::{file_to_kafka, wait_until, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::{scene, wait_until, Agent, Broker, Consumer, Report, SeqLines};
 
 const TOPIC: &str = "logs";
 
+/// The common scene, its agent started.
 fn setup() -> (Broker, tempfile::TempDir, Agent) {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().expect("cannot create a temp dir");
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let agent = Agent::start(
-        dir.path(),
-        &file_to_kafka(dir.path(), &broker.bootstrap(), TOPIC),
-    );
+    let (broker, dir, config) = scene(TOPIC);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     (broker, dir, agent)
 }
 

@@ -7,29 +7,23 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use tailrace_e2e::rotation::{with_source_keys, AppWriter, Logrotate, RotateMode};
+use tailrace_e2e::rotation::{AppWriter, Logrotate, RotateMode};
 use tailrace_e2e::sockets::metric;
-use tailrace_e2e::{file_to_kafka, seq_of, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::{scene, seq_of, Agent, Broker, Config, Consumer, Report, SeqLines};
 
 const TOPIC: &str = "pods";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 const TIME: &str = "2026-11-21T10:00:00.123456789Z";
 
-fn setup(source_keys: &str, json: bool) -> (Broker, tempfile::TempDir, String) {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().expect("cannot create a temp dir");
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut config = with_source_keys(
-        &file_to_kafka(dir.path(), &broker.bootstrap(), TOPIC),
-        source_keys,
-        None,
-    );
+/// The common scene, the file source reading `format` (if given) and,
+/// with `json`, the sink writing JSON records.
+fn setup(format: Option<&str>, json: bool) -> (Broker, tempfile::TempDir, Config) {
+    let (broker, dir, mut config) = scene(TOPIC);
+    if let Some(format) = format {
+        config = config.edit_source("app", |s| s.set("format", format));
+    }
     if json {
-        config = config.replace(
-            "    compression: lz4\n",
-            "    compression: lz4\n    encoding: json\n",
-        );
+        config = config.edit_sink("kafka", |k| k.set("encoding", "json"));
     }
     (broker, dir, config)
 }
@@ -60,7 +54,7 @@ fn json(r: &tailrace_e2e::Record) -> serde_json::Value {
 
 #[test]
 fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw() {
-    let (broker, dir, config) = setup("format: cri", true);
+    let (broker, dir, config) = setup(Some("cri"), true);
     const N: u64 = 5_000;
     let mut file = Vec::new();
     // The first event, cut by the runtime into three records.
@@ -78,7 +72,7 @@ fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw(
         }
     }
     std::fs::write(dir.path().join("logs/pod.log"), &file).unwrap();
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let records = consumer
         .read_count(N as usize + 2, DELIVERY_TIMEOUT)
@@ -122,10 +116,10 @@ fn cri_partials_are_joined_whole_records_arrive_one_to_one_and_bad_lines_go_raw(
 
 #[test]
 fn cri_log_rotated_by_logrotate_while_written_loses_nothing() {
-    let (broker, dir, config) = setup("format: cri", false);
+    let (broker, dir, config) = setup(Some("cri"), false);
     let log = dir.path().join("logs/pod.log");
     let writer = AppWriter::start_as(&log, 0, 40, Duration::from_millis(5), cri_line);
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let mut logrotate = Logrotate::new(dir.path(), &log, RotateMode::Create);
     for _ in 0..3 {
@@ -152,7 +146,7 @@ fn cri_log_rotated_by_logrotate_while_written_loses_nothing() {
 
 #[test]
 fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apart() {
-    let (broker, dir, config) = setup("format: auto", true);
+    let (broker, dir, config) = setup(Some("auto"), true);
     const N: u64 = 3_000;
     let tricky = "say \"hi\"\t\\ to ünïcode \u{1}";
     let long: String = (0..40_000)
@@ -181,7 +175,7 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
         .unwrap()
         .write_all(&cri)
         .unwrap();
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let records = consumer
         .read_count(2 * N as usize + 2, DELIVERY_TIMEOUT)
@@ -218,14 +212,14 @@ fn docker_json_is_unwrapped_16k_splits_are_joined_and_auto_tells_the_formats_apa
 /// saved positions: one file each.
 #[test]
 fn symlinks_are_followed_by_policy_and_never_into_proc() {
-    let (broker, dir, config) = setup("", false);
+    let (broker, dir, config) = setup(None, false);
     let d = dir.path();
     std::fs::create_dir_all(d.join("pods")).unwrap();
     let mut lines = SeqLines::create(d.join("pods/app-0.log"));
     lines.append(1_000);
     std::os::unix::fs::symlink(d.join("pods/app-0.log"), d.join("logs/app.log")).unwrap();
     std::os::unix::fs::symlink("/proc/self/status", d.join("logs/status.log")).unwrap();
-    let mut agent = Agent::start(d, &config);
+    let mut agent = Agent::start(d, &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(1_000, DELIVERY_TIMEOUT);
     let report = lines.count(consumer.records());
@@ -249,13 +243,10 @@ fn symlinks_are_followed_by_policy_and_never_into_proc() {
     let mut plain = SeqLines::create(off.join("logs/plain.log"));
     plain.append(1_000);
     std::os::unix::fs::symlink(d.join("pods/app-0.log"), off.join("logs/app.log")).unwrap();
-    let config = with_source_keys(
-        &file_to_kafka(&off, &broker.bootstrap(), "unfollowed"),
-        "follow_symlinks: false",
-        None,
-    );
+    let config = Config::file_to_kafka(&off, &broker.bootstrap(), "unfollowed")
+        .edit_source("app", |s| s.set("follow_symlinks", false));
     broker.create_topic("unfollowed", 1);
-    let mut agent = Agent::start(&off, &config);
+    let mut agent = Agent::start(&off, &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), "unfollowed");
     consumer.read_count(1_000, DELIVERY_TIMEOUT);
     let not_followed = "tailrace_file_events_total{source=\"app\",event=\"symlink_not_followed\"}";

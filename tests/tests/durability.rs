@@ -9,23 +9,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tailrace_e2e::{
-    file_to_kafka, free_port, logged_events, run_tailrace, tailrace_bin, wait_until, Agent, Broker,
+    free_port, logged_events, run_tailrace, tailrace_bin, wait_until, Agent, Broker, Config,
     Consumer, SeqLines, LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
 const LINES: u64 = 20_000;
 
-/// `file_to_kafka` with a 3 s delivery timeout, so an absent broker makes
-/// the sink spool soon.
-fn config(dir: &Path, bootstrap: &str) -> String {
-    let base = file_to_kafka(dir, bootstrap, TOPIC);
-    let default_timeout = "delivery_timeout_ms: 300000";
-    assert!(
-        base.contains(default_timeout),
-        "file_to_kafka changed; update this test's config"
-    );
-    base.replace(default_timeout, "delivery_timeout_ms: 3000")
+/// `Config::file_to_kafka` with a 3 s delivery timeout, so an absent
+/// broker makes the sink spool soon.
+fn config(dir: &Path, bootstrap: &str) -> Config {
+    Config::file_to_kafka(dir, bootstrap, TOPIC)
+        .edit_sink("kafka", |k| k.delivery_timeout_ms(3_000))
 }
 
 fn read(path: &Path) -> String {
@@ -184,10 +179,9 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
     let admin = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         &config_path,
-        format!(
-            "{}\nadmin: {{ address: \"{admin}\" }}\n",
-            config(dir.path(), &bootstrap)
-        ),
+        config(dir.path(), &bootstrap)
+            .admin_address(&admin)
+            .to_yaml(),
     )
     .unwrap();
     let log = dir.path().join("agent.log");
@@ -282,10 +276,9 @@ fn a_store_that_never_reopens_exits_74_and_the_next_start_loses_nothing() {
     let broker = Broker::start();
     broker.create_topic(TOPIC, 1);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "{}store_give_up_after_ms: 2000\n",
-        config(dir.path(), &broker.bootstrap())
-    );
+    let yaml = config(dir.path(), &broker.bootstrap())
+        .set("store_give_up_after_ms", 2_000)
+        .to_yaml();
     // Lines keep coming, so positions keep being saved: the write after
     // the first two saves (and their flushes) fails, and so does every
     // reopen.
@@ -365,10 +358,9 @@ fn a_store_refused_at_start_is_tried_again_then_given_up_with_74() {
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"not a directory").unwrap();
     let yaml = |give_up_ms: u64| {
-        format!(
-            "{}store_give_up_after_ms: {give_up_ms}\n",
-            config(dir.path(), &format!("127.0.0.1:{}", free_port()))
-        )
+        config(dir.path(), &format!("127.0.0.1:{}", free_port()))
+            .set("store_give_up_after_ms", give_up_ms)
+            .to_yaml()
     };
     let mut agent = Agent::start(dir.path(), &yaml(60_000));
     let tried_again = wait_until(Duration::from_secs(30), || {

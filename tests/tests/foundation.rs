@@ -8,25 +8,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use tailrace_e2e::{
-    file_to_kafka, seq_of, wait_until, Agent, Broker, Checkpoint, Consumer, Record, Report,
+    scene, seq_of, wait_until, Agent, Broker, Checkpoint, Config, Consumer, Record, Report,
     SeqLines, Writer, LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
 /// Upper bound on what a background writer appends (100 MB).
 const MAX_WRITTEN: u64 = 1_000_000;
-/// shutdown_grace_ms in `file_to_kafka`, plus time to start and exit.
+/// shutdown_grace_ms in `Config::file_to_kafka`, plus time to start and exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A broker with the topic (one partition, so the file's order is kept), a
-/// temp dir, and the config pointing at both.
-fn setup() -> (Broker, tempfile::TempDir, String) {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().expect("cannot create a temp dir");
-    let config = file_to_kafka(dir.path(), &broker.bootstrap(), TOPIC);
-    (broker, dir, config)
-}
 
 /// The saved position of `file`, or 0 if the agent saved none yet.
 fn checkpoint_of(agent: &Agent, file: &Path) -> u64 {
@@ -89,10 +79,10 @@ fn lines_written_before_and_during_run_all_arrive_in_order() {
     const PER_APPEND: u64 = 30_000;
     let total = BEFORE + APPENDS * PER_APPEND;
 
-    let (broker, dir, config) = setup();
+    let (broker, dir, config) = scene(TOPIC);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(BEFORE);
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
 
     for _ in 0..APPENDS {
@@ -127,14 +117,14 @@ fn lines_written_before_and_during_run_all_arrive_in_order() {
 
 #[test]
 fn sigkill_mid_stream_loses_nothing() {
-    let (broker, dir, config) = setup();
+    let (broker, dir, config) = scene(TOPIC);
     let path = dir.path().join("logs/app.log");
     let mut lines = SeqLines::create(&path);
     lines.append(10_000);
     // About 20,000 lines/s, through the kill and the restart.
     let writer = lines.spawn_writer(200, Duration::from_millis(10), MAX_WRITTEN);
 
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     // Kill once a good part arrived: the agent had time to save positions.
     let arrived = consumer.read_count(50_000, Duration::from_secs(60)).len();
@@ -193,8 +183,8 @@ fn broker_absent_at_start_then_appears() {
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(1_000);
-    let config = file_to_kafka(dir.path(), &format!("127.0.0.1:{port}"), TOPIC);
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = Config::file_to_kafka(dir.path(), &format!("127.0.0.1:{port}"), TOPIC);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     lines.append(1_000);
 
     // Nothing to wait for: the agent must simply still be there.
@@ -231,7 +221,7 @@ fn non_utf8_lines_arrive_byte_for_byte() {
         b"overlong \xc0\xaf and surrogate \xed\xa0\x80",
         b"last line",
     ];
-    let (broker, dir, config) = setup();
+    let (broker, dir, config) = scene(TOPIC);
     let path = dir.path().join("logs/app.log");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let append = |part: &[&[u8]]| {
@@ -246,7 +236,7 @@ fn non_utf8_lines_arrive_byte_for_byte() {
         }
     };
     append(&lines[..6]);
-    let _agent = Agent::start(dir.path(), &config);
+    let _agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     assert!(
         !consumer.read_count(1, Duration::from_secs(60)).is_empty(),
@@ -265,14 +255,14 @@ fn non_utf8_lines_arrive_byte_for_byte() {
 
 #[test]
 fn sigterm_delivers_in_flight_and_exits_zero() {
-    let (broker, dir, config) = setup();
+    let (broker, dir, config) = scene(TOPIC);
     let path = dir.path().join("logs/app.log");
     let mut lines = SeqLines::create(&path);
     lines.append(10_000);
     // Lines keep coming, so there is something in flight at SIGTERM.
     let writer = lines.spawn_writer(200, Duration::from_millis(10), MAX_WRITTEN);
 
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     assert!(
         consumer.read_count(10_000, Duration::from_secs(60)).len() >= 10_000,

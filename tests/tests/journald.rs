@@ -114,7 +114,7 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
     // A journal with history, then one that grows while the agent runs.
     let first: Vec<Entry> = (0..20_000).map(seq_entry).collect();
     write_journal(&journal.join("old.journal"), &first);
-    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let writer = JournalWriter::start(
@@ -161,7 +161,7 @@ fn sigkill_mid_stream_and_new_journal_files_lose_nothing_and_match_journalctl() 
 #[test]
 fn journal_rotated_by_its_writer_while_read_and_killed_loses_nothing() {
     let (broker, dir, journal) = setup();
-    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     // systemd-journal-remote rotates its file as journald does (renamed to
@@ -195,7 +195,7 @@ fn a_vacuumed_cursor_resumes_at_the_oldest_entry_after_it_and_is_counted() {
     let (broker, dir, journal) = setup();
     let a: Vec<Entry> = (0..3_000).map(seq_entry).collect();
     write_journal(&journal.join("a.journal"), &a);
-    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "");
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(3_000, DELIVERY_TIMEOUT);
@@ -262,14 +262,14 @@ fn fields_arrive_in_json_and_matches_select_what_journalctl_selects() {
     binary.fields[1].1 = b"2".to_vec();
     entries.push(binary.clone());
     write_journal(&journal.join("fields.journal"), &entries);
-    let config = journald_to_kafka(
-        dir.path(),
-        &journal,
-        &broker.bootstrap(),
-        TOPIC,
-        "    units: [app]\n    include_matches: { PRIORITY: [\"0..3\"] }\n    exclude_matches: { SYSLOG_IDENTIFIER: [noisy] }\n",
-        "    encoding: json\n",
-    );
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC)
+        .edit_source("journal", |s| {
+            s.set("units", ["app"])
+                .set("include_matches.PRIORITY", ["0..3"])
+                .set("exclude_matches.SYSLOG_IDENTIFIER", ["noisy"])
+        })
+        .edit_sink("kafka", |k| k.set("encoding", "json"))
+        .to_yaml();
     let agent = Agent::start(dir.path(), &config);
     let selected = |seq: u64| seq % 5 != 4 && seq % 8 <= 3;
     let expected = (0..4_000).filter(|&s| selected(s)).count() + 1;
@@ -349,14 +349,9 @@ fn current_boot_only_reads_the_running_boot() {
         })
         .collect();
     write_journal(&journal.join("boots.journal"), &entries);
-    let config = journald_to_kafka(
-        dir.path(),
-        &journal,
-        &broker.bootstrap(),
-        TOPIC,
-        "    current_boot_only: true\n",
-        "",
-    );
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC)
+        .edit_source("journal", |s| s.set("current_boot_only", true))
+        .to_yaml();
     let agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     // The last entry is of this boot: once it is here, all before it are.
@@ -384,11 +379,12 @@ fn files_reads_only_the_journal_files_named() {
     let b: Vec<Entry> = (1_000..2_000).map(seq_entry).collect();
     write_journal(&journal.join("a.journal"), &a);
     write_journal(&journal.join("b.journal"), &b);
-    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC, "", "")
-        .replace(
-            &format!("directory: {}", journal.display()),
-            &format!("files: [{}/a.journal]", journal.display()),
-        );
+    let config = journald_to_kafka(dir.path(), &journal, &broker.bootstrap(), TOPIC)
+        .edit_source("journal", |s| {
+            s.unset("directory")
+                .set("files", [journal.join("a.journal")])
+        })
+        .to_yaml();
     let agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_until(DELIVERY_TIMEOUT, |r| {

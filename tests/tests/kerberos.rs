@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tailrace_e2e::sasl_proxy::{SaslProxy, TokenCheck};
-use tailrace_e2e::{file_to_kafka, free_port, wait_until, Agent, Broker, SeqLines};
+use tailrace_e2e::{free_port, wait_until, Agent, Broker, Config, SeqLines};
 
 const REALM: &str = "TAILRACE.TEST";
 const CLIENT: &str = "tailrace/localhost@TAILRACE.TEST";
@@ -163,11 +163,13 @@ fn gssapi_logs_in_with_the_keytab_and_sends_a_kerberos_ap_req() {
     let proxy = SaslProxy::start(&format!("127.0.0.1:{port}"), check.clone(), 0);
     let broker = Broker::start_behind(port, proxy.port());
     broker.create_topic("logs", 1);
-    let mut yaml = file_to_kafka(dir.path(), &proxy.address(), "logs");
-    yaml.push_str(&format!(
-        "    sasl: {{ mechanism: GSSAPI, kerberos_principal: \"{CLIENT}\", kerberos_keytab: \"{}/tailrace.keytab\" }}\n",
-        dir.path().display()
-    ));
+    let yaml = Config::file_to_kafka(dir.path(), &proxy.address(), "logs")
+        .edit_sink("kafka", |k| {
+            k.sasl("mechanism", "GSSAPI")
+                .sasl("kerberos_principal", CLIENT)
+                .sasl("kerberos_keytab", dir.path().join("tailrace.keytab"))
+        })
+        .to_yaml();
     let cache = format!("FILE:{}/ccache", dir.path().display());
     let krb5_conf = dir.path().join("krb5.conf");
     let env = [

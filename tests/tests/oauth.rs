@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tailrace_e2e::config::Sink;
 use tailrace_e2e::sasl_proxy::{
     jwt, PlainCheck, SaslProxy, ScramSha256Check, TokenCheck, TokenEndpoint, TokenSet,
 };
 use tailrace_e2e::{
-    file_to_kafka, free_port, http, run_tailrace, wait_until, Agent, Broker, Consumer, SeqLines,
+    free_port, http, run_tailrace, wait_until, Agent, Broker, Config, Consumer, SeqLines,
 };
 
 const TOPIC: &str = "logs";
@@ -32,11 +33,10 @@ fn broker_behind_proxy(
     (broker, proxy)
 }
 
-/// The standard config against the proxy, with `sasl` (a YAML flow map).
-fn config_yaml(dir: &Path, proxy: &SaslProxy, sasl: &str) -> String {
-    let mut yaml = file_to_kafka(dir, &proxy.address(), TOPIC);
-    yaml.push_str(&format!("    sasl: {sasl}\n"));
-    yaml
+/// The standard config against the proxy, its sink's `sasl` keys set by
+/// `sasl`.
+fn sasl_config(dir: &Path, proxy: &SaslProxy, sasl: impl FnOnce(Sink) -> Sink) -> Config {
+    Config::file_to_kafka(dir, &proxy.address(), TOPIC).edit_sink("kafka", sasl)
 }
 
 /// A JWT that expires in an hour.
@@ -59,12 +59,13 @@ fn write_token(path: &Path, token: &str) {
 fn agent_with_token_file(dir: &Path, proxy: &SaslProxy, token: &str) -> (Agent, PathBuf) {
     let token_file = dir.join("token");
     write_token(&token_file, token);
-    let sasl = format!(
-        "{{ mechanism: OAUTHBEARER, token_file: \"{}\", token_file_check_ms: 500 }}",
-        token_file.display()
-    );
+    let sasl = |k: Sink| {
+        k.sasl("mechanism", "OAUTHBEARER")
+            .sasl("token_file", &token_file)
+            .sasl("token_file_check_ms", 500)
+    };
     (
-        Agent::start(dir, &config_yaml(dir, proxy, &sasl)),
+        Agent::start(dir, &sasl_config(dir, proxy, sasl).to_yaml()),
         token_file,
     )
 }
@@ -148,12 +149,15 @@ fn oidc_client_credentials_from_a_token_endpoint() {
     let endpoint = TokenEndpoint::start("tailrace-client", "oidc-s3cret", &issued);
     let (broker, proxy) = broker_behind_proxy(TokenSet::new(&[&issued]), 0);
     let dir = tempfile::tempdir().unwrap();
-    let sasl = format!(
-        "{{ mechanism: OAUTHBEARER, token_endpoint_url: \"{}\", client_id: tailrace-client, \
-         client_secret: oidc-s3cret, scope: kafka.write, extensions: {{ logicalCluster: lkc-test }} }}",
-        endpoint.url()
-    );
-    let agent = Agent::start(dir.path(), &config_yaml(dir.path(), &proxy, &sasl));
+    let sasl = |k: Sink| {
+        k.sasl("mechanism", "OAUTHBEARER")
+            .sasl("token_endpoint_url", endpoint.url())
+            .sasl("client_id", "tailrace-client")
+            .sasl("client_secret", "oidc-s3cret")
+            .sasl("scope", "kafka.write")
+            .sasl("extensions.logicalCluster", "lkc-test")
+    };
+    let agent = Agent::start(dir.path(), &sasl_config(dir.path(), &proxy, sasl).to_yaml());
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(3_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
@@ -245,11 +249,11 @@ fn aws_msk_iam_token_from_the_credential_chain_passes_a_signature_check() {
         ("AWS_SHARED_CREDENTIALS_FILE", none),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
-    let yaml = config_yaml(
-        dir.path(),
-        &proxy,
-        "{ mechanism: AWS_MSK_IAM, region: eu-west-1 }",
-    );
+    let yaml = sasl_config(dir.path(), &proxy, |k| {
+        k.sasl("mechanism", "AWS_MSK_IAM")
+            .sasl("region", "eu-west-1")
+    })
+    .to_yaml();
     let agent = Agent::start_with_env(dir.path(), &yaml, &env);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(2_000);
@@ -275,12 +279,12 @@ fn check_authenticates_with_the_token_file() {
     let (_broker, proxy) = broker_behind_proxy(TokenSet::new(&[&good]), 0);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    let sasl = format!(
-        "{{ mechanism: OAUTHBEARER, token_file: \"{}\" }}",
-        token_file.display()
-    );
+    let sasl = |k: Sink| {
+        k.sasl("mechanism", "OAUTHBEARER")
+            .sasl("token_file", &token_file)
+    };
     let config = dir.path().join("check.yaml");
-    std::fs::write(&config, config_yaml(dir.path(), &proxy, &sasl)).unwrap();
+    std::fs::write(&config, sasl_config(dir.path(), &proxy, sasl).to_yaml()).unwrap();
     let check = || {
         let out = run_tailrace([
             "check",
@@ -328,11 +332,14 @@ fn plain_delivers_every_line_and_a_wrong_password_is_refused_until_a_reload() {
     });
     let (broker, proxy) = broker_behind_proxy(check, 0);
     let dir = tempfile::tempdir().unwrap();
-    let wrong = config_yaml(
-        dir.path(),
-        &proxy,
-        "{ mechanism: PLAIN, username: tailrace, password: not-the-password }",
-    );
+    let plain = |password: &str| {
+        sasl_config(dir.path(), &proxy, |k| {
+            k.sasl("mechanism", "PLAIN")
+                .sasl("username", "tailrace")
+                .sasl("password", password)
+        })
+    };
+    let wrong = plain("not-the-password").to_yaml();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let agent = Agent::start(dir.path(), &wrong);
@@ -342,10 +349,8 @@ fn plain_delivers_every_line_and_a_wrong_password_is_refused_until_a_reload() {
         proxy.stats(),
         agent.log_tail(30)
     );
-    let fixed = std::fs::read_to_string(agent.config_path())
-        .unwrap()
-        .replace("not-the-password", "plain-secret-4711");
-    std::fs::write(agent.config_path(), fixed).unwrap();
+    let fixed = plain("plain-secret-4711").admin_address(agent.admin_address());
+    std::fs::write(agent.config_path(), fixed.to_yaml()).unwrap();
     agent.reload();
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     assert_all_arrived(&mut consumer, &lines, &agent);
@@ -364,11 +369,12 @@ fn scram_sha_256_delivers_every_line() {
     });
     let (broker, proxy) = broker_behind_proxy(check, 0);
     let dir = tempfile::tempdir().unwrap();
-    let config = config_yaml(
-        dir.path(),
-        &proxy,
-        "{ mechanism: SCRAM-SHA-256, username: tailrace, password: scram-256-secret }",
-    );
+    let config = sasl_config(dir.path(), &proxy, |k| {
+        k.sasl("mechanism", "SCRAM-SHA-256")
+            .sasl("username", "tailrace")
+            .sasl("password", "scram-256-secret")
+    })
+    .to_yaml();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let agent = Agent::start(dir.path(), &config);

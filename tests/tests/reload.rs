@@ -7,25 +7,23 @@ use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
 use tailrace_e2e::sockets::metric;
 use tailrace_e2e::{
-    file_to_kafka, free_port, wait_until, Agent, Broker, Consumer, Report, SeqLines,
+    free_port, scene, wait_until, Agent, Broker, Config, Consumer, Report, SeqLines,
 };
 
 const TOPIC: &str = "logs";
 
 /// The standard config, plus (when `extra`) a second file source on
 /// DIR/extra/*.log into the same channel.
-fn config(dir: &std::path::Path, bootstrap: &str, extra: bool) -> String {
-    let mut c = file_to_kafka(dir, bootstrap, TOPIC);
+fn config(dir: &std::path::Path, bootstrap: &str, extra: bool) -> Config {
+    let config = Config::file_to_kafka(dir, bootstrap, TOPIC);
     if extra {
-        let src = format!(
-            "  extra:\n    type: file\n    include: [\"{}/extra/*.log\"]\n    channels: [main]\n",
-            dir.display()
-        );
-        c = c.replacen("channels:\n  main:", &format!("{src}channels:\n  main:"), 1);
+        config.source("extra", Source::file(dir.join("extra/*.log")))
+    } else {
+        config
     }
-    c
 }
 
 fn extra_line(i: u64) -> String {
@@ -34,12 +32,12 @@ fn extra_line(i: u64) -> String {
 
 #[test]
 fn sighup_adds_a_source_while_the_old_one_loses_and_repeats_nothing() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let (broker, dir, _) = scene(TOPIC);
     std::fs::create_dir_all(dir.path().join("extra")).unwrap();
-    let agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &broker.bootstrap(), false).to_yaml(),
+    );
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(20_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
@@ -55,7 +53,7 @@ fn sighup_adds_a_source_while_the_old_one_loses_and_repeats_nothing() {
     lines.append(10_000);
     std::fs::write(
         agent.config_path(),
-        config(dir.path(), &broker.bootstrap(), true),
+        config(dir.path(), &broker.bootstrap(), true).to_yaml(),
     )
     .unwrap();
     agent.reload_and_wait();
@@ -89,11 +87,11 @@ fn sighup_adds_a_source_while_the_old_one_loses_and_repeats_nothing() {
 /// A broker, and the standard config's agent whose first 5,000 lines
 /// arrived at the consumer returned.
 fn running_with_5000_lines() -> (Broker, tempfile::TempDir, Agent, SeqLines, Consumer) {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let agent = Agent::start(dir.path(), &config(dir.path(), &broker.bootstrap(), false));
+    let (broker, dir, _) = scene(TOPIC);
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &broker.bootstrap(), false).to_yaml(),
+    );
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
@@ -103,9 +101,11 @@ fn running_with_5000_lines() -> (Broker, tempfile::TempDir, Agent, SeqLines, Con
 
 #[test]
 fn sighup_with_an_invalid_config_keeps_the_running_one() {
-    let (_broker, _dir, mut agent, mut lines, mut consumer) = running_with_5000_lines();
-    let good = std::fs::read_to_string(agent.config_path()).unwrap();
-    std::fs::write(agent.config_path(), good.replace("type: file", "type: fil")).unwrap();
+    let (broker, dir, mut agent, mut lines, mut consumer) = running_with_5000_lines();
+    let bad = config(dir.path(), &broker.bootstrap(), false)
+        .admin_address(agent.admin_address())
+        .edit_source("app", |s| s.set("type", "fil"));
+    std::fs::write(agent.config_path(), bad.to_yaml()).unwrap();
     agent.reload();
     assert!(
         wait_until(Duration::from_secs(20), || agent
@@ -133,10 +133,7 @@ fn sighup_with_an_invalid_config_keeps_the_running_one() {
 
 #[test]
 fn systemd_hears_ready_reloading_and_stopping() {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let (broker, dir, _) = scene(TOPIC);
     let socket = dir.path().join("notify.sock");
     let listener = UnixDatagram::bind(&socket).unwrap();
     listener
@@ -144,7 +141,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         .unwrap();
     let mut agent = Agent::start_with_env(
         dir.path(),
-        &config(dir.path(), &broker.bootstrap(), false),
+        &config(dir.path(), &broker.bootstrap(), false).to_yaml(),
         &[("NOTIFY_SOCKET", socket.to_str().unwrap())],
     );
     let next = || {
@@ -247,16 +244,15 @@ fn watchdog_pings_while_held_back_and_stops_for(who: &str, stuck: &str) {
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let absent = format!("127.0.0.1:{}", free_port());
-    let yaml = file_to_kafka(dir.path(), &absent, TOPIC)
-        .replace("capacity_events: 100000", "capacity_events: 1000")
-        .replace(
-            "    librdkafka:",
-            "    spool: { max_bytes: 65536, when_full: block, queue_full_timeout_ms: 200 }\n    librdkafka:",
-        )
-        .replace(
-            r#"{ "queue.buffering.max.ms": "5" }"#,
-            r#"{ "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "1000" }"#,
-        );
+    let yaml = Config::file_to_kafka(dir.path(), &absent, TOPIC)
+        .edit_channel(MAIN, |c| c.capacity_events(1_000))
+        .edit_sink("kafka", |k| {
+            k.spool("max_bytes", 65_536)
+                .spool("when_full", "block")
+                .spool("queue_full_timeout_ms", 200)
+                .librdkafka("queue.buffering.max.messages", "1000")
+        })
+        .to_yaml();
     let socket = dir.path().join("notify.sock");
     let notes = Notifications::bind(&socket);
     let trigger = dir.path().join("hang-now");
@@ -340,7 +336,7 @@ fn watchdog_pings_while_a_tcp_client_sends_nothing() {
     let notes = Notifications::bind(&socket);
     let agent = Agent::start_with_env(
         dir.path(),
-        &with_tcp_source(dir.path(), &absent, port),
+        &with_tcp_source(dir.path(), &absent, port).to_yaml(),
         &[
             ("NOTIFY_SOCKET", socket.to_str().unwrap()),
             ("WATCHDOG_USEC", WATCHDOG_USEC),
@@ -370,14 +366,8 @@ fn watchdog_pings_while_a_tcp_client_sends_nothing() {
 
 /// The standard config plus a tcp source on `port` into the same channel:
 /// one group, so the reload stops it and builds its replacement.
-fn with_tcp_source(dir: &std::path::Path, bootstrap: &str, port: u16) -> String {
-    let src =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
-    config(dir, bootstrap, false).replacen(
-        "channels:\n  main:",
-        &format!("{src}channels:\n  main:"),
-        1,
-    )
+fn with_tcp_source(dir: &std::path::Path, bootstrap: &str, port: u16) -> Config {
+    config(dir, bootstrap, false).source("net", Source::tcp(&format!("127.0.0.1:{port}")))
 }
 
 /// Issue 14, bug 2: a reload that validates but cannot start (the new
@@ -392,7 +382,7 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
     let port = held.local_addr().unwrap().port();
     std::fs::write(
         agent.config_path(),
-        with_tcp_source(dir.path(), &broker.bootstrap(), port),
+        with_tcp_source(dir.path(), &broker.bootstrap(), port).to_yaml(),
     )
     .unwrap();
     agent.reload();
@@ -430,20 +420,19 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
 }
 
 /// A file group and a tcp group (own channel, sink and topic).
-fn two_groups(dir: &std::path::Path, bootstrap: &str, port: u16, extra: bool) -> String {
-    let net =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [netc]\n");
-    let netc = "  netc:\n    type: memory\n";
-    let net_sink = format!(
-        "  kafka_net:\n    type: kafka\n    channel: netc\n    bootstrap_servers: {bootstrap}\n    topic: net\n    compression: lz4\n    librdkafka: {{ \"queue.buffering.max.ms\": \"5\" }}\n"
-    );
+fn two_groups(dir: &std::path::Path, bootstrap: &str, port: u16, extra: bool) -> Config {
+    let net = Sink::kafka(bootstrap, "net")
+        .channel("netc")
+        .unset("delivery_timeout_ms");
     config(dir, bootstrap, extra)
-        .replacen(
-            "channels:\n  main:",
-            &format!("{net}channels:\n{netc}  main:"),
-            1,
-        )
-        .replacen("sinks:\n", &format!("sinks:\n{net_sink}"), 1)
+        .source("net", tcp_into(port, "netc"))
+        .channel("netc", Channel::of_type("memory"))
+        .sink("kafka_net", net)
+}
+
+/// A tcp source on `port` into `channel`.
+fn tcp_into(port: u16, channel: &str) -> Source {
+    Source::tcp(&format!("127.0.0.1:{port}")).channels(&[channel])
 }
 
 /// A reload that changes only the file group leaves the tcp group running:
@@ -452,16 +441,13 @@ fn two_groups(dir: &std::path::Path, bootstrap: &str, port: u16, extra: bool) ->
 #[test]
 fn sighup_keeps_unchanged_components_running_with_their_connections() {
     use std::io::Write as _;
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
+    let (broker, dir, _) = scene(TOPIC);
     broker.create_topic("net", 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
     std::fs::create_dir_all(dir.path().join("extra")).unwrap();
     let port = tailrace_e2e::free_port();
     let agent = Agent::start(
         dir.path(),
-        &two_groups(dir.path(), &broker.bootstrap(), port, false),
+        &two_groups(dir.path(), &broker.bootstrap(), port, false).to_yaml(),
     );
     let mut sender = None;
     assert!(wait_until(Duration::from_secs(20), || {
@@ -478,7 +464,7 @@ fn sighup_keeps_unchanged_components_running_with_their_connections() {
 
     std::fs::write(
         agent.config_path(),
-        two_groups(dir.path(), &broker.bootstrap(), port, true),
+        two_groups(dir.path(), &broker.bootstrap(), port, true).to_yaml(),
     )
     .unwrap();
     agent.reload_and_wait();
@@ -524,41 +510,15 @@ fn sighup_keeps_unchanged_components_running_with_their_connections() {
     // A new group that cannot start (its port is held) touches nothing.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held_port = held.local_addr().unwrap().port();
-    let third = format!(
-        "  more:
-    type: tcp
-    address: 127.0.0.1:{held_port}
-    channels: [morec]
-"
-    );
+    let more = Sink::of_type("kafka")
+        .channel("morec")
+        .bootstrap_servers(&broker.bootstrap())
+        .topic("more");
     let with_third = two_groups(dir.path(), &broker.bootstrap(), port, true)
-        .replacen(
-            "channels:
-",
-            &format!(
-                "{third}channels:
-  morec:
-    type: memory
-"
-            ),
-            1,
-        )
-        .replacen(
-            "sinks:
-",
-            &format!(
-                "sinks:
-  kafka_more:
-    type: kafka
-    channel: morec
-    bootstrap_servers: {}
-    topic: more
-",
-                broker.bootstrap()
-            ),
-            1,
-        );
-    std::fs::write(agent.config_path(), with_third).unwrap();
+        .source("more", tcp_into(held_port, "morec"))
+        .channel("morec", Channel::of_type("memory"))
+        .sink("kafka_more", more);
+    std::fs::write(agent.config_path(), with_third.to_yaml()).unwrap();
     agent.reload();
     assert!(
         wait_until(Duration::from_secs(30), || agent
@@ -598,16 +558,13 @@ fn sighup_keeps_unchanged_components_running_with_their_connections() {
 #[test]
 fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error() {
     const LINES: u64 = 200_000;
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
+    let (broker, dir, _) = scene(TOPIC);
     broker.create_topic("net", 1);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
     std::fs::create_dir_all(dir.path().join("extra")).unwrap();
     let port = tailrace_e2e::free_port();
     let agent = Agent::start(
         dir.path(),
-        &two_groups(dir.path(), &broker.bootstrap(), port, false),
+        &two_groups(dir.path(), &broker.bootstrap(), port, false).to_yaml(),
     );
     let mut sender = None;
     assert!(wait_until(Duration::from_secs(20), || {
@@ -648,7 +605,7 @@ fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error()
         );
         std::fs::write(
             agent.config_path(),
-            two_groups(dir.path(), &broker.bootstrap(), port, extra),
+            two_groups(dir.path(), &broker.bootstrap(), port, extra).to_yaml(),
         )
         .unwrap();
         agent.reload_and_wait();

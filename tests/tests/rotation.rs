@@ -13,16 +13,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tailrace_e2e::config::{Source, MAIN};
 use tailrace_e2e::rotation::{
     agent_pid, is_cut_line, open_fds_under, replace_on_same_inode, seq_lines, seqs_on_disk,
-    with_source_keys, write_file, AppWriter, Logrotate, RotateMode,
+    write_file, AppWriter, Logrotate, RotateMode,
 };
 use tailrace_e2e::{
-    file_to_kafka, seq_of, wait_until, Agent, Broker, Consumer, Record, Report, SeqLines,
+    scene, seq_of, wait_until, Agent, Broker, Config, Consumer, Record, Report, SeqLines,
 };
 
 const TOPIC: &str = "logs";
-/// shutdown_grace_ms in `file_to_kafka`, plus time to start and exit.
+/// shutdown_grace_ms in `Config::file_to_kafka`, plus time to start and exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long everything written may take to arrive at the end of a test.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,16 +38,9 @@ const PACE: Duration = Duration::from_millis(5);
 /// a file sent again whole fails the test.
 const REPEAT_WINDOW: u64 = 8_000;
 
-fn setup(source_keys: &str) -> (Broker, tempfile::TempDir, String) {
-    let broker = Broker::start();
-    broker.create_topic(TOPIC, 1);
-    let dir = tempfile::tempdir().expect("cannot create a temp dir");
-    let config = with_source_keys(
-        &file_to_kafka(dir.path(), &broker.bootstrap(), TOPIC),
-        source_keys,
-        None,
-    );
-    (broker, dir, config)
+/// The file source over every `*.log` under `DIR/logs`, at any depth.
+fn deep(dir: &tempfile::TempDir, source: Source) -> Source {
+    source.include(&[logs(dir).join("**/*.log")])
 }
 
 fn logs(dir: &tempfile::TempDir) -> PathBuf {
@@ -189,10 +183,10 @@ fn rotate_by_hand(log_dir: &Path, rotations_so_far: u32) {
 
 #[test]
 fn rename_rotation_loses_nothing() {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     let writer = AppWriter::start(&log, 0, BATCH, PACE);
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     for n in 0..3 {
         writer.wait_for_more(10_000);
@@ -212,10 +206,10 @@ fn rename_rotation_loses_nothing() {
 }
 
 fn logrotate_while_writing(mode: RotateMode) {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     let writer = AppWriter::start(&log, 0, BATCH, PACE);
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let mut logrotate = Logrotate::new(dir.path(), &log, mode);
     const ROTATIONS: u64 = 3;
@@ -261,10 +255,10 @@ fn logrotate_copytruncate_while_writing_loses_nothing() {
 /// delivered; the file rotated in between, which the agent never saw, is
 /// read whole.
 fn rotations_while_stopped(mode: RotateMode) {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     let writer = AppWriter::start(&log, 0, BATCH, PACE);
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let mut logrotate = Logrotate::new(dir.path(), &log, mode);
     writer.wait_for_more(10_000);
@@ -308,10 +302,10 @@ fn copytruncate_during_restart_delivers_the_unread_tail_from_the_copy() {
 /// during one (while logrotate runs) and just after one (while the agent
 /// reads the rotated file).
 fn sigkill_around_logrotate(mode: RotateMode) {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     let writer = AppWriter::start(&log, 0, BATCH, PACE);
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let mut logrotate = Logrotate::new(dir.path(), &log, mode);
     let mut kills = Vec::new();
@@ -386,10 +380,10 @@ fn sigkill_before_during_and_after_logrotate_copytruncate_loses_nothing() {
 
 #[test]
 fn inode_reuse_while_stopped_is_read_as_a_new_file() {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     write_file(&log, &seq_lines(0..1_000));
-    let mut agent = Agent::start(dir.path(), &config);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(1_000, Duration::from_secs(60));
     agent.terminate();
@@ -411,10 +405,10 @@ fn inode_reuse_while_stopped_is_read_as_a_new_file() {
 
 #[test]
 fn truncation_in_place_restarts_from_zero() {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     let log = logs(&dir).join("app.log");
     write_file(&log, &seq_lines(0..1_000));
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(1_000, Duration::from_secs(60));
     // Truncated in place (same inode), then written again.
@@ -426,14 +420,14 @@ fn truncation_in_place_restarts_from_zero() {
 
 #[test]
 fn deleted_file_is_read_to_its_end_and_its_space_freed() {
-    let (broker, dir, config) = setup("");
+    let (broker, dir, config) = scene(TOPIC);
     // A small channel: the agent reads at the broker's pace, so most of the
     // file is unread when it is deleted.
-    let config = config.replace("capacity_events: 100000", "capacity_events: 2000");
+    let config = config.edit_channel(MAIN, |c| c.capacity_events(2_000));
     let log = logs(&dir).join("app.log");
     const LINES: u64 = 60_000;
     write_file(&log, &seq_lines(0..LINES));
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let arrived = consumer.read_count(1, Duration::from_secs(60)).len();
     std::fs::remove_file(&log).unwrap();
@@ -455,13 +449,13 @@ fn deleted_file_is_read_to_its_end_and_its_space_freed() {
 }
 
 fn new_file_arrives_within(
-    config: &str,
+    config: &Config,
     dir: &tempfile::TempDir,
     broker: &Broker,
     limit: Duration,
 ) {
     write_file(&logs(dir).join("first.log"), &seq_lines(0..10));
-    let _agent = Agent::start(dir.path(), config);
+    let _agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     assert_eq!(consumer.read_count(10, Duration::from_secs(60)).len(), 10);
     // A new file in a directory that did not exist when the agent started.
@@ -483,17 +477,17 @@ fn new_files_are_picked_up_within_a_second() {
     // No polling to speak of: only a notification can be this fast. The
     // limit is the second the issue asks for, plus one for delivery to
     // Kafka and the consumer.
-    let (broker, dir, config) = setup("scan_interval_ms: 60000");
-    let glob = format!("{}/logs/**/*.log", dir.path().display());
-    let config = with_source_keys(&config, "", Some(&glob));
+    let (broker, dir, config) = scene(TOPIC);
+    let config = config.edit_source("app", |s| deep(&dir, s).scan_interval_ms(60_000));
     new_file_arrives_within(&config, &dir, &broker, Duration::from_secs(2));
 }
 
 #[test]
 fn polling_finds_new_files_without_notifications() {
-    let (broker, dir, config) = setup("watch: false\nscan_interval_ms: 500");
-    let glob = format!("{}/logs/**/*.log", dir.path().display());
-    let config = with_source_keys(&config, "", Some(&glob));
+    let (broker, dir, config) = scene(TOPIC);
+    let config = config.edit_source("app", |s| {
+        deep(&dir, s).set("watch", false).scan_interval_ms(500)
+    });
     new_file_arrives_within(&config, &dir, &broker, Duration::from_secs(3));
 }
 
@@ -501,15 +495,14 @@ fn polling_finds_new_files_without_notifications() {
 fn two_thousand_files_with_bounded_descriptors() {
     const FILES: u64 = 2_000;
     const MAX_OPEN: usize = 100;
-    let (broker, dir, config) = setup(&format!("max_open_files: {MAX_OPEN}"));
-    let glob = format!("{}/logs/**/*.log", dir.path().display());
-    let config = with_source_keys(&config, "", Some(&glob));
+    let (broker, dir, config) = scene(TOPIC);
+    let config = config.edit_source("app", |s| deep(&dir, s).max_open_files(MAX_OPEN as u64));
     let path = |f: u64| logs(&dir).join(format!("d{}/f{f}.log", f % 20));
     // 5 lines per file now, one more later: line numbers f*5.. and 10_000+f.
     for f in 0..FILES {
         write_file(&path(f), &seq_lines(f * 5..f * 5 + 5));
     }
-    let agent = Agent::start(dir.path(), &config);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let pid = agent_pid(agent.config_path()).expect("the agent runs");
     let most = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -552,8 +545,11 @@ fn two_thousand_files_with_bounded_descriptors() {
 
 #[test]
 fn java_stack_traces_arrive_as_one_event() {
-    let (broker, dir, config) =
-        setup("multiline: { start_pattern: '^\\d{4}-\\d{2}-\\d{2} ', flush_timeout_ms: 500 }");
+    let (broker, dir, config) = scene(TOPIC);
+    let config = config.edit_source("app", |s| {
+        s.set("multiline.start_pattern", "^\\d{4}-\\d{2}-\\d{2} ")
+            .set("multiline.flush_timeout_ms", 500)
+    });
     let trace = |n: u64| {
         format!(
             "2026-11-21 12:00:{:02} ERROR request {n} failed\n\
@@ -568,7 +564,7 @@ fn java_stack_traces_arrive_as_one_event() {
     const TRACES: u64 = 200;
     let text: String = (0..TRACES).map(|n| trace(n) + "\n").collect();
     write_file(&logs(&dir).join("app.log"), text.as_bytes());
-    let _agent = Agent::start(dir.path(), &config);
+    let _agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     // The last trace has no line after it: it goes after the flush timeout.
     consumer.read_count(TRACES as usize, Duration::from_secs(60));

@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Sink, Source};
 use tailrace_e2e::http::get;
 use tailrace_e2e::secure::{SecureCluster, CLIENT_KEY_PASSWORD};
-use tailrace_e2e::{file_to_kafka, wait_until, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::{wait_until, Agent, Broker, Config, Consumer, Report, SeqLines};
 
 const TOPIC: &str = "logs";
 const LINES: u64 = 20_000;
@@ -20,15 +21,9 @@ const PASSWORD: &str = "correct-horse-battery-staple";
 // for the mechanisms tested through a SASL-terminating proxy).
 const USERS: &[(&str, &str, &str)] = &[(USER, PASSWORD, "scram512")];
 
-/// `file_to_kafka` with more keys for the kafka sink (the last block).
-fn secured(dir: &Path, bootstrap: &str, sink_keys: &str) -> String {
-    let mut yaml = file_to_kafka(dir, bootstrap, TOPIC);
-    for line in sink_keys.lines() {
-        yaml.push_str("    ");
-        yaml.push_str(line);
-        yaml.push('\n');
-    }
-    yaml
+/// `Config::file_to_kafka` with the kafka sink's keys changed by `sink`.
+fn secured(dir: &Path, bootstrap: &str, sink: impl FnOnce(Sink) -> Sink) -> Config {
+    Config::file_to_kafka(dir, bootstrap, TOPIC).edit_sink("kafka", sink)
 }
 
 /// Writes `secret` to DIR/NAME, readable by the owner only, and returns the
@@ -61,17 +56,15 @@ fn status(admin: &str, path: &str) -> u16 {
     get(admin, path).map_or(0, |r| r.status)
 }
 
-/// `file_to_kafka` against the SCRAM cluster over TLS: trusting `ca`,
-/// logging in as USER with `password`.
-fn scram_over_tls(dir: &Path, cluster: &SecureCluster, ca: &Path, password: &str) -> String {
-    secured(
-        dir,
-        &cluster.tls.bootstrap(),
-        &format!(
-            "tls: {{ ca_file: {} }}\nsasl: {{ mechanism: SCRAM-SHA-512, username: {USER}, password: {password} }}",
-            ca.display()
-        ),
-    )
+/// `Config::file_to_kafka` against the SCRAM cluster over TLS: trusting
+/// `ca`, logging in as USER with `password`.
+fn scram_over_tls(dir: &Path, cluster: &SecureCluster, ca: &Path, password: &str) -> Config {
+    secured(dir, &cluster.tls.bootstrap(), |k| {
+        k.set("tls.ca_file", ca)
+            .sasl("mechanism", "SCRAM-SHA-512")
+            .sasl("username", USER)
+            .sasl("password", password)
+    })
 }
 
 /// A consumer of TOPIC that logs in as USER over TLS.
@@ -96,13 +89,8 @@ fn scram_sha_512_over_tls_delivers_every_line() {
     let cluster = SecureCluster::scram(USERS, &[(TOPIC, 2)]);
     let dir = tempfile::tempdir().unwrap();
     let password = secret_file(dir.path(), "kafka.password", PASSWORD);
-    // The password comes from a file: ${file:...}, quoted.
-    let config = scram_over_tls(
-        dir.path(),
-        &cluster,
-        &cluster.pki.ca(),
-        &format!("\"{password}\""),
-    );
+    // The password comes from a file: ${file:...}.
+    let config = scram_over_tls(dir.path(), &cluster, &cluster.pki.ca(), &password).to_yaml();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let agent = Agent::start(dir.path(), &config);
@@ -120,16 +108,13 @@ fn mutual_tls_with_an_encrypted_client_key_delivers_every_line() {
     let cluster = SecureCluster::mutual_tls(&[(TOPIC, 1)]);
     let dir = tempfile::tempdir().unwrap();
     let key_password = secret_file(dir.path(), "key.password", CLIENT_KEY_PASSWORD);
-    let config = secured(
-        dir.path(),
-        &cluster.tls.bootstrap(),
-        &format!(
-            "tls:\n  ca_file: {}\n  cert_file: {}\n  key_file: {}\n  key_password: \"{key_password}\"",
-            cluster.pki.ca().display(),
-            cluster.pki.client_cert().display(),
-            cluster.pki.client_key().display(),
-        ),
-    );
+    let config = secured(dir.path(), &cluster.tls.bootstrap(), |k| {
+        k.set("tls.ca_file", cluster.pki.ca())
+            .set("tls.cert_file", cluster.pki.client_cert())
+            .set("tls.key_file", cluster.pki.client_key())
+            .set("tls.key_password", &key_password)
+    })
+    .to_yaml();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
     let agent = Agent::start(dir.path(), &config);
@@ -150,24 +135,26 @@ fn every_codec_delivers_to_a_real_consumer() {
         broker.create_topic(codec, 1);
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let mut config = format!(
-        "data_dir: {d}/data\nsources:\n  app:\n    type: file\n    include: [\"{d}/logs/*.log\"]\n    channels: [{}]\nchannels:\n",
-        CODECS.join(", ")
-    );
+    // One channel and one sink per codec, with the agent's defaults else.
+    let source = Source::of_type("file")
+        .include(&[dir.path().join("logs/*.log")])
+        .channels(&CODECS);
+    let mut config = Config::empty()
+        .set("data_dir", dir.path().join("data"))
+        .source("app", source);
     for codec in CODECS {
-        config.push_str(&format!("  {codec}: {{ type: memory }}\n"));
-    }
-    config.push_str("sinks:\n");
-    for codec in CODECS {
-        config.push_str(&format!(
-            "  {codec}:\n    type: kafka\n    channel: {codec}\n    bootstrap_servers: {}\n    topic: {codec}\n    compression: {codec}\n",
-            broker.bootstrap()
-        ));
+        let sink = Sink::of_type("kafka")
+            .channel(codec)
+            .bootstrap_servers(&broker.bootstrap())
+            .topic(codec)
+            .compression(codec);
+        config = config
+            .channel(codec, Channel::of_type("memory"))
+            .sink(codec, sink);
     }
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
-    let _agent = Agent::start(dir.path(), &config);
+    let _agent = Agent::start(dir.path(), &config.to_yaml());
     for codec in CODECS {
         let mut consumer = Consumer::new(&broker.bootstrap(), codec);
         let report = all_arrive(&mut consumer, &lines, 0);
@@ -185,7 +172,7 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
     let with_password = |p: &str| scram_over_tls(dir.path(), &cluster, &ca, p);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
-    let mut agent = Agent::start(dir.path(), &with_password(WRONG));
+    let mut agent = Agent::start(dir.path(), &with_password(WRONG).to_yaml());
     let admin = agent.admin_address().to_string();
     let refused = refused_with(&admin, "authentication");
     let ready = get(&admin, "/ready").map(|r| r.body).unwrap_or_default();
@@ -204,10 +191,8 @@ fn wrong_password_keeps_the_agent_running_not_ready_and_a_sighup_with_the_right_
         assert!(!text.contains(WRONG), "the password is in the {what}");
     }
 
-    let fixed = std::fs::read_to_string(agent.config_path())
-        .unwrap()
-        .replace(WRONG, PASSWORD);
-    std::fs::write(agent.config_path(), fixed).unwrap();
+    let fixed = with_password(PASSWORD).admin_address(&admin);
+    std::fs::write(agent.config_path(), fixed.to_yaml()).unwrap();
     agent.reload();
     let mut consumer = scram_consumer(&cluster);
     all_arrive(&mut consumer, &lines, 0);
@@ -227,7 +212,7 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
     let with_ca = |ca: &Path| scram_over_tls(dir.path(), &cluster, ca, PASSWORD);
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
-    let agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()));
+    let agent = Agent::start(dir.path(), &with_ca(&cluster.pki.other_ca()).to_yaml());
     let admin = agent.admin_address().to_string();
     let refused = refused_with(&admin, "certificate verify failed");
     assert!(
@@ -244,13 +229,8 @@ fn wrong_ca_is_refused_with_a_tls_error_and_nothing_is_lost() {
         "the log does not name the TLS failure:\n{}",
         agent.log_tail(30)
     );
-    let fixed = std::fs::read_to_string(agent.config_path())
-        .unwrap()
-        .replace(
-            &cluster.pki.other_ca().display().to_string(),
-            &cluster.pki.ca().display().to_string(),
-        );
-    std::fs::write(agent.config_path(), fixed).unwrap();
+    let fixed = with_ca(&cluster.pki.ca()).admin_address(&admin);
+    std::fs::write(agent.config_path(), fixed.to_yaml()).unwrap();
     agent.reload();
     let mut consumer = scram_consumer(&cluster);
     all_arrive(&mut consumer, &lines, 0);
@@ -277,7 +257,7 @@ fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it()
         (out.status.code(), text)
     };
 
-    let (code, text) = check(&with_password(PASSWORD));
+    let (code, text) = check(&with_password(PASSWORD).to_yaml());
     println!("{text}");
     assert_eq!(code, Some(0), "{text}");
     for expected in [
@@ -291,13 +271,13 @@ fn check_reports_tls_authentication_and_a_weak_topic_and_the_agent_warns_of_it()
         assert!(text.contains(expected), "no {expected:?} in:\n{text}");
     }
 
-    let (code, text) = check(&with_password("not-the-password"));
+    let (code, text) = check(&with_password("not-the-password").to_yaml());
     println!("{text}");
     assert_eq!(code, Some(69), "{text}");
     assert!(text.contains("authenticated: FAILED"), "{text}");
     assert!(!text.contains("not-the-password"), "{text}");
 
-    let agent = Agent::start(dir.path(), &with_password(PASSWORD));
+    let agent = Agent::start(dir.path(), &with_password(PASSWORD).to_yaml());
     let admin = agent.admin_address().to_string();
     let warned = wait_until(Duration::from_secs(60), || {
         agent.log().contains("less durable than acks=all promises")
@@ -351,7 +331,10 @@ fn a_producer_refused_its_idempotent_id_is_recreated_with_backoff_and_nothing_is
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(LINES);
-    let agent = Agent::start(dir.path(), &file_to_kafka(dir.path(), &bootstrap, TOPIC));
+    let agent = Agent::start(
+        dir.path(),
+        &Config::file_to_kafka(dir.path(), &bootstrap, TOPIC).to_yaml(),
+    );
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     all_arrive(&mut consumer, &lines, LINES);
     let log = agent.log();

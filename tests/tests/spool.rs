@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tailrace_e2e::config::{Sink, MAIN};
 use tailrace_e2e::rng::Rng;
 use tailrace_e2e::tmpfs::Tmpfs;
 use tailrace_e2e::{
-    file_to_kafka, free_port, seq_of, wait_until, Agent, Broker, Consumer, Proxy, Record, Report,
-    SeqLines, LINE_LEN,
+    free_port, seq_of, wait_until, Agent, Arrivals, Broker, Config, Consumer, Proxy, Record,
+    Report, SeqLines, LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
-/// The sink's name in `file_to_kafka`.
+/// The sink's name in `Config::file_to_kafka`.
 const SINK: &str = "kafka";
 /// Small, so that an outage of a few seconds outlasts it.
 const DELIVERY_TIMEOUT_MS: u64 = 3_000;
@@ -29,37 +30,19 @@ const DELIVERY_TIMEOUT_MS: u64 = 3_000;
 const SQLITE_DELIVERY_TIMEOUT_MS: u64 = 5_000;
 /// Longer than any test waits.
 const PATIENT_DELIVERY_TIMEOUT_MS: u64 = 60_000;
-/// shutdown_grace_ms in `file_to_kafka` (10 s), plus time to start and exit.
+/// shutdown_grace_ms in `Config::file_to_kafka` (10 s), plus time to start and exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long everything may take to arrive once the broker is back.
 const CATCH_UP: Duration = Duration::from_secs(180);
 /// Upper bound on what a background writer appends.
 const MAX_WRITTEN: u64 = 1_000_000;
 
-/// `file_to_kafka` with `delivery_timeout_ms` and `spool` (a YAML flow
-/// mapping, or empty for the defaults).
-fn config(dir: &Path, bootstrap: &str, delivery_timeout_ms: u64, spool: &str) -> String {
-    let base = file_to_kafka(dir, bootstrap, TOPIC);
-    let default_timeout = "delivery_timeout_ms: 300000";
-    assert!(
-        base.contains(default_timeout),
-        "file_to_kafka changed; update this test's config"
-    );
-    let summary = "summary_interval_ms: 1000";
-    assert!(
-        base.contains(summary),
-        "file_to_kafka changed; update this test's config"
-    );
-    // Summaries every 10 s, so the tail of the log shows what happened.
-    let mut config = base.replace(summary, "summary_interval_ms: 10000").replace(
-        default_timeout,
-        &format!("delivery_timeout_ms: {delivery_timeout_ms}"),
-    );
-    if !spool.is_empty() {
-        // The sink is the last block of the config.
-        config.push_str(&format!("    spool: {spool}\n"));
-    }
-    config
+/// `Config::file_to_kafka` with `delivery_timeout_ms`, and summaries every
+/// 10 s, so the tail of the log shows what happened.
+fn config(dir: &Path, bootstrap: &str, delivery_timeout_ms: u64) -> Config {
+    Config::file_to_kafka(dir, bootstrap, TOPIC)
+        .summary_interval_ms(10_000)
+        .edit_sink(SINK, |k| k.delivery_timeout_ms(delivery_timeout_ms))
 }
 
 /// How many lines of the log contain `message`.
@@ -101,22 +84,14 @@ fn read_until_missing_at_most(
     allowed: u64,
     timeout: Duration,
 ) {
-    let expected = lines.written();
-    let mut seen = vec![false; usize::try_from(expected).unwrap()];
-    let mut missing = expected;
+    let mut arrivals = Arrivals::new(lines.written());
     let mut checked = 0;
     consumer.read_until(timeout, |records| {
         for record in &records[checked..] {
-            if let Some(seq) = seq_of(&record.payload).filter(|&s| s < expected) {
-                let seen = &mut seen[usize::try_from(seq).unwrap()];
-                if !*seen {
-                    *seen = true;
-                    missing -= 1;
-                }
-            }
+            arrivals.see(&record.payload);
         }
         checked = records.len();
-        missing <= allowed
+        arrivals.missing() <= allowed
     });
 }
 
@@ -329,7 +304,7 @@ fn broker_down_beyond_delivery_timeout_then_sigkill_with_spool_loses_nothing() {
     // the broker is down.
     let writer = lines.spawn_writer(100, Duration::from_millis(10), TOTAL);
     let bootstrap = broker.bootstrap();
-    let config = config(dir.path(), &bootstrap, SQLITE_DELIVERY_TIMEOUT_MS, "");
+    let config = config(dir.path(), &bootstrap, SQLITE_DELIVERY_TIMEOUT_MS).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     assert!(
@@ -428,7 +403,7 @@ fn network_cuts_and_random_sigkills_lose_nothing() {
     lines.append(5_000);
     // About 5,000 lines/s throughout.
     let writer = lines.spawn_writer(50, Duration::from_millis(10), MAX_WRITTEN);
-    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS, "");
+    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&proxy.address(), TOPIC);
     assert!(
@@ -513,7 +488,7 @@ fn cut_beyond_delivery_timeout_against_tansu_loses_nothing() {
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let writer = lines.spawn_writer(50, Duration::from_millis(10), MAX_WRITTEN);
-    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS, "");
+    let config = config(dir.path(), &proxy.address(), DELIVERY_TIMEOUT_MS).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&proxy.address(), TOPIC);
     assert!(
@@ -566,7 +541,7 @@ fn retriable_produce_errors_end_delivered() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 60],
     );
     let bootstrap = cluster.bootstrap_servers();
-    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     wait_for_log(&agent, "events spooled", Duration::from_secs(60));
@@ -601,17 +576,9 @@ fn slow_broker_that_keeps_acknowledging_is_not_given_up_on() {
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(FIRST);
     let bootstrap = cluster.bootstrap_servers();
-    let config = config(dir.path(), &bootstrap, 1_000, "");
-    let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
-    assert!(
-        config.contains(passed),
-        "file_to_kafka changed; update this test's config"
-    );
-    let config = config.replace(
-        passed,
-        r#"librdkafka: { "queue.buffering.max.ms": "5", "batch.num.messages": "1000" }"#,
-    );
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = config(dir.path(), &bootstrap, 1_000)
+        .edit_sink(SINK, |k| k.librdkafka("batch.num.messages", "1000"));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     assert!(
         consumer
@@ -653,7 +620,7 @@ fn permanent_produce_error_goes_to_dead_letters_and_replays_from_there() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
     let bootstrap = cluster.bootstrap_servers();
-    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).to_yaml();
     let mut agent = Agent::start(dir.path(), &config);
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     wait_for_log(
@@ -727,9 +694,9 @@ fn mock_broker_down_and_up(ordering: &str) -> (Vec<Record>, u64) {
     let lines = SeqLines::create(dir.path().join("logs/app.log"));
     let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
     let bootstrap = cluster.bootstrap_servers();
-    let spool = format!("{{ ordering: {ordering} }}");
-    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, &spool);
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS)
+        .edit_sink(SINK, |k| k.spool("ordering", ordering));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     assert!(
         consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
@@ -803,9 +770,15 @@ fn relaxed_ordering_loses_nothing_through_an_outage() {
 /// Starts an agent whose broker (`127.0.0.1:port`) is not there yet, and
 /// stops it (SIGTERM) once it has spooled every line of `lines`. Returns
 /// the stopped agent.
-fn spool_while_broker_absent(dir: &Path, port: u16, spool: &str, lines: &SeqLines) -> Agent {
+fn spool_while_broker_absent(
+    dir: &Path,
+    port: u16,
+    spool: impl FnOnce(Sink) -> Sink,
+    lines: &SeqLines,
+) -> Agent {
     let bootstrap = format!("127.0.0.1:{port}");
-    let mut agent = Agent::start(dir, &config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, spool));
+    let config = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS).edit_sink(SINK, spool);
+    let mut agent = Agent::start(dir, &config.to_yaml());
     wait_for_log(
         &agent,
         "the sink cannot reach its broker",
@@ -836,7 +809,7 @@ fn spooled_while_broker_absent(n: u64) -> (u16, tempfile::TempDir, SeqLines, Age
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(n);
-    let agent = spool_while_broker_absent(dir.path(), port, "", &lines);
+    let agent = spool_while_broker_absent(dir.path(), port, |k| k, &lines);
     (port, dir, lines, agent)
 }
 
@@ -994,7 +967,7 @@ fn with_store_faults(env: &[(&str, &str)]) -> (u16, tempfile::TempDir, SeqLines,
     let bootstrap = format!("127.0.0.1:{port}");
     let agent = Agent::start_with_env(
         dir.path(),
-        &config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, ""),
+        &config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).to_yaml(),
         env,
     );
     (port, dir, lines, agent)
@@ -1015,18 +988,12 @@ fn positions_are_saved_while_the_source_waits_on_a_full_channel() {
     let bootstrap = format!("127.0.0.1:{port}");
     // A small channel that the backlog keeps full, and a spool that fills
     // and then blocks: acknowledgements come, then stop.
-    let yaml = config(
-        dir.path(),
-        &bootstrap,
-        DELIVERY_TIMEOUT_MS,
-        "{ max_bytes: 262144, when_full: block }",
-    );
-    let small = yaml.replace("capacity_events: 100000", "capacity_events: 2000");
-    assert_ne!(
-        small, yaml,
-        "file_to_kafka changed; update this test's config"
-    );
-    let mut agent = Agent::start(dir.path(), &small);
+    let small = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS)
+        .edit_sink(SINK, |k| {
+            k.spool("max_bytes", 262_144).spool("when_full", "block")
+        })
+        .edit_channel(MAIN, |c| c.capacity_events(2_000));
+    let mut agent = Agent::start(dir.path(), &small.to_yaml());
     wait_for_log(&agent, "events spooled", Duration::from_secs(60));
     let file_len = N * LINE_LEN as u64;
     let spooled = || {
@@ -1094,13 +1061,10 @@ fn sigterm_spools_what_is_unacknowledged_within_the_grace_period() {
     // A delivery timeout far beyond the grace period: at SIGTERM the
     // records are still in librdkafka, neither delivered nor failed.
     let bootstrap = format!("127.0.0.1:{port}");
-    let base = config(dir.path(), &bootstrap, PATIENT_DELIVERY_TIMEOUT_MS, "");
-    let (grace, summary) = ("shutdown_grace_ms: 10000", "summary_interval_ms: 10000");
-    assert!(base.contains(grace) && base.contains(summary), "{base}");
-    let config = base
-        .replace(grace, "shutdown_grace_ms: 2000")
-        .replace(summary, "summary_interval_ms: 200");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = config(dir.path(), &bootstrap, PATIENT_DELIVERY_TIMEOUT_MS)
+        .shutdown_grace_ms(2_000)
+        .summary_interval_ms(200);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     wait_for_log(
         &agent,
         "the sink cannot reach its broker",
@@ -1212,10 +1176,11 @@ fn full_spool_blocks_the_source_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(100_000);
-    let spool = format!("{{ max_bytes: {MAX_BYTES}, when_full: block }}");
     let bootstrap = format!("127.0.0.1:{port}");
-    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, &spool);
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).edit_sink(SINK, |k| {
+        k.spool("max_bytes", MAX_BYTES).spool("when_full", "block")
+    });
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     wait_for_log(
         &agent,
         "spool full; holding the sources back",
@@ -1253,8 +1218,11 @@ fn full_spool_drops_oldest_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(100_000);
-    let spool = format!("{{ max_bytes: {MAX_BYTES}, when_full: drop_oldest }}");
-    let mut agent = spool_while_broker_absent(dir.path(), port, &spool, &lines);
+    let spool = |k: Sink| {
+        k.spool("max_bytes", MAX_BYTES)
+            .spool("when_full", "drop_oldest")
+    };
+    let mut agent = spool_while_broker_absent(dir.path(), port, spool, &lines);
     let dropped = logged_events(&agent, "dropped its oldest entry");
     assert!(dropped > 0, "nothing was dropped");
     let held = agent.spool_usage(SINK, "spool");
@@ -1298,9 +1266,9 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
     let lines = SeqLines::create(dir.path().join("logs/app.log"));
     let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
     let bootstrap = cluster.bootstrap_servers();
-    let mut config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "");
-    config.push_str("    headers: true\n    event_id: true\n");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS)
+        .edit_sink(SINK, |k| k.set("headers", true).set("event_id", true));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     assert!(
         consumer.read_count(5_000, Duration::from_secs(60)).len() >= 5_000,
@@ -1385,7 +1353,7 @@ fn headers_and_event_ids_survive_the_spool_and_a_sigkill() {
 /// absent, and stops. Returns the agent, the line file, and the config
 /// with librdkafka's default `message.max.bytes`, which the big line is
 /// over.
-fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, String) {
+fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, Config) {
     let mut lines = SeqLines::create(dir.join("logs/app.log"));
     lines.append(1_000);
     {
@@ -1401,24 +1369,14 @@ fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, St
     }
     lines.append(1_000);
     let bootstrap = format!("127.0.0.1:{port}");
-    let passed = r#"librdkafka: { "queue.buffering.max.ms": "5" }"#;
     // The second run's config: librdkafka's default message.max.bytes, and
     // the max_line_bytes that fits it (a larger one is refused, issue 16).
-    let base = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS, "");
-    assert!(
-        base.contains(passed),
-        "file_to_kafka changed; update this test's config"
-    );
+    let base = config(dir, &bootstrap, DELIVERY_TIMEOUT_MS);
     let large = base
-        .replace(
-            passed,
-            r#"librdkafka: { "queue.buffering.max.ms": "5", "message.max.bytes": "5000000" }"#,
-        )
-        .replace(
-            "start_at: beginning",
-            "start_at: beginning\n    max_line_bytes: 2000000",
-        );
-    let mut agent = Agent::start(dir, &large);
+        .clone()
+        .edit_sink(SINK, |k| k.librdkafka("message.max.bytes", "5000000"))
+        .edit_source("app", |s| s.max_line_bytes(2_000_000));
+    let mut agent = Agent::start(dir, &large.to_yaml());
     let all_spooled = wait_until(Duration::from_secs(60), || {
         logged_events(&agent, "events spooled") > lines.written()
     });
@@ -1428,13 +1386,8 @@ fn spool_a_line_too_big_for_kafka(dir: &Path, port: u16) -> (Agent, SeqLines, St
         agent.log_tail(20)
     );
     stop_cleanly(&mut agent);
-    let admin_line = std::fs::read_to_string(agent.config_path())
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("admin:"))
-        .map(str::to_string)
-        .unwrap();
-    (agent, lines, format!("{base}\n{admin_line}\n"))
+    let base = base.admin_address(agent.admin_address());
+    (agent, lines, base)
 }
 
 /// Issue 14's one replayer: `tailrace spool replay` (the agent stopped)
@@ -1447,7 +1400,7 @@ fn an_offline_replay_dead_letters_what_kafka_refuses_and_sends_the_rest_once() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, lines, base) = spool_a_line_too_big_for_kafka(dir.path(), port);
     let _broker = broker_arrives(port);
-    std::fs::write(agent.config_path(), base).unwrap();
+    std::fs::write(agent.config_path(), base.to_yaml()).unwrap();
     let first = agent.spool_json(&["replay", "--timeout-secs", "60"]);
     println!("{first:?}");
     assert_eq!(first[0]["dead_lettered_events"], 1, "{first:?}");
@@ -1471,7 +1424,7 @@ fn a_spooled_record_kafka_refuses_is_dead_lettered_and_the_rest_arrive_once() {
     // The broker arrives; the agent starts again with librdkafka's default
     // message.max.bytes, which the big line is over.
     let _broker = broker_arrives(port);
-    std::fs::write(agent.config_path(), base).unwrap();
+    std::fs::write(agent.config_path(), base.to_yaml()).unwrap();
     agent.restart();
     wait_for_log(
         &agent,
@@ -1679,12 +1632,7 @@ fn a_line_over_message_max_bytes_is_split_and_delivered_not_dead_lettered() {
     lines.append(500);
     let mut agent = Agent::start(
         dir.path(),
-        &config(
-            dir.path(),
-            &broker.bootstrap(),
-            PATIENT_DELIVERY_TIMEOUT_MS,
-            "",
-        ),
+        &config(dir.path(), &broker.bootstrap(), PATIENT_DELIVERY_TIMEOUT_MS).to_yaml(),
     );
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     let pieces_bytes = |records: &[Record]| -> usize {
@@ -1793,12 +1741,8 @@ fn disk_below_min_free_bytes_stops_the_spool_and_everything_arrives_once_space_i
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(20_000);
     let bootstrap = format!("127.0.0.1:{port}");
-    let yaml = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS, "").replacen(
-        "data_dir:",
-        &format!("min_free_bytes: {MIN_FREE}\ndata_dir:"),
-        1,
-    );
-    let mut agent = Agent::start(dir.path(), &yaml);
+    let yaml = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).min_free_bytes(MIN_FREE);
+    let mut agent = Agent::start(dir.path(), &yaml.to_yaml());
     // The broker is away: the first lines go to the spool.
     let spooled = wait_until(Duration::from_secs(60), || {
         logged_events(&agent, "events spooled") >= lines.written()

@@ -2,7 +2,6 @@
 //! dir, a memory store that outlives restarts, and a consumer thread that
 //! acknowledges batches (or holds them, like a Kafka that does not answer).
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -16,25 +15,36 @@ use tailrace_api::store::MemoryStore;
 use tailrace_api::{
     Batch, Channel, CheckpointStore, Shutdown, SourceConfig, SourceContext, SourceMetrics,
 };
+use tailrace_testkit::{config, Report, SeqLines, LINE_LEN};
 
 use crate::checkpoint::{FileId, Saved};
 use crate::FileSourceConfig;
 
-fn config(dir: &Path, extra: &str) -> FileSourceConfig {
-    let yaml = format!(
-        "include: [\"{}/**/*.log\"]\npoll_interval_ms: 10\nscan_interval_ms: 50\ncheckpoint_interval_ms: 10\nrotated_idle_ms: 100\nread_buffer_bytes: 4096\n{extra}",
-        dir.display()
-    );
-    serde_yaml::from_str(&yaml).expect("test config parses")
+/// The source over `DIR/**/*.log`, quick to poll, scan and save, with
+/// what `edit` changes.
+fn config(dir: &Path, edit: impl FnOnce(config::Source) -> config::Source) -> FileSourceConfig {
+    let source = config::Source::file(dir.join("**/*.log"))
+        .poll_interval_ms(10)
+        .scan_interval_ms(50)
+        .checkpoint_interval_ms(10)
+        .rotated_idle_ms(100)
+        .read_buffer_bytes(4096);
+    serde_yaml::from_value(edit(source).plugin_keys()).expect("test config parses")
 }
 
-/// Line `n` of a test log: fixed length (20 bytes with its newline).
-fn line(n: u64) -> String {
-    format!("line {n:014}")
+/// The keys of [`config`] unchanged.
+fn plain(source: config::Source) -> config::Source {
+    source
 }
 
-fn lines(range: std::ops::Range<u64>) -> String {
-    range.map(|n| line(n) + "\n").collect()
+/// Lines `range` of a test log: numbered, [`LINE_LEN`] bytes each.
+fn lines(range: impl IntoIterator<Item = u64>) -> String {
+    let mut text = String::new();
+    for seq in range {
+        text.push_str(std::str::from_utf8(&SeqLines::line(seq)).expect("lines are ASCII"));
+        text.push('\n');
+    }
+    text
 }
 
 fn append(path: &Path, text: &str) {
@@ -46,24 +56,20 @@ fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-/// What arrived, per payload: how often.
+/// What arrived, in order, with the file each line came from.
 #[derive(Default)]
 struct Got {
     lines: Vec<(String, PathBuf)>,
 }
 
 impl Got {
-    fn counts(&self) -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for (l, _) in &self.lines {
-            *m.entry(l.clone()).or_insert(0) += 1;
-        }
-        m
+    /// What arrived, compared with the lines numbered `expected`.
+    fn report(&self, expected: impl IntoIterator<Item = u64>) -> Report {
+        Report::of(expected, self.lines.iter().map(|(l, _)| l))
     }
 
-    fn has_all(&self, range: std::ops::Range<u64>) -> bool {
-        let c = self.counts();
-        range.clone().all(|n| c.contains_key(&line(n)))
+    fn has_all(&self, expected: impl IntoIterator<Item = u64>) -> bool {
+        self.report(expected).missing.is_empty()
     }
 }
 
@@ -223,11 +229,10 @@ impl Source {
     }
 }
 
-/// Every line of `range` arrived exactly once, and nothing else.
-fn exactly(got: &Got, range: std::ops::Range<u64>) {
-    let counts = got.counts();
-    let want: BTreeMap<String, usize> = range.map(|n| (line(n), 1)).collect();
-    assert_eq!(counts, want);
+/// Every line of `expected` arrived exactly once, and nothing else.
+fn exactly(got: &Got, expected: impl IntoIterator<Item = u64>) {
+    let report = got.report(expected);
+    assert!(report.is_exact(), "{report}");
 }
 
 fn saved(store: &MemoryStore) -> Vec<(FileId, Saved)> {
@@ -249,7 +254,7 @@ fn rename_rotation_reads_the_old_file_to_its_end() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(0..100);
     append(&log, &lines(100..150));
     std::fs::rename(&log, dir.path().join("a.log.1")).unwrap();
@@ -277,7 +282,7 @@ fn rotations_while_stopped_are_found_by_inode_and_newer_ones_read() {
     let log = d.join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(0..100);
     exactly(&src.stop(), 0..100);
 
@@ -294,7 +299,7 @@ fn rotations_while_stopped_are_found_by_inode_and_newer_ones_read() {
     t.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
         .unwrap();
 
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(100..250);
     assert_eq!(src.event("rotated"), 1);
     assert_eq!(src.event("adopted"), 1);
@@ -309,7 +314,7 @@ fn file_compressed_while_stopped_still_leads_to_the_rotations_after_it() {
     let log = d.join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(0..100);
     src.stop();
 
@@ -323,7 +328,7 @@ fn file_compressed_while_stopped_still_leads_to_the_rotations_after_it() {
     std::fs::rename(&log, d.join("a.log.1")).unwrap();
     append(&log, &lines(200..250));
 
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(150..250);
     assert_eq!(src.event("adopted"), 1);
     exactly(&src.stop(), 150..250);
@@ -336,7 +341,7 @@ fn copytruncate_while_stopped_resumes_in_the_copy() {
     let log = d.join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(0..100);
     exactly(&src.stop(), 0..100);
 
@@ -350,7 +355,7 @@ fn copytruncate_while_stopped_resumes_in_the_copy() {
     std::fs::File::create(&log).unwrap();
     append(&log, &lines(200..220));
 
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(100..220);
     assert_eq!(src.event("copy_resumed"), 1);
     assert_eq!(src.event("content_replaced"), 1);
@@ -367,7 +372,7 @@ fn copytruncate_while_running_finishes_the_unread_bytes_in_the_copy() {
     let store = Arc::new(MemoryStore::default());
     // A channel of one batch, not drained: the source blocks while most of
     // the file is unread.
-    let src = Source::start_blocked(&config(d, ""), &store);
+    let src = Source::start_blocked(&config(d, plain), &store);
     std::fs::copy(&log, d.join("a.log.1")).unwrap();
     std::fs::File::create(&log).unwrap();
     append(&log, &lines(1000..1010));
@@ -385,7 +390,7 @@ fn a_copy_in_progress_at_restart_is_not_read_again_from_its_start() {
     let log = d.join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(0..100);
     src.stop();
 
@@ -395,7 +400,7 @@ fn a_copy_in_progress_at_restart_is_not_read_again_from_its_start() {
     append(&log, &lines(100..150));
     let whole = std::fs::read(&log).unwrap();
     std::fs::write(d.join("a.log.1"), &whole[..1000]).unwrap();
-    let src = Source::start(&config(d, ""), &store, 100_000);
+    let src = Source::start(&config(d, plain), &store, 100_000);
     src.wait_all(100..150);
     assert_eq!(src.event("adopted"), 0);
     // The copy completes, the file is truncated and written again.
@@ -413,7 +418,7 @@ fn truncation_in_place_restarts_from_zero() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(0..100);
     // shorter than before
     std::fs::File::create(&log).unwrap();
@@ -426,10 +431,7 @@ fn truncation_in_place_restarts_from_zero() {
     f.write_all_at(lines(200..300).as_bytes(), 0).unwrap();
     src.wait_all(200..300);
     assert_eq!(src.event("truncated"), 2);
-    let got = src.stop();
-    let counts = got.counts();
-    let want: BTreeMap<String, usize> = (0..110).chain(200..300).map(|n| (line(n), 1)).collect();
-    assert_eq!(counts, want);
+    exactly(&src.stop(), (0..110).chain(200..300));
 }
 
 #[test]
@@ -439,7 +441,7 @@ fn inode_reuse_while_stopped_is_read_as_a_new_file() {
     append(&log, &lines(0..100));
     let old_ino = ino(&log);
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(0..100);
     exactly(&src.stop(), 0..100);
 
@@ -462,7 +464,7 @@ fn inode_reuse_while_stopped_is_read_as_a_new_file() {
         reused,
         "the file system did not hand inode {old_ino} to a new file"
     );
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(100..300);
     assert_eq!(src.event("content_replaced"), 1);
     exactly(&src.stop(), 100..300);
@@ -476,7 +478,7 @@ fn same_first_bytes_but_other_bytes_before_the_position_is_new_content() {
     // before the saved position do not.
     append(&log, &lines(0..100));
     let store = Arc::new(MemoryStore::default());
-    let cfg = config(dir.path(), "fingerprint_bytes: 64\n");
+    let cfg = config(dir.path(), |s| s.fingerprint_bytes(64));
     let src = Source::start(&cfg, &store, 100_000);
     src.wait_all(0..100);
     src.stop();
@@ -484,31 +486,29 @@ fn same_first_bytes_but_other_bytes_before_the_position_is_new_content() {
     append(&log, &(lines(0..10) + &lines(500..700)));
     let src = Source::start(&cfg, &store, 100_000);
     src.wait_all(500..700);
-    let got = src.stop();
-    let counts = got.counts();
-    assert_eq!(counts.len(), 210, "all of the new content, once");
-    assert!(counts.values().all(|&c| c == 1));
+    // all of the new content, once
+    exactly(&src.stop(), (0..10).chain(500..700));
 }
 
 #[test]
 fn short_files_are_recognised_by_a_short_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("a.log");
-    append(&log, &lines(0..3)); // 60 bytes, shorter than the fingerprint
+    append(&log, &lines(0..3)); // 300 bytes, shorter than the fingerprint
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(0..3);
     src.stop();
     append(&log, &lines(3..5));
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(3..5);
     exactly(&src.stop(), 3..5);
     let s = saved(&store);
     assert_eq!(s.len(), 1);
-    assert_eq!(s[0].1.offset, 100);
+    assert_eq!(s[0].1.offset, 5 * LINE_LEN as u64);
     assert_eq!(
         s[0].1.fingerprint.len(),
-        100,
+        5 * LINE_LEN,
         "the fingerprint grew with the file"
     );
 }
@@ -519,7 +519,7 @@ fn deleted_file_is_read_to_its_end_then_closed() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..2000));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start_blocked(&config(dir.path(), ""), &store);
+    let src = Source::start_blocked(&config(dir.path(), plain), &store);
     std::fs::remove_file(&log).unwrap();
     src.receiving.store(true, Ordering::SeqCst);
     src.wait_all(0..2000);
@@ -564,7 +564,7 @@ fn descriptors_stay_within_max_open_files() {
         );
     }
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(d, "max_open_files: 4\n"), &store, 100_000);
+    let src = Source::start(&config(d, |s| s.max_open_files(4)), &store, 100_000);
     let max_seen = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let watch = {
         let (g, m) = (
@@ -600,9 +600,7 @@ fn descriptors_stay_within_max_open_files() {
         max_seen.load(Ordering::SeqCst) <= 4,
         "{max_seen:?} descriptors"
     );
-    let counts = got.counts();
-    assert_eq!(counts.len(), 40 * 60);
-    assert!(counts.values().all(|&c| c == 1));
+    exactly(&got, (0..40).flat_map(|f| f * 100..f * 100 + 60));
 }
 
 trait TapMkdir {
@@ -622,10 +620,11 @@ fn lag_is_the_bytes_not_acknowledged() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..10));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start_with(&config(dir.path(), ""), &store, 100_000, true, false);
+    let src = Source::start_with(&config(dir.path(), plain), &store, 100_000, true, false);
     src.wait_all(0..10);
     let lag = crate::FileMetrics::of("app", &src.metrics).lag(&log.to_string_lossy());
-    src.wait("lag of 200 bytes", |_| lag.get() == 200);
+    let unacknowledged = 10 * LINE_LEN as i64;
+    src.wait("a lag of the 10 lines", |_| lag.get() == unacknowledged);
     src.acking.store(true, Ordering::SeqCst);
     src.wait("no lag", |_| lag.get() == 0);
     src.stop();
@@ -649,10 +648,10 @@ fn multiline_java_traces_are_joined_and_the_last_flushed_after_the_timeout() {
         append(&log, &trace(n));
     }
     let store = Arc::new(MemoryStore::default());
-    let cfg = config(
-        dir.path(),
-        "multiline: { start_pattern: '^\\d{4}-\\d{2}-\\d{2} ', flush_timeout_ms: 300 }\n",
-    );
+    let cfg = config(dir.path(), |s| {
+        s.set("multiline.start_pattern", "^\\d{4}-\\d{2}-\\d{2} ")
+            .set("multiline.flush_timeout_ms", 300)
+    });
     let src = Source::start(&cfg, &store, 100_000);
     let started = Instant::now();
     src.wait("20 events", |g| g.lines.len() == 20);
@@ -675,7 +674,11 @@ fn over_long_lines_are_split_or_truncated_and_counted() {
     let log = dir.path().join("a.log");
     append(&log, "short\n0123456789abcdefghij\nend\n");
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), "max_line_bytes: 8\n"), &store, 100_000);
+    let src = Source::start(
+        &config(dir.path(), |s| s.max_line_bytes(8)),
+        &store,
+        100_000,
+    );
     src.wait("5 records", |g| g.lines.len() == 5);
     assert_eq!(src.event("line_split"), 1);
     let got: Vec<String> = src.stop().lines.into_iter().map(|(l, _)| l).collect();
@@ -686,7 +689,9 @@ fn over_long_lines_are_split_or_truncated_and_counted() {
         &dir.path().join("a.log"),
         "short\n0123456789abcdefghij\nend\n",
     );
-    let cfg = config(dir.path(), "max_line_bytes: 8\nmax_line_policy: truncate\n");
+    let cfg = config(dir.path(), |s| {
+        s.max_line_bytes(8).set("max_line_policy", "truncate")
+    });
     let src = Source::start(&cfg, &Arc::new(MemoryStore::default()), 100_000);
     src.wait("3 records", |g| g.lines.len() == 3);
     let got: Vec<String> = src.stop().lines.into_iter().map(|(l, _)| l).collect();
@@ -699,13 +704,13 @@ fn positions_of_vanished_files_expire() {
     let log = dir.path().join("a.log");
     append(&log, &lines(0..10));
     let store = Arc::new(MemoryStore::default());
-    let src = Source::start(&config(dir.path(), ""), &store, 100_000);
+    let src = Source::start(&config(dir.path(), plain), &store, 100_000);
     src.wait_all(0..10);
     src.stop();
     assert_eq!(saved(&store).len(), 1);
     std::fs::remove_file(&log).unwrap();
     let src = Source::start(
-        &config(dir.path(), "expire_after_ms: 100\n"),
+        &config(dir.path(), |s| s.expire_after_ms(100)),
         &store,
         100_000,
     );
@@ -717,10 +722,10 @@ fn positions_of_vanished_files_expire() {
 #[test]
 fn invalid_multiline_pattern_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "multiline: { start_pattern: '(oops' }\n");
+    let cfg = config(dir.path(), |s| s.set("multiline.start_pattern", "(oops"));
     let issues = cfg.validate();
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert_eq!(issues[0].path, ["multiline", "start_pattern"]);
-    let cfg = config(dir.path(), "max_open_files: 0\n");
+    let cfg = config(dir.path(), |s| s.max_open_files(0));
     assert_eq!(cfg.validate()[0].path, ["max_open_files"]);
 }

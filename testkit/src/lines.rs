@@ -1,7 +1,7 @@
 //! [`SeqLines`]: a log file of numbered, fixed-length lines, and the
 //! [`Report`] that compares what arrived with what was written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -154,12 +154,13 @@ pub fn seq_of(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// What arrived, compared with lines `0..expected`.
+/// What arrived, compared with lines `0..expected` ([`Report::new`]) or
+/// with any set of line numbers ([`Report::of`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// Payloads read.
     pub received: u64,
-    /// Line numbers below `expected` that never arrived, ascending.
+    /// Expected line numbers that never arrived, ascending.
     pub missing: Vec<u64>,
     /// Arrivals beyond the first, summed over all lines.
     pub duplicates: u64,
@@ -168,14 +169,33 @@ pub struct Report {
     /// A line arrived for the first time after a line with a higher number
     /// (re-sent duplicates do not count).
     pub out_of_order: bool,
-    /// Payloads that are not a line written by `SeqLines`, or a number at or
-    /// beyond `expected`: a sample of them (at most 10) and their count.
+    /// Payloads that are not a line written by `SeqLines`, or a number not
+    /// expected: a sample of them (at most 10) and their count.
     pub malformed: Vec<Vec<u8>>,
     pub malformed_count: u64,
 }
 
 impl Report {
+    /// Compares `payloads` (in the order consumed) with lines `0..expected`.
     pub fn new<I>(expected: u64, payloads: I) -> Report
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        Report::compare(&Expected::Below(expected), payloads)
+    }
+
+    /// Compares `payloads` with the lines numbered by `expected` (a range
+    /// that does not start at 0, or ranges chained).
+    pub fn of<I>(expected: impl IntoIterator<Item = u64>, payloads: I) -> Report
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        Report::compare(&Expected::Set(expected.into_iter().collect()), payloads)
+    }
+
+    fn compare<I>(expected: &Expected, payloads: I) -> Report
     where
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
@@ -186,8 +206,8 @@ impl Report {
         for payload in payloads {
             let payload = payload.as_ref();
             report.received += 1;
-            let seq =
-                seq_of(payload).filter(|&seq| seq < expected && payload == SeqLines::line(seq));
+            let seq = seq_of(payload)
+                .filter(|&seq| expected.contains(seq) && payload == SeqLines::line(seq));
             let Some(seq) = seq else {
                 report.malformed_count += 1;
                 if report.malformed.len() < 10 {
@@ -209,7 +229,7 @@ impl Report {
             }
         }
         let mut arrived = arrivals.keys().copied().peekable();
-        for seq in 0..expected {
+        for seq in expected.iter() {
             if arrived.next_if_eq(&seq).is_none() {
                 report.missing.push(seq);
             }
@@ -220,6 +240,70 @@ impl Report {
     /// Every line arrived, and nothing else did.
     pub fn is_complete(&self) -> bool {
         self.missing.is_empty() && self.malformed_count == 0
+    }
+    /// Every line arrived exactly once, and nothing else did.
+    pub fn is_exact(&self) -> bool {
+        self.is_complete() && self.duplicates == 0
+    }
+}
+
+/// Which of lines `0..expected` have arrived, fed payloads as a consumer
+/// reads them: how many are missing, at the cost of one look per payload,
+/// for waiting on a million lines without a [`Report`] per poll.
+#[derive(Debug)]
+pub struct Arrivals {
+    seen: Vec<bool>,
+    missing: u64,
+}
+
+impl Arrivals {
+    pub fn new(expected: u64) -> Arrivals {
+        let len = usize::try_from(expected).expect("expected fits in usize");
+        Arrivals {
+            seen: vec![false; len],
+            missing: expected,
+        }
+    }
+
+    /// Counts `payload` if it is the first arrival of an expected line.
+    pub fn see(&mut self, payload: &[u8]) {
+        let Some(seq) = seq_of(payload) else { return };
+        let Some(seen) = usize::try_from(seq).ok().and_then(|i| self.seen.get_mut(i)) else {
+            return;
+        };
+        if !*seen {
+            *seen = true;
+            self.missing -= 1;
+        }
+    }
+
+    /// Expected lines that have not arrived yet.
+    pub fn missing(&self) -> u64 {
+        self.missing
+    }
+}
+
+/// The line numbers a [`Report`] expects: `0..n` without a set of them in
+/// memory (the e2e tests count up to millions), or any set.
+enum Expected {
+    Below(u64),
+    Set(BTreeSet<u64>),
+}
+
+impl Expected {
+    fn contains(&self, seq: u64) -> bool {
+        match self {
+            Expected::Below(n) => seq < *n,
+            Expected::Set(set) => set.contains(&seq),
+        }
+    }
+
+    /// Ascending.
+    fn iter(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        match self {
+            Expected::Below(n) => Box::new(0..*n),
+            Expected::Set(set) => Box::new(set.iter().copied()),
+        }
     }
 }
 
@@ -255,5 +339,58 @@ impl fmt::Debug for Sample<'_> {
             write!(f, " and {} more", self.0.len() - shown.len())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (missing, duplicated, out of order, malformed) of `arrived` against `expected`.
+    fn check(expected: &[u64], arrived: &[u64], want: (&[u64], &[u64], bool, u64)) {
+        let payloads = arrived.iter().map(|&s| SeqLines::line(s));
+        let r = Report::of(expected.iter().copied(), payloads);
+        let got = (
+            &r.missing[..],
+            &r.duplicated[..],
+            r.out_of_order,
+            r.malformed_count,
+        );
+        assert_eq!(got, want, "arrived {arrived:?}: {r}");
+        assert_eq!(r.received, arrived.len() as u64);
+    }
+
+    #[test]
+    fn reports_say_what_is_missing_repeated_reordered_or_foreign() {
+        check(&[3, 4, 5], &[3, 4, 5], (&[], &[], false, 0));
+        check(&[3, 4, 5], &[3, 5, 5], (&[4], &[5], false, 0));
+        check(&[3, 4, 5], &[4, 3, 5], (&[], &[], true, 0));
+        check(&[3, 4, 5], &[3, 4, 3, 5], (&[], &[3], false, 0));
+        check(&[3, 4], &[2, 3, 4], (&[], &[], false, 1));
+        check(&[1, 2, 7], &[], (&[1, 2, 7], &[], false, 0));
+    }
+
+    #[test]
+    fn arrivals_count_each_expected_line_once() {
+        let mut arrivals = Arrivals::new(3);
+        for seq in [0, 0, 2, 7] {
+            arrivals.see(&SeqLines::line(seq));
+        }
+        arrivals.see(b"not a numbered line");
+        assert_eq!(arrivals.missing(), 1);
+        arrivals.see(&SeqLines::line(1));
+        assert_eq!(arrivals.missing(), 0);
+    }
+
+    #[test]
+    fn a_line_with_its_number_but_other_bytes_is_malformed() {
+        let mut line = SeqLines::line(7);
+        *line.last_mut().unwrap() = b'!';
+        let report = Report::new(8, [line]);
+        assert_eq!((report.malformed_count, report.missing.len()), (1, 8));
+        let all = || (0..8).map(SeqLines::line);
+        assert_eq!(Report::new(8, all()), Report::of(0..8, all()));
+        assert!(Report::new(8, all()).is_exact());
+        assert!(!Report::new(8, all().chain(all())).is_exact());
     }
 }
