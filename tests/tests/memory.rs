@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tailrace_e2e::http::{get, sample};
-use tailrace_e2e::{file_to_kafka, Agent, Broker, Consumer, Report, SeqLines};
+use tailrace_e2e::{Agent, Broker, Config, Consumer, Report, SeqLines};
 
 /// Files, and lines in each (`TAILRACE_MEMORY_LINES_PER_FILE` for a longer run).
 const FILES: u64 = 2_000;
@@ -36,14 +36,13 @@ fn two_thousand_open_files_never_hold_more_than_the_read_pool() {
             file.write_all(b"\n").unwrap();
         }
     }
-    let config = file_to_kafka(dir.path(), &broker.bootstrap(), "logs")
-        .replace(
-            "    start_at: beginning\n",
-            &format!(
-                "    start_at: beginning\n    max_open_files: 4096\n    read_buffer_bytes: 16384\n    read_pool_bytes: {POOL_BYTES}\n"
-            ),
-        );
-    let agent = Agent::start(dir.path(), &config);
+    let config =
+        Config::file_to_kafka(dir.path(), &broker.bootstrap(), "logs").edit_source("app", |s| {
+            s.max_open_files(4096)
+                .set("read_buffer_bytes", 16384)
+                .set("read_pool_bytes", POOL_BYTES)
+        });
+    let agent = Agent::start(dir.path(), &config.to_yaml());
 
     // Scrape the gauge the whole time the agent reads.
     let stop = Arc::new(AtomicBool::new(false));
