@@ -419,6 +419,25 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
     drop(held);
 }
 
+/// The agent on [`two_groups`] (without the extra source) and a sender
+/// connected to its tcp source.
+fn two_groups_with_a_sender() -> (Broker, tempfile::TempDir, u16, Agent, std::net::TcpStream) {
+    let (broker, dir, _) = scene(TOPIC);
+    broker.create_topic("net", 1);
+    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+    let port = tailrace_e2e::free_port();
+    let agent = Agent::start(
+        dir.path(),
+        &two_groups(dir.path(), &broker.bootstrap(), port, false).to_yaml(),
+    );
+    let mut sender = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        sender.is_some()
+    }));
+    (broker, dir, port, agent, sender.unwrap())
+}
+
 /// A file group and a tcp group (own channel, sink and topic).
 fn two_groups(dir: &std::path::Path, bootstrap: &str, port: u16, extra: bool) -> Config {
     let net = Sink::kafka(bootstrap, "net")
@@ -441,20 +460,7 @@ fn tcp_into(port: u16, channel: &str) -> Source {
 #[test]
 fn sighup_keeps_unchanged_components_running_with_their_connections() {
     use std::io::Write as _;
-    let (broker, dir, _) = scene(TOPIC);
-    broker.create_topic("net", 1);
-    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
-    let port = tailrace_e2e::free_port();
-    let agent = Agent::start(
-        dir.path(),
-        &two_groups(dir.path(), &broker.bootstrap(), port, false).to_yaml(),
-    );
-    let mut sender = None;
-    assert!(wait_until(Duration::from_secs(20), || {
-        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
-        sender.is_some()
-    }));
-    let mut sender = sender.unwrap();
+    let (broker, dir, port, agent, mut sender) = two_groups_with_a_sender();
     let net_line = |i: u64| format!("net-{i:06}\n");
     for i in 0..1_000 {
         sender.write_all(net_line(i).as_bytes()).unwrap();
@@ -558,20 +564,7 @@ fn sighup_keeps_unchanged_components_running_with_their_connections() {
 #[test]
 fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error() {
     const LINES: u64 = 200_000;
-    let (broker, dir, _) = scene(TOPIC);
-    broker.create_topic("net", 1);
-    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
-    let port = tailrace_e2e::free_port();
-    let agent = Agent::start(
-        dir.path(),
-        &two_groups(dir.path(), &broker.bootstrap(), port, false).to_yaml(),
-    );
-    let mut sender = None;
-    assert!(wait_until(Duration::from_secs(20), || {
-        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
-        sender.is_some()
-    }));
-    let mut sender = sender.unwrap();
+    let (broker, dir, port, agent, mut sender) = two_groups_with_a_sender();
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let written = written.clone();
