@@ -16,3 +16,13 @@ mod lines;
 
 pub use config::{Channel, Config, Sink, Source};
 pub use lines::{seq_of, Arrivals, Report, SeqLines, Writer, LINE_LEN};
+
+/// A test's size knob: the environment variable `name` parsed, or
+/// `default` when it is unset or does not parse (`TAILRACE_CUTS=20`,
+/// `CAMPAIGN_ROUNDS=200`: the long runs README's testing section names).
+pub fn size_knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -49,7 +49,9 @@ pub use broker::{free_port, tansu_bin, Broker};
 pub use consumer::{Consumer, Record};
 pub use proxy::Proxy;
 pub use scene::scene;
-pub use tailrace_testkit::{config, seq_of, Arrivals, Config, Report, SeqLines, Writer, LINE_LEN};
+pub use tailrace_testkit::{
+    config, seq_of, size_knob, Arrivals, Config, Report, SeqLines, Writer, LINE_LEN,
+};
 
 use std::time::{Duration, Instant};
 

@@ -491,10 +491,7 @@ fn is_tcp_long_line(line: &[u8]) -> bool {
 }
 
 fn rounds() -> usize {
-    std::env::var("CAMPAIGN_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
+    tailrace_e2e::size_knob("CAMPAIGN_ROUNDS", 20)
 }
 
 #[test]

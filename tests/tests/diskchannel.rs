@@ -22,10 +22,7 @@ use tailrace_e2e::{
 const TOPIC: &str = "logs";
 
 fn lines() -> u64 {
-    std::env::var("TAILRACE_DISKCHAN_LINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000)
+    tailrace_e2e::size_knob("TAILRACE_DISKCHAN_LINES", 50_000)
 }
 
 fn send(port: u16, seqs: std::ops::Range<u64>) {

@@ -17,10 +17,7 @@ const POOL_BYTES: u64 = 256 * 1024;
 
 #[test]
 fn two_thousand_open_files_never_hold_more_than_the_read_pool() {
-    let per_file: u64 = std::env::var("TAILRACE_MEMORY_LINES_PER_FILE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let per_file: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_FILE", 20);
     let broker = Broker::start();
     broker.create_topic("logs", 1);
     let dir = tempfile::tempdir().unwrap();

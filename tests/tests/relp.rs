@@ -15,10 +15,7 @@ const OMRELP_WINDOW: u64 = 128;
 
 /// Lines written; `TAILRACE_RELP_LINES` for a longer run.
 fn lines_to_write() -> u64 {
-    std::env::var("TAILRACE_RELP_LINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+    tailrace_e2e::size_knob("TAILRACE_RELP_LINES", 20_000)
 }
 
 /// rsyslogd reading `file` with imfile and forwarding each line as it is
@@ -175,10 +172,7 @@ fn rsyslog_omrelp_over_tls_delivers_every_line() {
 /// Lines of the disk channel scene; `TAILRACE_RELP_DISK_LINES` for a
 /// longer run.
 fn disk_lines() -> u64 {
-    std::env::var("TAILRACE_RELP_DISK_LINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+    tailrace_e2e::size_knob("TAILRACE_RELP_DISK_LINES", 20_000)
 }
 
 /// omrelp into a disk channel while Kafka is absent: each message is

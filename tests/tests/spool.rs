@@ -390,10 +390,7 @@ fn broker_down_beyond_delivery_timeout_then_sigkill_with_spool_loses_nothing() {
 /// cuts and kills with the other faults; 20 or more for a longer run).
 #[test]
 fn network_cuts_and_random_sigkills_lose_nothing() {
-    let cuts: usize = std::env::var("TAILRACE_CUTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let cuts: usize = tailrace_e2e::size_knob("TAILRACE_CUTS", 10);
     let broker_port = free_port();
     let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}"));
     let broker = Broker::start_behind(broker_port, proxy.port());
