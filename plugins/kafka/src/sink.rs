@@ -24,7 +24,7 @@ mod spool_writer;
 pub(crate) use replayer::{Replayer, Taken};
 pub(crate) use session::{create_producer, Delivery};
 use session::{Fatal, Outgoing, ProducerPort, Session};
-use spool_writer::SpoolWriter;
+use spool_writer::{Flush, SpoolWriter, BEHIND_SPOOL};
 
 use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
@@ -745,11 +745,15 @@ impl<P: ProducerPort> Sink<P> {
         self.settings.spool.ordering
     }
 
-    /// New events wait behind the spool (strict order).
+    /// New events wait behind the spool (strict order): unless every
+    /// entry it holds is already handed to librdkafka, in full, ahead of
+    /// them (a failure among those takes back what followed, as always).
     fn behind_spool(&self) -> bool {
         self.order().behind_spool(|| {
             self.writer.unstored() > 0
-                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
+                || self.replay.holds_failed()
+                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries
+                    > self.replay.in_flight() as u64
         })
     }
 
@@ -758,14 +762,14 @@ impl<P: ProducerPort> Sink<P> {
         let inflight = InFlight::for_batch(&batch);
         let mut bufs = Buffers::default();
         let order = self.order();
-        let mut diverting = self.behind_spool().then_some("behind_spool");
+        let mut diverting = self.behind_spool().then_some(BEHIND_SPOOL);
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
         for record in &batch.records {
             if diverting.is_none() && order.rest_follows_to_spool() && self.writer.has_waiting() {
                 // A record of this batch failed at once: the rest go
                 // behind it.
-                diverting = Some("behind_spool");
+                diverting = Some(BEHIND_SPOOL);
             }
             let p = prepare(&enc, &batch, record, &mut bufs);
             let headers = self.headers_of(&enc, &batch, record);
@@ -1053,10 +1057,14 @@ impl<P: ProducerPort> Sink<P> {
             // to read from the store either.
             return true;
         }
+        let mode = match self.phase() {
+            Phase::Running => Flush::Gathering(self.now()),
+            Phase::Draining { .. } | Phase::Closed => Flush::All,
+        };
         let replay = &self.replay;
         let flushed = self
             .writer
-            .flush(&*self.spool, &|id| replay.is_in_flight(id));
+            .flush(&*self.spool, &|id| replay.is_in_flight(id), mode);
         self.update_gauges();
         flushed
     }
