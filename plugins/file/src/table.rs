@@ -5,13 +5,18 @@
 //! inode, first bytes), how far it was read, which of its batches are
 //! unacknowledged, and its [`Life`]: named by an include glob, renamed away
 //! or copied by a rotation, or unlinked; open (holding a descriptor permit)
-//! or parked. It observes the file system through a [`World`] (scan
-//! results, stat, reads, sibling listings, the clock), which the shell
-//! (`tailer`) implements with real files and the model test
-//! (`model_tests`) with an in-memory one. Its outputs are the batches it
-//! cut ([`FileTable::take_outgoing`]), which the shell sends, and the
-//! positions it saves in the checkpoint store; acknowledgements come in
-//! through [`FileTable::apply_acks`].
+//! or parked.
+//!
+//! The shell (`tailer`, or the model test, `model_tests`) gives it its
+//! observations: the clock (every entry point takes `now`), the include
+//! globs' scan with each file's stat ([`Seen`]), acknowledgements
+//! ([`FileTable::apply_acks`]) and saves the store refused
+//! ([`FileTable::save_failed`]). It returns what to do as data, in order
+//! ([`Action`]: send a batch it cut, save positions), which the shell takes
+//! with [`FileTable::take_actions`] and performs; it holds no checkpoint
+//! store. What it still reads itself, through its [`World`] port, is the
+//! files it decides about: opens, stats and reads of its descriptors, and
+//! the listings of rotations.
 //!
 //! What this never does: save a position beyond acknowledged batches; close
 //! a rotated or deleted file before it was read to its end and everything
