@@ -5,13 +5,18 @@
 //! inode, first bytes), how far it was read, which of its batches are
 //! unacknowledged, and its [`Life`]: named by an include glob, renamed away
 //! or copied by a rotation, or unlinked; open (holding a descriptor permit)
-//! or parked. It observes the file system through a [`World`] (scan
-//! results, stat, reads, sibling listings, the clock), which the shell
-//! (`tailer`) implements with real files and the model test
-//! (`model_tests`) with an in-memory one. Its outputs are the batches it
-//! cut ([`FileTable::take_outgoing`]), which the shell sends, and the
-//! positions it saves in the checkpoint store; acknowledgements come in
-//! through [`FileTable::apply_acks`].
+//! or parked.
+//!
+//! The shell (`tailer`, or the model test, `model_tests`) gives it its
+//! observations: the clock (every entry point takes `now`), the include
+//! globs' scan with each file's stat ([`Seen`]), acknowledgements
+//! ([`FileTable::apply_acks`]) and saves the store refused
+//! ([`FileTable::save_failed`]). It returns what to do as data, in order
+//! ([`Action`]: send a batch it cut, save positions), which the shell takes
+//! with [`FileTable::take_actions`] and performs; it holds no checkpoint
+//! store. What it still reads itself, through its [`World`] port, is the
+//! files it decides about: opens, stats and reads of its descriptors, and
+//! the listings of rotations.
 //!
 //! What this never does: save a position beyond acknowledged batches; close
 //! a rotated or deleted file before it was read to its end and everything
@@ -26,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
-use tailrace_api::{BatchMeta, CheckpointStore, Ledger, Record, SourceMetrics};
+use tailrace_api::{BatchMeta, Ledger, Record, SourceMetrics};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::{FileId, Saved};
@@ -50,12 +55,33 @@ pub struct Meta {
     pub nlink: u64,
 }
 
-/// The file system and the clock, as the core sees them.
+/// A file an include glob names, as the shell's scan found it (the stat
+/// follows symlinks).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: PathBuf,
+    pub meta: Meta,
+}
+
+/// What the core asks the shell to do, in order.
+pub enum Action {
+    /// Send a batch it cut on the source's channel.
+    Send(Outgoing),
+    /// Write these positions to the checkpoint store and flush it; report
+    /// a failure with [`FileTable::save_failed`].
+    Save(Save),
+}
+
+/// Positions to write, and store keys to remove, in one flushed save.
+pub struct Save {
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub removes: Vec<Vec<u8>>,
+}
+
+/// What the core still reads of files while it decides: opens, stats and
+/// reads of the descriptors it holds, listings of rotations.
 pub trait World {
     type File: ReadAt;
-    fn now(&self) -> Instant;
-    /// Every file an include glob names now.
-    fn scan(&mut self) -> Vec<PathBuf>;
     /// Follows symlinks, as the scan does.
     fn stat(&self, path: &Path) -> io::Result<Meta>;
     fn fstat(&self, file: &Self::File) -> io::Result<Meta>;
@@ -187,7 +213,6 @@ impl<F> Tracked<F> {
 pub struct FileTable<W: World> {
     world: W,
     name: Arc<str>,
-    checkpoints: Arc<dyn CheckpointStore>,
     metrics: SourceMetrics,
     settings: Settings,
     /// Files in the order they were found, so older files are read first.
@@ -218,8 +243,14 @@ pub struct FileTable<W: World> {
     /// rotations after a crash, so one rotated while the agent was down
     /// would be lost.
     new_files: bool,
-    /// Batches cut and not yet taken by the shell.
-    outbox: Vec<Outgoing>,
+    /// What the shell is to do, in order: batches to send, positions to
+    /// save. Swapped with the shell's buffer, so neither reallocates.
+    actions: Vec<Action>,
+    /// Positions of files no longer tracked whose save failed: written
+    /// with the next save.
+    orphan_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The clock, as last observed.
+    now: Instant,
 }
 
 /// What reading one chunk of a file did.
@@ -241,19 +272,17 @@ impl<W: World> FileTable<W> {
     pub fn new(
         world: W,
         name: Arc<str>,
-        checkpoints: Arc<dyn CheckpointStore>,
         metrics: SourceMetrics,
         settings: Settings,
         known: HashMap<FileId, Saved>,
+        now: Instant,
     ) -> FileTable<W> {
         let file_metrics = FileMetrics::of(&name, &metrics);
         let budget = Budget::new(settings.max_open_files, file_metrics.open_files());
         let pool = BufferPool::new(settings.read_pool_bytes, file_metrics.buffer_bytes());
-        let last_persist = world.now();
         FileTable {
             world,
             name,
-            checkpoints,
             metrics,
             settings,
             files: BTreeMap::new(),
@@ -269,14 +298,20 @@ impl<W: World> FileTable<W> {
             pool,
             file_metrics,
             last_warning: HashMap::new(),
-            last_persist,
+            last_persist: now,
             new_files: false,
-            outbox: Vec::new(),
+            actions: Vec::new(),
+            orphan_puts: Vec::new(),
+            now,
         }
     }
 
     pub fn world(&self) -> &W {
         &self.world
+    }
+
+    pub fn world_mut(&mut self) -> &mut W {
+        &mut self.world
     }
 
     pub fn settings(&self) -> &Settings {
@@ -287,20 +322,49 @@ impl<W: World> FileTable<W> {
         self.files.len()
     }
 
-    /// The batches cut since the last call, in order.
-    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
-        std::mem::take(&mut self.outbox)
+    /// Hands the shell what to do since the last call, in order, by
+    /// swapping with `into` (which must be empty): both keep their
+    /// capacity, so a round allocates no action list.
+    pub fn take_actions(&mut self, into: &mut Vec<Action>) {
+        debug_assert!(into.is_empty(), "every action taken was performed");
+        std::mem::swap(&mut self.actions, into);
     }
 
-    /// Matches the globs again: tracks new files, notices renamed, rotated,
-    /// deleted and grown ones.
-    pub fn scan(&mut self) {
-        self.scan_with(false, &HashSet::new());
+    /// Whether there is something for the shell to do.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// A scan: `seen` is every file the include globs name now. Tracks new
+    /// files, notices renamed, rotated, deleted and grown ones.
+    pub fn scan(&mut self, now: Instant, seen: Vec<Seen>) {
+        self.now = now;
+        self.scan_with(seen, false, &HashSet::new());
     }
 
     /// The time saves are counted from (the loop's start).
-    pub fn reset_persist_clock(&mut self) {
-        self.last_persist = self.world.now();
+    pub fn reset_persist_clock(&mut self, now: Instant) {
+        self.now = now;
+        self.last_persist = now;
+    }
+
+    /// The shell could not perform `save`: every position is saved again
+    /// on the next try, and the keys it was to remove with it.
+    pub fn save_failed(&mut self, save: Save, error: &dyn std::fmt::Display) {
+        // A failing store refuses every try (every checkpoint interval)
+        // until it is reopened: logged once per 10 s.
+        if self.warning_due("persist") {
+            warn!(source = %self.name, error = %error, "cannot save file positions; they will be saved on the next try");
+        }
+        for tf in self.files.values_mut() {
+            tf.persisted = None;
+        }
+        let tracked: HashSet<Vec<u8>> = self.by_id.keys().map(|id| id.key()).collect();
+        self.orphan_puts
+            .extend(save.puts.into_iter().filter(|(k, _)| !tracked.contains(k)));
+        let mut removes = save.removes;
+        removes.append(&mut self.removes);
+        self.removes = removes;
     }
     fn warn_limited(
         &mut self,
@@ -316,7 +380,7 @@ impl<W: World> FileTable<W> {
 
     /// Whether a warning of `kind` may be logged now: at most one per 10 s.
     fn warning_due(&mut self, kind: &'static str) -> bool {
-        let now = self.world.now();
+        let now = self.now;
         let due = self
             .last_warning
             .get(kind)
@@ -336,9 +400,10 @@ impl<W: World> FileTable<W> {
     /// The first scan, then the saved positions no file at an include path
     /// holds: their files were rotated (renamed or copied) while the agent
     /// was stopped, and are looked for among their rotations.
-    pub fn startup(&mut self) {
+    pub fn startup(&mut self, now: Instant, seen: Vec<Seen>) {
+        self.now = now;
         let saved_paths: HashSet<PathBuf> = self.known.values().map(|s| s.origin.clone()).collect();
-        self.scan_with(true, &saved_paths);
+        self.scan_with(seen, true, &saved_paths);
         let tracked: HashSet<FileId> = self.by_id.keys().copied().collect();
         let lost = recovery::lost(&self.known, &tracked, &self.replaced);
         let world = &self.world;
@@ -374,7 +439,7 @@ impl<W: World> FileTable<W> {
         }
         for (id, saved) in plan.missing {
             info!(source = %self.name, path = %saved.path.display(), offset = saved.offset, "file of a saved position not found; the position expires unless the file comes back");
-            self.untracked.insert(id, self.world.now());
+            self.untracked.insert(id, self.now);
         }
         // A file saved while it was empty holds that position whatever
         // happened to it since: if it was copied and truncated while the
@@ -460,13 +525,9 @@ impl<W: World> FileTable<W> {
 
     /// Matches the globs again: tracks new files, notices renamed, rotated,
     /// deleted and grown ones.
-    fn scan_with(&mut self, initial: bool, saved_paths: &HashSet<PathBuf>) {
+    fn scan_with(&mut self, found: Vec<Seen>, initial: bool, saved_paths: &HashSet<PathBuf>) {
         let mut seen = HashSet::new();
-        for path in self.world.scan() {
-            let md = match self.world.stat(&path) {
-                Ok(md) => md,
-                Err(_) => continue,
-            };
+        for Seen { path, meta: md } in found {
             let id = md.id;
             seen.insert(id);
             if let Some(&seq) = self.by_id.get(&id) {
@@ -656,7 +717,7 @@ impl<W: World> FileTable<W> {
                     check,
                 }),
                 persisted: None,
-                last_growth: self.world.now(),
+                last_growth: self.now,
                 lag,
             },
         );
@@ -781,23 +842,21 @@ impl<W: World> FileTable<W> {
         if tf.persisted != Some(tf.committed()) {
             self.persist_one_removed(&tf);
         }
-        self.untracked.insert(tf.id, self.world.now());
+        self.untracked.insert(tf.id, self.now);
     }
 
     fn persist_one_removed(&mut self, tf: &Tracked<W::File>) {
         let saved = saved_of(tf);
-        if self
-            .checkpoints
-            .save(&self.name, &[(tf.id.key(), saved.encode())], &[])
-            .is_ok()
-        {
-            self.known.insert(tf.id, saved);
-        }
+        self.actions.push(Action::Save(Save {
+            puts: vec![(tf.id.key(), saved.encode())],
+            removes: Vec::new(),
+        }));
+        self.known.insert(tf.id, saved);
     }
 
     /// Forgets saved positions of files not seen for `expire_after`.
-    pub fn expire(&mut self) {
-        let now = self.world.now();
+    pub fn expire(&mut self, now: Instant) {
+        self.now = now;
         for id in self.known.keys() {
             if !self.by_id.contains_key(id) {
                 self.untracked.entry(*id).or_insert(now);
@@ -910,32 +969,31 @@ impl<W: World> FileTable<W> {
 
     // ---- reading -------------------------------------------------------
 
-    /// Gives every file a turn, oldest first, reading up to
-    /// [`CHUNKS_PER_TURN`] chunks of each; `after_chunk` is called after
-    /// every chunk (the shell sends what it cut). Returns the bytes read.
-    pub fn read_round<E>(
-        &mut self,
-        after_chunk: &mut dyn FnMut(&mut Self) -> Result<(), E>,
-    ) -> Result<usize, E> {
-        let mut total = 0;
-        let mut round = self.round();
-        while let Some(seq) = self.next_in(&mut round) {
-            for _ in 0..CHUNKS_PER_TURN {
-                let turn = self.read_chunk(seq);
-                after_chunk(self)?;
-                total += turn.bytes;
-                if !turn.more {
-                    break;
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    fn round(&self) -> Round {
+    /// A round of reading: every file gets a turn, oldest first, of up to
+    /// [`CHUNKS_PER_TURN`] chunks ([`FileTable::read_next`]).
+    pub fn round(&self) -> Round {
         Round {
             seqs: self.files.keys().copied().collect::<Vec<_>>().into_iter(),
             slots: true,
+            turn: None,
+        }
+    }
+
+    /// Reads the next chunk of `round`, cutting what it read into a batch
+    /// to send (see [`FileTable::take_actions`]); returns the bytes read,
+    /// or `None` once every file had its turn.
+    pub fn read_next(&mut self, now: Instant, round: &mut Round) -> Option<usize> {
+        self.now = now;
+        loop {
+            if let Some((seq, chunk)) = round.turn.take() {
+                let turn = self.read_chunk(seq);
+                if turn.more && chunk + 1 < CHUNKS_PER_TURN {
+                    round.turn = Some((seq, chunk + 1));
+                }
+                return Some(turn.bytes);
+            }
+            let seq = self.next_in(round)?;
+            round.turn = Some((seq, 0));
         }
     }
 
@@ -1083,7 +1141,7 @@ impl<W: World> FileTable<W> {
         tf.recent.push(&tf.buf[old..old + n]);
         tf.read_pos += n as u64;
         tf.size = tf.size.max(tf.read_pos);
-        tf.last_growth = self.world.now();
+        tf.last_growth = self.now;
         let mut records = Vec::with_capacity(n / 64 + 8);
         let split = tf.splitter.split(&mut tf.buf, &mut records);
         // The unfinished line must not keep the whole buffer.
@@ -1128,23 +1186,21 @@ impl<W: World> FileTable<W> {
         self.next_batch += 1;
         tf.ledger.sent(batch_id, End { offset: end, check });
         self.owner.insert(batch_id, tf.id);
-        self.outbox.push(Outgoing {
+        self.actions.push(Action::Send(Outgoing {
             meta: tf.meta(&self.name),
             records,
             batch: Some(batch_id),
-        });
+        }));
     }
 
     /// Saves the positions when the checkpoint interval has passed.
-    pub fn persist_if_due(&mut self) {
-        let elapsed = self
-            .world
-            .now()
-            .saturating_duration_since(self.last_persist);
+    pub fn persist_if_due(&mut self, now: Instant) {
+        self.now = now;
+        let elapsed = now.saturating_duration_since(self.last_persist);
         if self.new_files || elapsed >= self.settings.checkpoint_interval {
             self.new_files = false;
             self.persist();
-            self.last_persist = self.world.now();
+            self.last_persist = self.now;
         }
     }
 
@@ -1192,11 +1248,11 @@ impl<W: World> FileTable<W> {
             let split = old.splitter.flush(&mut old.buf, &mut records);
             self.count_split(&split);
             if !records.is_empty() {
-                self.outbox.push(Outgoing {
+                self.actions.push(Action::Send(Outgoing {
                     meta: old.meta(&self.name),
                     records,
                     batch: None,
-                });
+                }));
             }
             return;
         };
@@ -1262,11 +1318,12 @@ impl<W: World> FileTable<W> {
     }
 
     /// Sends multiline events that waited longer than their flush timeout.
-    pub fn flush_timed_out(&mut self) {
+    pub fn flush_timed_out(&mut self, now: Instant) {
+        self.now = now;
         let Some(rule) = self.settings.multiline.clone() else {
             return;
         };
-        let now = self.world.now();
+        let now = self.now;
         let due: Vec<u64> = self
             .files
             .iter()
@@ -1312,28 +1369,17 @@ impl<W: World> FileTable<W> {
             self.known.insert(tf.id, saved);
             tf.persisted = Some(tf.committed());
         }
-        if puts.is_empty() && self.removes.is_empty() {
+        let removes = std::mem::take(&mut self.removes);
+        // A file forgotten since its save failed is not saved again.
+        let orphans = std::mem::take(&mut self.orphan_puts);
+        puts.extend(orphans.into_iter().filter(|(k, _)| !removes.contains(k)));
+        if puts.is_empty() && removes.is_empty() {
             return;
         }
-        let removes = std::mem::take(&mut self.removes);
-        // Flushed at once: a position that is only in the store's memory is
-        // lost with the process, and everything after the one before it
-        // is sent again.
-        let saved = self
-            .checkpoints
-            .save(&self.name, &puts, &removes)
-            .and_then(|()| self.checkpoints.flush());
-        if let Err(e) = saved {
-            // A failing store refuses every try (every checkpoint interval)
-            // until it is reopened: logged once per 10 s.
-            if self.warning_due("persist") {
-                warn!(source = %self.name, error = %e, "cannot save file positions; they will be saved on the next try");
-            }
-            for tf in self.files.values_mut() {
-                tf.persisted = None;
-            }
-            self.removes = removes;
-        }
+        // The shell flushes it at once: a position that is only in the
+        // store's memory is lost with the process, and everything after
+        // the one before it is sent again.
+        self.actions.push(Action::Save(Save { puts, removes }));
     }
 
     /// Closes what rotated and deleted files no longer need: a deleted file
@@ -1341,9 +1387,10 @@ impl<W: World> FileTable<W> {
     /// space is freed); a rotated one is parked once idle, and read again
     /// if it grows. An unterminated last line is sent once the file has
     /// been idle for `rotated_idle`: its writer moved on.
-    pub fn release_finished(&mut self) {
+    pub fn release_finished(&mut self, now: Instant) {
+        self.now = now;
         let idle = self.settings.rotated_idle;
-        let now = self.world.now();
+        let now = self.now;
         let done: Vec<u64> = self
             .files
             .iter()
@@ -1438,11 +1485,13 @@ fn open_holding<W: World>(world: &W, s: &Sibling, saved: &Saved) -> Option<(W::F
     Some((file, md))
 }
 
-/// A round of reading (see [`FileTable::read_round`]).
-struct Round {
+/// A round of reading (see [`FileTable::round`]).
+pub struct Round {
     seqs: std::vec::IntoIter<u64>,
     /// A descriptor may still be freed this round.
     slots: bool,
+    /// The file whose turn it is, and the chunk of its turn to read next.
+    turn: Option<(u64, usize)>,
 }
 
 /// Chunks read from one file before the others get their turn.

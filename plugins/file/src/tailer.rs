@@ -1,12 +1,14 @@
 //! The thread that tails the files of one source: the shell around the
 //! core ([`crate::table::FileTable`]).
 //!
-//! It performs what the core decides with real files ([`Disk`], the
-//! [`World`] of the real file system, through the source's [`Matcher`]),
+//! It feeds the core its observations (the clock, scans of the include
+//! globs, acknowledgements) and performs the [`Action`]s it returns: sends
+//! the batches it cut on the source's channel and saves positions in the
+//! checkpoint store. While a send waits on a full channel it keeps applying
+//! acknowledgements and saving positions on the checkpoint interval. It
 //! wakes on file change notifications (notify) and acknowledgements
-//! ([`Wake`]), sends the batches the core cut on the source's channel and,
-//! while a send waits on a full channel, keeps applying acknowledgements and
-//! saving positions on the checkpoint interval.
+//! ([`Wake`]). [`Disk`] is the [`World`] of the real file system, through
+//! the source's [`Matcher`].
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -24,7 +26,7 @@ use crate::checkpoint::FileId;
 use crate::identity::{self, mtime_ns, Sibling};
 use crate::scan::Matcher;
 pub(crate) use crate::table::Settings;
-use crate::table::{known_of, FileTable, Meta, World};
+use crate::table::{known_of, Action, FileTable, Meta, Outgoing, Save, Seen, World};
 
 /// The real file system and clock, as the core sees them.
 struct Disk {
@@ -40,16 +42,22 @@ fn meta(md: &std::fs::Metadata) -> Meta {
     }
 }
 
+impl Disk {
+    /// Every file an include glob names now, with its stat.
+    fn scan(&mut self) -> Vec<Seen> {
+        self.matcher
+            .scan()
+            .into_iter()
+            .filter_map(|path| {
+                let meta = self.stat(&path).ok()?;
+                Some(Seen { path, meta })
+            })
+            .collect()
+    }
+}
+
 impl World for Disk {
     type File = File;
-
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-
-    fn scan(&mut self) -> Vec<PathBuf> {
-        self.matcher.scan()
-    }
 
     fn stat(&self, path: &Path) -> io::Result<Meta> {
         std::fs::metadata(path).map(|md| meta(&md))
@@ -141,6 +149,10 @@ struct Tailer {
     watched: HashSet<PathBuf>,
     /// A rescan asked for while a send was waiting.
     rescan_asked: bool,
+    /// The core's actions being performed, and those of the checkpointer
+    /// while a send waits; kept between rounds for their capacity.
+    actions: Vec<Action>,
+    waiting_actions: Vec<Action>,
 }
 
 pub(crate) fn spawn(
@@ -187,10 +199,10 @@ pub(crate) fn spawn(
     let table = FileTable::new(
         Disk { matcher },
         cx.name.clone(),
-        cx.checkpoints.clone(),
         cx.metrics.clone(),
         settings,
         known,
+        Instant::now(),
     );
     let tailer = Tailer {
         cx: Arc::new(cx),
@@ -199,6 +211,8 @@ pub(crate) fn spawn(
         watcher,
         watched: HashSet::new(),
         rescan_asked: false,
+        actions: Vec::new(),
+        waiting_actions: Vec::new(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -217,10 +231,11 @@ impl Tailer {
     fn run(mut self) -> Result<(), String> {
         let name = self.cx.name.clone();
         self.watch_roots();
-        self.table.startup();
+        let seen = self.table.world_mut().scan();
+        self.table.startup(Instant::now(), seen);
         info!(source = %name, files = self.table.files(), "file source started");
         let mut last_scan = Instant::now();
-        self.table.reset_persist_clock();
+        self.table.reset_persist_clock(Instant::now());
         let mut rescan = false;
         while !self.cx.shutdown.is_triggered() {
             self.cx.heartbeat.beat();
@@ -228,8 +243,9 @@ impl Tailer {
                 || last_scan.elapsed() >= self.table.settings().scan_interval
             {
                 self.watch_roots();
-                self.table.scan();
-                self.table.expire();
+                let seen = self.table.world_mut().scan();
+                self.table.scan(Instant::now(), seen);
+                self.table.expire(Instant::now());
                 last_scan = Instant::now();
                 rescan = false;
             }
@@ -237,15 +253,12 @@ impl Tailer {
                 Ok(n) => n,
                 Err(Closed) => break,
             };
-            self.table.flush_timed_out();
-            if self.send_outgoing().is_err() {
+            self.table.flush_timed_out(Instant::now());
+            self.table.release_finished(Instant::now());
+            self.table.persist_if_due(Instant::now());
+            if self.perform().is_err() {
                 break;
             }
-            self.table.release_finished();
-            if self.send_outgoing().is_err() {
-                break;
-            }
-            self.table.persist_if_due();
             rescan |= std::mem::take(&mut self.rescan_asked);
             let timeout = if read > 0 {
                 Duration::ZERO
@@ -264,6 +277,8 @@ impl Tailer {
             let (acks, _) = self.wake.wait(Duration::ZERO);
             self.table.apply_acks(acks);
             self.table.persist();
+            // Only saves now: the channel is closed to batches.
+            let _ = self.perform();
             if drained {
                 break;
             }
@@ -276,26 +291,43 @@ impl Tailer {
         Ok(())
     }
 
-    /// Gives every file a turn, sending what each chunk cut; returns the
+    /// Gives every file a turn, performing what each chunk cut; returns the
     /// bytes read.
     fn read_round(&mut self) -> Result<usize, Closed> {
+        let mut total = 0;
+        let mut round = self.table.round();
+        while let Some(n) = self.table.read_next(Instant::now(), &mut round) {
+            total += n;
+            if self.table.has_actions() {
+                self.perform()?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Performs what the core asked for, in order.
+    fn perform(&mut self) -> Result<(), Closed> {
         let Tailer {
             cx,
             table,
             wake,
             rescan_asked,
+            actions,
+            waiting_actions,
             ..
         } = self;
-        table.read_round(&mut |table| send_outgoing(table, cx, wake, rescan_asked))
-    }
-
-    fn send_outgoing(&mut self) -> Result<(), Closed> {
-        send_outgoing(
-            &mut self.table,
-            &self.cx,
-            &self.wake,
-            &mut self.rescan_asked,
-        )
+        table.take_actions(actions);
+        let mut closed = Ok(());
+        for action in actions.drain(..) {
+            match action {
+                Action::Save(save) => save_now(table, cx, save),
+                Action::Send(_) if closed.is_err() => {}
+                Action::Send(out) => {
+                    closed = send(table, cx, wake, rescan_asked, waiting_actions, out);
+                }
+            }
+        }
+        closed
     }
 
     fn watch_roots(&mut self) {
@@ -323,36 +355,54 @@ impl Tailer {
     }
 }
 
-/// Sends the batches the core cut. While the channel is full,
+/// Writes positions the core asked to save, flushed at once.
+fn save_now(table: &mut FileTable<Disk>, cx: &SourceContext, save: Save) {
+    let done = cx
+        .checkpoints
+        .save(&cx.name, &save.puts, &save.removes)
+        .and_then(|()| cx.checkpoints.flush());
+    if let Err(e) = done {
+        table.save_failed(save, &e);
+    }
+}
+
+/// Sends a batch the core cut. While the channel is full,
 /// acknowledgements still arrive (a sink that spools, or catches up): the
 /// positions they complete are saved on the checkpoint interval, not only
 /// once the source is unblocked, so a crash repeats at most one interval's
 /// worth.
-fn send_outgoing(
+fn send(
     table: &mut FileTable<Disk>,
     cx: &Arc<SourceContext>,
     wake: &Arc<Wake>,
     rescan_asked: &mut bool,
+    waiting_actions: &mut Vec<Action>,
+    out: Outgoing,
 ) -> Result<(), Closed> {
     let every = table
         .settings()
         .checkpoint_interval
         .min(Duration::from_millis(200));
-    for out in table.take_outgoing() {
-        let ack = match out.batch {
-            Some(id) => Ack::new(id, out.records.len(), wake.clone()),
-            None => Ack::none(),
-        };
-        let batch = Batch::new(out.meta, out.records, ack);
-        // What the source does while the send waits: apply the
-        // acknowledgements and save the positions when due.
-        cx.send_waiting(batch, every, &mut || {
-            let (acks, asked) = wake.wait(Duration::ZERO);
-            *rescan_asked |= asked;
-            table.apply_acks(acks);
-            table.persist_if_due();
-        })
-        .map_err(|_| Closed)?;
-    }
-    Ok(())
+    let ack = match out.batch {
+        Some(id) => Ack::new(id, out.records.len(), wake.clone()),
+        None => Ack::none(),
+    };
+    let batch = Batch::new(out.meta, out.records, ack);
+    // What the source does while the send waits: apply the
+    // acknowledgements and save the positions when due.
+    cx.send_waiting(batch, every, &mut || {
+        let (acks, asked) = wake.wait(Duration::ZERO);
+        *rescan_asked |= asked;
+        table.apply_acks(acks);
+        table.persist_if_due(Instant::now());
+        table.take_actions(waiting_actions);
+        for action in waiting_actions.drain(..) {
+            match action {
+                Action::Save(save) => save_now(table, cx, save),
+                // Acknowledgements and saves cut no batch.
+                Action::Send(_) => debug_assert!(false, "a batch cut while a send waits"),
+            }
+        }
+    })
+    .map_err(|_| Closed)
 }
