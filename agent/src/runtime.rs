@@ -27,8 +27,7 @@ use tailrace_api::channel_disk::{
 };
 use tailrace_api::{
     Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Redeliver, Shutdown, Side,
-    SinkContext,
-    SourceContext, SpoolStore,
+    SinkContext, SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;

@@ -221,7 +221,9 @@ fn interrupted_while_kafka_is_absent(
 fn failed(admin: &str) -> f64 {
     let body = tailrace_e2e::http::get(admin, "/metrics").unwrap().body;
     body.lines()
-        .filter(|l| l.starts_with("tailrace_sink_events_failed_total{") && l.contains("sink=\"kafka\""))
+        .filter(|l| {
+            l.starts_with("tailrace_sink_events_failed_total{") && l.contains("sink=\"kafka\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -349,7 +351,10 @@ fn what_the_sink_gives_up_on_stays_in_the_disk_channel_not_in_its_spool() {
         |admin| both_held(admin) && failed(admin) > 0.0,
         Break::Kill(&|_| {}),
     );
-    assert!(scene.failed_while_held > 0.0, "the sink gave up at least once");
+    assert!(
+        scene.failed_while_held > 0.0,
+        "the sink gave up at least once"
+    );
     assert_eq!(
         scene.spooled_while_held, 0.0,
         "the sink's spool holds nothing of a disk channel"

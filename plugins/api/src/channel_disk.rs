@@ -11,9 +11,13 @@
 //! in order into the `output` channel the sink takes from; each batch it
 //! reads carries an [`Ack`] of the channel's own, which releases the batch
 //! from the log when the sink completes it (Kafka acknowledged it, or it
-//! was spooled). After a restart the reader starts at the first
-//! unreleased batch, so what the channel holds is delivered first, in
-//! order, then what arrives.
+//! was dead-lettered: the kafka sink keeps no copy of a disk channel's
+//! batches in its spool). A batch the sink gives up on stays unreleased;
+//! [`Redeliver::redeliver`] ([`DiskChannel::redelivery`]) moves the reader
+//! back to the first unreleased batch and drops what it had read ahead,
+//! so it comes again from disk, in order. After a restart the reader
+//! starts at the first unreleased batch, so what the channel holds is
+//! delivered first, in order, then what arrives.
 //!
 //! Bounds: the log holds at most `max_events` events and `max_bytes`
 //! payload bytes unreleased; when a batch would pass them the writer waits,
@@ -668,7 +672,11 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
                 }
                 if let Some(seq) = inner.log.next_from(inner.next_deliver) {
                     inner.next_deliver = seq + 1;
-                    break (seq, inner.log.read(seq), shared.epoch.load(Ordering::Acquire));
+                    break (
+                        seq,
+                        inner.log.read(seq),
+                        shared.epoch.load(Ordering::Acquire),
+                    );
                 }
                 inner = shared
                     .cond
@@ -684,8 +692,7 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
             Ok(batch) => {
                 // Read before a redelivery: dropped; the log has it.
                 let stale = || shared.epoch.load(Ordering::Acquire) != epoch;
-                let sent =
-                    output.send_unless(batch, Duration::from_secs(3600), &mut || {}, &stale);
+                let sent = output.send_unless(batch, Duration::from_secs(3600), &mut || {}, &stale);
                 if sent.is_err() {
                     return;
                 }

@@ -771,16 +771,13 @@ impl<P: ProducerPort> Sink<P> {
     /// unacknowledged batch (the producer holds nothing of it: every give
     /// up while running follows a take-back), then the sink waits one
     /// backoff; while the new producer has had nothing acknowledged, one
-    /// batch at a time is in flight (a probe, not the backlog). Never
-    /// while draining after a give up: what follows would overtake it.
+    /// batch at a time is in flight (a probe, not the backlog). Called
+    /// only while running when records were given up on.
     fn take_from_durable(&mut self) -> bool {
         let Some(input) = self.cx.durable_input.clone() else {
             return true;
         };
         if self.rewind {
-            if self.phase() != Phase::Running {
-                return false;
-            }
             input.redeliver();
             self.rewind = false;
             self.take_not_before = self.now() + REPLAY_BACKOFF;
@@ -828,8 +825,13 @@ impl<P: ProducerPort> Sink<P> {
         }
         self.replay_more();
         self.writer.log_spooled(false);
+        if self.rewind && self.phase() != Phase::Running {
+            // Given up on while draining: anything taken now would
+            // overtake it; what is in flight has till the deadline.
+            return Ok(Step::Done);
+        }
         if !self.take_from_durable() {
-            self.session.poll(self.idle_wait);
+            self.session.poll(Duration::from_millis(50));
             return Ok(Step::More);
         }
         let batch = next_batch(&self.cx.input, &self.settings.limits, self.idle_wait);
@@ -887,9 +889,9 @@ impl<P: ProducerPort> Sink<P> {
     fn behind_spool(&self) -> bool {
         !self.durable()
             && self.order().behind_spool(|| {
-            self.writer.unstored() > 0
-                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
-        })
+                self.writer.unstored() > 0
+                    || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
+            })
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
@@ -1442,7 +1444,12 @@ mod phase_tests {
     fn shutdown_starts_the_grace_period_once_and_a_cut_short_drain_is_out_of_time() {
         let t0 = Instant::now();
         let draining = Phase::Running.on_shutdown(t0, GRACE);
-        assert_eq!(draining, Phase::Draining { deadline: t0 + GRACE });
+        assert_eq!(
+            draining,
+            Phase::Draining {
+                deadline: t0 + GRACE
+            }
+        );
         // Seen again later: the deadline does not move.
         assert_eq!(draining.on_shutdown(t0 + GRACE, GRACE), draining);
         assert!(!draining.out_of_time(t0));
@@ -1463,7 +1470,9 @@ mod phase_tests {
         // The input ended without a shutdown: a grace period from now.
         assert_eq!(
             Phase::Running.drain(t0, GRACE),
-            Phase::Draining { deadline: t0 + GRACE }
+            Phase::Draining {
+                deadline: t0 + GRACE
+            }
         );
         let closed = draining.close();
         assert_eq!(closed.on_shutdown(t0, GRACE), Phase::Closed);
