@@ -942,6 +942,8 @@ impl<P: ProducerPort> Sink<P> {
                     diverting = Some("shutdown");
                     out_of_time = true;
                 }
+                // (`produce` gives up on nothing itself.)
+                Err(Unsent::Rewound) => return Err(Unsent::Rewound),
             }
         }
         if out_of_time {
