@@ -26,8 +26,8 @@ use tailrace_api::channel_disk::{
     channel_dir, declare_corrupt, DiskChannel, DiskFamilies, DiskMetrics,
 };
 use tailrace_api::{
-    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Shutdown, Side, SinkContext,
-    SourceContext, SpoolStore,
+    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Redeliver, Shutdown, Side,
+    SinkContext, SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
@@ -60,6 +60,14 @@ impl Held {
         match self {
             Held::Memory(c) => c.clone(),
             Held::Disk(d) => d.output(),
+        }
+    }
+
+    /// For a disk channel, the sink's handle to have batches read again.
+    fn redelivery(&self) -> Option<Arc<dyn Redeliver>> {
+        match self {
+            Held::Memory(_) => None,
+            Held::Disk(d) => Some(d.redelivery()),
         }
     }
 
@@ -353,6 +361,7 @@ impl Prepared {
             let cx = SinkContext {
                 name: spec.name.as_str().into(),
                 input: pipeline.channels[&spec.channel].output(),
+                durable_input: pipeline.channels[&spec.channel].redelivery(),
                 shutdown: pipeline.stop_sinks.clone(),
                 grace: config.shutdown_grace,
                 metrics: metrics.sink(&spec.name),

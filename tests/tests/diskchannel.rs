@@ -5,6 +5,10 @@
 //! channel loses the lines, which shows that the channel is what keeps
 //! them.
 //!
+//! One copy, not two: with a delivery timeout short enough that the sink
+//! gives up on what it sent during the outage, what it gave up on stays in
+//! the channel's log and its sled spool stays empty.
+//!
 //! `TAILRACE_DISKCHAN_LINES` sets the number of lines (50,000 by default,
 //! the scene).
 
@@ -13,10 +17,11 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
 use tailrace_e2e::http::sample;
-use tailrace_e2e::sockets::{metric, sockets_to_kafka};
+use tailrace_e2e::sockets::metric;
 use tailrace_e2e::{
-    free_port, run_tailrace, wait_until, Agent, Broker, Consumer, Report, SeqLines,
+    free_port, run_tailrace, wait_until, Agent, Broker, Config, Consumer, Report, SeqLines,
 };
 
 const TOPIC: &str = "logs";
@@ -49,6 +54,11 @@ struct Scene {
     capacity: (Option<f64>, Option<f64>),
     /// A disk channel: the summary log said the channel holds all `n`.
     summary_held: bool,
+    /// `tailrace_sink_spool_events` and the sink's failed deliveries
+    /// (`tailrace_sink_events_failed_total`, all reasons) once the channel
+    /// held the lines, before the interruption.
+    spooled_while_held: f64,
+    failed_while_held: f64,
 }
 
 /// `n` lines over tcp into channel `main` (`channel` is its YAML body)
@@ -66,21 +76,37 @@ enum Break<'a> {
 }
 
 /// The disk channel the tests use, `fsync: batch` (the default).
-const DISK: &str = "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n";
+fn disk() -> Channel {
+    Channel::of_type("disk")
+        .set("max_bytes", 67_108_864)
+        .set("fsync", "batch")
+}
 
-/// The scene with [`DISK`], interrupted once the channel holds all `n`
+/// The channel holds all `n` lines.
+fn disk_holds(n: u64) -> impl Fn(&str) -> bool {
+    move |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64
+}
+
+/// The kafka sink of the scenes. With `gives_up_after_ms`, the delivery
+/// timeout and the wait for room in librdkafka's queue; without, nothing
+/// is given up on while the broker is absent: what the agent read stays
+/// in the channel (and librdkafka's queue).
+fn kafka(bootstrap: &str, gives_up_after_ms: Option<u64>) -> Sink {
+    let ms = gives_up_after_ms.unwrap_or(600_000);
+    Sink::kafka(bootstrap, TOPIC)
+        .delivery_timeout_ms(ms)
+        .spool("queue_full_timeout_ms", ms)
+}
+
+/// The scene with [`disk`], interrupted once the channel holds all `n`
 /// lines.
 fn disk_scene(n: u64, interruption: Break) -> Scene {
-    interrupted_while_kafka_is_absent(
-        DISK,
-        n,
-        |admin| metric(admin, "tailrace_channel_events{channel=\"main\"}") >= n as f64,
-        interruption,
-    )
+    interrupted_while_kafka_is_absent(disk(), None, n, disk_holds(n), interruption)
 }
 
 fn interrupted_while_kafka_is_absent(
-    channel: &str,
+    channel: Channel,
+    gives_up_after_ms: Option<u64>,
     n: u64,
     held: impl Fn(&str) -> bool,
     interruption: Break,
@@ -89,16 +115,14 @@ fn interrupted_while_kafka_is_absent(
     let bootstrap = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let tcp = free_port();
-    let sources =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
-    // Nothing is given up on or spooled while the broker is absent: what
-    // the agent read stays in the channel (and librdkafka's queue).
-    let sink = "    delivery_timeout_ms: 600000\n    spool: { queue_full_timeout_ms: 600000 }";
-    let config = sockets_to_kafka(dir.path(), &bootstrap, TOPIC, &sources, "", sink)
-        .replace("  main:\n    type: memory\n", channel)
+    let is_disk = channel.to_value()["type"] == "disk";
+    let config = Config::new(dir.path().join("data"))
         // A reload waits this long for the absent broker.
-        .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
-    let mut agent = Agent::start(dir.path(), &config);
+        .shutdown_grace_ms(2_000)
+        .source("net", Source::tcp(&format!("127.0.0.1:{tcp}")))
+        .channel(MAIN, channel)
+        .sink("kafka", kafka(&bootstrap, gives_up_after_ms));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     assert!(wait_until(Duration::from_secs(20), || TcpStream::connect(
         ("127.0.0.1", tcp)
@@ -115,7 +139,9 @@ fn interrupted_while_kafka_is_absent(
         sample(&body, "tailrace_channel_capacity_events{channel=\"main\"}"),
         sample(&body, "tailrace_channel_capacity_bytes{channel=\"main\"}"),
     );
-    let summary_held = channel.contains("type: disk")
+    let spooled_while_held = metric(&admin, "tailrace_sink_spool_events{sink=\"kafka\"}");
+    let failed_while_held = failed(&admin);
+    let summary_held = is_disk
         && wait_until(Duration::from_secs(20), || {
             agent.log().lines().any(|l| {
                 l.contains("channel holds")
@@ -148,12 +174,9 @@ fn interrupted_while_kafka_is_absent(
         }
         Break::Reload => {
             let moved = free_port();
-            let yaml = std::fs::read_to_string(agent.config_path()).unwrap();
-            std::fs::write(
-                agent.config_path(),
-                yaml.replace(&format!("127.0.0.1:{tcp}"), &format!("127.0.0.1:{moved}")),
-            )
-            .unwrap();
+            let config =
+                config.edit_source("net", |s| s.set("address", format!("127.0.0.1:{moved}")));
+            std::fs::write(agent.config_path(), config.to_yaml()).unwrap();
             tcp = moved;
             agent.reload_and_wait();
             let broker = Broker::start_on(port);
@@ -189,7 +212,20 @@ fn interrupted_while_kafka_is_absent(
         checksum_errors,
         capacity,
         summary_held,
+        spooled_while_held,
+        failed_while_held,
     }
+}
+
+/// The sink's failed deliveries, all reasons.
+fn failed(admin: &str) -> f64 {
+    let body = tailrace_e2e::http::get(admin, "/metrics").unwrap().body;
+    body.lines()
+        .filter(|l| {
+            l.starts_with("tailrace_sink_events_failed_total{") && l.contains("sink=\"kafka\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[test]
@@ -269,9 +305,9 @@ fn a_damaged_batch_in_a_disk_channel_is_counted_and_skipped_and_every_other_line
 #[test]
 fn the_same_scene_with_the_memory_channel_loses_the_lines() {
     let n = lines();
-    let channel = "  main:\n    type: memory\n";
     let scene = interrupted_while_kafka_is_absent(
-        channel,
+        Channel::of_type("memory"),
+        None,
         n,
         |admin| metric(admin, "tailrace_source_events_total{source=\"net\"}") >= n as f64,
         Break::Kill(&|_| {}),
@@ -295,4 +331,43 @@ fn a_reload_that_rebuilds_the_disk_channel_loses_and_repeats_nothing() {
     // comes from one of them.
     assert!(r.missing.is_empty(), "lines lost: {r}");
     assert_eq!(r.duplicates, 0, "{r}");
+}
+
+/// One copy, not two: the sink gives up on what it sent while the broker
+/// is absent (a 1 s delivery timeout, again and again), and what it gave up
+/// on stays in the channel's log, the only copy: its sled spool stays
+/// empty while the channel holds every line. After SIGKILL and the broker's
+/// start every line arrives, in order; nothing reached Kafka before the
+/// kill, so a line can only repeat when a batch is given up on after the
+/// restart, one partly delivered batch per give up.
+#[test]
+fn what_the_sink_gives_up_on_stays_in_the_disk_channel_not_in_its_spool() {
+    let n = lines();
+    let both_held = disk_holds(n);
+    let scene = interrupted_while_kafka_is_absent(
+        disk(),
+        Some(1_000),
+        n,
+        |admin| both_held(admin) && failed(admin) > 0.0,
+        Break::Kill(&|_| {}),
+    );
+    assert!(
+        scene.failed_while_held > 0.0,
+        "the sink gave up at least once"
+    );
+    assert_eq!(
+        scene.spooled_while_held, 0.0,
+        "the sink's spool holds nothing of a disk channel"
+    );
+    let stats: serde_json::Value = serde_json::from_str(scene.stats.trim())
+        .unwrap_or_else(|e| panic!("channel stats printed {:?}: {e}", scene.stats));
+    assert_eq!(stats["events"], n, "the channel holds every line: {stats}");
+    let r = &scene.report;
+    assert!(r.missing.is_empty(), "lines lost: {r}");
+    assert!(!r.out_of_order, "{r}");
+    assert!(
+        r.duplicates <= n / 10,
+        "repeats are bounded by what was partly delivered when given up on: {r}"
+    );
+    eprintln!("one copy: {r}");
 }

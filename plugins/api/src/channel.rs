@@ -21,6 +21,20 @@ use crate::Batch;
 #[derive(Debug)]
 pub struct ChannelClosed(pub Batch);
 
+/// A sink's input that keeps what it holds across a crash (a disk
+/// channel's log), told to the sink by the runtime in its context. A batch
+/// the sink gives up on (Kafka is away) needs no copy of its own: the sink
+/// drops it without completing its [`crate::Ack`], so it stays in the log,
+/// and asks for it again.
+pub trait Redeliver: Send + Sync {
+    /// Discards what was read ahead of the sink and reads again, in the
+    /// log's order, from the first batch not yet acknowledged. The sink
+    /// calls it once nothing it took is still on its way (it took back
+    /// what its producer held): from then on every batch not acknowledged
+    /// comes again, each once, before anything newer.
+    fn redeliver(&self);
+}
+
 pub struct Channel {
     name: String,
     capacity_events: usize,
@@ -119,15 +133,34 @@ impl Channel {
         every: Duration,
         meanwhile: &mut dyn FnMut(),
     ) -> Result<(), ChannelClosed> {
+        self.send_unless(batch, every, meanwhile, &|| false)
+            .map(|_| ())
+    }
+
+    /// Sends from a thread, waiting while the channel is full, unless
+    /// `stale` says (under the channel's lock, so that a [`Channel::clear`]
+    /// after what made it true also removes a batch sent before) that the
+    /// batch is no longer wanted: then it is dropped and `Ok(false)`
+    /// returned. A `clear` wakes the waiting sender.
+    pub fn send_unless(
+        &self,
+        batch: Batch,
+        every: Duration,
+        meanwhile: &mut dyn FnMut(),
+        stale: &dyn Fn() -> bool,
+    ) -> Result<bool, ChannelClosed> {
         let mut state = self.lock();
         let mut last = Instant::now();
         loop {
             if state.closed {
                 return Err(ChannelClosed(batch));
             }
+            if stale() {
+                return Ok(false);
+            }
             if state.admits(&batch, self.capacity_events, self.capacity_bytes) {
                 self.push(&mut state, batch);
-                return Ok(());
+                return Ok(true);
             }
             let wait = every.saturating_sub(last.elapsed());
             state = self
@@ -198,6 +231,18 @@ impl Channel {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Drops every batch waiting (their acks are not completed) and wakes
+    /// blocked senders; returns the events dropped.
+    pub fn clear(&self) -> usize {
+        let mut state = self.lock();
+        let events = state.events;
+        state.queue.clear();
+        state.events = 0;
+        state.bytes = 0;
+        self.changed(&state);
+        events
     }
 
     /// Refuses further sends and wakes everyone waiting. Batches already in
@@ -283,6 +328,26 @@ mod tests {
         assert!(ch.recv_timeout(Duration::from_secs(1)).is_some());
         assert!(sender.join().unwrap());
         assert_eq!(ch.fill().0, 1);
+    }
+
+    #[test]
+    fn clear_empties_the_queue_and_a_blocked_sender_whose_batch_went_stale_gives_up() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ch = Arc::new(Channel::unmetered("c", 1, 1 << 20));
+        ch.send_blocking(batch(1, 1)).unwrap();
+        let stale = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (ch, stale) = (ch.clone(), stale.clone());
+            std::thread::spawn(move || {
+                ch.send_unless(batch(1, 1), Duration::from_secs(3600), &mut || {}, &|| {
+                    stale.load(Ordering::SeqCst)
+                })
+            })
+        };
+        stale.store(true, Ordering::SeqCst);
+        assert_eq!(ch.clear(), 1);
+        assert!(!sender.join().unwrap().unwrap(), "dropped, not sent");
+        assert_eq!(ch.fill(), (0, 0));
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! in order into the `output` channel the sink takes from; each batch it
 //! reads carries an [`Ack`] of the channel's own, which releases the batch
 //! from the log when the sink completes it (Kafka acknowledged it, or it
-//! was spooled). After a restart the reader starts at the first
-//! unreleased batch, so what the channel holds is delivered first, in
-//! order, then what arrives.
+//! was dead-lettered: the kafka sink keeps no copy of a disk channel's
+//! batches in its spool). A batch the sink gives up on stays unreleased;
+//! [`Redeliver::redeliver`] ([`DiskChannel::redelivery`]) moves the reader
+//! back to the first unreleased batch and drops what it had read ahead,
+//! so it comes again from disk, in order. After a restart the reader
+//! starts at the first unreleased batch, so what the channel holds is
+//! delivered first, in order, then what arrives.
 //!
 //! Bounds: the log holds at most `max_events` events and `max_bytes`
 //! payload bytes unreleased; when a batch would pass them the writer waits,
@@ -28,6 +32,7 @@
 //! entry's creation time.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +49,7 @@ use crate::metrics::Dropped;
 use crate::spool::{self, EntryError, EntryRecord};
 use crate::{
     Ack, AckReceiver, Batch, BatchMeta, Channel, Families, FieldValue, Fields, Labels, Record,
+    Redeliver,
 };
 
 /// When the writer syncs before it acknowledges.
@@ -310,6 +316,9 @@ struct Shared {
     /// Wakes the writer (room), the reader (a batch) and [`DiskChannel::finish`].
     cond: Condvar,
     metrics: DiskMetrics,
+    /// Moved by each [`Redeliver::redeliver`]: a batch the reader read
+    /// before it is not handed on.
+    epoch: AtomicU64,
 }
 
 impl Shared {
@@ -339,6 +348,31 @@ impl AckReceiver for Releaser {
         let mut inner = self.0.lock();
         inner.log.release(seq);
         self.0.changed(&mut inner);
+    }
+}
+
+/// Rewinds the reader to the first unreleased batch.
+struct Rewind {
+    shared: Arc<Shared>,
+    output: Arc<Channel>,
+}
+
+impl Redeliver for Rewind {
+    fn redeliver(&self) {
+        let from = {
+            let mut inner = self.shared.lock();
+            // Under the lock the reader reads under: a batch it read
+            // before carries the old epoch, and is not handed on.
+            self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+            let from = inner.log.cursor();
+            inner.next_deliver = from;
+            self.shared.changed(&mut inner);
+            from
+        };
+        // After the epoch moved: what the reader handed on before goes
+        // (it comes again from the log, in order).
+        let dropped = self.output.clear();
+        tracing::debug!(channel = %self.shared.name, from, dropped_read_ahead = dropped, "disk channel reads again from its first unacknowledged batch");
     }
 }
 
@@ -395,6 +429,7 @@ impl DiskChannel {
             }),
             cond: Condvar::new(),
             metrics,
+            epoch: AtomicU64::new(0),
         });
         shared.changed(&mut shared.lock());
         if held.batches > 0 {
@@ -434,6 +469,15 @@ impl DiskChannel {
     /// What the sink takes from.
     pub fn output(&self) -> Arc<Channel> {
         self.output.clone()
+    }
+
+    /// The sink's handle to have what it gave up on read again from the
+    /// log (see [`Redeliver`]).
+    pub fn redelivery(&self) -> Arc<dyn Redeliver> {
+        Arc::new(Rewind {
+            shared: self.shared.clone(),
+            output: self.output.clone(),
+        })
     }
 
     /// What the log holds.
@@ -618,7 +662,7 @@ fn write_cursor(shared: &Shared) {
 fn read_loop(shared: &Arc<Shared>, output: &Channel) {
     let releaser: Arc<dyn AckReceiver> = Arc::new(Releaser(shared.clone()));
     loop {
-        let (seq, read) = {
+        let (seq, read, epoch) = {
             let mut inner = shared.lock();
             loop {
                 if inner.writer_done || inner.abandon {
@@ -628,7 +672,11 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
                 }
                 if let Some(seq) = inner.log.next_from(inner.next_deliver) {
                     inner.next_deliver = seq + 1;
-                    break (seq, inner.log.read(seq));
+                    break (
+                        seq,
+                        inner.log.read(seq),
+                        shared.epoch.load(Ordering::Acquire),
+                    );
                 }
                 inner = shared
                     .cond
@@ -642,7 +690,10 @@ fn read_loop(shared: &Arc<Shared>, output: &Channel) {
         });
         match batch {
             Ok(batch) => {
-                if output.send_blocking(batch).is_err() {
+                // Read before a redelivery: dropped; the log has it.
+                let stale = || shared.epoch.load(Ordering::Acquire) != epoch;
+                let sent = output.send_unless(batch, Duration::from_secs(3600), &mut || {}, &stale);
+                if sent.is_err() {
                     return;
                 }
             }
@@ -962,6 +1013,43 @@ mod tests {
         }
         let want: Vec<String> = (2..10).chain([100]).map(|i| format!("line {i}")).collect();
         assert_eq!(got, want);
+        ch.close();
+        ch.finish();
+    }
+
+    /// The sink gave up on batch 1 (taken, not acknowledged) while the
+    /// reader had read 2 and 3 ahead: a redelivery hands on 1, 2, 3 again
+    /// from the log, each once, in order; 0, acknowledged, stays released.
+    #[test]
+    fn redeliver_reads_again_from_the_first_unreleased_batch_and_drops_the_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered())
+            .unwrap();
+        for i in 0..4 {
+            ch.input()
+                .send_blocking(batch(i * 2, 2, Ack::none()))
+                .unwrap();
+        }
+        let out = ch.output();
+        let first = out.recv_timeout(Duration::from_secs(5)).unwrap();
+        let given_up = out.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(lines(&given_up), vec!["line 2", "line 3"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while out.fill().0 < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(out.fill().0, 4, "2 and 3 were read ahead");
+        first.ack.done(first.len());
+        drop(given_up);
+        ch.redelivery().redeliver();
+        let mut again = Vec::new();
+        while let Some(b) = out.recv_timeout(Duration::from_millis(500)) {
+            again.extend(lines(&b));
+            b.ack.done(b.len());
+        }
+        let want: Vec<String> = (2..8).map(|i| format!("line {i}")).collect();
+        assert_eq!(again, want, "from the first unreleased, each once");
+        assert_eq!(ch.held().batches, 0);
         ch.close();
         ch.finish();
     }

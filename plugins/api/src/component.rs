@@ -402,6 +402,11 @@ fn copy(batch: &Batch) -> Batch {
 pub struct SinkContext {
     pub name: Arc<str>,
     pub input: Arc<Channel>,
+    /// `Some` when `input` keeps what it holds across a crash (a disk
+    /// channel): the runtime sets it from the channel's type. A sink may
+    /// then leave a batch unacknowledged instead of keeping a copy of its
+    /// own, and have it read again (see [`crate::Redeliver`]).
+    pub durable_input: Option<Arc<dyn crate::Redeliver>>,
     /// Shutdown has begun: the input is closed, drain it and finish within
     /// `grace`.
     pub shutdown: Shutdown,

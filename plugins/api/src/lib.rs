@@ -32,7 +32,7 @@ pub mod tap;
 pub use ack::{Ack, AckReceiver};
 pub use batch::{Batch, BatchMeta, FieldValue, Fields, Record};
 pub use batcher::{next_batch, BatchLimits, SinkBatch};
-pub use channel::{Channel, ChannelClosed};
+pub use channel::{Channel, ChannelClosed, Redeliver};
 pub use component::{
     BuildError, CheckLine, CheckReport, ComponentTask, ConfigIssue, EarlyBinding, MaxLineBytes,
     Outcome, ReplayReport, SinkConfig, SinkContext, SourceConfig, SourceContext, StartAt,

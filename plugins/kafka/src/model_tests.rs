@@ -30,6 +30,16 @@
 //! The store fails on demand (takes no entry, writes fail, flushes fail);
 //! what it had not flushed is gone at the restart.
 //!
+//! With a durable input (`Style::durable`: the sink takes from a disk
+//! channel, here its log in memory, [`Log`]), one copy, not two: the spool
+//! never holds a record of it; a batch leaves the log only once each of
+//! its records is delivered or dead-lettered; what the sink gives up on is
+//! read again from the log, so order is strict whatever `spool.ordering`
+//! says, and a record reaches the broker twice only when its batch was
+//! read more than once; after every shutdown each record received is
+//! delivered, dead-lettered or still in the log, and nothing is counted as
+//! dropped.
+//!
 //! During a shutdown no producer is started (fail-over only while
 //! running). After every shutdown, nothing is unaccounted: each record received is
 //! delivered, spooled, dead-lettered, or counted in
@@ -48,8 +58,8 @@ use proptest::prelude::*;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tailrace_api::spool::{decode, SpoolTree};
 use tailrace_api::{
-    Ack, AckReceiver, Batch, BatchMeta, Channel, Heartbeat, Metrics, Readiness, Record, Shutdown,
-    SinkContext, SinkMetrics, Tap,
+    Ack, AckReceiver, Batch, BatchMeta, Channel, Heartbeat, Metrics, Readiness, Record, Redeliver,
+    Shutdown, SinkContext, SinkMetrics, Tap,
 };
 
 use crate::config::KafkaSinkConfig;
@@ -218,6 +228,90 @@ impl AckReceiver for Acked {
     }
 }
 
+/// A disk channel's log, in memory: batches stay until the sink completes
+/// their ack (which tells `acked`), survive a restart, and are handed to
+/// the sink's input in order; [`Redeliver`] reads again from the first
+/// one not released, as `channel_disk`'s reader does.
+struct Log {
+    state: Mutex<LogState>,
+    acked: Arc<Acked>,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// Unreleased batches, by number.
+    held: BTreeMap<u64, Vec<Id>>,
+    /// The next batch handed on.
+    next: u64,
+    /// How often each batch was handed on.
+    reads: HashMap<u64, u32>,
+    input: Option<Arc<Channel>>,
+}
+
+impl Log {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Hands on what the sink's input has room for (the reader thread).
+    fn pump(self: &Arc<Log>) {
+        let mut st = self.lock();
+        let Some(input) = st.input.clone() else {
+            return;
+        };
+        loop {
+            let Some((&seq, ids)) = st.held.range(st.next..).next() else {
+                return;
+            };
+            let batch = model_batch(seq, ids, Ack::new(seq, ids.len(), self.clone()));
+            if input.try_send(batch).is_err() {
+                return;
+            }
+            st.next = seq + 1;
+            *st.reads.entry(seq).or_default() += 1;
+        }
+    }
+
+    /// A new sink's input: delivery starts again at the first unreleased.
+    fn attach(&self, input: Arc<Channel>) {
+        let mut st = self.lock();
+        st.next = 0;
+        st.input = Some(input);
+    }
+}
+
+impl AckReceiver for Log {
+    fn acknowledged(&self, seq: u64) {
+        self.lock().held.remove(&seq);
+        self.acked.acknowledged(seq);
+    }
+}
+
+impl Redeliver for Log {
+    fn redeliver(&self) {
+        let mut st = self.lock();
+        st.next = 0;
+        if let Some(input) = &st.input {
+            input.clear();
+        }
+    }
+}
+
+/// A model batch of `ids` from their source, numbered `id`.
+fn model_batch(id: u64, ids: &[Id], ack: Ack) -> Batch {
+    let records = ids
+        .iter()
+        .map(|&r| Record::new(Bytes::from(payload(r)), r.1))
+        .collect();
+    let meta = Arc::new(BatchMeta {
+        source: format!("s{}", ids.first().map_or(0, |r| r.0)).into(),
+        path: None,
+        stream: None,
+        read_at: SystemTime::now(),
+    });
+    Batch::new(meta, records, ack)
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// A source sends a batch of `n` records.
@@ -255,6 +349,8 @@ enum Op {
 #[derive(Debug, Clone, Copy)]
 struct Style {
     strict: bool,
+    /// The input is a disk channel's log ([`Log`]).
+    durable: bool,
     drop_oldest: bool,
     /// Room in the spool, in entries of a few records.
     spool_entries: u64,
@@ -269,6 +365,8 @@ struct Harness {
     shutdown: Shutdown,
     metrics: Metrics,
     acked: Arc<Acked>,
+    /// The durable input, when `style.durable`.
+    log: Option<Arc<Log>>,
     /// Acknowledgements seen so far, and the records of each batch.
     acked_seen: usize,
     acked_batches: BTreeSet<u64>,
@@ -343,6 +441,7 @@ impl Harness {
             shutdown: Shutdown::new(),
             metrics,
             acked: Arc::default(),
+            log: None,
             acked_seen: 0,
             acked_batches: BTreeSet::new(),
             batches: HashMap::new(),
@@ -354,6 +453,12 @@ impl Harness {
             store_faulty: false,
             store_failed: false,
         };
+        if style.durable {
+            h.log = Some(Arc::new(Log {
+                state: Mutex::default(),
+                acked: h.acked.clone(),
+            }));
+        }
         h.start();
         h
     }
@@ -366,6 +471,7 @@ impl Harness {
         let cx = SinkContext {
             name: SINK.into(),
             input: self.input.clone(),
+            durable_input: self.log.clone().map(|l| l as Arc<dyn Redeliver>),
             shutdown: self.shutdown.clone(),
             grace: GRACE,
             metrics: sink_metrics.clone(),
@@ -399,6 +505,10 @@ impl Harness {
         let mut sink = Sink::new(cx, settings(&config, SINK), session, spool);
         sink.idle_wait = Duration::ZERO;
         self.sink = Some(sink);
+        if let Some(log) = &self.log {
+            log.attach(self.input.clone());
+            log.pump();
+        }
     }
 
     fn sink(&mut self) -> &mut Sink<Fake> {
@@ -406,7 +516,11 @@ impl Harness {
     }
 
     fn turn(&mut self) -> Result<Step, String> {
-        self.sink().step()
+        let step = self.sink().step();
+        if let Some(log) = &self.log {
+            log.pump();
+        }
+        step
     }
 
     fn step(&mut self, op: &Op) -> Result<(), String> {
@@ -417,18 +531,20 @@ impl Harness {
                     .map(|i| (s as u8, self.next_seq[s] + i as u64))
                     .collect();
                 let id = self.next_batch;
-                let records = ids
-                    .iter()
-                    .map(|&r| Record::new(Bytes::from(payload(r)), r.1))
-                    .collect();
-                let meta = Arc::new(BatchMeta {
-                    source: format!("s{s}").into(),
-                    path: None,
-                    stream: None,
-                    read_at: SystemTime::now(),
-                });
-                let batch = Batch::new(meta, records, Ack::new(id, n, self.acked.clone()));
-                if self.input.try_send(batch).is_ok() {
+                let sent = match &self.log {
+                    // Written to the log (the source's ack is the
+                    // channel's); handed on when the input has room.
+                    Some(log) => {
+                        log.lock().held.insert(id, ids.clone());
+                        log.pump();
+                        true
+                    }
+                    None => {
+                        let batch = model_batch(id, &ids, Ack::new(id, n, self.acked.clone()));
+                        self.input.try_send(batch).is_ok()
+                    }
+                };
+                if sent {
                     self.next_batch += 1;
                     self.next_seq[s] += n as u64;
                     self.received.extend(ids.iter().copied());
@@ -534,10 +650,21 @@ impl Harness {
         let delivered: BTreeSet<Id> = world.delivered.iter().copied().collect();
         if delivered.len() != world.delivered.len() && !self.store_failed {
             let mut seen = BTreeSet::new();
-            let twice = world.delivered.iter().find(|r| !seen.insert(**r));
-            return Err(format!("record {twice:?} reached the broker twice"));
+            let read_again = |r: &Id| self.read_more_than_once(r);
+            let twice = world
+                .delivered
+                .iter()
+                .find(|r| !seen.insert(**r) && !read_again(r));
+            if let Some(twice) = twice {
+                return Err(format!("record {twice:?} reached the broker twice"));
+            }
         }
         let pending = self.tree(SpoolTree::Pending);
+        if self.log.is_some() && !pending.is_empty() {
+            return Err(format!(
+                "the spool holds records of the durable input (one copy, not two): {pending:?}"
+            ));
+        }
         let dead: BTreeSet<Id> = self.tree(SpoolTree::DeadLetter).into_iter().collect();
         let spooled: BTreeSet<Id> = pending.iter().copied().collect();
         if spooled.len() != pending.len() {
@@ -552,8 +679,9 @@ impl Harness {
             .collect();
         self.excused.extend(left);
         self.spooled = spooled.clone();
-        // Strict order: per source, the broker sees increasing numbers.
-        if self.style.strict {
+        // Strict order: per source, the broker sees increasing numbers
+        // (always from a durable input: it is sent again in log order).
+        if self.style.strict || self.style.durable {
             let mut last: BTreeMap<u8, u64> = BTreeMap::new();
             // First arrivals: a duplicate (allowed only after a store
             // failure) says nothing about order.
@@ -600,7 +728,16 @@ impl Harness {
             ));
         }
         self.acked_seen = acked.len();
-        for (id, records) in self.batches.iter().filter(|_| !self.store_faulty) {
+        let once = |id: &u64| {
+            self.log
+                .as_ref()
+                .is_none_or(|l| l.lock().reads.get(id).copied().unwrap_or(0) <= 1)
+        };
+        for (id, records) in self
+            .batches
+            .iter()
+            .filter(|(id, _)| !self.store_faulty && once(id))
+        {
             let safe = records
                 .iter()
                 .all(|r| delivered.contains(r) || spooled.contains(r) || dead.contains(r));
@@ -613,13 +750,35 @@ impl Harness {
         Ok(())
     }
 
+    /// A record of a batch the durable input handed on more than once: it
+    /// may reach the broker again.
+    fn read_more_than_once(&self, r: &Id) -> bool {
+        let Some(log) = &self.log else {
+            return false;
+        };
+        let reads = &log.lock().reads;
+        self.batches
+            .iter()
+            .any(|(id, ids)| ids.contains(r) && reads.get(id).copied().unwrap_or(0) > 1)
+    }
+
     /// After a shutdown: delivered + spooled + dead-lettered + counted as
-    /// dropped = received.
+    /// dropped = received; from a durable input, delivered + dead-lettered +
+    /// still in the log = received, nothing dropped.
     fn accounted(&self) -> Result<(), String> {
         let world = self.world.borrow();
         let mut safe: BTreeSet<Id> = world.delivered.iter().copied().collect();
         safe.extend(self.tree(SpoolTree::Pending));
         safe.extend(self.tree(SpoolTree::DeadLetter));
+        if let Some(log) = &self.log {
+            safe.extend(log.lock().held.values().flatten().copied());
+            let dropped = self.dropped();
+            if dropped > 0 {
+                return Err(format!(
+                    "{dropped} records of the durable input were counted as dropped"
+                ));
+            }
+        }
         let missing: Vec<&Id> = self.received.difference(&safe).collect();
         let dropped = self.dropped();
         if missing.len() as u64 != dropped {
@@ -671,13 +830,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn style() -> impl Strategy<Value = Style> {
-    (any::<bool>(), any::<bool>(), 2u64..40).prop_map(|(strict, drop_oldest, spool_entries)| {
-        Style {
+    (any::<bool>(), any::<bool>(), any::<bool>(), 2u64..40).prop_map(
+        |(strict, durable, drop_oldest, spool_entries)| Style {
             strict,
+            durable,
             drop_oldest,
             spool_entries,
-        }
-    })
+        },
+    )
 }
 
 proptest! {
@@ -697,6 +857,7 @@ proptest! {
 
 const STRICT: Style = Style {
     strict: true,
+    durable: false,
     drop_oldest: false,
     spool_entries: 2,
 };
@@ -837,6 +998,7 @@ fn a_spool_entry_that_cannot_be_rewritten_is_replayed_before_later_ones() {
 
 const RELAXED: Style = Style {
     strict: false,
+    durable: false,
     drop_oldest: false,
     spool_entries: 2,
 };

@@ -1,7 +1,6 @@
 //! The sink thread: take batches, produce them, handle delivery reports,
 //! spool what fails, replay the spool.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -489,6 +488,9 @@ enum Unsent {
     QueueFull,
     /// Shutdown's grace period is over.
     OutOfTime,
+    /// The sink gave up on records of its durable input: the rest of what
+    /// it took is dropped, and comes again from the channel's log.
+    Rewound,
 }
 
 /// The sink's life. `Running` until shutdown is first seen; then
@@ -497,11 +499,63 @@ enum Unsent {
 /// acknowledged goes to the spool; `Closed` once that is done (nothing is
 /// produced after it). Fail-over (a new producer) happens only while
 /// `Running`: a reason for one while draining ends the drain at once.
+///
+/// The phase is a value the sink owns; each transition is a function of
+/// the phase it leaves that returns the one it enters, so the sink's loop
+/// cannot, say, drain without a deadline or start a drain over once it is
+/// closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
     Draining { deadline: Instant },
     Closed,
+}
+
+impl Phase {
+    /// Shutdown is seen: the grace period starts (only from `Running`).
+    fn on_shutdown(self, now: Instant, grace: Duration) -> Phase {
+        match self {
+            Phase::Running => Phase::Draining {
+                deadline: now + grace,
+            },
+            p => p,
+        }
+    }
+
+    /// The input ended, or the loop is done: drain what is in flight,
+    /// within the deadline a shutdown set, or a grace period from now
+    /// (a reload closed the input). A closed sink stays closed.
+    fn drain(self, now: Instant, grace: Duration) -> Phase {
+        match self {
+            Phase::Running => Phase::Draining {
+                deadline: now + grace,
+            },
+            p => p,
+        }
+    }
+
+    /// A reason to fail over while draining: the drain ends now (no
+    /// producer is started on the way out). Running and closed stay.
+    fn cut_short(self, now: Instant) -> Phase {
+        match self {
+            Phase::Draining { .. } => Phase::Draining { deadline: now },
+            p => p,
+        }
+    }
+
+    /// The grace period is over (or the sink is closed).
+    fn out_of_time(self, now: Instant) -> bool {
+        match self {
+            Phase::Running => false,
+            Phase::Draining { deadline } => now >= deadline,
+            Phase::Closed => true,
+        }
+    }
+
+    /// The drain is done: nothing is produced after this.
+    fn close(self) -> Phase {
+        Phase::Closed
+    }
 }
 
 pub(crate) struct Sink<P> {
@@ -510,7 +564,7 @@ pub(crate) struct Sink<P> {
     /// The producer, its progress and its replacement.
     session: Session<P>,
     /// Where the sink is in its life; see [`Phase`].
-    phase: Cell<Phase>,
+    phase: Phase,
     spool: Arc<dyn SpoolStore>,
     /// Records on their way to the spool.
     writer: SpoolWriter,
@@ -520,6 +574,12 @@ pub(crate) struct Sink<P> {
     /// Dead letters written whose flush failed: settled by the next flush
     /// that succeeds, counted as dropped at shutdown if none does.
     dead_unflushed: Vec<Diverted>,
+    /// Records of a durable input were given up on (left in its log): it
+    /// reads them again before the sink takes anything newer.
+    rewind: bool,
+    /// No batch is taken from a durable input before this (after a
+    /// redelivery).
+    take_not_before: Instant,
     /// Replays the spool, record by record.
     replay: Replayer,
     /// No replay before this (after a failed one).
@@ -634,7 +694,7 @@ impl<P: ProducerPort> Sink<P> {
             cx,
             settings,
             session,
-            phase: Cell::new(Phase::Running),
+            phase: Phase::Running,
             spool,
             writer,
             dead_unstored: Vec::new(),
@@ -642,6 +702,8 @@ impl<P: ProducerPort> Sink<P> {
             ids: encode::EventIds::new(),
             replay: Replayer::new(SpoolTree::Pending),
             replay_not_before: now,
+            rewind: false,
+            take_not_before: now,
             idle_wait: IDLE_WAIT,
         };
         sink.update_gauges();
@@ -653,7 +715,77 @@ impl<P: ProducerPort> Sink<P> {
         for reason in DROP_REASONS {
             sink.cx.metrics.dropped.add(reason, 0);
         }
+        if sink.durable() {
+            sink.warn_unused_spool_keys();
+        }
         sink
+    }
+
+    /// The input keeps what it holds across a crash (a disk channel): it
+    /// is this sink's spool. See [`Sink::give_up`].
+    fn durable(&self) -> bool {
+        self.cx.durable_input.is_some()
+    }
+
+    /// With a durable input the sled spool keeps only dead letters (and
+    /// replays what an earlier configuration left in it): the keys that
+    /// bound or order the spool's backlog do not apply, the channel's
+    /// `max_bytes` and log order do. Said once, at the start.
+    fn warn_unused_spool_keys(&self) {
+        let (set, default) = (&self.settings.spool, SpoolConfig::default());
+        let unused: Vec<&str> = [
+            ("spool.max_bytes", set.max_bytes != default.max_bytes),
+            ("spool.when_full", set.when_full != default.when_full),
+            ("spool.ordering", set.ordering != default.ordering),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !unused.is_empty() {
+            warn!(sink = %self.cx.name, keys = ?unused, "these spool keys do not apply to a sink whose channel is a disk channel: what Kafka does not acknowledge stays in the channel's log, bounded by its max_bytes, and is sent again in log order; remove them");
+        }
+    }
+
+    /// A record that is not delivered now (it failed, its queue stayed
+    /// full, the grace period ended): into the spool, or, taken from a
+    /// durable input, dropped without completing its batch's ack, so the
+    /// batch stays in the channel's log (one copy, not two) and is read
+    /// again ([`Sink::take_from_durable`]).
+    fn give_up(&mut self, d: Diverted) {
+        if self.durable() && !d.inflight.is_replay() {
+            self.rewind = true;
+            return;
+        }
+        self.writer.push(d);
+    }
+
+    /// A record failed and may yet succeed: take back what the producer
+    /// holds (a fail-over) so nothing overtakes it. Always with a durable
+    /// input: it is sent again in log order.
+    fn takes_back_on_failure(&self) -> bool {
+        self.durable() || self.order().fail_over_behind_failure()
+    }
+
+    /// Whether to take a batch from a durable input now: after records
+    /// were given up, the channel first reads again from its first
+    /// unacknowledged batch (the producer holds nothing of it: every give
+    /// up while running follows a take-back), then the sink waits one
+    /// backoff; while the new producer has had nothing acknowledged, one
+    /// batch at a time is in flight (a probe, not the backlog). Called
+    /// only while running when records were given up on.
+    fn take_from_durable(&mut self) -> bool {
+        let Some(input) = self.cx.durable_input.clone() else {
+            return true;
+        };
+        if self.rewind {
+            input.redeliver();
+            self.rewind = false;
+            self.take_not_before = self.now() + REPLAY_BACKOFF;
+            info!(sink = %self.cx.name, "kafka did not acknowledge events of the disk channel; they stay in its log and are sent again from the first unacknowledged batch");
+        }
+        self.now() >= self.take_not_before
+            && !(self.session.failed_over_and_silent().is_some()
+                && self.session.in_flight_count() > 0)
     }
 
     fn now(&self) -> Instant {
@@ -693,6 +825,15 @@ impl<P: ProducerPort> Sink<P> {
         }
         self.replay_more();
         self.writer.log_spooled(false);
+        if self.rewind && self.phase() != Phase::Running {
+            // Given up on while draining: anything taken now would
+            // overtake it; what is in flight has till the deadline.
+            return Ok(Step::Done);
+        }
+        if !self.take_from_durable() {
+            self.session.poll(Duration::from_millis(50));
+            return Ok(Step::More);
+        }
         let batch = next_batch(&self.cx.input, &self.settings.limits, self.idle_wait);
         if batch.is_empty() {
             return Ok(if self.cx.input.is_drained() {
@@ -705,13 +846,18 @@ impl<P: ProducerPort> Sink<P> {
         self.cx.metrics.batch_events.observe(batch.events as f64);
         let mut batches = batch.batches.into_iter();
         while let Some(b) = batches.next() {
-            if self.send_batch(b).is_err() {
-                // The grace period is over: what was taken from the
-                // channel goes to the spool, never nowhere.
-                for rest in batches {
-                    self.divert_batch(rest, "shutdown");
+            match self.send_batch(b) {
+                Ok(()) => {}
+                // Given up on: the rest stays in the durable input's log.
+                Err(Unsent::Rewound) => return Ok(Step::More),
+                Err(Unsent::OutOfTime | Unsent::QueueFull) => {
+                    // The grace period is over: what was taken from the
+                    // channel goes to the spool, never nowhere.
+                    for rest in batches {
+                        self.divert_batch(rest, "shutdown");
+                    }
+                    return Ok(Step::Done);
                 }
-                return Ok(Step::Done);
             }
         }
         self.flush_to_spool();
@@ -719,25 +865,18 @@ impl<P: ProducerPort> Sink<P> {
     }
 
     /// The phase now: shutdown, when first seen, starts the grace period.
-    fn phase(&self) -> Phase {
-        let phase = match self.phase.get() {
-            Phase::Running if self.cx.shutdown.is_triggered() => Phase::Draining {
-                deadline: self.now() + self.cx.grace,
-            },
-            p => p,
-        };
-        self.phase.set(phase);
-        phase
+    fn phase(&mut self) -> Phase {
+        if self.cx.shutdown.is_triggered() {
+            self.phase = self.phase.on_shutdown(self.now(), self.cx.grace);
+        }
+        self.phase
     }
 
     /// The grace period is over: what is not acknowledged goes to the
     /// spool now.
-    fn out_of_time(&self) -> bool {
-        match self.phase() {
-            Phase::Running => false,
-            Phase::Draining { deadline } => self.now() >= deadline,
-            Phase::Closed => true,
-        }
+    fn out_of_time(&mut self) -> bool {
+        let now = self.now();
+        self.phase().out_of_time(now)
     }
 
     /// The ordering policy; see [`order`].
@@ -745,16 +884,18 @@ impl<P: ProducerPort> Sink<P> {
         self.settings.spool.ordering
     }
 
-    /// New events wait behind the spool (strict order): unless every
+    /// New events wait behind the spool (strict order; never with a
+    /// durable input: the spool holds none of its records), unless every
     /// entry it holds is already handed to librdkafka, in full, ahead of
     /// them (a failure among those takes back what followed, as always).
     fn behind_spool(&self) -> bool {
-        self.order().behind_spool(|| {
-            self.writer.unstored() > 0
-                || self.replay.holds_failed()
-                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries
-                    > self.replay.in_flight() as u64
-        })
+        !self.durable()
+            && self.order().behind_spool(|| {
+                self.writer.unstored() > 0
+                    || self.replay.holds_failed()
+                    || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries
+                        > self.replay.in_flight() as u64
+            })
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
@@ -766,6 +907,11 @@ impl<P: ProducerPort> Sink<P> {
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
         for record in &batch.records {
+            if self.rewind {
+                // A record of this batch was given up on: the batch and
+                // what follows come again from the log.
+                return Err(Unsent::Rewound);
+            }
             if diverting.is_none() && order.rest_follows_to_spool() && self.writer.has_waiting() {
                 // A record of this batch failed at once: the rest go
                 // behind it.
@@ -786,7 +932,7 @@ impl<P: ProducerPort> Sink<P> {
                 Ok(()) => {}
                 Err(Unsent::QueueFull) => {
                     warn!(sink = %self.cx.name, "librdkafka's queue stayed full; spooling new events");
-                    if order.fail_over_behind_failure() {
+                    if self.takes_back_on_failure() {
                         // What librdkafka holds goes to the spool first.
                         self.fail_over("queue_full");
                     }
@@ -800,6 +946,8 @@ impl<P: ProducerPort> Sink<P> {
                     diverting = Some("shutdown");
                     out_of_time = true;
                 }
+                // (`produce` gives up on nothing itself.)
+                Err(Unsent::Rewound) => return Err(Unsent::Rewound),
             }
         }
         if out_of_time {
@@ -809,8 +957,12 @@ impl<P: ProducerPort> Sink<P> {
         }
     }
 
-    /// Every record of `batch` to the spool, for `reason`.
+    /// Every record of `batch` to the spool, for `reason` (with a durable
+    /// input it stays in the log instead).
     fn divert_batch(&mut self, batch: Batch, reason: &str) {
+        if self.durable() {
+            return;
+        }
         let enc = self.settings.encoder.clone();
         let mut bufs = Buffers::default();
         let inflight = InFlight::for_batch(&batch);
@@ -877,10 +1029,10 @@ impl<P: ProducerPort> Sink<P> {
                     } else if inflight.is_replay() {
                         self.replay.keep(diverted, &self.cx.metrics);
                     } else {
-                        if self.order().fail_over_behind_failure() {
+                        if self.takes_back_on_failure() {
                             self.fail_over(&diverted.reason.clone());
                         }
-                        self.writer.push(diverted);
+                        self.give_up(diverted);
                     }
                     return Ok(());
                 }
@@ -908,6 +1060,11 @@ impl<P: ProducerPort> Sink<P> {
         headers: encode::HeaderList,
         reason: String,
     ) {
+        if self.durable() {
+            // Left in the log: no copy to make.
+            self.rewind = true;
+            return;
+        }
         self.writer.push(Diverted {
             inflight: inflight.clone(),
             payload: Bytes::copy_from_slice(p.value),
@@ -929,7 +1086,7 @@ impl<P: ProducerPort> Sink<P> {
         let retry_later = failures
             .iter()
             .any(|f| !is_permanent(f.error.rdkafka_error_code()));
-        if retry_later && self.order().fail_over_behind_failure() {
+        if retry_later && self.takes_back_on_failure() {
             // What librdkafka still holds (new events, later spool
             // entries) was produced after the failed records: once the
             // broker is back it would overtake them. It goes to the spool
@@ -982,9 +1139,7 @@ impl<P: ProducerPort> Sink<P> {
         warn!(sink = %self.cx.name, reason = why, events = self.session.in_flight_count(), "kafka is failing during shutdown; spooling what is unacknowledged now");
         let failures = self.session.take_back_all();
         self.settle_failures(failures, Some(why));
-        self.phase.set(Phase::Draining {
-            deadline: self.now(),
-        });
+        self.phase = self.phase.cut_short(self.now());
     }
 
     /// Spools (or dead-letters) everything the producer holds, counted as
@@ -1024,7 +1179,7 @@ impl<P: ProducerPort> Sink<P> {
                 self.replay.keep(d, &self.cx.metrics);
             } else {
                 let d = f.into_diverted(&self.settings.topic, why);
-                self.writer.push(d);
+                self.give_up(d);
             }
         }
         for (why, n) in &reasons {
@@ -1217,12 +1372,13 @@ impl<P: ProducerPort> Sink<P> {
     /// After the input is drained or the grace period is over: wait for
     /// what is in flight within the grace period, then spool the rest.
     pub(crate) fn finish(&mut self) {
-        let deadline = match self.phase() {
-            Phase::Draining { deadline } => deadline,
-            // The input ended without a shutdown (a reload closed it).
-            Phase::Running | Phase::Closed => self.now() + self.cx.grace,
+        // The input ended without a shutdown (a reload closed it): the
+        // grace period starts now.
+        self.phase = self.phase().drain(self.now(), self.cx.grace);
+        let Phase::Draining { deadline } = self.phase else {
+            // Closed: finished already.
+            return;
         };
-        self.phase.set(Phase::Draining { deadline });
         loop {
             self.cx.heartbeat.beat();
             self.session.poll(Duration::from_millis(20));
@@ -1245,7 +1401,11 @@ impl<P: ProducerPort> Sink<P> {
             let failures = self.session.take_back_all();
             self.settle_failures(failures, Some("shutdown"));
         }
-        while let Some(batch) = self.cx.input.recv_timeout(Duration::ZERO) {
+        // A durable input keeps what the sink did not take.
+        while let Some(batch) = (!self.durable())
+            .then(|| self.cx.input.recv_timeout(Duration::ZERO))
+            .flatten()
+        {
             self.divert_batch(batch, "shutdown");
         }
         self.finish_replays();
@@ -1262,6 +1422,12 @@ impl<P: ProducerPort> Sink<P> {
         let flushed = self.flush_to_spool();
         // A replayed record is still in its spool entry, which stays.
         self.dead_unflushed.retain(|d| !d.inflight.is_replay());
+        if self.durable() {
+            // Unsettled, so their batches are still in the channel's log:
+            // refused again after the restart, not lost.
+            self.dead_unstored.clear();
+            self.dead_unflushed.clear();
+        }
         let dead = self.dead_unstored.len() + self.dead_unflushed.len();
         if !flushed || dead > 0 {
             // Not acknowledged: a file source reads them again after the
@@ -1271,8 +1437,57 @@ impl<P: ProducerPort> Sink<P> {
             error!(sink = %self.cx.name, events = n, "spool full at shutdown: these events are not stored; file sources read them again after the restart, records from sockets are lost (counted in tailrace_events_dropped_total)");
         }
         self.writer.log_spooled(true);
-        self.phase.set(Phase::Closed);
+        self.phase = self.phase.close();
         let spooled = self.spool.usage(SpoolTree::Pending, &self.cx.name);
         info!(sink = %self.cx.name, spooled_events = spooled.events, "kafka sink stopped");
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::Phase;
+    use std::time::{Duration, Instant};
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn shutdown_starts_the_grace_period_once_and_a_cut_short_drain_is_out_of_time() {
+        let t0 = Instant::now();
+        let draining = Phase::Running.on_shutdown(t0, GRACE);
+        assert_eq!(
+            draining,
+            Phase::Draining {
+                deadline: t0 + GRACE
+            }
+        );
+        // Seen again later: the deadline does not move.
+        assert_eq!(draining.on_shutdown(t0 + GRACE, GRACE), draining);
+        assert!(!draining.out_of_time(t0));
+        assert!(draining.out_of_time(t0 + GRACE));
+        // A fail-over reason while draining ends the drain at once.
+        let cut = draining.cut_short(t0 + Duration::from_secs(1));
+        assert!(cut.out_of_time(t0 + Duration::from_secs(1)));
+        // Running is not cut short (it fails over instead).
+        assert_eq!(Phase::Running.cut_short(t0), Phase::Running);
+        assert!(!Phase::Running.out_of_time(t0 + GRACE * 100));
+    }
+
+    #[test]
+    fn a_drain_keeps_its_deadline_and_closed_is_final() {
+        let t0 = Instant::now();
+        let draining = Phase::Running.on_shutdown(t0, GRACE);
+        assert_eq!(draining.drain(t0 + GRACE, GRACE), draining);
+        // The input ended without a shutdown: a grace period from now.
+        assert_eq!(
+            Phase::Running.drain(t0, GRACE),
+            Phase::Draining {
+                deadline: t0 + GRACE
+            }
+        );
+        let closed = draining.close();
+        assert_eq!(closed.on_shutdown(t0, GRACE), Phase::Closed);
+        assert_eq!(closed.drain(t0, GRACE), Phase::Closed);
+        assert_eq!(closed.cut_short(t0), Phase::Closed);
+        assert!(closed.out_of_time(t0));
     }
 }
