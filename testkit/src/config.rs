@@ -509,10 +509,16 @@ mod tests {
                         .max_partial_bytes(1 << 20)
                         .framing("octet_counting"),
                 )
-                .source("udp", Source::udp("127.0.0.1:5141").receive_buffer_bytes(8192))
+                .source(
+                    "udp",
+                    Source::udp("127.0.0.1:5141").receive_buffer_bytes(8192),
+                )
                 .source("unix", Source::unix(format!("{DIR}/in.sock")))
                 .source("st", Source::syslog("tcp", "127.0.0.1:5142"))
-                .source("sx", Source::syslog("unix", Path::new(DIR).join("log.sock")))
+                .source(
+                    "sx",
+                    Source::syslog("unix", Path::new(DIR).join("log.sock")),
+                )
                 .source(
                     "relp",
                     Source::relp("127.0.0.1:2514").tls("/etc/c.pem", "/etc/c.key"),
@@ -522,7 +528,11 @@ mod tests {
             scene().edit_source("app", |s| {
                 s.interceptor(Interceptor::of_type("host"))
                     .interceptor(Interceptor::of_type("static").set("fields.env", "prod"))
-                    .interceptor(Interceptor::of_type("regex_filter").pattern("DEBUG").exclude(true))
+                    .interceptor(
+                        Interceptor::of_type("regex_filter")
+                            .pattern("DEBUG")
+                            .exclude(true),
+                    )
                     .interceptor(
                         Interceptor::of_type("timestamp")
                             .field("ts")

@@ -45,11 +45,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
 use tailrace_e2e::paced::Paced;
 use tailrace_e2e::rng::Rng;
 use tailrace_e2e::rotation::{is_cut_line, seqs_on_disk, AppWriter, Logrotate, RotateMode};
 use tailrace_e2e::tmpfs::Tmpfs;
-use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
 use tailrace_e2e::{
     free_port, seq_of, wait_until, Agent, Broker, Config, Consumer, Proxy, SeqLines,
 };

@@ -471,7 +471,9 @@ fn sighup_whose_changed_group_cannot_bind_a_new_port_leaves_it_running_with_its_
     );
     let log = agent.log();
     assert!(
-        log.contains(&format!("source net2 cannot listen on tcp 127.0.0.1:{held_port}")),
+        log.contains(&format!(
+            "source net2 cannot listen on tcp 127.0.0.1:{held_port}"
+        )),
         "the refusal says why: {}",
         agent.log_tail(50)
     );
@@ -483,14 +485,7 @@ fn sighup_whose_changed_group_cannot_bind_a_new_port_leaves_it_running_with_its_
 
     send(&mut sender, LINES / 2..LINES);
     drop(sender);
-    consumer.read_count(LINES as usize, Duration::from_secs(60));
-    let got: Vec<Vec<u8>> = consumer
-        .read_for(Duration::from_secs(2))
-        .iter()
-        .map(|r| r.payload.clone())
-        .collect();
-    let report = Report::new(LINES, &got);
-    assert!(report.is_complete() && report.duplicates == 0, "{report}");
+    every_line_once(&mut consumer, LINES, Duration::from_secs(60));
     let ready = tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
     assert_eq!(ready.status, 200, "{}", ready.body);
     drop(held);
@@ -686,12 +681,18 @@ fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error()
     }
     let sender = writer.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
     drop(sender);
-    net.read_count(LINES as usize, Duration::from_secs(120));
-    let got: Vec<Vec<u8>> = net
+    every_line_once(&mut net, LINES, Duration::from_secs(120));
+}
+
+/// Reads until `lines` records arrived (within `within`), then 2 s more:
+/// sequence lines `0..lines`, each once.
+fn every_line_once(consumer: &mut Consumer, lines: u64, within: Duration) {
+    consumer.read_count(lines as usize, within);
+    let got: Vec<Vec<u8>> = consumer
         .read_for(Duration::from_secs(2))
         .iter()
         .map(|r| r.payload.clone())
         .collect();
-    let report = Report::new(LINES, &got);
+    let report = Report::new(lines, &got);
     assert!(report.is_complete() && report.duplicates == 0, "{report}");
 }

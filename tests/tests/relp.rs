@@ -83,8 +83,8 @@ fn rsyslog_omrelp_loses_nothing_when_the_agent_is_killed_while_kafka_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&broker.bootstrap());
     let port = free_port();
-    let config = Config::sockets_to_kafka(dir.path(), &proxy.address(), TOPIC)
-        .source("relp", relp_on(port));
+    let config =
+        Config::sockets_to_kafka(dir.path(), &proxy.address(), TOPIC).source("relp", relp_on(port));
     let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let total = lines_to_write();
@@ -146,7 +146,8 @@ fn rsyslog_omrelp_over_tls_delivers_every_line() {
     let pki = tailrace_e2e::secure::Pki::new();
     let port = free_port();
     let relp = relp_on(port).tls(pki.path("server.pem"), pki.path("server.key"));
-    let config = Config::sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC).source("relp", relp);
+    let config =
+        Config::sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC).source("relp", relp);
     let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut lines = SeqLines::create(dir.path().join("app.log"));
     lines.append(LINES);

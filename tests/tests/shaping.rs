@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::time::Duration;
 
-use tailrace_e2e::http::{get, sample};
 use tailrace_e2e::config::{Channel, Interceptor, Sink, Source, MAIN};
+use tailrace_e2e::http::{get, sample};
 use tailrace_e2e::{wait_until, Agent, Broker, Config, Consumer};
 
 const USERS: [&str; 5] = ["ann", "bob", "cid", "dee", "eve"];

@@ -852,7 +852,10 @@ fn udp_datagrams_the_kernel_dropped_are_counted() {
     let (broker, dir) = setup();
     let (small, big) = (free_udp_port(), free_udp_port());
     let config = to_kafka(dir.path(), &broker.bootstrap())
-        .source("small", Source::udp(&local(small)).receive_buffer_bytes(8192))
+        .source(
+            "small",
+            Source::udp(&local(small)).receive_buffer_bytes(8192),
+        )
         .source(
             "big",
             Source::udp(&local(big)).receive_buffer_bytes(1073741824),
