@@ -455,8 +455,13 @@ fn sighup_whose_changed_group_cannot_bind_a_new_port_leaves_it_running_with_its_
     send(&mut sender, 0..LINES / 2);
     let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
     consumer.read_count(LINES as usize / 2, Duration::from_secs(60));
-    let ready = tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    // The sink's readiness can lag its first deliveries: ready before the reload.
+    let ready = || tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || ready().status == 200),
+        "{}",
+        ready().body
+    );
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let held_port = held.local_addr().unwrap().port();
