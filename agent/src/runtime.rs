@@ -4,9 +4,14 @@
 //! The pipeline runs as groups: channels with the sources that write into
 //! them and the sinks that read them. A reload keeps every group whose
 //! definition did not change running (its connections stay open), builds
-//! new groups while everything runs, and stops a changed group before
-//! building its replacement (which claims its positions, spool or ports);
-//! a replacement that cannot be built puts the old group back as it was.
+//! new groups while everything runs, and acquires what a changed group's
+//! replacement can hold beside the old group (the store of a new
+//! `data_dir`, the tcp and udp ports no old group holds) before it stops
+//! the old group: a replacement that cannot acquire them leaves the old
+//! group untouched. What only one of them can hold (positions, spools,
+//! disk channel directories and the ports the old group listens on) is
+//! claimed by building the replacement after the stop; if that fails, the
+//! old group is put back as it was.
 //!
 //! Stopping a group (at exit and before its replacement starts): sources
 //! stop reading and send what they hold; once each has said it sent
@@ -26,7 +31,8 @@ use tailrace_api::channel_disk::{
     channel_dir, declare_corrupt, DiskChannel, DiskFamilies, DiskMetrics,
 };
 use tailrace_api::{
-    Channel, CheckpointStore, ComponentTask, Metrics, Readiness, Redeliver, Shutdown, Side,
+    Channel, CheckpointStore, ComponentTask, EarlyBinding, Metrics, Readiness, Redeliver,
+    Shutdown, Side,
     SinkContext, SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -652,6 +658,61 @@ fn config_sources<'a>(
         .filter(|s| groups.iter().any(|g| g.sources.contains(&s.name)))
 }
 
+/// Binds, ahead of the stop, every tcp and udp socket the sources of
+/// `replacing` listen on, and fails naming each one that cannot be bound
+/// although no group being replaced holds it (another program does): the
+/// old groups are then left running. An address an old group holds is
+/// bound by the replacement's `build`, after the stop.
+fn bind_ahead(
+    new: &Config,
+    replacing: &[Group],
+    claimed: &BTreeSet<String>,
+) -> anyhow::Result<Vec<EarlyBinding>> {
+    let mut early = Vec::new();
+    let mut unbound = Vec::new();
+    for s in config_sources(new, replacing) {
+        let binding = s.config.bind_early();
+        // A source listening on a tcp or udp address binds it early
+        // (`SourceConfig::bind_early`): no binding means it failed.
+        if binding.is_none() {
+            unbound.extend(
+                s.config
+                    .resources()
+                    .into_iter()
+                    .filter(|r| !claimed.contains(r))
+                    .filter_map(|r| why_unbound(&r).map(|why| (s.name.clone(), r, why))),
+            );
+        }
+        early.extend(binding);
+    }
+    if unbound.is_empty() {
+        return Ok(early);
+    }
+    Err(anyhow::anyhow!(
+        "{} (free the address or choose another; nothing was stopped)",
+        unbound
+            .iter()
+            .map(|(source, r, why)| format!("source {source} cannot listen on {r}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
+}
+
+/// Why a tcp or udp resource ("tcp 127.0.0.1:5140") was not bound early:
+/// the error binding it again now gives; `None` for other resources.
+fn why_unbound(resource: &str) -> Option<String> {
+    let (kind, address) = resource.split_once(' ')?;
+    let tried = match kind {
+        "tcp" => std::net::TcpListener::bind(address).map(drop),
+        "udp" => std::net::UdpSocket::bind(address).map(drop),
+        _ => return None,
+    };
+    Some(match tried {
+        Err(e) => e.to_string(),
+        Ok(()) => "it was taken while the reload bound it, and is free again now".to_string(),
+    })
+}
+
 /// Why a reload did not take the new config.
 enum Refused {
     /// Nothing running was touched.
@@ -665,9 +726,11 @@ enum Refused {
 
 /// Moves the running groups to `new`: groups whose definition did not
 /// change keep running (their connections stay open); new groups are built
-/// while everything runs; a changed group is stopped first, since its
-/// replacement claims its positions, spool or ports, and if the
-/// replacement cannot be built it is started again from `old`.
+/// while everything runs; the ports a changed group's replacement listens
+/// on and no old group holds are bound next (a failure stops nothing);
+/// then the changed group is stopped, since its replacement claims its
+/// positions, spool and the ports it holds, and if the replacement cannot
+/// be built it is started again from `old`.
 async fn reload(
     signals: &mut Signals,
     running: &mut Running,
@@ -720,10 +783,16 @@ async fn reload(
     };
     let was: Vec<Group> = changed.iter().map(|p| p.group.clone()).collect();
     // The replacements' sockets are bound before the old groups let go of
-    // theirs: a moved port refuses no connection meanwhile.
-    let early: Vec<_> = config_sources(new, &replacing)
-        .filter_map(|s| s.config.bind_early())
-        .collect();
+    // theirs: a moved port refuses no connection meanwhile, and one that
+    // cannot be bound refuses the reload with the old groups untouched.
+    let early = match bind_ahead(new, &replacing, &claimed) {
+        Ok(early) => early,
+        Err(error) => {
+            abandon(built).await;
+            running.pipelines = kept.into_iter().chain(changed).collect();
+            return Err(Refused::Kept(error));
+        }
+    };
     if !changed.is_empty() {
         let errors = signals.stop(changed).await;
         if !errors.is_empty() {

@@ -44,6 +44,10 @@ pub struct Channel(Mapping);
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sink(Mapping);
 
+/// One interceptor of a source: its `type` and its own keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interceptor(Mapping);
+
 /// `set`/`unset` for every part, and the typed setters, each a key of the
 /// part's mapping.
 macro_rules! keys {
@@ -95,11 +99,34 @@ keys!(Source {
     checkpoint_interval_ms: u64,
     rotated_idle_ms: u64,
     read_buffer_bytes: u64,
+    /// What a socket source does with a longer line (`truncate`, `split`, ...).
+    max_line_policy: &str,
+    idle_timeout_ms: u64,
+    max_connections: u64,
+    max_partial_bytes: u64,
+    /// A stream source's `framing` (`newline`, `octet_counting`, `auto`).
+    framing: &str,
+    receive_buffer_bytes: u64,
 });
 
 keys!(Channel {
     capacity_events: u64,
     capacity_bytes: u64,
+    /// A disk channel's bound on its log.
+    max_bytes: u64,
+    /// When a disk channel syncs (`batch`, `interval`, ...).
+    fsync: &str,
+});
+
+keys!(Interceptor {
+    /// The regex of `regex_filter` and `regex_extract`.
+    pattern: &str,
+    /// `regex_filter`: drop the matching records rather than keep them.
+    exclude: bool,
+    /// The field `timestamp` parses.
+    field: &str,
+    /// `timestamp`'s format (`rfc3339`, ...).
+    format: &str,
 });
 
 keys!(Sink {
@@ -109,6 +136,12 @@ keys!(Sink {
     topic: &str,
     compression: &str,
     delivery_timeout_ms: u64,
+    /// What the sink writes for a record (`raw`, `json`).
+    encoding: &str,
+    /// The record key's template (`"{user}"`).
+    key: &str,
+    /// Whether records carry the event's fields as headers.
+    headers: bool,
 });
 
 impl Config {
@@ -136,6 +169,19 @@ impl Config {
             .source("app", Source::file(dir.join("logs/*.log")))
             .channel(MAIN, Channel::memory())
             .sink("kafka", Sink::kafka(bootstrap, topic))
+    }
+
+    /// The scene of the socket tests: no source yet (add them with
+    /// [`Config::source`]), the memory channel [`MAIN`] at its default
+    /// capacity, the kafka sink `kafka` at the sink's default delivery
+    /// timeout; data in `DIR/data`.
+    pub fn sockets_to_kafka(dir: &Path, bootstrap: &str, topic: &str) -> Config {
+        Config::new(dir.join("data"))
+            .channel(MAIN, Channel::of_type("memory"))
+            .sink(
+                "kafka",
+                Sink::kafka(bootstrap, topic).unset("delivery_timeout_ms"),
+            )
     }
 
     /// The admin endpoint's address (without it, the e2e harness's
@@ -224,6 +270,50 @@ impl Source {
         Source::of_type("tcp").set("address", address)
     }
 
+    /// A udp source listening on `address`.
+    pub fn udp(address: &str) -> Source {
+        Source::of_type("udp").set("address", address)
+    }
+
+    /// A unix stream source listening on the socket file `path`.
+    pub fn unix(path: impl AsRef<Path>) -> Source {
+        Source::of_type("unix").set("address", path.as_ref())
+    }
+
+    /// A relp source listening on `address`.
+    pub fn relp(address: &str) -> Source {
+        Source::of_type("relp").set("address", address)
+    }
+
+    /// A syslog source in `mode` (`tcp`, `udp`, `unix`) on `address` (an
+    /// address, or a socket file's path).
+    pub fn syslog(mode: &str, address: impl Serialize) -> Source {
+        Source::of_type("syslog")
+            .set("mode", mode)
+            .set("address", address)
+    }
+
+    /// TLS on a stream source: its certificate and key files.
+    pub fn tls(self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Source {
+        self.set("tls.cert_path", cert.as_ref())
+            .set("tls.key_path", key.as_ref())
+    }
+
+    /// Appends `interceptor` to the source's chain.
+    pub fn interceptor(mut self, interceptor: Interceptor) -> Source {
+        let slot = self
+            .0
+            .entry("interceptors".into())
+            .or_insert_with(|| Value::Sequence(Vec::new()));
+        if !slot.is_sequence() {
+            *slot = Value::Sequence(Vec::new());
+        }
+        slot.as_sequence_mut()
+            .expect("made a sequence above")
+            .push(Value::Mapping(interceptor.0));
+        self
+    }
+
     /// The channels the source sends to.
     pub fn channels(self, names: &[&str]) -> Source {
         self.set("channels", names)
@@ -243,10 +333,22 @@ impl Source {
     }
 }
 
+impl Interceptor {
+    /// An interceptor of `kind`, with no other key.
+    pub fn of_type(kind: &str) -> Interceptor {
+        Interceptor(Mapping::new()).set("type", kind)
+    }
+}
+
 impl Channel {
     /// A channel of `kind`, with no other key.
     pub fn of_type(kind: &str) -> Channel {
         Channel(Mapping::new()).set("type", kind)
+    }
+
+    /// A disk channel whose log holds at most `max_bytes`, synced per batch.
+    pub fn disk(max_bytes: u64) -> Channel {
+        Channel::of_type("disk").max_bytes(max_bytes).fsync("batch")
     }
 
     /// A memory channel of 100,000 events and 64 MiB.
@@ -396,6 +498,47 @@ mod tests {
                 .channel("net", Channel::memory())
                 .sink("console", Sink::of_type("console").channel("net")),
             scene().edit_source("app", |s| s.set("multiline.continuation_pattern", "^\\s")),
+            Config::sockets_to_kafka(Path::new(DIR), "127.0.0.1:9092", "logs")
+                .source(
+                    "tcp",
+                    Source::tcp("127.0.0.1:5140")
+                        .max_line_bytes(1024)
+                        .max_line_policy("truncate")
+                        .idle_timeout_ms(1000)
+                        .max_connections(8)
+                        .max_partial_bytes(1 << 20)
+                        .framing("octet_counting"),
+                )
+                .source(
+                    "udp",
+                    Source::udp("127.0.0.1:5141").receive_buffer_bytes(8192),
+                )
+                .source("unix", Source::unix(format!("{DIR}/in.sock")))
+                .source("st", Source::syslog("tcp", "127.0.0.1:5142"))
+                .source(
+                    "sx",
+                    Source::syslog("unix", Path::new(DIR).join("log.sock")),
+                )
+                .source(
+                    "relp",
+                    Source::relp("127.0.0.1:2514").tls("/etc/c.pem", "/etc/c.key"),
+                )
+                .channel(MAIN, Channel::disk(64 << 20))
+                .edit_sink("kafka", |k| k.encoding("json").key("{user}").headers(true)),
+            scene().edit_source("app", |s| {
+                s.interceptor(Interceptor::of_type("host"))
+                    .interceptor(Interceptor::of_type("static").set("fields.env", "prod"))
+                    .interceptor(
+                        Interceptor::of_type("regex_filter")
+                            .pattern("DEBUG")
+                            .exclude(true),
+                    )
+                    .interceptor(
+                        Interceptor::of_type("timestamp")
+                            .field("ts")
+                            .format("rfc3339"),
+                    )
+            }),
         ] {
             check(&config, None);
         }

@@ -9,6 +9,10 @@ use std::time::Duration;
 /// each naming `channels: [main]`), one memory channel and a kafka sink;
 /// `sink_extra` is added to the sink (indented by four spaces) and
 /// `channel_extra` to the channel.
+///
+/// Superseded by [`crate::Config::sockets_to_kafka`]; only diskchannel.rs
+/// still builds its YAML here, until it moves onto the builder too (then
+/// this goes).
 pub fn sockets_to_kafka(
     dir: &Path,
     bootstrap: &str,

@@ -45,11 +45,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
 use tailrace_e2e::paced::Paced;
 use tailrace_e2e::rng::Rng;
 use tailrace_e2e::rotation::{is_cut_line, seqs_on_disk, AppWriter, Logrotate, RotateMode};
 use tailrace_e2e::tmpfs::Tmpfs;
-use tailrace_e2e::{free_port, seq_of, wait_until, Agent, Broker, Consumer, Proxy, SeqLines};
+use tailrace_e2e::{
+    free_port, seq_of, wait_until, Agent, Broker, Config, Consumer, Proxy, SeqLines,
+};
 
 const TOPIC: &str = "logs";
 const SIDE_TOPIC: &str = "side";
@@ -167,58 +170,40 @@ struct Variant {
 }
 
 fn config(dir: &Path, bootstrap: &str, admin: &str, tcp_port: u16, v: Variant) -> String {
-    let d = dir.display();
-    let sink = |name: &str, channel: &str, topic: &str, extra: &str| {
-        format!(
-            "  {name}:\n    type: kafka\n    channel: {channel}\n    bootstrap_servers: {bootstrap}\n    topic: {topic}\n    compression: lz4\n    delivery_timeout_ms: {DELIVERY_TIMEOUT_MS}\n{extra}    librdkafka: {{ \"queue.buffering.max.ms\": \"5\" }}\n"
+    let sink = |channel: &str| {
+        Sink::kafka(bootstrap, TOPIC)
+            .channel(channel)
+            .delivery_timeout_ms(DELIVERY_TIMEOUT_MS)
+    };
+    let truncated = |s: Source| {
+        s.max_line_bytes(MAX_LINE_BYTES as u64)
+            .max_line_policy("truncate")
+    };
+    let config = Config::new(dir.join("data"))
+        .min_free_bytes(MIN_FREE_BYTES)
+        .summary_interval_ms(10_000)
+        .admin_address(admin)
+        .source("app", truncated(Source::file(dir.join("logs/*.log"))))
+        .source(
+            "net",
+            truncated(Source::tcp(&format!("127.0.0.1:{tcp_port}"))).channels(&["net"]),
         )
+        .channel(MAIN, Channel::memory())
+        .channel("net", Channel::memory())
+        .sink("kafka", sink(MAIN).set("batch.max_events", v.batch_events))
+        .sink("net_kafka", sink("net"));
+    let config = if v.side {
+        config
+            .source(
+                "side",
+                Source::file(dir.join("side/*.log")).channels(&["side"]),
+            )
+            .channel("side", Channel::memory())
+            .sink("side_kafka", sink("side").topic(SIDE_TOPIC))
+    } else {
+        config
     };
-    let channel = |name: &str| {
-        format!("  {name}: {{ type: memory, capacity_events: 100000, capacity_bytes: 67108864 }}\n")
-    };
-    let (mut side_source, mut side_channel, mut side_sink) =
-        (String::new(), String::new(), String::new());
-    if v.side {
-        side_source = format!(
-            "  side:\n    type: file\n    include: [\"{d}/side/*.log\"]\n    start_at: beginning\n    channels: [side]\n"
-        );
-        side_channel = channel("side");
-        side_sink = sink("side_kafka", "side", SIDE_TOPIC, "");
-    }
-    format!(
-        r#"data_dir: {d}/data
-min_free_bytes: {MIN_FREE_BYTES}
-shutdown_grace_ms: 10000
-summary_interval_ms: 10000
-log: {{ level: info, format: text }}
-admin: {{ address: "{admin}" }}
-sources:
-  app:
-    type: file
-    include: ["{d}/logs/*.log"]
-    start_at: beginning
-    max_line_bytes: {MAX_LINE_BYTES}
-    max_line_policy: truncate
-    channels: [main]
-  net:
-    type: tcp
-    address: 127.0.0.1:{tcp_port}
-    max_line_bytes: {MAX_LINE_BYTES}
-    max_line_policy: truncate
-    channels: [net]
-{side_source}channels:
-{main}{net}{side_channel}sinks:
-{kafka}{net_kafka}{side_sink}"#,
-        main = channel("main"),
-        net = channel("net"),
-        kafka = sink(
-            "kafka",
-            "main",
-            TOPIC,
-            &format!("    batch: {{ max_events: {} }}\n", v.batch_events)
-        ),
-        net_kafka = sink("net_kafka", "net", TOPIC, ""),
-    )
+    config.to_yaml()
 }
 
 /// One round: its fault, what it did, and the next line number of each

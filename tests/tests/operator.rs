@@ -10,9 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Interceptor, Sink, Source, MAIN};
 use tailrace_e2e::{
-    free_port, http, run_tailrace, seq_of, tailrace, wait_until, Agent, Broker, Consumer, Report,
-    SeqLines,
+    free_port, http, run_tailrace, seq_of, tailrace, wait_until, Agent, Broker, Config, Consumer,
+    Report, SeqLines,
 };
 
 const TOPIC: &str = "logs";
@@ -32,20 +33,25 @@ fn write(path: &Path, text: &str) {
 fn split_config(dir: &Path, bootstrap: &str) -> (PathBuf, String) {
     let conf = dir.join("conf.d");
     let admin = format!("127.0.0.1:{}", free_port());
-    let d = dir.display();
-    write(
-        &conf.join("10-main.yaml"),
-        &format!("data_dir: {d}/data\nadmin: {{ address: \"{admin}\" }}\nsummary_interval_ms: 1000\nchannels:\n  main:\n    type: memory\n"),
-    );
-    write(
-        &conf.join("20-app.yaml"),
-        &format!("sources:\n  app:\n    type: file\n    include: [\"{d}/logs/*.log\"]\n    start_at: beginning\n    channels: [main]\n"),
-    );
-    write(
-        &conf.join("30-kafka.yaml"),
-        &format!("sinks:\n  kafka:\n    type: kafka\n    channel: main\n    bootstrap_servers: {bootstrap}\n    topic: {TOPIC}\n    librdkafka: {{ \"queue.buffering.max.ms\": \"5\" }}\n"),
-    );
+    let main = Config::empty()
+        .set("data_dir", dir.join("data"))
+        .admin_address(&admin)
+        .summary_interval_ms(1000)
+        .channel(MAIN, Channel::of_type("memory"));
+    let app = Config::empty().source("app", Source::file(dir.join("logs/*.log")));
+    let kafka = Config::empty().sink("kafka", kafka_to(bootstrap));
+    write(&conf.join("10-main.yaml"), &main.to_yaml());
+    write(&conf.join("20-app.yaml"), &app.to_yaml());
+    write(&conf.join("30-kafka.yaml"), &kafka.to_yaml());
     (conf, admin)
+}
+
+/// A kafka sink to [`TOPIC`] at librdkafka's linger of 5 ms, nothing else set.
+fn kafka_to(bootstrap: &str) -> Sink {
+    Sink::of_type("kafka")
+        .bootstrap_servers(bootstrap)
+        .topic(TOPIC)
+        .librdkafka("queue.buffering.max.ms", "5")
 }
 
 #[test]
@@ -75,12 +81,10 @@ fn config_split_over_three_files_runs_and_sighup_picks_up_a_new_file() {
     const E: usize = 2_000;
     let extra: String = (0..E).map(|i| format!("extra-{i:06}\n")).collect();
     write(&dir.path().join("extra/extra.log"), &extra);
+    let extra_source = Source::file(dir.path().join("extra/*.log"));
     write(
         &conf.join("40-extra.yaml"),
-        &format!(
-            "sources:\n  extra:\n    type: file\n    include: [\"{}/extra/*.log\"]\n    start_at: beginning\n    channels: [main]\n",
-            dir.path().display()
-        ),
+        &Config::empty().source("extra", extra_source).to_yaml(),
     );
     agent.reload_and_wait();
     lines.append(10_000);
@@ -138,36 +142,16 @@ fn a_sink_defined_twice_across_files_is_refused_naming_both_files() {
 /// A config whose source extracts `user` and whose sink keys by it.
 fn keyed_config(dir: &Path, bootstrap: &str, admin: &str) -> PathBuf {
     let path = dir.join("tailrace.yaml");
-    let d = dir.display();
-    write(
-        &path,
-        &format!(
-            r#"data_dir: {d}/data
-admin: {{ address: "{admin}" }}
-summary_interval_ms: 0
-sources:
-  app:
-    type: file
-    include: ["{d}/logs/*.log"]
-    start_at: beginning
-    channels: [main]
-    interceptors:
-      - type: regex_extract
-        pattern: 'user=(?P<user>u[0-9]+)'
-channels:
-  main:
-    type: memory
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: {TOPIC}
-    key: "{{user}}"
-    librdkafka: {{ "queue.buffering.max.ms": "5" }}
-"#
-        ),
-    );
+    let app = Source::file(dir.join("logs/*.log"))
+        .interceptor(Interceptor::of_type("regex_extract").pattern("user=(?P<user>u[0-9]+)"));
+    let config = Config::empty()
+        .set("data_dir", dir.join("data"))
+        .admin_address(admin)
+        .summary_interval_ms(0)
+        .source("app", app)
+        .channel(MAIN, Channel::of_type("memory"))
+        .sink("kafka", kafka_to(bootstrap).key("{user}"));
+    write(&path, &config.to_yaml());
     path
 }
 
@@ -487,11 +471,18 @@ fn tailrace_test_passes_and_fails_showing_both_values() {
 #[test]
 fn console_sink_prints_every_line_once_and_blackhole_counts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let config = format!(
-        "data_dir: {d}/data\nsummary_interval_ms: 0\nsources:\n  app:\n    type: file\n    include: [\"{d}/logs/*.log\"]\n    start_at: beginning\n    channels: [main, measured]\nchannels:\n  main: {{ type: memory }}\n  measured: {{ type: memory }}\nsinks:\n  out:\n    type: console\n    channel: main\n  hole:\n    type: blackhole\n    channel: measured\n"
-    );
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = Config::empty()
+        .set("data_dir", dir.path().join("data"))
+        .summary_interval_ms(0)
+        .source(
+            "app",
+            Source::file(dir.path().join("logs/*.log")).channels(&[MAIN, "measured"]),
+        )
+        .channel(MAIN, Channel::of_type("memory"))
+        .channel("measured", Channel::of_type("memory"))
+        .sink("out", Sink::of_type("console"))
+        .sink("hole", Sink::of_type("blackhole").channel("measured"));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut lines = SeqLines::create(dir.path().join("logs/app.log"));
     lines.append(5_000);
     let printed = |agent: &Agent| -> Vec<serde_json::Value> {

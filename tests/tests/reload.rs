@@ -419,6 +419,83 @@ fn sighup_whose_new_source_cannot_listen_keeps_the_agent_and_loses_nothing() {
     drop(held);
 }
 
+/// Issue 14, "reload builds before it stops": a changed group whose
+/// replacement adds a second listener on a port another program holds was
+/// stopped, then put back (its connections closed, what they sent after
+/// lost). Now the port is bound before the stop, and failing to bind it
+/// leaves the group running: the sender on the old listener sees no error,
+/// every line arrives once, nothing is stopped and `/ready` stays 200.
+#[test]
+fn sighup_whose_changed_group_cannot_bind_a_new_port_leaves_it_running_with_its_connections() {
+    use std::io::Write as _;
+    const LINES: u64 = 2_000;
+    let (broker, dir, _) = scene(TOPIC);
+    let port = free_port();
+    // No log file: every record on the topic is the sender's.
+    let agent = Agent::start(
+        dir.path(),
+        &with_tcp_source(dir.path(), &broker.bootstrap(), port).to_yaml(),
+    );
+    let mut sender = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        sender = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        sender.is_some()
+    }));
+    let mut sender = sender.unwrap();
+    let send = |sender: &mut std::net::TcpStream, seqs: std::ops::Range<u64>| {
+        for seq in seqs {
+            let mut line = SeqLines::line(seq);
+            line.push(b'\n');
+            sender
+                .write_all(&line)
+                .unwrap_or_else(|e| panic!("the reload closed the connection at line {seq}: {e}"));
+        }
+        sender.flush().unwrap();
+    };
+    send(&mut sender, 0..LINES / 2);
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_count(LINES as usize / 2, Duration::from_secs(60));
+    // The sink's readiness can lag its first deliveries: ready before the reload.
+    let ready = || tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || ready().status == 200),
+        "{}",
+        ready().body
+    );
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let second = with_tcp_source(dir.path(), &broker.bootstrap(), port)
+        .source("net2", Source::tcp(&format!("127.0.0.1:{held_port}")));
+    std::fs::write(agent.config_path(), second.to_yaml()).unwrap();
+    agent.reload();
+    wait_for_log(
+        &agent,
+        "the running one goes on unchanged",
+        Duration::from_secs(30),
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!(
+            "source net2 cannot listen on tcp 127.0.0.1:{held_port}"
+        )),
+        "the refusal says why: {}",
+        agent.log_tail(50)
+    );
+    assert!(
+        !log.contains("pipeline stopped"),
+        "the refused reload stopped the running group: {}",
+        agent.log_tail(50)
+    );
+
+    send(&mut sender, LINES / 2..LINES);
+    drop(sender);
+    every_line_once(&mut consumer, LINES, Duration::from_secs(60));
+    let ready = tailrace_e2e::http::get(agent.admin_address(), "/ready").unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    drop(held);
+}
+
 /// The agent on [`two_groups`] (without the extra source) and a sender
 /// connected to its tcp source.
 fn two_groups_with_a_sender() -> (Broker, tempfile::TempDir, u16, Agent, std::net::TcpStream) {
@@ -609,12 +686,18 @@ fn one_tcp_connection_writes_200000_lines_through_two_sighups_without_an_error()
     }
     let sender = writer.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
     drop(sender);
-    net.read_count(LINES as usize, Duration::from_secs(120));
-    let got: Vec<Vec<u8>> = net
+    every_line_once(&mut net, LINES, Duration::from_secs(120));
+}
+
+/// Reads until `lines` records arrived (within `within`), then 2 s more:
+/// sequence lines `0..lines`, each once.
+fn every_line_once(consumer: &mut Consumer, lines: u64, within: Duration) {
+    consumer.read_count(lines as usize, within);
+    let got: Vec<Vec<u8>> = consumer
         .read_for(Duration::from_secs(2))
         .iter()
         .map(|r| r.payload.clone())
         .collect();
-    let report = Report::new(LINES, &got);
+    let report = Report::new(lines, &got);
     assert!(report.is_complete() && report.duplicates == 0, "{report}");
 }

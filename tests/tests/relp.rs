@@ -5,13 +5,21 @@
 
 use std::time::Duration;
 
-use tailrace_e2e::sockets::{sockets_to_kafka, Rsyslog};
-use tailrace_e2e::{free_port, wait_until, Agent, Broker, Consumer, Proxy, Report, SeqLines};
+use tailrace_e2e::config::{Channel, Source, MAIN};
+use tailrace_e2e::sockets::Rsyslog;
+use tailrace_e2e::{
+    free_port, wait_until, Agent, Broker, Config, Consumer, Proxy, Report, SeqLines,
+};
 
 const TOPIC: &str = "logs";
 /// librelp's window: at most this many frames are unanswered at once, so
 /// at most this many are sent again after a broken connection.
 const OMRELP_WINDOW: u64 = 128;
+
+/// A relp source on `127.0.0.1:port`.
+fn relp_on(port: u16) -> Source {
+    Source::relp(&format!("127.0.0.1:{port}"))
+}
 
 /// Lines written; `TAILRACE_RELP_LINES` for a longer run.
 fn lines_to_write() -> u64 {
@@ -75,10 +83,9 @@ fn rsyslog_omrelp_loses_nothing_when_the_agent_is_killed_while_kafka_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(&broker.bootstrap());
     let port = free_port();
-    let sources =
-        format!("  relp:\n    type: relp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
-    let config = sockets_to_kafka(dir.path(), &proxy.address(), TOPIC, &sources, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config =
+        Config::sockets_to_kafka(dir.path(), &proxy.address(), TOPIC).source("relp", relp_on(port));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let total = lines_to_write();
     let lines = SeqLines::create(dir.path().join("app.log"));
@@ -138,13 +145,10 @@ fn rsyslog_omrelp_over_tls_delivers_every_line() {
     let dir = tempfile::tempdir().unwrap();
     let pki = tailrace_e2e::secure::Pki::new();
     let port = free_port();
-    let sources = format!(
-        "  relp:\n    type: relp\n    address: 127.0.0.1:{port}\n    channels: [main]\n    tls: {{ cert_path: {}, key_path: {} }}\n",
-        pki.path("server.pem").display(),
-        pki.path("server.key").display()
-    );
-    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
-    let agent = Agent::start(dir.path(), &config);
+    let relp = relp_on(port).tls(pki.path("server.pem"), pki.path("server.key"));
+    let config =
+        Config::sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC).source("relp", relp);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let mut lines = SeqLines::create(dir.path().join("app.log"));
     lines.append(LINES);
     let tls = format!(
@@ -185,23 +189,15 @@ fn rsyslog_omrelp_into_a_disk_channel_loses_and_repeats_nothing_through_sigkill(
     let broker_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let sources =
-        format!("  relp:\n    type: relp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
     // Nothing is given up on or spooled while the broker is absent.
-    let sink = "    delivery_timeout_ms: 600000\n    spool: { queue_full_timeout_ms: 600000 }";
-    let config = sockets_to_kafka(
-        dir.path(),
-        &format!("127.0.0.1:{broker_port}"),
-        TOPIC,
-        &sources,
-        "",
-        sink,
-    )
-    .replace(
-        "  main:\n    type: memory\n",
-        "  main:\n    type: disk\n    max_bytes: 67108864\n    fsync: batch\n",
-    );
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = Config::sockets_to_kafka(dir.path(), &format!("127.0.0.1:{broker_port}"), TOPIC)
+        .source("relp", relp_on(port))
+        .channel(MAIN, Channel::disk(67108864))
+        .edit_sink("kafka", |k| {
+            k.delivery_timeout_ms(600000)
+                .spool("queue_full_timeout_ms", 600000)
+        });
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let mut lines = SeqLines::create(dir.path().join("app.log"));
     lines.append(n);

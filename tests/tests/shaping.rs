@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::time::Duration;
 
+use tailrace_e2e::config::{Channel, Interceptor, Sink, Source, MAIN};
 use tailrace_e2e::http::{get, sample};
-use tailrace_e2e::{wait_until, Agent, Broker, Consumer};
+use tailrace_e2e::{wait_until, Agent, Broker, Config, Consumer};
 
 const USERS: [&str; 5] = ["ann", "bob", "cid", "dee", "eve"];
 
@@ -34,41 +35,33 @@ fn keys_stay_on_one_partition_and_json_carries_every_field() {
         writeln!(file, "{}", line(i)).unwrap();
     }
     drop(file);
-    let config = format!(
-        r#"data_dir: {dir}/data
-sources:
-  app:
-    type: file
-    include: ["{dir}/logs/*.log"]
-    channels: [main]
-    interceptors:
-      - type: host
-      - type: static
-        fields: {{ env: prod }}
-      - type: regex_filter
-        pattern: "DEBUG"
-        exclude: true
-      - type: regex_extract
-        pattern: 'user=(?P<user>[a-z]+) ts=(?P<ts>\S+)'
-      - type: timestamp
-        field: ts
-        format: rfc3339
-channels:
-  main: {{ type: memory }}
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: "logs-{{source}}"
-    key: "{{user}}"
-    encoding: json
-    headers: true
-"#,
-        dir = dir.path().display(),
-        bootstrap = broker.bootstrap()
-    );
-    let agent = Agent::start(dir.path(), &config);
+    let app = Source::file(logs.join("*.log"))
+        .interceptor(Interceptor::of_type("host"))
+        .interceptor(Interceptor::of_type("static").set("fields.env", "prod"))
+        .interceptor(
+            Interceptor::of_type("regex_filter")
+                .pattern("DEBUG")
+                .exclude(true),
+        )
+        .interceptor(
+            Interceptor::of_type("regex_extract").pattern(r"user=(?P<user>[a-z]+) ts=(?P<ts>\S+)"),
+        )
+        .interceptor(
+            Interceptor::of_type("timestamp")
+                .field("ts")
+                .format("rfc3339"),
+        );
+    let kafka = Sink::of_type("kafka")
+        .bootstrap_servers(&broker.bootstrap())
+        .topic("logs-{source}")
+        .key("{user}")
+        .encoding("json")
+        .headers(true);
+    let config = Config::new(dir.path().join("data"))
+        .source("app", app)
+        .channel(MAIN, Channel::of_type("memory"))
+        .sink("kafka", kafka);
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let debug_lines = (0..N).filter(|i| i % 7 == 3).count() as u64;
     let expected = N - debug_lines;
     let mut consumer = Consumer::new(&broker.bootstrap(), "logs-app");

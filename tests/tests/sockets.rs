@@ -9,17 +9,38 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tailrace_e2e::sockets::{metric, random_bytes, sockets_to_kafka, Rsyslog};
+use tailrace_e2e::config::{Source, MAIN};
+use tailrace_e2e::sockets::{metric, random_bytes, Rsyslog};
 use tailrace_e2e::{
-    free_port, run_tailrace, wait_until, Agent, Broker, Consumer, Report, SeqLines, LINE_LEN,
+    free_port, run_tailrace, wait_until, Agent, Broker, Config, Consumer, Report, SeqLines,
+    LINE_LEN,
 };
 
 const TOPIC: &str = "logs";
 
 /// When the kafka sink has `encoding: json` (one JSON object per event,
-/// fields at the top level), set this to `Some("    encoding: json")` and
-/// the tests check every field end to end as well.
-const JSON_ENCODING: Option<&str> = Some("    encoding: json");
+/// fields at the top level), set this to `Some("json")` and the tests
+/// check every field end to end as well.
+const JSON_ENCODING: Option<&str> = Some("json");
+
+/// The socket scene (no source yet) to `bootstrap`, topic [`TOPIC`].
+fn to_kafka(dir: &Path, bootstrap: &str) -> Config {
+    Config::sockets_to_kafka(dir, bootstrap, TOPIC)
+}
+
+/// [`to_kafka`] with the sink's encoding at [`JSON_ENCODING`].
+fn to_kafka_encoded(dir: &Path, bootstrap: &str) -> Config {
+    let config = to_kafka(dir, bootstrap);
+    match JSON_ENCODING {
+        Some(encoding) => config.edit_sink("kafka", |k| k.encoding(encoding)),
+        None => config,
+    }
+}
+
+/// `127.0.0.1:port`.
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
 
 fn setup() -> (Broker, tempfile::TempDir) {
     let broker = Broker::start();
@@ -141,21 +162,11 @@ fn logger_rfc3164_and_rfc5424_over_tcp_udp_unix_and_octet_counting_arrive() {
     let (broker, dir) = setup();
     let (tcp, udp) = (free_port(), free_udp_port());
     let sock = dir.path().join("log.sock");
-    let sources = format!(
-        "  st:\n    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n\
-         \x20 su:\n    type: syslog\n    mode: udp\n    address: 127.0.0.1:{udp}\n    channels: [main]\n\
-         \x20 sx:\n    type: syslog\n    mode: unix\n    address: {}\n    channels: [main]\n",
-        sock.display()
-    );
-    let config = sockets_to_kafka(
-        dir.path(),
-        &broker.bootstrap(),
-        TOPIC,
-        &sources,
-        "",
-        JSON_ENCODING.unwrap_or(""),
-    );
-    let agent = Agent::start(dir.path(), &config);
+    let config = to_kafka_encoded(dir.path(), &broker.bootstrap())
+        .source("st", Source::syslog("tcp", local(tcp)))
+        .source("su", Source::syslog("udp", local(udp)))
+        .source("sx", Source::syslog("unix", &sock));
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     assert!(
         wait_until(Duration::from_secs(20), || sock.exists()),
@@ -226,19 +237,10 @@ fn logger_rfc3164_and_rfc5424_over_tcp_udp_unix_and_octet_counting_arrive() {
 fn rsyslog_forwards_to_tailrace_over_tcp() {
     let (broker, dir) = setup();
     let (octet, plain) = (free_port(), free_port());
-    let sources = format!(
-        "  octet:\n    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{octet}\n    channels: [main]\n\
-         \x20 plain:\n    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{plain}\n    channels: [main]\n"
-    );
-    let config = sockets_to_kafka(
-        dir.path(),
-        &broker.bootstrap(),
-        TOPIC,
-        &sources,
-        "",
-        JSON_ENCODING.unwrap_or(""),
-    );
-    let agent = Agent::start(dir.path(), &config);
+    let config = to_kafka_encoded(dir.path(), &broker.bootstrap())
+        .source("octet", Source::syslog("tcp", local(octet)))
+        .source("plain", Source::syslog("tcp", local(plain)));
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     drop(connect_when_listening(plain));
     let rsyslog = Rsyslog::start(&[
@@ -304,20 +306,16 @@ fn random_bytes_over_long_frames_and_half_open_connections_on_every_listener() {
     let (tcp, stcp, sudp, udp) = (free_port(), free_port(), free_udp_port(), free_udp_port());
     let unix = dir.path().join("lines.sock");
     let sunix = dir.path().join("syslog.sock");
-    let limits = "    max_line_bytes: 1024\n    max_line_policy: truncate\n";
-    let stream = "    idle_timeout_ms: 1000\n    max_connections: 8\n";
-    let sources = format!(
-        "  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n{limits}{stream}\
-         \x20 stcp:\n    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{stcp}\n    channels: [main]\n{limits}{stream}\
-         \x20 sudp:\n    type: syslog\n    mode: udp\n    address: 127.0.0.1:{sudp}\n    channels: [main]\n{limits}\
-         \x20 udp:\n    type: udp\n    address: 127.0.0.1:{udp}\n    channels: [main]\n{limits}\
-         \x20 unix:\n    type: unix\n    address: {}\n    channels: [main]\n{limits}{stream}\
-         \x20 sunix:\n    type: syslog\n    mode: unix\n    address: {}\n    channels: [main]\n{limits}",
-        unix.display(),
-        sunix.display()
-    );
-    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
+    let limits = |s: Source| s.max_line_bytes(1024).max_line_policy("truncate");
+    let stream = |s: Source| limits(s).idle_timeout_ms(1000).max_connections(8);
+    let config = to_kafka(dir.path(), &broker.bootstrap())
+        .source("tcp", stream(Source::tcp(&local(tcp))))
+        .source("stcp", stream(Source::syslog("tcp", local(stcp))))
+        .source("sudp", limits(Source::syslog("udp", local(sudp))))
+        .source("udp", limits(Source::udp(&local(udp))))
+        .source("unix", stream(Source::unix(&unix)))
+        .source("sunix", limits(Source::syslog("unix", &sunix)));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     assert!(wait_until(Duration::from_secs(20), || sunix.exists() && unix.exists()));
     let garbage = random_bytes(256 * 1024, 7);
@@ -472,14 +470,18 @@ fn tcp_backpressure_keeps_memory_bounded_while_the_broker_is_down() {
     let bootstrap = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let tcp = free_port();
-    let sources =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
-    let channel = "    capacity_events: 2000\n    capacity_bytes: 1048576\n";
-    let sink = "    spool: { max_bytes: 2097152, when_full: block, queue_full_timeout_ms: 500 }\n    delivery_timeout_ms: 5000";
-    let config = sockets_to_kafka(dir.path(), &bootstrap, TOPIC, &sources, channel, sink)
-        .replace(r#"librdkafka: { "queue.buffering.max.ms": "5" }"#,
-                 r#"librdkafka: { "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "2000", "queue.buffering.max.kbytes": "1024" }"#);
-    let agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), &bootstrap)
+        .source("net", Source::tcp(&local(tcp)))
+        .edit_channel(MAIN, |c| c.capacity_events(2000).capacity_bytes(1048576))
+        .edit_sink("kafka", |k| {
+            k.spool("max_bytes", 2097152)
+                .spool("when_full", "block")
+                .spool("queue_full_timeout_ms", 500)
+                .delivery_timeout_ms(5000)
+                .librdkafka("queue.buffering.max.messages", "2000")
+                .librdkafka("queue.buffering.max.kbytes", "1024")
+        });
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     drop(connect_when_listening(tcp));
 
@@ -587,14 +589,11 @@ fn sigterm_delivers_what_every_listener_read() {
     let (broker, dir) = setup();
     let (tcp, udp) = (free_port(), free_udp_port());
     let unix = dir.path().join("in.sock");
-    let sources = format!(
-        "  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n\
-         \x20 udp:\n    type: udp\n    address: 127.0.0.1:{udp}\n    channels: [main]\n\
-         \x20 unix:\n    type: unix\n    address: {}\n    channels: [main]\n",
-        unix.display()
-    );
-    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), &broker.bootstrap())
+        .source("tcp", Source::tcp(&local(tcp)))
+        .source("udp", Source::udp(&local(udp)))
+        .source("unix", Source::unix(&unix));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     assert!(wait_until(Duration::from_secs(20), || unix.exists()));
     let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
@@ -655,18 +654,10 @@ fn sigterm_right_after_a_tcp_sender_stops_delivers_every_line_it_wrote() {
     const N: u64 = 50_000;
     let (broker, dir) = setup();
     let tcp = free_port();
-    let sources =
-        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
-    let channel = "    capacity_events: 1000\n";
-    let config = sockets_to_kafka(
-        dir.path(),
-        &broker.bootstrap(),
-        TOPIC,
-        &sources,
-        channel,
-        "",
-    );
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), &broker.bootstrap())
+        .source("tcp", Source::tcp(&local(tcp)))
+        .edit_channel(MAIN, |c| c.capacity_events(1000));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let mut t = connect_when_listening(tcp);
     let mut all = Vec::with_capacity(N as usize * LINE_LEN);
@@ -703,20 +694,9 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
     const AFTER_MOVE: u64 = 5_000;
     let (broker, dir) = setup();
     let (old_port, new_port) = (free_port(), free_port());
-    let sources = |port: u16| {
-        format!("  tcp:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n")
-    };
-    let config = |port| {
-        sockets_to_kafka(
-            dir.path(),
-            &broker.bootstrap(),
-            TOPIC,
-            &sources(port),
-            "",
-            "",
-        )
-    };
-    let agent = Agent::start(dir.path(), &config(old_port));
+    let config =
+        |port| to_kafka(dir.path(), &broker.bootstrap()).source("tcp", Source::tcp(&local(port)));
+    let agent = Agent::start(dir.path(), &config(old_port).to_yaml());
     let admin = agent.admin_address().to_string();
     drop(connect_when_listening(old_port));
     // Lines written (write_all returned) so far, and the first line sent
@@ -757,11 +737,10 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
         "tailrace_source_events_total{source=\"tcp\"}"
     ) >= 3_000.0));
     let before = written.load(Ordering::SeqCst);
-    std::fs::write(agent.config_path(), {
-        let mut c = config(new_port);
-        c.push_str(&format!("\nadmin: {{ address: \"{admin}\" }}\n"));
-        c
-    })
+    std::fs::write(
+        agent.config_path(),
+        config(new_port).admin_address(&admin).to_yaml(),
+    )
     .unwrap();
     let log_before = agent.log().len();
     agent.reload_and_wait();
@@ -803,11 +782,11 @@ fn a_thousand_trickling_connections_do_not_stop_a_new_sender() {
     const SLOTS: usize = 200;
     let (broker, dir) = setup();
     let tcp = free_port();
-    let sources = format!(
-        "  tcp:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n    max_connections: {SLOTS}\n    min_rate_window_ms: 1000\n"
-    );
-    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
+    let tcp_source = Source::tcp(&local(tcp))
+        .max_connections(SLOTS as u64)
+        .set("min_rate_window_ms", 1000);
+    let config = to_kafka(dir.path(), &broker.bootstrap()).source("tcp", tcp_source);
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     drop(connect_when_listening(tcp));
     let rss_before = metric(&admin, "process_resident_memory_bytes");
@@ -872,12 +851,16 @@ fn udp_datagrams_the_kernel_dropped_are_counted() {
     const FLOOD: usize = 3_000;
     let (broker, dir) = setup();
     let (small, big) = (free_udp_port(), free_udp_port());
-    let sources = format!(
-        "  small:\n    type: udp\n    address: 127.0.0.1:{small}\n    channels: [main]\n    receive_buffer_bytes: 8192\n\
-         \x20 big:\n    type: udp\n    address: 127.0.0.1:{big}\n    channels: [main]\n    receive_buffer_bytes: 1073741824\n"
-    );
-    let config = sockets_to_kafka(dir.path(), &broker.bootstrap(), TOPIC, &sources, "", "");
-    let agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), &broker.bootstrap())
+        .source(
+            "small",
+            Source::udp(&local(small)).receive_buffer_bytes(8192),
+        )
+        .source(
+            "big",
+            Source::udp(&local(big)).receive_buffer_bytes(1073741824),
+        );
+    let agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let kernel =
         "tailrace_events_dropped_total{component=\"small\",reason=\"kernel_receive_buffer\"}";
@@ -920,10 +903,8 @@ fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let sources =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n");
-    let config = sockets_to_kafka(dir.path(), "127.0.0.1:9", TOPIC, &sources, "", "");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), "127.0.0.1:9").source("net", Source::tcp(&local(port)));
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let status = agent.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
     let log = agent.log_tail(20);
@@ -932,17 +913,12 @@ fn a_port_in_use_fails_the_start_and_a_shared_port_is_refused() {
         "{log}"
     );
 
-    let sources = format!(
-        "  a:\n    type: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n\
-         \x20 b:\n    type: syslog\n    mode: tcp\n    address: 127.0.0.1:{port}\n    channels: [main]\n\
-         \x20 c:\n    type: udp\n    address: 127.0.0.1:{port}\n    channels: [main]\n"
-    );
+    let clash = to_kafka(dir.path(), "127.0.0.1:9")
+        .source("a", Source::tcp(&local(port)))
+        .source("b", Source::syslog("tcp", local(port)))
+        .source("c", Source::udp(&local(port)));
     let path = dir.path().join("clash.yaml");
-    std::fs::write(
-        &path,
-        sockets_to_kafka(dir.path(), "127.0.0.1:9", TOPIC, &sources, "", ""),
-    )
-    .unwrap();
+    std::fs::write(&path, clash.to_yaml()).unwrap();
     let out = run_tailrace([Path::new("validate"), Path::new("--config"), &path]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
@@ -969,17 +945,16 @@ fn sigterm_with_kafka_unreachable_spools_every_record_a_tcp_source_read() {
     let bootstrap = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let tcp = free_port();
-    let sources =
-        format!("  net:\n    type: tcp\n    address: 127.0.0.1:{tcp}\n    channels: [main]\n");
     // Nothing gives up before SIGTERM: the queue stays full, the sink waits.
-    let sink = "    delivery_timeout_ms: 600000\n    spool: { queue_full_timeout_ms: 600000 }";
-    let config = sockets_to_kafka(dir.path(), &bootstrap, TOPIC, &sources, "", sink)
-        .replace(
-            r#"librdkafka: { "queue.buffering.max.ms": "5" }"#,
-            r#"librdkafka: { "queue.buffering.max.ms": "5", "queue.buffering.max.messages": "10000" }"#,
-        )
-        .replace("shutdown_grace_ms: 10000", "shutdown_grace_ms: 2000");
-    let mut agent = Agent::start(dir.path(), &config);
+    let config = to_kafka(dir.path(), &bootstrap)
+        .shutdown_grace_ms(2000)
+        .source("net", Source::tcp(&local(tcp)))
+        .edit_sink("kafka", |k| {
+            k.delivery_timeout_ms(600000)
+                .spool("queue_full_timeout_ms", 600000)
+                .librdkafka("queue.buffering.max.messages", "10000")
+        });
+    let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let admin = agent.admin_address().to_string();
     let mut c = connect_when_listening(tcp);
     let mut text = Vec::new();
