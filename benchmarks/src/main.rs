@@ -20,6 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tailrace_benchmarks::{lines, shapes};
 
+mod charts;
 mod containers;
 mod matrix;
 mod outage;
@@ -60,9 +61,14 @@ struct Args {
     /// baseline is the fastest.
     #[arg(long, value_delimiter = ',', default_value = "1,5,20,100")]
     lingers: Vec<u64>,
-    /// The matrix: where REPORT.md and matrix.svg go.
-    #[arg(long, default_value = "benchmarks/report")]
-    report: PathBuf,
+    /// The matrix: the report goes into a new directory under this one,
+    /// named by the UTC date, and `latest.md` here is rewritten to it.
+    #[arg(long, default_value = "benchmarks/results")]
+    results: PathBuf,
+    /// The matrix: write REPORT.md and the charts into this directory
+    /// instead, and leave `--results` alone.
+    #[arg(long)]
+    report: Option<PathBuf>,
     #[arg(long, default_value = "target/release/tailrace", env = "TAILRACE_BIN")]
     tailrace: PathBuf,
     #[arg(long, env = "TANSU_BIN")]
@@ -288,6 +294,19 @@ fn quantiles(metrics: &str) -> (Option<f64>, Option<f64>) {
     (q(0.5), q(0.99))
 }
 
+/// A consumer of `bootstrap` with client properties (credentials, TLS).
+fn consumer_config(bootstrap: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tailrace-bench")
+        .set("enable.auto.commit", "false");
+    config
+}
+
 /// Reads the whole topic and checks every sequence number 0..n.
 fn count(bootstrap: &str, topic: &str, n: u64) -> anyhow::Result<(u64, u64)> {
     count_with(bootstrap, topic, n, &[])
@@ -300,14 +319,7 @@ fn count_with(
     n: u64,
     properties: &[(String, String)],
 ) -> anyhow::Result<(u64, u64)> {
-    let mut config = ClientConfig::new();
-    for (k, v) in properties {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "tailrace-bench")
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = consumer_config(bootstrap, properties)
         .set("fetch.max.bytes", "52428800")
         .create()?;
     let mut tpl = TopicPartitionList::new();

@@ -1,8 +1,9 @@
 //! The benchmark matrix (issue 19): each scenario runs the release agent
 //! end to end into tansu beside an honest baseline measured in the same
 //! run, and a consumer counts every sequence number of both afterwards.
-//! The results go to the terminal and to `--report DIR` (REPORT.md and
-//! matrix.svg, see [`crate::report`]).
+//! The results go to the terminal and to `benchmarks/results/<UTC date>/`
+//! (REPORT.md and the charts, see [`crate::report`]; `--results DIR` for
+//! another place, `--report DIR` for one directory and no latest.md).
 //!
 //! The scenarios, each also alone with `--targets NAME`:
 //! - `raw`: a pre-written file of raw lines; kcat -P -l on the same file.
@@ -34,9 +35,11 @@ use std::io::{BufWriter, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tailrace_benchmarks::{lines, shapes};
 
 use crate::report::{self, Measure, Report, Scenario};
@@ -123,9 +126,16 @@ pub fn kcat_once(
     if let Some(dir) = &args.librdkafka_dir {
         cmd.env("LD_LIBRARY_PATH", dir);
     }
-    let out = cmd
-        .output()
-        .context("cannot run kcat under /usr/bin/time")?;
+    let began = Instant::now();
+    let child = cmd.spawn().context("cannot run kcat under /usr/bin/time")?;
+    let stop = AtomicBool::new(false);
+    let (out, timeline) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| watermarks(bootstrap, topic, &load.properties, began, &stop));
+        let out = child.wait_with_output();
+        stop.store(true, Ordering::Relaxed);
+        (out, sampler.join().unwrap_or_default())
+    });
+    let out = out.context("cannot wait for kcat")?;
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("kcat failed: {err}");
@@ -147,7 +157,31 @@ pub fn kcat_once(
         peak_rss_mib: Some(f[3] / 1024.0),
         lost: Some(lost),
         duplicated: Some(duplicated),
+        timeline,
+        ..Measure::default()
     })
+}
+
+/// The topic's partition 0 high watermark (the records the broker holds:
+/// what kcat has had acknowledged) every 250 ms from `began` until `stop`.
+fn watermarks(
+    bootstrap: &str,
+    topic: &str,
+    properties: &[(String, String)],
+    began: Instant,
+    stop: &AtomicBool,
+) -> Vec<(f64, u64)> {
+    let Ok(client) = crate::consumer_config(bootstrap, properties).create::<BaseConsumer>() else {
+        return Vec::new();
+    };
+    let mut timeline = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, high)) = client.fetch_watermarks(topic, 0, Duration::from_secs(1)) {
+            timeline.push((began.elapsed().as_secs_f64(), high.max(0) as u64));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    timeline
 }
 
 /// kcat at each of `--lingers` (`topic_for` gives each run an empty topic
@@ -264,6 +298,13 @@ impl AgentRun<'_> {
             }
         }
         let seen = seen?;
+        let (p50, p99) = crate::quantiles(&seen.metrics);
+        let timeline = seen
+            .samples
+            .iter()
+            .filter(|s| s.0 >= began)
+            .map(|&(t, n)| (t - began, n as u64))
+            .collect();
         let (lost, duplicated) = count_with(&self.bootstrap, "bench", self.events, &self.consumer)?;
         unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
         drop(agent);
@@ -276,6 +317,9 @@ impl AgentRun<'_> {
             peak_rss_mib: Some(seen.peak_kib as f64 / 1024.0),
             lost: Some(lost),
             duplicated: Some(duplicated),
+            p50_seconds: p50,
+            p99_seconds: p99,
+            timeline,
         })
     }
 }
@@ -599,6 +643,7 @@ impl Matrix<'_> {
                         peak_rss_mib: Some(o.peak_rss_mib),
                         lost: Some(o.lost),
                         duplicated: Some(o.duplicated),
+                        ..Measure::default()
                     },
                     kcat,
                 );
@@ -753,14 +798,15 @@ pub fn run(args: &Args, scenarios: &[String]) -> anyhow::Result<()> {
         quick: args.quick,
         scenarios: done,
     };
-    let md = report.markdown();
-    println!("{md}");
-    report
-        .write(&args.report)
-        .with_context(|| format!("cannot write the report into {}", args.report.display()))?;
+    println!("{}", report.markdown(""));
+    let dir = match &args.report {
+        Some(dir) => report.write(dir).map(|()| dir.clone()),
+        None => report.publish(&args.results),
+    }
+    .context("cannot write the report")?;
     eprintln!(
-        "report: {} and matrix.svg ({:.0} s)",
-        args.report.join("REPORT.md").display(),
+        "report: {} and its charts ({:.0} s)",
+        dir.join("REPORT.md").display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,11 +1,14 @@
 //! The matrix's report: one markdown file with a table per scenario
-//! (tailrace beside its baseline, measured in the same run), the machine
-//! and its load, the command line and the date, and an SVG bar chart of
-//! events/s per scenario. The SVG is written by hand: a few rectangles and
-//! labels need no plotting crate.
+//! (tailrace beside its baseline, measured in the same run: events/s, CPU
+//! per event, peak RSS, delivery latency, lost, duplicated, the ratio),
+//! the machine and its load, the command line and the date, and the
+//! charts of [`crate::charts`]. [`Report::publish`] puts it in a dated
+//! directory under `benchmarks/results/` and rewrites `latest.md` there.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::charts;
 
 /// One measured run: a tailrace run or its baseline.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -19,6 +22,14 @@ pub struct Measure {
     /// Counted at a consumer afterwards; None where nothing counted.
     pub lost: Option<u64>,
     pub duplicated: Option<u64>,
+    /// Delivery latency quantiles from the agent's
+    /// `tailrace_delivery_latency_seconds` (read to acknowledged, per
+    /// batch); None for kcat, which has no such figure.
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    /// Delivered events counted over the run: (seconds since the run
+    /// began, delivered so far); empty where nothing sampled (kcat).
+    pub timeline: Vec<(f64, u64)>,
 }
 
 impl Measure {
@@ -136,19 +147,25 @@ pub fn thousands(n: u64) -> String {
 }
 
 fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
-    v.map_or_else(|| "-".into(), f)
+    v.map_or_else(|| "–".into(), f)
+}
+
+fn ms(seconds: Option<f64>) -> String {
+    opt(seconds, |s| format!("{:.0} ms", s * 1e3))
 }
 
 fn measure_row(out: &mut String, m: &Measure, ratio: &str) {
     let _ = writeln!(
         out,
-        "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
         m.label,
         thousands(m.events),
         m.seconds,
         thousands(m.rate().round() as u64),
         opt(m.cpu_per_million(), |c| format!("{c:.2}")),
         opt(m.peak_rss_mib, |r| format!("{r:.0} MiB")),
+        ms(m.p50_seconds),
+        ms(m.p99_seconds),
         opt(m.lost, thousands),
         opt(m.duplicated, thousands),
         ratio,
@@ -156,8 +173,10 @@ fn measure_row(out: &mut String, m: &Measure, ratio: &str) {
 }
 
 impl Report {
-    /// The markdown report: the summary, a table per scenario, the machine.
-    pub fn markdown(&self) -> String {
+    /// The markdown report: the summary, the charts (their paths behind
+    /// `images`, a directory ending in `/` or ""), a table per scenario,
+    /// the machine.
+    pub fn markdown(&self, images: &str) -> String {
         let mut out = String::new();
         let m = &self.machine;
         let _ = writeln!(out, "# tailrace benchmark matrix\n");
@@ -174,18 +193,26 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nEvery run produces with acks=all, idempotence and lz4 to a local tansu broker; `lost` and `dup` are counted by a consumer reading every sequence number back.\n\n![events/s per scenario](matrix.svg)\n"
+            "\nEvery run produces with acks=all, idempotence and lz4 to a local tansu broker; `lost` and `dup` are counted by a consumer reading every sequence number back. Latency p50 and p99 are tailrace's own `tailrace_delivery_latency_seconds` histogram (read to acknowledged by Kafka, one observation per batch, interpolated within buckets) at the end of the run; kcat has no such figure, so its cells say –.\n"
         );
-        let _ = writeln!(out, "| scenario | tailrace events/s | baseline | baseline events/s | × baseline | lost | dup |");
-        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "| scenario | tailrace events/s | CPU-s / M | peak RSS | p50 | p99 | baseline | baseline events/s | × baseline | lost | dup |");
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        );
         for s in &self.scenarios {
             let rate =
                 |m: &Option<Measure>| opt(m.as_ref(), |m| thousands(m.rate().round() as u64));
+            let t = s.tailrace.as_ref();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.title,
                 rate(&s.tailrace),
+                opt(t.and_then(Measure::cpu_per_million), |c| format!("{c:.2}")),
+                opt(t.and_then(|t| t.peak_rss_mib), |r| format!("{r:.0} MiB")),
+                ms(t.and_then(|t| t.p50_seconds)),
+                ms(t.and_then(|t| t.p99_seconds)),
                 opt(s.baseline.as_ref(), |b| b.label.clone()),
                 rate(&s.baseline),
                 opt(s.ratio(), |r| format!("{r:.2}")),
@@ -193,11 +220,18 @@ impl Report {
                 opt(s.tailrace.as_ref().and_then(|t| t.duplicated), thousands),
             );
         }
+        let _ = writeln!(
+            out,
+            "\n![events/s per scenario]({images}{RATES})\n\n![events/s over time per scenario]({images}{THROUGHPUT})\n\n![CPU seconds per million events]({images}{CPU})\n\n![delivery latency p50 and p99]({images}{LATENCY})"
+        );
         for s in &self.scenarios {
             let _ = writeln!(out, "\n## {} (`--targets {}`)\n", s.title, s.name);
             if s.tailrace.is_some() || s.baseline.is_some() {
-                let _ = writeln!(out, "| run | events | seconds | events/s | CPU-s / M events | peak RSS | lost | dup | × baseline |");
-                let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+                let _ = writeln!(out, "| run | events | seconds | events/s | CPU-s / M events | peak RSS | p50 | p99 | lost | dup | × baseline |");
+                let _ = writeln!(
+                    out,
+                    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                );
                 if let Some(t) = &s.tailrace {
                     measure_row(&mut out, t, &opt(s.ratio(), |r| format!("{r:.2}")));
                 }
@@ -212,135 +246,70 @@ impl Report {
         out
     }
 
-    /// A horizontal bar chart: per scenario, tailrace's events/s beside its
-    /// baseline's, with the figures and the ratio written on it.
-    pub fn svg(&self) -> String {
-        const LABEL_W: f64 = 300.0;
-        const BAR_MAX: f64 = 480.0;
-        const BAR_H: f64 = 16.0;
-        const GROUP_H: f64 = 50.0;
-        const TOP: f64 = 50.0;
-        let width = LABEL_W + BAR_MAX + 200.0;
-        let max = self
-            .scenarios
-            .iter()
-            .flat_map(|s| [&s.tailrace, &s.baseline])
-            .flatten()
-            .map(Measure::rate)
-            .fold(0.0, f64::max)
-            .max(1.0);
-        let height = TOP + GROUP_H * self.scenarios.len() as f64 + 30.0;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"##
-        );
-        let _ = writeln!(
-            out,
-            r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
-        );
-        let _ = writeln!(
-            out,
-            r##"<text x="10" y="20" font-size="15" font-weight="bold">events/s per scenario: tailrace (blue) beside its baseline (grey){}</text>"##,
-            if self.quick { ", --quick size" } else { "" }
-        );
-        let _ = writeln!(
-            out,
-            r##"<text x="10" y="38" fill="#555555">{} · {} cores · load {} at start · {}</text>"##,
-            escape(&self.machine.cpu_model),
-            self.machine.cores,
-            escape(&self.machine.load_at_start),
-            escape(&self.date)
-        );
-        for (i, s) in self.scenarios.iter().enumerate() {
-            let y = TOP + GROUP_H * i as f64;
-            let _ = writeln!(
-                out,
-                r##"<text x="10" y="{:.0}" font-weight="bold">{}</text>"##,
-                y + BAR_H + 4.0,
-                escape(&s.title)
-            );
-            if let Some(r) = s.ratio() {
-                let _ = writeln!(
-                    out,
-                    r##"<text x="10" y="{:.0}" fill="#555555">{r:.2} × baseline</text>"##,
-                    y + 2.0 * BAR_H + 8.0
-                );
-            }
-            let names = bar_names(s);
-            for (j, (m, fill)) in [(&s.tailrace, "#1f77b4"), (&s.baseline, "#a0a0a0")]
-                .into_iter()
-                .enumerate()
-            {
-                let by = y + 4.0 + j as f64 * (BAR_H + 4.0);
-                let Some(m) = m else {
-                    let _ = writeln!(
-                        out,
-                        r##"<text x="{LABEL_W}" y="{:.0}" fill="#999999">not measured</text>"##,
-                        by + BAR_H - 4.0
-                    );
-                    continue;
-                };
-                let w = (m.rate() / max * BAR_MAX).max(1.0);
-                let _ = writeln!(
-                    out,
-                    r##"<rect x="{LABEL_W}" y="{by:.0}" width="{w:.1}" height="{BAR_H}" fill="{fill}"><title>{}</title></rect>"##,
-                    escape(&m.label)
-                );
-                let _ = writeln!(
-                    out,
-                    r##"<text x="{:.1}" y="{:.0}">{}</text>"##,
-                    LABEL_W + w + 6.0,
-                    by + BAR_H - 4.0,
-                    escape(&format!(
-                        "{} ev/s  {}",
-                        thousands(m.rate().round() as u64),
-                        names[j]
-                    ))
-                );
-            }
-        }
-        out.push_str("</svg>\n");
-        out
-    }
-
-    /// Writes REPORT.md and matrix.svg into `dir`.
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+    /// Writes REPORT.md and the charts (see [`crate::charts`]) into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("REPORT.md"), self.markdown())?;
-        std::fs::write(dir.join("matrix.svg"), self.svg())
+        std::fs::write(dir.join("REPORT.md"), self.markdown(""))?;
+        for (name, svg) in [
+            (RATES, charts::rates(self)?),
+            (THROUGHPUT, charts::throughput(self)?),
+            (CPU, charts::cpu(self)?),
+            (LATENCY, charts::latency(self)?),
+        ] {
+            std::fs::write(dir.join(name), svg)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the report into a new directory under `results` named by
+    /// the run's UTC date (`2026-12-01`, or `2026-12-01.2` and on for a
+    /// second run that day), and `results/latest.md`, the same report
+    /// with its links into that directory, which the README links to.
+    /// Returns the directory.
+    pub fn publish(&self, results: &Path) -> anyhow::Result<PathBuf> {
+        let dir = results_dir(results, &self.date);
+        self.write(&dir)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let md = self.markdown(&format!("{name}/")).replacen(
+            "# tailrace benchmark matrix\n",
+            &format!("# tailrace benchmark matrix: the latest run, [{name}]({name}/REPORT.md)\n"),
+            1,
+        );
+        std::fs::write(results.join("latest.md"), md)?;
+        Ok(dir)
     }
 }
 
-/// The bars' names: each label up to its first comma (what ran, without
-/// the detail), or where both begin alike (tailrace beside tailrace), each
-/// label's last part (what differs).
-fn bar_names(s: &Scenario) -> [String; 2] {
-    fn label(m: &Option<Measure>) -> &str {
-        m.as_ref().map_or("", |m| m.label.as_str())
-    }
-    let (t, b) = (label(&s.tailrace), label(&s.baseline));
-    let first = |l: &str| l.split(',').next().unwrap_or(l).trim().to_string();
-    let last = |l: &str| l.rsplit(',').next().unwrap_or(l).trim().to_string();
-    if first(t) == first(b) {
-        [last(t), last(b)]
-    } else {
-        [first(t), first(b)]
-    }
-}
+/// The charts' file names, beside REPORT.md.
+const RATES: &str = "rates.svg";
+const THROUGHPUT: &str = "throughput.svg";
+const CPU: &str = "cpu.svg";
+const LATENCY: &str = "latency.svg";
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// `results/<date>` for the date part of an RFC 3339 `date`, or the first
+/// of `<date>.2`, `<date>.3`, ... that does not exist yet.
+pub fn results_dir(results: &Path, date: &str) -> PathBuf {
+    let day = date.get(..10).unwrap_or("undated");
+    let first = results.join(day);
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|n| results.join(format!("{day}.{n}")))
+        .find(|d| !d.exists())
+        .expect("some suffix is free")
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn measure(label: &str, events: u64, seconds: f64) -> Measure {
+    /// A run at a steady rate, sampled every 200 ms.
+    pub(crate) fn measure(label: &str, events: u64, seconds: f64) -> Measure {
+        let rate = events as f64 / seconds;
         Measure {
             label: label.into(),
             events,
@@ -349,10 +318,20 @@ mod tests {
             peak_rss_mib: Some(64.0),
             lost: Some(0),
             duplicated: Some(0),
+            p50_seconds: None,
+            p99_seconds: None,
+            timeline: (0..=(seconds * 5.0) as u64)
+                .map(|i| (i as f64 * 0.2, (i as f64 * 0.2 * rate) as u64))
+                .collect(),
         }
     }
 
-    fn report() -> Report {
+    pub(crate) fn report() -> Report {
+        let mut tailrace = measure("tailrace, file", 2_000_000, 2.0);
+        tailrace.p50_seconds = Some(0.012);
+        tailrace.p99_seconds = Some(0.0456);
+        let mut kcat = measure("kcat -P -l, linger.ms=5", 2_000_000, 4.0);
+        kcat.timeline.clear();
         Report {
             command: "tailrace-bench --quick".into(),
             date: "2026-12-01T16:00:00Z".into(),
@@ -369,13 +348,13 @@ mod tests {
                 Scenario {
                     name: "raw".into(),
                     title: "1. raw file → Kafka".into(),
-                    tailrace: Some(measure("tailrace, file", 2_000_000, 2.0)),
-                    baseline: Some(measure("kcat -P -l, linger.ms=5", 2_000_000, 4.0)),
+                    tailrace: Some(tailrace),
+                    baseline: Some(kcat),
                     notes: vec!["kcat linger.ms sweep: 1 → 400,000".into()],
                 },
                 Scenario {
                     name: "tls".into(),
-                    title: "7. TLS + SASL".into(),
+                    title: "7. TLS + SASL <&>".into(),
                     tailrace: None,
                     baseline: Some(measure("kcat", 100, 1.0)),
                     notes: vec!["tls: stunnel did not start".into()],
@@ -393,75 +372,89 @@ mod tests {
     }
 
     #[test]
-    fn the_markdown_has_a_table_per_scenario_with_the_ratio() {
-        let md = report().markdown();
+    fn the_markdown_has_a_table_per_scenario_with_the_ratio_and_latency() {
+        let md = report().markdown("");
         assert!(
             md.contains("## 1. raw file → Kafka (`--targets raw`)"),
             "{md}"
         );
-        assert!(md.contains("## 7. TLS + SASL (`--targets tls`)"), "{md}");
-        // Tailrace at 1,000,000/s against kcat's 500,000/s.
+        assert!(
+            md.contains("## 7. TLS + SASL <&> (`--targets tls`)"),
+            "{md}"
+        );
+        // Tailrace at 1,000,000/s against kcat's 500,000/s, its latency
+        // in milliseconds; kcat has none.
         assert!(
             md.contains(
-                "| tailrace, file | 2,000,000 | 2.0 | 1,000,000 | 1.50 | 64 MiB | 0 | 0 | 2.00 |"
+                "| tailrace, file | 2,000,000 | 2.0 | 1,000,000 | 1.50 | 64 MiB | 12 ms | 46 ms | 0 | 0 | 2.00 |"
             ),
             "{md}"
         );
-        assert!(md.contains("| 1. raw file → Kafka | 1,000,000 | kcat -P -l, linger.ms=5 | 500,000 | 2.00 | 0 | 0 |"), "{md}");
+        assert!(
+            md.contains(
+                "| kcat -P -l, linger.ms=5 | 2,000,000 | 4.0 | 500,000 | 3.00 | 64 MiB | – | – | 0 | 0 | 1.00 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| 1. raw file → Kafka | 1,000,000 | 1.50 | 64 MiB | 12 ms | 46 ms | kcat -P -l, linger.ms=5 | 500,000 | 2.00 | 0 | 0 |"), "{md}");
         // A scenario that failed says so and has no ratio.
         assert!(
-            md.contains("| 7. TLS + SASL | - | kcat | 100 | - | - | - |"),
+            md.contains("| 7. TLS + SASL <&> | – | – | – | – | – | kcat | 100 | – | – | – |"),
             "{md}"
         );
         assert!(md.contains("tls: stunnel did not start"));
         assert!(md.contains("6.51 6.67 5.42") && md.contains("2 × AMD EPYC"));
         assert!(md.contains("--quick"));
+        for chart in [RATES, THROUGHPUT, CPU, LATENCY] {
+            assert!(md.contains(&format!("]({chart})")), "{chart}: {md}");
+        }
+        assert!(report()
+            .markdown("2026-12-01/")
+            .contains("](2026-12-01/throughput.svg)"));
     }
 
     #[test]
-    fn the_svg_draws_bars_to_scale_and_escapes_text() {
-        let svg = report().svg();
-        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
-        let widths: Vec<f64> = svg
-            .lines()
-            .filter(|l| l.starts_with("<rect x="))
-            .map(|l| {
-                l.split("width=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        // The fastest bar is full length, kcat's half of it, the tiny one
-        // still visible.
-        assert_eq!(widths, [480.0, 240.0, 1.0]);
-        assert!(svg.contains("not measured"));
-        assert!(svg.contains("AMD EPYC &lt;test&gt; &amp; co"));
-        assert!(!svg.contains("<test>"));
-        assert!(svg.contains("2.00 × baseline"));
-        assert!(
-            svg.contains("1,000,000 ev/s  tailrace<") && svg.contains("500,000 ev/s  kcat -P -l<")
-        );
-        let mut disk = report().scenarios[0].clone();
-        disk.tailrace.as_mut().unwrap().label = "tailrace, file, disk channel".into();
-        disk.baseline.as_mut().unwrap().label = "tailrace, file, memory channel".into();
-        assert_eq!(bar_names(&disk), ["disk channel", "memory channel"]);
-        // Every element opened is closed.
-        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
-    }
-
-    #[test]
-    fn the_report_is_written_to_its_directory() {
+    fn the_report_is_written_to_its_directory_with_its_charts() {
         let dir = tempfile::tempdir().unwrap();
         report().write(&dir.path().join("r")).unwrap();
         let md = std::fs::read_to_string(dir.path().join("r/REPORT.md")).unwrap();
-        assert!(md.contains("![events/s per scenario](matrix.svg)"));
-        assert!(std::fs::read_to_string(dir.path().join("r/matrix.svg"))
-            .unwrap()
-            .contains("<svg"));
+        assert!(md.contains("![events/s per scenario](rates.svg)"));
+        for chart in [RATES, THROUGHPUT, CPU, LATENCY] {
+            let svg = std::fs::read_to_string(dir.path().join("r").join(chart)).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+                "{chart}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_run_is_published_in_a_new_dated_directory_and_latest_follows() {
+        let results = tempfile::tempdir().unwrap();
+        let r = results.path();
+        let first = report().publish(r).unwrap();
+        assert_eq!(first, r.join("2026-12-01"));
+        let latest = std::fs::read_to_string(r.join("latest.md")).unwrap();
+        assert!(
+            latest.starts_with(
+                "# tailrace benchmark matrix: the latest run, [2026-12-01](2026-12-01/REPORT.md)\n"
+            ),
+            "{latest}"
+        );
+        assert!(latest.contains("](2026-12-01/rates.svg)"), "{latest}");
+        // A second run the same day keeps the first.
+        let second = report().publish(r).unwrap();
+        assert_eq!(second, r.join("2026-12-01.2"));
+        assert!(first.join("REPORT.md").exists() && second.join("cpu.svg").exists());
+        let latest = std::fs::read_to_string(r.join("latest.md")).unwrap();
+        assert!(
+            latest.contains("](2026-12-01.2/REPORT.md)") && !latest.contains("](2026-12-01/"),
+            "{latest}"
+        );
+        assert_eq!(
+            results_dir(r, "2026-12-01T23:59:59Z"),
+            r.join("2026-12-01.3")
+        );
+        assert_eq!(results_dir(r, "2026-12-02T00:00:00Z"), r.join("2026-12-02"));
     }
 }
