@@ -229,6 +229,30 @@ fn json_shaped(c: &mut Criterion) {
     let batch = shaped_batch();
     let mut g = c.benchmark_group("encoding");
     g.throughput(Throughput::Elements(batch.len() as u64));
+    // The escaper alone, against serde_json's (what json_str was before).
+    let texts: Vec<&str> = batch
+        .records
+        .iter()
+        .map(|r| std::str::from_utf8(&r.payload).unwrap())
+        .collect();
+    g.bench_function("json_str_serde_json", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for t in &texts {
+                out.clear();
+                serde_json::to_writer(&mut out, t).unwrap();
+            }
+        })
+    });
+    g.bench_function("json_str", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for t in &texts {
+                out.clear();
+                tailrace_kafka::encode::json_str(&mut out, t);
+            }
+        })
+    });
     g.bench_function("json_fields_escaped", |b| {
         let mut out = Vec::with_capacity(512);
         b.iter(|| {
@@ -255,6 +279,24 @@ fn headers(c: &mut Criterion) {
                 let mut list = encode::HeaderList::new();
                 encode::headers(&batch, r, "web-1", &mut list);
                 list.push((encode::EVENT_ID.into(), ids.next(&batch, r)));
+                std::hint::black_box(encode::owned_headers(&list));
+            }
+        })
+    });
+    // What encode::headers and EventIds::next did before issue 19's cut
+    // (a String and a copied Bytes per value, format! for the offset and
+    // the id), for a figure of both in the same run.
+    g.bench_function("file_record_to_owned_headers_before", |b| {
+        b.iter(|| {
+            for r in &batch.records {
+                let mut list = encode::HeaderList::new();
+                list.push(("source".into(), Bytes::copy_from_slice(batch.meta.source.as_bytes())));
+                list.push(("host".into(), Bytes::from("web-1".as_bytes().to_vec())));
+                let path = batch.meta.path.as_deref().unwrap();
+                list.push(("path".into(), Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes())));
+                list.push(("offset".into(), Bytes::from(r.offset.to_string())));
+                let id = format!("s{:016x}{:016x}", 7u64, r.offset);
+                list.push((encode::EVENT_ID.into(), Bytes::from(id)));
                 std::hint::black_box(encode::owned_headers(&list));
             }
         })
