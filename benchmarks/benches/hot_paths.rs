@@ -206,12 +206,112 @@ fn interceptors(c: &mut Criterion) {
     let _ = Record::new(Bytes::new(), 0);
 }
 
+/// The fields+JSON scenario's records: three extracted fields and a
+/// message with a quote and a tab to escape.
+fn shaped_batch() -> Batch {
+    use tailrace_api::FieldValue;
+    let mut batch = batch_of(&chunk());
+    for (i, r) in batch.records.iter_mut().enumerate() {
+        let mut line = r.payload.to_vec();
+        line[20] = b'"';
+        line[40] = b'\t';
+        r.payload = Bytes::from(line);
+        let f = r.fields_mut();
+        f.set("user", FieldValue::text("ann"));
+        f.set("req", FieldValue::text(format!("{i:08x}")));
+        f.set("latency_ms", FieldValue::Int(12));
+    }
+    batch
+}
+
+/// JSON of records with fields and characters to escape.
+fn json_shaped(c: &mut Criterion) {
+    let batch = shaped_batch();
+    let mut g = c.benchmark_group("encoding");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    // The escaper alone, against serde_json's (what json_str was before).
+    let texts: Vec<&str> = batch
+        .records
+        .iter()
+        .map(|r| std::str::from_utf8(&r.payload).unwrap())
+        .collect();
+    g.bench_function("json_str_serde_json", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for t in &texts {
+                out.clear();
+                serde_json::to_writer(&mut out, t).unwrap();
+            }
+        })
+    });
+    g.bench_function("json_str", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for t in &texts {
+                out.clear();
+                tailrace_kafka::encode::json_str(&mut out, t);
+            }
+        })
+    });
+    g.bench_function("json_fields_escaped", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for r in &batch.records {
+                out.clear();
+                tailrace_kafka::encode::json(&batch, r, "web-1", &mut out);
+            }
+        })
+    });
+    g.finish();
+}
+
+/// The headers of a file record (source, host, path, offset and the event
+/// id) as librdkafka takes them, made and dropped per record.
+fn headers(c: &mut Criterion) {
+    use tailrace_kafka::encode;
+    let batch = batch_of(&chunk());
+    let mut ids = encode::EventIds::new();
+    let mut g = c.benchmark_group("headers");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("file_record_to_owned_headers", |b| {
+        b.iter(|| {
+            for r in &batch.records {
+                let mut list = encode::HeaderList::new();
+                encode::headers(&batch, r, "web-1", &mut list);
+                list.push((encode::EVENT_ID.into(), ids.next(&batch, r)));
+                std::hint::black_box(encode::owned_headers(&list));
+            }
+        })
+    });
+    // What encode::headers and EventIds::next did before issue 19's cut
+    // (a String and a copied Bytes per value, format! for the offset and
+    // the id), for a figure of both in the same run.
+    g.bench_function("file_record_to_owned_headers_before", |b| {
+        b.iter(|| {
+            for r in &batch.records {
+                let mut list = encode::HeaderList::new();
+                list.push(("source".into(), Bytes::copy_from_slice(batch.meta.source.as_bytes())));
+                list.push(("host".into(), Bytes::from("web-1".as_bytes().to_vec())));
+                let path = batch.meta.path.as_deref().unwrap();
+                list.push(("path".into(), Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes())));
+                list.push(("offset".into(), Bytes::from(r.offset.to_string())));
+                let id = format!("s{:016x}{:016x}", 7u64, r.offset);
+                list.push((encode::EVENT_ID.into(), Bytes::from(id)));
+                std::hint::black_box(encode::owned_headers(&list));
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     split,
     batching,
     encoding,
     spool_writes,
-    interceptors
+    interceptors,
+    json_shaped,
+    headers
 );
 criterion_main!(benches);

@@ -1,7 +1,9 @@
 //! Memory that does not grow with the number of files: the file source's
 //! read buffers come from one bounded pool (`read_pool_bytes`), checked
 //! through `tailrace_file_buffer_bytes` while 2,000 open files are read,
-//! and every line still arrives exactly once.
+//! and every line still arrives exactly once; and the same for the
+//! connections of a tcp source (`tailrace_source_buffer_bytes`), whose
+//! idle connections hold no read buffer.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,4 +90,126 @@ fn two_thousand_open_files_never_hold_more_than_the_read_pool() {
         highest <= POOL_BYTES as f64,
         "the read buffers held {highest} bytes, over read_pool_bytes {POOL_BYTES}"
     );
+}
+
+/// Idle connections, and lines from each of the active ones
+/// (`TAILRACE_MEMORY_LINES_PER_CONNECTION` for a longer run).
+const IDLE_CONNECTIONS: u64 = 1_000;
+const ACTIVE_CONNECTIONS: u64 = 4;
+const SOCKET_POOL_BYTES: u64 = 256 * 1024;
+
+/// Memory that does not grow with the number of connections: a tcp
+/// source's read buffers come from one bounded pool, so 1,000 connections
+/// that each sent a line and then went quiet hold none once their lines
+/// are delivered, while a few busy ones stream through the pool; the
+/// gauge never shows more than `read_pool_bytes`, and every line arrives
+/// exactly once.
+#[test]
+fn a_thousand_idle_connections_hold_no_read_buffer() {
+    use std::net::TcpStream;
+    use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
+
+    let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
+    let broker = Broker::start();
+    broker.create_topic("logs", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", tailrace_e2e::free_port());
+    let config = Config::new(dir.path().join("data"))
+        .source(
+            "net",
+            Source::tcp(&address)
+                .set("max_connections", 2_048)
+                .set("read_buffer_bytes", 16_384)
+                .set("read_pool_bytes", SOCKET_POOL_BYTES),
+        )
+        .channel(MAIN, Channel::memory())
+        .sink(
+            "kafka",
+            Sink::kafka(&broker.bootstrap(), "logs").librdkafka("queue.buffering.max.ms", "5"),
+        );
+    let agent = Agent::start(dir.path(), &config.to_yaml());
+    let admin = agent.admin_address().to_string();
+    let gauge = "tailrace_source_buffer_bytes{source=\"net\"}";
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (stop, admin) = (stop.clone(), admin.clone());
+        std::thread::spawn(move || {
+            let (mut highest, mut samples, mut rss) = (0f64, 0u64, 0f64);
+            while !stop.load(Ordering::Acquire) {
+                if let Ok(r) = get(&admin, "/metrics") {
+                    if let Some(v) = sample(&r.body, gauge) {
+                        highest = highest.max(v);
+                        samples += 1;
+                    }
+                    if let Some(v) = sample(&r.body, "process_resident_memory_bytes") {
+                        rss = rss.max(v);
+                    }
+                }
+            }
+            (highest, samples, rss)
+        })
+    };
+
+    // Idle connections: one line each (sequence numbers 0..1,000), then quiet.
+    let mut idle = Vec::new();
+    for seq in 0..IDLE_CONNECTIONS {
+        let mut s = TcpStream::connect(&address)
+            .unwrap_or_else(|e| panic!("connection {seq} to {address}: {e}"));
+        let mut line = SeqLines::line(seq);
+        line.push(b'\n');
+        s.write_all(&line).unwrap();
+        idle.push(s);
+    }
+    // Active connections: the rest, interleaved over them.
+    let senders: Vec<_> = (0..ACTIVE_CONNECTIONS)
+        .map(|c| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut s = std::io::BufWriter::new(TcpStream::connect(&address).unwrap());
+                for i in 0..per_active {
+                    let mut line =
+                        SeqLines::line(IDLE_CONNECTIONS + c + i * ACTIVE_CONNECTIONS);
+                    line.push(b'\n');
+                    s.write_all(&line).unwrap();
+                }
+                s.into_inner().unwrap()
+            })
+        })
+        .collect();
+    let active: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let expected = IDLE_CONNECTIONS + ACTIVE_CONNECTIONS * per_active;
+    let mut consumer = Consumer::new(&broker.bootstrap(), "logs");
+    let records = consumer
+        .read_count(expected as usize, Duration::from_secs(120))
+        .to_vec();
+    // Every line delivered, every connection still open: nothing held.
+    let released = tailrace_e2e::wait_until(Duration::from_secs(30), || {
+        get(&admin, "/metrics").is_ok_and(|r| sample(&r.body, gauge) == Some(0.0))
+    });
+    stop.store(true, Ordering::Release);
+    let (highest, samples, rss) = scraper.join().unwrap();
+    eprintln!(
+        "{} connections: read buffers at most {highest} bytes, peak RSS {:.1} MiB",
+        IDLE_CONNECTIONS + ACTIVE_CONNECTIONS,
+        rss / 1048576.0
+    );
+
+    let report = Report::new(expected, records.iter().map(|r| &r.payload[..]));
+    assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert!(samples > 0, "{gauge} was never exported");
+    assert!(highest > 0.0, "the pool never held a buffer while {expected} lines were read");
+    assert!(
+        highest <= SOCKET_POOL_BYTES as f64,
+        "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
+    );
+    assert!(
+        released,
+        "with every line delivered, {} open connections still hold read buffers: {gauge} = {:?}",
+        idle.len() + active.len(),
+        get(&admin, "/metrics").ok().and_then(|r| sample(&r.body, gauge))
+    );
+    drop((idle, active));
 }

@@ -185,9 +185,72 @@ const CORE: &[&str] = &[
     "timestamp",
 ];
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// Appends `s` as a JSON string, escaped as serde_json does it (public
+/// for the benches only). Runs
+/// with nothing to escape are found eight bytes at a time and copied with
+/// one extend each; most lines have no byte to escape at all.
+#[doc(hidden)]
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if !word_needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            if needs_escape(b) {
+                out.extend_from_slice(&bytes[run..i]);
+                escape(out, b);
+                run = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+/// A control character, `"` or `\`.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether any of the eight bytes of `w` needs escaping: one below 0x20,
+/// or one equal to `"` or `\` (the "has a byte less than" and "has a zero
+/// byte" tests of Bit Twiddling Hacks; exact for any, not for which).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space | zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) != 0
+}
+
+fn escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = match b {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'\n' => b'n',
+        b'\r' => b'r',
+        b'\t' => b't',
+        0x08 => b'b',
+        0x0c => b'f',
+        _ => {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            return;
+        }
+    };
+    out.extend_from_slice(&[b'\\', short]);
 }
 
 fn json_value(out: &mut Vec<u8>, v: &FieldValue) {
@@ -279,27 +342,85 @@ pub type HeaderList = Vec<(String, Bytes)>;
 pub const EVENT_ID: &str = "tailrace.id";
 
 /// Appends the record's metadata as headers: source, host, and for files
-/// path and offset.
+/// path and offset, with room for the event id after them. The values
+/// the records of a batch share are made once (see [`SharedValues`]) and
+/// cloned per record, which counts a reference instead of copying; a
+/// `host` field is the record's own bytes.
 pub fn headers(batch: &Batch, record: &Record, host: &str, out: &mut HeaderList) {
-    out.push((
-        "source".into(),
-        Bytes::copy_from_slice(batch.meta.source.as_bytes()),
-    ));
-    let host_value: Vec<u8> = match batch.field(record, "host") {
+    out.reserve_exact(5);
+    let (source, host_value, path) = SHARED_VALUES.with(|v| {
+        let mut v = v.borrow_mut();
+        let v = v.of(batch, host);
+        (v.source.clone(), v.host.clone(), v.path.clone())
+    });
+    out.push(("source".into(), source));
+    let host_value = match batch.field(record, "host") {
+        Some(FieldValue::Text(b)) => b.clone(),
         Some(v) => {
             let mut b = Vec::new();
             write_value(v, &mut b);
-            b
+            Bytes::from(b)
         }
-        None => host.as_bytes().to_vec(),
+        None => host_value,
     };
-    out.push(("host".into(), Bytes::from(host_value)));
-    if let Some(path) = &batch.meta.path {
+    out.push(("host".into(), host_value));
+    if let Some(path) = path {
+        out.push(("path".into(), path));
+        let mut digits = [0u8; 20];
         out.push((
-            "path".into(),
-            Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes()),
+            "offset".into(),
+            Bytes::copy_from_slice(decimal(record.offset, &mut digits)),
         ));
-        out.push(("offset".into(), Bytes::from(record.offset.to_string())));
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+thread_local! {
+    /// The header values of the last batch headed on this thread.
+    static SHARED_VALUES: std::cell::RefCell<SharedValues> =
+        std::cell::RefCell::new(SharedValues::default());
+}
+
+/// Header values all the records of a batch have (its source and path,
+/// the sink's host), kept while batches from the same place follow each
+/// other; compared by content, so they are never stale.
+#[derive(Default)]
+struct SharedValues {
+    source: Bytes,
+    host: Bytes,
+    path: Option<Bytes>,
+}
+
+impl SharedValues {
+    fn of(&mut self, batch: &Batch, host: &str) -> &SharedValues {
+        let source = batch.meta.source.as_bytes();
+        if self.source != source {
+            self.source = Bytes::copy_from_slice(source);
+        }
+        if self.host != host.as_bytes() {
+            self.host = Bytes::copy_from_slice(host.as_bytes());
+        }
+        let path = batch
+            .meta
+            .path
+            .as_deref()
+            .map(|p| p.as_os_str().as_encoded_bytes());
+        if self.path.as_deref() != path {
+            self.path = path.map(Bytes::copy_from_slice);
+        }
+        self
     }
 }
 
@@ -339,14 +460,23 @@ impl EventIds {
     }
 
     pub fn next(&mut self, batch: &Batch, record: &Record) -> Bytes {
-        let id = match batch.meta.stream {
-            Some(stream) => format!("f{stream:016x}{:016x}", record.offset),
+        let (kind, high, low) = match batch.meta.stream {
+            Some(stream) => (b'f', stream, record.offset),
             None => {
                 self.next += 1;
-                format!("s{:016x}{:016x}", self.run, self.next)
+                (b's', self.run, self.next)
             }
         };
-        Bytes::from(id)
+        // One allocation of the exact size, no formatting machinery.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = [0u8; 33];
+        id[0] = kind;
+        for (i, n) in [high, low].into_iter().enumerate() {
+            for d in 0..16 {
+                id[1 + i * 16 + d] = HEX[(n >> (60 - 4 * d) & 0xf) as usize];
+            }
+        }
+        Bytes::copy_from_slice(&id)
     }
 }
 
@@ -500,6 +630,92 @@ mod tests {
         ] {
             check(ms);
         }
+    }
+
+    #[test]
+    fn the_escaper_writes_what_serde_json_writes() {
+        let mut cases: Vec<String> = (0u8..0x80)
+            .map(|b| format!("ab{c}cdefghij{c}", c = b as char))
+            .collect();
+        for at in 0..17 {
+            for c in ["\"", "\\", "\n", "\u{1f}", "é", "\u{7f}"] {
+                let mut s = "x".repeat(17);
+                s.replace_range(at..at + 1, c);
+                cases.push(s);
+            }
+        }
+        cases.extend(
+            ["", "a", "plain ascii, longer than a word", "\u{2028}日本語\"\\\r\u{8}\u{c}"]
+                .map(String::from),
+        );
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2_000 {
+            let s: String = (0..(x % 40))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from_u32((x % 0x1_0000) as u32 % if x % 3 == 0 { 0x80 } else { 0xd7ff })
+                        .unwrap_or('?')
+                })
+                .collect();
+            cases.push(s);
+        }
+        for s in cases {
+            let mut out = b"prefix".to_vec();
+            json_str(&mut out, &s);
+            let want = format!("prefix{}", serde_json::to_string(&s).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn header_values_follow_the_batch_and_event_ids_keep_their_form() {
+        let mut b = batch(b"x", &[], &[]);
+        let mut list = HeaderList::new();
+        headers(&b, &b.records[0], "web-1", &mut list);
+        let text = |l: &HeaderList| -> Vec<(String, String)> {
+            l.iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect()
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            text(&list),
+            pairs(&[("source", "app"), ("host", "web-1"), ("path", "/var/log/app.log"), ("offset", "42")])
+        );
+        // Another batch, host and offset on the same thread: nothing stale.
+        b.meta = Arc::new(BatchMeta {
+            source: "net".into(),
+            path: None,
+            stream: None,
+            read_at: b.meta.read_at,
+        });
+        b.records[0].fields_mut().set("host", FieldValue::text("h2"));
+        list.clear();
+        headers(&b, &b.records[0], "web-2", &mut list);
+        assert_eq!(text(&list), pairs(&[("source", "net"), ("host", "h2")]));
+        let mut digits = [0; 20];
+        for n in [0, 7, 10, 42, 1_000_001, u64::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
+        }
+
+        let mut ids = EventIds::new();
+        let s1 = ids.next(&b, &b.records[0]);
+        assert_eq!(s1, format!("s{:016x}{:016x}", ids.run, 1).as_bytes());
+        let stream = 0x0123_4567_89ab_cdefu64;
+        b.meta = Arc::new(BatchMeta {
+            source: "net".into(),
+            path: None,
+            stream: Some(stream),
+            read_at: b.meta.read_at,
+        });
+        assert_eq!(
+            ids.next(&b, &b.records[0]),
+            format!("f{stream:016x}{:016x}", 42u64).as_bytes()
+        );
     }
 
     #[test]

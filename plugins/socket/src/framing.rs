@@ -12,7 +12,7 @@
 //! dropped: the frame is taken up to the next newline and counted as
 //! malformed.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use serde::Deserialize;
 use tailrace_api::Record;
 
@@ -173,32 +173,24 @@ impl StreamFramer {
         }
     }
 
-    /// Moves every complete frame out of `buf` into `out`; an incomplete
-    /// frame stays in `buf`, unless it is already longer than the limit.
-    pub fn cut(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>, cuts: &mut Cuts) {
-        let consumed = self.scan(buf, false, cuts);
-        self.emit(buf, consumed, out);
-    }
-
-    /// The stream ended (or is being closed): sends what is held. A
-    /// partial octet-counted frame is sent as it is and counted as
-    /// malformed.
-    pub fn finish(&mut self, buf: &mut BytesMut, out: &mut Vec<Record>, cuts: &mut Cuts) {
-        let consumed = self.scan(buf, true, cuts);
-        self.emit(buf, consumed, out);
-    }
-
-    fn emit(&mut self, buf: &mut BytesMut, consumed: usize, out: &mut Vec<Record>) {
-        if consumed == 0 {
-            self.ranges.clear();
-            return;
-        }
-        let chunk = buf.split_to(consumed).freeze();
+    /// Moves every complete frame of `chunk` into `out` as slices of it
+    /// (all of it when `eof`); returns how many bytes are consumed: the
+    /// rest is an incomplete frame, for the caller to carry into the
+    /// next read, unless it is already longer than the limit.
+    pub fn cut_chunk(
+        &mut self,
+        chunk: &Bytes,
+        eof: bool,
+        out: &mut Vec<Record>,
+        cuts: &mut Cuts,
+    ) -> usize {
+        let consumed = self.scan(chunk, eof, cuts);
         out.extend(
             self.ranges
                 .drain(..)
                 .map(|(a, b)| Record::new(chunk.slice(a..b), 0)),
         );
+        consumed
     }
 
     fn boundary(&self) -> State {
@@ -389,6 +381,20 @@ pub fn datagram(
 mod tests {
     use super::*;
 
+    /// One read as the connection does it: what was carried, then
+    /// `buf`'s new bytes, cut; the rest is carried in `buf`.
+    pub(super) fn cut(
+        f: &mut StreamFramer,
+        buf: &mut Vec<u8>,
+        eof: bool,
+        out: &mut Vec<Record>,
+        cuts: &mut Cuts,
+    ) {
+        let chunk = Bytes::from(std::mem::take(buf));
+        let consumed = f.cut_chunk(&chunk, eof, out, cuts);
+        *buf = chunk[consumed..].to_vec();
+    }
+
     fn payloads(out: &[Record]) -> Vec<String> {
         out.iter()
             .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
@@ -415,15 +421,15 @@ mod tests {
                 policy,
             },
         );
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         let mut out = Vec::new();
         let mut cuts = Cuts::default();
         for p in pieces {
             buf.extend_from_slice(p.as_bytes());
-            f.cut(&mut buf, &mut out, &mut cuts);
+            cut(&mut f, &mut buf, false, &mut out, &mut cuts);
         }
         if eof {
-            f.finish(&mut buf, &mut out, &mut cuts);
+            cut(&mut f, &mut buf, true, &mut out, &mut cuts);
         }
         assert_eq!(payloads(&out), expected, "{framing:?} {pieces:?}");
         assert_eq!(&buf[..], held.as_bytes(), "held for {framing:?} {pieces:?}");
@@ -669,6 +675,7 @@ mod tests {
 
 #[cfg(test)]
 mod random_input {
+    use super::tests::cut;
     use super::*;
 
     /// Random bytes cut at random points, under every framing and policy:
@@ -698,7 +705,7 @@ mod random_input {
                     policy,
                 },
             );
-            let mut buf = BytesMut::new();
+            let mut buf = Vec::new();
             let mut out = Vec::new();
             let mut cuts = Cuts::default();
             for _ in 0..20 {
@@ -713,14 +720,14 @@ mod random_input {
                     })
                     .collect();
                 buf.extend_from_slice(&bytes);
-                f.cut(&mut buf, &mut out, &mut cuts);
+                cut(&mut f, &mut buf, false, &mut out, &mut cuts);
                 assert!(
                     buf.len() <= max + 11 || framing != StreamFraming::Newline,
                     "held {} over {max}",
                     buf.len()
                 );
             }
-            f.finish(&mut buf, &mut out, &mut cuts);
+            cut(&mut f, &mut buf, true, &mut out, &mut cuts);
             assert!(buf.is_empty(), "finish leaves nothing held");
             assert!(
                 out.iter().all(|r| r.payload.len() <= max),

@@ -21,6 +21,7 @@ mod limits;
 mod listen;
 mod metrics;
 mod output;
+mod pool;
 mod relp;
 mod relp_conn;
 mod syslog;
@@ -156,6 +157,12 @@ pub struct Settings {
     /// Streams: bytes read from a connection at a time.
     #[serde(default)]
     pub read_buffer_bytes: Option<usize>,
+    /// Streams: bytes of read buffers all the connections of the source
+    /// hold together, until their records are delivered
+    /// (`tailrace_source_buffer_bytes`). A connection holds one only while
+    /// it is being read; when they are all taken, reads wait.
+    #[serde(default)]
+    pub read_pool_bytes: Option<usize>,
     /// The socket's kernel receive buffer (SO_RCVBUF); the system default
     /// when unset.
     #[serde(default)]
@@ -178,6 +185,7 @@ const DEFAULT_MIN_RATE_WINDOW_MS: u64 = 10_000;
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
 const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+const DEFAULT_READ_POOL_BYTES: usize = 32 * 1024 * 1024;
 const MAX_RECEIVE_BUFFER_BYTES: usize = 1 << 30;
 /// The longest unix socket path (sun_path less its NUL).
 const MAX_UNIX_PATH: usize = 107;
@@ -229,6 +237,7 @@ struct Plan {
     tls_handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     read_buffer_bytes: usize,
+    read_pool_bytes: usize,
     receive_buffer_bytes: Option<usize>,
     socket_mode: Option<u32>,
     tls: Option<TlsConfig>,
@@ -366,7 +375,7 @@ impl Settings {
             }
         };
 
-        let stream_only: [(&str, bool); 7] = [
+        let stream_only: [(&str, bool); 8] = [
             ("max_connections", self.max_connections.is_some()),
             ("max_partial_bytes", self.max_partial_bytes.is_some()),
             (
@@ -376,6 +385,7 @@ impl Settings {
             ("min_rate_window_ms", self.min_rate_window_ms.is_some()),
             ("idle_timeout_ms", self.idle_timeout_ms.is_some()),
             ("read_buffer_bytes", self.read_buffer_bytes.is_some()),
+            ("read_pool_bytes", self.read_pool_bytes.is_some()),
             ("tls", self.tls.is_some()),
         ];
         if !stream {
@@ -432,7 +442,7 @@ impl Settings {
                 }
             }
         };
-        let positive: [(&str, Option<u64>); 8] = [
+        let positive: [(&str, Option<u64>); 9] = [
             ("max_line_bytes", Some(self.max_line().bytes as u64)),
             ("max_connections", self.max_connections.map(|v| v as u64)),
             (
@@ -449,6 +459,7 @@ impl Settings {
                 "read_buffer_bytes",
                 self.read_buffer_bytes.map(|v| v as u64),
             ),
+            ("read_pool_bytes", self.read_pool_bytes.map(|v| v as u64)),
             (
                 "receive_buffer_bytes",
                 self.receive_buffer_bytes.map(|v| v as u64),
@@ -511,6 +522,7 @@ impl Settings {
                 .read_buffer_bytes
                 .unwrap_or(DEFAULT_READ_BUFFER_BYTES)
                 .max(512),
+            read_pool_bytes: self.read_pool_bytes.unwrap_or(DEFAULT_READ_POOL_BYTES),
             receive_buffer_bytes: self.receive_buffer_bytes,
             socket_mode,
             tls: self.tls.clone(),

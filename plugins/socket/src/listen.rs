@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tailrace_api::{BuildError, ComponentTask, EarlyBinding, Heartbeat, Record, SourceContext};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -490,7 +490,9 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Reads one connection until it closes, idles out or shutdown comes (then
-/// drains what the peer already sent).
+/// drains what the peer already sent). Reads go into buffers of the
+/// source's pool (`crate::pool`); between reads the connection keeps only
+/// a copy of its partial frame.
 async fn read<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: &str,
@@ -499,7 +501,7 @@ async fn read<S: AsyncRead + Unpin>(
     heartbeat: &Heartbeat,
 ) {
     let mut framer = StreamFramer::new(plan.stream_framing, plan.limit);
-    let mut buf = BytesMut::new();
+    let mut carry: Vec<u8> = Vec::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
     let idle_for = plan.idle_timeout.unwrap_or(NEVER);
@@ -513,7 +515,6 @@ async fn read<S: AsyncRead + Unpin>(
     );
     tokio::pin!(rate_check);
     let why = loop {
-        room_to_read(&mut buf, plan);
         heartbeat.idle();
         let read = tokio::select! {
             biased;
@@ -521,29 +522,26 @@ async fn read<S: AsyncRead + Unpin>(
             _ = &mut idle => break "idle timeout",
             _ = &mut rate_check => {
                 let r = rate.as_mut().expect("armed only with a rule");
-                if r.trickles(!buf.is_empty()) {
-                    break out.discard_partial(peer, SLOW, &mut buf);
+                if r.trickles(!carry.is_empty()) {
+                    break out.discard_partial(peer, SLOW, &mut carry);
                 }
                 rate_check.as_mut().reset(r.window_end);
                 continue;
             }
-            r = stream.read_buf(&mut buf) => r,
+            r = out.pool.read(&mut stream, &carry, plan.read_buffer_bytes) => r,
         };
         heartbeat.beat();
         match read {
-            Ok(0) => break "closed by the peer",
-            Ok(n) => {
+            Ok(chunk) if chunk.len() == carry.len() => break "closed by the peer",
+            Ok(chunk) => {
                 if let Some(r) = rate.as_mut() {
-                    r.add(n);
+                    r.add(chunk.len() - carry.len());
                 }
-                let mut records = Vec::new();
-                let mut cuts = Cuts::default();
-                framer.cut(&mut buf, &mut records, &mut cuts);
-                if !out.send(records, cuts, heartbeat).await {
+                if !cut_and_send(&mut framer, &chunk, &mut carry, out, heartbeat).await {
                     return;
                 }
-                if !held.set(buf.len()) {
-                    break out.discard_partial(peer, OVER_BUDGET, &mut buf);
+                if !held.set(carry.len()) {
+                    break out.discard_partial(peer, OVER_BUDGET, &mut carry);
                 }
                 // Time spent waiting for the channel is not idleness.
                 idle.as_mut().reset(Instant::now() + idle_for);
@@ -556,20 +554,41 @@ async fn read<S: AsyncRead + Unpin>(
     };
     if why == "shutdown" {
         let deadline = drain_deadline();
-        while drain_read(&mut stream, &mut buf, deadline).await.is_some() {
-            let mut records = Vec::new();
-            let mut cuts = Cuts::default();
-            framer.cut(&mut buf, &mut records, &mut cuts);
-            if !out.send(records, cuts, heartbeat).await {
-                return;
+        loop {
+            let until = deadline.min(Instant::now() + DRAIN_QUIET);
+            let read = out.pool.read(&mut stream, &carry, DATAGRAM_SPACE);
+            match tokio::time::timeout_at(until, read).await {
+                Ok(Ok(chunk)) if chunk.len() > carry.len() => {
+                    if !cut_and_send(&mut framer, &chunk, &mut carry, out, heartbeat).await {
+                        return;
+                    }
+                }
+                _ => break,
             }
         }
     }
     let mut records = Vec::new();
     let mut cuts = Cuts::default();
-    framer.finish(&mut buf, &mut records, &mut cuts);
+    framer.cut_chunk(&Bytes::from(carry), true, &mut records, &mut cuts);
     out.send(records, cuts, heartbeat).await;
     debug!(source = %out.name(), peer, reason = why, "connection closed");
+}
+
+/// Sends the complete frames of `chunk` (read after `carry`) and keeps
+/// the rest in `carry`, a copy, so the chunk's buffer goes back to the
+/// pool once its records are delivered. False once the channel is closed.
+async fn cut_and_send(
+    framer: &mut StreamFramer,
+    chunk: &Bytes,
+    carry: &mut Vec<u8>,
+    out: &Output,
+    heartbeat: &Heartbeat,
+) -> bool {
+    let mut records = Vec::new();
+    let mut cuts = Cuts::default();
+    let consumed = framer.cut_chunk(chunk, false, &mut records, &mut cuts);
+    *carry = chunk[consumed..].to_vec();
+    out.send(records, cuts, heartbeat).await
 }
 
 enum Datagrams {

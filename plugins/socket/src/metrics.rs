@@ -2,10 +2,13 @@
 //! `tailrace_source_connections_refused_total{source,reason}`, the
 //! connections a stream source closed without reading them, and
 //! `tailrace_relp_messages_answered_total{source}`, the messages a relp
-//! source answered `200 OK` (the record was safe).
+//! source answered `200 OK` (the record was safe), and
+//! `tailrace_source_buffer_bytes{source}`, the read buffers a stream
+//! source's connections hold (`crate::pool`).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tailrace_api::{Families, Labels, Metrics, SourceMetrics};
 
@@ -30,6 +33,7 @@ pub fn declare_metrics(metrics: &mut Metrics) {
 pub struct SocketFamilies {
     refused: Family<Labels, Counter>,
     answered: Family<Labels, Counter>,
+    buffers: Family<Labels, Gauge>,
 }
 
 impl Families for SocketFamilies {
@@ -44,7 +48,22 @@ impl Families for SocketFamilies {
             "Messages a relp source answered 200 OK (written to the client once the record was safe)",
             self.answered.clone(),
         );
+        registry.register(
+            "tailrace_source_buffer_bytes",
+            "Bytes of read buffers a stream source's connections hold, until their records are delivered (at most read_pool_bytes)",
+            self.buffers.clone(),
+        );
     }
+}
+
+/// `tailrace_source_buffer_bytes{source}` (at 0 from the start).
+pub(crate) fn buffer_bytes(source: &str, metrics: &SourceMetrics) -> Gauge {
+    let l = vec![("source", source.to_owned())];
+    metrics
+        .families::<SocketFamilies>()
+        .buffers
+        .get_or_create(&l)
+        .clone()
 }
 
 /// `tailrace_relp_messages_answered_total{source}` (at 0 from the start).

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use crate::framing::Cuts;
 use crate::limits::Budget;
 use crate::metrics::{self, Refused};
+use crate::pool::ReadPool;
 use crate::{Plan, Transport};
 
 /// The reason a datagram the kernel dropped (its receive buffer was full)
@@ -24,6 +25,27 @@ pub(crate) const KERNEL_DROPS: &str = "kernel_receive_buffer";
 pub(crate) const OVER_BUDGET: &str = "partial_frame_budget";
 /// ...or it sent slower than `min_rate_bytes_per_second` (slowloris).
 pub(crate) const SLOW: &str = "slow_connection";
+
+/// A connection's partial frame: a relp session's read buffer, or what
+/// a stream connection carries between reads.
+pub(crate) trait PartialFrame {
+    /// Empties it; returns how many bytes it held.
+    fn discard(&mut self) -> usize;
+}
+
+impl PartialFrame for BytesMut {
+    fn discard(&mut self) -> usize {
+        let n = self.len();
+        self.clear();
+        n
+    }
+}
+
+impl PartialFrame for Vec<u8> {
+    fn discard(&mut self) -> usize {
+        std::mem::take(self).len()
+    }
+}
 
 /// Logs at most once per `PERIOD_SECS` per kind of event, across tasks.
 #[derive(Default)]
@@ -50,6 +72,8 @@ pub(crate) struct Output {
     pub(crate) cx: SourceContext,
     /// Partial frames held by all the source's connections.
     pub(crate) partial: Budget,
+    /// The read buffers of the source's connections (stream sources).
+    pub(crate) pool: ReadPool,
     /// Connections closed unread, by reason (stream sources).
     pub(crate) refused: Refused,
     /// Messages a relp source answered (relp sources only).
@@ -81,6 +105,14 @@ impl Output {
             ]);
         }
         Output {
+            pool: ReadPool::new(
+                plan.read_pool_bytes,
+                if plan.transport.is_stream() {
+                    metrics::buffer_bytes(&cx.name, &cx.metrics)
+                } else {
+                    Default::default()
+                },
+            ),
             refused: Refused::of(&cx.name, &cx.metrics, &reasons),
             answered: plan
                 .relp
@@ -104,16 +136,15 @@ impl Output {
     }
 
     /// Closing a connection for `reason` ([`OVER_BUDGET`], [`SLOW`]):
-    /// drops the partial frame it held, counted as one event, and logs;
-    /// returns the reason for the connection's close.
+    /// drops the partial frame it held (its bytes are cleared), counted as
+    /// one event, and logs; returns the reason for the connection's close.
     pub(crate) fn discard_partial(
         &self,
         peer: &str,
         reason: &'static str,
-        partial: &mut BytesMut,
+        partial: &mut impl PartialFrame,
     ) -> &'static str {
-        let bytes = partial.len();
-        partial.clear();
+        let bytes = partial.discard();
         self.cx.metrics.dropped.add(reason, 1);
         if self.log_hostile.due() {
             warn!(source = %self.cx.name, peer, reason, partial_bytes = bytes, "closing a connection and dropping its partial frame (counted in tailrace_events_dropped_total)");
