@@ -1,50 +1,8 @@
-//! Helpers for the socket-source tests: configs with socket sources, the
-//! agent's own counters, random bytes, and a test-owned rsyslogd.
+//! Helpers for the socket-source tests: the agent's own counters, random bytes, and a test-owned rsyslogd.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
-
-/// A config with the given `sources:` block (indented by two spaces,
-/// each naming `channels: [main]`), one memory channel and a kafka sink;
-/// `sink_extra` is added to the sink (indented by four spaces) and
-/// `channel_extra` to the channel.
-///
-/// Superseded by [`crate::Config::sockets_to_kafka`]; only diskchannel.rs
-/// still builds its YAML here, until it moves onto the builder too (then
-/// this goes).
-pub fn sockets_to_kafka(
-    dir: &Path,
-    bootstrap: &str,
-    topic: &str,
-    sources: &str,
-    channel_extra: &str,
-    sink_extra: &str,
-) -> String {
-    let dir = dir.display();
-    format!(
-        r#"data_dir: {dir}/data
-shutdown_grace_ms: 10000
-summary_interval_ms: 1000
-log: {{ level: info, format: text }}
-sources:
-{sources}
-channels:
-  main:
-    type: memory
-{channel_extra}
-sinks:
-  kafka:
-    type: kafka
-    channel: main
-    bootstrap_servers: {bootstrap}
-    topic: {topic}
-    compression: lz4
-    librdkafka: {{ "queue.buffering.max.ms": "5" }}
-{sink_extra}
-"#
-    )
-}
 
 /// A sample from the agent's `/metrics` (0 when absent), `name` with its
 /// labels: `tailrace_source_events_total{source="net"}`.

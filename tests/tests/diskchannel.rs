@@ -77,9 +77,7 @@ enum Break<'a> {
 
 /// The disk channel the tests use, `fsync: batch` (the default).
 fn disk() -> Channel {
-    Channel::of_type("disk")
-        .set("max_bytes", 67_108_864)
-        .set("fsync", "batch")
+    Channel::disk(64 << 20)
 }
 
 /// The channel holds all `n` lines.
