@@ -577,7 +577,13 @@ impl SpoolStore for Store {
 
     fn flush(&self) -> Result<(), StoreError> {
         #[cfg(debug_assertions)]
-        self.faults.spool_flush()?;
+        {
+            self.faults.spool_flush()?;
+            if let Err(e) = self.faults.spool_flush_write() {
+                self.health().write_failed(e.0.clone(), Instant::now());
+                return Err(e);
+            }
+        }
         CheckpointStore::flush(self)
     }
 
@@ -609,6 +615,11 @@ mod faults {
     /// first N fails, and the store then fails as sled does after an I/O
     /// error: every operation until a reopen.
     pub const STORE_WRITE_FAILURE_AFTER: &str = "TAILRACE_FAULT_STORE_WRITE_FAILURE_AFTER";
+    /// `TAILRACE_FAULT_STORE_FAILURE_AT_SPOOL_FLUSH_AFTER=N`: the spool
+    /// flush after the first N fails as a store write does (every
+    /// operation until a reopen), whatever number of entries it follows.
+    pub const STORE_FAILURE_AT_SPOOL_FLUSH_AFTER: &str =
+        "TAILRACE_FAULT_STORE_FAILURE_AT_SPOOL_FLUSH_AFTER";
     /// `TAILRACE_FAULT_STORE_REOPEN_FAILURES=M`: the first M reopens fail
     /// (the cause has not gone away yet).
     pub const STORE_REOPEN_FAILURES: &str = "TAILRACE_FAULT_STORE_REOPEN_FAILURES";
@@ -619,6 +630,7 @@ mod faults {
     pub struct Faults {
         spool_flush_failures: AtomicU64,
         writes_before_failure: AtomicU64,
+        spool_flushes_before_failure: AtomicU64,
         reopen_failures: AtomicU64,
     }
 
@@ -642,6 +654,7 @@ mod faults {
             Faults {
                 spool_flush_failures: var(SPOOL_FLUSH_FAILURES, 0),
                 writes_before_failure: var(STORE_WRITE_FAILURE_AFTER, OFF),
+                spool_flushes_before_failure: var(STORE_FAILURE_AT_SPOOL_FLUSH_AFTER, OFF),
                 reopen_failures: var(STORE_REOPEN_FAILURES, 0),
             }
         }
@@ -655,18 +668,13 @@ mod faults {
 
         /// Before each write: the one after the first N fails, once.
         pub fn write(&self) -> Result<(), StoreError> {
-            let n = &self.writes_before_failure;
-            if n.load(Ordering::SeqCst) == OFF || take_one(n) {
-                return Ok(());
-            }
-            if n.compare_exchange(0, OFF, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                return Err(StoreError(
-                    "injected fault: write failed (No space left on device)".into(),
-                ));
-            }
-            Ok(())
+            fail_after(&self.writes_before_failure)
+        }
+
+        /// Before each spool flush: the one after the first N fails as a
+        /// write does, once.
+        pub fn spool_flush_write(&self) -> Result<(), StoreError> {
+            fail_after(&self.spool_flushes_before_failure)
         }
 
         pub fn reopen(&self) -> Result<(), StoreError> {
@@ -675,6 +683,21 @@ mod faults {
             }
             Ok(())
         }
+    }
+
+    /// Counts `n` down; the call after it reached 0 fails, once.
+    fn fail_after(n: &AtomicU64) -> Result<(), StoreError> {
+        if n.load(Ordering::SeqCst) == OFF || take_one(n) {
+            return Ok(());
+        }
+        if n.compare_exchange(0, OFF, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return Err(StoreError(
+                "injected fault: write failed (No space left on device)".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -152,6 +152,12 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
     };
 
     // Idle connections: one line each (sequence numbers 0..1,000), then quiet.
+    // The source listens once its pipeline started, after the admin
+    // endpoint: the first connection waits for it.
+    let listening = tailrace_e2e::wait_until(Duration::from_secs(20), || {
+        TcpStream::connect(&address).is_ok()
+    });
+    assert!(listening, "the tcp source never listened on {address}");
     let mut idle = Vec::new();
     for seq in 0..IDLE_CONNECTIONS {
         let mut s = TcpStream::connect(&address)
