@@ -31,9 +31,8 @@ use tailrace_api::channel_disk::{
     channel_dir, declare_corrupt, DiskChannel, DiskFamilies, DiskMetrics,
 };
 use tailrace_api::{
-    Channel, CheckpointStore, ComponentTask, EarlyBinding, Metrics, Readiness, Redeliver,
-    Shutdown, Side,
-    SinkContext, SourceContext, SpoolStore,
+    Channel, CheckpointStore, ComponentTask, EarlyBinding, Metrics, Readiness, Redeliver, Shutdown,
+    Side, SinkContext, SourceContext, SpoolStore,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;

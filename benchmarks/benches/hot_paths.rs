@@ -290,10 +290,16 @@ fn headers(c: &mut Criterion) {
         b.iter(|| {
             for r in &batch.records {
                 let mut list = encode::HeaderList::new();
-                list.push(("source".into(), Bytes::copy_from_slice(batch.meta.source.as_bytes())));
+                list.push((
+                    "source".into(),
+                    Bytes::copy_from_slice(batch.meta.source.as_bytes()),
+                ));
                 list.push(("host".into(), Bytes::from("web-1".as_bytes().to_vec())));
                 let path = batch.meta.path.as_deref().unwrap();
-                list.push(("path".into(), Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes())));
+                list.push((
+                    "path".into(),
+                    Bytes::copy_from_slice(path.as_os_str().as_encoded_bytes()),
+                ));
                 list.push(("offset".into(), Bytes::from(r.offset.to_string())));
                 let id = format!("s{:016x}{:016x}", 7u64, r.offset);
                 list.push((encode::EVENT_ID.into(), Bytes::from(id)));

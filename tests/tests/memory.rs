@@ -174,8 +174,7 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
             std::thread::spawn(move || {
                 let mut s = std::io::BufWriter::new(TcpStream::connect(&address).unwrap());
                 for i in 0..per_active {
-                    let mut line =
-                        SeqLines::line(IDLE_CONNECTIONS + c + i * ACTIVE_CONNECTIONS);
+                    let mut line = SeqLines::line(IDLE_CONNECTIONS + c + i * ACTIVE_CONNECTIONS);
                     line.push(b'\n');
                     s.write_all(&line).unwrap();
                 }
@@ -206,7 +205,10 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
     assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
     assert_eq!(report.duplicates, 0, "{report:?}");
     assert!(samples > 0, "{gauge} was never exported");
-    assert!(highest > 0.0, "the pool never held a buffer while {expected} lines were read");
+    assert!(
+        highest > 0.0,
+        "the pool never held a buffer while {expected} lines were read"
+    );
     assert!(
         highest <= SOCKET_POOL_BYTES as f64,
         "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
@@ -215,7 +217,9 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
         released,
         "with every line delivered, {} open connections still hold read buffers: {gauge} = {:?}",
         idle.len() + active.len(),
-        get(&admin, "/metrics").ok().and_then(|r| sample(&r.body, gauge))
+        get(&admin, "/metrics")
+            .ok()
+            .and_then(|r| sample(&r.body, gauge))
     );
     drop((idle, active));
 }

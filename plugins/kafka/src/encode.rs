@@ -246,7 +246,14 @@ fn escape(out: &mut Vec<u8>, b: u8) {
         0x08 => b'b',
         0x0c => b'f',
         _ => {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xf) as usize],
+            ]);
             return;
         }
     };
@@ -645,8 +652,13 @@ mod tests {
             }
         }
         cases.extend(
-            ["", "a", "plain ascii, longer than a word", "\u{2028}日本語\"\\\r\u{8}\u{c}"]
-                .map(String::from),
+            [
+                "",
+                "a",
+                "plain ascii, longer than a word",
+                "\u{2028}日本語\"\\\r\u{8}\u{c}",
+            ]
+            .map(String::from),
         );
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..2_000 {
@@ -655,8 +667,10 @@ mod tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    char::from_u32((x % 0x1_0000) as u32 % if x % 3 == 0 { 0x80 } else { 0xd7ff })
-                        .unwrap_or('?')
+                    char::from_u32(
+                        (x % 0x1_0000) as u32 % if x.is_multiple_of(3) { 0x80 } else { 0xd7ff },
+                    )
+                    .unwrap_or('?')
                 })
                 .collect();
             cases.push(s);
@@ -680,11 +694,18 @@ mod tests {
                 .collect()
         };
         let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
-            p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(
             text(&list),
-            pairs(&[("source", "app"), ("host", "web-1"), ("path", "/var/log/app.log"), ("offset", "42")])
+            pairs(&[
+                ("source", "app"),
+                ("host", "web-1"),
+                ("path", "/var/log/app.log"),
+                ("offset", "42")
+            ])
         );
         // Another batch, host and offset on the same thread: nothing stale.
         b.meta = Arc::new(BatchMeta {
@@ -693,7 +714,9 @@ mod tests {
             stream: None,
             read_at: b.meta.read_at,
         });
-        b.records[0].fields_mut().set("host", FieldValue::text("h2"));
+        b.records[0]
+            .fields_mut()
+            .set("host", FieldValue::text("h2"));
         list.clear();
         headers(&b, &b.records[0], "web-2", &mut list);
         assert_eq!(text(&list), pairs(&[("source", "net"), ("host", "h2")]));

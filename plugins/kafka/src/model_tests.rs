@@ -263,7 +263,7 @@ impl Log {
             let Some((&seq, ids)) = st.held.range(st.next..).next() else {
                 return;
             };
-            let batch = model_batch(seq, ids, Ack::new(seq, ids.len(), self.clone()));
+            let batch = model_batch(ids, Ack::new(seq, ids.len(), self.clone()));
             if input.try_send(batch).is_err() {
                 return;
             }
@@ -297,8 +297,8 @@ impl Redeliver for Log {
     }
 }
 
-/// A model batch of `ids` from their source, numbered `id`.
-fn model_batch(id: u64, ids: &[Id], ack: Ack) -> Batch {
+/// A model batch of `ids` from their source.
+fn model_batch(ids: &[Id], ack: Ack) -> Batch {
     let records = ids
         .iter()
         .map(|&r| Record::new(Bytes::from(payload(r)), r.1))
@@ -540,7 +540,7 @@ impl Harness {
                         true
                     }
                     None => {
-                        let batch = model_batch(id, &ids, Ack::new(id, n, self.acked.clone()));
+                        let batch = model_batch(&ids, Ack::new(id, n, self.acked.clone()));
                         self.input.try_send(batch).is_ok()
                     }
                 };
