@@ -1078,3 +1078,32 @@ fn drop_oldest_does_not_evict_an_entry_not_yet_flushed() {
         ],
     );
 }
+
+/// With a disk channel in front: a dead letter the store could not take
+/// yet, then a give-up that made the channel read its batch again: the
+/// first copy's dead letter, stored once the store was back, acknowledged
+/// the batch, and so did the second copy (found by the model after the
+/// durable input was added).
+#[test]
+fn a_dead_letter_waiting_for_the_store_does_not_acknowledge_a_batch_read_again() {
+    found(
+        Style {
+            durable: true,
+            ..RELAXED
+        },
+        &[
+            Op::Send { source: 0, n: 1 },
+            Op::Turn,
+            Op::Send { source: 0, n: 1 },
+            Op::Refuse(1),
+            Op::Store(Fault::WritesFail),
+            Op::Turn,
+            Op::Fail(1),
+            Op::Turn,
+            Op::Wait { ms: 1001 },
+            Op::Store(Fault::None),
+            Op::Send { source: 0, n: 1 },
+            Op::Send { source: 0, n: 1 },
+        ],
+    );
+}

@@ -778,6 +778,11 @@ impl<P: ProducerPort> Sink<P> {
             return true;
         };
         if self.rewind {
+            // Dead letters of the log's batches not yet stored come again
+            // with their batches: kept, they would settle a batch that is
+            // then read a second time (acknowledged twice).
+            self.dead_unstored.retain(|d| d.inflight.is_replay());
+            self.dead_unflushed.retain(|d| d.inflight.is_replay());
             input.redeliver();
             self.rewind = false;
             self.take_not_before = self.now() + REPLAY_BACKOFF;
