@@ -59,6 +59,9 @@ struct Scene {
     /// held the lines, before the interruption.
     spooled_while_held: f64,
     failed_while_held: f64,
+    /// The sink's failed deliveries once every line arrived: after a
+    /// SIGKILL, those of the restarted agent only.
+    failed_at_end: f64,
 }
 
 /// `n` lines over tcp into channel `main` (`channel` is its YAML body)
@@ -202,9 +205,11 @@ fn interrupted_while_kafka_is_absent(
         &admin,
         "tailrace_channel_corrupt_batches_total{channel=\"main\",reason=\"checksum\"}",
     );
+    let failed_at_end = failed(&admin);
     agent.terminate();
     agent.wait_exit(Duration::from_secs(30));
     Scene {
+        failed_at_end,
         report,
         stats,
         checksum_errors,
@@ -336,8 +341,8 @@ fn a_reload_that_rebuilds_the_disk_channel_loses_and_repeats_nothing() {
 /// on stays in the channel's log, the only copy: its sled spool stays
 /// empty while the channel holds every line. After SIGKILL and the broker's
 /// start every line arrives, in order; nothing reached Kafka before the
-/// kill, so a line can only repeat when a batch is given up on after the
-/// restart, one partly delivered batch per give up.
+/// kill, so a line can only repeat when it is given up on after the
+/// restart (a timed-out record the broker wrote after all) and read again.
 #[test]
 fn what_the_sink_gives_up_on_stays_in_the_disk_channel_not_in_its_spool() {
     let n = lines();
@@ -363,9 +368,14 @@ fn what_the_sink_gives_up_on_stays_in_the_disk_channel_not_in_its_spool() {
     let r = &scene.report;
     assert!(r.missing.is_empty(), "lines lost: {r}");
     assert!(!r.out_of_order, "{r}");
+    // A line repeats only when its batch was given up on and read again
+    // (a delivery timeout can hit a record the broker wrote after all):
+    // after the restart nothing had reached Kafka, so every repeat is a
+    // record the restarted sink gave up on.
     assert!(
-        r.duplicates <= n / 10,
-        "repeats are bounded by what was partly delivered when given up on: {r}"
+        r.duplicates as f64 <= scene.failed_at_end,
+        "repeats are bounded by what the restarted sink gave up on ({}): {r}",
+        scene.failed_at_end
     );
     eprintln!("one copy: {r}");
 }

@@ -359,19 +359,21 @@ struct Rewind {
 
 impl Redeliver for Rewind {
     fn redeliver(&self) {
-        let from = {
+        let (from, dropped) = {
             let mut inner = self.shared.lock();
             // Under the lock the reader reads under: a batch it read
             // before carries the old epoch, and is not handed on.
             self.shared.epoch.fetch_add(1, Ordering::AcqRel);
             let from = inner.log.cursor();
             inner.next_deliver = from;
+            // What the reader handed on before goes (it comes again from
+            // the log, in order); cleared before the lock is let go, or a
+            // batch read again meanwhile (the new epoch's first) would be
+            // cleared with them and never handed on.
+            let dropped = self.output.clear();
             self.shared.changed(&mut inner);
-            from
+            (from, dropped)
         };
-        // After the epoch moved: what the reader handed on before goes
-        // (it comes again from the log, in order).
-        let dropped = self.output.clear();
         tracing::debug!(channel = %self.shared.name, from, dropped_read_ahead = dropped, "disk channel reads again from its first unacknowledged batch");
     }
 }
@@ -1050,6 +1052,35 @@ mod tests {
         let want: Vec<String> = (2..8).map(|i| format!("line {i}")).collect();
         assert_eq!(again, want, "from the first unreleased, each once");
         assert_eq!(ch.held().batches, 0);
+        ch.close();
+        ch.finish();
+    }
+
+    /// A redelivery cleared the read-ahead after it let go of the log's
+    /// lock: a batch the reader read again meanwhile (the first
+    /// unreleased one) was cleared too and never handed on, so the sink
+    /// waited for it for ever (seen in the e2e test of the one-copy rule,
+    /// 8,509 lines held and never delivered). After every redelivery the
+    /// first batch handed on is the first unreleased one.
+    #[test]
+    fn after_each_redelivery_the_first_unreleased_batch_is_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = DiskChannel::open("d", dir.path(), settings(1 << 20), DiskMetrics::unmetered())
+            .unwrap();
+        for i in 0..8 {
+            ch.input()
+                .send_blocking(batch(i * 2, 2, Ack::none()))
+                .unwrap();
+        }
+        let out = ch.output();
+        let rewind = ch.redelivery();
+        for round in 0..500 {
+            rewind.redeliver();
+            let first = out
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("round {round}: nothing handed on after a redelivery"));
+            assert_eq!(lines(&first)[0], "line 0", "round {round}");
+        }
         ch.close();
         ch.finish();
     }
