@@ -691,13 +691,8 @@ fn mock_broker_down_and_up(ordering: &str) -> (Vec<Record>, u64) {
     let lines = SeqLines::create(dir.path().join("logs/app.log"));
     let writer = lines.spawn_writer(100, Duration::from_millis(10), MAX_WRITTEN);
     let bootstrap = cluster.bootstrap_servers();
-    // One entry replayed at a time, so the replay is still handing entries
-    // over when new events come (with all of them handed over, strict
-    // order lets new events go straight to librdkafka).
-    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS).edit_sink(SINK, |k| {
-        k.spool("ordering", ordering)
-            .spool("replay_entries_in_flight", 1)
-    });
+    let config = config(dir.path(), &bootstrap, DELIVERY_TIMEOUT_MS)
+        .edit_sink(SINK, |k| k.spool("ordering", ordering));
     let mut agent = Agent::start(dir.path(), &config.to_yaml());
     let mut consumer = Consumer::new(&bootstrap, TOPIC);
     assert!(

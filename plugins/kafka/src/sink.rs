@@ -890,16 +890,15 @@ impl<P: ProducerPort> Sink<P> {
     }
 
     /// New events wait behind the spool (strict order; never with a
-    /// durable input: the spool holds none of its records), unless every
-    /// entry it holds is already handed to librdkafka, in full, ahead of
-    /// them (a failure among those takes back what followed, as always).
+    /// durable input: the spool holds none of its records). Not only
+    /// until every entry is handed to librdkafka: a replayed record that
+    /// then times out is overtaken by new events already delivered (98
+    /// lines in one CI run), so they wait until the spool is empty.
     fn behind_spool(&self) -> bool {
         !self.durable()
             && self.order().behind_spool(|| {
                 self.writer.unstored() > 0
-                    || self.replay.holds_failed()
-                    || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries
-                        > self.replay.in_flight() as u64
+                    || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
             })
     }
 
