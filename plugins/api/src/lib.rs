@@ -14,6 +14,7 @@
 pub mod ack;
 pub mod batch;
 pub mod batcher;
+pub mod budget;
 pub mod channel;
 pub mod channel_disk;
 pub mod channel_log;

@@ -9,82 +9,33 @@
 //! when the budget is spent, reads wait for deliveries to give some back.
 //! `tailrace_file_buffer_bytes{source}` shows what is held.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
+use tailrace_api::budget::ByteBudget;
 
 /// The budget, shared by the files of one source (cheap to clone).
 #[derive(Clone)]
 pub struct BufferPool {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    max_bytes: usize,
-    held: AtomicUsize,
-    gauge: Gauge,
-}
-
-/// Bytes taken from the pool, given back on drop.
-struct Lease {
-    pool: Arc<Inner>,
-    bytes: usize,
-}
-
-impl Lease {
-    fn shrink_to(&mut self, bytes: usize) {
-        if bytes < self.bytes {
-            let back = self.bytes - bytes;
-            self.bytes = bytes;
-            let left = self.pool.held.fetch_sub(back, Ordering::AcqRel) - back;
-            self.pool.gauge.set(left as i64);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.shrink_to(0);
-    }
-}
-
-/// A filled buffer and its lease: dropping it frees both.
-struct Owned {
-    data: Vec<u8>,
-    _lease: Lease,
-}
-
-impl AsRef<[u8]> for Owned {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
+    budget: ByteBudget,
 }
 
 impl BufferPool {
     pub fn new(max_bytes: usize, gauge: Gauge) -> BufferPool {
-        gauge.set(0);
         BufferPool {
-            inner: Arc::new(Inner {
-                max_bytes,
-                held: AtomicUsize::new(0),
-                gauge,
-            }),
+            budget: ByteBudget::new(max_bytes, gauge),
         }
     }
 
     /// Bytes held now by buffers not yet dropped (the gauge shows it).
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.inner.held.load(Ordering::Acquire)
+        self.budget.held()
     }
 
     /// Reads into a buffer of `carry` followed by up to `room` bytes that
     /// `read` fills (it returns how many), or `None` without calling
-    /// `read` when the budget has no room for it. A request larger than
-    /// the whole budget is granted only when nothing else is held, so a
-    /// read can always happen eventually and the bound holds otherwise.
+    /// `read` when the budget has no room for it (see
+    /// [`ByteBudget::try_lease`] for a request over the whole budget).
     pub fn read<E>(
         &self,
         carry: &[u8],
@@ -92,7 +43,7 @@ impl BufferPool {
         read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Option<Result<Bytes, E>> {
         let want = carry.len() + room;
-        let mut lease = self.lease(want)?;
+        let lease = self.budget.try_lease(want)?;
         let mut data = Vec::with_capacity(want);
         data.extend_from_slice(carry);
         data.resize(want, 0);
@@ -101,40 +52,8 @@ impl BufferPool {
             Err(e) => return Some(Err(e)),
         };
         data.truncate(carry.len() + n);
-        if n < room / 2 {
-            // A short read (a small or slow file): keep what was read
-            // only, and give the rest of the lease back.
-            data.shrink_to_fit();
-            lease.shrink_to(data.capacity());
-        }
-        Some(Ok(Bytes::from_owner(Owned {
-            data,
-            _lease: lease,
-        })))
-    }
-
-    fn lease(&self, bytes: usize) -> Option<Lease> {
-        let inner = &self.inner;
-        let mut held = inner.held.load(Ordering::Acquire);
-        loop {
-            if held != 0 && held + bytes > inner.max_bytes {
-                return None;
-            }
-            match inner.held.compare_exchange_weak(
-                held,
-                held + bytes,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
-        inner.gauge.set((held + bytes) as i64);
-        Some(Lease {
-            pool: inner.clone(),
-            bytes,
-        })
+        // A short read (a small or slow file) keeps what was read only.
+        Some(Ok(lease.into_bytes(data)))
     }
 }
 

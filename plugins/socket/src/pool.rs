@@ -12,100 +12,43 @@
 //! pool slows the senders like a full channel does.
 //! `tailrace_source_buffer_bytes{source}` shows what is held.
 //!
-//! The file source has the same budget (`tailrace_file`'s pool); plugins
-//! do not depend on each other, so this is its own copy for async reads.
+//! The budget itself is `tailrace_api::budget`, shared with the file
+//! source; this is how a socket reads into it.
 
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
+use tailrace_api::budget::ByteBudget;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::Notify;
 
 /// The budget, shared by the connections of one source (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct ReadPool {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    max_bytes: usize,
-    held: AtomicUsize,
-    gauge: Gauge,
-    /// Reads waiting for a lease to come back; woken only when some are.
-    waiting: AtomicUsize,
-    freed: Notify,
-}
-
-/// Bytes taken from the pool, given back on drop.
-struct Lease {
-    pool: Arc<Inner>,
-    bytes: usize,
-}
-
-impl Lease {
-    fn shrink_to(&mut self, bytes: usize) {
-        if bytes < self.bytes {
-            let back = self.bytes - bytes;
-            self.bytes = bytes;
-            let left = self.pool.held.fetch_sub(back, Ordering::SeqCst) - back;
-            self.pool.gauge.set(left as i64);
-            if self.pool.waiting.load(Ordering::SeqCst) > 0 {
-                self.pool.freed.notify_waiters();
-            }
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.shrink_to(0);
-    }
-}
-
-/// A filled buffer and its lease: dropping it frees both.
-struct Owned {
-    data: Vec<u8>,
-    _lease: Lease,
-}
-
-impl AsRef<[u8]> for Owned {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
+    budget: ByteBudget,
 }
 
 impl ReadPool {
     pub(crate) fn new(max_bytes: usize, gauge: Gauge) -> ReadPool {
-        gauge.set(0);
         ReadPool {
-            inner: Arc::new(Inner {
-                max_bytes,
-                held: AtomicUsize::new(0),
-                gauge,
-                waiting: AtomicUsize::new(0),
-                freed: Notify::new(),
-            }),
+            budget: ByteBudget::new(max_bytes, gauge),
         }
     }
 
     /// Bytes held now by buffers not yet dropped (the gauge shows it).
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.inner.held.load(Ordering::SeqCst)
+        self.budget.held()
     }
 
     /// Reads from `stream` into a buffer of `carry` followed by up to
     /// `room` bytes; the read's length is the buffer's less `carry`'s (0:
     /// the stream ended). While the read waits for the stream, or for the
-    /// pool to have room, no buffer is held. A request larger than the
-    /// whole budget is granted only when nothing else is held, so a read
-    /// can always happen eventually and the bound holds otherwise.
+    /// pool to have room, no buffer is held. Cancel-safe: dropped before
+    /// it is ready, it has read nothing.
     pub(crate) async fn read<S: AsyncRead + Unpin>(
         &self,
         stream: &mut S,
@@ -114,29 +57,21 @@ impl ReadPool {
     ) -> io::Result<Bytes> {
         let want = carry.len() + room;
         loop {
-            let mut granted = Some(self.lease(want).await);
+            let mut granted = Some(self.budget.lease(want).await);
             let read = std::future::poll_fn(|cx| {
-                let Some(mut lease) = granted.take().or_else(|| self.try_lease(want)) else {
+                let Some(lease) = granted.take().or_else(|| self.budget.try_lease(want)) else {
                     return Poll::Ready(None);
                 };
                 let mut data = Vec::with_capacity(want);
                 data.extend_from_slice(carry);
                 // Pending: the buffer and the lease are dropped here.
-                let n = match pin!(stream.read_buf(&mut data)).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(Ok(n)) => n,
-                };
-                if n < room / 2 {
-                    // A short read (a slow or small sender): keep what was
-                    // read only, and give the rest of the lease back.
-                    data.shrink_to_fit();
-                    lease.shrink_to(data.capacity());
+                match pin!(stream.read_buf(&mut data)).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    // A short read (a slow or small sender) keeps what
+                    // was read only.
+                    Poll::Ready(Ok(_)) => Poll::Ready(Some(Ok(lease.into_bytes(data)))),
                 }
-                Poll::Ready(Some(Ok(Bytes::from_owner(Owned {
-                    data,
-                    _lease: lease,
-                }))))
             })
             .await;
             match read {
@@ -145,51 +80,6 @@ impl ReadPool {
                 None => continue,
             }
         }
-    }
-
-    /// A lease of `bytes`, once the pool has room for it.
-    async fn lease(&self, bytes: usize) -> Lease {
-        if let Some(lease) = self.try_lease(bytes) {
-            return lease;
-        }
-        let inner = &self.inner;
-        loop {
-            let mut freed = pin!(inner.freed.notified());
-            freed.as_mut().enable();
-            inner.waiting.fetch_add(1, Ordering::SeqCst);
-            let lease = self.try_lease(bytes);
-            if lease.is_none() {
-                freed.await;
-            }
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
-            if let Some(lease) = lease.or_else(|| self.try_lease(bytes)) {
-                return lease;
-            }
-        }
-    }
-
-    fn try_lease(&self, bytes: usize) -> Option<Lease> {
-        let inner = &self.inner;
-        let mut held = inner.held.load(Ordering::SeqCst);
-        loop {
-            if held != 0 && held + bytes > inner.max_bytes {
-                return None;
-            }
-            match inner.held.compare_exchange_weak(
-                held,
-                held + bytes,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(now) => held = now,
-            }
-        }
-        inner.gauge.set((held + bytes) as i64);
-        Some(Lease {
-            pool: inner.clone(),
-            bytes,
-        })
     }
 }
 
@@ -249,7 +139,7 @@ mod tests {
         client.write_all(&[b'x'; 5_000]).await.unwrap();
         let big = pool.read(&mut server, b"", 5_000).await.unwrap();
         assert_eq!(pool.held(), 5_000);
-        assert!(pool.try_lease(10).is_none());
+        assert!(pool.budget.try_lease(10).is_none());
         drop(big);
         drop(client);
         let end = pool.read(&mut server, b"carry", 100).await.unwrap();
