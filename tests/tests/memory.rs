@@ -2,8 +2,9 @@
 //! read buffers come from one bounded pool (`read_pool_bytes`), checked
 //! through `tailrace_file_buffer_bytes` while 2,000 open files are read,
 //! and every line still arrives exactly once; and the same for the
-//! connections of a tcp source (`tailrace_source_buffer_bytes`), whose
-//! idle connections hold no read buffer.
+//! connections of a tcp source and the sessions of a relp source
+//! (`tailrace_source_buffer_bytes`), whose idle connections hold no read
+//! buffer.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,6 +217,187 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
     assert!(
         released,
         "with every line delivered, {} open connections still hold read buffers: {gauge} = {:?}",
+        idle.len() + active.len(),
+        get(&admin, "/metrics")
+            .ok()
+            .and_then(|r| sample(&r.body, gauge))
+    );
+    drop((idle, active));
+}
+
+/// Idle RELP sessions, each of which sent one message and had it answered.
+const IDLE_RELP_SESSIONS: u64 = 300;
+
+/// A RELP client, as far as the test needs: `open`, then `syslog` frames
+/// whose answers a reader thread counts.
+mod relp_client {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+
+    /// Connects and opens a session (txnr 1); the next frame is txnr 2.
+    pub fn open(address: &str) -> TcpStream {
+        let mut s = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
+        let offers = "relp_version=0\nrelp_software=tailrace-test\ncommands=syslog";
+        write!(s, "1 open {} {offers}\n", offers.len()).unwrap();
+        let (txnr, text) = answer(&mut BufReader::new(&s));
+        assert_eq!(txnr, 1);
+        assert!(text.starts_with("200 OK"), "open answered {text:?}");
+        s
+    }
+
+    /// A `syslog` frame carrying `message`.
+    pub fn syslog(txnr: u64, message: &[u8]) -> Vec<u8> {
+        let mut frame = format!("{txnr} syslog {} ", message.len()).into_bytes();
+        frame.extend_from_slice(message);
+        frame.push(b'\n');
+        frame
+    }
+
+    /// The next `rsp` frame: its txnr and text.
+    pub fn answer(r: &mut impl BufRead) -> (u64, String) {
+        let mut word = || {
+            let mut w = Vec::new();
+            r.read_until(b' ', &mut w).unwrap();
+            assert_eq!(
+                w.pop(),
+                Some(b' '),
+                "the connection closed inside an answer"
+            );
+            String::from_utf8(w).unwrap()
+        };
+        let txnr: u64 = word().parse().unwrap();
+        assert_eq!(word(), "rsp");
+        let len: usize = word().parse().unwrap();
+        let mut data = vec![0; len + 1];
+        r.read_exact(&mut data).unwrap();
+        assert_eq!(data[len], b'\n', "an answer ends with a line feed");
+        (txnr, String::from_utf8_lossy(&data[..len]).into_owned())
+    }
+
+    /// Sends `frames` on `s` while a second thread reads `count` answers;
+    /// returns the stream once every answer came.
+    pub fn send_all(mut s: TcpStream, frames: Vec<u8>, count: u64) -> TcpStream {
+        let reader = s.try_clone().unwrap();
+        let answers = std::thread::spawn(move || {
+            let mut r = BufReader::new(reader);
+            for _ in 0..count {
+                let (_, text) = answer(&mut r);
+                assert!(text.starts_with("200"), "answered {text:?}");
+            }
+        });
+        s.write_all(&frames).unwrap();
+        answers.join().unwrap();
+        s
+    }
+}
+
+/// The same bound for a relp source: its sessions read into the source's
+/// pool too, so 300 sessions kept open after their one message was
+/// answered hold no read buffer, while 4 busy ones stream through a pool
+/// the gauge never shows over `read_pool_bytes`; every message arrives
+/// exactly once.
+#[test]
+fn idle_relp_sessions_hold_no_read_buffer() {
+    use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
+
+    let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
+    let broker = Broker::start();
+    broker.create_topic("logs", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", tailrace_e2e::free_port());
+    let config = Config::new(dir.path().join("data"))
+        .source(
+            "relp",
+            Source::relp(&address)
+                .set("max_connections", 1_024)
+                .set("read_buffer_bytes", 16_384)
+                .set("read_pool_bytes", SOCKET_POOL_BYTES),
+        )
+        .channel(MAIN, Channel::memory())
+        .sink(
+            "kafka",
+            Sink::kafka(&broker.bootstrap(), "logs").librdkafka("queue.buffering.max.ms", "5"),
+        );
+    let agent = Agent::start(dir.path(), &config.to_yaml());
+    let admin = agent.admin_address().to_string();
+    let gauge = "tailrace_source_buffer_bytes{source=\"relp\"}";
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (stop, admin) = (stop.clone(), admin.clone());
+        std::thread::spawn(move || {
+            let (mut highest, mut samples) = (0f64, 0u64);
+            while !stop.load(Ordering::Acquire) {
+                if let Ok(r) = get(&admin, "/metrics") {
+                    if let Some(v) = sample(&r.body, gauge) {
+                        highest = highest.max(v);
+                        samples += 1;
+                    }
+                }
+            }
+            (highest, samples)
+        })
+    };
+
+    let listening = tailrace_e2e::wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&address).is_ok()
+    });
+    assert!(listening, "the relp source never listened on {address}");
+    // Idle sessions: one message each (sequence numbers 0..300), answered.
+    let idle: Vec<_> = (0..IDLE_RELP_SESSIONS)
+        .map(|seq| {
+            let s = relp_client::open(&address);
+            relp_client::send_all(s, relp_client::syslog(2, &SeqLines::line(seq)), 1)
+        })
+        .collect();
+    // Busy sessions: the rest, interleaved over them.
+    let senders: Vec<_> = (0..ACTIVE_CONNECTIONS)
+        .map(|c| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let s = relp_client::open(&address);
+                let mut frames = Vec::new();
+                for i in 0..per_active {
+                    let seq = IDLE_RELP_SESSIONS + c + i * ACTIVE_CONNECTIONS;
+                    frames.extend(relp_client::syslog(2 + i, &SeqLines::line(seq)));
+                }
+                relp_client::send_all(s, frames, per_active)
+            })
+        })
+        .collect();
+    let active: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let expected = IDLE_RELP_SESSIONS + ACTIVE_CONNECTIONS * per_active;
+    let mut consumer = Consumer::new(&broker.bootstrap(), "logs");
+    let records = consumer
+        .read_count(expected as usize, Duration::from_secs(120))
+        .to_vec();
+    // Every message answered (so delivered), every session still open.
+    let released = tailrace_e2e::wait_until(Duration::from_secs(30), || {
+        get(&admin, "/metrics").is_ok_and(|r| sample(&r.body, gauge) == Some(0.0))
+    });
+    stop.store(true, Ordering::Release);
+    let (highest, samples) = scraper.join().unwrap();
+    eprintln!(
+        "{} relp sessions: read buffers at most {highest} bytes",
+        IDLE_RELP_SESSIONS + ACTIVE_CONNECTIONS
+    );
+
+    let report = Report::new(expected, records.iter().map(|r| &r.payload[..]));
+    assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert!(samples > 0, "{gauge} was never exported");
+    assert!(
+        highest > 0.0,
+        "the pool never held a buffer while {expected} relp messages were read"
+    );
+    assert!(
+        highest <= SOCKET_POOL_BYTES as f64,
+        "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
+    );
+    assert!(
+        released,
+        "with every message answered, {} open sessions still hold read buffers: {gauge} = {:?}",
         idle.len() + active.len(),
         get(&admin, "/metrics")
             .ok()

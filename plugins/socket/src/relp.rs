@@ -97,7 +97,7 @@ impl Parser {
 
     /// The next whole frame at the front of `buf`, consuming it; `None`
     /// when more bytes are needed.
-    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    pub(crate) fn next(&mut self, buf: &mut Bytes) -> Result<Option<Frame>, FrameError> {
         loop {
             match &mut self.state {
                 State::Header => {
@@ -136,7 +136,7 @@ impl Parser {
                 } => {
                     if kept.is_empty() && !*truncated && buf.len() > *left {
                         // The usual case: the whole frame is here.
-                        let data = buf.split_to(*left).freeze();
+                        let data = buf.split_to(*left);
                         *left = 0;
                         let txnr = *txnr;
                         return self.trailer(buf, txnr, data).map(Some);
@@ -162,7 +162,7 @@ impl Parser {
     }
 
     /// Checks the line feed after the data and ends the frame.
-    fn trailer(&mut self, buf: &mut BytesMut, txnr: u32, data: Bytes) -> Result<Frame, FrameError> {
+    fn trailer(&mut self, buf: &mut Bytes, txnr: u32, data: Bytes) -> Result<Frame, FrameError> {
         if buf[0] != b'\n' {
             return Err(FrameError::Trailer {
                 txnr,
@@ -347,10 +347,12 @@ mod tests {
     /// frames and the error that ended it, if any.
     fn parse(input: &[u8], piece: usize, max_data: usize) -> (Vec<Frame>, Option<FrameError>) {
         let mut parser = Parser::new(max_data);
-        let mut buf = BytesMut::new();
+        // As a connection reads: each read is what was left of the one
+        // before, then the new bytes.
+        let mut carry = Vec::new();
         let mut frames = Vec::new();
         for chunk in input.chunks(piece.max(1)) {
-            buf.extend_from_slice(chunk);
+            let mut buf = Bytes::from([&carry[..], chunk].concat());
             loop {
                 match parser.next(&mut buf) {
                     Ok(Some(f)) => frames.push(f),
@@ -358,6 +360,7 @@ mod tests {
                     Err(e) => return (frames, Some(e)),
                 }
             }
+            carry = buf.to_vec();
         }
         (frames, None)
     }

@@ -13,16 +13,16 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tailrace_api::{Ack, AckReceiver, Heartbeat, Record};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::framing::Cuts;
 use crate::limits::Held;
-use crate::listen::{drain_deadline, drain_read, room_to_read, NEVER};
+use crate::listen::{drain_deadline, drain_read, NEVER};
 use crate::output::{Output, OVER_BUDGET};
 use crate::relp::{self, Parser, Session, Step};
 use crate::Plan;
@@ -97,10 +97,18 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    /// Cuts the frames in `buf`, sends their records as one batch and
-    /// queues their answers. Err when the connection must be closed (a
-    /// bad frame, a closed channel).
-    async fn on_read(&mut self, buf: &mut BytesMut, heartbeat: &Heartbeat) -> Result<(), ()> {
+    /// Cuts the frames in `chunk` (one read, after what the read before
+    /// left), sends their records as one batch and queues their answers;
+    /// keeps what is left of the chunk in `carry`, a copy, so the read's
+    /// buffer goes back to the pool once its records are delivered. Err
+    /// when the connection must be closed (a bad frame, a closed channel).
+    async fn on_read(
+        &mut self,
+        chunk: Bytes,
+        carry: &mut Vec<u8>,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), ()> {
+        let mut buf = chunk;
         let mut records = Vec::new();
         let mut cuts = Cuts::default();
         let mut pending = Pending {
@@ -111,7 +119,7 @@ impl Conn<'_> {
         };
         let mut failed = None;
         loop {
-            let frame = match self.parser.next(buf) {
+            let frame = match self.parser.next(&mut buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -151,8 +159,9 @@ impl Conn<'_> {
         } else if !pending.answers.is_empty() {
             self.answers.0.push_back(pending);
         }
-        if failed.is_none() && !self.held.set(buf.len() + self.parser.holding()) {
-            self.out.discard_partial(self.peer, OVER_BUDGET, buf);
+        *carry = buf.to_vec();
+        if failed.is_none() && !self.held.set(carry.len() + self.parser.holding()) {
+            self.out.discard_partial(self.peer, OVER_BUDGET, carry);
             return Err(());
         }
         if let Some(error) = failed {
@@ -210,7 +219,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         held: out.partial.share(),
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = BytesMut::new();
+    let mut carry: Vec<u8> = Vec::new();
     let mut written = BytesMut::new();
     let stopped = out.cx.shutdown.wait();
     tokio::pin!(stopped);
@@ -218,7 +227,6 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let idle = tokio::time::sleep(idle_for);
     tokio::pin!(idle);
     let why = loop {
-        room_to_read(&mut buf, plan);
         heartbeat.idle();
         let read = tokio::select! {
             biased;
@@ -228,14 +236,14 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = &mut stopped => break "shutdown",
             _ = &mut idle, if conn.answers.is_empty() => break "idle timeout",
-            r = rd.read_buf(&mut buf) => Some(r),
+            r = out.pool.read(&mut rd, &carry, plan.read_buffer_bytes) => Some(r),
         };
         heartbeat.beat();
         match read {
             None => {}
-            Some(Ok(0)) => break "closed by the peer",
-            Some(Ok(_)) => {
-                if conn.on_read(&mut buf, heartbeat).await.is_err() {
+            Some(Ok(chunk)) if chunk.len() == carry.len() => break "closed by the peer",
+            Some(Ok(chunk)) => {
+                if conn.on_read(chunk, &mut carry, heartbeat).await.is_err() {
                     return;
                 }
                 idle.as_mut().reset(Instant::now() + idle_for);
@@ -259,8 +267,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if why == "shutdown" {
         let deadline = drain_deadline();
-        while drain_read(&mut rd, &mut buf, deadline).await.is_some() {
-            if conn.on_read(&mut buf, heartbeat).await.is_err() {
+        while let Some(chunk) = drain_read(&mut rd, out, &carry, deadline).await {
+            if conn.on_read(chunk, &mut carry, heartbeat).await.is_err() {
                 break;
             }
         }
