@@ -131,6 +131,17 @@ impl Rate {
         self.bytes += bytes as u64;
     }
 
+    /// After the connection waited on a full channel (not reading, so the
+    /// sender could not send): a window that ended meanwhile is not the
+    /// sender's to answer for, so a new one starts now. A window still
+    /// running is kept, so a trickler cannot reset it by being read.
+    pub(crate) fn after_wait(&mut self, now: Instant) {
+        if now >= self.window_end {
+            self.bytes = 0;
+            self.window_end = now + self.rule.window;
+        }
+    }
+
     /// At the end of a window: whether the connection trickles (holds a
     /// partial frame and sent too little); starts the next window.
     pub(crate) fn trickles(&mut self, holding_partial: bool) -> bool {
@@ -184,5 +195,25 @@ mod tests {
         assert!(!rate.trickles(false), "slow, but only whole lines");
         rate.add(20);
         assert!(!rate.trickles(true), "fast enough");
+    }
+
+    #[test]
+    fn a_window_that_ended_while_the_connection_waited_on_the_channel_is_not_judged() {
+        let rule = MinRate {
+            bytes_per_second: 10,
+            window: Duration::from_secs(2),
+        };
+        let mut rate = Rate::new(rule);
+        let start = rate.window_end - rule.window;
+        rate.add(5);
+        // The send blocked for 3 s: the window ended while nothing was read.
+        rate.after_wait(start + Duration::from_secs(3));
+        assert_eq!(rate.window_end, start + Duration::from_secs(5));
+        rate.add(20);
+        assert!(!rate.trickles(true), "20 bytes in the new window");
+        // A send that did not outlast the window leaves it as it was.
+        let end = rate.window_end;
+        rate.after_wait(end - Duration::from_millis(1));
+        assert_eq!(rate.window_end, end);
     }
 }

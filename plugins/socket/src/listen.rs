@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tailrace_api::{BuildError, ComponentTask, EarlyBinding, Heartbeat, Record, SourceContext};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -48,33 +48,25 @@ const DRAIN_TOTAL: Duration = Duration::from_secs(2);
 /// An idle timeout of 0: never.
 pub(crate) const NEVER: Duration = Duration::from_secs(365 * 86_400);
 
-/// Room for a read of about `read_buffer_bytes` at the end of `buf`.
-pub(crate) fn room_to_read(buf: &mut BytesMut, plan: &Plan) {
-    if buf.capacity() - buf.len() < plan.read_buffer_bytes / 2 {
-        buf.reserve(plan.read_buffer_bytes);
-    }
-}
-
 /// When a connection stops draining, counted from now (shutdown).
 pub(crate) fn drain_deadline() -> Instant {
     Instant::now() + DRAIN_TOTAL
 }
 
 /// After shutdown: the next read of what the peer has already sent (the
-/// kernel's receive buffer), so it goes into the pipeline rather than
-/// being dropped with the socket. `None` once a read would wait
-/// (`DRAIN_QUIET`), the peer closed, or `deadline` passed.
+/// kernel's receive buffer), after `carry`, so it goes into the pipeline
+/// rather than being dropped with the socket. `None` once a read would
+/// wait (`DRAIN_QUIET`), the peer closed, or `deadline` passed.
 pub(crate) async fn drain_read<S: AsyncRead + Unpin>(
     stream: &mut S,
-    buf: &mut BytesMut,
+    out: &Output,
+    carry: &[u8],
     deadline: Instant,
-) -> Option<usize> {
-    if buf.capacity() - buf.len() < DATAGRAM_SPACE / 2 {
-        buf.reserve(DATAGRAM_SPACE);
-    }
+) -> Option<Bytes> {
     let until = deadline.min(Instant::now() + DRAIN_QUIET);
-    match tokio::time::timeout_at(until, stream.read_buf(buf)).await {
-        Ok(Ok(n)) if n > 0 => Some(n),
+    let read = out.pool.read(stream, carry, DATAGRAM_SPACE);
+    match tokio::time::timeout_at(until, read).await {
+        Ok(Ok(chunk)) if chunk.len() > carry.len() => Some(chunk),
         _ => None,
     }
 }
@@ -540,6 +532,12 @@ async fn read<S: AsyncRead + Unpin>(
                 if !cut_and_send(&mut framer, &chunk, &mut carry, out, heartbeat).await {
                     return;
                 }
+                if let Some(r) = rate.as_mut() {
+                    // A send that waited on a full channel past the rate
+                    // window: the sender could not send meanwhile.
+                    r.after_wait(Instant::now());
+                    rate_check.as_mut().reset(r.window_end);
+                }
                 if !held.set(carry.len()) {
                     break out.discard_partial(peer, OVER_BUDGET, &mut carry);
                 }
@@ -554,16 +552,9 @@ async fn read<S: AsyncRead + Unpin>(
     };
     if why == "shutdown" {
         let deadline = drain_deadline();
-        loop {
-            let until = deadline.min(Instant::now() + DRAIN_QUIET);
-            let read = out.pool.read(&mut stream, &carry, DATAGRAM_SPACE);
-            match tokio::time::timeout_at(until, read).await {
-                Ok(Ok(chunk)) if chunk.len() > carry.len() => {
-                    if !cut_and_send(&mut framer, &chunk, &mut carry, out, heartbeat).await {
-                        return;
-                    }
-                }
-                _ => break,
+        while let Some(chunk) = drain_read(&mut stream, out, &carry, deadline).await {
+            if !cut_and_send(&mut framer, &chunk, &mut carry, out, heartbeat).await {
+                return;
             }
         }
     }
