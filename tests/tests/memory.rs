@@ -231,14 +231,14 @@ const IDLE_RELP_SESSIONS: u64 = 300;
 /// A RELP client, as far as the test needs: `open`, then `syslog` frames
 /// whose answers a reader thread counts.
 mod relp_client {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpStream;
 
     /// Connects and opens a session (txnr 1); the next frame is txnr 2.
     pub fn open(address: &str) -> TcpStream {
         let mut s = TcpStream::connect(address).unwrap_or_else(|e| panic!("{address}: {e}"));
         let offers = "relp_version=0\nrelp_software=tailrace-test\ncommands=syslog";
-        write!(s, "1 open {} {offers}\n", offers.len()).unwrap();
+        writeln!(s, "1 open {} {offers}", offers.len()).unwrap();
         let (txnr, text) = answer(&mut BufReader::new(&s));
         assert_eq!(txnr, 1);
         assert!(text.starts_with("200 OK"), "open answered {text:?}");
