@@ -20,12 +20,13 @@ mod order;
 mod replayer;
 pub(crate) mod session;
 mod spool_writer;
+use order::Policy;
 pub(crate) use replayer::{Replayer, Taken};
 pub(crate) use session::{create_producer, Delivery};
 use session::{Fatal, Outgoing, ProducerPort, Session};
 use spool_writer::{Flush, SpoolWriter, BEHIND_SPOOL};
 
-use crate::config::{KafkaSinkConfig, SpoolConfig, SpoolOrdering, EMBEDDED};
+use crate::config::{KafkaSinkConfig, SpoolConfig, EMBEDDED};
 use crate::encode::{self, Encoding, Template};
 
 /// How long the sink waits for a batch before polling the producer again.
@@ -721,10 +722,10 @@ impl<P: ProducerPort> Sink<P> {
         sink
     }
 
-    /// The input keeps what it holds across a crash (a disk channel): it
-    /// is this sink's spool. See [`Sink::give_up`].
+    /// Whether what is not delivered stays in the input's log (a disk
+    /// channel, which keeps it across a crash): see [`order`].
     fn durable(&self) -> bool {
-        self.cx.durable_input.is_some()
+        self.policy().leaves_undelivered_in_input()
     }
 
     /// With a durable input the sled spool keeps only dead letters (and
@@ -763,7 +764,7 @@ impl<P: ProducerPort> Sink<P> {
     /// holds (a fail-over) so nothing overtakes it. Always with a durable
     /// input: it is sent again in log order.
     fn takes_back_on_failure(&self) -> bool {
-        self.durable() || self.order().fail_over_behind_failure()
+        self.policy().takes_back_on_failure()
     }
 
     /// Whether to take a batch from a durable input now: after records
@@ -884,9 +885,12 @@ impl<P: ProducerPort> Sink<P> {
         self.phase().out_of_time(now)
     }
 
-    /// The ordering policy; see [`order`].
-    fn order(&self) -> SpoolOrdering {
-        self.settings.spool.ordering
+    /// The ordering and durable-input policy; see [`order`].
+    fn policy(&self) -> Policy {
+        Policy::new(
+            self.settings.spool.ordering,
+            self.cx.durable_input.is_some(),
+        )
     }
 
     /// New events wait behind the spool (strict order; never with a
@@ -895,18 +899,17 @@ impl<P: ProducerPort> Sink<P> {
     /// then times out is overtaken by new events already delivered (98
     /// lines in one CI run), so they wait until the spool is empty.
     fn behind_spool(&self) -> bool {
-        !self.durable()
-            && self.order().behind_spool(|| {
-                self.writer.unstored() > 0
-                    || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
-            })
+        self.policy().behind_spool(|| {
+            self.writer.unstored() > 0
+                || self.spool.usage(SpoolTree::Pending, &self.cx.name).entries > 0
+        })
     }
 
     fn send_batch(&mut self, batch: Batch) -> Result<(), Unsent> {
         let enc = self.settings.encoder.clone();
         let inflight = InFlight::for_batch(&batch);
         let mut bufs = Buffers::default();
-        let order = self.order();
+        let order = self.policy();
         let mut diverting = self.behind_spool().then_some(BEHIND_SPOOL);
         let mut out_of_time = false;
         let mut tap = self.cx.tap.begin();
@@ -1237,7 +1240,7 @@ impl<P: ProducerPort> Sink<P> {
             .failed_over_and_silent()
             .map(|at| self.now().saturating_duration_since(at));
         let wait = self.settings.delivery_timeout.unwrap_or(REPLAY_BACKOFF);
-        self.order().new_events_first(since, wait)
+        self.policy().new_events_first(since, wait)
     }
 
     /// Hands the next spool entries to librdkafka, oldest first.
@@ -1252,7 +1255,7 @@ impl<P: ProducerPort> Sink<P> {
         }
         while self.replay.in_flight() < self.settings.spool.replay_entries_in_flight
             && self.session.in_flight_count() < REPLAY_QUEUE_ROOM
-            && !(self.order().replay_waits_for_failed() && self.replay.holds_failed())
+            && !(self.policy().replay_waits_for_failed() && self.replay.holds_failed())
         {
             let metrics = self.cx.metrics.clone();
             let taken = self.replay.take(&*self.spool, &name, &mut |id, e| {
@@ -1297,7 +1300,7 @@ impl<P: ProducerPort> Sink<P> {
                 let rest = match sent {
                     Err(_) => i,
                     Ok(())
-                        if self.order().replay_waits_for_failed()
+                        if self.policy().replay_waits_for_failed()
                             && inflight.failed.load(Ordering::Acquire) =>
                     {
                         i + 1
