@@ -661,7 +661,8 @@ fn config_sources<'a>(
 /// `replacing` listen on, and fails naming each one that cannot be bound
 /// although no group being replaced holds it (another program does): the
 /// old groups are then left running. An address an old group holds is
-/// bound by the replacement's `build`, after the stop.
+/// handed over: the replacement takes a duplicate of the old source's
+/// listening socket, so the socket stays open through the stop.
 fn bind_ahead(
     new: &Config,
     replacing: &[Group],

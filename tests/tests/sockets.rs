@@ -772,6 +772,130 @@ fn a_reload_that_moves_a_tcp_port_binds_the_new_one_first_and_loses_nothing_writ
     eprintln!("moved a port under a sender: {before} written before the reload, new port from {moved}: {report}");
 }
 
+/// A reload that changes a tcp and a udp source but keeps their ports:
+/// the changed sources take the running ones' sockets over, so while a
+/// client opens a new connection every few milliseconds through the
+/// reload, none is refused (before, the port was closed from the old
+/// source's stop until the new one bound it), every line written on an
+/// accepted connection arrives, and so does every datagram sent meanwhile.
+#[test]
+fn a_reload_that_changes_sources_on_the_same_ports_hands_their_sockets_over() {
+    let (broker, dir) = setup();
+    let (tcp, udp) = (free_port(), free_port());
+    let config = |max_line_bytes: u64| {
+        to_kafka(dir.path(), &broker.bootstrap())
+            .source(
+                "tcp",
+                Source::tcp(&local(tcp)).set("max_line_bytes", max_line_bytes),
+            )
+            .source(
+                "udp",
+                Source::udp(&local(udp)).set("max_line_bytes", max_line_bytes),
+            )
+    };
+    let agent = Agent::start(dir.path(), &config(8192).to_yaml());
+    let admin = agent.admin_address().to_string();
+    drop(connect_when_listening(tcp));
+
+    // TCP: one line per connection; UDP: one line per datagram. Sequence
+    // numbers: even for tcp, odd for udp.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tcp_client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut sent, mut refused, mut seq) = (Vec::new(), 0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                match TcpStream::connect(("127.0.0.1", tcp)) {
+                    Ok(mut s) => {
+                        let mut line = SeqLines::line(seq);
+                        line.push(b'\n');
+                        if s.write_all(&line).is_ok() {
+                            sent.push(seq);
+                        }
+                        seq += 2;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                    Err(e) => panic!("connect to {tcp}: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (sent, refused)
+        })
+    };
+    let udp_client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut seq = 1u64;
+            let mut sent = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                // A refused datagram (the port closed) comes back as an
+                // error on the next send: not counted as sent.
+                if socket
+                    .send_to(&SeqLines::line(seq), ("127.0.0.1", udp))
+                    .is_ok()
+                {
+                    sent.push(seq);
+                }
+                seq += 2;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || metric(
+        &admin,
+        "tailrace_source_events_total{source=\"tcp\"}"
+    ) >= 100.0));
+    std::fs::write(
+        agent.config_path(),
+        config(16384).admin_address(&admin).to_yaml(),
+    )
+    .unwrap();
+    let log_before = agent.log().len();
+    agent.reload_and_wait();
+    // Clients go on a while against the new sources.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (tcp_sent, refused) = tcp_client.join().unwrap();
+    let udp_sent = udp_client.join().unwrap();
+    let log = agent.log()[log_before..].to_string();
+    assert_eq!(
+        refused,
+        0,
+        "connections refused during the reload ({} accepted)",
+        tcp_sent.len()
+    );
+
+    let expected: Vec<u64> = tcp_sent.iter().chain(&udp_sent).copied().collect();
+    let mut consumer = Consumer::new(&broker.bootstrap(), TOPIC);
+    consumer.read_until(Duration::from_secs(60), |r| {
+        Report::of(expected.iter().copied(), r.iter().map(|r| &r.payload)).is_complete()
+    });
+    let report = Report::of(
+        expected.iter().copied(),
+        consumer.records().iter().map(|r| &r.payload),
+    );
+    assert!(
+        report.is_complete(),
+        "every line of {} tcp connections and {} datagrams arrives: {report}\n{}",
+        tcp_sent.len(),
+        udp_sent.len(),
+        agent.log_tail(30)
+    );
+    assert_eq!(
+        log.matches("takes the running one's listening socket over")
+            .count(),
+        2,
+        "both changed sources take their socket over:\n{log}"
+    );
+    eprintln!(
+        "hand-over: {} connections, {} datagrams, 0 refused: {report}",
+        tcp_sent.len(),
+        udp_sent.len()
+    );
+}
+
 /// Hostile load: 1,000 connections each send one byte of a line and then
 /// nothing (slowloris) to a source with 200 slots. The minimum-rate rule
 /// closes them window by window and counts them, a sender that comes after

@@ -1,6 +1,15 @@
 //! Sockets bound ahead of `build` ([`tailrace_api::SourceConfig::bind_early`]):
 //! parked in a table of the process until the source built for the same
 //! address takes them, or their guard is dropped (then they are closed).
+//!
+//! A reload that changes a source but keeps its address cannot bind that
+//! address while the old source listens on it. So every tcp and udp
+//! source also lists its socket here while it runs ([`listening`]), and
+//! binding early for an address a running source holds parks a duplicate
+//! of that source's socket (the same socket, another descriptor): the old
+//! source stops, the new one takes the duplicate, and the listening socket
+//! never closes in between. A connection is never refused meanwhile; it
+//! waits in the backlog, and a datagram waits in the receive buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,6 +22,16 @@ use crate::Transport;
 pub(crate) enum Parked {
     Tcp(std::net::TcpListener),
     Udp(std::net::UdpSocket),
+}
+
+impl Parked {
+    /// Another descriptor of the same socket.
+    pub(crate) fn try_clone(&self) -> std::io::Result<Parked> {
+        Ok(match self {
+            Parked::Tcp(l) => Parked::Tcp(l.try_clone()?),
+            Parked::Udp(s) => Parked::Udp(s.try_clone()?),
+        })
+    }
 }
 
 static PARKED: Mutex<Vec<(u64, Transport, Parked)>> = Mutex::new(Vec::new());
@@ -31,10 +50,15 @@ impl Drop for Guard {
     }
 }
 
-/// Parks `socket` for `transport`; the guard keeps it parked.
-pub(crate) fn park(transport: &Transport, socket: Parked) -> EarlyBinding {
+/// Parks `socket` for `transport` (bound now, or `handed_over` from the
+/// running source it replaces); the guard keeps it parked.
+pub(crate) fn park(transport: &Transport, socket: Parked, handed_over: bool) -> EarlyBinding {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    info!(address = ?transport, "bound ahead of the reload, before the old listener is released");
+    if handed_over {
+        info!(address = ?transport, "the changed source takes the running one's listening socket over: no connection is refused during the reload");
+    } else {
+        info!(address = ?transport, "bound ahead of the reload, before the old listener is released");
+    }
     table().push((id, transport.clone(), socket));
     EarlyBinding(Box::new(Guard(id)))
 }
@@ -44,4 +68,36 @@ pub(crate) fn take(transport: &Transport) -> Option<Parked> {
     let mut table = table();
     let at = table.iter().position(|(_, t, _)| t == transport)?;
     Some(table.remove(at).2)
+}
+
+static LISTENING: Mutex<Vec<(u64, Transport, Parked)>> = Mutex::new(Vec::new());
+
+fn listening_table() -> std::sync::MutexGuard<'static, Vec<(u64, Transport, Parked)>> {
+    LISTENING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps a running source's socket listed; unlisted when dropped.
+pub(crate) struct Listening(u64);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        listening_table().retain(|(id, _, _)| *id != self.0);
+    }
+}
+
+/// Lists `socket` (a duplicate descriptor of a running source's socket)
+/// for `transport`, while the guard lives.
+pub(crate) fn listening(transport: &Transport, socket: Parked) -> Listening {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    listening_table().push((id, transport.clone(), socket));
+    Listening(id)
+}
+
+/// Another descriptor of the socket a running source listens on for
+/// `transport` (to park for the source that replaces it); `None` if no
+/// running source does.
+pub(crate) fn duplicate(transport: &Transport) -> Option<Parked> {
+    let table = listening_table();
+    let (_, _, socket) = table.iter().find(|(_, t, _)| t == transport)?;
+    socket.try_clone().ok()
 }

@@ -76,20 +76,21 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
     let name = cx.name.clone();
     match plan.transport.clone() {
         Transport::Tcp(addr) => {
-            let listener = match early::take(&plan.transport) {
+            let (listener, listed) = match early::take(&plan.transport) {
                 Some(Parked::Tcp(l)) => Ok(l),
                 _ => bind_tcp(addr, plan.receive_buffer_bytes),
             }
-            .and_then(TcpListener::from_std)
+            .and_then(|l| Ok((l.try_clone()?, l)))
+            .and_then(|(l, dup)| Ok((TcpListener::from_std(l)?, Parked::Tcp(dup))))
             .map_err(|e| bind_error(&format!("tcp {addr}"), e))?;
             let tls = plan.tls.as_ref().map(crate::tls::acceptor).transpose()?;
             let out = Arc::new(Output::new(cx, None, &plan));
-            Ok(Box::pin(serve(
-                Listener::Tcp(listener, tls),
-                Arc::new(plan),
-                out,
-                None,
-            )))
+            let listed = early::listening(&plan.transport, listed);
+            let served = serve(Listener::Tcp(listener, tls), Arc::new(plan), out, None);
+            Ok(Box::pin(async move {
+                let _listed = listed;
+                served.await
+            }))
         }
         Transport::UnixStream(path) => {
             unix::claim(&path, &name)?;
@@ -111,14 +112,20 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             )))
         }
         Transport::Udp(addr) => {
-            let socket = match early::take(&plan.transport) {
+            let (socket, listed) = match early::take(&plan.transport) {
                 Some(Parked::Udp(s)) => Ok(s),
                 _ => bind_udp(addr, plan.receive_buffer_bytes),
             }
-            .and_then(UdpSocket::from_std)
+            .and_then(|s| Ok((s.try_clone()?, s)))
+            .and_then(|(s, dup)| Ok((UdpSocket::from_std(s)?, Parked::Udp(dup))))
             .map_err(|e| bind_error(&format!("udp {addr}"), e))?;
             let out = Arc::new(Output::new(cx, None, &plan));
-            Ok(Box::pin(receive(Datagrams::Udp(socket), plan, out, None)))
+            let listed = early::listening(&plan.transport, listed);
+            let received = receive(Datagrams::Udp(socket), plan, out, None);
+            Ok(Box::pin(async move {
+                let _listed = listed;
+                received.await
+            }))
         }
         Transport::UnixDatagram(path) => {
             unix::claim(&path, &name)?;
@@ -177,20 +184,36 @@ fn set_recv_buffer(socket: SockRef<'_>, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Binds a TCP or UDP socket now, for [`tailrace_api::SourceConfig::bind_early`];
-/// `None` for unix sockets, port 0, or when binding fails (the old group
-/// may hold the same address: `build` binds after it let go).
+/// Binds a TCP or UDP socket now, for [`tailrace_api::SourceConfig::bind_early`],
+/// or, when a running source listens on that address (a reload changed
+/// it), takes that source's socket over (`early::hand_over`); `None` for
+/// unix sockets, port 0, or when binding fails otherwise.
 pub(crate) fn bind_early(plan: &Plan) -> Option<EarlyBinding> {
-    let parked = match plan.transport {
+    let bound = match plan.transport {
         Transport::Tcp(a) if a.port() != 0 => {
-            Parked::Tcp(bind_tcp(a, plan.receive_buffer_bytes).ok()?)
+            bind_tcp(a, plan.receive_buffer_bytes).map(Parked::Tcp)
         }
         Transport::Udp(a) if a.port() != 0 => {
-            Parked::Udp(bind_udp(a, plan.receive_buffer_bytes).ok()?)
+            bind_udp(a, plan.receive_buffer_bytes).map(Parked::Udp)
         }
         _ => return None,
     };
-    Some(early::park(&plan.transport, parked))
+    match bound {
+        Ok(parked) => Some(early::park(&plan.transport, parked, false)),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => {
+            let socket = early::duplicate(&plan.transport)?;
+            if let Some(bytes) = plan.receive_buffer_bytes {
+                // The changed source's receive buffer, on the socket it
+                // takes (one it no longer sets keeps the old size).
+                let _ = match &socket {
+                    Parked::Tcp(l) => set_recv_buffer(SockRef::from(l), bytes),
+                    Parked::Udp(s) => set_recv_buffer(SockRef::from(s), bytes),
+                };
+            }
+            Some(early::park(&plan.transport, socket, true))
+        }
+        Err(_) => None,
+    }
 }
 
 fn bind_tcp(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<std::net::TcpListener> {
