@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot paths, per event: splitting a read chunk
 //! into lines, gathering channel batches into sink batches, encoding a
-//! record as JSON and a spool entry, writing a spool entry, and what each
-//! interceptor costs.
+//! record as JSON and a spool entry, writing a spool entry, what each
+//! interceptor costs, and parsing syslog messages into fields and those
+//! fields into JSON (the syslog scenario's two hot paths).
 //!
 //! cargo bench -p tailrace-benchmarks
 
@@ -310,8 +311,58 @@ fn headers(c: &mut Criterion) {
     g.finish();
 }
 
+/// The syslog scenario's messages (RFC 5424, as its load generator writes
+/// them), parsed into fields; then those records as JSON.
+fn syslog(c: &mut Criterion) {
+    let lines: Vec<Bytes> = chunk()
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            let mut msg = Vec::new();
+            tailrace_benchmarks::shapes::syslog5424(i as u64, line, false, &mut msg);
+            Bytes::from(msg)
+        })
+        .collect();
+    let mut g = c.benchmark_group("syslog");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("parse_rfc5424", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .map(|l| tailrace_socket::parse_syslog(l).expect("RFC 5424"))
+                .collect::<Vec<_>>()
+        })
+    });
+    let meta = Arc::new(BatchMeta {
+        source: "syslog".into(),
+        path: None,
+        stream: None,
+        read_at: SystemTime::now(),
+    });
+    let records = lines
+        .iter()
+        .map(|l| {
+            let mut r = Record::new(l.clone(), 0);
+            *r.fields_mut() = tailrace_socket::parse_syslog(l).expect("RFC 5424");
+            r
+        })
+        .collect();
+    let batch = Batch::new(meta, records, Ack::none());
+    g.bench_function("json_of_parsed_records", |b| {
+        let mut out = Vec::with_capacity(512);
+        b.iter(|| {
+            for r in &batch.records {
+                out.clear();
+                tailrace_kafka::encode::json(&batch, r, "web-1", &mut out);
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    syslog,
     split,
     batching,
     encoding,

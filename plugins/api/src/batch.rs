@@ -81,6 +81,13 @@ impl Fields {
         self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
     }
 
+    /// Adds a field the caller knows is not there yet (a parser filling
+    /// fresh fields, each name once): no search of those already set.
+    pub fn push_new(&mut self, name: Arc<str>, value: FieldValue) {
+        debug_assert!(self.get(&name).is_none(), "field {name} set twice");
+        self.0.push((name, value));
+    }
+
     pub fn set(&mut self, name: impl Into<Arc<str>>, value: FieldValue) {
         let name = name.into();
         match self.0.iter_mut().find(|(n, _)| *n == name) {

@@ -262,7 +262,12 @@ fn escape(out: &mut Vec<u8>, b: u8) {
 
 fn json_value(out: &mut Vec<u8>, v: &FieldValue) {
     match v {
-        FieldValue::Text(b) => json_str(out, &String::from_utf8_lossy(b)),
+        // Valid UTF-8 (almost always) is checked by the fast validator;
+        // only what is not goes through the lossy one.
+        FieldValue::Text(b) => match std::str::from_utf8(b) {
+            Ok(text) => json_str(out, text),
+            Err(_) => json_str(out, &String::from_utf8_lossy(b)),
+        },
         FieldValue::Int(i) => {
             let _ = write!(out, "{i}");
         }

@@ -123,12 +123,14 @@ pub fn parse(raw: &Bytes) -> Option<Fields> {
     let mut c = Cursor { raw, end, at: 0 };
     let pri = priority(&mut c)?;
     let n = &*NAMES;
-    let mut fields = Fields::default();
-    fields.set(
+    // Room for every field of an RFC 5424 message, so it never grows; each
+    // name is set once (`push_new`).
+    let mut fields = Fields::with_capacity(10);
+    fields.push_new(
         n.facility.clone(),
         FieldValue::Text(Bytes::from_static(FACILITIES[pri / 8].as_bytes())),
     );
-    fields.set(
+    fields.push_new(
         n.severity.clone(),
         FieldValue::Text(Bytes::from_static(SEVERITIES[pri % 8].as_bytes())),
     );
@@ -166,7 +168,7 @@ fn rfc5424(c: &mut Cursor, fields: &mut Fields) -> Option<()> {
     let ts = c.token(64)?;
     if &c.raw[ts.0..ts.1] != b"-" {
         rfc3339(&c.raw[ts.0..ts.1])?;
-        fields.set(n.timestamp.clone(), c.text(ts));
+        fields.push_new(n.timestamp.clone(), c.text(ts));
     }
     for (name, max) in [
         (&n.hostname, 255),
@@ -177,21 +179,21 @@ fn rfc5424(c: &mut Cursor, fields: &mut Fields) -> Option<()> {
         c.eat(b' ')?;
         let t = c.token(max)?;
         if &c.raw[t.0..t.1] != b"-" {
-            fields.set(name.clone(), c.text(t));
+            fields.push_new(name.clone(), c.text(t));
         }
     }
     c.eat(b' ')?;
     if c.eat(b'-').is_none() {
         let start = c.at;
         structured_data(c)?;
-        fields.set(n.structured_data.clone(), c.text((start, c.at)));
+        fields.push_new(n.structured_data.clone(), c.text((start, c.at)));
     }
     if c.at < c.end {
         c.eat(b' ')?;
         if c.rest().starts_with(b"\xEF\xBB\xBF") {
             c.at += 3;
         }
-        fields.set(n.message.clone(), c.text((c.at, c.end)));
+        fields.push_new(n.message.clone(), c.text((c.at, c.end)));
     }
     Some(())
 }
@@ -277,7 +279,7 @@ fn rfc3164(c: &mut Cursor, fields: &mut Fields) -> Option<()> {
         c.at += 15;
         FieldValue::Text(Bytes::from(t))
     };
-    fields.set(n.timestamp.clone(), ts);
+    fields.push_new(n.timestamp.clone(), ts);
     c.eat(b' ')?;
     while c.eat(b' ').is_some() {}
     // HOSTNAME is absent from what local programs send: then the first
@@ -285,11 +287,11 @@ fn rfc3164(c: &mut Cursor, fields: &mut Fields) -> Option<()> {
     let first = c.rest().split(|&b| b == b' ').next().unwrap_or_default();
     if !first.is_empty() && !first.ends_with(b":") && !first.contains(&b'[') {
         let host = c.token(255)?;
-        fields.set(n.hostname.clone(), c.text(host));
+        fields.push_new(n.hostname.clone(), c.text(host));
         while c.eat(b' ').is_some() {}
     }
     tag(c, fields);
-    fields.set(n.message.clone(), c.text((c.at, c.end)));
+    fields.push_new(n.message.clone(), c.text((c.at, c.end)));
     Some(())
 }
 
@@ -320,9 +322,9 @@ fn tag(c: &mut Cursor, fields: &mut Fields) {
         b"" if procid.is_some() => used,
         _ => return,
     };
-    fields.set(n.app_name.clone(), c.text((c.at, c.at + app_len)));
+    fields.push_new(n.app_name.clone(), c.text((c.at, c.at + app_len)));
     if let Some(p) = procid {
-        fields.set(n.procid.clone(), c.text(p));
+        fields.push_new(n.procid.clone(), c.text(p));
     }
     c.at += used;
     c.eat(b' ');
