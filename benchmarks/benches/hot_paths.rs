@@ -360,9 +360,46 @@ fn syslog(c: &mut Criterion) {
     g.finish();
 }
 
+/// The fields scenario's interceptor chain on its lines (a time in front):
+/// regex_extract of four fields, then the time parsed from one of them.
+fn shaping(c: &mut Criterion) {
+    use tailrace_interceptors::*;
+    let mut data = Vec::new();
+    for (i, line) in chunk().split_inclusive(|&b| b == b'\n').enumerate() {
+        tailrace_benchmarks::shapes::timestamped(i as u64, line, &mut data);
+    }
+    let template = batch_of(&data);
+    let extract = RegexExtractConfig {
+        pattern: r"^(?P<ts>\S+) seq=\d+ (?P<level>[A-Z]+) user=(?P<user>[a-z]+) req=\S+ latency_ms=(?P<latency_ms>\d+)".into(),
+        field: None,
+    }
+    .build()
+    .unwrap();
+    let time = TimestampConfig {
+        field: Some("ts".into()),
+        format: Some("rfc3339".into()),
+    }
+    .build()
+    .unwrap();
+    let mut g = c.benchmark_group("interceptor");
+    g.throughput(Throughput::Elements(template.len() as u64));
+    g.bench_function("fields_scenario_regex_extract_4_then_timestamp", |b| {
+        b.iter(|| {
+            let mut batch =
+                Batch::new(template.meta.clone(), template.records.clone(), Ack::none());
+            extract.intercept(&mut batch);
+            time.intercept(&mut batch);
+            assert!(batch.records[0].field("timestamp").is_some());
+            batch
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     syslog,
+    shaping,
     split,
     batching,
     encoding,

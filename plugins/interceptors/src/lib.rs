@@ -169,18 +169,24 @@ struct RegexExtract {
 impl Interceptor for RegexExtract {
     fn intercept(&self, batch: &mut Batch) {
         let mut records = std::mem::take(&mut batch.records);
+        // One set of capture slots for the batch, not an allocation per
+        // record; and each record's fields made once with room for these
+        // and a couple more (a timestamp), so they do not grow.
+        let mut slots = self.regex.capture_locations();
         for r in records.iter_mut() {
             let Some(s) = subject(batch, r, &self.field) else {
                 continue;
             };
-            let Some(caps) = self.regex.captures(&s) else {
+            if self.regex.captures_read(&mut slots, &s).is_none() {
                 continue;
-            };
+            }
+            let fields = r
+                .fields
+                .get_or_insert_with(|| Box::new(Fields::with_capacity(self.names.len() + 2)));
             for (i, name) in &self.names {
-                if let Some(m) = caps.get(*i) {
+                if let Some((start, end)) = slots.get(*i) {
                     // A slice of the line's own buffer: no copy.
-                    let value = s.slice(m.range());
-                    r.fields_mut().set(name.clone(), FieldValue::Text(value));
+                    fields.set(name.clone(), FieldValue::Text(s.slice(start..end)));
                 }
             }
         }
@@ -249,6 +255,8 @@ impl Interceptor for ReadTime {
 struct ParseTime {
     field: String,
     format: String,
+    /// "timestamp", made once: a name per record would be an allocation.
+    name: Arc<str>,
 }
 
 /// Parses a time; `None` when it does not match the format.
@@ -282,7 +290,7 @@ impl Interceptor for ParseTime {
                 None => None,
             };
             if let Some(ms) = parsed {
-                r.fields_mut().set("timestamp", FieldValue::Int(ms));
+                r.fields_mut().set(self.name.clone(), FieldValue::Int(ms));
             }
         }
         batch.records = records;
@@ -303,6 +311,7 @@ impl InterceptorConfig for TimestampConfig {
             (Some(field), Some(format)) => Ok(Box::new(ParseTime {
                 field: field.clone(),
                 format: format.clone(),
+                name: "timestamp".into(),
             })),
             _ => Ok(Box::new(ReadTime)),
         }
