@@ -99,26 +99,21 @@ const IDLE_CONNECTIONS: u64 = 1_000;
 const ACTIVE_CONNECTIONS: u64 = 4;
 const SOCKET_POOL_BYTES: u64 = 256 * 1024;
 
-/// Memory that does not grow with the number of connections: a tcp
-/// source's read buffers come from one bounded pool, so 1,000 connections
-/// that each sent a line and then went quiet hold none once their lines
-/// are delivered, while a few busy ones stream through the pool; the
-/// gauge never shows more than `read_pool_bytes`, and every line arrives
-/// exactly once.
-#[test]
-fn a_thousand_idle_connections_hold_no_read_buffer() {
-    use std::net::TcpStream;
-    use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
-
-    let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
-    let broker = Broker::start();
-    broker.create_topic("logs", 1);
-    let dir = tempfile::tempdir().unwrap();
+/// A stream source `name` (built by `source` on the address given) on a
+/// pool of `SOCKET_POOL_BYTES`, into Kafka topic `logs`: the agent, the
+/// source's address, and a scraper of its `tailrace_source_buffer_bytes`.
+fn stream_source_scene(
+    broker: &Broker,
+    dir: &std::path::Path,
+    name: &str,
+    source: impl FnOnce(&str) -> tailrace_e2e::config::Source,
+) -> (Agent, String, Scraper) {
+    use tailrace_e2e::config::{Channel, Sink, MAIN};
     let address = format!("127.0.0.1:{}", tailrace_e2e::free_port());
-    let config = Config::new(dir.path().join("data"))
+    let config = Config::new(dir.join("data"))
         .source(
-            "net",
-            Source::tcp(&address)
+            name,
+            source(&address)
                 .set("max_connections", 2_048)
                 .set("read_buffer_bytes", 16_384)
                 .set("read_pool_bytes", SOCKET_POOL_BYTES),
@@ -128,37 +123,139 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
             "kafka",
             Sink::kafka(&broker.bootstrap(), "logs").librdkafka("queue.buffering.max.ms", "5"),
         );
-    let agent = Agent::start(dir.path(), &config.to_yaml());
-    let admin = agent.admin_address().to_string();
-    let gauge = "tailrace_source_buffer_bytes{source=\"net\"}";
+    let agent = Agent::start(dir, &config.to_yaml());
+    let scraper = Scraper::start(
+        agent.admin_address().to_string(),
+        format!("tailrace_source_buffer_bytes{{source=\"{name}\"}}"),
+    );
+    let listening = tailrace_e2e::wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(&address).is_ok()
+    });
+    assert!(listening, "source {name} never listened on {address}");
+    (agent, address, scraper)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let scraper = {
-        let (stop, admin) = (stop.clone(), admin.clone());
-        std::thread::spawn(move || {
-            let (mut highest, mut samples, mut rss) = (0f64, 0u64, 0f64);
-            while !stop.load(Ordering::Acquire) {
-                if let Ok(r) = get(&admin, "/metrics") {
-                    if let Some(v) = sample(&r.body, gauge) {
-                        highest = highest.max(v);
-                        samples += 1;
-                    }
-                    if let Some(v) = sample(&r.body, "process_resident_memory_bytes") {
-                        rss = rss.max(v);
+/// Scrapes a gauge and the agent's resident memory until stopped: the
+/// gauge's highest value, how often it was seen, the highest RSS.
+struct Scraper {
+    admin: String,
+    gauge: String,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(f64, u64, f64)>,
+}
+
+impl Scraper {
+    fn start(admin: String, gauge: String) -> Scraper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, admin, gauge) = (stop.clone(), admin.clone(), gauge.clone());
+            std::thread::spawn(move || {
+                let (mut highest, mut samples, mut rss) = (0f64, 0u64, 0f64);
+                while !stop.load(Ordering::Acquire) {
+                    if let Ok(r) = get(&admin, "/metrics") {
+                        if let Some(v) = sample(&r.body, &gauge) {
+                            highest = highest.max(v);
+                            samples += 1;
+                        }
+                        if let Some(v) = sample(&r.body, "process_resident_memory_bytes") {
+                            rss = rss.max(v);
+                        }
                     }
                 }
-            }
-            (highest, samples, rss)
-        })
-    };
+                (highest, samples, rss)
+            })
+        };
+        Scraper {
+            admin,
+            gauge,
+            stop,
+            thread,
+        }
+    }
+
+    /// The gauge now, if exported.
+    fn now(&self) -> Option<f64> {
+        get(&self.admin, "/metrics")
+            .ok()
+            .and_then(|r| sample(&r.body, &self.gauge))
+    }
+
+    /// Waits up to 30 s for the gauge to fall to 0 (every buffer back);
+    /// whether it did.
+    fn released(&self) -> bool {
+        tailrace_e2e::wait_until(Duration::from_secs(30), || self.now() == Some(0.0))
+    }
+
+    fn stop(self) -> (f64, u64, f64) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().unwrap()
+    }
+
+    /// Once every one of `expected` lines was read back as `records`,
+    /// with `open` connections still open: each arrived once, the pool
+    /// held buffers but never more than `SOCKET_POOL_BYTES`, and holds
+    /// none now. Stops the scraper; returns its peak RSS.
+    fn check(
+        self,
+        agent: &Agent,
+        expected: u64,
+        records: &[tailrace_e2e::Record],
+        open: usize,
+    ) -> f64 {
+        let released = self.released();
+        let gauge_now = self.now();
+        let (highest, samples, rss) = self.stop();
+        eprintln!(
+            "{open} connections: read buffers at most {highest} bytes, peak RSS {:.1} MiB",
+            rss / 1048576.0
+        );
+        let report = Report::new(expected, records.iter().map(|r| &r.payload[..]));
+        assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
+        assert_eq!(report.duplicates, 0, "{report:?}");
+        assert!(
+            samples > 0,
+            "tailrace_source_buffer_bytes was never exported"
+        );
+        assert!(
+            highest > 0.0,
+            "the pool never held a buffer while {expected} lines were read"
+        );
+        assert!(
+            highest <= SOCKET_POOL_BYTES as f64,
+            "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
+        );
+        assert!(
+            released,
+            "with every line delivered, {open} open connections still hold read buffers: {gauge_now:?} bytes"
+        );
+        rss
+    }
+}
+
+/// Memory that does not grow with the number of connections: a tcp
+/// source's read buffers come from one bounded pool, so 1,000 connections
+/// that each sent a line and then went quiet hold none once their lines
+/// are delivered, while a few busy ones stream through the pool; the
+/// gauge never shows more than `read_pool_bytes`, and every line arrives
+/// exactly once.
+#[test]
+fn a_thousand_idle_connections_hold_no_read_buffer() {
+    use std::net::TcpStream;
+
+    let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
+    let broker = Broker::start();
+    broker.create_topic("logs", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // The source listens once its pipeline started, after the admin
+    // endpoint: the scene waits for it.
+    let (agent, address, scraper) = stream_source_scene(
+        &broker,
+        dir.path(),
+        "net",
+        tailrace_e2e::config::Source::tcp,
+    );
 
     // Idle connections: one line each (sequence numbers 0..1,000), then quiet.
-    // The source listens once its pipeline started, after the admin
-    // endpoint: the first connection waits for it.
-    let listening = tailrace_e2e::wait_until(Duration::from_secs(20), || {
-        TcpStream::connect(&address).is_ok()
-    });
-    assert!(listening, "the tcp source never listened on {address}");
     let mut idle = Vec::new();
     for seq in 0..IDLE_CONNECTIONS {
         let mut s = TcpStream::connect(&address)
@@ -191,37 +288,7 @@ fn a_thousand_idle_connections_hold_no_read_buffer() {
         .read_count(expected as usize, Duration::from_secs(120))
         .to_vec();
     // Every line delivered, every connection still open: nothing held.
-    let released = tailrace_e2e::wait_until(Duration::from_secs(30), || {
-        get(&admin, "/metrics").is_ok_and(|r| sample(&r.body, gauge) == Some(0.0))
-    });
-    stop.store(true, Ordering::Release);
-    let (highest, samples, rss) = scraper.join().unwrap();
-    eprintln!(
-        "{} connections: read buffers at most {highest} bytes, peak RSS {:.1} MiB",
-        IDLE_CONNECTIONS + ACTIVE_CONNECTIONS,
-        rss / 1048576.0
-    );
-
-    let report = Report::new(expected, records.iter().map(|r| &r.payload[..]));
-    assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
-    assert_eq!(report.duplicates, 0, "{report:?}");
-    assert!(samples > 0, "{gauge} was never exported");
-    assert!(
-        highest > 0.0,
-        "the pool never held a buffer while {expected} lines were read"
-    );
-    assert!(
-        highest <= SOCKET_POOL_BYTES as f64,
-        "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
-    );
-    assert!(
-        released,
-        "with every line delivered, {} open connections still hold read buffers: {gauge} = {:?}",
-        idle.len() + active.len(),
-        get(&admin, "/metrics")
-            .ok()
-            .and_then(|r| sample(&r.body, gauge))
-    );
+    scraper.check(&agent, expected, &records, idle.len() + active.len());
     drop((idle, active));
 }
 
@@ -298,51 +365,16 @@ mod relp_client {
 /// exactly once.
 #[test]
 fn idle_relp_sessions_hold_no_read_buffer() {
-    use tailrace_e2e::config::{Channel, Sink, Source, MAIN};
-
     let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
     let broker = Broker::start();
     broker.create_topic("logs", 1);
     let dir = tempfile::tempdir().unwrap();
-    let address = format!("127.0.0.1:{}", tailrace_e2e::free_port());
-    let config = Config::new(dir.path().join("data"))
-        .source(
-            "relp",
-            Source::relp(&address)
-                .set("max_connections", 1_024)
-                .set("read_buffer_bytes", 16_384)
-                .set("read_pool_bytes", SOCKET_POOL_BYTES),
-        )
-        .channel(MAIN, Channel::memory())
-        .sink(
-            "kafka",
-            Sink::kafka(&broker.bootstrap(), "logs").librdkafka("queue.buffering.max.ms", "5"),
-        );
-    let agent = Agent::start(dir.path(), &config.to_yaml());
-    let admin = agent.admin_address().to_string();
-    let gauge = "tailrace_source_buffer_bytes{source=\"relp\"}";
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let scraper = {
-        let (stop, admin) = (stop.clone(), admin.clone());
-        std::thread::spawn(move || {
-            let (mut highest, mut samples) = (0f64, 0u64);
-            while !stop.load(Ordering::Acquire) {
-                if let Ok(r) = get(&admin, "/metrics") {
-                    if let Some(v) = sample(&r.body, gauge) {
-                        highest = highest.max(v);
-                        samples += 1;
-                    }
-                }
-            }
-            (highest, samples)
-        })
-    };
-
-    let listening = tailrace_e2e::wait_until(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(&address).is_ok()
-    });
-    assert!(listening, "the relp source never listened on {address}");
+    let (agent, address, scraper) = stream_source_scene(
+        &broker,
+        dir.path(),
+        "relp",
+        tailrace_e2e::config::Source::relp,
+    );
     // Idle sessions: one message each (sequence numbers 0..300), answered.
     let idle: Vec<_> = (0..IDLE_RELP_SESSIONS)
         .map(|seq| {
@@ -373,35 +405,6 @@ fn idle_relp_sessions_hold_no_read_buffer() {
         .read_count(expected as usize, Duration::from_secs(120))
         .to_vec();
     // Every message answered (so delivered), every session still open.
-    let released = tailrace_e2e::wait_until(Duration::from_secs(30), || {
-        get(&admin, "/metrics").is_ok_and(|r| sample(&r.body, gauge) == Some(0.0))
-    });
-    stop.store(true, Ordering::Release);
-    let (highest, samples) = scraper.join().unwrap();
-    eprintln!(
-        "{} relp sessions: read buffers at most {highest} bytes",
-        IDLE_RELP_SESSIONS + ACTIVE_CONNECTIONS
-    );
-
-    let report = Report::new(expected, records.iter().map(|r| &r.payload[..]));
-    assert!(report.is_complete(), "{report:?}\n{}", agent.log_tail(30));
-    assert_eq!(report.duplicates, 0, "{report:?}");
-    assert!(samples > 0, "{gauge} was never exported");
-    assert!(
-        highest > 0.0,
-        "the pool never held a buffer while {expected} relp messages were read"
-    );
-    assert!(
-        highest <= SOCKET_POOL_BYTES as f64,
-        "the read buffers held {highest} bytes, over read_pool_bytes {SOCKET_POOL_BYTES}"
-    );
-    assert!(
-        released,
-        "with every message answered, {} open sessions still hold read buffers: {gauge} = {:?}",
-        idle.len() + active.len(),
-        get(&admin, "/metrics")
-            .ok()
-            .and_then(|r| sample(&r.body, gauge))
-    );
+    scraper.check(&agent, expected, &records, idle.len() + active.len());
     drop((idle, active));
 }
