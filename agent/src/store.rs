@@ -379,10 +379,7 @@ impl Store {
         };
         #[cfg(debug_assertions)]
         if write {
-            if let Err(e) = self.faults.write() {
-                self.health().write_failed(e.0.clone(), Instant::now());
-                return Err(e);
-            }
+            self.failed_as_a_write(self.faults.write())?;
         }
         f(db).map_err(|e| {
             let e = err(e);
@@ -391,6 +388,13 @@ impl Store {
             }
             e
         })
+    }
+
+    /// An injected write fault, if any, taken as sled's sticky write
+    /// failure: the store refuses everything until it is reopened.
+    #[cfg(debug_assertions)]
+    fn failed_as_a_write(&self, fault: Result<(), StoreError>) -> Result<(), StoreError> {
+        fault.inspect_err(|e| self.health().write_failed(e.0.clone(), Instant::now()))
     }
 
     /// Runs `f` on a spool tree (see [`Store::with_db`]).
@@ -579,10 +583,7 @@ impl SpoolStore for Store {
         #[cfg(debug_assertions)]
         {
             self.faults.spool_flush()?;
-            if let Err(e) = self.faults.spool_flush_write() {
-                self.health().write_failed(e.0.clone(), Instant::now());
-                return Err(e);
-            }
+            self.failed_as_a_write(self.faults.spool_flush_write())?;
         }
         CheckpointStore::flush(self)
     }

@@ -351,15 +351,21 @@ fn write_lines(
 }
 
 /// The fields scenario's interceptors: the host, three fields and the
-/// time from the line, the time parsed as the event time.
-const SHAPING: &str = r#"    interceptors:
+/// time from the line ([`shapes::FIELDS_PATTERN`]), the time parsed as
+/// the event time.
+fn shaping() -> String {
+    format!(
+        "    interceptors:
       - type: host
       - type: regex_extract
-        pattern: '^(?P<ts>\S+) seq=\d+ (?P<level>[A-Z]+) user=(?P<user>[a-z]+) req=\S+ latency_ms=(?P<latency_ms>\d+)'
+        pattern: '{}'
       - type: timestamp
         field: ts
         format: rfc3339
-"#;
+",
+        shapes::FIELDS_PATTERN
+    )
+}
 
 /// The fields scenario's line as tailrace's JSON encoding writes it, keyed
 /// by user before a tab: what kcat sends in its place.
@@ -500,7 +506,7 @@ impl Matrix<'_> {
                 })?;
                 let broker = tansu(name)?;
                 let m = AgentRun {
-                    source: crate::file_source(&path, SHAPING),
+                    source: crate::file_source(&path, &shaping()),
                     sink_keys: "encoding: json\nkey: \"{user}\"\nheaders: true".into(),
                     ..run(
                         name,

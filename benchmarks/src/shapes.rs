@@ -14,6 +14,10 @@ fn time_of(seq: u64, out: &mut Vec<u8>) {
     let _ = write!(out, "2026-12-01T{h:02}:{m:02}:{s:02}.{ms:03}Z");
 }
 
+/// The fields scenario's `regex_extract` pattern, for the lines
+/// [`timestamped`] writes: the time and three fields.
+pub const FIELDS_PATTERN: &str = r"^(?P<ts>\S+) seq=\d+ (?P<level>[A-Z]+) user=(?P<user>[a-z]+) req=\S+ latency_ms=(?P<latency_ms>\d+)";
+
 /// `line` (with its newline) with an RFC 3339 time and a space in front.
 pub fn timestamped(seq: u64, line: &[u8], out: &mut Vec<u8>) {
     time_of(seq, out);

@@ -34,70 +34,67 @@ impl Parked {
     }
 }
 
-static PARKED: Mutex<Vec<(u64, Transport, Parked)>> = Mutex::new(Vec::new());
+/// Sockets by address, each under an id its guard removes it by.
+struct Table(Mutex<Vec<(u64, Transport, Parked)>>);
+
+/// Sockets bound ahead of a build, until taken.
+static PARKED: Table = Table(Mutex::new(Vec::new()));
+/// A duplicate of every running tcp and udp source's socket.
+static LISTENING: Table = Table(Mutex::new(Vec::new()));
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn table() -> std::sync::MutexGuard<'static, Vec<(u64, Transport, Parked)>> {
-    PARKED.lock().unwrap_or_else(|e| e.into_inner())
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Transport, Parked)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `socket` for `transport`; the guard removes it when dropped,
+    /// if it is still there.
+    fn add(&'static self, transport: &Transport, socket: Parked) -> Guard {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, transport.clone(), socket));
+        Guard(self, id)
+    }
 }
 
-/// Removes what it parked, if still there, when dropped.
-struct Guard(u64);
+/// Removes what it added to its table, if still there, when dropped.
+pub(crate) struct Guard(&'static Table, u64);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        table().retain(|(id, _, _)| *id != self.0);
+        self.0.lock().retain(|(id, _, _)| *id != self.1);
     }
 }
 
 /// Parks `socket` for `transport` (bound now, or `handed_over` from the
 /// running source it replaces); the guard keeps it parked.
 pub(crate) fn park(transport: &Transport, socket: Parked, handed_over: bool) -> EarlyBinding {
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
     if handed_over {
         info!(address = ?transport, "the changed source takes the running one's listening socket over: no connection is refused during the reload");
     } else {
         info!(address = ?transport, "bound ahead of the reload, before the old listener is released");
     }
-    table().push((id, transport.clone(), socket));
-    EarlyBinding(Box::new(Guard(id)))
+    EarlyBinding(Box::new(PARKED.add(transport, socket)))
 }
 
 /// What was parked for `transport`, taken.
 pub(crate) fn take(transport: &Transport) -> Option<Parked> {
-    let mut table = table();
+    let mut table = PARKED.lock();
     let at = table.iter().position(|(_, t, _)| t == transport)?;
     Some(table.remove(at).2)
 }
 
-static LISTENING: Mutex<Vec<(u64, Transport, Parked)>> = Mutex::new(Vec::new());
-
-fn listening_table() -> std::sync::MutexGuard<'static, Vec<(u64, Transport, Parked)>> {
-    LISTENING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps a running source's socket listed; unlisted when dropped.
-pub(crate) struct Listening(u64);
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        listening_table().retain(|(id, _, _)| *id != self.0);
-    }
-}
-
 /// Lists `socket` (a duplicate descriptor of a running source's socket)
-/// for `transport`, while the guard lives.
-pub(crate) fn listening(transport: &Transport, socket: Parked) -> Listening {
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    listening_table().push((id, transport.clone(), socket));
-    Listening(id)
+/// for `transport` while the guard lives.
+pub(crate) fn listening(transport: &Transport, socket: Parked) -> Guard {
+    LISTENING.add(transport, socket)
 }
 
 /// Another descriptor of the socket a running source listens on for
 /// `transport` (to park for the source that replaces it); `None` if no
 /// running source does.
 pub(crate) fn duplicate(transport: &Transport) -> Option<Parked> {
-    let table = listening_table();
+    let table = LISTENING.lock();
     let (_, _, socket) = table.iter().find(|(_, t, _)| t == transport)?;
     socket.try_clone().ok()
 }

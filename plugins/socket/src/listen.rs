@@ -87,10 +87,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             let out = Arc::new(Output::new(cx, None, &plan));
             let listed = early::listening(&plan.transport, listed);
             let served = serve(Listener::Tcp(listener, tls), Arc::new(plan), out, None);
-            Ok(Box::pin(async move {
-                let _listed = listed;
-                served.await
-            }))
+            Ok(while_listed(listed, served))
         }
         Transport::UnixStream(path) => {
             unix::claim(&path, &name)?;
@@ -122,10 +119,7 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             let out = Arc::new(Output::new(cx, None, &plan));
             let listed = early::listening(&plan.transport, listed);
             let received = receive(Datagrams::Udp(socket), plan, out, None);
-            Ok(Box::pin(async move {
-                let _listed = listed;
-                received.await
-            }))
+            Ok(while_listed(listed, received))
         }
         Transport::UnixDatagram(path) => {
             unix::claim(&path, &name)?;
@@ -146,6 +140,18 @@ pub(crate) fn start(plan: Plan, cx: SourceContext) -> Result<ComponentTask, Buil
             )))
         }
     }
+}
+
+/// The source's task, its socket listed (`listed`) until the task ends,
+/// so a reload that changes the source can take the socket over.
+fn while_listed(
+    listed: early::Guard,
+    task: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> ComponentTask {
+    Box::pin(async move {
+        let _listed = listed;
+        task.await
+    })
 }
 
 fn bind_error(what: &str, e: io::Error) -> BuildError {
@@ -186,7 +192,7 @@ fn set_recv_buffer(socket: SockRef<'_>, bytes: usize) -> io::Result<()> {
 
 /// Binds a TCP or UDP socket now, for [`tailrace_api::SourceConfig::bind_early`],
 /// or, when a running source listens on that address (a reload changed
-/// it), takes that source's socket over (`early::hand_over`); `None` for
+/// it), takes that source's socket over (`early::duplicate`); `None` for
 /// unix sockets, port 0, or when binding fails otherwise.
 pub(crate) fn bind_early(plan: &Plan) -> Option<EarlyBinding> {
     let bound = match plan.transport {

@@ -104,11 +104,10 @@ impl Conn<'_> {
     /// when the connection must be closed (a bad frame, a closed channel).
     async fn on_read(
         &mut self,
-        chunk: Bytes,
+        mut chunk: Bytes,
         carry: &mut Vec<u8>,
         heartbeat: &Heartbeat,
     ) -> Result<(), ()> {
-        let mut buf = chunk;
         let mut records = Vec::new();
         let mut cuts = Cuts::default();
         let mut pending = Pending {
@@ -119,7 +118,7 @@ impl Conn<'_> {
         };
         let mut failed = None;
         loop {
-            let frame = match self.parser.next(&mut buf) {
+            let frame = match self.parser.next(&mut chunk) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -159,7 +158,7 @@ impl Conn<'_> {
         } else if !pending.answers.is_empty() {
             self.answers.0.push_back(pending);
         }
-        *carry = buf.to_vec();
+        *carry = chunk.to_vec();
         if failed.is_none() && !self.held.set(carry.len() + self.parser.holding()) {
             self.out.discard_partial(self.peer, OVER_BUDGET, carry);
             return Err(());
