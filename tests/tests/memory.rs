@@ -241,48 +241,64 @@ impl Scraper {
 #[test]
 fn a_thousand_idle_connections_hold_no_read_buffer() {
     use std::net::TcpStream;
+    fn line(seq: u64) -> Vec<u8> {
+        let mut line = SeqLines::line(seq);
+        line.push(b'\n');
+        line
+    }
+    idle_and_busy_connections_hold_no_read_buffer(
+        "net",
+        tailrace_e2e::config::Source::tcp,
+        IDLE_CONNECTIONS,
+        |address, seq| {
+            let mut s = TcpStream::connect(address)
+                .unwrap_or_else(|e| panic!("connection {seq} to {address}: {e}"));
+            s.write_all(&line(seq)).unwrap();
+            s
+        },
+        |address, seqs| {
+            let mut s = std::io::BufWriter::new(TcpStream::connect(address).unwrap());
+            for seq in seqs {
+                s.write_all(&line(seq)).unwrap();
+            }
+            s.into_inner().unwrap()
+        },
+    );
+}
 
+/// The scene of both pool tests: a stream source `name`, `idle`
+/// connections opened by `open_idle` (each sends line `seq` and goes
+/// quiet), then `ACTIVE_CONNECTIONS` busy ones on threads (`busy` sends
+/// its sequence numbers, the rest interleaved over them); once every line
+/// is read back, [`Scraper::check`] with every connection still open.
+fn idle_and_busy_connections_hold_no_read_buffer<C: Send + 'static>(
+    name: &str,
+    source: impl FnOnce(&str) -> tailrace_e2e::config::Source,
+    idle: u64,
+    open_idle: impl Fn(&str, u64) -> C,
+    busy: fn(&str, Vec<u64>) -> C,
+) {
     let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
     let broker = Broker::start();
     broker.create_topic("logs", 1);
     let dir = tempfile::tempdir().unwrap();
     // The source listens once its pipeline started, after the admin
     // endpoint: the scene waits for it.
-    let (agent, address, scraper) = stream_source_scene(
-        &broker,
-        dir.path(),
-        "net",
-        tailrace_e2e::config::Source::tcp,
-    );
-
-    // Idle connections: one line each (sequence numbers 0..1,000), then quiet.
-    let mut idle = Vec::new();
-    for seq in 0..IDLE_CONNECTIONS {
-        let mut s = TcpStream::connect(&address)
-            .unwrap_or_else(|e| panic!("connection {seq} to {address}: {e}"));
-        let mut line = SeqLines::line(seq);
-        line.push(b'\n');
-        s.write_all(&line).unwrap();
-        idle.push(s);
-    }
-    // Active connections: the rest, interleaved over them.
+    let (agent, address, scraper) = stream_source_scene(&broker, dir.path(), name, source);
+    let idle: Vec<C> = (0..idle).map(|seq| open_idle(&address, seq)).collect();
+    let first_busy = idle.len() as u64;
     let senders: Vec<_> = (0..ACTIVE_CONNECTIONS)
         .map(|c| {
             let address = address.clone();
-            std::thread::spawn(move || {
-                let mut s = std::io::BufWriter::new(TcpStream::connect(&address).unwrap());
-                for i in 0..per_active {
-                    let mut line = SeqLines::line(IDLE_CONNECTIONS + c + i * ACTIVE_CONNECTIONS);
-                    line.push(b'\n');
-                    s.write_all(&line).unwrap();
-                }
-                s.into_inner().unwrap()
-            })
+            let seqs = (0..per_active)
+                .map(|i| first_busy + c + i * ACTIVE_CONNECTIONS)
+                .collect();
+            std::thread::spawn(move || busy(&address, seqs))
         })
         .collect();
-    let active: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let active: Vec<C> = senders.into_iter().map(|t| t.join().unwrap()).collect();
 
-    let expected = IDLE_CONNECTIONS + ACTIVE_CONNECTIONS * per_active;
+    let expected = first_busy + ACTIVE_CONNECTIONS * per_active;
     let mut consumer = Consumer::new(&broker.bootstrap(), "logs");
     let records = consumer
         .read_count(expected as usize, Duration::from_secs(120))
@@ -365,46 +381,21 @@ mod relp_client {
 /// exactly once.
 #[test]
 fn idle_relp_sessions_hold_no_read_buffer() {
-    let per_active: u64 = tailrace_e2e::size_knob("TAILRACE_MEMORY_LINES_PER_CONNECTION", 5_000);
-    let broker = Broker::start();
-    broker.create_topic("logs", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let (agent, address, scraper) = stream_source_scene(
-        &broker,
-        dir.path(),
+    idle_and_busy_connections_hold_no_read_buffer(
         "relp",
         tailrace_e2e::config::Source::relp,
-    );
-    // Idle sessions: one message each (sequence numbers 0..300), answered.
-    let idle: Vec<_> = (0..IDLE_RELP_SESSIONS)
-        .map(|seq| {
-            let s = relp_client::open(&address);
+        IDLE_RELP_SESSIONS,
+        |address, seq| {
+            let s = relp_client::open(address);
             relp_client::send_all(s, relp_client::syslog(2, &SeqLines::line(seq)), 1)
-        })
-        .collect();
-    // Busy sessions: the rest, interleaved over them.
-    let senders: Vec<_> = (0..ACTIVE_CONNECTIONS)
-        .map(|c| {
-            let address = address.clone();
-            std::thread::spawn(move || {
-                let s = relp_client::open(&address);
-                let mut frames = Vec::new();
-                for i in 0..per_active {
-                    let seq = IDLE_RELP_SESSIONS + c + i * ACTIVE_CONNECTIONS;
-                    frames.extend(relp_client::syslog(2 + i, &SeqLines::line(seq)));
-                }
-                relp_client::send_all(s, frames, per_active)
-            })
-        })
-        .collect();
-    let active: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
-
-    let expected = IDLE_RELP_SESSIONS + ACTIVE_CONNECTIONS * per_active;
-    let mut consumer = Consumer::new(&broker.bootstrap(), "logs");
-    let records = consumer
-        .read_count(expected as usize, Duration::from_secs(120))
-        .to_vec();
-    // Every message answered (so delivered), every session still open.
-    scraper.check(&agent, expected, &records, idle.len() + active.len());
-    drop((idle, active));
+        },
+        |address, seqs| {
+            let s = relp_client::open(address);
+            let mut frames = Vec::new();
+            for (txnr, seq) in (2..).zip(&seqs) {
+                frames.extend(relp_client::syslog(txnr, &SeqLines::line(*seq)));
+            }
+            relp_client::send_all(s, frames, seqs.len() as u64)
+        },
+    );
 }
