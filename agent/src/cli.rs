@@ -560,6 +560,7 @@ fn print_salvage(salvage: &Salvage, key: &str, mut summary: serde_json::Value) {
         if let TreeKind::Spool(_) = tree.kind {
             line["events"] = tree.events().into();
             line["failed_checksum"] = tree.failed_checksum().into();
+            line["missing_bodies"] = tree.missing_bodies.into();
         }
         match &tree.damage {
             None => line["damaged"] = false.into(),

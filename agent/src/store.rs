@@ -7,6 +7,7 @@
 //! `repair` submodule reads what is still readable out of such a store
 //! (`tailrace store check` and `tailrace store repair`).
 
+pub mod bodies;
 pub mod durable;
 pub mod health;
 pub mod repair;
@@ -18,15 +19,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tailrace_api::spool::{header, SpoolStore, SpoolTree, Usage};
+use tailrace_api::spool::{held_size, BodyRef, SpoolStore, SpoolTree, Usage};
 use tailrace_api::{CheckpointStore, Readiness, StoreError};
 use tracing::{error, info, warn};
 
+use bodies::Bodies;
 use health::{Health, Log, Problem};
 
 pub struct Store {
     /// `None` only while a failed database is being reopened.
     db: RwLock<Option<sled::Db>>,
+    /// The spool entries' bodies; sled's spool trees hold references.
+    /// Locked after `db` and `synced`, never before.
+    bodies: Mutex<Bodies>,
     path: PathBuf,
     /// What each spool tree holds, counted when first asked, then kept up
     /// to date by push and remove.
@@ -189,10 +194,34 @@ impl Store {
                 source: sled::Error::Io(e),
             });
         }
+        Store::open_dir(path, data_dir)
+    }
+
+    /// Opens the store in `path` (`data_dir/store`, or a fresh one that
+    /// `repair` writes).
+    fn open_dir(path: PathBuf, data_dir: &Path) -> Result<Store, OpenError> {
         let db = open_waiting(&path, data_dir)?;
+        let mut bodies = Bodies::open(&path).map_err(|e| OpenError::Io {
+            path: path.clone(),
+            source: sled::Error::Io(std::io::Error::other(e.to_string())),
+        })?;
+        reconcile(&db, &mut bodies).map_err(|e| {
+            if is_damage(&e) {
+                OpenError::Damaged {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                }
+            } else {
+                OpenError::Io {
+                    path: path.clone(),
+                    source: e,
+                }
+            }
+        })?;
         let syncer = durable::Syncer::open(&path).map_err(io_error(&path))?;
         Ok(Store {
             db: RwLock::new(Some(db)),
+            bodies: Mutex::new(bodies),
             path,
             usage: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
@@ -328,6 +357,32 @@ impl Store {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn bodies(&self) -> std::sync::MutexGuard<'_, Bodies> {
+        self.bodies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `entry`'s body and returns the reference a tree holds (see
+    /// [`bodies`]).
+    fn append_body(&self, entry: &[u8]) -> Result<BodyRef, sled::Error> {
+        self.bodies()
+            .append(entry)
+            .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))
+    }
+
+    /// Inserts `entry` into `tree` under `id` by reference; returns the
+    /// value it replaced. A body whose reference could not be inserted
+    /// goes again at once.
+    fn insert_entry(
+        &self,
+        tree: &sled::Tree,
+        id: u64,
+        entry: &[u8],
+    ) -> Result<Option<sled::IVec>, sled::Error> {
+        let body = self.append_body(entry)?;
+        tree.insert(id.to_be_bytes(), &body.encode())
+            .inspect_err(|_| self.bodies().release_now(body))
+    }
+
     /// Lets go of the failed database and opens it again: sled makes a
     /// failed write sticky, and only a fresh open resets it. What was
     /// written but not flushed before the failure may be gone, so the
@@ -344,6 +399,7 @@ impl Store {
             }
             StoreError(e.to_string())
         })?;
+        reconcile(&reopened, &mut self.bodies()).map_err(err)?;
         let syncer = durable::Syncer::open(&self.path)
             .map_err(|e| StoreError(io_error(&self.path)(e).to_string()))?;
         *self.synced.lock().unwrap_or_else(|e| e.into_inner()) = Synced { syncer, upto: 0 };
@@ -449,6 +505,7 @@ impl Store {
             for item in t.iter() {
                 let (k, v) = item?;
                 t.remove(k)?;
+                self.bodies().unreferenced(&v);
                 count(&mut removed, &v, 1);
             }
             Ok(removed)
@@ -470,9 +527,52 @@ impl Store {
     }
 }
 
-/// Adds (`sign` 1) or subtracts (-1) one entry to a usage.
-fn count(u: &mut Usage, entry: &[u8], sign: i64) {
-    let events = header(entry).map(|h| h.events as u64).unwrap_or(0);
+/// Matches the bodies with the references in every spool tree of `db`
+/// (see [`bodies`]): references whose body is gone are removed (never
+/// acknowledged: a flush syncs the bodies first), bodies nothing refers to
+/// are released.
+fn reconcile(db: &sled::Db, bodies: &mut Bodies) -> Result<(), sled::Error> {
+    let mut referenced = Vec::new();
+    let mut trees = Vec::new();
+    for name in db.tree_names() {
+        let kind = repair::TreeKind::of(&String::from_utf8_lossy(&name));
+        if !matches!(kind, repair::TreeKind::Spool(_)) {
+            continue;
+        }
+        let tree = db.open_tree(&name)?;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if let Some(r) = BodyRef::decode(&v) {
+                referenced.push(r);
+                trees.push((tree.clone(), k));
+            }
+        }
+    }
+    let dangling: std::collections::HashSet<u64> = bodies
+        .reconcile(&referenced)
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    if dangling.is_empty() {
+        return Ok(());
+    }
+    for (r, (tree, key)) in referenced.iter().zip(&trees) {
+        if dangling.contains(&r.seq) {
+            tree.remove(key)?;
+        }
+    }
+    db.flush()?;
+    warn!(
+        entries = dangling.len(),
+        "spool entries written just before the agent stopped had no body on disk (they were never acknowledged); removed"
+    );
+    Ok(())
+}
+
+/// Adds (`sign` 1) or subtracts (-1) one entry, as a tree holds it, to a
+/// usage.
+fn count(u: &mut Usage, value: &[u8], sign: i64) {
+    let (events, bytes) = held_size(value);
     let apply = |x: &mut u64, by: u64| {
         *x = if sign > 0 {
             *x + by
@@ -482,7 +582,7 @@ fn count(u: &mut Usage, entry: &[u8], sign: i64) {
     };
     apply(&mut u.entries, 1);
     apply(&mut u.events, events);
-    apply(&mut u.bytes, entry.len() as u64);
+    apply(&mut u.bytes, bytes);
 }
 
 impl SpoolStore for Store {
@@ -491,8 +591,7 @@ impl SpoolStore for Store {
         self.with_usage(tree, sink, |_| ()); // counted before it changes
         let id = self.with_db(true, |db| {
             let id = db.generate_id()?;
-            db.open_tree(format!("{}/{sink}", tree.name()))?
-                .insert(id.to_be_bytes(), entry)?;
+            self.insert_entry(&db.open_tree(format!("{}/{sink}", tree.name()))?, id, entry)?;
             Ok(id)
         })?;
         self.with_usage(tree, sink, |u| count(u, entry, 1));
@@ -515,6 +614,7 @@ impl SpoolStore for Store {
                 .take(limit)
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        let bodies = self.bodies();
         found
             .into_iter()
             .map(|(k, v)| {
@@ -523,7 +623,7 @@ impl SpoolStore for Store {
                         .try_into()
                         .map_err(|_| StoreError("malformed spool key".into()))?,
                 );
-                Ok((id, v.to_vec()))
+                Ok((id, bodies.resolve(&v)))
             })
             .collect()
     }
@@ -532,6 +632,7 @@ impl SpoolStore for Store {
         self.with_usage(tree, sink, |_| ());
         let old = self.with_tree(true, tree, sink, |t| t.remove(id.to_be_bytes()))?;
         if let Some(old) = old {
+            self.bodies().unreferenced(&old);
             self.with_usage(tree, sink, |u| count(u, &old, -1));
         }
         Ok(())
@@ -545,8 +646,9 @@ impl SpoolStore for Store {
         entry: &[u8],
     ) -> Result<(), StoreError> {
         self.with_usage(tree, sink, |_| ());
-        let old = self.with_tree(true, tree, sink, |t| t.insert(id.to_be_bytes(), entry))?;
+        let old = self.with_tree(true, tree, sink, |t| self.insert_entry(t, id, entry))?;
         if let Some(old) = old {
+            self.bodies().unreferenced(&old);
             self.with_usage(tree, sink, |u| count(u, &old, -1));
         }
         self.with_usage(tree, sink, |u| count(u, entry, 1));
@@ -567,11 +669,25 @@ impl SpoolStore for Store {
         let Some(v) = self.with_tree(false, from, sink, |t| t.get(id.to_be_bytes()))? else {
             return Ok(());
         };
+        // The body is copied, so the destination (dead letters kept for
+        // long) does not hold the source's segment files.
+        let entry = self.bodies().resolve(&v);
         // Into the destination first: a crash in between leaves a copy in
         // both trees, never in neither.
         self.with_usage(to, sink, |_| ());
-        self.with_tree(true, to, sink, |t| t.insert(id.to_be_bytes(), v.as_ref()))?;
-        self.with_usage(to, sink, |u| count(u, &v, 1));
+        let old = self.with_tree(true, to, sink, |t| {
+            if entry.is_empty() {
+                // Its body is gone: kept as the empty (damaged) entry.
+                t.insert(id.to_be_bytes(), entry.as_slice())
+            } else {
+                self.insert_entry(t, id, &entry)
+            }
+        })?;
+        if let Some(old) = old {
+            self.bodies().unreferenced(&old);
+            self.with_usage(to, sink, |u| count(u, &old, -1));
+        }
+        self.with_usage(to, sink, |u| count(u, &entry, 1));
         self.remove(from, sink, id)
     }
 
@@ -755,10 +871,14 @@ impl CheckpointStore for Store {
     /// [`durable`]): a position or spool entry counts as stored only once
     /// this returned.
     fn flush(&self) -> Result<(), StoreError> {
-        self.with_db(true, |db| {
+        // Bodies whose references this flush removes for good go after it.
+        let free = self.bodies().freed_by_flush();
+        let flushed = self.with_db(true, |db| {
             db.flush()?;
             self.sync_flushed().map_err(sled::Error::Io)
-        })
+        });
+        self.bodies().flushed(flushed.is_ok(), free);
+        flushed
     }
 }
 
@@ -774,6 +894,14 @@ impl Store {
             return Ok(());
         }
         let upto = self.flushes.load(Ordering::Acquire);
+        // The bodies first, then sled: each flush counted so far wrote its
+        // bodies before it was counted.
+        let segment = self.bodies().to_sync();
+        if let Some(segment) = segment {
+            segment
+                .sync_data()
+                .inspect_err(|_| self.bodies().sync_failed())?;
+        }
         synced.syncer.sync()?;
         synced.upto = upto;
         Ok(())
@@ -972,6 +1100,106 @@ mod tests {
         }
         assert!(opened > 10, "sled opened {opened} of 20 cut stores");
         assert!(positions > 10, "{positions} of them kept a position");
+    }
+
+    /// This process's resident memory, from /proc.
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Issue 16's outage soak: sled keeps every value it was given in
+    /// memory, so a spool of entries held in sled grows the agent with
+    /// the outage. Entry bodies live in files of their own; the store's
+    /// memory stays flat while the spool grows.
+    #[test]
+    fn a_growing_spool_is_not_held_in_memory() {
+        const ENTRY: usize = 96 << 10;
+        const ENTRIES: usize = 2_000; // 192 MiB
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Incompressible payloads: the entry is as large as its records.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut payload = vec![0u8; ENTRY];
+        let before = rss_bytes();
+        for _ in 0..ENTRIES {
+            for b in payload.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let rec = tailrace_api::spool::EntryRecord {
+                payload: &payload,
+                ..Default::default()
+            };
+            let entry = tailrace_api::spool::encode([rec], "", 0);
+            store.push(SpoolTree::Pending, "k", &entry).unwrap();
+        }
+        SpoolStore::flush(&store).unwrap();
+        let grew = rss_bytes().saturating_sub(before);
+        assert_eq!(store.usage(SpoolTree::Pending, "k").entries, ENTRIES as u64);
+        assert!(
+            grew < 48 << 20,
+            "the store grew by {} MiB holding {} MiB of spool",
+            grew >> 20,
+            (ENTRY * ENTRIES) >> 20
+        );
+        // And every entry reads back whole.
+        let back = store
+            .scan(SpoolTree::Pending, "k", None, usize::MAX)
+            .unwrap();
+        assert_eq!(back.len(), ENTRIES);
+        assert!(back
+            .iter()
+            .all(|(_, e)| tailrace_api::spool::decode(e).is_ok()));
+    }
+
+    /// A power cut can leave a reference whose body is gone (sled's own
+    /// flusher wrote the reference; the body was not synced yet): it was
+    /// never acknowledged, and the next open removes it instead of
+    /// replaying it as damage; a new entry then reads back as itself.
+    #[test]
+    fn a_reference_without_its_body_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, lost);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            kept = store.push(SpoolTree::Pending, "k", &entry(1)).unwrap();
+            SpoolStore::flush(&store).unwrap();
+            lost = store.push(SpoolTree::Pending, "k", &entry(2)).unwrap();
+            // sled writes the reference on its own; the body's write is
+            // taken back below, as a power cut takes unsynced pages.
+            store.with_db(false, |db| db.flush()).unwrap();
+        }
+        repair::wait_released(&dir.path().join("store")).unwrap();
+        let segment = dir
+            .path()
+            .join("store")
+            .join(bodies::DIR)
+            .join("00000000000000000000.seg");
+        let len = std::fs::metadata(&segment).unwrap().len();
+        let cut = len - (24 + entry(2).len() as u64) + 10;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let left = store.scan(SpoolTree::Pending, "k", None, 10).unwrap();
+        assert_eq!(left, vec![(kept, entry(1))], "entry {lost} was not removed");
+        assert_eq!(store.usage(SpoolTree::Pending, "k").entries, 1);
+        let id = store.push(SpoolTree::Pending, "k", &entry(3)).unwrap();
+        assert_eq!(
+            store.scan(SpoolTree::Pending, "k", Some(kept), 10).unwrap(),
+            vec![(id, entry(3))]
+        );
     }
 
     /// Whether `cond` became true within 10 s.

@@ -103,8 +103,10 @@ impl Drop for Traced {
     }
 }
 
-/// Lines of hex digits that lz4 cannot shrink much, so that a spool entry
-/// of them is larger than sled's blob threshold (about 128 KiB).
+/// Lines of hex digits that lz4 cannot shrink much, so that spool entries
+/// of them are large (in sled, over its blob threshold of about 128 KiB,
+/// they went to blob files it never syncs; their bodies are now in the
+/// store's own segment files).
 const NOISE_LINES: u64 = 20_000;
 
 fn write_noise(path: &Path, lines: u64) {
@@ -165,9 +167,8 @@ fn is_sync_in(c: &Call, store: &str) -> bool {
 /// positions saved after them. Under strace: the sink's thread syncs a
 /// file of the store before each "events spooled" it logs (the lines are
 /// counted as spooled, and acknowledged, only after their flush), every
-/// blob file sled wrote a large entry to was synced (sled never syncs
-/// them), and the file source's thread syncs the store when it saves its
-/// positions.
+/// segment file that holds the entries' bodies was synced, and the file
+/// source's thread syncs the store when it saves its positions.
 #[test]
 fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
     let dir = tempfile::tempdir().unwrap();
@@ -238,22 +239,23 @@ fn spooled_lines_and_saved_positions_are_fsynced_before_they_count() {
         spooled_logs > 0,
         "no \"events spooled\" write in the strace log of the sink's thread"
     );
-    // sled writes an entry larger than a quarter of a segment to a blob
-    // file of its own and never syncs it: each one left must have been.
-    let blobs: Vec<String> = std::fs::read_dir(dir.path().join("data/store/blobs"))
+    // The entries' bodies are in segment files of their own (sled keeps
+    // only references): each one left must have been synced.
+    let segments: Vec<String> = std::fs::read_dir(dir.path().join("data/store/bodies"))
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".seg"))
         .collect();
     assert!(
-        !blobs.is_empty(),
-        "sled wrote no blob file (the noise should make some)"
+        !segments.is_empty(),
+        "no segment file holds the spool's bodies"
     );
-    for blob in &blobs {
+    for segment in &segments {
         assert!(
             calls
                 .iter()
-                .any(|c| c.name == "fdatasync" && c.args.contains(&format!("<{blob}>"))),
-            "sled's blob file {blob} was never synced"
+                .any(|c| c.name == "fdatasync" && c.args.contains(&format!("<{segment}>"))),
+            "the spool's segment file {segment} was never synced"
         );
     }
     let source_syncs = calls

@@ -178,9 +178,16 @@ fn saved_lines(agent: &Agent) -> u64 {
 // ---- the spool on disk, read with sled while the agent is stopped ----
 
 /// The entries of a spool tree (`spool`, `dead`, `corrupt`) of the sink,
-/// oldest first, as (id, entry bytes).
+/// oldest first, as (id, entry bytes). sled holds a reference per entry
+/// (magic "TRSB", then the body's number; see plugins/api/src/spool.rs)
+/// and the bodies are in the segment files of `data/store/bodies`; an
+/// entry held inline (magic "TRSP") is its own body.
 fn spool_entries(dir: &Path, tree: &str) -> Vec<(u64, Vec<u8>)> {
-    let db = sled::open(dir.join("data/store")).expect("cannot open the agent's store");
+    use tailrace_api::channel_log::{Mode, SegmentLog};
+    let store = dir.join("data/store");
+    let db = sled::open(&store).expect("cannot open the agent's store");
+    let (bodies, _) = SegmentLog::open(&store.join("bodies"), 64 << 20, Mode::Inspect)
+        .expect("cannot read the spool's bodies");
     let tree = db
         .open_tree(format!("{tree}/{SINK}"))
         .expect("cannot open a spool tree");
@@ -188,9 +195,28 @@ fn spool_entries(dir: &Path, tree: &str) -> Vec<(u64, Vec<u8>)> {
         .map(|item| {
             let (k, v) = item.expect("cannot read the spool");
             let id = u64::from_be_bytes(k.as_ref().try_into().expect("spool keys are u64"));
-            (id, v.to_vec())
+            let entry = match tailrace_api::spool::BodyRef::decode(&v) {
+                Some(r) => bodies.read(r.seq).expect("an entry's body is there"),
+                None => v.to_vec(),
+            };
+            (id, entry)
         })
         .collect()
+}
+
+/// Flips byte `at` of `entry` where it is stored, in one of the segment
+/// files in `dir`.
+fn flip_byte_of(dir: &Path, entry: &[u8], at: usize) {
+    for file in std::fs::read_dir(dir).unwrap() {
+        let path = file.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(start) = bytes.windows(entry.len()).position(|w| w == entry) {
+            bytes[start + at] ^= 0x20;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!("the entry is in no segment file of {}", dir.display());
 }
 
 /// Offset of the reason's length, and of the reason, in an entry (see
@@ -827,20 +853,14 @@ fn corrupt_spool_entry_is_set_aside_with_a_report() {
         entries.len()
     );
 
-    // Flip one byte in the middle of the second entry.
-    let (bad_id, mut bad) = entries[1].clone();
+    // Flip one byte in the middle of the second entry's body, where it
+    // is on disk (a segment file of data/store/bodies).
+    let (bad_id, bad) = entries[1].clone();
     let lost: BTreeSet<u64> = decode_entry(&bad)
         .iter()
         .map(|p| seq_of(p).unwrap())
         .collect();
-    let at = bad.len() / 2;
-    bad[at] ^= 0x20;
-    {
-        let db = sled::open(dir.path().join("data/store")).unwrap();
-        let tree = db.open_tree(format!("spool/{SINK}")).unwrap();
-        tree.insert(bad_id.to_be_bytes(), bad).unwrap();
-        db.flush().unwrap();
-    }
+    flip_byte_of(&dir.path().join("data/store/bodies"), &bad, bad.len() / 2);
     let listed = agent.spool_json(&["list"]);
     let listed_bad = listed
         .iter()

@@ -17,6 +17,12 @@
 //! forwards up to the first error and backwards from its end down to the
 //! last error; the entries between the two are what is lost.
 //!
+//! Spool entries' bodies are outside sled ([`super::bodies`]); they are
+//! read from the damaged store's segment files as they are (never copied
+//! to the scratch copy), and a reference whose body is gone is counted as
+//! missing: the agent removes such references at its start too, since they
+//! were never acknowledged.
+//!
 //! The fresh store keeps the checkpoint keys as they are; spool entries
 //! get new ids from the fresh store's generator, in the order of their old
 //! ids across the spool, dead-letter and corrupt trees, because sled's id
@@ -25,7 +31,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tailrace_api::spool::{header, SpoolTree};
+use tailrace_api::spool::{header, SpoolStore, SpoolTree};
 
 use super::{open_sled, panic_text, OpenError};
 
@@ -103,8 +109,11 @@ impl TreeKind {
 pub struct TreeSalvage {
     pub name: String,
     pub kind: TreeKind,
-    /// Every readable key and value, in key order.
+    /// Every readable key and value, in key order; a spool entry's value
+    /// is the entry itself, its body read.
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Spool entries whose body is gone (see the module's text).
+    pub missing_bodies: usize,
     /// Where the reads failed: the first error, and the last key read
     /// before it and the first read after it (forwards, backwards).
     pub damage: Option<Damage>,
@@ -215,9 +224,17 @@ impl StoreLock {
 
 /// Copies the files of `from` into a new directory `to`.
 pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<(), RepairError> {
+    copy_dir_but(from, to, None)
+}
+
+/// [`copy_dir`], leaving out the entry of `from` named `but`.
+fn copy_dir_but(from: &Path, to: &Path, but: Option<&str>) -> Result<(), RepairError> {
     std::fs::create_dir_all(to).map_err(io("create", to))?;
     for entry in std::fs::read_dir(from).map_err(io("read", from))? {
         let entry = entry.map_err(io("read", from))?;
+        if but.is_some_and(|b| entry.file_name() == b) {
+            continue;
+        }
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         if entry.file_type().map_err(io("read", &src))?.is_dir() {
             copy_dir(&src, &dst)?;
@@ -238,7 +255,7 @@ fn remove_dir(path: &Path) -> Result<(), RepairError> {
 /// Makes `scratch` a copy of `store` prepared for one way of opening.
 fn prepare(store: &Path, scratch: &Path, way: Opened) -> Result<(), RepairError> {
     remove_dir(scratch)?;
-    copy_dir(store, scratch)?;
+    copy_dir_but(store, scratch, Some(super::bodies::DIR))?;
     let dropped = |name: &str| match way {
         Opened::AsIs => false,
         Opened::WithoutConfig => name == "conf",
@@ -282,6 +299,7 @@ fn read_trees(db: &sled::Db) -> Vec<TreeSalvage> {
             name,
             kind,
             entries,
+            missing_bodies: 0,
             damage: damage.map(|(error, after, before)| Damage {
                 error,
                 after,
@@ -342,7 +360,8 @@ fn salvage_unlocked(store: &Path, scratch: &Path) -> Result<Salvage, RepairError
         prepare(store, scratch, way)?;
         match open_sled(scratch) {
             Ok(db) => {
-                let trees = read_trees(&db);
+                let mut trees = read_trees(&db);
+                read_bodies(store, &mut trees)?;
                 drop(db);
                 wait_released(scratch)?;
                 remove_dir(scratch)?;
@@ -367,6 +386,26 @@ fn salvage_unlocked(store: &Path, scratch: &Path) -> Result<Salvage, RepairError
         open_errors,
         trees: Vec::new(),
     })
+}
+
+/// Puts each spool entry's body, read from the segment files of `store`,
+/// in place of its reference; counts those whose body is gone.
+fn read_bodies(store: &Path, trees: &mut [TreeSalvage]) -> Result<(), RepairError> {
+    let dir = store.join(super::bodies::DIR);
+    let log = super::bodies::inspect(store)
+        .map_err(|e| io("read", &dir)(std::io::Error::other(e.to_string())))?;
+    for tree in trees.iter_mut() {
+        if !matches!(tree.kind, TreeKind::Spool(_)) {
+            continue;
+        }
+        let before = tree.entries.len();
+        tree.entries = std::mem::take(&mut tree.entries)
+            .into_iter()
+            .filter_map(|(k, v)| super::bodies::resolve_in(&log, &v).map(|v| (k, v)))
+            .collect();
+        tree.missing_bodies = before - tree.entries.len();
+    }
+    Ok(())
 }
 
 /// The store of `data_dir` and the scratch directory beside it.
@@ -429,15 +468,16 @@ fn write_fresh(fresh: &Path, salvage: &Salvage) -> Result<(), RepairError> {
         path: fresh.to_path_buf(),
         source,
     };
-    let mut spooled: Vec<(u64, &str, &[u8])> = Vec::new();
+    let mut spooled: Vec<(u64, SpoolTree, &str, &[u8])> = Vec::new();
     for tree in &salvage.trees {
         let t = db.open_tree(&tree.name).map_err(failed)?;
         match tree.kind {
-            TreeKind::Spool(_) => {
+            TreeKind::Spool(kind) => {
+                let sink = tree.name.split_once('/').map_or("", |(_, sink)| sink);
                 for (k, v) in &tree.entries {
                     // A key that is not an id sorts first and gets one.
                     let old = k.as_slice().try_into().map_or(0, u64::from_be_bytes);
-                    spooled.push((old, tree.name.as_str(), v));
+                    spooled.push((old, kind, sink, v));
                 }
             }
             _ => {
@@ -449,15 +489,21 @@ fn write_fresh(fresh: &Path, salvage: &Salvage) -> Result<(), RepairError> {
             }
         }
     }
-    spooled.sort_by_key(|(old, _, _)| *old);
-    for (_, name, value) in spooled {
-        let id = db.generate_id().map_err(failed)?;
-        db.open_tree(name)
-            .and_then(|t| t.insert(id.to_be_bytes(), value))
-            .map_err(failed)?;
-    }
     db.flush().map_err(failed)?;
     drop(db);
+    wait_released(fresh)?;
+    // The spool through the store, so the bodies go to its segment files.
+    let store = super::Store::open_dir(fresh.to_path_buf(), fresh)?;
+    let refused = |e: tailrace_api::StoreError| RepairError::Write {
+        path: fresh.to_path_buf(),
+        source: sled::Error::Io(std::io::Error::other(e.0)),
+    };
+    spooled.sort_by_key(|(old, ..)| *old);
+    for (_, kind, sink, entry) in spooled {
+        store.push(kind, sink, entry).map_err(refused)?;
+    }
+    SpoolStore::flush(&store).map_err(refused)?;
+    drop(store);
     wait_released(fresh)?;
     // On the platter before the damaged store is set aside for it.
     super::durable::Syncer::open(fresh).map_err(io("sync", fresh))?;

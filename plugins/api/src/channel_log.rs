@@ -478,6 +478,28 @@ impl SegmentLog {
             .and_then(|first| self.segments[&first].file.try_clone().ok())
     }
 
+    /// Numbers the next batches from `seq` on, if that is past the next
+    /// one: a log whose segments were all deleted starts again at 0, and
+    /// a store that refers to bodies by number must not see one reused.
+    /// The segment appended to is sealed, since numbers within a segment
+    /// run on without a gap.
+    pub fn advance_to(&mut self, seq: u64) {
+        if seq <= self.next_seq {
+            return;
+        }
+        self.next_seq = seq;
+        if let Some(first) = self.active.take() {
+            if self.segments[&first].live == 0 {
+                self.retire(first);
+            }
+        }
+    }
+
+    /// Whether batch `seq` is held (written and not released).
+    pub fn holds(&self, seq: u64) -> bool {
+        self.frames.contains_key(&seq)
+    }
+
     /// The first unreleased batch at or after `from`.
     pub fn next_from(&self, from: u64) -> Option<u64> {
         self.frames.range(from..).next().map(|(seq, _)| *seq)

@@ -250,6 +250,84 @@ pub fn decode(entry: &[u8]) -> Result<(EntryHeader, Vec<SpoolRecord>), EntryErro
     Ok((h, records))
 }
 
+/// What a spool tree holds for an entry whose body is kept apart, in the
+/// store's segment files ([`crate::channel_log`]): sled keeps in memory
+/// every value it was given, so a spool held in sled grows the agent with
+/// the outage. The entry's own checksum is kept with it, so a body that is
+/// not the one referenced (a number reused after a crash) is recognised.
+///
+/// ```text
+/// magic "TRSB" | seq u64 | events u32 | len u32 | entry's crc32 u32
+/// ```
+/// A value that starts with the entry magic (`TRSP`) is an entry held
+/// inline, as every entry was before bodies moved out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyRef {
+    /// The body's sequence number in the segment files.
+    pub seq: u64,
+    pub events: u32,
+    /// The entry's length.
+    pub len: u32,
+    pub crc: u32,
+}
+
+const BODY_MAGIC: &[u8; 4] = b"TRSB";
+
+impl BodyRef {
+    pub const LEN: usize = 24;
+
+    /// The reference of `entry`, stored as body `seq`.
+    pub fn of(seq: u64, entry: &[u8]) -> BodyRef {
+        BodyRef {
+            seq,
+            events: header(entry).map_or(0, |h| h.events),
+            len: entry.len() as u32,
+            crc: le(entry, 5).map_or(0, u32::from_le_bytes),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; BodyRef::LEN] {
+        let mut out = [0u8; BodyRef::LEN];
+        out[..4].copy_from_slice(BODY_MAGIC);
+        out[4..12].copy_from_slice(&self.seq.to_le_bytes());
+        out[12..16].copy_from_slice(&self.events.to_le_bytes());
+        out[16..20].copy_from_slice(&self.len.to_le_bytes());
+        out[20..24].copy_from_slice(&self.crc.to_le_bytes());
+        out
+    }
+
+    /// `None`: not a reference (an inline entry, or damage).
+    pub fn decode(value: &[u8]) -> Option<BodyRef> {
+        if value.len() != BodyRef::LEN || &value[..4] != BODY_MAGIC {
+            return None;
+        }
+        let u32_at = |at| u32::from_le_bytes(value[at..at + 4].try_into().expect("4 bytes"));
+        Some(BodyRef {
+            seq: u64::from_le_bytes(value[4..12].try_into().expect("8 bytes")),
+            events: u32_at(12),
+            len: u32_at(16),
+            crc: u32_at(20),
+        })
+    }
+
+    /// Whether `body` is the entry this refers to.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        body.len() == self.len as usize && le(body, 5).map_or(0, u32::from_le_bytes) == self.crc
+    }
+}
+
+/// The events and bytes of an entry as a spool tree holds it: by
+/// reference ([`BodyRef`]) or inline.
+pub fn held_size(value: &[u8]) -> (u64, u64) {
+    match BodyRef::decode(value) {
+        Some(r) => (u64::from(r.events), u64::from(r.len)),
+        None => (
+            header(value).map_or(0, |h| u64::from(h.events)),
+            value.len() as u64,
+        ),
+    }
+}
+
 /// Which part of a sink's spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpoolTree {
@@ -350,6 +428,19 @@ mod tests {
             },
         ];
         encode(recs, "message_timed_out", 42)
+    }
+
+    #[test]
+    fn a_body_reference_round_trips_and_knows_its_entry() {
+        let entry = sample();
+        let r = BodyRef::of(7, &entry);
+        assert_eq!(BodyRef::decode(&r.encode()), Some(r));
+        assert_eq!(held_size(&r.encode()), (3, entry.len() as u64));
+        assert_eq!(held_size(&entry), (3, entry.len() as u64));
+        assert!(r.matches(&entry));
+        let other = encode([EntryRecord::default()], "", 1);
+        assert!(!r.matches(&other));
+        assert_eq!(BodyRef::decode(&entry), None);
     }
 
     #[test]
