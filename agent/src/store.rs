@@ -116,18 +116,27 @@ fn sled_config(path: &Path) -> sled::Config {
 fn open_sled(path: &Path) -> Result<sled::Db, OpenError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_config(path).open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) if is_damage(&e) => Err(OpenError::Damaged {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        }),
-        Ok(Err(e)) => Err(OpenError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        Ok(Err(e)) => Err(open_error(path, e)),
         Err(panic) => Err(OpenError::Damaged {
             path: path.to_path_buf(),
             detail: format!("sled panicked while opening it: {}", panic_text(&*panic)),
         }),
+    }
+}
+
+/// What a failure while opening the store at `path` is: damage, or the
+/// file system's refusal.
+fn open_error(path: &Path, e: sled::Error) -> OpenError {
+    if is_damage(&e) {
+        OpenError::Damaged {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        OpenError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 }
 
@@ -203,21 +212,9 @@ impl Store {
         let db = open_waiting(&path, data_dir)?;
         let mut bodies = Bodies::open(&path).map_err(|e| OpenError::Io {
             path: path.clone(),
-            source: sled::Error::Io(std::io::Error::other(e.to_string())),
+            source: log_error(e),
         })?;
-        reconcile(&db, &mut bodies).map_err(|e| {
-            if is_damage(&e) {
-                OpenError::Damaged {
-                    path: path.clone(),
-                    detail: e.to_string(),
-                }
-            } else {
-                OpenError::Io {
-                    path: path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        reconcile(&db, &mut bodies).map_err(|e| open_error(&path, e))?;
         let syncer = durable::Syncer::open(&path).map_err(io_error(&path))?;
         Ok(Store {
             db: RwLock::new(Some(db)),
@@ -364,23 +361,30 @@ impl Store {
     /// Writes `entry`'s body and returns the reference a tree holds (see
     /// [`bodies`]).
     fn append_body(&self, entry: &[u8]) -> Result<BodyRef, sled::Error> {
-        self.bodies()
-            .append(entry)
-            .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))
+        self.bodies().append(entry).map_err(log_error)
     }
 
     /// Inserts `entry` into `tree` under `id` by reference; returns the
-    /// value it replaced. A body whose reference could not be inserted
-    /// goes again at once.
+    /// value it replaced and the reference (to count it by: the entry's
+    /// header was read once, for it). A body whose reference could not be
+    /// inserted goes again at once.
     fn insert_entry(
         &self,
         tree: &sled::Tree,
         id: u64,
         entry: &[u8],
-    ) -> Result<Option<sled::IVec>, sled::Error> {
+    ) -> Result<(Option<sled::IVec>, BodyRef), sled::Error> {
         let body = self.append_body(entry)?;
         tree.insert(id.to_be_bytes(), &body.encode())
+            .map(|old| (old, body))
             .inspect_err(|_| self.bodies().release_now(body))
+    }
+
+    /// `value` left `tree`: its body goes after the next flush, and it
+    /// leaves the tree's usage.
+    fn forget(&self, tree: SpoolTree, sink: &str, value: &[u8]) {
+        self.bodies().unreferenced(value);
+        self.with_usage(tree, sink, |u| count(u, value, -1));
     }
 
     /// Lets go of the failed database and opens it again: sled makes a
@@ -569,6 +573,12 @@ fn reconcile(db: &sled::Db, bodies: &mut Bodies) -> Result<(), sled::Error> {
     Ok(())
 }
 
+/// What the segment log's error is to the store: an I/O failure, with
+/// the path it names.
+fn log_error(e: tailrace_api::channel_log::LogError) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(e.to_string()))
+}
+
 /// Adds (`sign` 1) or subtracts (-1) one entry, as a tree holds it, to a
 /// usage.
 fn count(u: &mut Usage, value: &[u8], sign: i64) {
@@ -589,12 +599,13 @@ impl SpoolStore for Store {
     fn push(&self, tree: SpoolTree, sink: &str, entry: &[u8]) -> Result<u64, StoreError> {
         self.room_for_entries()?;
         self.with_usage(tree, sink, |_| ()); // counted before it changes
-        let id = self.with_db(true, |db| {
+        let (id, body) = self.with_db(true, |db| {
             let id = db.generate_id()?;
-            self.insert_entry(&db.open_tree(format!("{}/{sink}", tree.name()))?, id, entry)?;
-            Ok(id)
+            let (_, body) =
+                self.insert_entry(&db.open_tree(format!("{}/{sink}", tree.name()))?, id, entry)?;
+            Ok((id, body))
         })?;
-        self.with_usage(tree, sink, |u| count(u, entry, 1));
+        self.with_usage(tree, sink, |u| count(u, &body.encode(), 1));
         Ok(id)
     }
 
@@ -632,8 +643,7 @@ impl SpoolStore for Store {
         self.with_usage(tree, sink, |_| ());
         let old = self.with_tree(true, tree, sink, |t| t.remove(id.to_be_bytes()))?;
         if let Some(old) = old {
-            self.bodies().unreferenced(&old);
-            self.with_usage(tree, sink, |u| count(u, &old, -1));
+            self.forget(tree, sink, &old);
         }
         Ok(())
     }
@@ -646,12 +656,11 @@ impl SpoolStore for Store {
         entry: &[u8],
     ) -> Result<(), StoreError> {
         self.with_usage(tree, sink, |_| ());
-        let old = self.with_tree(true, tree, sink, |t| self.insert_entry(t, id, entry))?;
+        let (old, body) = self.with_tree(true, tree, sink, |t| self.insert_entry(t, id, entry))?;
         if let Some(old) = old {
-            self.bodies().unreferenced(&old);
-            self.with_usage(tree, sink, |u| count(u, &old, -1));
+            self.forget(tree, sink, &old);
         }
-        self.with_usage(tree, sink, |u| count(u, entry, 1));
+        self.with_usage(tree, sink, |u| count(u, &body.encode(), 1));
         Ok(())
     }
 
@@ -680,12 +689,11 @@ impl SpoolStore for Store {
                 // Its body is gone: kept as the empty (damaged) entry.
                 t.insert(id.to_be_bytes(), entry.as_slice())
             } else {
-                self.insert_entry(t, id, &entry)
+                self.insert_entry(t, id, &entry).map(|(old, _)| old)
             }
         })?;
         if let Some(old) = old {
-            self.bodies().unreferenced(&old);
-            self.with_usage(to, sink, |u| count(u, &old, -1));
+            self.forget(to, sink, &old);
         }
         self.with_usage(to, sink, |u| count(u, &entry, 1));
         self.remove(from, sink, id)

@@ -59,10 +59,11 @@ impl Bodies {
 
     /// Writes `entry`'s body (not synced: see [`Bodies::to_sync`]).
     pub fn append(&mut self, entry: &[u8]) -> Result<BodyRef, LogError> {
-        let events = BodyRef::of(0, entry).events;
-        let seq = self.log.append(entry, events, entry.len() as u64)?;
+        // Read once: the header's checksum covers the whole entry.
+        let r = BodyRef::of(0, entry);
+        let seq = self.log.append(entry, r.events, entry.len() as u64)?;
         self.dirty = true;
-        Ok(BodyRef::of(seq, entry))
+        Ok(BodyRef { seq, ..r })
     }
 
     /// The entry a tree's value stands for: the body it refers to, or the
@@ -70,23 +71,10 @@ impl Bodies {
     /// or unreadable, or not the one referred to, comes back empty, which
     /// the sink takes for a damaged entry and sets aside.
     pub fn resolve(&self, value: &[u8]) -> Vec<u8> {
-        let Some(r) = BodyRef::decode(value) else {
-            return value.to_vec();
-        };
-        match self.log.read(r.seq) {
-            Ok(body) if r.matches(&body) => body,
-            Ok(_) => {
-                warn!(
-                    seq = r.seq,
-                    "a spool entry's body is not the one it refers to"
-                );
-                Vec::new()
-            }
-            Err(e) => {
-                warn!(seq = r.seq, error = %e, "a spool entry's body cannot be read");
-                Vec::new()
-            }
-        }
+        read(&self.log, value).unwrap_or_else(|why| {
+            warn!(why, "a spool entry's body is not there");
+            Vec::new()
+        })
     }
 
     /// The reference in `value` (if any) was removed from its tree: its
@@ -169,9 +157,18 @@ pub fn inspect(store: &Path) -> Result<SegmentLog, LogError> {
 /// The entry `value` stands for, read from an inspected log; `None` when
 /// its body is gone or is not the one referred to.
 pub fn resolve_in(log: &SegmentLog, value: &[u8]) -> Option<Vec<u8>> {
-    match BodyRef::decode(value) {
-        None => Some(value.to_vec()),
-        Some(r) => log.read(r.seq).ok().filter(|b| r.matches(b)),
+    read(log, value).ok()
+}
+
+/// The entry a tree's value stands for, or why its body is not there.
+fn read(log: &SegmentLog, value: &[u8]) -> Result<Vec<u8>, String> {
+    let Some(r) = BodyRef::decode(value) else {
+        return Ok(value.to_vec());
+    };
+    match log.read(r.seq) {
+        Ok(body) if r.matches(&body) => Ok(body),
+        Ok(_) => Err(format!("body {} is not the one referred to", r.seq)),
+        Err(e) => Err(format!("body {} cannot be read: {e}", r.seq)),
     }
 }
 
